@@ -1,0 +1,28 @@
+# gastown-finetune: the two commands are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: install demo test test-fast bench lint clean
+
+install:
+	@./install.sh
+
+demo: install
+	$(PY) -m gt_ext.demo
+
+test: install
+	$(PY) -m pytest -q tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "not integration and not slow" tests
+
+bench: install
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lint: install
+	$(VENV)/bin/ruff check gt_ext tests bench hooks providers node0_patches
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,92 @@
+"""`gt-ext`: the project's command line. Each concern adds a sub-app from `gt_ext/<pkg>/cli.py`.
+
+Sub-app modules must be cheap to import (no torch at module level): import heavy libraries inside
+the command functions, so `gt-ext --help` and the `gt` shim stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+import typer
+
+from gt_ext.errors import GtExtError
+
+app = typer.Typer(
+    name="gt-ext",
+    help="Gas Town fine-tuning: corpus, training, evaluation, registry and serving of role models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# (name, module, help). A module that is not there yet is skipped, so the CLI grows with the code.
+SUBCOMMANDS: list[tuple[str, str]] = [
+    ("corpus", "gt_ext.corpus.cli"),
+    ("hooks", "gt_ext.hooks_cli"),
+    ("models", "gt_ext.models.cli"),
+    ("train", "gt_ext.train.cli"),
+    ("export", "gt_ext.export.cli"),
+    ("swarm", "gt_ext.swarm.cli"),
+    ("eval", "gt_ext.evals.cli"),
+    ("model", "gt_ext.registry.cli"),
+    ("formula", "gt_ext.orchestrate.cli"),
+    ("job", "gt_ext.jobs.cli"),
+    ("serve", "gt_ext.serve.cli"),
+    ("rag", "gt_ext.rag.cli"),
+    ("install-shim", "gt_ext.shim_cli"),
+    ("install", "gt_ext.install_cli"),
+]
+
+
+def _register() -> None:
+    for name, module in SUBCOMMANDS:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name and module.startswith(e.name):
+                continue  # concern not built yet
+            raise
+        sub = getattr(mod, "app", None)
+        if isinstance(sub, typer.Typer):
+            app.add_typer(sub, name=name)
+        elif callable(getattr(mod, "command", None)):
+            app.command(name=name)(mod.command)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI, turning `GtExtError` into a one-line error and its exit code."""
+    logging.basicConfig(
+        level=os.environ.get("GT_EXT_LOG", "WARNING").upper(),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        app(args=argv, standalone_mode=False)
+    except GtExtError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return e.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

