@@ -23,6 +23,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+@app.callback()
+def _root() -> None:
+    """Gas Town fine-tuning: corpus, training, evaluation, registry and serving of role models."""
+
 # (name, module, help). A module that is not there yet is skipped, so the CLI grows with the code.
 SUBCOMMANDS: list[tuple[str, str]] = [
     ("corpus", "gt_ext.corpus.cli"),
@@ -40,6 +45,14 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("install-shim", "gt_ext.shim_cli"),
     ("install", "gt_ext.install_cli"),
 ]
+
+
+@app.command()
+def version() -> None:
+    """Print the gastown-finetune version."""
+    from gt_ext import __version__
+
+    print(f"gt-ext {__version__}")
 
 
 def _register() -> None:
@@ -61,30 +74,23 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI, turning `GtExtError` into a one-line error and its exit code."""
+    """Entry point: run the CLI, turning `GtExtError` into a one-line error and its exit code.
+
+    Usage errors (unknown command, bad option) are click's: a short message and exit code 2.
+    """
     logging.basicConfig(
         level=os.environ.get("GT_EXT_LOG", "WARNING").upper(),
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="gt-ext")  # standalone: click exits with its own codes
     except GtExtError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except typer.Exit as e:
-        return e.exit_code
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
-        return 130
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except KeyboardInterrupt:
         return 130
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return e.exit_code
-        raise
     return 0
 
 
