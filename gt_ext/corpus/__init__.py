@@ -1,0 +1,1 @@
+"""Corpus pipeline: collect agent sessions, scrub secrets, format, gate, store and export."""
