@@ -1,0 +1,143 @@
+"""A training job as a bead: created when a formula run starts, moved through JOB_STATUSES.
+
+Every status change is written three ways, so nothing depends on one bd feature: the bead's
+status, a `status_history` list in its metadata (visible in `bd show --json`), and a comment.
+The job folder keeps `job.json` with the bead id, so a rerun (or `gt-ext job resume ID`) reuses it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from gt_ext.atomic import atomic_write_json
+from gt_ext.gastown.bd import Bd
+from gt_ext.jobs.statuses import merge_custom_statuses
+
+log = logging.getLogger(__name__)
+JOB_LABEL = "training-job"
+CORPUS_LABEL = "corpus-collection"
+
+
+def ensure_statuses(bd: Bd) -> None:
+    """Register the job statuses with bd (keeps any custom statuses already configured)."""
+    try:
+        current = bd.config_get("status.custom")
+    except Exception:  # noqa: BLE001 - an unset key is an error in some bd versions
+        current = None
+    if isinstance(current, dict):
+        current = current.get("value")
+    merged = merge_custom_statuses(current if isinstance(current, str) else None)
+    if merged != current:
+        bd.config_set("status.custom", merged)
+
+
+class JobBead:
+    """Tracks one formula run on a bead (implements the runner's JobTracker protocol)."""
+
+    def __init__(self, bd: Bd, bead_id: str, job_dir: Path, metadata: dict[str, Any]):
+        self.bd = bd
+        self.bead_id = bead_id
+        self.job_dir = job_dir
+        self.metadata = metadata
+        self.status: str | None = (metadata.get("status_history") or [{}])[-1].get("status")
+
+    def set_status(self, status: str, note: str = "", **meta: Any) -> None:
+        """Move the bead to `status`, recording when and why."""
+        entry = {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if note:
+            entry["note"] = note
+        self.metadata.setdefault("status_history", []).append(entry)
+        self.metadata.update(meta)
+        self.bd.update(self.bead_id, status=status, extra=["--metadata", json.dumps(self.metadata)])
+        try:
+            self.bd.run("comments", "add", self.bead_id, f"status -> {status}" + (f": {note}" if note else ""))
+        except Exception as e:  # noqa: BLE001 - comments are a courtesy; status+metadata are the record
+            log.warning("could not comment on %s: %s", self.bead_id, e)
+        self.status = status
+
+    # -- JobTracker --------------------------------------------------------------------------------
+    def step_started(self, step_id: str, status: str | None) -> None:
+        if status and self.status == "corpus-validating" and status != "corpus-validating":
+            self.set_status("ready", "corpus and config validated")
+        if status and status != self.status:
+            self.set_status(status, f"step {step_id}")
+        self._note_corpus_hash()
+
+    def step_finished(self, step_id: str) -> None:
+        self.metadata.setdefault("steps_done", []).append(step_id)
+        self._note_corpus_hash()
+
+    def failed(self, reason: str) -> None:
+        self.set_status("failed", reason, failure=reason)
+
+    def done(self) -> None:
+        self.set_status("done", "all steps finished")
+        corpus = self.metadata.get("corpus_bead")
+        if corpus:
+            try:
+                self.bd.close(corpus, reason="corpus exported and used by job " + self.bead_id)
+            except Exception as e:  # noqa: BLE001
+                log.warning("could not close corpus bead %s: %s", corpus, e)
+
+    def _note_corpus_hash(self) -> None:
+        corpus = self.metadata.get("vars", {}).get("corpus_path")
+        if corpus and "corpus_hash" not in self.metadata:
+            manifest = Path(corpus) / "manifest.json"
+            if manifest.is_file():
+                try:
+                    self.metadata["corpus_hash"] = json.loads(manifest.read_text()).get("corpus_hash")
+                except (OSError, json.JSONDecodeError):
+                    pass
+
+
+def open_job(formula: Any, given: dict[str, str], job_dir: Path, bd: Bd | None = None) -> JobBead:
+    """The job bead of `job_dir`: reuse the one a previous run made, or create it (and its corpus bead)."""
+    from gt_ext.jobs.store import job_beads_dir
+
+    job_dir = Path(job_dir)
+    bd = bd or Bd(job_beads_dir())
+    record = job_dir / "job.json"
+    if record.is_file():
+        info = json.loads(record.read_text())
+        issue = bd.show(info["bead_id"])
+        meta = issue.metadata if isinstance(issue.metadata, dict) else {}
+        return JobBead(bd, issue.id, job_dir, meta)
+    ensure_statuses(bd)
+    values = formula.resolve_vars(given, {"job_dir": str(job_dir), "formula": formula.name})
+    role = values.get("role", "")
+    corpus = bd.create(
+        f"corpus collection for {formula.name}" + (f" ({role})" if role else ""),
+        description=f"Corpus exported for job folder {job_dir}.",
+        issue_type="task", labels=["gt-ext", CORPUS_LABEL] + ([f"role:{role}"] if role else []),
+    )
+    meta = {"formula": formula.name, "vars": values, "job_dir": str(job_dir), "role": role,
+            "corpus_bead": corpus.id, "status_history": []}
+    job = bd.create(
+        f"{formula.name}" + (f" role={role}" if role else ""),
+        description=f"Training job run by gt-ext from formula {formula.name}. Job folder: {job_dir}",
+        issue_type="task", labels=["gt-ext", JOB_LABEL] + ([f"role:{role}"] if role else []),
+        metadata=meta,
+    )
+    bd.run("dep", "add", job.id, corpus.id)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(record, {"bead_id": job.id, "beads_dir": str(bd.beads_dir), "corpus_bead": corpus.id})
+    tracker = JobBead(bd, job.id, job_dir, meta)
+    tracker.set_status("corpus-validating", "job created")
+    return tracker
+
+
+def mark_from_env(status: str, reason: str) -> bool:
+    """Let a step's own process (e.g. a swarm peer) mark the job, via GT_EXT_JOB_BEAD/_BEADS_DIR."""
+    import os
+
+    bead, beads_dir = os.environ.get("GT_EXT_JOB_BEAD"), os.environ.get("GT_EXT_JOB_BEADS_DIR")
+    if not bead or not beads_dir:
+        return False
+    bd = Bd(beads_dir)
+    issue = bd.show(bead)
+    JobBead(bd, bead, Path("."), issue.metadata if isinstance(issue.metadata, dict) else {}).set_status(status, reason)
+    return True
