@@ -1,0 +1,155 @@
+"""Find a Gas Town (the HQ folder holding `mayor/town.json`) and list its rigs and beads folders.
+
+Layout (gt v1.0.1): `<town>/mayor/town.json`, `<town>/mayor/rigs.json` (`{"version", "rigs":
+{name: {"git_url", "added_at", "beads": {"repo", "prefix"}, ...}}}`), town beads `<town>/.beads/`,
+rig beads `<town>/<rig>/mayor/rig/.beads/` (or `<town>/<rig>/.beads/`), town settings
+`<town>/settings/config.json` + `agents.json`, rig settings `<town>/<rig>/settings/...`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gt_ext.errors import GtExtError
+
+TOWN_MARKER = Path("mayor") / "town.json"
+
+
+@dataclass(frozen=True)
+class Rig:
+    """A rig of a town: a managed repo with its own beads and settings."""
+
+    name: str
+    root: Path
+    entry: dict[str, Any]
+
+    @property
+    def prefix(self) -> str | None:
+        """The rig's beads issue prefix, from rigs.json (None if not recorded)."""
+        return (self.entry.get("beads") or {}).get("prefix")
+
+    @property
+    def settings_dir(self) -> Path:
+        """`<town>/<rig>/settings/` (config.json, agents.json)."""
+        return self.root / "settings"
+
+    @property
+    def beads_dir(self) -> Path | None:
+        """The rig's beads folder, or None when it has none yet."""
+        for cand in (self.root / "mayor" / "rig" / ".beads", self.root / ".beads"):
+            if cand.is_dir():
+                return cand
+        return None
+
+
+@dataclass(frozen=True)
+class Town:
+    """A Gas Town HQ on disk."""
+
+    root: Path
+
+    @property
+    def name(self) -> str:
+        """The town name from mayor/town.json (folder name if absent)."""
+        return str(self.town_config().get("name") or self.root.name)
+
+    @property
+    def settings_dir(self) -> Path:
+        """`<town>/settings/` (config.json, agents.json, escalation.json)."""
+        return self.root / "settings"
+
+    @property
+    def beads_dir(self) -> Path | None:
+        """Town-level beads (`hq-` prefix), or None."""
+        p = self.root / ".beads"
+        return p if p.is_dir() else None
+
+    @property
+    def events_file(self) -> Path:
+        """`<town>/.events.jsonl`: gt's append-only event log."""
+        return self.root / ".events.jsonl"
+
+    def town_config(self) -> dict[str, Any]:
+        """mayor/town.json as a dict."""
+        return _read_json(self.root / TOWN_MARKER)
+
+    def rigs_config(self) -> dict[str, Any]:
+        """mayor/rigs.json as a dict (`{"version": 1, "rigs": {}}` if absent)."""
+        p = self.root / "mayor" / "rigs.json"
+        return _read_json(p) if p.is_file() else {"version": 1, "rigs": {}}
+
+    def rigs(self) -> list[Rig]:
+        """Rigs registered in mayor/rigs.json, sorted by name."""
+        entries = self.rigs_config().get("rigs") or {}
+        return [Rig(name, self.root / name, dict(entry or {})) for name, entry in sorted(entries.items())]
+
+    def rig(self, name: str) -> Rig:
+        """One rig by name (GtExtError listing the rigs if unknown)."""
+        for r in self.rigs():
+            if r.name == name:
+                return r
+        known = ", ".join(r.name for r in self.rigs()) or "none"
+        raise GtExtError(f"no rig {name!r} in town {self.root} (rigs: {known})")
+
+    def beads_dirs(self) -> dict[str, Path]:
+        """Every beads folder of the town: {"hq": town beads, <rig>: rig beads}."""
+        out: dict[str, Path] = {}
+        if self.beads_dir:
+            out["hq"] = self.beads_dir
+        for r in self.rigs():
+            if r.beads_dir:
+                out[r.name] = r.beads_dir
+        return out
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise GtExtError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise GtExtError(f"{path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise GtExtError(f"{path}: expected a JSON object")
+    return obj
+
+
+def is_town(path: str | os.PathLike) -> bool:
+    """True if `path` holds `mayor/town.json`."""
+    return (Path(path) / TOWN_MARKER).is_file()
+
+
+def find_town(start: str | os.PathLike | None = None) -> Town | None:
+    """The town containing `start` (default: cwd), else $GT_TOWN_ROOT / $GT_ROOT, else None.
+
+    Like gt, the walk returns the OUTERMOST folder with `mayor/town.json`, since rigs and worktrees
+    inside a town may carry their own.
+    """
+    if start is None:
+        for var in ("GT_TOWN_ROOT", "GT_ROOT"):
+            val = os.environ.get(var)
+            if val:
+                if not is_town(val):
+                    raise GtExtError(f"{var}={val}: not a Gas Town (no mayor/town.json)")
+                return Town(Path(val).resolve())
+        start = Path.cwd()
+    cur = Path(start).resolve()
+    found: Path | None = None
+    for d in (cur, *cur.parents):
+        if is_town(d):
+            found = d
+    return Town(found) if found else None
+
+
+def require_town(start: str | os.PathLike | None = None) -> Town:
+    """Like find_town, but a one-line GtExtError when there is no town."""
+    t = find_town(start)
+    if t is None:
+        raise GtExtError("not inside a Gas Town (no mayor/town.json above the current folder; set GT_TOWN_ROOT)")
+    return t
