@@ -1,0 +1,8 @@
+"""Training core: config, data, losses, LoRA adapters and the single-process loop.
+
+    config.py  TrainConfig / load_config(path, overrides)
+    data.py    load_items, BatchLoader (packed, seeded, resumable), fixed_batches, collate
+    losses.py  sft_loss_sum, sequence_logps, reference_logps, dpo_loss, dpo_batch_loss
+    lora.py    load_base_for_training, add_lora, apply_role_adapter, save_adapter
+    loop.py    Trainer: AdamW + warmup/cosine, accumulation, clipping, checkpoints, exact resume
+"""

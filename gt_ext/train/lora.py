@@ -1,0 +1,115 @@
+"""LoRA adapters through PEFT: role adapters on a base model, task adapters on a role model.
+
+Public API (stable; the swarm loop builds on it):
+
+    load_base_for_training(cfg) -> (model, tokenizer)   # base (+ role adapter merged) with a fresh LoRA
+    add_lora(model, lora_settings) -> PeftModel          # trainable LoRA, everything else frozen
+    apply_role_adapter(model, role_adapter_dir) -> model # base + role LoRA merged: a role model
+    trainable_parameters(model) -> list[Parameter]
+    save_adapter(model, folder)                          # PEFT save_pretrained, atomic (temp dir + rename)
+    load_adapter_weights(model, folder)                  # restore LoRA weights into an existing PeftModel
+
+A role model is base + role LoRA. A task adapter trains on top of the role model with the role
+LoRA merged into the frozen weights, and is saved as its own PEFT folder. Because LoRA deltas add
+(W + dW_role + dW_task), serving can stack the two adapter files on the base model and get the
+same function.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gt_ext.errors import GtExtError
+from gt_ext.train.config import LoraSettings, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def add_lora(model: Any, lora: LoraSettings) -> Any:
+    """Wrap `model` with a trainable LoRA adapter; base weights are frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [t for t in lora.targets if t not in names]
+    if missing:
+        raise GtExtError(f"lora.targets: {', '.join(missing)} not found in the model (e.g. q_proj, k_proj, v_proj, o_proj)")
+    cfg = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.targets),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, cfg)
+
+
+def apply_role_adapter(model: Any, role_adapter_dir: str | Path) -> Any:
+    """Merge a role LoRA folder into `model`'s weights and return the plain (merged) model."""
+    from peft import PeftModel
+
+    folder = Path(role_adapter_dir)
+    if not (folder / "adapter_config.json").is_file():
+        raise GtExtError(f"role adapter {folder}: no adapter_config.json (expected a PEFT adapter folder)")
+    return PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+
+
+def load_base_for_training(cfg: TrainConfig) -> tuple[Any, Any]:
+    """Base model (plus merged role adapter when `cfg.role_adapter`) with a fresh trainable LoRA."""
+    from gt_ext.models import load_model
+
+    torch.manual_seed(cfg.seed)  # LoRA A init draws from the global RNG
+    model, tok = load_model(cfg.base_model, dtype=cfg.dtype, device=cfg.device)
+    if cfg.role_adapter:
+        model = apply_role_adapter(model, cfg.role_adapter)
+    model.config.use_cache = False
+    torch.manual_seed(cfg.seed)
+    peft_model = add_lora(model, cfg.lora)
+    return peft_model, tok
+
+
+def trainable_parameters(model: Any) -> list[torch.nn.Parameter]:
+    """Parameters that require grad (the adapter's)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def save_adapter(model: Any, folder: str | Path) -> Path:
+    """`save_pretrained` the adapter into `folder` atomically: a temp sibling folder, then rename."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model.save_pretrained(str(tmp))
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def load_adapter_weights(model: Any, folder: str | Path) -> None:
+    """Load LoRA weights from a PEFT folder into an existing PeftModel (same shape)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    f = Path(folder) / "adapter_model.safetensors"
+    if not f.is_file():
+        raise GtExtError(f"{folder}: no adapter_model.safetensors")
+    result = set_peft_model_state_dict(model, load_file(str(f)))
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise GtExtError(f"{folder}: adapter does not fit this model ({len(unexpected)} unexpected tensors)")
