@@ -1,0 +1,258 @@
+"""Parsers from raw session material to chat messages: Claude Code JSONL, tmux pane text, markdown,
+and curated chat JSON/JSONL.
+
+Every parser returns `ParsedSession`s whose messages follow CONTRACTS.md: roles system/user/
+assistant/tool, tool calls rendered with `format.render_tool_call`, thinking dropped. Malformed
+input raises `GtExtError` naming the file and line, never quoting the offending content (it may
+hold a secret).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gt_ext.corpus.format import CHAT_ROLES, render_tool_call
+from gt_ext.errors import GtExtError
+
+
+@dataclass
+class ParsedSession:
+    """Messages of one session or curated example, plus what the source said about itself."""
+
+    messages: list[dict[str, str]]
+    session: str = ""
+    cwd: str = ""
+    time: str = ""  # ISO-8601 of the last entry
+    meta: dict[str, Any] = field(default_factory=dict)  # role/task/rig/... given by the source
+
+
+def _append(messages: list[dict[str, str]], role: str, content: str) -> None:
+    """Add a turn, merging consecutive user/assistant turns (Claude writes one block per entry)."""
+    content = content.strip("\n")
+    if not content.strip():
+        return
+    if messages and messages[-1]["role"] == role and role in ("user", "assistant", "system"):
+        messages[-1]["content"] += "\n" + content
+    else:
+        messages.append({"role": role, "content": content})
+
+
+def _tool_result_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for b in content:
+            if isinstance(b, dict) and b.get("type") == "text":
+                parts.append(str(b.get("text", "")))
+            elif isinstance(b, dict) and b.get("type") == "image":
+                parts.append("[image]")
+            elif isinstance(b, str):
+                parts.append(b)
+        return "\n".join(parts)
+    return "" if content is None else json.dumps(content)
+
+
+def parse_claude_entries(entries: list[tuple[int, Any]], where: str) -> ParsedSession:
+    """Turn decoded Claude Code transcript entries ``(line_no, obj)`` into a session."""
+    msgs: list[dict[str, str]] = []
+    session = cwd = ts = ""
+    for line_no, e in entries:
+        if not isinstance(e, dict):
+            raise GtExtError(f"{where}:{line_no}: transcript entry is not a JSON object")
+        etype = e.get("type")
+        session = e.get("sessionId") or session
+        cwd = e.get("cwd") or cwd
+        ts = e.get("timestamp") or ts
+        if etype not in ("user", "assistant") or e.get("isMeta"):
+            continue  # summary, system, file-history snapshots: not conversation
+        msg = e.get("message")
+        if not isinstance(msg, dict):
+            raise GtExtError(f"{where}:{line_no}: {etype} entry has no message object")
+        content = msg.get("content")
+        if isinstance(content, str):
+            _append(msgs, "assistant" if etype == "assistant" else "user", content)
+            continue
+        if not isinstance(content, list):
+            raise GtExtError(f"{where}:{line_no}: message content must be a string or a list of blocks")
+        for b in content:
+            if not isinstance(b, dict):
+                raise GtExtError(f"{where}:{line_no}: content block is not an object")
+            bt = b.get("type")
+            if bt == "text":
+                _append(msgs, "assistant" if etype == "assistant" else "user", str(b.get("text", "")))
+            elif bt == "tool_use" and etype == "assistant":
+                name = b.get("name")
+                if not isinstance(name, str) or not name:
+                    raise GtExtError(f"{where}:{line_no}: tool_use block without a name")
+                inp = b.get("input") if isinstance(b.get("input"), dict) else {}
+                _append(msgs, "assistant", render_tool_call(name, inp))
+            elif bt == "tool_result":
+                text = _tool_result_text(b.get("content"))
+                msgs.append({"role": "tool", "content": text})
+            # thinking, redacted_thinking, image: dropped
+    return ParsedSession(messages=msgs, session=session, cwd=cwd, time=ts)
+
+
+def parse_claude_jsonl(path: str | Path) -> ParsedSession:
+    """Parse one Claude Code transcript file (``~/.claude/projects/*/<session>.jsonl``)."""
+    path = Path(path)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GtExtError(f"{path}: transcript not found") from None
+    except UnicodeDecodeError as e:
+        raise GtExtError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    entries = []
+    for i, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entries.append((i, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise GtExtError(f"{path}:{i}: invalid JSON ({e.msg} at column {e.colno})") from None
+    s = parse_claude_entries(entries, str(path))
+    if not s.session:
+        s.session = path.stem
+    return s
+
+
+# Claude Code's terminal UI: "> prompt" or "❯ prompt" for the user, "● text" / "⏺ text" for the
+# assistant, "● Bash(cmd)" for a tool call and "⎿ output" under it.
+_PANE_USER = re.compile(r"^\s*(?:>|❯)\s+(.*)$")
+_PANE_ASSIST = re.compile(r"^\s*(?:●|⏺)\s+(.*)$")
+_PANE_TOOL = re.compile(r"^([A-Z][A-Za-z]+)\((.*)\)\s*$")
+_PANE_RESULT = re.compile(r"^\s*⎿\s?(.*)$")
+_TOOL_ARG = {"Bash": "command", "Read": "file_path", "Write": "file_path", "Edit": "file_path",
+             "Grep": "pattern", "Glob": "pattern", "WebFetch": "url"}
+
+
+def parse_pane_text(text: str, where: str = "pane") -> ParsedSession:
+    """Parse a ``tmux capture-pane -p -J`` dump of an agent pane into chat turns.
+
+    Lines before the first recognised marker are ignored (banner, scrollback noise). A pane with no
+    markers at all raises, since there is no telling who said what.
+    """
+    msgs: list[dict[str, str]] = []
+    cur_role: str | None = None
+    buf: list[str] = []
+
+    def flush() -> None:
+        nonlocal buf
+        if cur_role is not None and buf:
+            if cur_role == "tool":
+                msgs.append({"role": "tool", "content": "\n".join(buf).strip("\n")})
+            else:
+                _append(msgs, cur_role, "\n".join(buf))
+        buf = []
+
+    for line in text.splitlines():
+        if m := _PANE_USER.match(line):
+            flush()
+            cur_role, buf = "user", [m.group(1)]
+        elif m := _PANE_ASSIST.match(line):
+            flush()
+            body = m.group(1)
+            if t := _PANE_TOOL.match(body):
+                name, arg = t.group(1), t.group(2)
+                _append(msgs, "assistant", render_tool_call(name, {_TOOL_ARG.get(name, "input"): arg}))
+                cur_role, buf = None, []
+            else:
+                cur_role, buf = "assistant", [body]
+        elif m := _PANE_RESULT.match(line):
+            if cur_role != "tool":
+                flush()
+                cur_role, buf = "tool", []
+            buf.append(m.group(1))
+        elif cur_role is not None:
+            buf.append(line.strip() if cur_role != "tool" else line.strip())
+    flush()
+    if not any(m["role"] == "assistant" for m in msgs):
+        raise GtExtError(f"{where}: no agent turns recognised in pane text")
+    return ParsedSession(messages=msgs)
+
+
+_MD_FRONT = re.compile(r"\A---\s*\n(.*?)\n---\s*\n", re.DOTALL)
+_MD_HEAD = re.compile(r"^(?:#{1,4}\s*|\*\*)(system|user|assistant|tool)(?::\*\*|\*\*:?|:)?\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+def parse_markdown(text: str, where: str = "markdown") -> ParsedSession:
+    """Parse a curated markdown example: optional ``---`` front matter (key: value lines), then
+    sections headed ``## User`` / ``## Assistant`` / ``## System`` / ``## Tool``."""
+    meta: dict[str, Any] = {}
+    if m := _MD_FRONT.match(text):
+        for line in m.group(1).splitlines():
+            if ":" in line:
+                k, v = line.split(":", 1)
+                meta[k.strip()] = v.strip()
+        text = text[m.end():]
+    heads = list(_MD_HEAD.finditer(text))
+    if not heads:
+        raise GtExtError(f"{where}: no '## User' / '## Assistant' sections found")
+    msgs: list[dict[str, str]] = []
+    for i, h in enumerate(heads):
+        end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
+        body = text[h.end():end].strip("\n")
+        role = h.group(1).lower()
+        if role == "tool":
+            msgs.append({"role": "tool", "content": body.strip()})
+        else:
+            _append(msgs, role, body.strip())
+    return ParsedSession(messages=msgs, meta=meta)
+
+
+def _chat_obj(obj: Any, where: str) -> ParsedSession:
+    if isinstance(obj, list) and obj and all(isinstance(m, dict) and "role" in m for m in obj):
+        obj = {"messages": obj}
+    if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list):
+        raise GtExtError(f"{where}: expected an object with a 'messages' list")
+    msgs = []
+    for j, m in enumerate(obj["messages"]):
+        if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES or not isinstance(m.get("content"), str):
+            raise GtExtError(f"{where}: messages[{j}] needs role in {'/'.join(CHAT_ROLES)} and string content")
+        msgs.append({"role": m["role"], "content": m["content"]})
+    meta = {k: obj[k] for k in ("role", "task", "rig", "bead", "outcome", "session", "user") if k in obj}
+    return ParsedSession(messages=msgs, meta=meta, session=str(obj.get("session", "")))
+
+
+def parse_chat_file(path: str | Path) -> list[ParsedSession]:
+    """Curated examples: a ``.json`` file (one example or a list), ``.jsonl`` (one a line) or ``.md``."""
+    path = Path(path)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GtExtError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise GtExtError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    suffix = path.suffix.lower()
+    if suffix in (".md", ".markdown"):
+        return [parse_markdown(raw, str(path))]
+    if suffix == ".jsonl":
+        out = []
+        for i, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise GtExtError(f"{path}:{i}: invalid JSON ({e.msg} at column {e.colno})") from None
+            # A Claude transcript is also JSONL: recognise it by its entry shape.
+            if isinstance(obj, dict) and obj.get("type") in ("user", "assistant", "summary", "system") and "messages" not in obj:
+                return [parse_claude_jsonl(path)]
+            out.append(_chat_obj(obj, f"{path}:{i}"))
+        if not out:
+            raise GtExtError(f"{path}: no examples")
+        return out
+    if suffix == ".json":
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise GtExtError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        if isinstance(obj, list) and obj and all(isinstance(x, dict) and "messages" in x for x in obj):
+            return [_chat_obj(x, f"{path}[{k}]") for k, x in enumerate(obj)]
+        return [_chat_obj(obj, str(path))]
+    raise GtExtError(f"{path}: unsupported file type {suffix or '(none)'}: use .json, .jsonl or .md")

@@ -1,0 +1,281 @@
+"""The corpus store: one SQLite database in WAL mode, safe under concurrent writers.
+
+Layout of a store folder (``<town>/.corpus/`` in a town, else ``$GT_EXT_HOME/corpus``):
+
+    corpus.db        examples, quarantine, processed sources and spool entries, batches
+    spool/           one JSON file per hook event, written by the hooks (see `spool`)
+    process.lock     held by `gt-ext corpus process` so two processors never interleave
+
+Every write happens in one ``BEGIN IMMEDIATE`` transaction, so a processor killed midway leaves
+either the whole batch or none of it, and a rerun finds each source either done or not done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gt_ext.errors import GtExtError
+from gt_ext.paths import home_dir
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS examples(
+  id TEXT PRIMARY KEY,
+  role TEXT, task TEXT, rig TEXT, bead TEXT, session TEXT, user TEXT, time TEXT,
+  source TEXT NOT NULL, source_key TEXT NOT NULL, source_hash TEXT NOT NULL,
+  outcome TEXT NOT NULL DEFAULT 'unknown',   -- success | failure | unknown
+  label TEXT NOT NULL DEFAULT 'neutral',     -- good | neutral | bad (violations, failures)
+  status TEXT NOT NULL DEFAULT 'active',     -- active | quarantined | review | superseded
+  reason TEXT,                               -- why quarantined / under review / labelled bad
+  findings TEXT NOT NULL DEFAULT '[]',       -- scrub findings: type, span, confidence (no values)
+  messages TEXT,                             -- JSON chat messages (NULL for unparseable sources)
+  minhash TEXT,                              -- JSON signature for near-duplicate search
+  artifact_key TEXT,                         -- rig:relpath for versioned artifacts
+  batch TEXT,
+  created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ex_status ON examples(status);
+CREATE INDEX IF NOT EXISTS ex_source ON examples(source_key);
+CREATE INDEX IF NOT EXISTS ex_session ON examples(session);
+CREATE INDEX IF NOT EXISTS ex_artifact ON examples(artifact_key);
+CREATE TABLE IF NOT EXISTS sources(source_key TEXT PRIMARY KEY, source_hash TEXT NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS spool_done(spool_id TEXT PRIMARY KEY, done REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS links(
+  session TEXT PRIMARY KEY, bead TEXT, role TEXT, rig TEXT, task TEXT, outcome TEXT, user TEXT, updated REAL);
+CREATE TABLE IF NOT EXISTS lsh(band INTEGER NOT NULL, bucket TEXT NOT NULL, example_id TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS lsh_idx ON lsh(band, bucket);
+CREATE TABLE IF NOT EXISTS batches(batch TEXT PRIMARY KEY, created REAL NOT NULL, stats TEXT NOT NULL, flags TEXT NOT NULL);
+"""
+
+EXAMPLE_COLUMNS = ("id", "role", "task", "rig", "bead", "session", "user", "time", "source", "source_key",
+                   "source_hash", "outcome", "label", "status", "reason", "findings", "messages", "minhash",
+                   "artifact_key", "batch", "created")
+
+
+@dataclass
+class Example:
+    """One stored example (SFT chat) with its tags and provenance."""
+
+    id: str
+    source: str
+    source_key: str
+    source_hash: str
+    messages: list[dict[str, str]] | None
+    role: str | None = None
+    task: str | None = None
+    rig: str | None = None
+    bead: str | None = None
+    session: str | None = None
+    user: str | None = None
+    time: str | None = None
+    outcome: str = "unknown"
+    label: str = "neutral"
+    status: str = "active"
+    reason: str | None = None
+    findings: list[dict] = field(default_factory=list)
+    minhash: list[int] | None = None
+    artifact_key: str | None = None
+    batch: str | None = None
+    created: float = 0.0
+
+    def row(self) -> tuple:
+        d = self.__dict__.copy()
+        d["findings"] = json.dumps(self.findings)
+        d["messages"] = None if self.messages is None else json.dumps(self.messages, ensure_ascii=False)
+        d["minhash"] = None if self.minhash is None else json.dumps(self.minhash)
+        d["created"] = self.created or time.time()
+        return tuple(d[c] for c in EXAMPLE_COLUMNS)
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Example:
+        d = dict(row)
+        d["findings"] = json.loads(d["findings"] or "[]")
+        d["messages"] = None if d["messages"] is None else json.loads(d["messages"])
+        d["minhash"] = None if d["minhash"] is None else json.loads(d["minhash"])
+        return cls(**d)
+
+    def provenance(self) -> dict[str, Any]:
+        """The contract's provenance object."""
+        return {"source": self.source, "session": self.session or "", "rig": self.rig or "",
+                "bead": self.bead or "", "user": self.user or "", "time": self.time or "",
+                "source_hash": self.source_hash}
+
+    def summary(self) -> dict[str, Any]:
+        """Listing form: tags and status, no content."""
+        return {k: getattr(self, k) for k in ("id", "role", "task", "rig", "bead", "session", "source",
+                                               "outcome", "label", "status", "reason")} | {
+            "turns": len(self.messages or []), "findings": len(self.findings)}
+
+
+def default_store_dir(town_root: str | os.PathLike | None = None) -> Path:
+    """``<town>/.corpus`` when a town is given or found, else ``$GT_EXT_HOME/corpus``."""
+    if town_root is None:
+        town_root = _find_town_root()
+    if town_root is not None:
+        return Path(town_root) / ".corpus"
+    return home_dir() / "corpus"
+
+
+def _find_town_root() -> Path | None:
+    try:  # the foundation's town discovery, when it is there
+        from gt_ext.gastown.town import find_town  # type: ignore[import-not-found]
+
+        t = find_town()
+        return Path(t.root) if t is not None else None
+    except ImportError:
+        pass
+    env = os.environ.get("GT_TOWN_ROOT") or os.environ.get("GT_ROOT")
+    if env and (Path(env) / "mayor" / "town.json").exists():
+        return Path(env)
+    p = Path.cwd().resolve()
+    for d in (p, *p.parents):
+        if (d / "mayor" / "town.json").exists():
+            return d
+    return None
+
+
+class Store:
+    """The corpus database. Open with `Store.open(dir)`; use as a context manager to close."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "spool").mkdir(exist_ok=True)
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer takes the lock up
+        # front instead of failing on upgrade from a read lock.
+        self.db = sqlite3.connect(self.root / "corpus.db", timeout=60, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=60000")
+        with self.tx():
+            for stmt in SCHEMA.split(";"):  # executescript would COMMIT our transaction
+                if stmt.strip():
+                    self.db.execute(stmt)
+
+    @classmethod
+    def open(cls, root: str | os.PathLike | None = None, town: str | os.PathLike | None = None) -> Store:
+        """Open (creating) the store at `root`, or the default for `town` / the current town."""
+        return cls(Path(root) if root is not None else default_store_dir(town))
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.root / "spool"
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all or nothing."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        else:
+            self.db.execute("COMMIT")
+
+    # --- examples ---------------------------------------------------------------------------
+    def insert(self, ex: Example) -> bool:
+        """Insert one example (inside the caller's transaction); False when its id exists."""
+        cur = self.db.execute(
+            f"INSERT OR IGNORE INTO examples({','.join(EXAMPLE_COLUMNS)}) VALUES ({','.join('?' * len(EXAMPLE_COLUMNS))})",
+            ex.row())
+        return cur.rowcount == 1
+
+    def get(self, ex_id: str) -> Example:
+        """One example by id or unique id prefix; raises when missing or ambiguous."""
+        rows = self.db.execute("SELECT * FROM examples WHERE id LIKE ? LIMIT 2", (ex_id + "%",)).fetchall()
+        if not rows:
+            raise GtExtError(f"no example {ex_id!r} in {self.root}")
+        if len(rows) > 1:
+            raise GtExtError(f"example id prefix {ex_id!r} is ambiguous in {self.root}")
+        return Example.from_row(rows[0])
+
+    def query(self, status: str | None = "active", role: str | None = None, task: str | None = None,
+              rig: str | None = None, source: str | None = None, limit: int | None = None) -> list[Example]:
+        """Examples filtered by status/role/task/rig/source, oldest first."""
+        where, args = [], []
+        for col, val in (("status", status), ("role", role), ("task", task), ("rig", rig), ("source", source)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        sql = "SELECT * FROM examples" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created, id"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [Example.from_row(r) for r in self.db.execute(sql, args)]
+
+    def count(self, **where: Any) -> int:
+        cond = " AND ".join(f"{k} = ?" for k in where) or "1"
+        return self.db.execute(f"SELECT COUNT(*) FROM examples WHERE {cond}", tuple(where.values())).fetchone()[0]
+
+    def set_status(self, ex_id: str, status: str, reason: str | None = None) -> None:
+        with self.tx():
+            self.db.execute("UPDATE examples SET status = ?, reason = ? WHERE id = ?", (status, reason, ex_id))
+
+    def delete(self, ex_id: str) -> None:
+        with self.tx():
+            self.db.execute("DELETE FROM examples WHERE id = ?", (ex_id,))
+            self.db.execute("DELETE FROM lsh WHERE example_id = ?", (ex_id,))
+
+    def stats(self) -> dict[str, Any]:
+        """Counts by status, role, task, label, source."""
+        out: dict[str, Any] = {"total": self.count()}
+        for col in ("status", "role", "task", "label", "source", "outcome"):
+            out[col] = {(k if k is not None else "-"): n for k, n in self.db.execute(
+                f"SELECT {col}, COUNT(*) FROM examples GROUP BY {col} ORDER BY {col}")}
+        return out
+
+    # --- sources, links, spool bookkeeping -------------------------------------------------
+    def source_hash(self, key: str) -> str | None:
+        r = self.db.execute("SELECT source_hash FROM sources WHERE source_key = ?", (key,)).fetchone()
+        return r[0] if r else None
+
+    def mark_source(self, key: str, h: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO sources VALUES (?, ?, ?)", (key, h, time.time()))
+
+    def spool_done(self, spool_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM spool_done WHERE spool_id = ?", (spool_id,)).fetchone() is not None
+
+    def mark_spool_done(self, spool_id: str) -> None:
+        self.db.execute("INSERT OR IGNORE INTO spool_done VALUES (?, ?)", (spool_id, time.time()))
+
+    def link(self, session: str) -> dict[str, Any] | None:
+        r = self.db.execute("SELECT * FROM links WHERE session = ?", (session,)).fetchone()
+        return dict(r) if r else None
+
+    def set_link(self, session: str, **tags: Any) -> None:
+        """Remember what a bead close said about a session (inside the caller's transaction)."""
+        old = self.link(session) or {}
+        new = {k: tags.get(k) or old.get(k) for k in ("bead", "role", "rig", "task", "outcome", "user")}
+        self.db.execute("INSERT OR REPLACE INTO links VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (session, new["bead"], new["role"], new["rig"], new["task"], new["outcome"], new["user"], time.time()))
+
+    # --- near-duplicate index ----------------------------------------------------------------
+    def lsh_candidates(self, buckets: list[str]) -> set[str]:
+        out: set[str] = set()
+        for band, b in enumerate(buckets):
+            out.update(r[0] for r in self.db.execute("SELECT example_id FROM lsh WHERE band = ? AND bucket = ?", (band, b)))
+        return out
+
+    def lsh_add(self, ex_id: str, buckets: list[str]) -> None:
+        self.db.executemany("INSERT INTO lsh VALUES (?, ?, ?)", [(i, b, ex_id) for i, b in enumerate(buckets)])
+
+    def minhash_of(self, ex_id: str) -> list[int] | None:
+        r = self.db.execute("SELECT minhash FROM examples WHERE id = ?", (ex_id,)).fetchone()
+        return json.loads(r[0]) if r and r[0] else None
