@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS examples(
   minhash TEXT,                              -- JSON signature for near-duplicate search
   artifact_key TEXT,                         -- rig:relpath for versioned artifacts
   batch TEXT,
+  grp TEXT,                                  -- source group (user, curated file) for per-source caps
   created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ex_status ON examples(status);
@@ -56,7 +57,7 @@ CREATE TABLE IF NOT EXISTS batches(batch TEXT PRIMARY KEY, created REAL NOT NULL
 
 EXAMPLE_COLUMNS = ("id", "role", "task", "rig", "bead", "session", "user", "time", "source", "source_key",
                    "source_hash", "outcome", "label", "status", "reason", "findings", "messages", "minhash",
-                   "artifact_key", "batch", "created")
+                   "artifact_key", "batch", "grp", "created")
 
 
 @dataclass
@@ -83,6 +84,7 @@ class Example:
     minhash: list[int] | None = None
     artifact_key: str | None = None
     batch: str | None = None
+    grp: str | None = None
     created: float = 0.0
 
     def row(self) -> tuple:

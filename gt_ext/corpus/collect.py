@@ -1,0 +1,353 @@
+"""Collection: turn spooled hook events, transcript folders, live panes, curated files and town
+artifacts into stored examples.
+
+`process_spool` is what `gt-ext corpus process` runs: it holds an exclusive lock on the store,
+handles spool files oldest first, each in one transaction together with its "done" mark, and
+deletes the file only after that commit. Killed at any point, a rerun redoes at most the entry in
+flight, and content-hash ids make that a no-op.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gt_ext.corpus import spool
+from gt_ext.corpus.ingest import Ingestor, Source, Tags
+from gt_ext.corpus.parsers import ParsedSession, parse_chat_file, parse_claude_jsonl, parse_pane_text
+from gt_ext.corpus.store import Store
+from gt_ext.corpus.tags import outcome_from_issue, rig_from_actor, role_from_actor, task_from_issue
+from gt_ext.errors import GtExtError
+
+log = logging.getLogger(__name__)
+
+
+def claude_projects_dir() -> Path:
+    """Where Claude Code keeps transcripts: $GT_EXT_CLAUDE_PROJECTS, $CLAUDE_CONFIG_DIR/projects,
+    or ~/.claude/projects."""
+    if os.environ.get("GT_EXT_CLAUDE_PROJECTS"):
+        return Path(os.environ["GT_EXT_CLAUDE_PROJECTS"])
+    if os.environ.get("CLAUDE_CONFIG_DIR"):
+        return Path(os.environ["CLAUDE_CONFIG_DIR"]) / "projects"
+    return Path.home() / ".claude" / "projects"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class ProcessReport:
+    """What one processing run did."""
+
+    events: int = 0
+    sessions: int = 0
+    stored: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    errors: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+    unresolved_beads: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+@contextmanager
+def process_lock(store: Store) -> Iterator[None]:
+    """Exclusive processing lock on the store; a second processor gets a clear error."""
+    fd = os.open(store.root / "process.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise GtExtError(f"another `gt-ext corpus process` holds {store.root / 'process.lock'}") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+# --- finding the sessions that worked a bead ----------------------------------------------------
+def _read_events(town_root: Path | None) -> list[dict]:
+    if town_root is None:
+        return []
+    p = town_root / ".events.jsonl"
+    if not p.is_file():
+        return []
+    out = []
+    for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line while gt appends
+        if isinstance(e, dict):
+            out.append(e)
+    return out
+
+
+def find_transcript(session_id: str, projects: Path, cwd: str | None = None) -> Path | None:
+    """Claude's transcript of `session_id`: ``<projects>/<cwd with / as ->/<id>.jsonl``, else any
+    project folder holding that file name."""
+    if cwd:
+        p = projects / cwd.replace("/", "-") / f"{session_id}.jsonl"
+        if p.is_file():
+            return p
+    if projects.is_dir():
+        for p in projects.glob(f"*/{session_id}.jsonl"):
+            return p
+    return None
+
+
+def sessions_for_bead(issue: dict[str, Any], town_root: Path | None, projects: Path) -> list[dict[str, Any]]:
+    """Sessions that worked a bead: from gt's event log (`done`/`sling` name the actor, and the
+    actor's `session_start` gives session id and cwd), the assignee's `.runtime/session_id`, and
+    session ids the bead itself records in metadata. Each: {session, actor, cwd, transcript}."""
+    bead = issue.get("id")
+    actors = {a for a in (issue.get("assignee"),) if a}
+    events = _read_events(town_root)
+    for e in events:
+        p = e.get("payload") or {}
+        if e.get("type") in ("done", "sling", "hook", "merged", "merge_failed") and p.get("bead") == bead:
+            actors.add(e.get("actor") or p.get("actor") or p.get("target"))
+    actors.discard(None)
+    found: dict[str, dict[str, Any]] = {}
+    for e in events:
+        p = e.get("payload") or {}
+        if e.get("type") == "session_start" and e.get("actor") in actors and p.get("session_id"):
+            found[p["session_id"]] = {"session": p["session_id"], "actor": e.get("actor"), "cwd": p.get("cwd"),
+                                      "role": p.get("role")}
+    if town_root is not None:
+        for a in actors:
+            sid_file = town_root / a / ".runtime" / "session_id"
+            if sid_file.is_file():
+                sid = sid_file.read_text().strip()
+                if sid:
+                    found.setdefault(sid, {"session": sid, "actor": a, "cwd": str(town_root / a), "role": None})
+    meta = issue.get("metadata") if isinstance(issue.get("metadata"), dict) else {}
+    for key in ("session_id", "claude_session_id"):
+        if meta.get(key):
+            found.setdefault(meta[key], {"session": meta[key], "actor": issue.get("assignee"), "cwd": None, "role": None})
+    for s in found.values():
+        s["transcript"] = find_transcript(s["session"], projects, s.get("cwd"))
+        if s["transcript"] is None and meta.get("transcript_path") and Path(meta["transcript_path"]).is_file():
+            s["transcript"] = Path(meta["transcript_path"])
+    return list(found.values())
+
+
+def _rig_of_beads_dir(beads_dir: str | None, town_root: Path | None) -> str | None:
+    if not beads_dir or town_root is None:
+        return None
+    try:
+        rel = Path(beads_dir).resolve().relative_to(town_root.resolve())
+    except ValueError:
+        return None
+    parts = rel.parts
+    return None if not parts or parts[0] == ".beads" else parts[0]
+
+
+# --- ingesting one transcript --------------------------------------------------------------------
+def ingest_transcript(ing: Ingestor, path: Path, tags: Tags, report: ProcessReport) -> None:
+    """Parse and store one Claude transcript; a malformed one is quarantined with its error."""
+    h = file_sha256(path)
+    key = f"claude:{tags.session or path.stem}"
+    src = Source("claude-jsonl", key, h, group=tags.user or tags.rig)
+    try:
+        parsed = parse_claude_jsonl(path)
+    except GtExtError as e:
+        report.errors.append(str(e))
+        log.error("%s", e)
+        ing.record_failure(src, f"parse error: {e}", tags)
+        return
+    tags.session = tags.session or parsed.session
+    tags.time = tags.time or parsed.time
+    r = ing.ingest(parsed.messages, tags, src)
+    report.sessions += 1
+    report.duplicates += r.duplicates
+    for st, ids in r.inserted.items():
+        report.stored[st] = report.stored.get(st, 0) + len(ids)
+
+
+def _handle_bead_close(ing: Ingestor, ev: dict, town_root: Path | None, projects: Path, report: ProcessReport) -> None:
+    payload = ev.get("payload")
+    issue = payload[0] if isinstance(payload, list) and payload else payload
+    if not isinstance(issue, dict) or not issue.get("id"):
+        argv = ev.get("argv") or []
+        issue = {"id": argv[0]} if argv else None
+    if not issue:
+        raise GtExtError("bead_close event without an issue id")
+    rig = _rig_of_beads_dir(ev.get("beads_dir"), town_root) or rig_from_actor(issue.get("assignee"))
+    outcome = outcome_from_issue(issue) if issue.get("status") else "success"
+    sessions = sessions_for_bead(issue, town_root, projects)
+    if not sessions:
+        report.unresolved_beads.append(issue["id"])
+        log.warning("bead %s: no session found (assignee, events, .runtime)", issue["id"])
+    for s in sessions:
+        role = role_from_actor(s.get("role")) or role_from_actor(s.get("actor")) or role_from_actor(issue.get("assignee"))
+        tags = Tags(role=role, task=task_from_issue(issue), rig=rig or rig_from_actor(s.get("actor")),
+                    bead=issue["id"], session=s["session"], user=s.get("actor"), outcome=outcome)
+        # Remember the link: a transcript that arrives later (Stop hook, batch scan) gets these tags.
+        ing.store.set_link(s["session"], bead=tags.bead, role=tags.role, rig=tags.rig, task=tags.task,
+                           outcome=tags.outcome, user=tags.user)
+        if s.get("transcript"):
+            ingest_transcript(ing, Path(s["transcript"]), tags, report)
+
+
+def _handle_session_stop(ing: Ingestor, ev: dict, projects: Path, report: ProcessReport) -> None:
+    payload = ev.get("payload") if isinstance(ev.get("payload"), dict) else {}
+    env = ev.get("env") or {}
+    sid = payload.get("session_id") or env.get("GT_SESSION_ID")
+    tpath = payload.get("transcript_path")
+    path = Path(tpath) if tpath else (find_transcript(sid, projects, ev.get("cwd")) if sid else None)
+    if path is None or not path.is_file():
+        raise GtExtError(f"session_stop event: transcript {'of session ' + sid if sid else ''} not found")
+    actor = env.get("BD_ACTOR") or env.get("GT_ROLE")
+    tags = Tags(role=role_from_actor(env.get("GT_ROLE")) or role_from_actor(actor), rig=env.get("GT_RIG"),
+                session=sid or path.stem, user=actor)
+    ingest_transcript(ing, path, tags, report)
+
+
+def process_spool(store: Store, town_root: Path | None = None, projects: Path | None = None,
+                  progress: bool = False) -> ProcessReport:
+    """Consume the spool: idempotent, safe to kill, one transaction per entry."""
+    projects = projects or claude_projects_dir()
+    report = ProcessReport()
+    with process_lock(store):
+        ing = Ingestor(store)
+        entries = list(spool.read_events(store.spool_dir))
+        # Claude's Stop fires every turn: only the newest stop event of a session needs parsing.
+        last_stop: dict[str, str] = {}
+        for sid, _p, ev, _err in entries:
+            if ev and ev.get("kind") == "session_stop":
+                k = (ev.get("payload") or {}).get("transcript_path") or (ev.get("payload") or {}).get("session_id") or sid
+                last_stop[str(k)] = sid
+        it = entries
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(entries, desc="spool", unit="event")
+        for spool_id, path, ev, err in it:
+            report.events += 1
+            if store.spool_done(spool_id):
+                path.unlink(missing_ok=True)  # committed earlier, killed before the unlink
+                continue
+            with store.tx():
+                try:
+                    if err:
+                        raise GtExtError(err)
+                    kind = ev.get("kind")
+                    if kind == "bead_close":
+                        _handle_bead_close(ing, ev, town_root, projects, report)
+                    elif kind in ("session_stop", "session_shutdown"):
+                        k = (ev.get("payload") or {}).get("transcript_path") or (ev.get("payload") or {}).get("session_id") or spool_id
+                        if last_stop.get(str(k)) == spool_id:
+                            _handle_session_stop(ing, ev, projects, report)
+                    else:
+                        raise GtExtError(f"{path.name}: unknown spool event kind {kind!r}")
+                except GtExtError as e:
+                    report.errors.append(str(e))
+                    log.error("spool %s: %s", spool_id, e)
+                store.mark_spool_done(spool_id)
+            path.unlink(missing_ok=True)
+        report.flags = ing.finish()
+    return report
+
+
+# --- batch collection ----------------------------------------------------------------------------
+def scan_transcripts(store: Store, projects: Path | None = None, progress: bool = False) -> ProcessReport:
+    """Take every Claude transcript under `projects` not taken before (wisps, bead-less sessions)."""
+    projects = projects or claude_projects_dir()
+    report = ProcessReport()
+    files = sorted(projects.glob("*/*.jsonl")) if projects.is_dir() else []
+    with process_lock(store):
+        ing = Ingestor(store)
+        it = files
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(files, desc="transcripts", unit="file")
+        for f in it:
+            with store.tx():
+                link = store.link(f.stem) or {}
+                tags = Tags(session=f.stem).merged(link)
+                ingest_transcript(ing, f, tags, report)
+        report.flags = ing.finish()
+    return report
+
+
+def capture_panes(store: Store, sessions: list[str] | None = None, tmux: str = "tmux") -> ProcessReport:
+    """Capture live tmux panes (`capture-pane -p -J`) of gt agent sessions and store them."""
+    report = ProcessReport()
+    if sessions is None:
+        try:
+            out = subprocess.run([tmux, "list-sessions", "-F", "#{session_name}"], capture_output=True,
+                                 text=True, timeout=10)
+        except (FileNotFoundError, subprocess.TimeoutExpired) as e:
+            raise GtExtError(f"tmux not available: {type(e).__name__}") from None
+        sessions = [s for s in out.stdout.split() if s] if out.returncode == 0 else []
+    with process_lock(store):
+        ing = Ingestor(store)
+        for name in sessions:
+            cp = subprocess.run([tmux, "capture-pane", "-p", "-J", "-S", "-", "-t", name], capture_output=True,
+                                text=True, timeout=10)
+            if cp.returncode != 0:
+                report.errors.append(f"tmux session {name}: capture-pane failed")
+                continue
+            text = cp.stdout
+            h = hashlib.sha256(text.encode()).hexdigest()
+            src = Source("pane", f"pane:{name}", h, group=name)
+            tags = Tags(role=role_from_actor(name), session=name)
+            with store.tx():
+                try:
+                    parsed = parse_pane_text(text, f"tmux session {name}")
+                except GtExtError as e:
+                    report.errors.append(str(e))
+                    continue  # an idle pane with no turns yet is not an error worth quarantining
+                r = ing.ingest(parsed.messages, tags, src)
+                report.sessions += 1
+                for st, ids in r.inserted.items():
+                    report.stored[st] = report.stored.get(st, 0) + len(ids)
+        report.flags = ing.finish()
+    return report
+
+
+def add_files(store: Store, paths: list[Path], role: str | None = None, task: str | None = None,
+              rig: str | None = None, outcome: str | None = None) -> ProcessReport:
+    """`corpus add`: curated chat JSON/JSONL/markdown (or Claude transcripts) with optional tags.
+
+    Every file is parsed before anything is stored, so one bad file stores nothing (and says which)."""
+    parsed: list[tuple[Path, list[ParsedSession], str]] = []
+    for p in paths:
+        p = Path(p)
+        parsed.append((p, parse_chat_file(p), file_sha256(p) if p.is_file() else ""))
+    report = ProcessReport()
+    with process_lock(store):
+        ing = Ingestor(store)
+        with store.tx():
+            for p, sessions, h in parsed:
+                for i, s in enumerate(sessions):
+                    meta = s.meta
+                    kind = "claude-jsonl" if s.session and not meta and p.suffix == ".jsonl" and len(sessions) == 1 and s.cwd else (
+                        "markdown" if p.suffix.lower() in (".md", ".markdown") else "curated")
+                    tags = Tags(role=role or meta.get("role"), task=task or meta.get("task"), rig=rig or meta.get("rig"),
+                                bead=meta.get("bead"), session=s.session or f"{p.name}#{i}", user=meta.get("user"),
+                                outcome=outcome or meta.get("outcome") or "unknown", time=s.time or None)
+                    src = Source(kind, f"file:{h}#{i}", h, group=f"file:{p.name}")
+                    r = ing.ingest(s.messages, tags, src)
+                    report.sessions += 1
+                    report.duplicates += r.duplicates
+                    for st, ids in r.inserted.items():
+                        report.stored[st] = report.stored.get(st, 0) + len(ids)
+        report.flags = ing.finish()
+    return report

@@ -1,0 +1,106 @@
+"""Tags of an example: role, task and outcome, read from bead fields, actors and content."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from gt_ext.corpus.format import parse_tool_calls
+from gt_ext.roles import ROLE_DESCRIPTIONS, ROLES, TASKS
+
+# Actor / role strings as gt writes them: "mayor", "deacon", "gastown/witness",
+# "gastown/polecats/nux", "gastown/crew/max", "deacon/dogs/alpha", "boot".
+_ROLE_WORDS = {"polecats": "polecat", "polecat": "polecat", "crew": "crew", "witness": "witness",
+               "refinery": "refinery", "mayor": "mayor", "deacon": "deacon", "boot": "boot",
+               "dogs": "dog", "dog": "dog"}
+
+_FAILURE_RE = re.compile(r"(?i)\b(fail(?:ed|ure)?|abandon(?:ed)?|won'?t ?fix|wontfix|invalid|reject(?:ed)?|"
+                         r"revert(?:ed)?|broke|stuck|timed? ?out|gave up|not done|duplicate)\b")
+_FAILURE_LABELS = {"failed", "failure", "outcome:failure", "outcome:failed", "abandoned", "wontfix", "rejected"}
+_SUCCESS_LABELS = {"success", "outcome:success", "done", "merged"}
+
+
+def role_from_actor(actor: str | None) -> str | None:
+    """The Gas Town role named by an actor/role string, or None. The most specific part wins
+    ("deacon/dogs/alpha" is a dog, "gastown/polecats/nux" a polecat)."""
+    if not actor:
+        return None
+    parts = [p for p in re.split(r"[/\s:]+", actor.lower()) if p]
+    for p in reversed(parts):
+        if p in _ROLE_WORDS:
+            return _ROLE_WORDS[p]
+    for p in reversed(parts):  # "hq-deacon", "dm-witness": tmux session names
+        for w, r in _ROLE_WORDS.items():
+            if p.endswith("-" + w):
+                return r
+    return None
+
+
+def rig_from_actor(actor: str | None) -> str | None:
+    """``gastown/polecats/nux`` -> ``gastown``; town-level actors have no rig."""
+    if not actor or "/" not in actor:
+        return None
+    first = actor.split("/", 1)[0]
+    return None if first in ("mayor", "deacon", "boot", "hq") else first
+
+
+def outcome_from_issue(issue: dict[str, Any]) -> str:
+    """success / failure / unknown from a bead's status, close reason and labels."""
+    labels = {str(x).lower() for x in (issue.get("labels") or [])}
+    if labels & _FAILURE_LABELS:
+        return "failure"
+    if labels & _SUCCESS_LABELS:
+        return "success"
+    reason = str(issue.get("close_reason") or "")
+    if issue.get("status") == "closed":
+        return "failure" if _FAILURE_RE.search(reason) else "success"
+    return "unknown"
+
+
+def task_from_issue(issue: dict[str, Any]) -> str | None:
+    """Task partition from a bead's labels (``task:patrol`` or a bare task name) and type."""
+    for lab in issue.get("labels") or []:
+        lab = str(lab).lower()
+        name = lab.split(":", 1)[1] if lab.startswith("task:") else lab
+        if name in TASKS:
+            return name
+    itype = str(issue.get("issue_type") or "").lower()
+    title = str(issue.get("title") or "").lower()
+    if itype in ("epic", "decision", "milestone") or re.search(r"\b(plan|design|roadmap)\b", title):
+        return "planning"
+    if re.search(r"\b(review|mr|merge request|pull request)\b", title):
+        return "code-review"
+    if itype in ("molecule", "gate") and re.search(r"patrol", title):
+        return "patrol"
+    return None
+
+
+def task_from_content(messages: list[dict[str, str]], role: str | None) -> str:
+    """Task partition guessed from what the assistant did (tool calls), then from the role."""
+    cmds = " ".join(str(c["input"].get("command", "")) for m in messages if m["role"] == "assistant"
+                    for c in parse_tool_calls(m["content"]))
+    if re.search(r"\bbd (?:create|new)\b|\bgt convoy create\b", cmds):
+        return "bead-creation"
+    if re.search(r"\bgit (?:diff|log -p|show)\b|\bgt mq\b|\breview\b", cmds) and role in ("refinery", "crew", "polecat"):
+        return "code-review"
+    if role in ("deacon", "boot", "witness", "dog"):
+        return "patrol"
+    if re.search(r"\bgit (?:rebase|merge|push|commit|checkout|branch|pull)\b|\bgt done\b", cmds):
+        return "git-workflow"
+    if role == "mayor":
+        return "planning"
+    return "general"
+
+
+def system_prompt(role: str, rig: str | None = None) -> str:
+    """The system turn added to examples of a role that had none (same text at train and serve)."""
+    where = f" in rig {rig}" if rig else ""
+    return (f"You are the Gas Town {role}{where}: {ROLE_DESCRIPTIONS[role]}. Use gt and bd for town and "
+            "bead state; call tools with <tool_call> blocks.")
+
+
+def check_role_tag(role: str | None) -> str | None:
+    """None stays None; a known role passes; anything else maps through actor parsing."""
+    if role is None or role in ROLES:
+        return role
+    return role_from_actor(role)
