@@ -76,14 +76,35 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning `GtExtError` into a one-line error and its exit code.
 
-    Usage errors (unknown command, bad option) are click's: a short message and exit code 2.
+    Usage errors (unknown command, bad option) print one line, `error: <command>: <message>`, exit 2.
     """
     logging.basicConfig(
         level=os.environ.get("GT_EXT_LOG", "WARNING").upper(),
         format="%(levelname)s %(name)s: %(message)s",
     )
+    try:  # typer >= 0.24 vendors click as typer._click; older ones use click itself
+        from typer._click import exceptions as click_exc
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click_exc
+
     try:
-        app(args=argv, prog_name="gt-ext")  # standalone: click exits with its own codes
+        # Not standalone: usage errors come back here and are printed on ONE line (typer would
+        # draw a multi-line rich box); `--help` and typer.Exit come back as exit codes.
+        rv = app(args=argv, prog_name="gt-ext", standalone_mode=False)
+    except click_exc.NoArgsIsHelpError as e:
+        e.show()  # a group called without a subcommand: its help, exit 2
+        return e.exit_code
+    except click_exc.UsageError as e:
+        where = e.ctx.command_path if e.ctx is not None else "gt-ext"
+        msg = " ".join(e.format_message().split())
+        print(f"error: {where}: {msg} (see '{where} --help')", file=sys.stderr)
+        return e.exit_code
+    except click_exc.ClickException as e:
+        print(f"error: {' '.join(e.format_message().split())}", file=sys.stderr)
+        return e.exit_code
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        return 1
     except GtExtError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
@@ -91,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except KeyboardInterrupt:
         return 130
-    return 0
+    return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
 
 
 if __name__ == "__main__":
