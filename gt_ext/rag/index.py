@@ -1,0 +1,271 @@
+"""The town's RAG index: one Chroma collection under `<town>/.rag/`, kept in sync by ONE indexer.
+
+Chroma is not process-safe, so every write happens inside `reindex()`, which holds an exclusive
+`flock` on `<town>/.rag/indexer.lock`; a second indexer is refused (or waits, if asked). bd hooks
+never write here: they `spool.enqueue` events, and the indexer drains them.
+
+A run: scan the sources into groups (a beads dir, a file, the session folder); for each group that
+changed (fingerprint differs, a spool event names it, or `full`), load its chunks and diff their
+ids against what the index holds for that group: add the new ids, delete the missing ones. Ids are
+content hashes, so an unchanged chunk is never re-embedded and nothing is ever duplicated. Groups
+that no longer exist are deleted. A run killed midway leaves the state file un-updated for the
+group it was in, so the next run re-diffs that group and converges.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gt_ext.atomic import atomic_write_json
+from gt_ext.errors import GtExtError
+from gt_ext.rag import spool
+from gt_ext.rag.chunk import Chunk
+
+log = logging.getLogger(__name__)
+
+COLLECTION = "town"
+BATCH = 64  # chunks embedded and written per Chroma call
+
+
+def rag_dir(town_root: Path) -> Path:
+    """`<town>/.rag/`: the Chroma store, the state file, the lock and the spool."""
+    return Path(town_root) / spool.RAG_DIRNAME
+
+
+def _client(path: Path) -> Any:
+    import chromadb
+    from chromadb.config import Settings
+
+    return chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
+
+
+def open_collection(town_root: Path, create: bool = True) -> Any | None:
+    """The town's collection (with the MiniLM embedding function), or None if there is no index yet."""
+    from gt_ext.rag.embed import MiniLMEmbedding
+
+    store = rag_dir(town_root) / "chroma"
+    if not create and not store.is_dir():
+        return None
+    client = _client(store)
+    if create:
+        return client.get_or_create_collection(
+            COLLECTION, embedding_function=MiniLMEmbedding(), configuration={"hnsw": {"space": "cosine"}}
+        )
+    try:
+        return client.get_collection(COLLECTION, embedding_function=MiniLMEmbedding())
+    except Exception:  # chromadb raises NotFoundError/ValueError depending on version
+        return None
+
+
+@contextmanager
+def indexer_lock(town_root: Path, wait: bool = False):
+    """Hold the one-writer lock for the town's index; raise if another indexer holds it."""
+    d = rag_dir(town_root)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "indexer.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise GtExtError(f"RAG indexer already running for {town_root} (pid {holder}); try again when it ends") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def lock_holder(town_root: Path) -> int | None:
+    """Pid of a running indexer, or None (probes the lock without taking it for long)."""
+    path = rag_dir(town_root) / "indexer.lock"
+    if not path.is_file():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            txt = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(txt) if txt.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _state_path(town_root: Path) -> Path:
+    return rag_dir(town_root) / "state.json"
+
+
+def load_state(town_root: Path) -> dict[str, Any]:
+    """The indexer's bookkeeping: `{"groups": {key: {"fingerprint", "chunks", "synced"}}, "last_run": {...}}`."""
+    p = _state_path(town_root)
+    if not p.is_file():
+        return {"groups": {}, "last_run": None}
+    try:
+        st = json.loads(p.read_text())
+        st.setdefault("groups", {})
+        st.setdefault("last_run", None)
+        return st
+    except ValueError:
+        log.warning("%s is not valid JSON; treating every source as changed", p)
+        return {"groups": {}, "last_run": None}
+
+
+@dataclass
+class ReindexReport:
+    """What one indexer run did."""
+
+    groups_scanned: int = 0
+    groups_synced: int = 0
+    added: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    groups_removed: int = 0
+    events: int = 0
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    total: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _dirty_groups(town_root: Path, events: list[dict[str, Any]]) -> set[str]:
+    """Group keys named by spool events (a bead event dirties its beads dir, a file event its file)."""
+    out: set[str] = set()
+    for ev in events:
+        for field_ in ("beads_dir", "path"):
+            v = ev.get(field_)
+            if v:
+                p = Path(v)
+                try:
+                    rel = p.resolve().relative_to(Path(town_root).resolve()).as_posix()
+                except ValueError:
+                    rel = p.as_posix()
+                out.add(("beads:" if field_ == "beads_dir" else "file:") + rel)
+    return out
+
+
+def sync_chunks(col: Any, group: str, chunks: list[Chunk], progress: Any = None) -> tuple[int, int, int]:
+    """Make the collection hold exactly `chunks` for `group`: returns (added, deleted, unchanged)."""
+    existing = set(col.get(where={"group": group}, include=[])["ids"])
+    want = {c.id: c for c in chunks}
+    new = [c for cid, c in want.items() if cid not in existing]
+    gone = sorted(existing - want.keys())
+    for i in range(0, len(new), BATCH):
+        b = new[i : i + BATCH]
+        col.upsert(ids=[c.id for c in b], documents=[c.text for c in b], metadatas=[c.meta for c in b])
+        if progress is not None:
+            progress.update(len(b))
+    # Delete only after the new chunks are in: a reader never sees the group empty mid-update.
+    for i in range(0, len(gone), 1000):
+        col.delete(ids=gone[i : i + 1000])
+    return len(new), len(gone), len(want) - len(new)
+
+
+def _all_groups(col: Any) -> Counter:
+    """group key -> chunk count, over the whole collection."""
+    counts: Counter = Counter()
+    total = col.count()
+    for off in range(0, total, 5000):
+        for m in col.get(include=["metadatas"], limit=5000, offset=off)["metadatas"]:
+            counts[(m or {}).get("group", "?")] += 1
+    return counts
+
+
+def reindex(town_root: Path, full: bool = False, progress: bool = False, wait: bool = False,
+            corpus_dir: Path | None = None) -> ReindexReport:
+    """Bring `<town>/.rag/` in line with the town (see module docstring); the one writer entry point."""
+    from tqdm import tqdm
+
+    from gt_ext.rag import sources
+
+    t0 = time.time()
+    rep = ReindexReport()
+    town_root = Path(town_root)
+    with indexer_lock(town_root, wait=wait):
+        pending = spool.pending(town_root)
+        events = spool.read_events(pending)
+        rep.events = len(events)
+        dirty = _dirty_groups(town_root, events)
+        state = load_state(town_root)
+        col = open_collection(town_root)
+        groups = sources.scan(town_root, corpus_dir)
+        rep.groups_scanned = len(groups)
+        bar = tqdm(total=len(groups), desc="rag: sources", unit="src", disable=not progress, leave=False)
+        for g in groups:
+            bar.update(1)
+            prev = state["groups"].get(g.key, {})
+            if (not full and g.fingerprint is not None and prev.get("fingerprint") == g.fingerprint
+                    and g.key not in dirty):
+                rep.unchanged += int(prev.get("chunks", 0))
+                continue
+            try:
+                chunks = g.load()
+            except GtExtError as e:
+                # Keep what the index has for this group; say which source failed, not its content.
+                rep.errors.append(str(e))
+                log.warning("rag: %s", e)
+                continue
+            added, deleted, same = sync_chunks(col, g.key, chunks)
+            rep.added += added
+            rep.deleted += deleted
+            rep.unchanged += same
+            rep.groups_synced += 1
+            state["groups"][g.key] = {"fingerprint": g.fingerprint, "chunks": len(chunks), "synced": time.time()}
+            atomic_write_json(_state_path(town_root), state)
+        bar.close()
+        # Sources that disappeared: whatever the index holds for a group the scan no longer has.
+        live = {g.key for g in groups}
+        for key in sorted(set(_all_groups(col)) | set(state["groups"])):
+            if key not in live:
+                ids = col.get(where={"group": key}, include=[])["ids"]
+                if ids:
+                    col.delete(ids=ids)
+                rep.deleted += len(ids)
+                rep.groups_removed += 1
+                state["groups"].pop(key, None)
+        rep.total = col.count()
+        rep.seconds = round(time.time() - t0, 3)
+        state["last_run"] = {"time": time.time(), "full": full, **rep.to_dict()}
+        atomic_write_json(_state_path(town_root), state)
+        spool.ack(pending)  # only now: a crash before this re-processes the events (idempotent)
+    return rep
+
+
+def status(town_root: Path) -> dict[str, Any]:
+    """Counts by kind and group, last run, pending spool events and whether an indexer runs now."""
+    town_root = Path(town_root)
+    state = load_state(town_root)
+    out: dict[str, Any] = {
+        "town": str(town_root),
+        "index": str(rag_dir(town_root) / "chroma"),
+        "exists": (rag_dir(town_root) / "chroma").is_dir(),
+        "chunks": 0,
+        "kinds": {},
+        "groups": len(state["groups"]),
+        "pending_events": len(spool.pending(town_root)),
+        "indexer_pid": lock_holder(town_root),
+        "last_run": state["last_run"],
+    }
+    col = open_collection(town_root, create=False) if out["exists"] else None
+    if col is not None:
+        out["chunks"] = col.count()
+        kinds: Counter = Counter()
+        for off in range(0, out["chunks"], 5000):
+            for m in col.get(include=["metadatas"], limit=5000, offset=off)["metadatas"]:
+                kinds[(m or {}).get("kind", "?")] += 1
+        out["kinds"] = dict(sorted(kinds.items()))
+    return out

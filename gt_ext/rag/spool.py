@@ -1,0 +1,88 @@
+"""The spool: a folder of small event files that bd hooks append to and the one indexer drains.
+
+Hooks must return fast and never lose work, and Chroma is not process-safe, so a hook never
+touches the index: it writes one event file here (temp + rename, so the indexer never reads half
+an event) and exits. This module imports only the standard library and `gt_ext.atomic`.
+
+    from gt_ext.rag.spool import enqueue
+    enqueue(town_root, {"kind": "bead", "op": "close", "beads_dir": "/town/.beads", "id": "hq-1"})
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from gt_ext.atomic import atomic_write_text
+
+RAG_DIRNAME = ".rag"
+SPOOL_DIRNAME = "spool"
+# Fields kept from an event: ids and paths only. Hooks get the full issue JSON on stdin; we do not
+# spool bead text (it may hold a secret, and the indexer re-reads the bead through bd anyway).
+_KEEP = ("kind", "op", "beads_dir", "id", "path", "rig")
+
+
+def spool_dir(town_root: str | os.PathLike) -> Path:
+    """`<town>/.rag/spool/`, where pending events wait for the indexer."""
+    return Path(town_root) / RAG_DIRNAME / SPOOL_DIRNAME
+
+
+def enqueue(town_root: str | os.PathLike, event: dict[str, Any]) -> Path:
+    """Append one change event for the indexer and return its file; never blocks on the indexer.
+
+    `event` is a dict such as `{"kind": "bead", "op": "create|update|close", "beads_dir": PATH,
+    "id": ISSUE_ID}` or `{"kind": "file", "path": PATH}` (a config, CLAUDE.md or formula that
+    changed). Only the keys kind, op, beads_dir, id, path and rig are kept.
+    """
+    if not isinstance(event, dict) or not isinstance(event.get("kind"), str):
+        raise ValueError("rag spool event must be a dict with a string 'kind'")
+    rec = {k: str(event[k]) for k in _KEEP if event.get(k) is not None}
+    rec["ts"] = time.time()
+    # Name sorts by time; pid + counter keep concurrent hooks from colliding.
+    name = f"{time.time_ns():020d}-{os.getpid()}-{_next()}.json"
+    path = spool_dir(town_root) / name
+    atomic_write_text(path, json.dumps(rec, sort_keys=True) + "\n")
+    return path
+
+
+_counter = 0
+
+
+def _next() -> int:
+    global _counter
+    _counter += 1
+    return _counter
+
+
+def pending(town_root: str | os.PathLike) -> list[Path]:
+    """Event files waiting in the spool, oldest first (temp files of writers in flight are skipped)."""
+    d = spool_dir(town_root)
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
+
+
+def read_events(paths: list[Path]) -> list[dict[str, Any]]:
+    """Parse event files; an unreadable one is returned as `{"kind": "corrupt", "path": ...}`."""
+    out = []
+    for p in paths:
+        try:
+            ev = json.loads(p.read_text())
+            if not isinstance(ev, dict):
+                raise ValueError("not an object")
+        except (OSError, ValueError):
+            ev = {"kind": "corrupt", "path": str(p)}
+        out.append(ev)
+    return out
+
+
+def ack(paths: list[Path]) -> None:
+    """Remove events the indexer has committed to the index."""
+    for p in paths:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
