@@ -1,0 +1,53 @@
+"""Sampling parameters: plain data, importable without torch (the CLI and the API validate with it)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from gt_ext.errors import GtExtError
+
+
+@dataclass
+class SamplingParams:
+    """How to pick tokens. `temperature=0` is greedy; `top_k=0` and `top_p=1` switch those filters off."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.validate()
+
+    def validate(self) -> SamplingParams:
+        """Raise `GtExtError` naming the first bad field; return self when all are in range."""
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise GtExtError(f"sampling: max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if not 0.0 <= float(self.temperature) <= 100.0:
+            raise GtExtError(f"sampling: temperature must be in [0, 100], got {self.temperature!r}")
+        if not 0.0 < float(self.top_p) <= 1.0:
+            raise GtExtError(f"sampling: top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise GtExtError(f"sampling: top_k must be an integer >= 0, got {self.top_k!r}")
+        if not 0.0 < float(self.repetition_penalty) <= 10.0:
+            raise GtExtError(f"sampling: repetition_penalty must be in (0, 10], got {self.repetition_penalty!r}")
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise GtExtError("sampling: stop must be a list of non-empty strings")
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise GtExtError(f"sampling: seed must be an integer, got {self.seed!r}")
+        return self
+
+    @property
+    def greedy(self) -> bool:
+        """True when the next token is always the arg-max."""
+        return float(self.temperature) == 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able copy."""
+        return asdict(self)
