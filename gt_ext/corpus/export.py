@@ -1,0 +1,195 @@
+"""Export the corpus as training shards with a manifest (the format in docs/CONTRACTS.md).
+
+    DIR/manifest.json
+    DIR/sft/<role>/<task>/{train,val}.jsonl
+    DIR/dpo/<role>/<task>/{train,val}.jsonl
+
+Only active examples go out; SFT takes those labelled good or neutral (never one with a convention
+violation or a failed outcome); DPO pairs a success with a failure of the same task (same opening
+prompt). The train/val split is a pure function of the prompt, so it is deterministic and the
+same task never lands on both sides. Files are written to a temp folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gt_ext.corpus.format import canonical_json, dpo_id
+from gt_ext.corpus.scrub import Scrubber
+from gt_ext.corpus.store import Example, Store
+from gt_ext.errors import GtExtError
+from gt_ext.roles import TASKS
+
+log = logging.getLogger(__name__)
+
+SETTINGS_FILE = "gt-ext.json"  # this project's own settings file (gt drops unknown keys in its own)
+
+
+def shared_rigs(store: Store) -> set[str]:
+    """Rigs that opted in to cross-rig sharing: ``{"corpus": {"share": ["rigA", ...]}}`` in
+    ``<town>/settings/gt-ext.json`` (or ``$GT_EXT_HOME/gt-ext.json`` outside a town)."""
+    for p in (store.root.parent / "settings" / SETTINGS_FILE, store.root.parent / SETTINGS_FILE):
+        if p.is_file():
+            try:
+                cfg = json.loads(p.read_text())
+            except json.JSONDecodeError as e:
+                raise GtExtError(f"{p}:{e.lineno}: invalid JSON") from None
+            share = (cfg.get("corpus") or {}).get("share") or []
+            if not isinstance(share, list):
+                raise GtExtError(f"{p}: corpus.share must be a list of rig names")
+            return {str(x) for x in share}
+    return set()
+
+
+def _prompt_key(messages: list[dict[str, str]]) -> str:
+    """The task an example answers: everything up to and including its first user turn."""
+    out = []
+    for m in messages:
+        out.append(m)
+        if m["role"] == "user":
+            break
+    return hashlib.sha256(canonical_json(out).encode()).hexdigest()
+
+
+def _is_val(key: str, val_pct: int) -> bool:
+    return int(key[:8], 16) % 100 < val_pct
+
+
+def _task(ex: Example) -> str:
+    return ex.task if ex.task in TASKS else "general"
+
+
+def _dpo_pair(good: Example, bad: Example) -> dict[str, Any] | None:
+    """Prompt = shared prefix; chosen/rejected = the first assistant turns where they part."""
+    a, b = good.messages or [], bad.messages or []
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    if i == 0 or i >= len(a) or i >= len(b) or a[i]["role"] != "assistant" or b[i]["role"] != "assistant":
+        return None
+    if not any(m["role"] == "user" for m in a[:i]):
+        return None
+    prompt = a[:i]
+    prov = good.provenance() | {"rejected_session": bad.session or "", "rejected_bead": bad.bead or "",
+                                "rejected_source_hash": bad.source_hash}
+    return {"id": dpo_id(prompt, a[i]["content"], b[i]["content"]), "role": good.role, "task": _task(good),
+            "prompt": prompt, "chosen": a[i]["content"], "rejected": b[i]["content"], "provenance": prov}
+
+
+def export_corpus(store: Store, out: str | os.PathLike, rig: str | None = None, val_pct: int = 10,
+                  overwrite: bool = False) -> dict[str, Any]:
+    """Write the shards and manifest to `out`; return the manifest.
+
+    `rig`: export for one rig: its own examples, town-level ones, and those of rigs that opted in
+    to sharing. Without it, the whole store.
+    """
+    if not 0 <= val_pct < 100:
+        raise GtExtError(f"--val-pct must be in 0..99, got {val_pct}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not (out / "manifest.json").is_file():
+            raise GtExtError(f"{out} exists and is not a corpus export: refusing to replace it")
+        if not overwrite:
+            raise GtExtError(f"{out} already holds an export: pass --overwrite to replace it")
+    allowed = None if rig is None else ({rig} | shared_rigs(store))
+    verifier = Scrubber(use_detect_secrets=False)  # last line of defence: no certain secret may leave
+
+    examples = [e for e in store.query(status="active") if e.messages and e.role]
+    if allowed is not None:
+        examples = [e for e in examples if e.rig is None or e.rig in allowed]
+    excluded = 0
+    clean: list[Example] = []
+    for e in examples:
+        if any(verifier.scan(m["content"]) for m in e.messages or []):
+            excluded += 1
+            log.error("example %s still holds a detectable secret after scrubbing: not exported", e.id[:12])
+            continue
+        clean.append(e)
+
+    sft: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for e in clean:
+        if e.label in ("good", "neutral"):
+            split = "val" if _is_val(_prompt_key(e.messages), val_pct) else "train"
+            sft[(e.role, _task(e), split)].append(
+                {"id": e.id, "role": e.role, "task": _task(e), "messages": e.messages, "provenance": e.provenance()})
+
+    by_prompt: dict[tuple[str, str], dict[str, list[Example]]] = defaultdict(lambda: {"good": [], "bad": []})
+    for e in clean:
+        key = (e.role, _prompt_key(e.messages))
+        if e.label == "good":
+            by_prompt[key]["good"].append(e)
+        elif e.label == "bad":
+            by_prompt[key]["bad"].append(e)
+    dpo: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for (_role, pkey), grp in sorted(by_prompt.items()):
+        goods = sorted(grp["good"], key=lambda x: x.id)
+        bads = sorted(grp["bad"], key=lambda x: x.id)
+        for g, b in zip(goods, bads * (len(goods) // max(1, len(bads)) + 1), strict=False):
+            if (pair := _dpo_pair(g, b)) is not None:
+                split = "val" if _is_val(pkey, val_pct) else "train"
+                dpo[(pair["role"], pair["task"], split)].append(pair)
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    try:
+        files: dict[str, str] = {}
+        counts: dict[str, dict] = {"sft": {}, "dpo": {}}
+        for kind, groups in (("sft", sft), ("dpo", dpo)):
+            for (role, task, split), recs in sorted(groups.items()):
+                rel = f"{kind}/{role}/{task}/{split}.jsonl"
+                data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n"
+                               for r in sorted(recs, key=lambda r: r["id"])).encode()
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / rel).write_bytes(data)
+                files[rel] = hashlib.sha256(data).hexdigest()
+                counts[kind].setdefault(role, {}).setdefault(task, {"train": 0, "val": 0})[split] = len(recs)
+        manifest = {
+            "corpus_hash": hashlib.sha256("\n".join(sorted(files.values())).encode()).hexdigest(),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "counts": counts,
+            "files": dict(sorted(files.items())),
+            "rig": rig,
+            "val_pct": val_pct,
+            "excluded_unsafe": excluded,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        for p in tmp.rglob("*"):
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def verify_export(out: str | os.PathLike) -> dict[str, Any]:
+    """Re-hash an export and compare with its manifest; raise on any mismatch."""
+    out = Path(out)
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except FileNotFoundError:
+        raise GtExtError(f"{out}: no manifest.json") from None
+    for rel, h in manifest["files"].items():
+        p = out / rel
+        if not p.is_file() or hashlib.sha256(p.read_bytes()).hexdigest() != h:
+            raise GtExtError(f"{out}/{rel}: missing or hash differs from the manifest")
+    if hashlib.sha256("\n".join(sorted(manifest["files"].values())).encode()).hexdigest() != manifest["corpus_hash"]:
+        raise GtExtError(f"{out}: corpus_hash does not match the file hashes")
+    return manifest
