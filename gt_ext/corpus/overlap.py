@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 from gt_ext.errors import GtExtError
 
@@ -47,11 +48,24 @@ def check_no_overlap(train_texts: Iterable[str], eval_texts: Iterable[str], n: i
         raise GtExtError(f"{what} item {i} shares the {n}-gram {g!r} with eval prompt {j} ({len(hits)} overlaps)")
 
 
-def eval_prompts() -> list[str]:
-    """Prompts of this project's own eval tasks, when the evals package provides them (else [])."""
-    try:
-        from gt_ext.evals import tasks as _tasks  # type: ignore[attr-defined]
-    except ImportError:
-        return []
-    fn = getattr(_tasks, "all_prompts", None)
-    return list(fn()) if callable(fn) else []
+def eval_prompts(tasks_dir: str | Path | None = None) -> list[str]:
+    """Task texts of this project's eval suites: every string in the ``vars`` of every test in
+    ``gt_ext/evals/tasks/*/*.yaml`` (the task-specific part; shared prompt templates are left out,
+    since they legitimately repeat role descriptions). Empty when there are no suites yet."""
+    import yaml
+
+    root = Path(tasks_dir) if tasks_dir else Path(__file__).resolve().parent.parent / "evals" / "tasks"
+    out: list[str] = []
+    for f in sorted(root.glob("*/*.yaml")) if root.is_dir() else []:
+        try:
+            data = yaml.safe_load(f.read_text(encoding="utf-8"))
+        except yaml.YAMLError:
+            continue
+        tests = data if isinstance(data, list) else (data.get("tests") if isinstance(data, dict) else None)
+        for t in tests if isinstance(tests, list) else []:
+            vars_ = t.get("vars") if isinstance(t, dict) else None
+            if isinstance(vars_, dict):
+                text = " ".join(str(v) for v in vars_.values() if isinstance(v, str | int | float))
+                if text.strip():
+                    out.append(text)
+    return out

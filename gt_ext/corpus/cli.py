@@ -1,0 +1,333 @@
+"""`gt-ext corpus`: collect, inspect, review and export the training corpus.
+
+Heavy imports stay inside the commands (the CLI must start fast for the `gt` shim).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gt_ext.errors import GtExtError
+
+app = typer.Typer(
+    help="Training corpus: collect sessions, scrub secrets, review quarantine, export shards.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+quarantine_app = typer.Typer(help="Review examples held back for uncertain secrets or parse errors.", no_args_is_help=True)
+app.add_typer(quarantine_app, name="quarantine")
+
+_state: dict[str, Path | None] = {"store": None, "town": None}
+
+StoreOpt = Annotated[Path | None, typer.Option("--store", envvar="GT_EXT_CORPUS",
+                                               help="Corpus folder (default: <town>/.corpus or $GT_EXT_HOME/corpus).")]
+TownOpt = Annotated[Path | None, typer.Option("--town", help="Town root (default: found from the current folder).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+@app.callback()
+def _root(store: StoreOpt = None, town: TownOpt = None) -> None:
+    """Training corpus: collect sessions, scrub secrets, review quarantine, export shards."""
+    _state["store"], _state["town"] = store, town
+
+
+def _store():
+    from gt_ext.corpus.store import Store
+
+    return Store.open(_state["store"], town=_state["town"])
+
+
+def _town_root() -> Path | None:
+    if _state["town"] is not None:
+        return _state["town"]
+    from gt_ext.corpus.store import _find_town_root
+
+    return _find_town_root()
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+@app.command()
+def add(files: Annotated[list[Path], typer.Argument(help="Chat .json/.jsonl, markdown .md, or Claude transcript .jsonl.")],
+        role: Annotated[str | None, typer.Option(help="Role tag (mayor, deacon, ..., crew).")] = None,
+        task: Annotated[str | None, typer.Option(help="Task tag (bead-creation, code-review, ...).")] = None,
+        rig: Annotated[str | None, typer.Option(help="Rig tag.")] = None,
+        outcome: Annotated[str | None, typer.Option(help="success or failure.")] = None,
+        as_json: JsonOpt = False) -> None:
+    """Add curated examples; each is scrubbed and gated like collected sessions."""
+    from gt_ext.corpus.collect import add_files
+    from gt_ext.roles import check_role, check_task
+
+    if role:
+        check_role(role)
+    if task:
+        check_task(task)
+    if outcome and outcome not in ("success", "failure"):
+        raise GtExtError(f"--outcome must be success or failure, got {outcome!r}")
+    with _store() as st:
+        rep = add_files(st, files, role=role, task=task, rig=rig, outcome=outcome)
+    if as_json:
+        _print_json(rep.to_dict())
+    else:
+        print(f"added {rep.sessions} example(s): {rep.stored or 'nothing new'}; {rep.duplicates} duplicate(s)")
+
+
+@app.command("list")
+def list_(status: Annotated[str | None, typer.Option(help="active, quarantined, review, rejected, superseded or all.")] = "active",
+          role: Annotated[str | None, typer.Option()] = None, task: Annotated[str | None, typer.Option()] = None,
+          rig: Annotated[str | None, typer.Option()] = None, limit: Annotated[int, typer.Option()] = 50,
+          as_json: JsonOpt = False) -> None:
+    """List examples (tags only, no content)."""
+    with _store() as st:
+        rows = [e.summary() for e in st.query(status=None if status == "all" else status, role=role, task=task, rig=rig, limit=limit)]
+    if as_json:
+        _print_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table("id", "role", "task", "rig", "bead", "source", "outcome", "label", "status", "turns")
+    for r in rows:
+        t.add_row(r["id"][:12], r["role"] or "-", r["task"] or "-", r["rig"] or "-", r["bead"] or "-", r["source"],
+                  r["outcome"], r["label"], r["status"], str(r["turns"]))
+    Console().print(t)
+
+
+def _masked(ex, reveal: bool) -> list[dict[str, str]]:
+    """Messages with uncertain spans masked (they may be secrets) unless `reveal`."""
+    from gt_ext.corpus.scrub import default_scrubber
+
+    out = []
+    for m in ex.messages or []:
+        text = m["content"]
+        if not reveal:
+            for f in sorted(default_scrubber().scan(text), key=lambda f: f.start, reverse=True):
+                if f.confidence == "uncertain":
+                    text = text[:f.start] + f"[UNCERTAIN:{f.type}]" + text[f.end:]
+        out.append({"role": m["role"], "content": text})
+    return out
+
+
+@app.command()
+def show(example_id: Annotated[str, typer.Argument(help="Example id or unique prefix.")], as_json: JsonOpt = False) -> None:
+    """Show one example: tags, provenance, findings and messages (uncertain spans masked)."""
+    with _store() as st:
+        ex = st.get(example_id)
+    data = ex.summary() | {"provenance": ex.provenance(), "findings": ex.findings, "messages": _masked(ex, False)}
+    if as_json:
+        _print_json(data)
+        return
+    for k, v in ex.summary().items():
+        print(f"{k}: {v}")
+    for m in data["messages"]:
+        print(f"\n--- {m['role']} ---\n{m['content']}")
+
+
+@app.command()
+def stats(as_json: JsonOpt = False) -> None:
+    """Counts by status, role, task, label, source and outcome."""
+    with _store() as st:
+        s = st.stats()
+        s["spool_pending"] = len(list(st.spool_dir.glob("*.json")))
+    if as_json:
+        _print_json(s)
+        return
+    print(f"total: {s['total']}   spool pending: {s['spool_pending']}")
+    for k in ("status", "role", "task", "label", "source", "outcome"):
+        print(f"{k}: " + ", ".join(f"{a}={b}" for a, b in s[k].items()))
+
+
+@app.command()
+def audit(sample: Annotated[int, typer.Option(help="How many scrubbed examples to show for review.")] = 5,
+          seed: Annotated[int, typer.Option()] = 0, as_json: JsonOpt = False) -> None:
+    """Sample scrubbed examples for review and count findings per detector."""
+    import random
+
+    with _store() as st:
+        rows = st.query(status=None)
+    per: dict[str, dict[str, int]] = {}
+    for e in rows:
+        for f in e.findings:
+            key = f"{f['detector']}:{f['type']}"
+            per.setdefault(key, {"certain": 0, "uncertain": 0})[f["confidence"]] += 1
+    active = [e for e in rows if e.status == "active" and e.messages]
+    picked = random.Random(seed).sample(active, min(sample, len(active)))
+    out = {"examples": len(rows), "detectors": dict(sorted(per.items())),
+           "quarantined": sum(e.status == "quarantined" for e in rows),
+           "sample": [e.summary() | {"messages": e.messages} for e in picked]}
+    if as_json:
+        _print_json(out)
+        return
+    print(f"{out['examples']} examples, {out['quarantined']} quarantined")
+    for k, v in out["detectors"].items():
+        print(f"  {k}: certain={v['certain']} uncertain={v['uncertain']}")
+    for e in out["sample"]:
+        print(f"\n=== {e['id'][:12]} {e['role']}/{e['task']} ({e['source']}) ===")
+        for m in e["messages"]:
+            print(f"[{m['role']}] {m['content'][:400]}")
+
+
+@quarantine_app.command("list")
+def q_list(as_json: JsonOpt = False) -> None:
+    """Examples in quarantine, with the reason."""
+    with _store() as st:
+        rows = [e.summary() for e in st.query(status="quarantined")]
+    if as_json:
+        _print_json(rows)
+        return
+    for r in rows:
+        print(f"{r['id'][:16]}  {r['source']:<12} {r['role'] or '-':<9} {r['reason']}")
+    if not rows:
+        print("quarantine is empty")
+
+
+@quarantine_app.command("show")
+def q_show(example_id: str, reveal: Annotated[bool, typer.Option(help="Show uncertain spans unmasked.")] = False,
+           as_json: JsonOpt = False) -> None:
+    """Show a quarantined example; uncertain spans are masked unless --reveal."""
+    with _store() as st:
+        ex = st.get(example_id)
+    data = ex.summary() | {"findings": ex.findings, "messages": _masked(ex, reveal)}
+    if as_json:
+        _print_json(data)
+        return
+    print(f"{ex.id}  reason: {ex.reason}")
+    for m in data["messages"]:
+        print(f"\n--- {m['role']} ---\n{m['content']}")
+
+
+@quarantine_app.command("release")
+def q_release(example_id: str) -> None:
+    """Release a reviewed example into the corpus (you judged its uncertain spans harmless)."""
+    with _store() as st:
+        ex = st.get(example_id)
+        if ex.status not in ("quarantined", "review"):
+            raise GtExtError(f"example {ex.id[:12]} is {ex.status}, not in quarantine or review")
+        if ex.messages is None:
+            raise GtExtError(f"example {ex.id[:12]} could not be parsed ({ex.reason}): drop it and fix the source")
+        st.set_status(ex.id, "active", "released by reviewer")
+    print(f"released {ex.id[:12]}")
+
+
+@quarantine_app.command("drop")
+def q_drop(example_id: str) -> None:
+    """Delete a quarantined example for good."""
+    with _store() as st:
+        ex = st.get(example_id)
+        if ex.status not in ("quarantined", "review"):
+            raise GtExtError(f"example {ex.id[:12]} is {ex.status}, not in quarantine or review")
+        st.delete(ex.id)
+    print(f"dropped {ex.id[:12]}")
+
+
+@app.command()
+def export(out: Annotated[Path, typer.Option("--out", help="Folder to write (manifest.json, sft/, dpo/).")],
+           rig: Annotated[str | None, typer.Option(help="Export for one rig (plus rigs that share).")] = None,
+           val_pct: Annotated[int, typer.Option(help="Percent of prompts held out for validation.")] = 10,
+           overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --out.")] = False,
+           as_json: JsonOpt = False) -> None:
+    """Write SFT and DPO shards with a manifest (counts, file hashes, one corpus hash)."""
+    from gt_ext.corpus.export import export_corpus
+
+    with _store() as st:
+        m = export_corpus(st, out, rig=rig, val_pct=val_pct, overwrite=overwrite)
+    if as_json:
+        _print_json(m)
+        return
+    n_sft = sum(v for r in m["counts"]["sft"].values() for t in r.values() for v in t.values())
+    n_dpo = sum(v for r in m["counts"]["dpo"].values() for t in r.values() for v in t.values())
+    print(f"wrote {out}: {n_sft} sft examples, {n_dpo} dpo pairs, corpus_hash {m['corpus_hash'][:16]}")
+
+
+@app.command()
+def process(claude_dir: Annotated[Path | None, typer.Option(help="Claude projects folder (default ~/.claude/projects).")] = None,
+            scan: Annotated[bool, typer.Option(help="Also take transcripts no hook spooled (wisps, bead-less sessions).")] = False,
+            panes: Annotated[bool, typer.Option(help="Also capture live tmux panes.")] = False,
+            as_json: JsonOpt = False) -> None:
+    """Process the spool written by the hooks (idempotent, safe to kill and rerun)."""
+    from gt_ext.corpus.collect import capture_panes, process_spool, scan_transcripts
+
+    town = _town_root()
+    with _store() as st:
+        rep = process_spool(st, town, claude_dir, progress=not as_json and sys.stderr.isatty())
+        reports = [rep]
+        if scan:
+            reports.append(scan_transcripts(st, claude_dir, progress=not as_json and sys.stderr.isatty()))
+        if panes:
+            reports.append(capture_panes(st))
+    merged = reports[0].to_dict()
+    for r in reports[1:]:
+        d = r.to_dict()
+        merged["sessions"] += d["sessions"]
+        merged["duplicates"] += d["duplicates"]
+        merged["errors"] += d["errors"]
+        merged["flags"] += d["flags"]
+        for k, v in d["stored"].items():
+            merged["stored"][k] = merged["stored"].get(k, 0) + v
+    if as_json:
+        _print_json(merged)
+        return
+    print(f"events {merged['events']}, sessions {merged['sessions']}, stored {merged['stored'] or 'nothing new'}, "
+          f"duplicates {merged['duplicates']}")
+    for e in merged["errors"]:
+        print(f"  error: {e}")
+    for b in merged["unresolved_beads"]:
+        print(f"  no session found yet for bead {b}")
+    for f in merged["flags"]:
+        print(f"  batch flagged for review: {f}")
+
+
+@app.command()
+def scrub(file: Annotated[str, typer.Argument(help="File to scrub, or - for stdin.")], as_json: JsonOpt = False) -> None:
+    """Print the scrubbed text (--json: findings with type, span, confidence, and the quarantine verdict)."""
+    from gt_ext.corpus.scrub import scrub_text
+
+    if file == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise GtExtError(f"{file}: file not found") from None
+        except UnicodeDecodeError as e:
+            raise GtExtError(f"{file}: not UTF-8 text (byte {e.start})") from None
+    r = scrub_text(text)
+    if as_json:
+        _print_json({"quarantine": r.quarantine, "counts": r.counts(), "findings": [f.to_dict() for f in r.findings],
+                     "text": r.text})
+    else:
+        sys.stdout.write(r.text)
+
+
+@app.command()
+def sample(seed: Annotated[int, typer.Option(help="Same seed, same history.")] = 0,
+           witness: Annotated[int, typer.Option(help="Witness patrols to generate.")] = 60,
+           per_role: Annotated[int, typer.Option(help="Sessions per other role.")] = 12,
+           write_town: Annotated[Path | None, typer.Option(help="Instead of storing, write transcripts + events into this town.")] = None,
+           claude_dir: Annotated[Path | None, typer.Option(help="Where to write transcripts with --write-town.")] = None,
+           as_json: JsonOpt = False) -> None:
+    """Generate a sample town history (deterministic) and store it, or write it as a town would."""
+    from gt_ext.corpus.overlap import check_no_overlap, eval_prompts
+    from gt_ext.corpus.sample_town import generate, ingest_sessions, write_history
+
+    sessions = generate(seed, witness=witness, per_role=per_role)
+    check_no_overlap((m["content"] for s in sessions for m in s.messages), eval_prompts(), what="sample town")
+    if write_town:
+        from gt_ext.corpus.collect import claude_projects_dir
+
+        issues = write_history(sessions, write_town, claude_dir or claude_projects_dir())
+        res = {"sessions": len(sessions), "beads": len(issues)}
+    else:
+        with _store() as st:
+            res = ingest_sessions(st, sessions) | {"sessions": len(sessions)}
+    if as_json:
+        _print_json(res)
+    else:
+        print(", ".join(f"{k}: {v}" for k, v in res.items()))
