@@ -1,0 +1,192 @@
+"""`gt-ext model ...` (and `gt model ...` through the shim): list, show, adapters, register,
+deploy, rollback, prune, history. Every command takes `--json`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+
+app = typer.Typer(
+    help="Model registry: registered role models and task adapters, deployment to roles, rollback, prune.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+JSON_OPT = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+def _open():
+    from gt_ext.registry import Registry
+
+    return Registry.open()
+
+
+def _print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    """Plain aligned columns, like gt's own listings."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _eval_str(rec) -> str:
+    return "-" if rec.eval_composite is None else f"{rec.eval_composite:.1f}"
+
+
+def _status(rec, where: list[str]) -> str:
+    if where:
+        return "deployed: " + ", ".join(where)
+    return {"pass": "ready", "fail": "gate failed"}.get(rec.gate or "", "not evaluated")
+
+
+@app.command("list")
+def list_cmd(json_out: bool = JSON_OPT) -> None:
+    """List registered role models: NAME ROLE BASE VER EVAL STATUS."""
+    with _open() as reg:
+        live = reg.live()
+        recs = [r for r in reg.list() if not r.task]
+        if json_out:
+            _print_json([{**r.to_dict(), "deployed_to": reg.deployed_to(r, live),
+                          "status": _status(r, reg.deployed_to(r, live))} for r in recs])
+            return
+        rows = [[r.name, r.role, r.base_model, f"v{r.version}", _eval_str(r), _status(r, reg.deployed_to(r, live))]
+                for r in recs]
+        typer.echo(_table(["NAME", "ROLE", "BASE", "VER", "EVAL", "STATUS"], rows) if rows else "no models registered")
+
+
+@app.command("show")
+def show_cmd(ref: str = typer.Argument(..., metavar="NAME[:VER]", help="Model name, optionally :VER."),
+             json_out: bool = JSON_OPT) -> None:
+    """Show one model version in full."""
+    with _open() as reg:
+        rec = reg.get(ref)
+        where = reg.deployed_to(rec, reg.live())
+        adapters = [a.ref for a in reg.adapters() if rec.base_model in (a.compatible or [a.base_model])
+                    and a.role == rec.role]
+        if json_out:
+            _print_json({**rec.to_dict(), "deployed_to": where, "adapters": adapters, "status": _status(rec, where)})
+            return
+        lora = rec.hyperparams.get("lora") if isinstance(rec.hyperparams.get("lora"), dict) else {}
+        cats = ", ".join(f"{c} {v.get('score', '?')}" for c, v in sorted(rec.eval_categories.items()))
+        lines = [
+            ("Name", f"{rec.name}:v{rec.version}" + (f"  (task adapter: {rec.task})" if rec.task else "")),
+            ("Role", rec.role),
+            ("Base", rec.base_model),
+            ("LoRA", f"r={rec.lora_rank}" + (f" alpha={lora.get('alpha')}" if lora.get("alpha") else "")
+             if rec.lora_rank else "-"),
+            ("Trained", rec.created + (f" from {rec.parent}" if rec.parent else "")),
+            ("Corpus", f"{(rec.corpus_hash or '-')[:16]}  {rec.examples} examples"),
+            ("Eval score", f"{_eval_str(rec)}" + (f"  ({cats})" if cats else "") + (f"  gate {rec.gate}" if rec.gate else "")),
+            ("DPO pairs", str(rec.dpo_pairs)),
+            ("Adapters", ", ".join(adapters) or "-"),
+            ("Deployed to", ", ".join(where) or "-"),
+            ("Status", _status(rec, where)),
+            ("Path", str(rec.path)),
+        ]
+        for k, v in lines:
+            typer.echo(f"{k + ':':<13}{v}")
+
+
+@app.command("adapters")
+def adapters_cmd(json_out: bool = JSON_OPT) -> None:
+    """List task adapters: NAME TASK VER COMPATIBLE WITH."""
+    with _open() as reg:
+        recs = reg.adapters()
+        if json_out:
+            _print_json([r.to_dict() for r in recs])
+            return
+        rows = [[r.name, r.task or "", f"v{r.version}", ", ".join(r.compatible)] for r in recs]
+        typer.echo(_table(["NAME", "TASK", "VER", "COMPATIBLE WITH"], rows) if rows else "no task adapters registered")
+
+
+@app.command("register")
+def register_cmd(src: str = typer.Argument(..., metavar="RUN_OR_EXPORT_DIR", help="A run folder or an export folder."),
+                 name: str = typer.Option(None, "--name", help="Model name (default: the role, or ROLE-TASK)."),
+                 json_out: bool = JSON_OPT) -> None:
+    """Register a run or export folder as the next version of a model."""
+    with _open() as reg:
+        rec = reg.register(src, name=name)
+        if json_out:
+            _print_json(rec.to_dict())
+        else:
+            typer.echo(f"registered {rec.name}:v{rec.version} ({rec.role}, base {rec.base_model}) at {rec.path}")
+
+
+@app.command("deploy")
+def deploy_cmd(ref: str = typer.Argument(..., metavar="NAME[:VER]"),
+               role: str = typer.Option(None, "--role", help="Role to serve (default: the model's role)."),
+               rig: str = typer.Option(None, "--rig", help="Write this rig's settings instead of the town's."),
+               adapters: str = typer.Option("", "--adapters", help="Task adapters to load with it: NAME[:VER],..."),
+               force: str = typer.Option(None, "--force", metavar="REASON",
+                                         help="Deploy despite a failed gate / rollout order; REASON is logged."),
+               why: str = typer.Option("", "--why", help="Note for the deployment history."),
+               json_out: bool = JSON_OPT) -> None:
+    """Point a role at a model: writes agents["node0-ROLE"] and role_agents[ROLE] in gt settings."""
+    with _open() as reg:
+        res = reg.deploy(ref, role=role, rig=rig, force_reason=force,
+                         adapters=[a for a in adapters.split(",") if a], reason=why)
+        if json_out:
+            _print_json(res.to_dict())
+            return
+        for w in res.warnings:
+            typer.echo(f"warning: {w}", err=True)
+        e = res.entry
+        typer.echo(f"deployed {e.model} to {e.role} in {e.rig or 'town'} settings ({res.settings_path}); "
+                   f"was {e.before.get('model') or e.before.get('role_agent') or 'default agent'}")
+
+
+@app.command("rollback")
+def rollback_cmd(role: str = typer.Argument(..., metavar="ROLE"),
+                 rig: str = typer.Option(None, "--rig", help="Roll back this rig's settings instead of the town's."),
+                 json_out: bool = JSON_OPT) -> None:
+    """Restore a role's agent to what it was before its last deployment."""
+    with _open() as reg:
+        res = reg.rollback(role, rig=rig)
+        if json_out:
+            _print_json(res.to_dict())
+            return
+        e = res.entry
+        typer.echo(f"rolled back {e.role} in {e.rig or 'town'} settings: now "
+                   f"{e.after.get('model') or e.after.get('role_agent') or 'default agent'}")
+
+
+@app.command("prune")
+def prune_cmd(keep: int = typer.Option(3, "--keep", help="Newest versions of each model to keep."),
+              dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be deleted."),
+              json_out: bool = JSON_OPT) -> None:
+    """Delete old model versions (files and records); never a deployed one nor the last good one."""
+    with _open() as reg:
+        plan = reg.prune(keep=keep, dry_run=dry_run)
+        if json_out:
+            _print_json({"dry_run": dry_run, "deleted": [r.ref for r in plan.delete],
+                         "kept": [{"ref": r.ref, "why": why} for r, why in plan.keep]})
+            return
+        verb = "would delete" if dry_run else "deleted"
+        for r in plan.delete:
+            typer.echo(f"{verb} {r.name}:v{r.version}  {r.path}")
+        for r, why in plan.keep:
+            typer.echo(f"kept {r.name}:v{r.version}  ({why})")
+        if not plan.delete:
+            typer.echo("nothing to prune")
+
+
+@app.command("history")
+def history_cmd(role: str = typer.Option(None, "--role"), rig: str = typer.Option(None, "--rig", help="'' = town"),
+                json_out: bool = JSON_OPT) -> None:
+    """The append-only deployment history: ID WHEN WHO ACTION ROLE WHERE FROM TO WHY."""
+    with _open() as reg:
+        hist = reg.history(role=role, rig=rig)
+        if json_out:
+            _print_json([h.to_dict() for h in hist])
+            return
+        rows = [[str(h.id), h.time, h.actor, h.action + (" (forced)" if h.forced else ""), h.role, h.rig or "town",
+                 h.before.get("model") or h.before.get("role_agent") or "-",
+                 h.after.get("model") or h.after.get("role_agent") or "-", h.reason or ""] for h in hist]
+        typer.echo(_table(["ID", "WHEN", "WHO", "ACTION", "ROLE", "WHERE", "FROM", "TO", "WHY"], rows)
+                   if rows else "no deployments yet")

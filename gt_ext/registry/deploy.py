@@ -1,0 +1,212 @@
+"""Deploy a registered model to a role (town or rig settings) and roll it back.
+
+Deploy writes exactly what gt reads (gt v1.0.1 `TownSettings` / `RigSettings`):
+
+    agents["node0-<role>"] = {"provider": "node0", "command": "node0-inference",
+                              "args": ["--model", "NAME:VER", "--adapters", "a:1,b:2"],
+                              "tmux": {"process_names": ["node0-inference"],
+                                       "ready_prompt_prefix": "node0> "}}
+    role_agents[<role>]    = "node0-<role>"
+
+through `gt_ext.gastown.settings` (every other key kept, atomic write, `.bak` backup), and appends
+one entry to the deployment history. Rollback pops the newest deploy for that role and rig and
+restores the settings state recorded before it.
+
+All of it runs under an exclusive flock on `<settings dir>/.config.json.lock`, so concurrent
+deploys and rollbacks of one settings file are serialized end to end (read settings, write
+settings, append history).
+"""
+
+from __future__ import annotations
+
+import copy
+import getpass
+import logging
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gt_ext.errors import GtExtError
+from gt_ext.gastown import settings as gsettings
+from gt_ext.gastown.town import Town
+from gt_ext.registry.locks import file_lock
+from gt_ext.registry.store import Deployment, MetaStore
+from gt_ext.roles import NOT_YET_DEPLOYABLE, ROLLOUT_ORDER, check_role
+
+log = logging.getLogger(__name__)
+
+PROVIDER = "node0"
+AGENT_COMMAND = "node0-inference"
+READY_PROMPT = "node0> "  # the serving agent prints exactly this when it is ready for a line
+TOWN_SCOPE = ""  # the `rig` value of a town-level deployment
+
+
+def agent_name(role: str) -> str:
+    """The agent name a deployment defines for `role`: `node0-<role>`."""
+    return f"{PROVIDER}-{role}"
+
+
+def runtime_config(model_ref: str, adapters: list[str]) -> dict[str, Any]:
+    """The gt RuntimeConfig for serving `model_ref` (NAME:VER) with task adapters (NAME:VER each)."""
+    args = ["--model", model_ref]
+    if adapters:
+        args += ["--adapters", ",".join(adapters)]
+    return {"provider": PROVIDER, "command": AGENT_COMMAND, "args": args,
+            "tmux": {"process_names": [AGENT_COMMAND], "ready_prompt_prefix": READY_PROMPT}}
+
+
+def _model_from_config(cfg: dict[str, Any] | None) -> tuple[str | None, list[str]]:
+    """(model ref, adapters) read back from a node0 RuntimeConfig's args."""
+    if not isinstance(cfg, dict):
+        return None, []
+    args = [str(a) for a in cfg.get("args") or []]
+    model = args[args.index("--model") + 1] if "--model" in args[:-1] else None
+    adapters = args[args.index("--adapters") + 1].split(",") if "--adapters" in args[:-1] else []
+    return model, [a for a in adapters if a]
+
+
+def read_state(sf: gsettings.SettingsFile, role: str) -> dict[str, Any]:
+    """The part of a settings file a deployment of `role` owns, as a history state dict."""
+    role_agent = (sf.data.get("role_agents") or {}).get(role)
+    cfg = (sf.data.get("agents") or {}).get(agent_name(role))
+    model, adapters = _model_from_config(cfg) if role_agent == agent_name(role) else (None, [])
+    return {"role_agent": role_agent, "agent_config": cfg, "model": model, "adapters": adapters}
+
+
+def apply_state(sf: gsettings.SettingsFile, role: str, state: dict[str, Any]) -> None:
+    """Make the settings' `role_agents[role]` and `agents["node0-<role>"]` match `state`."""
+    if state.get("agent_config") is None:
+        sf.remove_agent(agent_name(role))
+    else:
+        sf.set_agent(agent_name(role), state["agent_config"])
+    sf.set_role_agent(role, state.get("role_agent"))
+
+
+def replay(history: list[Deployment]) -> list[Deployment]:
+    """The live deploy stack of one role+rig: deploys push, rollbacks pop (oldest first)."""
+    stack: list[Deployment] = []
+    for d in history:
+        if d.action == "deploy":
+            stack.append(d)
+        elif d.action == "rollback" and stack:
+            stack.pop()
+    return stack
+
+
+def current_deployments(store: MetaStore) -> dict[tuple[str, str], Deployment]:
+    """{(role, rig): newest live deploy entry} for every role+rig whose stack is not empty."""
+    by_key: dict[tuple[str, str], list[Deployment]] = {}
+    for d in store.deployments():
+        by_key.setdefault((d.role, d.rig), []).append(d)
+    out = {}
+    for key, hist in by_key.items():
+        stack = replay(hist)
+        if stack:
+            out[key] = stack[-1]
+    return out
+
+
+def _actor() -> str:
+    return os.environ.get("BD_ACTOR") or os.environ.get("GT_ACTOR") or getpass.getuser()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Target:
+    """Where a deployment goes: town settings or one rig's settings."""
+
+    town: Town
+    rig: str  # TOWN_SCOPE for the town
+
+    @property
+    def label(self) -> str:
+        """'town' or 'rig <name>' for messages."""
+        return "town" if self.rig == TOWN_SCOPE else f"rig {self.rig}"
+
+    def settings(self) -> gsettings.SettingsFile:
+        """Load the settings file this target writes."""
+        if self.rig == TOWN_SCOPE:
+            sf = gsettings.town_settings(self.town)
+        else:
+            sf = gsettings.rig_settings(self.town.rig(self.rig))
+        # gastown.settings.load hands out the parsed document's own dict; edit a copy so that
+        # render() sees the change (it compares the new data against the parsed original).
+        sf.data = copy.deepcopy(sf.data)
+        return sf
+
+    @property
+    def lock_path(self) -> Path:
+        """The lock file next to the settings file."""
+        d = self.town.settings_dir if self.rig == TOWN_SCOPE else self.town.root / self.rig / "settings"
+        return d / ".config.json.lock"
+
+
+def rollout_blockers(role: str, rig: str, live: dict[tuple[str, str], Deployment]) -> list[str]:
+    """Earlier rollout stages that have no role served by a node0 model in scope (town + `rig`)."""
+    stage = next((i for i, roles in enumerate(ROLLOUT_ORDER) if role in roles), None)
+    if stage is None:
+        return []
+    scopes = {TOWN_SCOPE, rig}
+    missing = []
+    for roles in ROLLOUT_ORDER[:stage]:
+        if not any((r, s) in live for r in roles for s in scopes):
+            missing.append("/".join(roles))
+    return missing
+
+
+def check_deployable_role(role: str) -> str:
+    """`role` if a model may serve it in this version; GtExtError otherwise (mayor: always)."""
+    check_role(role)
+    if role in NOT_YET_DEPLOYABLE:
+        raise GtExtError(f"cannot deploy to {role}: {NOT_YET_DEPLOYABLE[role]} (--force does not override this)")
+    return role
+
+
+def write_deploy(store: MetaStore, target: Target, role: str, model_ref: str, adapters: list[str],
+                 reason: str, forced: bool) -> Deployment:
+    """Write settings for `role` to serve `model_ref` and append the history entry (under the lock)."""
+    with file_lock(target.lock_path):
+        sf = target.settings()
+        before = read_state(sf, role)
+        cfg = runtime_config(model_ref, adapters)
+        after = {"role_agent": agent_name(role), "agent_config": cfg, "model": model_ref, "adapters": adapters}
+        return _commit(store, target, sf, role, "deploy", before, after, reason, forced)
+
+
+def write_rollback(store: MetaStore, target: Target, role: str, reason: str = "") -> Deployment:
+    """Undo the newest live deploy of `role` at `target`: restore the state recorded before it."""
+    with file_lock(target.lock_path):
+        stack = replay(store.deployments(role=role, rig=target.rig))
+        if not stack:
+            raise GtExtError(f"nothing to roll back for {role} in {target.label} (no live deployment in the history)")
+        top = stack[-1]
+        sf = target.settings()
+        before = read_state(sf, role)
+        if before.get("agent_config") != top.after.get("agent_config") or before.get("role_agent") != top.after.get("role_agent"):
+            log.warning("%s: %s settings were changed outside the registry since deployment #%d; "
+                        "restoring the state before it anyway", sf.path, role, top.id)
+        return _commit(store, target, sf, role, "rollback", before, dict(top.before),
+                       reason or f"rollback of deployment #{top.id} ({top.model})", False)
+
+
+def _commit(store: MetaStore, target: Target, sf: gsettings.SettingsFile, role: str, action: str,
+            before: dict[str, Any], after: dict[str, Any], reason: str, forced: bool) -> Deployment:
+    """Save settings, then append history; if the append fails, put the settings back."""
+    apply_state(sf, role, after)
+    sf.save(backup=True)
+    dep = Deployment(id=0, action=action, role=role, rig=target.rig, model=after.get("model"),
+                     before=before, after=after, actor=_actor(), time=_now(), reason=reason, forced=forced)
+    try:
+        store.append_deployment(dep, f"{action} {role}@{target.label}: {before.get('model') or before.get('role_agent') or '-'}"
+                                     f" -> {after.get('model') or after.get('role_agent') or '-'}")
+    except BaseException:
+        apply_state(sf, role, before)
+        sf.save(backup=False)
+        raise
+    log.info("%s %s in %s: %s -> %s", action, role, target.label, before.get("role_agent"), after.get("role_agent"))
+    return dep

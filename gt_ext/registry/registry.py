@@ -1,0 +1,314 @@
+"""`Registry`: the model registry's one entry point (metadata + files + deployment).
+
+    reg = Registry.open()                    # town found from cwd / GT_TOWN_ROOT, else ~/gt/.models
+    rec = reg.register("runs/witness-1")     # -> ModelRecord, files in <root>/<name>/v<N>/
+    reg.record_eval("witness:1", result)     # EvalResult.to_dict()
+    reg.deploy("witness:1", role="witness")  # town settings: agents["node0-witness"], role_agents
+    reg.rollback("witness")
+
+Where things are: inside a town, files under `<town>/.models/` and metadata in the town's HQ Dolt
+database (when its `dolt sql-server` answers); outside a town, `$GT_EXT_MODELS` or `~/gt/.models/`
+and an SQLite file `registry.sqlite` in it. `GT_EXT_REGISTRY_BACKEND=sqlite|dolt` forces a backend.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gt_ext.atomic import atomic_write_json
+from gt_ext.errors import GtExtError
+from gt_ext.gastown.town import Town, find_town
+from gt_ext.paths import home_dir
+from gt_ext.registry import artifacts, deploy, prune
+from gt_ext.registry.locks import file_lock
+from gt_ext.registry.store import Deployment, DoltStore, MetaStore, ModelRecord, SqliteStore
+from gt_ext.roles import ROLES, check_role, check_task
+
+log = logging.getLogger(__name__)
+
+SQLITE_FILE = "registry.sqlite"
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+_REF_RE = re.compile(r"^(?P<name>[^:]+?)(?::v?(?P<ver>\d+))?$")
+_RUN_STATUS_OK = {"done", "degraded", None}
+
+
+def models_root(town: Town | None) -> Path:
+    """`<town>/.models`, else `$GT_EXT_MODELS`, else `~/gt/.models` (`$GT_EXT_HOME/.models`)."""
+    if town is not None:
+        return town.root / ".models"
+    env = os.environ.get("GT_EXT_MODELS")
+    return Path(env) if env else home_dir() / ".models"
+
+
+def open_store(town: Town | None, root: Path, backend: str | None = None) -> MetaStore:
+    """The metadata backend: Dolt (town HQ) inside a town, SQLite otherwise or when forced."""
+    backend = backend or os.environ.get("GT_EXT_REGISTRY_BACKEND") or ("dolt" if town else "sqlite")
+    if backend == "sqlite":
+        return SqliteStore(root / SQLITE_FILE)
+    if backend == "dolt":
+        if town is None:
+            raise GtExtError("registry backend dolt needs a Gas Town (set GT_TOWN_ROOT) or use sqlite")
+        from gt_ext.gastown.dolt import DoltClient
+
+        client = DoltClient.for_town(town.root)
+        try:
+            client.connect()
+        except GtExtError as e:
+            raise GtExtError(f"{e}; start the town's server (`gt dolt start`) or set "
+                             "GT_EXT_REGISTRY_BACKEND=sqlite") from None
+        return DoltStore(client, database=os.environ.get("GT_EXT_REGISTRY_DB", "hq"))
+    raise GtExtError(f"GT_EXT_REGISTRY_BACKEND={backend!r}: expected sqlite or dolt")
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """`NAME`, `NAME:VER` or `NAME:vVER` -> (name, version or None)."""
+    m = _REF_RE.match(ref.strip()) if ref else None
+    if not m:
+        raise GtExtError(f"bad model reference {ref!r}: expected NAME or NAME:VER")
+    return m.group("name"), int(m.group("ver")) if m.group("ver") else None
+
+
+@dataclass
+class DeployResult:
+    """What a deploy or rollback did."""
+
+    entry: Deployment
+    settings_path: Path
+    warnings: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {**self.entry.to_dict(), "settings": str(self.settings_path), "warnings": self.warnings}
+
+
+class Registry:
+    """Model versions (files + metadata) and their deployment to Gas Town roles."""
+
+    def __init__(self, store: MetaStore, root: Path, town: Town | None = None):
+        self.store = store
+        self.files = artifacts.ArtifactStore(root)
+        self.root = root
+        self.town = town
+
+    @classmethod
+    def open(cls, town: Town | str | os.PathLike | None = None, root: str | os.PathLike | None = None,
+             backend: str | None = None) -> Registry:
+        """Open the registry of `town` (a Town or its path; default: found from cwd/env), or the
+        per-user registry outside a town. `root` moves the files, `backend` forces sqlite|dolt."""
+        if town is not None and not isinstance(town, Town):
+            found = find_town(town)
+            if found is None:
+                raise GtExtError(f"{town}: not a Gas Town (no mayor/town.json)")
+            town = found
+        elif town is None:
+            town = find_town()
+        root_path = Path(root) if root else models_root(town)
+        root_path.mkdir(parents=True, exist_ok=True)
+        return cls(open_store(town, root_path, backend), root_path, town)
+
+    def close(self) -> None:
+        """Release the metadata connection."""
+        self.store.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def _root_lock(self) -> Path:
+        return self.root / ".registry.lock"
+
+    # -- reading ---------------------------------------------------------------------------------
+    def get(self, ref: str) -> ModelRecord:
+        """The record for `NAME[:VER]` (newest version without VER). `witness-v2` also finds
+        `witness:2` when no model is named `witness-v2`."""
+        name, ver = parse_ref(ref)
+        rec = self.store.get_model(name, ver)
+        if rec is None and ver is None:
+            m = re.match(r"^(.+)-v(\d+)$", name)
+            if m:
+                rec = self.store.get_model(m.group(1), int(m.group(2)))
+        if rec is None:
+            raise GtExtError(f"no model {ref!r} in the registry ({self.store.backend}, {self.root})")
+        return rec
+
+    def list(self) -> list[ModelRecord]:
+        """Every registered version (role models and task adapters), by name then version."""
+        return self.store.list_models()
+
+    def adapters(self) -> list[ModelRecord]:
+        """Task adapters only."""
+        return [r for r in self.list() if r.task]
+
+    def live(self) -> dict[tuple[str, str], Deployment]:
+        """{(role, rig): live deploy entry}; rig "" is the town."""
+        return deploy.current_deployments(self.store)
+
+    def deployed_to(self, rec: ModelRecord, live: dict[tuple[str, str], Deployment] | None = None) -> list[str]:
+        """Where `rec` serves now: `role@town` / `role@<rig>` (as model or as task adapter)."""
+        live = self.live() if live is None else live
+        out = []
+        for (role, rig), d in sorted(live.items()):
+            if d.after.get("model") == rec.ref or rec.ref in (d.after.get("adapters") or []):
+                out.append(f"{role}@{rig or 'town'}")
+        return out
+
+    def history(self, role: str | None = None, rig: str | None = None) -> list[Deployment]:
+        """The append-only deployment history (oldest first)."""
+        return self.store.deployments(role=role, rig=rig)
+
+    # -- writing ---------------------------------------------------------------------------------
+    def register(self, src: str | os.PathLike, name: str | None = None) -> ModelRecord:
+        """Copy a run or export folder into the next version of `name` and record it.
+
+        Default name: the run's role, or `<role>-<task>` for a task adapter.
+        """
+        src = Path(src)
+        kind = artifacts.source_kind(src)
+        run = artifacts.read_run_json(src)
+        man = artifacts.read_manifest(src) if kind == "export" else {}
+        role = run.get("role") or man.get("role")
+        if not role:
+            raise GtExtError(f"{src / artifacts.RUN_JSON}: no 'role'")
+        check_role(str(role))
+        base = run.get("base_model") or man.get("base_model")
+        if not base:
+            raise GtExtError(f"{src / artifacts.RUN_JSON}: no 'base_model'")
+        if run.get("status") not in _RUN_STATUS_OK:
+            raise GtExtError(f"{src / artifacts.RUN_JSON}: run status is {run.get('status')!r}; only finished runs can be registered")
+        task = run.get("task")
+        if task:
+            check_task(task)
+        name = name or (f"{role}-{task}" if task else str(role))
+        if not _NAME_RE.match(name):
+            raise GtExtError(f"bad model name {name!r}: lowercase letters, digits, '.', '_', '-' (no ':')")
+        lora = run.get("lora") or {}
+        with file_lock(self._root_lock):
+            version = max([self.store.max_version(name), *self.files.versions_on_disk(name)]) + 1
+            path = self.files.install(src, name, version)
+            rec = ModelRecord(
+                name=name, version=version, role=str(role), task=task, base_model=str(base), path=path,
+                parent=run.get("parent"), corpus_hash=run.get("corpus_hash"),
+                examples=int(run.get("examples") or 0), dpo_pairs=int(run.get("dpo_pairs") or 0),
+                hyperparams={**(run.get("config") or {}), **({"lora": lora} if lora else {})}, lora_rank=lora.get("r"),
+                compatible=[str(base)] if task else [],
+                created=datetime.now(UTC).isoformat(timespec="seconds"),
+                convention_fingerprint=run.get("convention_fingerprint") or man.get("convention_fingerprint"),
+            )
+            try:
+                self.store.add_model(rec, f"register {rec.ref} ({role}, base {base})")
+            except BaseException:
+                self.files.remove(path)
+                raise
+        for ev in sorted(path.glob("eval-*.json")):
+            try:
+                self.record_eval(rec.ref, json.loads(ev.read_text()), write_file=False)
+            except (GtExtError, json.JSONDecodeError) as e:
+                log.warning("%s: not recorded (%s)", ev, e)
+        return self.get(rec.ref)
+
+    def record_eval(self, ref: str, result: dict[str, Any], write_file: bool = True) -> ModelRecord:
+        """Store an EvalResult dict (`categories`, `composite`, `gate.deployable`) for a version,
+        and write it as `eval-<suite>.json` in the version folder."""
+        rec = self.get(ref)
+        try:
+            cats = {str(k): dict(v) for k, v in (result.get("categories") or {}).items()}
+            comp = result.get("composite")
+            comp = None if comp is None else float(comp)
+            gate_ok = (result.get("gate") or {}).get("deployable")
+        except (AttributeError, TypeError, ValueError) as e:
+            raise GtExtError(f"eval result for {rec.ref}: malformed ({e})") from None
+        gate = None if gate_ok is None else ("pass" if gate_ok else "fail")
+        self.store.update_eval(rec.name, rec.version, cats, comp, gate,
+                               f"eval {rec.ref}: composite {comp}, gate {gate}")
+        if write_file:
+            suite = re.sub(r"[^A-Za-z0-9._-]", "_", str(result.get("suite") or "default"))
+            atomic_write_json(rec.path / f"eval-{suite}.json", result)
+        return self.get(rec.ref)
+
+    def _target(self, rig: str | None) -> deploy.Target:
+        if self.town is None:
+            raise GtExtError("deploy and rollback need a Gas Town: run inside one or set GT_TOWN_ROOT")
+        if rig:
+            self.town.rig(rig)  # GtExtError naming the known rigs
+        return deploy.Target(self.town, rig or deploy.TOWN_SCOPE)
+
+    def deploy(self, ref: str, role: str | None = None, rig: str | None = None, force_reason: str | None = None,
+               adapters: list[str] | None = None, reason: str = "") -> DeployResult:
+        """Serve `ref` for `role` (default: the model's role) in town or `rig` settings.
+
+        Refused: mayor (always), task adapters as models, a failed eval gate, a model trained for
+        another role, or a role whose earlier rollout stages have no model deployed yet — the last
+        three unless `force_reason` is given (it is logged and recorded in the history).
+        """
+        rec = self.get(ref)
+        role = deploy.check_deployable_role(role or rec.role)
+        if rec.task:
+            raise GtExtError(f"{rec.ref} is a task adapter ({rec.task}); deploy a role model and pass it with --adapters")
+        target = self._target(rig)
+        if force_reason is not None and not force_reason.strip():
+            raise GtExtError("--force needs a reason")
+        problems: list[str] = []
+        warnings: list[str] = []
+        if rec.gate == "fail":
+            problems.append(f"{rec.ref} failed its eval gate (composite {rec.eval_composite})")
+        elif rec.gate is None:
+            warnings.append(f"{rec.ref} has no eval result yet")
+        if rec.role != role:
+            problems.append(f"{rec.ref} was trained for role {rec.role}, not {role}")
+        adapter_refs = []
+        for a in adapters or []:
+            arec = self.get(a)
+            if not arec.task:
+                raise GtExtError(f"--adapters {a}: {arec.ref} is a role model, not a task adapter")
+            if rec.base_model not in (arec.compatible or [arec.base_model]):
+                raise GtExtError(f"--adapters {a}: {arec.ref} fits {', '.join(arec.compatible)}, not {rec.base_model}")
+            artifacts.verify(arec.path)
+            adapter_refs.append(arec.ref)
+        with file_lock(self._root_lock, shared=True):  # prune cannot delete files under us
+            artifacts.verify(rec.path)  # corrupt manifest / checksum mismatch: refused, naming the file
+            blockers = deploy.rollout_blockers(role, target.rig, self.live())
+            if blockers:
+                problems.append(f"rollout order: deploy {' then '.join(blockers)} before {role}")
+            if problems and force_reason is None:
+                raise GtExtError(f"refusing to deploy {rec.ref} to {role}: {'; '.join(problems)} (override with --force REASON)")
+            if problems:
+                log.warning("forced deploy of %s to %s (%s): %s", rec.ref, role, force_reason, "; ".join(problems))
+                warnings += [f"forced: {p}" for p in problems]
+            why = force_reason if problems else (reason or force_reason or "")
+            entry = deploy.write_deploy(self.store, target, role, rec.ref, adapter_refs, why, bool(problems))
+        for w in warnings:
+            log.warning("%s", w)
+        return DeployResult(entry, target.settings().path, warnings)
+
+    def rollback(self, role: str, rig: str | None = None, reason: str = "") -> DeployResult:
+        """Restore the settings of `role` (town or `rig`) to what they were before its last deploy."""
+        check_role(role)
+        target = self._target(rig)
+        with file_lock(self._root_lock, shared=True):
+            entry = deploy.write_rollback(self.store, target, role, reason)
+        return DeployResult(entry, target.settings().path, [])
+
+    def prune(self, keep: int = 3, dry_run: bool = False) -> prune.PrunePlan:
+        """Delete old versions (files and records); see `gt_ext.registry.prune` for what stays."""
+        if keep < 0:
+            raise GtExtError(f"--keep {keep}: must be 0 or more")
+        with file_lock(self._root_lock):  # exclusive: no deploy or register meanwhile
+            p = prune.plan(self.list(), self.store.deployments(), keep)
+            if not dry_run:
+                for rec in p.delete:
+                    self.store.delete_model(rec.name, rec.version, f"prune {rec.ref}")
+                    self.files.remove(rec.path)
+        return p
+
+
+__all__ = ["ROLES", "DeployResult", "ModelRecord", "Registry", "models_root", "open_store", "parse_ref"]
