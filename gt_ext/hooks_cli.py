@@ -1,0 +1,179 @@
+"""`gt-ext hooks`: install the corpus hooks that fire on their own.
+
+- beads `on_close` in the town's and every rig's `.beads/hooks/` (an existing hook is kept as
+  `on_close.chained` and still runs, with the same arguments and stdin);
+- a session-shutdown hook under `<town>/.corpus/hooks/`, wired as Claude Code's `Stop` hook through
+  gt's hooks-override layer (`~/.gt/hooks-overrides/<target>.json`, which `gt hooks sync` merges
+  into every managed `.claude/settings.json`, so it survives syncs), and usable as pi's
+  `session_shutdown` hook.
+
+The hooks only spool (see `gt_ext.corpus.spool`); `gt-ext corpus process` does the work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gt_ext.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from gt_ext.errors import GtExtError
+
+app = typer.Typer(help="Install the corpus hooks (bead on_close, session shutdown).", no_args_is_help=True,
+                  add_completion=False)
+
+MARKER = "gt-ext-hook: corpus spool"
+HOOK_SOURCE = Path(__file__).resolve().parent.parent / "hooks" / "on_close"
+# Role-level targets of gt's hooks-override layer (a rig-specific one would be `<rig>__<role>`).
+OVERRIDE_TARGETS = ("mayor", "deacon", "witness", "refinery", "polecats", "crew")
+# Stop takes no matcher in Claude Code; "*" keeps our entry apart from gt's own ("" matcher) in
+# gt's per-matcher merge, where the same matcher would replace the base entry.
+STOP_MATCHER = "*"
+
+
+def _script(name: str) -> bytes:
+    """The hook script with its interpreter pinned to this Python (bd runs hooks with a bare env)."""
+    try:
+        text = HOOK_SOURCE.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GtExtError(f"hook source {HOOK_SOURCE} is missing: reinstall gastown-finetune") from None
+    lines = text.split("\n", 1)
+    return (f"#!{sys.executable}\n" + lines[1]).encode()
+
+
+def _town(town: Path | None):
+    from gt_ext.gastown.town import Town, find_town, is_town
+
+    if town is not None:
+        if not is_town(town):
+            raise GtExtError(f"{town} is not a Gas Town root (no mayor/town.json)")
+        return Town(Path(town).resolve())
+    t = find_town()
+    if t is None:
+        raise GtExtError("no town found from the current folder: pass --town DIR (or set GT_TOWN_ROOT)")
+    return t
+
+
+def install_bead_hook(beads_dir: Path, spool: Path) -> str:
+    """Install `on_close` into one beads folder; returns installed | updated | chained."""
+    hooks = Path(beads_dir) / "hooks"
+    hooks.mkdir(parents=True, exist_ok=True)
+    target = hooks / "on_close"
+    state = "installed"
+    if target.exists() or target.is_symlink():
+        try:
+            ours = MARKER in target.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            ours = False
+        if ours:
+            state = "updated"
+        else:
+            chained = hooks / "on_close.chained"
+            if chained.exists():
+                raise GtExtError(f"{target} is not ours and {chained} already exists: move one of them away first")
+            os.replace(target, chained)
+            if not os.access(chained, os.X_OK):
+                os.chmod(chained, chained.stat().st_mode | 0o111)
+            state = "chained"
+    atomic_write_text(hooks / ".gt-ext-spool", str(spool) + "\n", mode=0o644)
+    atomic_write_bytes(target, _script("on_close"), mode=0o755)
+    return state
+
+
+def install_stop_override(gt_home: Path, target: str, command: str) -> str:
+    """Add our Stop entry to `<gt_home>/hooks-overrides/<target>.json`, keeping everything else."""
+    path = gt_home / "hooks-overrides" / f"{target.replace('/', '__')}.json"
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8") or "{}")
+        except json.JSONDecodeError as e:
+            raise GtExtError(f"{path}:{e.lineno}: invalid JSON, not modified") from None
+        if not isinstance(data, dict):
+            raise GtExtError(f"{path}: expected a JSON object, not modified")
+    entries = data.setdefault("Stop", [])
+    if not isinstance(entries, list):
+        raise GtExtError(f"{path}: Stop must be a list, not modified")
+    for e in entries:
+        for h in (e.get("hooks") or []) if isinstance(e, dict) else []:
+            if isinstance(h, dict) and h.get("command") == command:
+                return "present"
+    entries.append({"matcher": STOP_MATCHER, "hooks": [{"type": "command", "command": command}]})
+    atomic_write_json(path, data)
+    return "added"
+
+
+def install(town: Path | None = None, gt_home: Path | None = None, claude_stop: bool = True) -> dict[str, Any]:
+    """Install every corpus hook of a town; idempotent. Returns what was done per place."""
+    t = _town(town)
+    store = t.root / ".corpus"
+    spool = store / "spool"
+    spool.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"town": str(t.root), "spool": str(spool), "beads": {}, "overrides": {}}
+    dirs = t.beads_dirs()
+    if not dirs:
+        raise GtExtError(f"town {t.root} has no beads folders (.beads) to hook")
+    for name, d in sorted(dirs.items()):
+        report["beads"][name] = install_bead_hook(d, spool)
+    hooks_dir = store / "hooks"
+    hooks_dir.mkdir(parents=True, exist_ok=True)
+    shutdown = hooks_dir / "session_shutdown"
+    atomic_write_bytes(shutdown, _script("session_shutdown"), mode=0o755)
+    atomic_write_text(hooks_dir / ".gt-ext-spool", str(spool) + "\n", mode=0o644)
+    report["session_shutdown"] = str(shutdown)
+    if claude_stop:
+        home = gt_home or Path(os.environ.get("GT_EXT_GT_HOME", Path.home() / ".gt"))
+        for target in OVERRIDE_TARGETS:
+            report["overrides"][target] = install_stop_override(home, target, str(shutdown))
+    return report
+
+
+def status(town: Path | None = None) -> dict[str, Any]:
+    """Which beads folders carry our hook, and how many events wait in the spool."""
+    t = _town(town)
+    out: dict[str, Any] = {"town": str(t.root), "beads": {}}
+    for name, d in sorted(t.beads_dirs().items()):
+        hook = d / "hooks" / "on_close"
+        ours = hook.is_file() and MARKER in hook.read_text(encoding="utf-8", errors="replace")
+        out["beads"][name] = {"on_close": "ours" if ours else ("foreign" if hook.exists() else "none"),
+                              "chained": (d / "hooks" / "on_close.chained").exists()}
+    spool = t.root / ".corpus" / "spool"
+    out["spool_pending"] = len(list(spool.glob("*.json"))) if spool.is_dir() else 0
+    return out
+
+
+@app.command("install")
+def install_cmd(town: Annotated[Path | None, typer.Option(help="Town root (default: found from the current folder).")] = None,
+                gt_home: Annotated[Path | None, typer.Option(help="gt's user folder holding hooks-overrides/ (default ~/.gt).")] = None,
+                claude_stop: Annotated[bool, typer.Option(help="Also add the Claude Code Stop hook via gt's override layer.")] = True,
+                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Install on_close into every beads folder of the town, and the session-shutdown hook."""
+    rep = install(town, gt_home, claude_stop)
+    if as_json:
+        print(json.dumps(rep, indent=2))
+        return
+    for name, st in rep["beads"].items():
+        print(f"beads {name}: on_close {st}")
+    for tgt, st in rep["overrides"].items():
+        print(f"Claude Stop hook for {tgt}: {st}")
+    print(f"session shutdown hook: {rep['session_shutdown']} (use it as pi's session_shutdown too)")
+    if rep["overrides"]:
+        print("run `gt hooks sync` to push the Stop hook into the agents' .claude/settings.json")
+    print("process the spool with: gt-ext corpus process")
+
+
+@app.command("status")
+def status_cmd(town: Annotated[Path | None, typer.Option(help="Town root.")] = None,
+               as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show where the hooks are installed and what waits in the spool."""
+    s = status(town)
+    if as_json:
+        print(json.dumps(s, indent=2))
+        return
+    for name, b in s["beads"].items():
+        print(f"beads {name}: on_close {b['on_close']}{' (+ chained)' if b['chained'] else ''}")
+    print(f"spool pending: {s['spool_pending']}")
