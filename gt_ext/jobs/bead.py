@@ -1,7 +1,7 @@
 """A training job as a bead: created when a formula run starts, moved through JOB_STATUSES.
 
-Every status change is written three ways, so nothing depends on one bd feature: the bead's
-status, a `status_history` list in its metadata (visible in `bd show --json`), and a comment.
+Every status change is written in one bd call: the bead's status and a `status_history` list in its
+metadata (visible in `bd show --json`), so the history is on the bead itself.
 The job folder keeps `job.json` with the bead id, so a rerun (or `gt-ext job resume ID`) reuses it.
 """
 
@@ -53,10 +53,6 @@ class JobBead:
         self.metadata.setdefault("status_history", []).append(entry)
         self.metadata.update(meta)
         self.bd.update(self.bead_id, status=status, extra=["--metadata", json.dumps(self.metadata)])
-        try:
-            self.bd.run("comments", "add", self.bead_id, f"status -> {status}" + (f": {note}" if note else ""))
-        except Exception as e:  # noqa: BLE001 - comments are a courtesy; status+metadata are the record
-            log.warning("could not comment on %s: %s", self.bead_id, e)
         self.status = status
 
     # -- JobTracker --------------------------------------------------------------------------------

@@ -1,0 +1,74 @@
+"""Training jobs as real beads: custom statuses, status history, dependency on the corpus bead."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from gt_ext.errors import GtExtError
+from gt_ext.gastown.bd import Bd
+from gt_ext.jobs.bead import open_job
+from gt_ext.jobs.statuses import JOB_STATUSES, merge_custom_statuses
+from gt_ext.orchestrate.formula import load_formula
+from gt_ext.orchestrate.runner import run_formula
+
+
+def test_merge_custom_statuses_keeps_town_statuses():
+    merged = merge_custom_statuses("review:wip,training:wip")
+    parts = merged.split(",")
+    assert parts[:2] == ["review:wip", "training:wip"]
+    assert {p.split(":")[0] for p in parts} == {"review", *JOB_STATUSES}
+    assert merge_custom_statuses(merged) == merged  # idempotent
+
+
+FORMULA = f'''
+formula = "mini"
+[vars.role]
+required = true
+[[steps]]
+id = "prep"
+title = "prep"
+job_status = "corpus-validating"
+run = "{sys.executable} -c pass"
+[[steps]]
+id = "train"
+title = "train"
+needs = ["prep"]
+job_status = "training"
+run = "{sys.executable} -c pass"
+[[steps]]
+id = "eval"
+title = "eval"
+needs = ["train"]
+job_status = "evaluating"
+run = "{sys.executable} -c 'import sys; sys.exit(4)'"
+'''
+
+
+@pytest.mark.integration
+def test_job_bead_moves_through_statuses_with_real_bd(beads_dir, tmp_path):
+    path = tmp_path / "mini.formula.toml"
+    path.write_text(FORMULA)
+    f = load_formula(path)
+    bd = Bd(beads_dir)
+    job_dir = tmp_path / "job"
+    tracker = open_job(f, {"role": "witness"}, job_dir, bd=bd)
+    with pytest.raises(GtExtError, match="step eval failed with exit code 4"):
+        run_formula(f, {"role": "witness"}, job_dir, tracker=tracker)
+
+    issue = bd.show(tracker.bead_id)
+    assert issue.status == "failed"
+    history = [h["status"] for h in issue.metadata["status_history"]]
+    assert history == ["corpus-validating", "ready", "training", "evaluating", "failed"]
+    assert issue.metadata["failure"] == "step eval failed with exit code 4"
+    assert issue.metadata["vars"]["role"] == "witness"
+    deps = issue.model_extra.get("dependencies") or []
+    assert [d["id"] for d in deps] == [issue.metadata["corpus_bead"]]
+
+    # A rerun reuses the same bead (job.json in the job folder).
+    again = open_job(f, {"role": "witness"}, job_dir, bd=bd)
+    assert again.bead_id == tracker.bead_id
+    custom = bd.config_get("status.custom")
+    value = custom.get("value") if isinstance(custom, dict) else custom
+    assert "corpus-validating:active" in value and "failed:frozen" in value
