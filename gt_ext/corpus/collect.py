@@ -30,6 +30,10 @@ from gt_ext.errors import GtExtError
 
 log = logging.getLogger(__name__)
 
+# Tests set this to kill processing at the worst moment (entry committed, spool file not yet
+# removed) and check that a rerun neither loses nor duplicates anything.
+_CRASH_AFTER = int(os.environ.get("GT_EXT_CORPUS_CRASH_AFTER", "0") or 0)
+
 
 def claude_projects_dir() -> Path:
     """Where Claude Code keeps transcripts: $GT_EXT_CLAUDE_PROJECTS, $CLAUDE_CONFIG_DIR/projects,
@@ -259,6 +263,8 @@ def process_spool(store: Store, town_root: Path | None = None, projects: Path | 
                     report.errors.append(str(e))
                     log.error("spool %s: %s", spool_id, e)
                 store.mark_spool_done(spool_id)
+            if _CRASH_AFTER and report.events >= _CRASH_AFTER:
+                os._exit(137)  # fault injection for tests: die after the commit, before the unlink
             path.unlink(missing_ok=True)
         report.flags = ing.finish()
     return report

@@ -1,0 +1,115 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gt_ext.corpus.collect import add_files, process_spool, scan_transcripts
+from gt_ext.corpus.spool import write_event
+from gt_ext.corpus.store import Store
+from tests.corpus.helpers import add_session_events, make_town_dirs, write_transcript
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _town(tmp_path, n=3):
+    town = make_town_dirs(tmp_path / "town")
+    projects = tmp_path / "projects"
+    issues = []
+    for i in range(n):
+        actor = f"demo/polecats/p{i}"
+        cwd = str(town / actor)
+        sid = f"sess-{i}"
+        write_transcript(projects, sid, cwd, f"Run the bead on your hook (number {i}).",
+                         [(f"Reading hook {i}.", "gt hook", f"dm-{i}: task {i} with key AKIAABCDEFGHIJKLMN{i:02d}"),
+                          (f"Working step for {i}.", f"make test TARGET=t{i}", f"{i} passed")])
+        add_session_events(town, actor, sid, cwd, f"dm-{i}")
+        issues.append({"id": f"dm-{i}", "title": f"task {i}", "status": "closed", "close_reason": "done",
+                       "issue_type": "task", "assignee": actor, "labels": ["task:git-workflow"]})
+    return town, projects, issues
+
+
+def _spool_via_hook(spool: Path, issue: dict) -> None:
+    subprocess.run([str(REPO / "hooks" / "on_close"), issue["id"], "close"], input=json.dumps(issue).encode(),
+                   env={"GT_EXT_SPOOL": str(spool), "PATH": os.environ["PATH"]}, check=True)
+
+
+def test_bead_close_links_session_and_tags(tmp_path):
+    town, projects, issues = _town(tmp_path, 2)
+    with Store.open(town / ".corpus") as st:
+        for iss in issues:
+            _spool_via_hook(st.spool_dir, iss)
+        rep = process_spool(st, town, projects)
+        assert rep.errors == [] and rep.stored == {"active": 2}
+        exs = st.query()
+        assert {e.bead for e in exs} == {"dm-0", "dm-1"}
+        for e in exs:
+            assert e.role == "polecat" and e.rig == "demo" and e.task == "git-workflow"
+            assert e.outcome == "success" and e.label == "good" and e.source == "claude-jsonl"
+            assert "AKIAABCDEFGHIJKLMN" not in json.dumps(e.messages)
+        assert list(st.spool_dir.glob("*.json")) == []
+        # Processing again finds nothing to do.
+        assert process_spool(st, town, projects).events == 0
+
+
+def test_malformed_transcript_is_quarantined_and_the_rest_proceed(tmp_path):
+    town, projects, issues = _town(tmp_path, 3)
+    bad = next(projects.glob("*/sess-1.jsonl"))
+    bad.write_text(bad.read_text() + '{"type": "assistant", "message": {"content": 42}}\n')
+    with Store.open(town / ".corpus") as st:
+        for iss in issues:
+            write_event(st.spool_dir, "bead_close", iss, argv=[iss["id"], "close"])
+        rep = process_spool(st, town, projects)
+        assert len(rep.errors) == 1 and "sess-1.jsonl:" in rep.errors[0]
+        assert st.count(status="active") == 2
+        [q] = st.query(status="quarantined")
+        assert q.messages is None and q.reason.startswith("parse error") and q.bead == "dm-1"
+
+
+def test_killed_processing_reruns_without_loss_or_duplicates(tmp_path):
+    town, projects, issues = _town(tmp_path, 6)
+    store_dir = town / ".corpus"
+    with Store.open(store_dir) as st:
+        for iss in issues:
+            write_event(st.spool_dir, "bead_close", iss)
+    env = dict(os.environ, GT_EXT_CORPUS_CRASH_AFTER="3", GT_EXT_CORPUS=str(store_dir))
+    cmd = [sys.executable, "-m", "gt_ext.cli", "corpus", "--town", str(town), "process", "--claude-dir", str(projects)]
+    crashed = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert crashed.returncode == 137
+    with Store.open(store_dir) as st:
+        assert 0 < st.count() < 6
+    env.pop("GT_EXT_CORPUS_CRASH_AFTER")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with Store.open(store_dir) as st:
+        assert st.count(status="active") == 6
+        assert sorted(e.bead for e in st.query()) == [f"dm-{i}" for i in range(6)]
+        assert list(st.spool_dir.glob("*.json")) == []
+
+
+def test_stop_events_and_batch_scan_never_take_a_session_twice(tmp_path):
+    town, projects, _ = _town(tmp_path, 2)
+    with Store.open(town / ".corpus") as st:
+        t0 = next(projects.glob("*/sess-0.jsonl"))
+        for _ in range(3):  # Stop fires every turn
+            write_event(st.spool_dir, "session_stop", {"session_id": "sess-0", "transcript_path": str(t0)},
+                        env={"GT_ROLE": "polecat", "GT_RIG": "demo"})
+        rep = process_spool(st, town, projects)
+        assert rep.sessions == 1 and st.count() == 1
+        rep = scan_transcripts(st, projects)
+        assert st.count() == 2  # only sess-1 was new
+        assert {e.session for e in st.query()} == {"sess-0", "sess-1"}
+
+
+def test_add_curated_files(tmp_path):
+    md = tmp_path / "ex.md"
+    md.write_text("---\nrole: crew\ntask: bead-creation\n---\n## User\nFile a bead for the login bug.\n"
+                  "## Assistant\nFiling it with bd create so it is tracked properly.\n")
+    with Store.open(tmp_path / "c") as st:
+        rep = add_files(st, [md], outcome="success")
+        assert rep.stored == {"active": 1}
+        e = st.query()[0]
+        assert (e.role, e.task, e.source, e.label) == ("crew", "bead-creation", "markdown", "good")
+        assert add_files(st, [md]).stored == {}

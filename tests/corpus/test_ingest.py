@@ -1,0 +1,79 @@
+import pytest
+
+from gt_ext.corpus.format import render_tool_call
+from gt_ext.corpus.ingest import Ingestor, Source, Tags
+from gt_ext.corpus.scrub import Scrubber
+from gt_ext.corpus.store import Store
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store.open(tmp_path / "corpus") as st:
+        yield st
+
+
+def _msgs(cmd="gt nudge demo/nux 'run your hook'", extra=""):
+    return [{"role": "user", "content": "Patrol the demo rig and look after the polecats."},
+            {"role": "assistant", "content": "nux is idle with work on its hook; nudging it. " + extra + "\n"
+             + render_tool_call("Bash", {"command": cmd})},
+            {"role": "tool", "content": "nudge delivered"},
+            {"role": "assistant", "content": "Patrol done: nudged nux."}]
+
+
+def _ingest(store, msgs, key="k1", h="h1", **tags):
+    ing = Ingestor(store, scrubber=Scrubber(extra_usernames=()))
+    with store.tx():
+        r = ing.ingest(msgs, Tags(**tags), Source("claude-jsonl", key, h))
+    return r
+
+
+def test_ingest_tags_scrubs_and_adds_system_prompt(store):
+    r = _ingest(store, _msgs(extra="token ghp_" + "x1Y2" * 9), role="witness", rig="demo", outcome="success", session="s1")
+    [ex_id] = r.inserted["active"]
+    ex = store.get(ex_id)
+    assert ex.role == "witness" and ex.task == "patrol" and ex.label == "good"
+    assert ex.messages[0]["role"] == "system" and "witness" in ex.messages[0]["content"]
+    assert "<SECRET:github_token>" in ex.messages[2]["content"]
+    assert "x1Y2x1Y2" not in str(ex.messages)
+
+
+def test_same_source_twice_is_a_no_op_and_growth_replaces(store):
+    _ingest(store, _msgs(), role="witness")
+    assert _ingest(store, _msgs(), role="witness").unchanged
+    assert store.count() == 1
+    grown = _msgs() + [{"role": "user", "content": "and again?"}, {"role": "assistant", "content": "Still all fine, nothing to do."}]
+    _ingest(store, grown, h="h2", role="witness")
+    assert store.count() == 1
+    assert len(store.query()[0].messages) == len(grown) + 1
+
+
+def test_exact_and_near_duplicates(store):
+    _ingest(store, _msgs(), key="a", role="witness")
+    r = _ingest(store, _msgs(), key="b", role="witness")
+    assert r.duplicates == 1 and not r.inserted
+    long = _msgs(extra=" ".join(f"detail{i}" for i in range(300)))
+    _ingest(store, long, key="c", role="witness")
+    near = [dict(m) for m in long]
+    near[1]["content"] += " also"
+    r = _ingest(store, near, key="d", role="witness")
+    [rid] = r.inserted["rejected"]
+    assert store.get(rid).reason.startswith("near-duplicate")
+
+
+def test_violation_is_never_good(store):
+    r = _ingest(store, _msgs(cmd="pkill -f nux"), role="witness", outcome="success")
+    ex = store.get(r.inserted["active"][0])
+    assert ex.label == "bad" and "pkill" in ex.reason
+
+
+def test_uncertain_finding_quarantines(store):
+    r = _ingest(store, _msgs(extra='blob = "Zm9vYmFyYmF6cXV4cXV1eDEyMzQ1Njc4OTBhYmNkZWZnaGlqaw"'), role="witness")
+    [qid] = r.inserted["quarantined"]
+    assert "high_entropy_string" in store.get(qid).reason
+
+
+def test_retag_when_bead_link_arrives_later(store):
+    _ingest(store, _msgs(), role="witness", session="s9")
+    _ingest(store, _msgs(), role="witness", session="s9", bead="dm-7", outcome="failure")
+    ex = store.query()[0]
+    assert ex.bead == "dm-7" and ex.outcome == "failure" and ex.label == "bad"

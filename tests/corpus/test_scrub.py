@@ -1,0 +1,58 @@
+import json
+
+from tests.corpus.planted import secrets_and_decoys
+
+from gt_ext.corpus.scrub import Scrubber, scrub_text
+
+
+def test_every_planted_secret_is_found_with_certainty_and_replaced():
+    secrets, _ = secrets_and_decoys(1)
+    assert len(secrets) >= 30
+    s = Scrubber(extra_usernames=())
+    for kind, line in secrets:
+        r = s.scrub(line)
+        assert r.findings, f"{kind}: nothing found"
+        assert not r.quarantine, f"{kind}: should be certain, got {r.findings}"
+        assert r.text != line
+        assert "<" in r.text and ">" in r.text, kind
+
+
+def test_decoys_are_left_alone():
+    _, decoys = secrets_and_decoys(1)
+    s = Scrubber(extra_usernames=())
+    for kind, line in decoys:
+        r = s.scrub(line)
+        assert r.findings == [], f"{kind}: flagged {[f.type for f in r.findings]}"
+        assert r.text == line
+
+
+def test_placeholders_are_typed():
+    r = scrub_text("key AKIAABCDEFGHIJKLMNOP at 10.0.0.7 from /home/zed/x mail a@b.io")
+    assert "<SECRET:aws_access_key>" in r.text
+    assert "<IP>" in r.text and "<PATH:home>/x" in r.text and "<EMAIL>" in r.text
+    assert "127.0.0.1" in scrub_text("bind 127.0.0.1:8080").text  # loopback is kept on purpose
+
+
+def test_unexplained_high_entropy_string_quarantines_without_replacing():
+    line = 'config = "Zm9vYmFyYmF6cXV4cXV1eDEyMzQ1Njc4OTBhYmNkZWZnaGlqaw"'
+    r = scrub_text(line)
+    assert r.quarantine
+    assert any(f.confidence == "uncertain" for f in r.findings)
+
+
+def test_findings_never_carry_the_secret_value():
+    tok = "ghp_" + "a1B2" * 9
+    r = scrub_text(f"token {tok}")
+    assert tok not in json.dumps([f.to_dict() for f in r.findings])
+    assert tok not in r.text
+
+
+def test_spans_refer_to_the_original_text():
+    text = "a 10.1.1.1 b AKIAABCDEFGHIJKLMNOP c"
+    for f in scrub_text(text).findings:
+        assert text[f.start:f.end] in ("10.1.1.1", "AKIAABCDEFGHIJKLMNOP")
+
+
+def test_username_of_home_path_is_scrubbed_elsewhere_too():
+    r = Scrubber(extra_usernames=()).scrub("ls /home/quentin/gt\nwhoami -> quentin")
+    assert "quentin" not in r.text
