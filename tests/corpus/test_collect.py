@@ -4,8 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from gt_ext.corpus.collect import add_files, process_spool, scan_transcripts
 from gt_ext.corpus.spool import write_event
 from gt_ext.corpus.store import Store
