@@ -274,7 +274,7 @@ class TorchEngine:
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device) if ids.shape[0] > 1 else None,
             position_ids=positions.to(self.device),
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,  # lm_head only on the last position: [B, 1, V]
         )

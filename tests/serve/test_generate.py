@@ -1,0 +1,218 @@
+"""Generator on tiny-llama: matches transformers, seeded sampling, stops, limits, adapters, batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gt_ext.errors import GtExtError
+from gt_ext.serve.generate import GenerationStats, Generator
+from gt_ext.serve.params import SamplingParams
+
+MSG = [{"role": "user", "content": "Say something about beads and rigs."}]
+
+
+def hf_greedy(gen: Generator, messages, n: int) -> str:
+    model, tok = gen._engine.model, gen.tokenizer
+    enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=n, do_sample=False, eos_token_id=sorted(gen._engine.eos_ids),
+                             pad_token_id=gen._engine.pad_id)
+    return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_greedy_matches_transformers_generate(gen):
+    ours = gen.chat(MSG, SamplingParams(max_new_tokens=24))
+    assert ours == hf_greedy(gen, MSG, 24)
+    assert ours  # the random model does produce text
+
+
+def test_stream_concatenates_to_chat_and_fills_stats(gen):
+    st = GenerationStats()
+    pieces = list(gen.stream(MSG, SamplingParams(max_new_tokens=12), stats=st))
+    assert len(pieces) > 1
+    assert "".join(pieces) == gen.chat(MSG, SamplingParams(max_new_tokens=12))
+    assert st.prompt_tokens == gen.count_tokens(MSG)
+    assert 0 < st.completion_tokens <= 12
+    assert st.finish_reason in ("stop", "length")
+    assert 0 < st.ttft_s <= st.total_s
+
+
+def test_max_new_tokens_limits_length(gen):
+    st = GenerationStats()
+    gen.chat(MSG, SamplingParams(max_new_tokens=5), stats=st)
+    assert st.completion_tokens <= 5
+    if st.completion_tokens == 5:
+        assert st.finish_reason == "length"
+
+
+def test_seeded_sampling_is_reproducible_and_seed_dependent(gen):
+    p = dict(max_new_tokens=16, temperature=1.0, top_p=0.95, top_k=50)
+    a = gen.chat(MSG, SamplingParams(seed=7, **p))
+    b = gen.chat(MSG, SamplingParams(seed=7, **p))
+    c = gen.chat(MSG, SamplingParams(seed=8, **p))
+    assert a == b
+    assert a != c
+    assert a != gen.chat(MSG, SamplingParams(max_new_tokens=16))  # sampling is not greedy
+
+
+def test_top_k_one_is_greedy(gen):
+    greedy = gen.chat(MSG, SamplingParams(max_new_tokens=10))
+    assert gen.chat(MSG, SamplingParams(max_new_tokens=10, temperature=1.5, top_k=1, seed=3)) == greedy
+
+
+def test_repetition_penalty_changes_output(gen):
+    plain = gen.chat(MSG, SamplingParams(max_new_tokens=20))
+    assert gen.chat(MSG, SamplingParams(max_new_tokens=20, repetition_penalty=5.0)) != plain
+
+
+def test_stop_string_cuts_output_and_is_never_streamed(gen):
+    full = gen.chat(MSG, SamplingParams(max_new_tokens=24))
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    cut = full[: full.find(stop)]
+    st = GenerationStats()
+    pieces = list(gen.stream(MSG, SamplingParams(max_new_tokens=24, stop=[stop]), stats=st))
+    assert "".join(pieces) == cut
+    assert st.finish_reason == "stop"
+
+
+def test_adapter_changes_output_per_request_without_reload(gen, adapters):
+    base = gen.chat(MSG, SamplingParams(max_new_tokens=12))
+    with_a = gen.chat(MSG, SamplingParams(max_new_tokens=12), adapters=[(adapters["a"], 1.0)])
+    model_id = id(gen._engine.model)
+    assert with_a != base
+    assert gen.chat(MSG, SamplingParams(max_new_tokens=12), adapters=[]) == base  # switched back
+    assert gen.chat(MSG, SamplingParams(max_new_tokens=12), adapters=[(adapters["a"], 0.0)]) == base
+    assert id(gen._engine.model) == model_id
+
+
+def _merged_logits(gen, stack, ids):
+    """Reference: the base model with each adapter's weight*scale*B@A added into its weights."""
+    import copy
+
+    from gt_ext.serve.lora import LoraAdapter
+
+    model = copy.deepcopy(gen._engine.model)
+    mods = dict(model.named_modules())
+    with torch.no_grad():
+        for path, w in stack:
+            ad = LoraAdapter.load(path)
+            for name, (a, b) in ad.weights.items():
+                mods[name].weight += w * ad.scale * (b @ a)
+        hooks_free = model(input_ids=ids).logits
+    return hooks_free
+
+
+def test_weighted_adapter_stack_equals_merged_weights(gen, adapters):
+    stack = [(adapters["a"], 0.7), (adapters["b"], -1.3)]
+    keys = gen.load_adapters(stack)
+    ids = torch.tensor([[1, 5, 9, 200, 31, 7]])
+    gen._engine.lora.activate([keys])
+    try:
+        with torch.no_grad():
+            ours = gen._engine.model(input_ids=ids).logits
+    finally:
+        gen._engine.lora.deactivate()
+    with torch.no_grad():
+        base = gen._engine.model(input_ids=ids).logits
+    ref = _merged_logits(gen, stack, ids)
+    assert not torch.allclose(base, ref, atol=1e-3)
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_adapter_matches_peft(gen, adapters):
+    from peft import PeftModel
+
+    from gt_ext.models import load_model
+
+    model, _ = load_model("tiny-llama")
+    peft_model = PeftModel.from_pretrained(model, str(adapters["b"])).eval()
+    ids = torch.tensor([[1, 17, 400, 3, 88]])
+    keys = gen.load_adapters([(adapters["b"], 1.0)])
+    gen._engine.lora.activate([keys])
+    try:
+        with torch.no_grad():
+            ours = gen._engine.model(input_ids=ids).logits
+    finally:
+        gen._engine.lora.deactivate()
+    with torch.no_grad():
+        ref = peft_model(input_ids=ids).logits
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_batch_with_mixed_adapters_equals_single_requests(gen, adapters):
+    p = SamplingParams(max_new_tokens=10)
+    msgs = [MSG, [{"role": "user", "content": "hi"}], [{"role": "system", "content": "You are a witness."}] + MSG]
+    stacks = [[], [(adapters["a"], 1.0)], [(adapters["a"], 0.5), (adapters["b"], 0.5)]]
+    singles = [gen.chat(m, p, adapters=s) for m, s in zip(msgs, stacks, strict=True)]
+    reqs = [gen.request(m, p, s) for m, s in zip(msgs, stacks, strict=True)]
+    texts = ["", "", ""]
+    for i, piece in gen.stream_batch(reqs):
+        texts[i] += piece
+    assert texts == singles
+    assert all(r.stats.completion_tokens > 0 for r in reqs)
+
+
+@pytest.mark.parametrize(
+    "messages,fragment",
+    [
+        ([], "non-empty list"),
+        ([{"role": "wizard", "content": "x"}], "messages[0].role"),
+        ([{"role": "user", "content": 3}], "messages[0].content"),
+        ("hello", "non-empty list"),
+    ],
+)
+def test_bad_messages_are_one_line_errors(gen, messages, fragment):
+    with pytest.raises(GtExtError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        gen.chat(messages, SamplingParams(max_new_tokens=2))
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(temperature=-1), "temperature"),
+        (dict(top_p=0), "top_p"),
+        (dict(top_k=-2), "top_k"),
+        (dict(repetition_penalty=0), "repetition_penalty"),
+        (dict(stop=[""]), "stop"),
+        (dict(seed="x"), "seed"),
+    ],
+)
+def test_bad_sampling_params(kwargs, field):
+    with pytest.raises(GtExtError, match=field):
+        SamplingParams(**kwargs)
+
+
+def test_bad_adapters(gen, tmp_path):
+    with pytest.raises(GtExtError, match="no LoRA adapter"):
+        gen.chat(MSG, adapters=[(tmp_path, 1.0)])
+    with pytest.raises(GtExtError, match="expected"):
+        gen.chat(MSG, adapters=["just-a-path"])
+
+
+def test_adapter_for_other_model_is_refused(gen, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 2}))
+    save_file(
+        {
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(2, 576),
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(576, 2),
+        },
+        str(tmp_path / "adapter_model.safetensors"),
+    )
+    with pytest.raises(GtExtError, match="do not fit"):
+        gen.load_adapters([(tmp_path, 1.0)])
+
+
+def test_prompt_longer_than_context_is_refused(gen):
+    with pytest.raises(GtExtError, match="exceeds the model's context"):
+        gen.chat(MSG, SamplingParams(max_new_tokens=10_000))
+
+
+def test_unknown_backend():
+    with pytest.raises(GtExtError, match="unknown backend"):
+        Generator("tiny-llama", backend="vllm")
