@@ -15,6 +15,7 @@ Malformed JSON is refused with `file:line:col`.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -182,7 +183,8 @@ def load(path: str | os.PathLike, default: dict[str, Any] | None = None) -> Sett
     for key in ("agents", "role_agents"):
         if key in doc.value and not isinstance(doc.value[key], dict):
             raise ConfigError(f"{p}: '{key}' must be an object")
-    return SettingsFile(p, doc.value, doc, raw)
+    # .data is a deep copy: edits must not reach the parsed tree, which is the 'before' picture.
+    return SettingsFile(p, copy.deepcopy(doc.value), doc, raw)
 
 
 def save(settings: SettingsFile, backup: bool = True) -> None:

@@ -12,8 +12,6 @@ import pytest
 from gt_ext.gastown.bd import Bd, BdError, Issue, _error_message
 
 
-
-
 @pytest.mark.integration
 def test_create_list_show_update_close(beads_dir: Path) -> None:
     bd = Bd(beads_dir)
