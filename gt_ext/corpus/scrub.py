@@ -195,7 +195,9 @@ class Scrubber:
     def scan(self, text: str) -> list[Finding]:
         """All findings in `text`, non-overlapping, sorted by start."""
         found: list[Finding] = []
-        taken: list[tuple[int, int]] = []
+        # Placeholders from an earlier pass are off limits: scrubbing is idempotent, and
+        # "<SECRET:aws_access_key>" must not itself look like a "secret: value" assignment.
+        taken: list[tuple[int, int]] = [m.span() for m in _PLACEHOLDER_RE.finditer(text)]
 
         def add(ftype: str, s: int, e: int, conf: str, det: str, ph: str | None) -> None:
             if e <= s or any(s < te and ts < e for ts, te in taken):

@@ -8,7 +8,7 @@ def test_every_planted_secret_is_found_with_certainty_and_replaced():
     secrets, _ = secrets_and_decoys(1)
     assert len(secrets) >= 30
     s = Scrubber(extra_usernames=())
-    for kind, line in secrets:
+    for kind, line, _value in secrets:
         r = s.scrub(line)
         assert r.findings, f"{kind}: nothing found"
         assert not r.quarantine, f"{kind}: should be certain, got {r.findings}"
@@ -55,3 +55,12 @@ def test_spans_refer_to_the_original_text():
 def test_username_of_home_path_is_scrubbed_elsewhere_too():
     r = Scrubber(extra_usernames=()).scrub("ls /home/quentin/gt\nwhoami -> quentin")
     assert "quentin" not in r.text
+
+
+def test_scrubbing_is_idempotent():
+    secrets, _ = secrets_and_decoys(2)
+    s = Scrubber(extra_usernames=())
+    for _kind, line, _value in secrets:
+        once = s.scrub(line).text
+        assert s.scrub(once).text == once
+        assert s.scrub(once).findings == []

@@ -1,0 +1,53 @@
+import collections
+import json
+
+from gt_ext.corpus.collect import process_spool, scan_transcripts
+from gt_ext.corpus.overlap import check_no_overlap, eval_prompts, overlapping
+from gt_ext.corpus.sample_town import generate, write_history
+from gt_ext.corpus.spool import write_event
+from gt_ext.corpus.store import Store
+from gt_ext.roles import ROLES
+
+
+def test_deterministic_by_seed_and_covers_roles():
+    a, b, c = generate(5, witness=4, per_role=2), generate(5, witness=4, per_role=2), generate(6, witness=4, per_role=2)
+    assert [s.to_dict() for s in a] == [s.to_dict() for s in b]
+    assert [s.to_dict() for s in a] != [s.to_dict() for s in c]
+    assert {s.role for s in a} == set(ROLES)
+    outcomes = collections.Counter((s.role, s.outcome) for s in a)
+    assert outcomes[("witness", "success")] and outcomes[("witness", "failure")]
+
+
+def test_no_overlap_with_eval_prompts():
+    texts = [m["content"] for s in generate(0) for m in s.messages]
+    check_no_overlap(texts, eval_prompts(), what="sample town")
+
+
+def test_overlap_helper_catches_copies():
+    ev = ["polecat furiosa has been idle for thirty two minutes with work on its hook"]
+    assert overlapping(["noise " + ev[0] + " more"], ev)
+    assert overlapping(["a different sentence about polecats and hooks entirely here"], ev) == []
+
+
+def test_written_history_goes_through_the_real_collection_path(tmp_path):
+    sessions = generate(1, witness=2, per_role=1)
+    town, projects = tmp_path / "town", tmp_path / "projects"
+    (town / "mayor").mkdir(parents=True)
+    (town / "mayor" / "town.json").write_text("{}")
+    issues = write_history(sessions, town, projects)
+    with Store.open(town / ".corpus") as st:
+        for iss in issues:
+            write_event(st.spool_dir, "bead_close", iss)
+        rep = process_spool(st, town, projects)
+        assert rep.errors == []
+        scan_transcripts(st, projects)
+        linked = [e for e in st.query(status=None) if e.bead]
+        assert linked and all(e.role in ROLES for e in linked)
+        assert {e.session for e in st.query(status=None)} == {s.session for s in sessions} - _dups(st, sessions)
+        assert json.dumps([e.messages for e in st.query()]).count("<tool_call>") > 0
+
+
+def _dups(st, sessions):
+    """Sessions whose content duplicated another (stored once, by design)."""
+    stored = {e.session for e in st.query(status=None)}
+    return {s.session for s in sessions} - stored
