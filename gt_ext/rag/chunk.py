@@ -237,10 +237,16 @@ def chunk_formula(text: str, *, source: str, group: str, rig: str = ANY, updated
 # ------------------------------------------------------------------------------------------- settings
 
 def chunk_settings(obj: dict[str, Any], *, source: str, group: str, rig: str = ANY, updated: float = 0.0) -> list[Chunk]:
-    """Town/rig settings JSON: one chunk per top-level key; `agents` gets one chunk per agent."""
+    """Town/rig settings JSON: scalars in one chunk, each structured key its own, one per agent."""
     name = source.split(":", 1)[-1]
     chunks = []
+    scalars = [f"{k} = {json.dumps(v)}" for k, v in obj.items() if not isinstance(v, dict | list)]
+    if scalars:
+        chunks.append(make_chunk(f"{name}: " + ", ".join(scalars), source=source, group=group,
+                                 kind="settings", rig=rig, updated=updated, title=name))
     for key, val in obj.items():
+        if not isinstance(val, dict | list):
+            continue
         if key == "agents" and isinstance(val, dict):
             for agent, cfg in val.items():
                 txt = f"{name}: agent {agent} = {json.dumps(cfg, sort_keys=True)}"

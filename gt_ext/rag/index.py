@@ -169,10 +169,28 @@ def sync_chunks(col: Any, group: str, chunks: list[Chunk], progress: Any = None)
         col.upsert(ids=[c.id for c in b], documents=[c.text for c in b], metadatas=[c.meta for c in b])
         if progress is not None:
             progress.update(len(b))
+        _maybe_crash()
     # Delete only after the new chunks are in: a reader never sees the group empty mid-update.
     for i in range(0, len(gone), 1000):
         col.delete(ids=gone[i : i + 1000])
     return len(new), len(gone), len(want) - len(new)
+
+
+_batches_written = 0
+
+
+def _maybe_crash() -> None:
+    """Fault injection for the crash-recovery test: SIGKILL this process after N written batches
+    when $GT_EXT_RAG_CRASH_AFTER_BATCHES=N (a real kill -9 mid-run, at a reproducible point)."""
+    global _batches_written
+    limit = os.environ.get("GT_EXT_RAG_CRASH_AFTER_BATCHES")
+    if not limit:
+        return
+    _batches_written += 1
+    if _batches_written >= int(limit):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _all_groups(col: Any) -> Counter:

@@ -60,8 +60,8 @@ class Group:
 
 def resolve_town(town: Any = None) -> Path:
     """Accept a Town object, a path, or None (find it from the cwd/env); raise if there is none."""
-    if town is not None and hasattr(town, "root"):
-        return Path(town.root)
+    if town is not None and not isinstance(town, str | os.PathLike) and hasattr(town, "root"):
+        return Path(town.root)  # a gt_ext.gastown Town
     if town is not None:
         p = Path(town).expanduser()
         if not is_town(p):
