@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from gt_ext.registry import Registry
 
 WORKERS = 8
