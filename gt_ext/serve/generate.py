@@ -116,8 +116,27 @@ class Generator:
                 weight = float(weight)
             except (TypeError, ValueError):
                 raise GtExtError(f"adapter {item!r}: expected (path, weight)") from None
-            out.append((self._engine.add_adapter(path), weight))
+            known = self._known_key(path)
+            if known is None:
+                # Hooks must not be added while a batch is running forward: wait for it.
+                with self._lock:
+                    known = self._engine.add_adapter(path)
+            out.append((known, weight))
         return out
+
+    def _known_key(self, path: str | Path) -> str | None:
+        try:
+            from gt_ext.serve.lora import adapter_folder
+
+            key = str(adapter_folder(path).resolve())
+        except GtExtError:
+            return None
+        return key if key in self._engine.adapter_keys() else None
+
+    @property
+    def max_context(self) -> int:
+        """The model's context length in tokens (prompt + generated)."""
+        return int(self._engine.max_context)
 
     @property
     def loaded_adapters(self) -> list[str]:

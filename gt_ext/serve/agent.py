@@ -1,0 +1,295 @@
+"""`node0-inference`: the agent command gt launches in a role's tmux pane.
+
+    node0-inference --model NAME[:VER] [--adapters a,b=0.5] [--rag] [--backend auto|torch|llama.cpp]
+
+It loads the model, prints the ready prompt `node0> `, then for every prompt or nudge typed into
+the pane runs one agent turn: the reply streams into the pane; each tool call in it
+(`<tool_call>{"name": "Bash", ...}</tool_call>`, the corpus format) runs in the work dir under the
+guard, and its output goes back to the model until the model answers without a tool call or a
+limit (steps, time, output size) is hit. Every session is written as a Claude Code style JSONL
+transcript. EOF (Ctrl-D) and SIGTERM/SIGHUP end it cleanly; Ctrl-C cancels the current turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any, TextIO
+
+from gt_ext.errors import GtExtError
+
+log = logging.getLogger(__name__)
+
+PROCESS_NAME = "node0-inference"
+READY_PROMPT = "node0> "  # gt's RuntimeConfig tmux.ready_prompt_prefix (set by the registry's deploy)
+
+
+@dataclass
+class Limits:
+    """Bounds on one agent turn."""
+
+    max_steps: int = 8  # model replies (each may run one tool call) per turn
+    turn_s: float = 600.0  # wall time for a whole turn
+    tool_s: float = 120.0  # wall time for one tool call
+    max_output: int = 4000  # characters of tool output given back to the model
+
+
+class _Terminate(Exception):
+    """Raised from the SIGTERM/SIGHUP handler to unwind and close the session cleanly."""
+
+
+def set_process_name(name: str = PROCESS_NAME) -> None:
+    """Make `ps`/tmux show `name` (gt's liveness check looks for it among the pane's processes)."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        log.debug("prctl(PR_SET_NAME) unavailable")
+
+
+class Agent:
+    """The agent loop over a Generator, a ToolRunner and a Transcript."""
+
+    def __init__(self, generator: Any, env: Any, runner: Any, params: Any, limits: Limits,
+                 transcript_factory: Any = None, rag: bool = False, out: TextIO = sys.stdout):
+        from gt_ext.serve.rolecard import role_card
+
+        self.gen = generator
+        self.env = env
+        self.runner = runner
+        self.params = params
+        self.limits = limits
+        self.rag = rag
+        self.out = out
+        self._transcript_factory = transcript_factory
+        self.transcript = None
+        self.history: list[dict[str, str]] = [{"role": "system", "content": role_card(env)}]
+
+    def _say(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def _fit_history(self) -> None:
+        """Drop the oldest turns (never the role card) until the prompt fits the model's context."""
+        ctx = getattr(self.gen, "max_context", 8192)
+        while len(self.history) > 2 and self.gen.count_tokens(self.history) + self.params.max_new_tokens > ctx:
+            del self.history[1]
+
+    def _context(self, prompt: str) -> str:
+        if not self.rag:
+            return ""
+        try:
+            from gt_ext.rag.retrieve import context_for
+
+            return context_for(prompt, self.env.role, rig=self.env.rig or None, town=self.env.root or None)
+        except Exception as e:  # RAG is an aid: a missing index must not break the agent
+            log.warning("rag context unavailable: %s", e.__class__.__name__)
+            return ""
+
+    def turn(self, prompt: str) -> str:
+        """Run one turn for `prompt`; return the last reply's prose."""
+        from gt_ext.corpus.format import parse_tool_calls, render_tool_call, strip_tool_calls
+        from gt_ext.serve.generate import GenerationStats
+
+        if self.transcript is None and self._transcript_factory is not None:
+            self.transcript = self._transcript_factory()
+        if self.transcript:
+            self.transcript.user(prompt)
+        ctx = self._context(prompt)
+        self.history.append({"role": "user", "content": f"{ctx}\n\n{prompt}" if ctx else prompt})
+        deadline = time.monotonic() + self.limits.turn_s
+        # Stop right after the first complete tool call: run it before the model goes on.
+        params = replace(self.params, stop=[*self.params.stop, "</tool_call>"])
+        # "!command" (as in Claude Code's bash mode) runs the command as the assistant's first tool
+        # call, written into the turn as if generated; the model then answers from its output.
+        forced = render_tool_call("Bash", {"command": prompt[1:].strip()}) if prompt.startswith("!") else None
+        reply = ""
+        for _step in range(self.limits.max_steps):
+            stats = GenerationStats()
+            if forced:
+                reply, forced = forced, None
+                self._say(reply)
+            else:
+                self._fit_history()
+                reply = ""
+                for piece in self.gen.stream(self.history, params, stats=stats):
+                    reply += piece
+                    self._say(piece)
+                if reply.count("<tool_call>") > reply.count("</tool_call>") and stats.finish_reason == "stop":
+                    reply += "</tool_call>"  # the stop string was cut; the call is complete
+                    self._say("</tool_call>")
+            self._say("\n")
+            calls = parse_tool_calls(reply)[:1]
+            usage = {"input_tokens": stats.prompt_tokens, "output_tokens": stats.completion_tokens}
+            tool_uses = [(f"toolu_{uuid.uuid4().hex[:24]}", c["name"], c["input"]) for c in calls]
+            # Keep the history in the corpus format, whatever the model's spacing was.
+            text = strip_tool_calls(reply)
+            canon = "\n".join([text] * bool(text) + [render_tool_call(c["name"], c["input"]) for c in calls])
+            self.history.append({"role": "assistant", "content": canon or reply})
+            if self.transcript:
+                self.transcript.assistant(text, tool_uses, usage)
+            if not calls:
+                return text
+            left = deadline - time.monotonic()
+            result = self.runner.run(calls[0], timeout_s=max(left, 1.0))
+            self._say(_indent(result.output) + "\n")
+            self.history.append({"role": "tool", "content": result.output})
+            if self.transcript:
+                self.transcript.tool_result(tool_uses[0][0], result.output, result.is_error)
+            if time.monotonic() >= deadline:
+                self._say(f"[turn stopped: time limit of {self.limits.turn_s:.0f} s]\n")
+                return strip_tool_calls(reply)
+        self._say(f"[turn stopped: step limit of {self.limits.max_steps}]\n")
+        return strip_tool_calls(reply)
+
+    def close(self) -> None:
+        """End the session: close the transcript."""
+        if self.transcript:
+            self.transcript.close()
+
+
+def _indent(text: str, lines: int = 20) -> str:
+    body = text.rstrip("\n").splitlines() or [""]
+    if len(body) > lines:
+        body = body[: lines - 1] + [f"... ({len(body) - lines + 1} more lines)"]
+    return "\n".join("  | " + ln for ln in body)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `node0-inference`."""
+    p = argparse.ArgumentParser(
+        prog=PROCESS_NAME,
+        description="Gas Town agent served by a node0/gastown-finetune model: reads prompts and nudges "
+        "from the tty, streams answers, runs the model's tool calls under a guard.",
+    )
+    p.add_argument("--model", required=True, metavar="NAME[:VER]",
+                   help="registry ref, base:<name>, a run/export folder, or a .gguf file")
+    p.add_argument("--adapters", default=None, metavar="A,B=W", help="extra LoRA adapters, each REF[=WEIGHT]")
+    p.add_argument("--rag", action="store_true", help="prepend town context from the RAG index to each prompt")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "llama.cpp"])
+    p.add_argument("--quantize", default=None, choices=["int8", "none"], help="PyTorch backend: int8 linears")
+    p.add_argument("--workdir", default=None, help="where tool calls run (default: the current dir)")
+    p.add_argument("--max-steps", type=int, default=8, help="model replies per turn")
+    p.add_argument("--turn-timeout", type=float, default=600.0, help="seconds per turn")
+    p.add_argument("--tool-timeout", type=float, default=120.0, help="seconds per tool call")
+    p.add_argument("--max-output", type=int, default=4000, help="characters of tool output kept")
+    p.add_argument("--max-new-tokens", type=int, default=384)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--transcripts", default=None, help="transcript folder (default: Claude's projects dir)")
+    p.add_argument("--no-transcript", action="store_true", help="do not write a session transcript")
+    p.add_argument("--card", action="store_true",
+                   help="print the role card and its token count next to `gt prime`'s, then exit")
+    p.add_argument("prompt", nargs="?", default=None, help="a first prompt (gt's prompt_mode=arg)")
+    return p
+
+
+def run(args: argparse.Namespace, stdin_fd: int = 0, out: TextIO = sys.stdout) -> int:
+    """Load the model and serve prompts from `stdin_fd` until EOF or SIGTERM."""
+    from gt_ext.serve.loader import load_generator
+    from gt_ext.serve.params import SamplingParams
+    from gt_ext.serve.rolecard import AgentEnv, measure, role_card
+    from gt_ext.serve.tools import ToolRunner
+    from gt_ext.serve.transcript import Transcript
+    from gt_ext.serve.ttyin import PromptReader
+
+    workdir = os.path.abspath(args.workdir or os.getcwd())
+    if not os.path.isdir(workdir):
+        raise GtExtError(f"--workdir {workdir}: not a folder")
+    env = AgentEnv.from_environ(workdir=workdir)
+    limits = Limits(args.max_steps, args.turn_timeout, args.tool_timeout, args.max_output)
+    if min(limits.max_steps, limits.max_output) < 1 or min(limits.turn_s, limits.tool_s) <= 0:
+        raise GtExtError("limits: --max-steps, --max-output, --turn-timeout and --tool-timeout must be positive")
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                            top_p=args.top_p, seed=args.seed)
+    gen, model = load_generator(args.model, args.adapters, args.backend,
+                                None if args.quantize in (None, "none") else args.quantize)
+    if args.card:
+        print(role_card(env), file=out)
+        m = measure(env, gen.tokenizer)
+        print(f"role card: {m['role_card_tokens']} tokens; gt prime: "
+              f"{m['gt_prime_tokens'] if m['gt_prime_tokens'] is not None else 'n/a (no gt/town here)'} tokens",
+              file=out)
+        return 0
+
+    def transcript() -> Transcript:
+        return Transcript(workdir, model=f"node0:{model.ref}", folder=args.transcripts, meta=env.to_meta())
+
+    agent = Agent(gen, env, ToolRunner(workdir, limits.tool_s, limits.max_output), params, limits,
+                  transcript_factory=None if args.no_transcript else transcript, rag=args.rag, out=out)
+
+    def on_term(signum: int, _frame: Any) -> None:
+        raise _Terminate(signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+    out.write(f"node0 {model.ref} on {gen.backend} | role {env.role}"
+              f"{' rig ' + env.rig if env.rig else ''} | work dir {workdir}\n")
+    reader = PromptReader(stdin_fd)
+    pending = args.prompt
+    try:
+        while True:
+            if pending is None:
+                out.write(READY_PROMPT)
+                out.flush()
+                pending = reader.read()
+                if pending is None:  # EOF: the pane's input closed
+                    out.write("\n")
+                    break
+                if not pending.strip():
+                    pending = None
+                    continue
+            try:
+                agent.turn(pending)
+            except KeyboardInterrupt:
+                out.write("\n[interrupted]\n")
+            except GtExtError as e:  # e.g. prompt longer than the context: say it, stay alive
+                out.write(f"\n[error: {e}]\n")
+            pending = None
+    except _Terminate:
+        out.write("\n[terminated]\n")
+    finally:
+        agent.close()
+        out.flush()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `node0-inference` (declared in pyproject)."""
+    set_process_name()
+    logging.basicConfig(level=os.environ.get("GT_EXT_LOG", "WARNING").upper(),
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    _quiet_tty_echo()
+    try:
+        return run(args)
+    except GtExtError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _quiet_tty_echo() -> None:
+    """Don't echo gt's Escape keystroke as `^[` in the pane (clear ECHOCTL on a tty)."""
+    try:
+        import termios
+
+        if os.isatty(0):
+            attrs = termios.tcgetattr(0)
+            attrs[3] &= ~termios.ECHOCTL
+            termios.tcsetattr(0, termios.TCSANOW, attrs)
+    except (ImportError, OSError, AttributeError):
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

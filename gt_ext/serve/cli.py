@@ -1,0 +1,155 @@
+"""`gt-ext serve`: the prompt API server, plus one-shot chat and role-card measurement.
+
+    gt-ext serve --model witness:3                 # OpenAI-compatible API on 127.0.0.1:8000
+    gt-ext serve --model base:smollm2-135m-instruct --host 0.0.0.0 --token-file ~/.gt-api-token
+    gt-ext serve chat --model base:smollm2-135m-instruct "What is 2+2?"
+    gt-ext serve card --role witness --json
+
+No torch import at module level: the heavy modules load inside the commands.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from gt_ext.errors import GtExtError
+
+app = typer.Typer(
+    help="Serve role models: OpenAI-compatible API (default), one-shot chat, role card sizes.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+    add_completion=False,
+)
+
+MODEL_HELP = "Model: registry NAME[:VER], base:<name>, a run/export folder, or a .gguf file."
+ADAPTERS_HELP = "Extra LoRA adapters, comma-separated REF[=WEIGHT] (registry refs or adapter folders)."
+BACKEND_HELP = "auto (chosen by measurement), torch, or llama.cpp."
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(token_file: Path | None) -> str | None:
+    """The API bearer token from --token-file or $GT_EXT_API_TOKEN (never from argv: ps shows argv)."""
+    if token_file is not None:
+        try:
+            tok = token_file.expanduser().read_text().strip()
+        except OSError as e:
+            raise GtExtError(f"--token-file {token_file}: {e.strerror}") from None
+        if not tok:
+            raise GtExtError(f"--token-file {token_file}: empty")
+        return tok
+    return os.environ.get("GT_EXT_API_TOKEN") or None
+
+
+@app.callback()
+def serve(
+    ctx: typer.Context,
+    model: str = typer.Option(None, "--model", "-m", metavar="NAME[:VER]", help=MODEL_HELP),
+    adapters: str = typer.Option(None, "--adapters", help=ADAPTERS_HELP),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; non-loopback needs a token."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    token_file: Path = typer.Option(None, "--token-file", help="File holding the bearer token "
+                                    "(or set GT_EXT_API_TOKEN)."),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+    quantize: str = typer.Option(None, "--quantize", help="PyTorch backend: int8 to quantize linears."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Requests decoded together."),
+    max_queue: int = typer.Option(64, "--max-queue", help="Waiting requests before 503."),
+) -> None:
+    """Run the OpenAI-compatible API (/v1/chat/completions, /v1/models) for --model."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not model:
+        raise GtExtError("serve: --model is required (NAME[:VER], base:<name>, or a run/export folder)")
+    token = read_token(token_file)
+    if not is_loopback(host) and not token:
+        raise GtExtError(f"serve --host {host}: binding beyond loopback needs a bearer token "
+                         "(--token-file FILE or GT_EXT_API_TOKEN)")
+    if not 0 < port < 65536:
+        raise GtExtError(f"serve --port {port}: not a TCP port")
+    import uvicorn
+
+    from gt_ext.serve.api import create_app
+    from gt_ext.serve.loader import load_generator
+
+    gen, resolved = load_generator(model, adapters, backend, quantize)
+    api = create_app(gen, resolved, token=token, max_batch=max_batch, max_queue=max_queue)
+    print(f"serving {resolved.ref} ({gen.backend}) on http://{host}:{port}/v1"
+          f"{' (bearer token required)' if token else ''}", file=sys.stderr)
+    uvicorn.run(api, host=host, port=port, log_level="warning")
+
+
+@app.command("chat")
+def chat_cmd(
+    prompt: str = typer.Argument(..., help="The user message."),
+    model: str = typer.Option(..., "--model", "-m", metavar="NAME[:VER]", help=MODEL_HELP),
+    adapters: str = typer.Option(None, "--adapters", help=ADAPTERS_HELP),
+    system: str = typer.Option(None, "--system", help="A system message."),
+    max_tokens: int = typer.Option(256, "--max-tokens"),
+    temperature: float = typer.Option(0.0, "--temperature"),
+    seed: int = typer.Option(None, "--seed"),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+) -> None:
+    """Answer one prompt, streaming the reply to stdout."""
+    from gt_ext.serve.loader import load_generator
+    from gt_ext.serve.params import SamplingParams
+
+    gen, _ = load_generator(model, adapters, backend)
+    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    for piece in gen.stream(msgs, SamplingParams(max_new_tokens=max_tokens, temperature=temperature, seed=seed)):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+@app.command("card")
+def card_cmd(
+    role: str = typer.Option(..., "--role", help="Gas Town role."),
+    rig: str = typer.Option("", "--rig"),
+    workdir: Path = typer.Option(None, "--workdir", help="Where `gt prime` runs (a role's work dir)."),
+    model: str = typer.Option("base:smollm2-135m-instruct", "--model", help="Whose tokenizer counts."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Token counts of the node0 role card and of real `gt prime` for a role."""
+    from gt_ext.models import load_tokenizer
+    from gt_ext.roles import check_role
+    from gt_ext.serve.refs import resolve_model
+    from gt_ext.serve.rolecard import AgentEnv, measure, role_card
+
+    check_role(role)
+    env = AgentEnv(role=role, rig=rig, root=os.environ.get("GT_ROOT", ""),
+                   workdir=str(workdir or Path.cwd()))
+    tok = load_tokenizer(resolve_model(model).base_model)
+    m = measure(env, tok)
+    if json_out:
+        print(json.dumps(m))
+        return
+    print(role_card(env))
+    print(f"\nrole card: {m['role_card_tokens']} tokens; gt prime: {m['gt_prime_tokens'] or 'n/a'} tokens")
+
+
+@app.command("backends")
+def backends_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Which generation backends are installed here."""
+    from gt_ext.serve.loader import llama_cpp_available
+
+    rows = [{"backend": "torch", "available": True},
+            {"backend": "llama.cpp", "available": llama_cpp_available()}]
+    if json_out:
+        print(json.dumps(rows))
+        return
+    for r in rows:
+        print(f"{r['backend']:10} {'yes' if r['available'] else 'no (llama-cpp-python not installed)'}")

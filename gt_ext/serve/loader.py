@@ -1,0 +1,62 @@
+"""Build a Generator from a `--model` reference and `--adapters`, choosing the backend.
+
+`backend="auto"` picks by what bench/serve.py measured on this kind of machine (see docs note): the
+PyTorch engine with int8 linears when the request needs LoRA adapters chosen per request (llama.cpp
+here has no per-request adapter stacking), and llama.cpp on the model's GGUF when there is a GGUF
+that already contains the weights to serve (a base model, or an export's merged GGUF) and
+llama-cpp-python is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+from gt_ext.errors import GtExtError
+from gt_ext.serve.refs import ResolvedModel, parse_adapters, resolve_model
+
+log = logging.getLogger(__name__)
+BACKEND_CHOICES = ("auto", "torch", "llama.cpp")
+
+
+def llama_cpp_available() -> bool:
+    """True when llama-cpp-python is importable (it is a long source build, so it may be absent)."""
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def choose_backend(model: ResolvedModel, extra_adapters: list, requested: str = "auto") -> str:
+    """The backend to use for `model` (+ extra adapters); raise if `requested` cannot serve it."""
+    if requested not in BACKEND_CHOICES:
+        raise GtExtError(f"--backend {requested}: choose one of {', '.join(BACKEND_CHOICES)}")
+    # An export's GGUF is merged (adapter already inside): the adapter must not be applied again.
+    gguf_has_all = model.gguf_path is not None and not extra_adapters and (
+        not model.adapters or model.merged_dir is not None)
+    if requested == "llama.cpp":
+        if not llama_cpp_available():
+            raise GtExtError("--backend llama.cpp: llama-cpp-python is not installed (run ./install.sh)")
+        if not gguf_has_all:
+            raise GtExtError(f"--backend llama.cpp: {model.ref} has no GGUF holding its weights and adapters; "
+                             "use --backend torch for adapters chosen at run time")
+        return "llama.cpp"
+    if requested == "torch":
+        return "torch"
+    return "llama.cpp" if gguf_has_all and llama_cpp_available() else "torch"
+
+
+def load_generator(model_ref: str, adapters: str | None = None, backend: str = "auto",
+                   quantize: str | None = None, threads: int | None = None):
+    """(Generator, ResolvedModel) for a model reference; adapters = `a,b=0.5` (see refs.py)."""
+    from gt_ext.serve.generate import Generator
+
+    model = resolve_model(model_ref)
+    extra = parse_adapters(adapters)
+    chosen = choose_backend(model, extra, backend)
+    log.info("serving %s on %s", model.ref, chosen)
+    if chosen == "llama.cpp":
+        gen = Generator(model.base_model, backend="llama.cpp", gguf_path=Path(model.gguf_path), threads=threads)
+    else:
+        base = str(model.merged_dir) if model.merged_dir and model.adapters else model.base_model
+        stack = [] if model.merged_dir and model.adapters else list(model.adapters)
+        gen = Generator(base, stack + extra, backend="torch", quantize=quantize, threads=threads)
+    return gen, model
