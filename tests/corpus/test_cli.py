@@ -1,0 +1,77 @@
+import json
+
+import pytest
+
+from gt_ext.cli import main
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("GT_EXT_CORPUS", str(tmp_path / "corpus"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "corpus"
+
+
+def test_scrub_file_and_json(tmp_path, capsys, store):
+    f = tmp_path / "t.txt"
+    f.write_text("key AKIAABCDEFGHIJKLMNOP\n")
+    assert main(["corpus", "scrub", str(f)]) == 0
+    assert capsys.readouterr().out == "key <SECRET:aws_access_key>\n"
+    assert main(["corpus", "scrub", str(f), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["quarantine"] is False and data["findings"][0]["type"] == "aws_access_key"
+    assert "AKIAABCDEFGHIJKLMNOP" not in json.dumps(data)
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, store):
+    assert main(["corpus", "scrub", str(tmp_path / "missing.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "missing.txt" in err and err.count("\n") == 1
+    assert main(["corpus", "add", str(tmp_path / "nope.md"), "--role", "witness"]) == 2
+    assert main(["corpus", "add", str(tmp_path / "nope.md"), "--role", "wizard"]) == 2
+    assert "unknown role" in capsys.readouterr().err
+    assert main(["corpus", "show", "deadbeef"]) == 2
+
+
+def test_add_list_show_stats_export(tmp_path, capsys, store):
+    md = tmp_path / "ex.md"
+    md.write_text("## User\nPatrol the demo rig.\n## Assistant\nAll polecats are working; nothing to do this cycle.\n")
+    assert main(["corpus", "add", str(md), "--role", "witness", "--task", "patrol", "--outcome", "success"]) == 0
+    capsys.readouterr()
+    assert main(["corpus", "list", "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["role"] == "witness" and row["label"] == "good"
+    assert main(["corpus", "show", row["id"][:10], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["messages"][0]["role"] == "system"
+    assert main(["corpus", "stats", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"] == 1
+    assert main(["corpus", "export", "--out", str(tmp_path / "exp"), "--val-pct", "0", "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["counts"]["sft"]["witness"]["patrol"]["train"] == 1
+
+
+def test_quarantine_review_flow(tmp_path, capsys, store):
+    md = tmp_path / "q.md"
+    md.write_text('## User\nSet the config.\n## Assistant\nI set blob = "Zm9vYmFyYmF6cXV4cXV1eDEyMzQ1Njc4OTBhYmNkZWZnaGlqaw" as asked.\n')
+    assert main(["corpus", "add", str(md), "--role", "crew"]) == 0
+    capsys.readouterr()
+    assert main(["corpus", "quarantine", "list", "--json"]) == 0
+    [q] = json.loads(capsys.readouterr().out)
+    assert main(["corpus", "quarantine", "show", q["id"], "--json"]) == 0
+    shown = json.dumps(json.loads(capsys.readouterr().out)["messages"])
+    assert "Zm9vYmFy" not in shown and "[UNCERTAIN:high_entropy_string]" in shown
+    assert main(["corpus", "quarantine", "release", q["id"]]) == 0
+    assert main(["corpus", "list", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out.split("\n", 1)[1])) == 1
+    assert main(["corpus", "quarantine", "drop", q["id"]]) == 2  # no longer in quarantine
+
+
+def test_audit_counts_detectors(tmp_path, capsys, store):
+    md = tmp_path / "a.md"
+    md.write_text("## User\nConnect to the db.\n## Assistant\nConnected to 10.2.3.4 with AKIAABCDEFGHIJKLMNOP and it works.\n")
+    assert main(["corpus", "add", str(md), "--role", "crew"]) == 0
+    capsys.readouterr()
+    assert main(["corpus", "audit", "--json", "--sample", "1"]) == 0
+    a = json.loads(capsys.readouterr().out)
+    assert a["detectors"]["regex:aws_access_key"]["certain"] == 1 and a["detectors"]["regex:ip"]["certain"] == 1
+    assert len(a["sample"]) == 1

@@ -1,0 +1,144 @@
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gt_ext.cli import main
+from gt_ext.corpus.collect import process_spool
+from gt_ext.corpus.store import Store
+from gt_ext.errors import GtExtError
+from gt_ext.hooks_cli import MARKER, install, status
+from tests.corpus.helpers import add_session_events, make_town_dirs, write_transcript
+
+
+def _file_town(tmp_path: Path) -> Path:
+    town = make_town_dirs(tmp_path / "town")
+    (town / "mayor" / "rigs.json").write_text(json.dumps({"version": 1, "rigs": {"demo": {"beads": {"prefix": "dm"}}}}))
+    (town / ".beads").mkdir()
+    (town / "demo" / "mayor" / "rig" / ".beads").mkdir(parents=True)
+    return town
+
+
+def test_install_into_town_and_rig_beads_and_chain(tmp_path):
+    town = _file_town(tmp_path)
+    rig_hooks = town / "demo" / "mayor" / "rig" / ".beads" / "hooks"
+    rig_hooks.mkdir()
+    marker = tmp_path / "old-hook-ran"
+    old = rig_hooks / "on_close"
+    old.write_text(f"#!/bin/sh\ncat > {marker}\necho >> {marker}\necho \"$@\" >> {marker}\n")
+    old.chmod(0o755)
+    rep = install(town, gt_home=tmp_path / "gt")
+    assert rep["beads"] == {"demo": "chained", "hq": "installed"}
+    assert (rig_hooks / "on_close.chained").is_file()
+    # Idempotent: a second install updates ours and never chains ours to itself.
+    assert install(town, gt_home=tmp_path / "gt")["beads"] == {"demo": "updated", "hq": "updated"}
+    assert MARKER in (rig_hooks / "on_close").read_text()
+    # The hook spools and the chained hook still gets the same argv and stdin.
+    issue = {"id": "dm-1", "status": "closed"}
+    r = subprocess.run([str(rig_hooks / "on_close"), "dm-1", "close"], input=json.dumps(issue).encode(),
+                       env={"PATH": os.environ["PATH"]})
+    assert r.returncode == 0
+    assert json.loads(marker.read_text().splitlines()[0]) == issue and "dm-1 close" in marker.read_text()
+    [spooled] = list((town / ".corpus" / "spool").glob("*.json"))
+    ev = json.loads(spooled.read_text())
+    assert ev["kind"] == "bead_close" and ev["payload"] == issue and ev["argv"] == ["dm-1", "close"]
+    assert ev["beads_dir"] == str(rig_hooks.parent)
+    assert status(town)["beads"]["demo"] == {"on_close": "ours", "chained": True}
+
+
+def test_claude_stop_override_keeps_other_entries(tmp_path):
+    town = _file_town(tmp_path)
+    gt = tmp_path / "gt"
+    (gt / "hooks-overrides").mkdir(parents=True)
+    mine = {"Stop": [{"matcher": "", "hooks": [{"type": "command", "command": "gt costs record"}]}],
+            "PreToolUse": [{"matcher": "Bash", "hooks": [{"type": "command", "command": "gt tap guard x"}]}]}
+    (gt / "hooks-overrides" / "witness.json").write_text(json.dumps(mine))
+    install(town, gt_home=gt)
+    install(town, gt_home=gt)
+    data = json.loads((gt / "hooks-overrides" / "witness.json").read_text())
+    assert data["PreToolUse"] == mine["PreToolUse"]
+    assert data["Stop"][0] == mine["Stop"][0] and len(data["Stop"]) == 2
+    cmd = data["Stop"][1]["hooks"][0]["command"]
+    assert cmd.endswith("session_shutdown") and Path(cmd).is_file()
+    assert json.loads((gt / "hooks-overrides" / "polecats.json").read_text())["Stop"][0]["hooks"][0]["command"] == cmd
+    # The Claude Stop hook spools the transcript path from its stdin and prints nothing.
+    r = subprocess.run([cmd], input=json.dumps({"session_id": "s1", "transcript_path": "/x/s1.jsonl",
+                                                "hook_event_name": "Stop"}).encode(), capture_output=True,
+                       env={"PATH": os.environ["PATH"], "GT_ROLE": "witness", "GT_RIG": "demo"})
+    assert r.returncode == 0 and r.stdout == b""
+    [ev] = [json.loads(p.read_text()) for p in (town / ".corpus" / "spool").glob("*.json")]
+    assert ev["kind"] == "session_stop" and ev["payload"]["session_id"] == "s1"
+    assert ev["env"] == {"GT_ROLE": "witness", "GT_RIG": "demo"}
+
+
+def test_hook_imports_no_torch_and_no_project_code(tmp_path):
+    town = _file_town(tmp_path)
+    install(town, gt_home=tmp_path / "gt", claude_stop=False)
+    hook = town / ".beads" / "hooks" / "on_close"
+    r = subprocess.run([sys.executable, "-X", "importtime", str(hook), "hq-1", "close"], input=b"{}",
+                       capture_output=True, env={"PATH": os.environ["PATH"]})
+    assert r.returncode == 0
+    imported = r.stderr.decode()
+    assert "torch" not in imported and "gt_ext" not in imported and "detect_secrets" not in imported
+
+
+def test_bad_town_and_broken_override_are_clear_errors(tmp_path, capsys):
+    assert main(["hooks", "install", "--town", str(tmp_path)]) == 2
+    assert "not a Gas Town root" in capsys.readouterr().err
+    town = _file_town(tmp_path)
+    (tmp_path / "gt" / "hooks-overrides").mkdir(parents=True)
+    (tmp_path / "gt" / "hooks-overrides" / "mayor.json").write_text("{oops")
+    with pytest.raises(GtExtError, match=r"mayor.json:1: invalid JSON"):
+        install(town, gt_home=tmp_path / "gt")
+
+
+@pytest.mark.integration
+def test_real_bd_close_lands_in_corpus_and_20_at_once_lose_nothing(beads_dir, bd_bin, tmp_path):
+    from gt_ext.gastown.bd import Bd
+    from gt_ext.gastown.testing import isolated_env
+
+    town = make_town_dirs(beads_dir.parent)
+    install(town, gt_home=tmp_path / "gt", claude_stop=False)
+    env = isolated_env(tmp_path / "home")
+    bd = Bd(beads_dir, bd_bin, env=env)
+    projects = tmp_path / "projects"
+    ids = []
+    for i in range(20):
+        actor = f"demo/polecats/p{i}"
+        iss = bd.create(f"task {i}", assignee=actor, labels=["task:git-workflow"])
+        cwd = str(town / actor)
+        write_transcript(projects, f"sess-{i}", cwd, f"Run the bead {iss.id} on your hook.",
+                         [(f"Reading hook {i}.", "gt hook", f"{iss.id}: task {i}; token ghp_{'Ab1' * 12}"),
+                          (f"Testing change {i}.", f"make test K={i}", "ok")])
+        add_session_events(town, actor, f"sess-{i}", cwd, iss.id)
+        ids.append(iss.id)
+    # One close first: it must show up, scrubbed and tagged.
+    bd.close(ids[0], reason="done")
+    spool = town / ".corpus" / "spool"
+    _wait_for(lambda: len(list(spool.glob("*.json"))) >= 1)
+    with Store.open(town / ".corpus") as st:
+        rep = process_spool(st, town, projects)
+        [ex] = st.query()
+        assert rep.errors == [] and ex.bead == ids[0] and ex.role == "polecat" and ex.outcome == "success"
+        assert "ghp_Ab1" not in json.dumps(ex.messages) and "<SECRET:github_token>" in json.dumps(ex.messages)
+    # Then the other 19 in one go: bd fires 19 hooks at once.
+    subprocess.run([bd_bin, "close", *ids[1:], "--reason", "done", "--json"], cwd=town, env=env | {"BEADS_DIR": str(beads_dir)},
+                   check=True, capture_output=True, stdin=subprocess.DEVNULL)
+    _wait_for(lambda: len(list(spool.glob("*.json"))) >= 19)
+    with Store.open(town / ".corpus") as st:
+        process_spool(st, town, projects)
+        assert sorted(e.bead for e in st.query()) == sorted(ids)
+        assert st.count() == 20
+
+
+def _wait_for(cond, limit: float = 60.0) -> None:
+    """Poll until `cond()` (bd runs hooks in the background); fail after `limit` seconds."""
+    end = time.monotonic() + limit
+    while not cond():
+        if time.monotonic() > end:
+            pytest.fail("hook output did not arrive")
+        time.sleep(0.2)
