@@ -4,11 +4,11 @@ import pytest
 
 from gt_ext.corpus.export import export_corpus, verify_export
 from gt_ext.corpus.ingest import Ingestor, Source, Tags
+from gt_ext.corpus.planted import secrets_and_decoys
 from gt_ext.corpus.sample_town import generate, ingest_sessions
 from gt_ext.corpus.scrub import Scrubber
 from gt_ext.corpus.store import Store
 from gt_ext.errors import GtExtError
-from tests.corpus.planted import secrets_and_decoys
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import json
 
+from gt_ext.corpus.planted import secrets_and_decoys
 from gt_ext.corpus.scrub import Scrubber, scrub_text
-from tests.corpus.planted import secrets_and_decoys
 
 
 def test_every_planted_secret_is_found_with_certainty_and_replaced():
