@@ -1,0 +1,62 @@
+"""Read a town's `.events.jsonl` (gt's append-only event log) without choking on bad lines.
+
+Each line: `{"ts", "source": "gt", "type", "actor", "payload": {...}, "visibility"}`; types include
+session_start, sling, done, spawn, kill, session_death, merged, merge_failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+log = logging.getLogger(__name__)
+
+
+class Event(BaseModel):
+    """One gt event; unknown fields are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    ts: str = ""
+    source: str = ""
+    type: str = ""
+    actor: str = ""
+    payload: dict[str, Any] = {}
+    visibility: str | None = None
+    line: int = 0  # 1-based line number in the file (not part of gt's record)
+
+
+def read_events(path: str | os.PathLike, types: Iterable[str] | None = None, offset: int = 0) -> Iterator[Event]:
+    """Yield the events of `path` (optionally only some `types`), starting at byte `offset`.
+
+    Malformed lines (e.g. a half-written last line) are skipped with a warning naming the line.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return
+    want = set(types) if types is not None else None
+    with open(p, "rb") as f:
+        f.seek(offset)
+        # Line numbers count from the offset's line when an offset is given.
+        for n, raw in enumerate(f, start=1):
+            text = raw.decode("utf-8", errors="replace").strip()
+            if not text:
+                continue
+            try:
+                obj = json.loads(text)
+                if not isinstance(obj, dict):
+                    raise ValueError("not an object")
+                if not isinstance(obj.get("payload", {}), dict):
+                    obj["payload"] = {"value": obj["payload"]}
+                ev = Event.model_validate({**obj, "line": n})
+            except (ValueError, TypeError) as e:
+                log.warning("%s:%d: skipping malformed event (%s)", p, n, str(e).splitlines()[0][:80])
+                continue
+            if want is None or ev.type in want:
+                yield ev
