@@ -178,7 +178,8 @@ def make_town(base: Path, rig: str = "demo", prefix: str = "dm", use_gt: bool | 
     if use_gt is None:
         use_gt = find_gt(required=False) is not None
     port = free_port()
-    env = isolated_env(base / "home", {"GT_DOLT_PORT": str(port)})
+    # GT_DOLT_HOST: gt writes it into the server config, so the town server binds 127.0.0.1 only.
+    env = isolated_env(base / "home", {"GT_DOLT_PORT": str(port), "GT_DOLT_HOST": "127.0.0.1"})
     root = base / "town"
     upstream = make_git_repo(base / "upstream" / rig, env)
     env["GT_TOWN_ROOT"] = str(root)

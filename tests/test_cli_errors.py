@@ -1,0 +1,39 @@
+"""`gt-ext` usage errors: one line on stderr, exit code 2; help and typer.Exit keep their codes."""
+
+from __future__ import annotations
+
+import pytest
+import typer
+
+from gt_ext import cli
+
+
+@pytest.mark.parametrize("argv", [["bogus"], ["models", "bogus"], ["models", "list", "--nope"],
+                                  ["models", "generate"]])
+def test_usage_error_is_one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == 2
+    cap = capsys.readouterr()
+    assert cap.err.count("\n") == 1 and cap.err.startswith("error: gt-ext") and cap.out == ""
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("models", "install-shim"):
+        assert name in out
+
+
+def test_typer_exit_code_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = typer.Typer()
+
+    @app.command()
+    def fail() -> None:
+        raise typer.Exit(3)
+
+    @app.command()
+    def ok() -> None:
+        pass
+
+    monkeypatch.setattr(cli, "app", app)
+    assert cli.main(["fail"]) == 3
+    assert cli.main(["ok"]) == 0
