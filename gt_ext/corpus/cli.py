@@ -250,6 +250,7 @@ def export(out: Annotated[Path, typer.Option("--out", help="Folder to write (man
 def process(claude_dir: Annotated[Path | None, typer.Option(help="Claude projects folder (default ~/.claude/projects).")] = None,
             scan: Annotated[bool, typer.Option(help="Also take transcripts no hook spooled (wisps, bead-less sessions).")] = False,
             panes: Annotated[bool, typer.Option(help="Also capture live tmux panes.")] = False,
+            artifacts: Annotated[bool, typer.Option(help="Also take CLAUDE.md, AGENTS.md, formulas, spec/plan files.")] = False,
             as_json: JsonOpt = False) -> None:
     """Process the spool written by the hooks (idempotent, safe to kill and rerun)."""
     from gt_ext.corpus.collect import capture_panes, process_spool, scan_transcripts
@@ -262,7 +263,16 @@ def process(claude_dir: Annotated[Path | None, typer.Option(help="Claude project
             reports.append(scan_transcripts(st, claude_dir, progress=not as_json and sys.stderr.isatty()))
         if panes:
             reports.append(capture_panes(st))
+        art = None
+        if artifacts:
+            if town is None:
+                raise GtExtError("--artifacts needs a town: pass --town DIR")
+            from gt_ext.corpus.artifacts import collect_artifacts
+
+            art = collect_artifacts(st, town)
     merged = reports[0].to_dict()
+    if art is not None:
+        merged["artifacts"] = art
     for r in reports[1:]:
         d = r.to_dict()
         merged["sessions"] += d["sessions"]
@@ -282,6 +292,8 @@ def process(claude_dir: Annotated[Path | None, typer.Option(help="Claude project
         print(f"  no session found yet for bead {b}")
     for f in merged["flags"]:
         print(f"  batch flagged for review: {f}")
+    if "artifacts" in merged:
+        print("  artifacts: " + (", ".join(f"{k}={v}" for k, v in merged["artifacts"].items()) or "none found"))
 
 
 @app.command()
