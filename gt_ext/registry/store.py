@@ -124,6 +124,11 @@ _DEPLOY_COLS = ("action", "role", "rig", "model", "before_state", "after_state",
                 "reason", "forced")
 
 
+def _cols(cols: tuple[str, ...]) -> str:
+    # Backticks: `time`, `action`, `role` are keywords in MySQL/Dolt; SQLite accepts backticks too.
+    return ", ".join(f"`{c}`" for c in cols)
+
+
 class MetaStore(ABC):
     """The registry's metadata interface. Implementations must make each write atomic."""
 
@@ -220,7 +225,7 @@ class _SqlStore(MetaStore):
             elif c == "path":
                 v = str(v)
             vals.append(v)
-        sql = self._sql(f"INSERT INTO {MODELS_TABLE} ({', '.join(_MODEL_COLS)}) "
+        sql = self._sql(f"INSERT INTO {MODELS_TABLE} ({_cols(_MODEL_COLS)}) "
                         f"VALUES ({', '.join('?' for _ in _MODEL_COLS)})")
         if self.get_model(rec.name, rec.version) is not None:
             raise GtExtError(f"model {rec.ref} is already registered ({self.backend} registry)")
@@ -229,34 +234,34 @@ class _SqlStore(MetaStore):
 
     def get_model(self, name: str, version: int | None = None) -> ModelRecord | None:
         if version is None:
-            rows = self._read(f"SELECT * FROM {MODELS_TABLE} WHERE name = ? ORDER BY version DESC LIMIT 1",
+            rows = self._read(f"SELECT * FROM {MODELS_TABLE} WHERE `name` = ? ORDER BY `version` DESC LIMIT 1",
                               (name,))
         else:
-            rows = self._read(f"SELECT * FROM {MODELS_TABLE} WHERE name = ? AND version = ?", (name, version))
+            rows = self._read(f"SELECT * FROM {MODELS_TABLE} WHERE `name` = ? AND `version` = ?", (name, version))
         return self._row_to_model(rows[0]) if rows else None
 
     def list_models(self) -> list[ModelRecord]:
-        return [self._row_to_model(r) for r in self._read(f"SELECT * FROM {MODELS_TABLE} ORDER BY name, version")]
+        return [self._row_to_model(r) for r in self._read(f"SELECT * FROM {MODELS_TABLE} ORDER BY `name`, `version`")]
 
     def max_version(self, name: str) -> int:
-        rows = self._read(f"SELECT MAX(version) AS v FROM {MODELS_TABLE} WHERE name = ?", (name,))
+        rows = self._read(f"SELECT MAX(`version`) AS v FROM {MODELS_TABLE} WHERE `name` = ?", (name,))
         return int(rows[0]["v"] or 0) if rows else 0
 
     def update_eval(self, name: str, version: int, categories: dict[str, Any], composite: float | None,
                     gate: str | None, message: str) -> None:
         with self._write(message) as cur:
-            cur.execute(self._sql(f"UPDATE {MODELS_TABLE} SET eval_categories = ?, eval_composite = ?, gate = ? "
-                                  "WHERE name = ? AND version = ?"),
+            cur.execute(self._sql(f"UPDATE {MODELS_TABLE} SET `eval_categories` = ?, `eval_composite` = ?, `gate` = ? "
+                                  "WHERE `name` = ? AND `version` = ?"),
                         (json.dumps(categories, sort_keys=True), composite, gate, name, version))
 
     def delete_model(self, name: str, version: int, message: str) -> None:
         with self._write(message) as cur:
-            cur.execute(self._sql(f"DELETE FROM {MODELS_TABLE} WHERE name = ? AND version = ?"), (name, version))
+            cur.execute(self._sql(f"DELETE FROM {MODELS_TABLE} WHERE `name` = ? AND `version` = ?"), (name, version))
 
     def append_deployment(self, dep: Deployment, message: str) -> int:
         vals = (dep.action, dep.role, dep.rig, dep.model, json.dumps(dep.before, sort_keys=True),
                 json.dumps(dep.after, sort_keys=True), dep.actor, dep.time, dep.reason, int(dep.forced))
-        sql = self._sql(f"INSERT INTO {DEPLOY_TABLE} ({', '.join(_DEPLOY_COLS)}) "
+        sql = self._sql(f"INSERT INTO {DEPLOY_TABLE} ({_cols(_DEPLOY_COLS)}) "
                         f"VALUES ({', '.join('?' for _ in _DEPLOY_COLS)})")
         with self._write(message) as cur:
             cur.execute(sql, vals)
@@ -267,13 +272,13 @@ class _SqlStore(MetaStore):
     def deployments(self, role: str | None = None, rig: str | None = None) -> list[Deployment]:
         where, args = [], []
         if role is not None:
-            where.append("role = ?")
+            where.append("`role` = ?")
             args.append(role)
         if rig is not None:
-            where.append("rig = ?")
+            where.append("`rig` = ?")
             args.append(rig)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        rows = self._read(f"SELECT * FROM {DEPLOY_TABLE}{clause} ORDER BY id", tuple(args))
+        rows = self._read(f"SELECT * FROM {DEPLOY_TABLE}{clause} ORDER BY `id`", tuple(args))
         return [self._row_to_dep(r) for r in rows]
 
 
@@ -297,16 +302,16 @@ class SqliteStore(_SqlStore):
     def _ddl(self) -> list[str]:
         return [
             f"""CREATE TABLE IF NOT EXISTS {MODELS_TABLE} (
-                name TEXT NOT NULL, version INTEGER NOT NULL, role TEXT NOT NULL, task TEXT,
-                base_model TEXT NOT NULL, path TEXT NOT NULL, parent TEXT, corpus_hash TEXT,
-                examples INTEGER, dpo_pairs INTEGER, hyperparams TEXT, lora_rank INTEGER,
-                eval_categories TEXT, eval_composite REAL, gate TEXT, compatible TEXT,
-                created TEXT NOT NULL, convention_fingerprint TEXT,
-                PRIMARY KEY (name, version))""",
+                `name` TEXT NOT NULL, `version` INTEGER NOT NULL, `role` TEXT NOT NULL, `task` TEXT,
+                `base_model` TEXT NOT NULL, `path` TEXT NOT NULL, `parent` TEXT, `corpus_hash` TEXT,
+                `examples` INTEGER, `dpo_pairs` INTEGER, `hyperparams` TEXT, `lora_rank` INTEGER,
+                `eval_categories` TEXT, `eval_composite` REAL, `gate` TEXT, `compatible` TEXT,
+                `created` TEXT NOT NULL, `convention_fingerprint` TEXT,
+                PRIMARY KEY (`name`, `version`))""",
             f"""CREATE TABLE IF NOT EXISTS {DEPLOY_TABLE} (
-                id INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT NOT NULL, role TEXT NOT NULL,
-                rig TEXT NOT NULL, model TEXT, before_state TEXT NOT NULL, after_state TEXT NOT NULL,
-                actor TEXT NOT NULL, time TEXT NOT NULL, reason TEXT, forced INTEGER NOT NULL)""",
+                `id` INTEGER PRIMARY KEY AUTOINCREMENT, `action` TEXT NOT NULL, `role` TEXT NOT NULL,
+                `rig` TEXT NOT NULL, `model` TEXT, `before_state` TEXT NOT NULL, `after_state` TEXT NOT NULL,
+                `actor` TEXT NOT NULL, `time` TEXT NOT NULL, `reason` TEXT, `forced` INTEGER NOT NULL)""",
         ]
 
     @contextmanager
@@ -351,17 +356,17 @@ class DoltStore(_SqlStore):
     def _ddl(self) -> list[str]:
         return [
             f"""CREATE TABLE IF NOT EXISTS {MODELS_TABLE} (
-                name VARCHAR(200) NOT NULL, version INT NOT NULL, role VARCHAR(32) NOT NULL,
-                task VARCHAR(64), base_model VARCHAR(1000) NOT NULL, path TEXT NOT NULL,
-                parent VARCHAR(255), corpus_hash VARCHAR(128), examples INT, dpo_pairs INT,
-                hyperparams LONGTEXT, lora_rank INT, eval_categories LONGTEXT, eval_composite DOUBLE,
-                gate VARCHAR(8), compatible LONGTEXT, created VARCHAR(40) NOT NULL,
-                convention_fingerprint VARCHAR(128), PRIMARY KEY (name, version))""",
+                `name` VARCHAR(200) NOT NULL, `version` INT NOT NULL, `role` VARCHAR(32) NOT NULL,
+                `task` VARCHAR(64), `base_model` VARCHAR(1000) NOT NULL, `path` TEXT NOT NULL,
+                `parent` VARCHAR(255), `corpus_hash` VARCHAR(128), `examples` INT, `dpo_pairs` INT,
+                `hyperparams` LONGTEXT, `lora_rank` INT, `eval_categories` LONGTEXT, `eval_composite` DOUBLE,
+                `gate` VARCHAR(8), `compatible` LONGTEXT, `created` VARCHAR(40) NOT NULL,
+                `convention_fingerprint` VARCHAR(128), PRIMARY KEY (`name`, `version`))""",
             f"""CREATE TABLE IF NOT EXISTS {DEPLOY_TABLE} (
-                id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, action VARCHAR(16) NOT NULL,
-                role VARCHAR(32) NOT NULL, rig VARCHAR(200) NOT NULL, model VARCHAR(255),
-                before_state LONGTEXT NOT NULL, after_state LONGTEXT NOT NULL, actor VARCHAR(255) NOT NULL,
-                time VARCHAR(40) NOT NULL, reason TEXT, forced TINYINT NOT NULL)""",
+                `id` BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, `action` VARCHAR(16) NOT NULL,
+                `role` VARCHAR(32) NOT NULL, `rig` VARCHAR(200) NOT NULL, `model` VARCHAR(255),
+                `before_state` LONGTEXT NOT NULL, `after_state` LONGTEXT NOT NULL, `actor` VARCHAR(255) NOT NULL,
+                `time` VARCHAR(40) NOT NULL, `reason` TEXT, `forced` TINYINT NOT NULL)""",
         ]
 
     @contextmanager
