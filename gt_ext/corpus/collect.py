@@ -292,12 +292,17 @@ def scan_transcripts(store: Store, projects: Path | None = None, progress: bool 
     return report
 
 
-def capture_panes(store: Store, sessions: list[str] | None = None, tmux: str = "tmux") -> ProcessReport:
-    """Capture live tmux panes (`capture-pane -p -J`) of gt agent sessions and store them."""
+def capture_panes(store: Store, sessions: list[str] | None = None, tmux: str = "tmux",
+                  socket: str | None = None) -> ProcessReport:
+    """Capture live tmux panes (`capture-pane -p -J`) of gt agent sessions and store them.
+
+    A pane is keyed by session name and content hash: capturing an unchanged pane again is a no-op,
+    and a pane that grew replaces its earlier capture."""
     report = ProcessReport()
+    base = [tmux, *(["-L", socket] if socket else [])]
     if sessions is None:
         try:
-            out = subprocess.run([tmux, "list-sessions", "-F", "#{session_name}"], capture_output=True,
+            out = subprocess.run([*base, "list-sessions", "-F", "#{session_name}"], capture_output=True,
                                  text=True, timeout=10)
         except (FileNotFoundError, subprocess.TimeoutExpired) as e:
             raise GtExtError(f"tmux not available: {type(e).__name__}") from None
@@ -305,7 +310,7 @@ def capture_panes(store: Store, sessions: list[str] | None = None, tmux: str = "
     with process_lock(store):
         ing = Ingestor(store)
         for name in sessions:
-            cp = subprocess.run([tmux, "capture-pane", "-p", "-J", "-S", "-", "-t", name], capture_output=True,
+            cp = subprocess.run([*base, "capture-pane", "-p", "-J", "-S", "-", "-t", name], capture_output=True,
                                 text=True, timeout=10)
             if cp.returncode != 0:
                 report.errors.append(f"tmux session {name}: capture-pane failed")

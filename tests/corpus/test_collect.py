@@ -4,7 +4,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gt_ext.corpus.collect import add_files, process_spool, scan_transcripts
+import pytest
+
+from gt_ext.corpus.collect import add_files, capture_panes, process_spool, scan_transcripts
 from gt_ext.corpus.spool import write_event
 from gt_ext.corpus.store import Store
 from tests.corpus.helpers import add_session_events, make_town_dirs, write_transcript
@@ -111,3 +113,28 @@ def test_add_curated_files(tmp_path):
         e = st.query()[0]
         assert (e.role, e.task, e.source, e.label) == ("crew", "bead-creation", "markdown", "good")
         assert add_files(st, [md]).stored == {}
+
+
+def test_capture_live_tmux_pane(tmp_path):
+    import shutil
+    import time as _t
+
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    sock = f"gtx-corpus-{os.getpid()}"
+    script = tmp_path / "agent.sh"
+    script.write_text("printf '> Patrol the demo rig now\\n● All polecats of demo are working; nothing to do.\\n'; sleep 60\n")
+    subprocess.run(["tmux", "-L", sock, "new-session", "-d", "-s", "dm-witness", "sh", str(script)], check=True)
+    try:
+        with Store.open(tmp_path / "c") as st:
+            for _ in range(50):  # wait for the pane to show the text
+                rep = capture_panes(st, ["dm-witness"], socket=sock)
+                if rep.stored:
+                    break
+                _t.sleep(0.1)
+            [e] = st.query()
+            assert e.role == "witness" and e.source == "pane"
+            assert e.messages[-1]["content"].startswith("All polecats of demo")
+            assert capture_panes(st, ["dm-witness"], socket=sock).stored == {}  # unchanged pane: no-op
+    finally:
+        subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)

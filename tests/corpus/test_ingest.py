@@ -77,3 +77,40 @@ def test_retag_when_bead_link_arrives_later(store):
     _ingest(store, _msgs(), role="witness", session="s9", bead="dm-7", outcome="failure")
     ex = store.query()[0]
     assert ex.bead == "dm-7" and ex.outcome == "failure" and ex.label == "bad"
+
+
+def _distinct(i: int, cmd: str = "gt hook") -> list[dict]:
+    import random
+
+    words = " ".join(random.Random(i).choice(["alpha", "bravo", "delta", "echo", "golf", "hotel", "india", "kilo",
+                                              "lima", "mike", "oscar", "papa", "romeo", "tango", "victor"]) for _ in range(40))
+    return [{"role": "user", "content": f"Job {i}: {words}"},
+            {"role": "assistant", "content": f"Working job {i}: {words}\n" + render_tool_call("Bash", {"command": cmd})}]
+
+
+def test_per_source_cap(store, monkeypatch):
+    from gt_ext.corpus import gates
+
+    monkeypatch.setattr(gates, "source_cap", lambda total: 3)
+    ing = Ingestor(store, scrubber=Scrubber(extra_usernames=()))
+    with store.tx():
+        for i in range(5):
+            ing.ingest(_distinct(i), Tags(role="crew"), Source("curated", f"k{i}", f"h{i}", group="file:flood.jsonl"))
+        ing.ingest(_distinct(99), Tags(role="crew"), Source("curated", "other", "h", group="file:other.jsonl"))
+    assert store.count(status="active") == 4
+    assert all(e.reason == "per-source cap reached" for e in store.query(status="rejected"))
+
+
+def test_anomalous_batch_goes_to_review(store):
+    first = Ingestor(store, scrubber=Scrubber(extra_usernames=()))
+    with store.tx():
+        for i in range(60):
+            first.ingest(_distinct(i), Tags(role="crew", outcome="success"), Source("curated", f"a{i}", f"a{i}"))
+    assert first.finish() == []
+    batch = Ingestor(store, scrubber=Scrubber(extra_usernames=()))
+    with store.tx():
+        for i in range(100, 108):
+            batch.ingest(_distinct(i, cmd="git push --force origin main"), Tags(role="crew"), Source("curated", f"b{i}", f"b{i}"))
+    flags = batch.finish()
+    assert flags and "violation_rate" in flags[0]
+    assert store.count(status="review") == 8 and store.count(status="active") == 60
