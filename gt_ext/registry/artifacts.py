@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,11 +136,13 @@ class ArtifactStore:
             return []
         return sorted(int(p.name[1:]) for p in d.iterdir() if p.is_dir() and p.name[:1] == "v" and p.name[1:].isdigit())
 
-    def install(self, src: str | os.PathLike, name: str, version: int, extra: dict[str, Any] | None = None) -> Path:
+    def install(self, src: str | os.PathLike, name: str, version: int, extra: dict[str, Any] | None = None,
+                progress: Callable[[int, int], None] | None = None) -> Path:
         """Copy a run/export folder into `<root>/<name>/v<version>/` and write its manifest.
 
         An export's own manifest is verified first, so a corrupted export is refused naming the
         file. Raises GtExtError if the version folder already exists (versions are immutable).
+        `progress(bytes_done, bytes_total)` is called after each file (the CLI draws a bar).
         """
         src = Path(src)
         kind = source_kind(src)
@@ -150,6 +153,8 @@ class ArtifactStore:
         rels = _files_to_copy(src, kind)
         if not rels:
             raise GtExtError(f"{src}: no model files to register")
+        total = sum((src / r).stat().st_size for r in rels)
+        done = 0
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".v{version}.", suffix=".tmp", dir=target.parent))
         try:
@@ -159,6 +164,9 @@ class ArtifactStore:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src / rel, dst)
                 files[rel.as_posix()] = sha256_file(dst)
+                done += dst.stat().st_size
+                if progress:
+                    progress(done, total)
             manifest = {k: v for k, v in src_manifest.items() if k != "files"}
             manifest.update(extra or {})
             manifest.update({"name": name, "version": version, "source_kind": kind, "files": files})

@@ -110,8 +110,15 @@ def register_cmd(src: str = typer.Argument(..., metavar="RUN_OR_EXPORT_DIR", hel
                  name: str = typer.Option(None, "--name", help="Model name (default: the role, or ROLE-TASK)."),
                  json_out: bool = JSON_OPT) -> None:
     """Register a run or export folder as the next version of a model."""
-    with _open() as reg:
-        rec = reg.register(src, name=name)
+    from tqdm import tqdm
+
+    with _open() as reg, tqdm(total=0, unit="B", unit_scale=True, desc="copying", leave=False,
+                              disable=json_out or None) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        rec = reg.register(src, name=name, progress=progress)
         if json_out:
             _print_json(rec.to_dict())
         else:

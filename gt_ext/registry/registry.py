@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -167,10 +168,12 @@ class Registry:
         return self.store.deployments(role=role, rig=rig)
 
     # -- writing ---------------------------------------------------------------------------------
-    def register(self, src: str | os.PathLike, name: str | None = None) -> ModelRecord:
+    def register(self, src: str | os.PathLike, name: str | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> ModelRecord:
         """Copy a run or export folder into the next version of `name` and record it.
 
-        Default name: the run's role, or `<role>-<task>` for a task adapter.
+        Default name: the run's role, or `<role>-<task>` for a task adapter. `progress(done,
+        total)` gets the bytes copied so far.
         """
         src = Path(src)
         kind = artifacts.source_kind(src)
@@ -194,7 +197,7 @@ class Registry:
         lora = run.get("lora") or {}
         with file_lock(self._root_lock):
             version = max([self.store.max_version(name), *self.files.versions_on_disk(name)]) + 1
-            path = self.files.install(src, name, version)
+            path = self.files.install(src, name, version, progress=progress)
             rec = ModelRecord(
                 name=name, version=version, role=str(role), task=task, base_model=str(base), path=path,
                 parent=run.get("parent"), corpus_hash=run.get("corpus_hash"),
