@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -70,14 +71,20 @@ class ProcessReport:
 
 
 @contextmanager
-def process_lock(store: Store) -> Iterator[None]:
-    """Exclusive processing lock on the store; a second processor gets a clear error."""
+def process_lock(store: Store, wait_s: float = 120.0) -> Iterator[None]:
+    """Exclusive processing lock on the store: a second processor waits its turn (up to `wait_s`,
+    then a clear error). The lock dies with its process, so a killed processor never blocks."""
     fd = os.open(store.root / "process.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise GtExtError(f"another `gt-ext corpus process` holds {store.root / 'process.lock'}") from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise GtExtError(f"another corpus processor holds {store.root / 'process.lock'}") from None
+                time.sleep(0.1)
         yield
     finally:
         os.close(fd)

@@ -138,3 +138,19 @@ def test_capture_live_tmux_pane(tmp_path):
             assert capture_panes(st, ["dm-witness"], socket=sock).stored == {}  # unchanged pane: no-op
     finally:
         subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
+
+
+def test_concurrent_processors_take_turns_and_lose_nothing(tmp_path):
+    town, projects, issues = _town(tmp_path, 8)
+    store_dir = town / ".corpus"
+    with Store.open(store_dir) as st:
+        for iss in issues:
+            write_event(st.spool_dir, "bead_close", iss)
+    env = dict(os.environ, GT_EXT_CORPUS=str(store_dir))
+    cmd = [sys.executable, "-m", "gt_ext.cli", "corpus", "--town", str(town), "process", "--claude-dir", str(projects)]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
+    for p in procs:
+        _out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    with Store.open(store_dir) as st:
+        assert st.count() == 8 and len({e.bead for e in st.query()}) == 8
