@@ -21,7 +21,8 @@ A `Batch` is a dict of tensors:
     position_ids  [B, T] long    restart at 0 for every packed example
     attention_mask[B, 1, T, T] bool  causal AND same-example (block diagonal); True = may attend
     example_index [B, T] long    index of the example in this batch's flat list, -1 on padding
-plus python values `item_ids` (list[str]) and `n_examples` (int). Examples are numbered in row
+plus python values `item_ids` (list[str]), `item_index` (list[int], positions in the item list)
+and `n_examples` (int). Examples are numbered in row
 order, so in a DPO batch example 2k is pair k's chosen answer and 2k+1 its rejected one.
 """
 
@@ -251,7 +252,9 @@ def load_items(
 # ---------------------------------------------------------------------------------------------------
 
 
-def collate(rows: list[list[Example]], pad_id: int, item_ids: list[str] | None = None) -> dict[str, Any]:
+def collate(
+    rows: list[list[Example]], pad_id: int, item_ids: list[str] | None = None, item_index: list[int] | None = None
+) -> dict[str, Any]:
     """Pad rows of (packed) examples into a Batch (see module docstring for the tensors)."""
     lengths = [sum(len(e) for e in row) for row in rows]
     B, T = len(rows), max(lengths)
@@ -285,6 +288,7 @@ def collate(rows: list[list[Example]], pad_id: int, item_ids: list[str] | None =
         "example_index": example_index,
         "n_examples": k,
         "item_ids": list(item_ids or []),
+        "item_index": list(item_index or []),
     }
 
 
@@ -311,6 +315,7 @@ def plan_rows(items: Sequence[Item], order: Sequence[int], pack: bool, pack_leng
 def _rows_to_batch(items: Sequence[Item], rows: list[list[int]], pad_id: int, split_pairs: bool) -> dict[str, Any]:
     ex_rows: list[list[Example]] = []
     ids: list[str] = []
+    index: list[int] = []
     for row in rows:
         if split_pairs:  # unpacked: every example of every item gets its own row
             for i in row:
@@ -318,7 +323,8 @@ def _rows_to_batch(items: Sequence[Item], rows: list[list[int]], pad_id: int, sp
         else:
             ex_rows.append([e for i in row for e in items[i].examples])
         ids.extend(items[i].id for i in row)
-    return collate(ex_rows, pad_id, ids)
+        index.extend(row)
+    return collate(ex_rows, pad_id, ids, index)
 
 
 class BatchLoader:

@@ -1,0 +1,70 @@
+"""`gt-ext train`: LoRA SFT/DPO of a role (or task) adapter from a corpus export.
+
+No torch import at module level: the heavy work is imported inside the command.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from gt_ext.errors import GtExtError
+
+app = typer.Typer(
+    help="Train a role LoRA (or a task adapter on top of a role model) on a corpus export.",
+    invoke_without_command=True,
+    add_completion=False,
+    context_settings={"allow_extra_args": False},
+)
+
+
+@app.callback()
+def train(
+    overrides: list[str] = typer.Argument(None, metavar="[KEY=VALUE]...", help="config overrides, e.g. optim.lr=1e-4 lora.r=16"),
+    role: str = typer.Option(..., "--role", help="Gas Town role, e.g. witness"),
+    corpus: Path = typer.Option(..., "--corpus", help="corpus export folder (gt-ext corpus export --out DIR)"),
+    task: str = typer.Option(None, "--task", help="train a task adapter on this task partition only"),
+    config: Path = typer.Option(None, "--config", help="YAML or TOML config file"),
+    out: Path = typer.Option(None, "--out", help="run folder (default: ~/gt/runs/<role>[-<task>]-<time>)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in --out"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate config and data, print token counts, train nothing"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+) -> None:
+    """Train an adapter: `gt-ext train --role R --corpus DIR [--task T] [--config F] [--out RUN_DIR] [k=v ...]`."""
+    from gt_ext.train.run import prepare, run_training
+
+    prepared = prepare(role, corpus, task, config, list(overrides or []))
+    if dry_run:
+        s = prepared.summary()
+        if as_json:
+            print(json.dumps(s, indent=2))
+        else:
+            t, v = s["train"], s["val"]
+            print(f"partition {s['mode']}/{role}/{task or '*'} in {corpus} (base {s['base_model']})")
+            print(f"  train: {t['items']} items, {t['tokens']} tokens, {t['target_tokens']} assistant tokens, "
+                  f"{t['truncated']} truncated to {s['max_length']}, {t['dropped_no_target']} without assistant tokens")
+            print(f"  val:   {v['items']} items, {v['tokens']} tokens, {v['target_tokens']} assistant tokens"
+                  + (" (held out from train)" if v["held_out_from_train"] else ""))
+            print("  config: ok")
+        return
+    if out is None:
+        from gt_ext.paths import home_dir
+
+        if resume:
+            raise GtExtError("--resume needs --out RUN_DIR")
+        out = home_dir() / "runs" / f"{role}{'-' + task if task else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
+    final = run_training(prepared, out, resume=resume, progress=progress)
+    m = final["metrics"]
+    if as_json:
+        print(json.dumps({"run_dir": str(out), **final}, indent=2))
+    else:
+        print(f"run {out}: {final['status']}, {m['steps']} steps, val loss {m['val_loss_start']:.4f} -> "
+              f"{m['val_loss_end']:.4f}, {m['tokens_per_s']:.0f} tokens/s")
+    if final["status"] == "failed":
+        print(f"error: {m.get('message', 'training failed')}", file=sys.stderr)
+        raise typer.Exit(1)

@@ -1,0 +1,389 @@
+"""The single-process training loop, nanoGPT style: one readable `Trainer.train()`.
+
+    trainer = Trainer(cfg, model, tokenizer, train_items, val_items, run_dir)
+    result = trainer.train(resume=False)        # -> TrainResult
+
+Per optimizer step: `grad_accum` micro-batches, loss normalised over the whole step's assistant
+tokens (SFT) or pairs (DPO) so accumulation is exact; global-norm clipping; AdamW over the adapter
+parameters only; LambdaLR warmup + cosine. A NaN/inf loss or gradient skips the update (counted);
+`max_nonfinite` in a row checkpoints and stops with status "failed". Checkpoints hold the adapter,
+optimizer, scheduler, RNG states and the data position, written to a temp folder and renamed, so
+`train(resume=True)` continues from the newest one and reproduces the uninterrupted losses.
+
+Writes into run_dir: metrics.jsonl (one line a step), checkpoints/step-N/, adapter/, loss.png.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from gt_ext.atomic import atomic_write_text
+from gt_ext.errors import GtExtError
+from gt_ext.train import losses
+from gt_ext.train.config import TrainConfig
+from gt_ext.train.data import BatchLoader, Item, batch_tokens, fixed_batches
+from gt_ext.train.lora import load_adapter_weights, save_adapter, trainable_parameters
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    """How a run ended."""
+
+    status: str  # "done" | "failed"
+    steps: int
+    val_loss_start: float | None
+    val_loss_end: float | None
+    tokens_per_s: float
+    nonfinite_steps: int = 0
+    message: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    """Multiplier of the base lr at optimizer step s: linear warmup, then cosine to min_lr_ratio."""
+    warm, total, floor = cfg.optim.warmup_steps, cfg.max_steps, cfg.optim.min_lr_ratio
+
+    def f(s: int) -> float:
+        if s < warm:
+            return (s + 1) / (warm + 1)
+        progress = min(1.0, (s - warm) / max(1, total - warm))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+class Trainer:
+    """Single-process LoRA trainer over rendered items (see module docstring)."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: Any,
+        tokenizer: Any,
+        train_items: list[Item],
+        val_items: list[Item],
+        run_dir: str | Path,
+        progress: bool = True,
+        callbacks: list[StepCallback] | None = None,
+    ):
+        self.cfg, self.model, self.tok = cfg, model, tokenizer
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.callbacks = list(callbacks or [])
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        d = cfg.data
+        self.loader = BatchLoader(train_items, d.batch_size, d.pack, d.pack_length, d.seed, pad)
+        self.val_batches = fixed_batches(val_items, d.batch_size, d.pack, d.pack_length, pad) if val_items else []
+        self.params = trainable_parameters(model)
+        if not self.params:
+            raise GtExtError("model has no trainable parameters (expected a LoRA adapter)")
+        o = cfg.optim
+        self.opt = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
+        self.step = 0
+        self.nonfinite_total = 0
+        self.nonfinite_run = 0
+        self.ref_cache: dict[int, torch.Tensor] | None = None
+        self.train_items = train_items
+
+    # -- paths --------------------------------------------------------------------------------------
+    @property
+    def ckpt_root(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    # -- loss of one step ---------------------------------------------------------------------------
+    def _ref_for(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        if self.ref_cache is None:
+            return None
+        return torch.cat([self.ref_cache[i] for i in batch["item_index"]])
+
+    def precompute_reference(self) -> None:
+        """DPO: reference log-probs of every training pair once (adapters disabled)."""
+        pad = self.loader.pad_id
+        cache: dict[int, torch.Tensor] = {}
+        d = self.cfg.data
+        for b in fixed_batches(self.train_items, d.batch_size, d.pack, d.pack_length, pad):
+            ref = losses.reference_logps(self.model, b).cpu()
+            for k, idx in enumerate(b["item_index"]):
+                cache[idx] = ref[2 * k : 2 * k + 2]
+        self.ref_cache = cache
+
+    def _micro_losses(self, micro: list[dict[str, Any]]) -> tuple[float, dict[str, float]]:
+        """Forward + backward over a step's micro-batches; returns (step loss, extra metrics)."""
+        extra: dict[str, float] = {}
+        if self.cfg.mode == "sft":
+            # Normalise by the step's total assistant tokens: the sum of micro-batch gradients is
+            # then exactly the gradient of the mean over the step (no bias from uneven batches).
+            total = sum(int((b["targets"] != -100).sum()) for b in micro)
+            value = 0.0
+            for b in micro:
+                s, _ = losses.sft_loss_sum(self.model, b)
+                (s / total).backward()
+                value += float(s.detach())
+            return value / total, extra
+        pairs = sum(b["n_examples"] // 2 for b in micro)
+        value = 0.0
+        for b in micro:
+            loss, m = losses.dpo_batch_loss(self.model, b, self.cfg.dpo.beta, ref=self._ref_for(b))
+            w = (b["n_examples"] // 2) / pairs
+            (loss * w).backward()
+            value += float(loss.detach()) * w
+            for k, v in m.items():
+                extra[k] = extra.get(k, 0.0) + v * w
+        return value, extra
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Validation loss: token-weighted mean NLL (SFT) or pair-weighted DPO loss."""
+        if not self.val_batches:
+            return None
+        was_training = self.model.training
+        self.model.eval()
+        num, den = 0.0, 0
+        for b in self.val_batches:
+            if self.cfg.mode == "sft":
+                s, n = losses.sft_loss_sum(self.model, b)
+                num, den = num + float(s), den + n
+            else:
+                loss, _ = losses.dpo_batch_loss(self.model, b, self.cfg.dpo.beta)
+                n = b["n_examples"] // 2
+                num, den = num + float(loss) * n, den + n
+        self.model.train(was_training)
+        return num / max(den, 1)
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """Write checkpoints/step-N atomically (temp folder + rename); keep the newest K."""
+        self.ckpt_root.mkdir(parents=True, exist_ok=True)
+        final = self.ckpt_root / f"step-{self.step}"
+        tmp = Path(tempfile.mkdtemp(prefix=f".step-{self.step}.", dir=self.ckpt_root))
+        try:
+            save_adapter(self.model, tmp / "adapter")
+            torch.save(
+                {
+                    "step": self.step,
+                    "optimizer": self.opt.state_dict(),
+                    "scheduler": self.sched.state_dict(),
+                    "rng": _rng_state(),
+                    "data": self.loader.state_dict(),
+                    "nonfinite_total": self.nonfinite_total,
+                    "nonfinite_run": self.nonfinite_run,
+                },
+                tmp / "trainer.pt",
+            )
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        for old in self.checkpoints()[: -self.cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        log.info("checkpoint %s", final)
+        return final
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        if not self.ckpt_root.is_dir():
+            return []
+        found = [p for p in self.ckpt_root.glob("step-*") if (p / "trainer.pt").is_file()]
+        return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore adapter, optimizer, scheduler, RNG and data position from a checkpoint folder."""
+        state = torch.load(path / "trainer.pt", weights_only=False)
+        load_adapter_weights(self.model, path / "adapter")
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.loader.load_state_dict(state["data"])
+        _set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.nonfinite_total = int(state["nonfinite_total"])
+        self.nonfinite_run = int(state["nonfinite_run"])
+
+    # -- metrics ------------------------------------------------------------------------------------
+    def _read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def _log(self, rec: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def train(self, resume: bool = False) -> TrainResult:
+        """Run to `max_steps` (or `max_time_s`), checkpointing; `resume` continues the newest checkpoint."""
+        cfg = self.cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        history: list[dict[str, Any]] = []
+        val_start: float | None = None
+        if resume and self.checkpoints():
+            ckpt = self.checkpoints()[-1]
+            self.load_checkpoint(ckpt)
+            # Forget metrics written after the checkpoint: those steps run again.
+            history = [r for r in self._read_metrics() if r.get("step", 0) <= self.step]
+            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+            val_start = next((r["val_loss"] for r in history if r.get("step") == 0 and "val_loss" in r), None)
+            log.info("resumed from %s", ckpt)
+        else:
+            if resume:
+                log.warning("--resume: no checkpoint in %s, starting fresh", self.ckpt_root)
+            torch.manual_seed(cfg.seed)
+            random.seed(cfg.seed)
+            atomic_write_text(self.metrics_path, "")
+            val_start = self.evaluate()
+            rec = {"step": 0, "val_loss": val_start}
+            self._log(rec)
+            history.append(rec)
+        if cfg.mode == "dpo" and cfg.dpo.precompute_ref and self.ref_cache is None:
+            self.precompute_reference()
+
+        self.model.train()
+        started = time.perf_counter()
+        tokens_seen = 0
+        status, message = "done", ""
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not self.progress, desc="train", unit="step")
+        try:
+            while self.step < cfg.max_steps:
+                t0 = time.perf_counter()
+                micro = [self.loader.next_batch() for _ in range(cfg.optim.grad_accum)]
+                ntok = sum(batch_tokens(b) for b in micro)
+                loss, extra = self._micro_losses(micro)
+                max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+                gnorm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+                lr = self.sched.get_last_lr()[0]
+                finite = math.isfinite(loss) and math.isfinite(gnorm)
+                if finite:
+                    self.opt.step()
+                    self.nonfinite_run = 0
+                else:
+                    self.nonfinite_total += 1
+                    self.nonfinite_run += 1
+                    log.warning("step %d: non-finite loss/gradient (loss=%s, grad_norm=%s), update skipped",
+                                self.step + 1, loss, gnorm)
+                self.opt.zero_grad(set_to_none=True)
+                self.sched.step()
+                self.step += 1
+                dt = time.perf_counter() - t0
+                tokens_seen += ntok
+                rec: dict[str, Any] = {
+                    "step": self.step,
+                    "loss": loss if finite else None,
+                    "lr": lr,
+                    "grad_norm": gnorm if finite else None,
+                    "tokens": ntok,
+                    "tokens_per_s": ntok / dt,
+                    "epoch": self.loader.epoch,
+                }
+                if not finite:
+                    rec["skipped"] = True
+                rec.update(extra)
+                last = self.step == cfg.max_steps
+                if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
+                    rec["val_loss"] = self.evaluate()
+                self._log(rec)
+                history.append(rec)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{ntok / dt:.0f}")
+                if self.nonfinite_run >= cfg.max_nonfinite:
+                    status = "failed"
+                    message = (f"stopped after {self.nonfinite_run} non-finite steps in a row at step {self.step} "
+                               f"(lower optim.lr or check the data); checkpoint saved")
+                    self.save_checkpoint()
+                    break
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and not last:
+                    self.save_checkpoint()
+                for cb in self.callbacks:
+                    cb(self.step, rec)
+                if cfg.max_time_s is not None and time.perf_counter() - started > cfg.max_time_s and not last:
+                    message = f"time limit {cfg.max_time_s:.0f}s reached at step {self.step}"
+                    log.info(message)
+                    rec_eval = self.evaluate()
+                    history.append({"step": self.step, "val_loss": rec_eval})
+                    self._log({"step": self.step, "val_loss": rec_eval, "time_limit": True})
+                    break
+        finally:
+            bar.close()
+        if status == "done":
+            self.save_checkpoint()
+            save_adapter(self.model, self.run_dir / "adapter")
+        elapsed = time.perf_counter() - started
+        vals = [r["val_loss"] for r in history if r.get("val_loss") is not None]
+        plot_losses(history, self.run_dir / "loss.png")
+        return TrainResult(
+            status=status,
+            steps=self.step,
+            val_loss_start=val_start,
+            val_loss_end=vals[-1] if vals else None,
+            tokens_per_s=tokens_seen / elapsed if elapsed > 0 else 0.0,
+            nonfinite_steps=self.nonfinite_total,
+            message=message,
+            history=history,
+        )
+
+
+def plot_losses(history: list[dict[str, Any]], path: Path) -> None:
+    """Train loss per step and validation loss points, as a PNG (written atomically)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gt_ext.atomic import atomic_write_bytes
+
+    tr = [(r["step"], r["loss"]) for r in history if r.get("loss") is not None]
+    va = [(r["step"], r["val_loss"]) for r in history if r.get("val_loss") is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if tr:
+        ax.plot(*zip(*tr, strict=True), label="train", lw=1)
+    if va:
+        ax.plot(*zip(*va, strict=True), "o-", label="val")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,168 @@
+"""One training run end to end: config + corpus partition -> run folder (CONTRACTS.md layout).
+
+    prepare(role, corpus, task, config_path, overrides) -> Prepared   # validates; no model loaded
+    run_training(prepared, out, resume=False, progress=True) -> dict  # the final run.json
+
+`gt-ext train` is a thin wrapper around these two; `--dry-run` stops after `prepare`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gt_ext.atomic import atomic_write_json
+from gt_ext.errors import GtExtError
+from gt_ext.roles import check_role, check_task
+from gt_ext.train.config import TrainConfig, config_to_dict, load_config
+from gt_ext.train.data import Item, RenderStats, load_items
+
+log = logging.getLogger(__name__)
+
+VAL_HOLDOUT = 0.1  # share of train held out when a partition has no val split
+
+
+@dataclass
+class Prepared:
+    """A validated run: config, rendered items and their statistics."""
+
+    role: str
+    task: str | None
+    corpus: Path
+    corpus_hash: str | None
+    cfg: TrainConfig
+    tokenizer: Any
+    train: list[Item]
+    val: list[Item]
+    train_stats: RenderStats
+    val_stats: RenderStats
+    val_from_train: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        """What `--dry-run` prints: partition, counts, token totals, truncations."""
+        kind = self.cfg.mode
+        return {
+            "role": self.role,
+            "task": self.task,
+            "mode": kind,
+            "base_model": self.cfg.base_model,
+            "corpus": str(self.corpus),
+            "corpus_hash": self.corpus_hash,
+            "train": {**self.train_stats.to_dict(), "items": len(self.train)},
+            "val": {**self.val_stats.to_dict(), "items": len(self.val), "held_out_from_train": self.val_from_train},
+            "max_length": self.cfg.data.max_length,
+            "config": config_to_dict(self.cfg),
+        }
+
+
+def _partition_name(kind: str, role: str, task: str | None) -> str:
+    return f"{kind}/{role}/{task or '*'}"
+
+
+def prepare(
+    role: str,
+    corpus: str | Path,
+    task: str | None = None,
+    config_path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> Prepared:
+    """Validate role/task/config/corpus and render the partition; raise `GtExtError` on bad input."""
+    from gt_ext.models import load_tokenizer
+
+    check_role(role)
+    if task is not None:
+        check_task(task)
+    cfg = load_config(config_path, overrides)
+    corpus = Path(corpus)
+    if not corpus.is_dir():
+        raise GtExtError(f"corpus folder {corpus} not found (make one with `gt-ext corpus export --out DIR`)")
+    corpus_hash = None
+    manifest = corpus / "manifest.json"
+    if manifest.is_file():
+        try:
+            corpus_hash = json.loads(manifest.read_text()).get("corpus_hash")
+        except json.JSONDecodeError:
+            raise GtExtError(f"{manifest}: not valid JSON") from None
+    tok = load_tokenizer(cfg.base_model)
+    kind, ml = cfg.mode, cfg.data.max_length
+    part = _partition_name(kind, role, task)
+    train, tstats = load_items(corpus, kind, role, task, "train", tok, ml, cfg.data.max_train_examples)
+    if not train:
+        why = "no shard files" if not tstats.files else f"{tstats.records} records, none with assistant tokens"
+        raise GtExtError(f"empty partition {part} train in {corpus} ({why})")
+    val, vstats = load_items(corpus, kind, role, task, "val", tok, ml, cfg.data.max_val_examples)
+    held_out = False
+    if not val:
+        if len(train) < 2:
+            raise GtExtError(f"partition {part} in {corpus}: no val examples and too few train examples to hold out")
+        # Deterministic hold-out so the run still reports a validation loss.
+        order = list(range(len(train)))
+        random.Random(cfg.data.seed).shuffle(order)
+        n = max(1, int(len(train) * VAL_HOLDOUT))
+        keep = set(order[n:])
+        val = [train[i] for i in order[:n]]
+        train = [t for i, t in enumerate(train) if i in keep]
+        held_out = True
+        log.warning("%s: no val split; holding out %d train examples for validation", part, n)
+    return Prepared(role, task, corpus, corpus_hash, cfg, tok, train, val, tstats, vstats, held_out)
+
+
+def _run_json(p: Prepared, status: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    cfg = p.cfg
+    return {
+        "role": p.role,
+        "task": p.task,
+        "base_model": cfg.base_model,
+        "config": config_to_dict(cfg),
+        "corpus": str(p.corpus),
+        "corpus_hash": p.corpus_hash,
+        "examples": len(p.train) if cfg.mode == "sft" else 0,
+        "dpo_pairs": len(p.train) if cfg.mode == "dpo" else 0,
+        "truncated": p.train_stats.truncated,
+        "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "targets": list(cfg.lora.targets)},
+        "metrics": metrics,
+        "status": status,
+        "parent": cfg.role_adapter,
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def run_training(p: Prepared, out: str | Path, resume: bool = False, progress: bool = True, callbacks=None) -> dict[str, Any]:
+    """Train and write the run folder; returns the final run.json content."""
+    from gt_ext.train.loop import Trainer
+    from gt_ext.train.lora import load_base_for_training
+
+    out = Path(out)
+    run_json = out / "run.json"
+    if run_json.exists() and not resume:
+        raise GtExtError(f"run folder {out} already has a run; pass --resume to continue it or choose another --out")
+    if resume and run_json.exists():
+        prev = json.loads(run_json.read_text())
+        if prev.get("config") != config_to_dict(p.cfg):
+            raise GtExtError(f"--resume: config differs from the one in {run_json}; resume with the same config")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_json, _run_json(p, "running", {}))
+    model, _ = load_base_for_training(p.cfg)
+    trainer = Trainer(p.cfg, model, p.tokenizer, p.train, p.val, out, progress=progress, callbacks=callbacks)
+    try:
+        result = trainer.train(resume=resume)
+    except BaseException:
+        atomic_write_json(run_json, _run_json(p, "failed", {"steps": trainer.step}))
+        raise
+    metrics = {
+        "val_loss_start": result.val_loss_start,
+        "val_loss_end": result.val_loss_end,
+        "steps": result.steps,
+        "tokens_per_s": result.tokens_per_s,
+        "nonfinite_steps": result.nonfinite_steps,
+    }
+    if result.message:
+        metrics["message"] = result.message
+    final = _run_json(p, result.status, metrics)
+    atomic_write_json(run_json, final)
+    return final
