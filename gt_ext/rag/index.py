@@ -41,11 +41,37 @@ def rag_dir(town_root: Path) -> Path:
     return Path(town_root) / spool.RAG_DIRNAME
 
 
+_stamps: dict[str, int] = {}
+
+
 def _client(path: Path) -> Any:
+    """A PersistentClient for `path`, reopened when another run has written the index since.
+
+    Chroma keeps one in-memory system per path for the life of the process, which would never see
+    the indexer process's later writes; state.json and Chroma's sqlite files change with every
+    write, so their mtimes tell a long-lived reader (the serving agent) when to drop its cached system.
+    """
     import chromadb
+    from chromadb.api.shared_system_client import SharedSystemClient
     from chromadb.config import Settings
 
-    return chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
+    key = str(path)
+    stamp = 0
+    for f in (path.parent / "state.json", path / "chroma.sqlite3", path / "chroma.sqlite3-wal"):
+        try:
+            stamp = max(stamp, f.stat().st_mtime_ns)
+        except FileNotFoundError:
+            pass
+    if key in _stamps and _stamps[key] != stamp:
+        system = SharedSystemClient._identifier_to_system.pop(key, None)
+        SharedSystemClient._identifier_to_refcount.pop(key, None)
+        if system is not None:
+            try:
+                system.stop()
+            except Exception:  # a half-stopped system is dropped either way
+                log.debug("stopping stale chroma system for %s failed", key, exc_info=True)
+    _stamps[key] = stamp
+    return chromadb.PersistentClient(path=key, settings=Settings(anonymized_telemetry=False))
 
 
 def open_collection(town_root: Path, create: bool = True) -> Any | None:
