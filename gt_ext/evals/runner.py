@@ -1,0 +1,284 @@
+"""`evaluate(model_ref, suite, k)`: run a suite against a model and score it (see docs/CONTRACTS.md).
+
+Model refs:
+- `base:<name>` (or a bare known base-model name): the base model alone;
+- a run or export folder (`run.json` / `manifest.json` naming `base_model`; `merged/` is used when
+  present, else `adapter/` on the base);
+- a registry ref `NAME[:VER]` (via `gt_ext.registry.Registry`, when that package is installed).
+
+Generation goes through `gt_ext.serve.generate.Generator` (batched); `_fallback_generator` is a thin
+transformers `generate` path used only when the serving package is not importable.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gt_ext.atomic import atomic_write_json
+from gt_ext.errors import GtExtError
+from gt_ext.evals import scoring
+from gt_ext.evals import suite as suite_mod
+from gt_ext.paths import home_dir
+
+log = logging.getLogger(__name__)
+
+BATCH = 8  # prompts decoded together; 8 short prompts fit easily and keep both cores busy
+
+
+@dataclass
+class ModelRef:
+    """A resolved model: what to load, and where its eval results go."""
+
+    ref: str
+    base_model: str
+    adapters: list[tuple[str, float]] = field(default_factory=list)
+    out_dir: Path | None = None
+    registry_ref: str | None = None
+    role: str | None = None
+
+
+@dataclass
+class EvalResult:
+    """Scores of one model on one suite (`to_dict` is the contract's JSON)."""
+
+    suite: str
+    model: str
+    role: str | None
+    k: int
+    tasks: list[scoring.TaskResult]
+    categories: dict[str, dict[str, Any]]
+    composite: float
+    pass_k: dict[str, Any]
+    gate: dict[str, Any]
+    seconds: float = 0.0
+    contamination: dict[str, Any] | None = None
+    written_to: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON written as `eval-<suite>.json` and stored by the registry."""
+        d = {
+            "suite": self.suite,
+            "model": self.model,
+            "role": self.role,
+            "k": self.k,
+            "categories": self.categories,
+            "composite": self.composite,
+            "pass_k": self.pass_k,
+            "gate": self.gate,
+            "skipped": [t.id for t in self.tasks if t.skipped],
+            "seconds": round(self.seconds, 1),
+            "tasks": [t.to_dict() for t in self.tasks],
+        }
+        if self.contamination is not None:
+            d["contamination"] = self.contamination
+        return d
+
+
+# ------------------------------------------------------------------------------------ model refs
+
+
+def _read_json(p: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise GtExtError(f"{p}: unreadable JSON ({e.__class__.__name__})") from e
+
+
+def resolve_model(ref: str) -> ModelRef:
+    """Resolve a model ref (see module doc) to a base model, adapters and a results folder."""
+    from gt_ext.models import KNOWN_MODELS
+
+    if not ref:
+        raise GtExtError("--model is empty: give base:<model>, a run/export folder or NAME[:VER]")
+    if ref.startswith("base:") or ref in KNOWN_MODELS:
+        name = ref.split(":", 1)[1] if ref.startswith("base:") else ref
+        if not name:
+            raise GtExtError(f"model ref {ref!r}: base: needs a model name")
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+        return ModelRef(ref=f"base:{name}", base_model=name, out_dir=home_dir() / "evals" / f"base-{slug}")
+    p = Path(ref).expanduser()
+    if p.is_dir():
+        meta: dict[str, Any] = {}
+        for fname in ("manifest.json", "run.json"):
+            if (p / fname).is_file():
+                meta = {**_read_json(p / fname), **meta}
+        base = meta.get("base_model")
+        if not base:
+            raise GtExtError(f"{p}: not a run or export folder (no run.json/manifest.json with base_model)")
+        if (p / "merged" / "config.json").is_file():
+            return ModelRef(ref=str(p), base_model=str(p / "merged"), out_dir=p, role=meta.get("role"))
+        if (p / "adapter" / "adapter_config.json").is_file():
+            return ModelRef(ref=str(p), base_model=str(base), adapters=[(str(p / "adapter"), 1.0)],
+                            out_dir=p, role=meta.get("role"))
+        raise GtExtError(f"{p}: no adapter/ (adapter_config.json) or merged/ model in this folder")
+    if re.fullmatch(r"[A-Za-z0-9_.-]+(:v?\d+)?", ref):
+        try:
+            from gt_ext.registry import Registry
+        except ImportError:
+            raise GtExtError(f"model ref {ref!r}: not a folder, and the model registry is not installed") from None
+        rec = Registry.open().get(ref)
+        adapters = [(str(rec.adapter_dir), 1.0)] if rec.adapter_dir and Path(rec.adapter_dir).is_dir() else []
+        return ModelRef(ref=ref, base_model=str(rec.base_model), adapters=adapters, out_dir=Path(rec.path),
+                        registry_ref=ref, role=getattr(rec, "role", None))
+    raise GtExtError(f"model ref {ref!r}: not base:<model>, an existing folder, or NAME[:VER]")
+
+
+# ------------------------------------------------------------------------------------ generation
+
+GenerateFn = Callable[[list[list[dict[str, str]]], list[dict[str, Any]]], list[str]]
+
+
+def make_generate(model: ModelRef) -> GenerateFn:
+    """Return `fn(messages_batch, sampling_batch) -> texts` for the model (loaded once)."""
+    try:
+        from gt_ext.serve.generate import Generator
+        from gt_ext.serve.params import SamplingParams
+    except ImportError:
+        log.warning("gt_ext.serve.generate not available; using the transformers fallback")
+        return _fallback_generator(model)
+
+    gen = Generator(model.base_model, adapters=model.adapters)
+
+    def run(batch: list[list[dict[str, str]]], params: list[dict[str, Any]]) -> list[str]:
+        reqs = [gen.request(m, SamplingParams(**p)) for m, p in zip(batch, params, strict=True)]
+        texts = [""] * len(reqs)
+        for i, piece in gen.stream_batch(reqs):
+            texts[i] += piece
+        return texts
+
+    return run
+
+
+def _fallback_generator(model: ModelRef) -> GenerateFn:
+    """transformers `generate`, one prompt at a time (only while the serving package is missing)."""
+    import torch
+
+    from gt_ext.models import load_model
+
+    m, tok = load_model(model.base_model)
+    if model.adapters:
+        from peft import PeftModel
+
+        m = PeftModel.from_pretrained(m, model.adapters[0][0]).eval()
+
+    def run(batch: list[list[dict[str, str]]], params: list[dict[str, Any]]) -> list[str]:
+        outs = []
+        for msgs, p in zip(batch, params, strict=True):
+            ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+            if p.get("seed") is not None:
+                torch.manual_seed(p["seed"])
+            sample = float(p.get("temperature", 0)) > 0
+            with torch.inference_mode():
+                gen = m.generate(**ids, max_new_tokens=p["max_new_tokens"], do_sample=sample,
+                                 temperature=p.get("temperature") if sample else None,
+                                 top_p=p.get("top_p") if sample else None, pad_token_id=tok.pad_token_id)
+            outs.append(tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+        return outs
+
+    return run
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+
+def evaluate(
+    model_ref: str | ModelRef,
+    suite: str | Path | suite_mod.EvalSuite,
+    k: int = 1,
+    *,
+    config: str | Path | dict[str, Any] | None = None,
+    generate: GenerateFn | None = None,
+    corpus: str | Path | None = None,
+    max_overlap: float | None = None,
+    limit: int | None = None,
+    write: bool = True,
+    progress: bool = False,
+) -> EvalResult:
+    """Run `suite` on the model `k` times per task, score it and write `eval-<suite>.json`.
+
+    `generate` replaces the model (tests); `corpus` turns on the contamination guard (tasks whose
+    prompts overlap the corpus more than `max_overlap` are refused and reported); `limit` keeps the
+    first N tasks (smoke runs).
+    """
+    if not isinstance(k, int) or k < 1:
+        raise GtExtError(f"--k must be an integer >= 1, got {k!r}")
+    t0 = time.perf_counter()
+    model = model_ref if isinstance(model_ref, ModelRef) else resolve_model(model_ref)
+    st = suite if isinstance(suite, suite_mod.EvalSuite) else suite_mod.load(suite)
+    cfg = config if isinstance(config, dict) else scoring.load_config(config)
+    tasks = list(st.tasks[:limit] if limit else st.tasks)
+
+    contamination = None
+    if corpus is not None:
+        from gt_ext.evals import contamination as contam
+
+        report = contam.check_tasks(tasks, corpus, max_overlap=max_overlap)
+        contamination = report.to_dict()
+        refused = set(report.refused)
+        tasks = [t for t in tasks if t.id not in refused]
+        if refused:
+            log.warning("contamination guard refused %d task(s): %s", len(refused), ", ".join(sorted(refused)))
+        if not tasks:
+            raise GtExtError(f"contamination guard refused every task of suite {st.name} (corpus {corpus})")
+
+    gen = generate or make_generate(model)
+    results = {t.id: scoring.TaskResult(id=t.id, category=t.category) for t in tasks}
+    samp = cfg.get("sampling", {})
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(tasks) * k, desc=f"eval {st.name}", unit="task")
+    try:
+        for s in range(k):
+            for start in range(0, len(tasks), BATCH):
+                batch = tasks[start:start + BATCH]
+                msgs = []
+                try:
+                    for t in batch:
+                        msgs.append(t.prepare())
+                    params = [
+                        {"max_new_tokens": st.max_new_tokens}
+                        if k == 1
+                        else {"max_new_tokens": st.max_new_tokens, "temperature": float(samp.get("temperature", 0.7)),
+                              "top_p": float(samp.get("top_p", 0.95)), "seed": 1000 * s + start + i}
+                        for i in range(len(batch))
+                    ]
+                    outs = gen(msgs, params)
+                    for t, out in zip(batch, outs, strict=True):
+                        results[t.id].samples.append(t.grade(out))
+                finally:
+                    for t in batch[: len(msgs)]:
+                        t.cleanup()
+                if bar is not None:
+                    bar.update(len(batch))
+    finally:
+        if bar is not None:
+            bar.close()
+
+    task_results = [results[t.id] for t in tasks]
+    cats = scoring.categories(task_results)
+    comp = scoring.composite(cats, cfg["weights"])
+    pk = scoring.pass_k(task_results, k)
+    role = st.role or model.role
+    verdict = scoring.gate(comp, cats, pk, scoring.thresholds_for(cfg, role))
+    res = EvalResult(suite=st.name, model=model.ref, role=role, k=k, tasks=task_results, categories=cats,
+                     composite=comp, pass_k=pk, gate=verdict, seconds=time.perf_counter() - t0,
+                     contamination=contamination)
+    if write and model.out_dir is not None:
+        target = Path(model.out_dir) / f"eval-{st.name}.json"
+        atomic_write_json(target, res.to_dict())
+        res.written_to = str(target)
+        if model.registry_ref:
+            from gt_ext.registry import Registry
+
+            Registry.open().record_eval(model.registry_ref, res.to_dict())
+    return res
