@@ -58,8 +58,16 @@ def _town(town: Path | None):
     return t
 
 
-def install_bead_hook(beads_dir: Path, spool: Path) -> str:
-    """Install `on_close` into one beads folder; returns installed | updated | chained."""
+def _processor_argv(store: Path, town: Path) -> list[str]:
+    """The command a hook starts to process the spool in the background."""
+    return [sys.executable, "-m", "gt_ext.cli", "corpus", "--store", str(store), "--town", str(town), "process", "--trigger"]
+
+
+def install_bead_hook(beads_dir: Path, spool: Path, processor: list[str] | None = None) -> str:
+    """Install `on_close` into one beads folder; returns installed | updated | chained.
+
+    `processor`: argv the hook starts (detached) after spooling; None leaves processing to
+    `gt-ext corpus process`."""
     hooks = Path(beads_dir) / "hooks"
     hooks.mkdir(parents=True, exist_ok=True)
     target = hooks / "on_close"
@@ -80,8 +88,17 @@ def install_bead_hook(beads_dir: Path, spool: Path) -> str:
                 os.chmod(chained, chained.stat().st_mode | 0o111)
             state = "chained"
     atomic_write_text(hooks / ".gt-ext-spool", str(spool) + "\n", mode=0o644)
+    _write_processor(hooks, processor)
     atomic_write_bytes(target, _script("on_close"), mode=0o755)
     return state
+
+
+def _write_processor(hooks: Path, processor: list[str] | None) -> None:
+    p = hooks / ".gt-ext-process"
+    if processor:
+        atomic_write_json(p, processor)
+    elif p.exists():
+        p.unlink()
 
 
 def install_stop_override(gt_home: Path, target: str, command: str) -> str:
@@ -107,8 +124,12 @@ def install_stop_override(gt_home: Path, target: str, command: str) -> str:
     return "added"
 
 
-def install(town: Path | None = None, gt_home: Path | None = None, claude_stop: bool = True) -> dict[str, Any]:
-    """Install every corpus hook of a town; idempotent. Returns what was done per place."""
+def install(town: Path | None = None, gt_home: Path | None = None, claude_stop: bool = True,
+            auto_process: bool = True) -> dict[str, Any]:
+    """Install every corpus hook of a town; idempotent. Returns what was done per place.
+
+    `auto_process`: bead closes also start the processor in the background (detached), so a closed
+    bead's session lands in the corpus within seconds without anyone running `corpus process`."""
     t = _town(town)
     store = t.root / ".corpus"
     spool = store / "spool"
@@ -117,8 +138,10 @@ def install(town: Path | None = None, gt_home: Path | None = None, claude_stop: 
     dirs = t.beads_dirs()
     if not dirs:
         raise GtExtError(f"town {t.root} has no beads folders (.beads) to hook")
+    processor = _processor_argv(store, t.root) if auto_process else None
+    report["auto_process"] = auto_process
     for name, d in sorted(dirs.items()):
-        report["beads"][name] = install_bead_hook(d, spool)
+        report["beads"][name] = install_bead_hook(d, spool, processor)
     hooks_dir = store / "hooks"
     hooks_dir.mkdir(parents=True, exist_ok=True)
     shutdown = hooks_dir / "session_shutdown"
@@ -150,9 +173,10 @@ def status(town: Path | None = None) -> dict[str, Any]:
 def install_cmd(town: Annotated[Path | None, typer.Option(help="Town root (default: found from the current folder).")] = None,
                 gt_home: Annotated[Path | None, typer.Option(help="gt's user folder holding hooks-overrides/ (default ~/.gt).")] = None,
                 claude_stop: Annotated[bool, typer.Option(help="Also add the Claude Code Stop hook via gt's override layer.")] = True,
+                auto_process: Annotated[bool, typer.Option(help="Bead closes start the processor in the background.")] = True,
                 as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Install on_close into every beads folder of the town, and the session-shutdown hook."""
-    rep = install(town, gt_home, claude_stop)
+    rep = install(town, gt_home, claude_stop, auto_process)
     if as_json:
         print(json.dumps(rep, indent=2))
         return
@@ -163,7 +187,10 @@ def install_cmd(town: Annotated[Path | None, typer.Option(help="Town root (defau
     print(f"session shutdown hook: {rep['session_shutdown']} (use it as pi's session_shutdown too)")
     if rep["overrides"]:
         print("run `gt hooks sync` to push the Stop hook into the agents' .claude/settings.json")
-    print("process the spool with: gt-ext corpus process")
+    if rep["auto_process"]:
+        print("bead closes start `gt-ext corpus process --trigger` in the background (log: <town>/.corpus/process.log)")
+    else:
+        print("process the spool with: gt-ext corpus process")
 
 
 @app.command("status")

@@ -251,11 +251,26 @@ def process(claude_dir: Annotated[Path | None, typer.Option(help="Claude project
             scan: Annotated[bool, typer.Option(help="Also take transcripts no hook spooled (wisps, bead-less sessions).")] = False,
             panes: Annotated[bool, typer.Option(help="Also capture live tmux panes.")] = False,
             artifacts: Annotated[bool, typer.Option(help="Also take CLAUDE.md, AGENTS.md, formulas, spec/plan files.")] = False,
+            trigger: Annotated[bool, typer.Option(help="Hook mode: quiet, return at once if another processor runs, log to <store>/process.log.")] = False,
             as_json: JsonOpt = False) -> None:
     """Process the spool written by the hooks (idempotent, safe to kill and rerun)."""
     from gt_ext.corpus.collect import capture_panes, process_spool, scan_transcripts
 
     town = _town_root()
+    if trigger:
+        import logging
+
+        from gt_ext.corpus.collect import trigger as run_trigger
+
+        with _store() as st:
+            handler = logging.FileHandler(st.root / "process.log")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            logging.getLogger("gt_ext").addHandler(handler)
+            logging.getLogger("gt_ext").setLevel(logging.INFO)
+            rep = run_trigger(st, town, claude_dir)
+        if as_json:
+            _print_json(rep.to_dict() if rep else {"busy": True})
+        return
     with _store() as st:
         rep = process_spool(st, town, claude_dir, progress=not as_json and sys.stderr.isatty())
         reports = [rep]

@@ -70,6 +70,17 @@ class ProcessReport:
         return self.__dict__.copy()
 
 
+def try_lock(store: Store) -> int | None:
+    """Take the processing lock without waiting: the fd to close, or None when someone holds it."""
+    fd = os.open(store.root / "process.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except BlockingIOError:
+        os.close(fd)
+        return None
+
+
 @contextmanager
 def process_lock(store: Store, wait_s: float = 120.0) -> Iterator[None]:
     """Exclusive processing lock on the store: a second processor waits its turn (up to `wait_s`,
@@ -229,51 +240,84 @@ def _handle_session_stop(ing: Ingestor, ev: dict, projects: Path, report: Proces
     ingest_transcript(ing, path, tags, report)
 
 
+def trigger(store: Store, town_root: Path | None = None, projects: Path | None = None) -> ProcessReport | None:
+    """What a hook starts in the background: process the spool unless another processor is at it.
+
+    No event is left behind: a hook spools before it triggers, and the holder checks the spool
+    again after releasing the lock, so an event written while it worked is either seen by it or
+    by a trigger that finds the lock free. Returns None when another processor was busy.
+    """
+    total: ProcessReport | None = None
+    while True:
+        fd = try_lock(store)
+        if fd is None:
+            return total
+        try:
+            rep = _process_locked(store, town_root, projects, False)
+        finally:
+            os.close(fd)
+        if total is None:
+            total = rep
+        else:
+            total.events += rep.events
+            total.sessions += rep.sessions
+            total.errors += rep.errors
+            for k, v in rep.stored.items():
+                total.stored[k] = total.stored.get(k, 0) + v
+        if not spool.pending(store.spool_dir):
+            return total
+
+
 def process_spool(store: Store, town_root: Path | None = None, projects: Path | None = None,
                   progress: bool = False) -> ProcessReport:
     """Consume the spool: idempotent, safe to kill, one transaction per entry."""
+    with process_lock(store):
+        return _process_locked(store, town_root, projects, progress)
+
+
+def _process_locked(store: Store, town_root: Path | None, projects: Path | None, progress: bool) -> ProcessReport:
+    """The spool loop; the caller holds the processing lock."""
     projects = projects or claude_projects_dir()
     report = ProcessReport()
-    with process_lock(store):
-        ing = Ingestor(store)
-        entries = list(spool.read_events(store.spool_dir))
-        # Claude's Stop fires every turn: only the newest stop event of a session needs parsing.
-        last_stop: dict[str, str] = {}
-        for sid, _p, ev, _err in entries:
-            if ev and ev.get("kind") == "session_stop":
-                k = (ev.get("payload") or {}).get("transcript_path") or (ev.get("payload") or {}).get("session_id") or sid
-                last_stop[str(k)] = sid
-        it = entries
-        if progress:
-            from tqdm import tqdm
+    ing = Ingestor(store)
+    entries = list(spool.read_events(store.spool_dir))
+    # Claude's Stop fires every turn: only the newest stop event of a session needs parsing.
+    last_stop: dict[str, str] = {}
+    for sid, _p, ev, _err in entries:
+        if ev and ev.get("kind") == "session_stop":
+            k = (ev.get("payload") or {}).get("transcript_path") or (ev.get("payload") or {}).get("session_id") or sid
+            last_stop[str(k)] = sid
+    it = entries
+    if progress:
+        from tqdm import tqdm
 
-            it = tqdm(entries, desc="spool", unit="event")
-        for spool_id, path, ev, err in it:
-            report.events += 1
-            if store.spool_done(spool_id):
-                path.unlink(missing_ok=True)  # committed earlier, killed before the unlink
-                continue
-            with store.tx():
-                try:
-                    if err:
-                        raise GtExtError(err)
-                    kind = ev.get("kind")
-                    if kind == "bead_close":
-                        _handle_bead_close(ing, ev, town_root, projects, report)
-                    elif kind in ("session_stop", "session_shutdown"):
-                        k = (ev.get("payload") or {}).get("transcript_path") or (ev.get("payload") or {}).get("session_id") or spool_id
-                        if last_stop.get(str(k)) == spool_id:
-                            _handle_session_stop(ing, ev, projects, report)
-                    else:
-                        raise GtExtError(f"{path.name}: unknown spool event kind {kind!r}")
-                except GtExtError as e:
-                    report.errors.append(str(e))
-                    log.error("spool %s: %s", spool_id, e)
-                store.mark_spool_done(spool_id)
-            if _CRASH_AFTER and report.events >= _CRASH_AFTER:
-                os._exit(137)  # fault injection for tests: die after the commit, before the unlink
-            path.unlink(missing_ok=True)
-        report.flags = ing.finish()
+        it = tqdm(entries, desc="spool", unit="event")
+    for spool_id, path, ev, err in it:
+        report.events += 1
+        if store.spool_done(spool_id):
+            path.unlink(missing_ok=True)  # committed earlier, killed before the unlink
+            continue
+        with store.tx():
+            try:
+                if err:
+                    raise GtExtError(err)
+                kind = ev.get("kind")
+                if kind == "bead_close":
+                    _handle_bead_close(ing, ev, town_root, projects, report)
+                elif kind in ("session_stop", "session_shutdown"):
+                    k = (ev.get("payload") or {}).get("transcript_path") or (ev.get("payload") or {}).get("session_id") or spool_id
+                    if last_stop.get(str(k)) == spool_id:
+                        _handle_session_stop(ing, ev, projects, report)
+                else:
+                    raise GtExtError(f"{path.name}: unknown spool event kind {kind!r}")
+            except GtExtError as e:
+                report.errors.append(str(e))
+                log.error("spool %s: %s", spool_id, e)
+            store.mark_spool_done(spool_id)
+        if _CRASH_AFTER and report.events >= _CRASH_AFTER:
+            os._exit(137)  # fault injection for tests: die after the commit, before the unlink
+        path.unlink(missing_ok=True)
+    report.flags = ing.finish()
     return report
 
 

@@ -40,7 +40,7 @@ def test_install_into_town_and_rig_beads_and_chain(tmp_path):
     # The hook spools and the chained hook still gets the same argv and stdin.
     issue = {"id": "dm-1", "status": "closed"}
     r = subprocess.run([str(rig_hooks / "on_close"), "dm-1", "close"], input=json.dumps(issue).encode(),
-                       env={"PATH": os.environ["PATH"]})
+                       env={"PATH": os.environ["PATH"], "GT_EXT_NO_AUTOPROCESS": "1"})
     assert r.returncode == 0
     assert json.loads(marker.read_text().splitlines()[0]) == issue and "dm-1 close" in marker.read_text()
     [spooled] = list((town / ".corpus" / "spool").glob("*.json"))
@@ -68,7 +68,8 @@ def test_claude_stop_override_keeps_other_entries(tmp_path):
     # The Claude Stop hook spools the transcript path from its stdin and prints nothing.
     r = subprocess.run([cmd], input=json.dumps({"session_id": "s1", "transcript_path": "/x/s1.jsonl",
                                                 "hook_event_name": "Stop"}).encode(), capture_output=True,
-                       env={"PATH": os.environ["PATH"], "GT_ROLE": "witness", "GT_RIG": "demo"})
+                       env={"PATH": os.environ["PATH"], "GT_ROLE": "witness", "GT_RIG": "demo",
+                            "GT_EXT_NO_AUTOPROCESS": "1"})
     assert r.returncode == 0 and r.stdout == b""
     [ev] = [json.loads(p.read_text()) for p in (town / ".corpus" / "spool").glob("*.json")]
     assert ev["kind"] == "session_stop" and ev["payload"]["session_id"] == "s1"
@@ -80,7 +81,7 @@ def test_hook_imports_no_torch_and_no_project_code(tmp_path):
     install(town, gt_home=tmp_path / "gt", claude_stop=False)
     hook = town / ".beads" / "hooks" / "on_close"
     r = subprocess.run([sys.executable, "-X", "importtime", str(hook), "hq-1", "close"], input=b"{}",
-                       capture_output=True, env={"PATH": os.environ["PATH"]})
+                       capture_output=True, env={"PATH": os.environ["PATH"], "GT_EXT_NO_AUTOPROCESS": "1"})
     assert r.returncode == 0
     imported = r.stderr.decode()
     assert "torch" not in imported and "gt_ext" not in imported and "detect_secrets" not in imported
@@ -102,8 +103,8 @@ def test_real_bd_close_lands_in_corpus_and_20_at_once_lose_nothing(beads_dir, bd
     from gt_ext.gastown.testing import isolated_env
 
     town = make_town_dirs(beads_dir.parent)
+    env = isolated_env(tmp_path / "home", {"GT_EXT_CLAUDE_PROJECTS": str(tmp_path / "projects")})
     install(town, gt_home=tmp_path / "gt", claude_stop=False)
-    env = isolated_env(tmp_path / "home")
     bd = Bd(beads_dir, bd_bin, env=env)
     projects = tmp_path / "projects"
     ids = []
@@ -117,22 +118,42 @@ def test_real_bd_close_lands_in_corpus_and_20_at_once_lose_nothing(beads_dir, bd
         add_session_events(town, actor, f"sess-{i}", cwd, iss.id)
         ids.append(iss.id)
     # One close first: it must show up, scrubbed and tagged.
+    # One close first: the hook spools and starts the processor; nobody runs `corpus process`.
     bd.close(ids[0], reason="done")
-    spool = town / ".corpus" / "spool"
-    _wait_for(lambda: len(list(spool.glob("*.json"))) >= 1)
     with Store.open(town / ".corpus") as st:
-        rep = process_spool(st, town, projects)
+        _wait_for(lambda: st.count() >= 1, limit=120)
         [ex] = st.query()
-        assert rep.errors == [] and ex.bead == ids[0] and ex.role == "polecat" and ex.outcome == "success"
+        assert ex.bead == ids[0] and ex.role == "polecat" and ex.outcome == "success" and ex.rig == "demo"
         assert "ghp_Ab1" not in json.dumps(ex.messages) and "<SECRET:github_token>" in json.dumps(ex.messages)
-    # Then the other 19 in one go: bd fires 19 hooks at once.
+    # Then the other 19 in one go: bd fires 19 hooks at once, each spooling and triggering.
     subprocess.run([bd_bin, "close", *ids[1:], "--reason", "done", "--json"], cwd=town, env=env | {"BEADS_DIR": str(beads_dir)},
                    check=True, capture_output=True, stdin=subprocess.DEVNULL)
-    _wait_for(lambda: len(list(spool.glob("*.json"))) >= 19)
     with Store.open(town / ".corpus") as st:
-        process_spool(st, town, projects)
-        assert sorted(e.bead for e in st.query()) == sorted(ids)
-        assert st.count() == 20
+        _wait_for(lambda: st.count() >= 20, limit=180)
+        assert process_spool(st, town, projects).stored == {}  # nothing was left behind
+        assert sorted(e.bead for e in st.query()) == sorted(ids) and st.count() == 20
+        assert list((town / ".corpus" / "spool").glob("*.json")) == []
+
+
+def test_auto_process_after_close(tmp_path):
+    town = _file_town(tmp_path)
+    projects = tmp_path / "projects"
+    actor = "demo/polecats/nux"
+    write_transcript(projects, "s-auto", str(town / actor), "Run the bead dm-5 on your hook.",
+                     [("Reading the hook.", "gt hook", "dm-5: add a health endpoint")])
+    add_session_events(town, actor, "s-auto", str(town / actor), "dm-5")
+    install(town, gt_home=tmp_path / "gt", claude_stop=False)
+    hook = town / "demo" / "mayor" / "rig" / ".beads" / "hooks" / "on_close"
+    issue = {"id": "dm-5", "status": "closed", "close_reason": "done", "assignee": actor}
+    r = subprocess.run([str(hook), "dm-5", "close"], input=json.dumps(issue).encode(),
+                       env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "GT_EXT_CLAUDE_PROJECTS": str(projects)})
+    assert r.returncode == 0
+    with Store.open(town / ".corpus") as st:
+        _wait_for(lambda: st.count() >= 1)
+        [ex] = st.query()
+        assert (ex.bead, ex.role, ex.rig, ex.session) == ("dm-5", "polecat", "demo", "s-auto")
+    _wait_for(lambda: not list((town / ".corpus" / "spool").glob("*.json")))
+    assert "stored" in (town / ".corpus" / "process.log").read_text()
 
 
 def _wait_for(cond, limit: float = 60.0) -> None:
