@@ -23,6 +23,7 @@ import random
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -301,7 +302,10 @@ class Trainer:
                     log.warning("step %d: non-finite loss/gradient (loss=%s, grad_norm=%s), update skipped",
                                 self.step + 1, loss, gnorm)
                 self.opt.zero_grad(set_to_none=True)
-                self.sched.step()
+                with warnings.catch_warnings():
+                    # A skipped update leaves the optimizer unstepped; the schedule still advances.
+                    warnings.simplefilter("ignore", UserWarning)
+                    self.sched.step()
                 self.step += 1
                 dt = time.perf_counter() - t0
                 tokens_seen += ntok

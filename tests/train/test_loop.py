@@ -1,0 +1,147 @@
+"""The loop: exact resume, NaN handling, schedule, run folder, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from conftest import write_corpus
+
+from gt_ext.cli import main
+from gt_ext.train.config import load_config
+from gt_ext.train.loop import lr_lambda
+from gt_ext.train.run import prepare, run_training
+
+SMALL = [
+    "base_model=tiny-llama", "max_steps=6", "checkpoint_every=2", "eval_every=3", "keep_checkpoints=5",
+    "data.pack_length=256", "data.batch_size=2", "optim.grad_accum=2", "optim.warmup_steps=2",
+    "optim.lr=1e-2", "lora.dropout=0.1", "lora.r=4",
+]
+
+
+@pytest.fixture
+def small_corpus(tmp_path):
+    return write_corpus(tmp_path / "corpus", tasks=("patrol",), n_train=10, n_val=3)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _losses(run_dir):
+    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in recs if "loss" in r}
+
+
+def test_resume_gives_the_same_losses(tmp_path, small_corpus):
+    p = prepare("witness", small_corpus, "patrol", None, SMALL)
+    full = run_training(p, tmp_path / "full", progress=False)
+    assert full["status"] == "done" and full["metrics"]["steps"] == 6
+
+    def stop_at_3(step, rec):
+        if step == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_training(p, tmp_path / "cut", progress=False, callbacks=[stop_at_3])
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "failed"
+    assert max(_losses(tmp_path / "cut")) == 3
+    resumed = run_training(p, tmp_path / "cut", resume=True, progress=False)
+    a, b = _losses(tmp_path / "full"), _losses(tmp_path / "cut")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    for step in range(3, 7):  # step 3 was redone from the step-2 checkpoint
+        assert a[step] == pytest.approx(b[step], abs=1e-6), step
+    assert resumed["metrics"]["val_loss_end"] == pytest.approx(full["metrics"]["val_loss_end"], abs=1e-6)
+    assert resumed["metrics"]["val_loss_start"] == full["metrics"]["val_loss_start"]
+    # learning happened: the loss moved
+    assert a[6] < a[1]
+    # run folder layout of CONTRACTS.md
+    run = tmp_path / "full"
+    for rel in ("run.json", "metrics.jsonl", "loss.png", "adapter/adapter_config.json",
+                "adapter/adapter_model.safetensors", "checkpoints/step-6/trainer.pt"):
+        assert (run / rel).is_file(), rel
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["lora"] == {"r": 4, "alpha": 16.0, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+    assert meta["examples"] == 10 and meta["corpus_hash"]
+
+
+def test_nonfinite_steps_are_skipped_then_stop_with_checkpoint(tmp_path, small_corpus, monkeypatch):
+    from gt_ext.train import lora
+
+    real = lora.load_base_for_training
+
+    def poisoned(cfg):
+        model, tok = real(cfg)
+        base = model.get_base_model()
+        # NaN in the hidden states of every forward pass from the first step on.
+        base.model.norm.register_forward_hook(lambda m, i, o: o * float("nan"))
+        return model, tok
+
+    monkeypatch.setattr(lora, "load_base_for_training", poisoned)
+    p = prepare("witness", small_corpus, "patrol", None, SMALL + ["max_nonfinite=2", "eval_every=0"])
+    out = run_training(p, tmp_path / "nan", progress=False)
+    assert out["status"] == "failed"
+    assert out["metrics"]["nonfinite_steps"] == 2 and out["metrics"]["steps"] == 2
+    assert "non-finite" in out["metrics"]["message"]
+    assert (tmp_path / "nan" / "checkpoints" / "step-2" / "trainer.pt").is_file()
+    recs = [json.loads(x) for x in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("skipped") for r in recs if r["step"] > 0] == [True, True]
+
+
+def test_warmup_then_cosine():
+    cfg = load_config(None, ["max_steps=100", "optim.warmup_steps=10", "optim.min_lr_ratio=0.1"])
+    f = lr_lambda(cfg)
+    assert f(0) == pytest.approx(1 / 11) and f(9) == pytest.approx(10 / 11)
+    assert f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(100) == pytest.approx(0.1)
+    assert all(f(s) >= f(s + 1) for s in range(10, 100))
+
+
+def test_dpo_run_with_precomputed_reference(tmp_path, small_corpus):
+    p = prepare("witness", small_corpus, "patrol", None,
+                SMALL + ["mode=dpo", "max_steps=2", "dpo.precompute_ref=true", "lora.dropout=0"])
+    out = run_training(p, tmp_path / "dpo", progress=False)
+    assert out["status"] == "done" and out["dpo_pairs"] == 10
+    recs = [json.loads(x) for x in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()]
+    # fresh LoRA (B = 0): policy equals reference, so the first loss is log 2
+    assert recs[1]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert out["metrics"]["val_loss_start"] == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path, small_corpus, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  learning_rate: 1\n")
+    cases = [
+        (["--corpus", str(small_corpus), "--config", str(bad)], "optim.learning_rate"),
+        (["--corpus", str(tmp_path / "missing")], "not found"),
+        (["--corpus", str(small_corpus), "--task", "planning"], "empty partition"),
+        (["--corpus", str(small_corpus), "optim.lr=fast"], "optim.lr"),
+    ]
+    for args, needle in cases:
+        capsys.readouterr()
+        rc = main(["train", "--role", "witness", "--dry-run", *args, "base_model=tiny-llama"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2, args
+        assert needle in err and len(err.splitlines()) == 1, err
+    capsys.readouterr()
+    assert main(["train", "--role", "mayorr", "--corpus", str(small_corpus), "--dry-run"]) == 2
+
+
+def test_cli_dry_run_prints_token_counts(small_corpus, capsys):
+    rc = main(["train", "--role", "witness", "--corpus", str(small_corpus), "--dry-run", "--json", "base_model=tiny-llama"])
+    assert rc == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["train"]["items"] == 10 and s["val"]["items"] == 3
+    assert s["train"]["tokens"] > s["train"]["target_tokens"] > 0
+
+
+def test_existing_run_folder_is_refused(tmp_path, small_corpus):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "run.json").write_text("{}")
+    p = prepare("witness", small_corpus, "patrol", None, SMALL)
+    from gt_ext.errors import GtExtError
+
+    with pytest.raises(GtExtError, match="already has a run"):
+        run_training(p, tmp_path / "r", progress=False)
