@@ -107,20 +107,43 @@ TOWN_BEADS = [
     ("Rotate the deploy SSH key", "The deploy key of the town is older than 90 days and must be rotated.", ["ops"]),
 ]
 
-# Query set with the source each query must find in its top 5 (recall@5).
+# Query set: (prompt, role, the source that must be in the top 5). "bead:demo:N" is the N-th of
+# BEADS, "bead:*:N" the N-th of TOWN_BEADS (replaced by real ids once bd has made them).
 QUERIES = [
-    ("which test keeps timing out on CI?", "bead:demo:0"),
-    ("database driver upgrade", "bead:demo:1"),
-    ("dark theme for the UI", "bead:demo:2"),
-    ("webhooks are being lost because of throttling", "bead:demo:3"),
-    ("how do we cut a release", "bead:demo:4"),
-    ("a polecat has been silent for a long time", "bead:demo:5"),
-    ("worker process memory keeps growing", "bead:demo:6"),
-    ("emails in Spanish", "bead:demo:7"),
-    ("rotate ssh credentials for deployment", "bead:*:1"),
-    ("how should I write commit messages?", "file:CLAUDE.md"),
-    ("what do I do with a zombie polecat whose session died?", "file:demo/witness/CLAUDE.md"),
-    ("what happens after a polecat ignores two nudges?", "file:demo/mayor/rig/.beads/formulas/patrol-witness.formula.toml"),
-    ("in which order are merge requests merged?", "file:directives/refinery.md"),
-    ("which agent runs the witness role?", "file:settings/config.json"),
+    ("which test keeps timing out on CI?", "polecat", "bead:demo:0"),
+    ("database driver upgrade", "polecat", "bead:demo:1"),
+    ("dark theme for the UI", "crew", "bead:demo:2"),
+    ("webhooks are being lost because of throttling", "polecat", "bead:demo:3"),
+    ("how do we cut a release", "crew", "bead:demo:4"),
+    ("a polecat has been silent for a long time", "witness", "bead:demo:5"),
+    ("worker process memory keeps growing", "polecat", "bead:demo:6"),
+    ("emails in Spanish", "crew", "bead:demo:7"),
+    ("rotate ssh credentials for deployment", "mayor", "bead:*:1"),
+    ("what is the reliability convoy tracking?", "mayor", "bead:*:0"),
+    ("how should I write commit messages?", "polecat", "file:CLAUDE.md"),
+    ("what do I do with a zombie polecat whose session died?", "witness", "file:demo/witness/CLAUDE.md"),
+    ("what happens after a polecat ignores two nudges?", "witness", "file:demo/mayor/rig/.beads/formulas/patrol-witness.formula.toml"),
+    ("in which order are merge requests merged?", "refinery", "file:directives/refinery.md"),
+    ("which agent runs the witness role?", "mayor", "file:settings/config.json"),
 ]
+
+
+def build_beads_town(root: Path, env: dict[str, str]) -> dict[str, str]:
+    """A town with real bd beads (town `hq`, rig `demo` prefix `dm`), files and a formula.
+
+    Returns {"bead:demo:N" / "bead:*:N": real source key} for the query set.
+    """
+    from gt_ext.gastown.bd import Bd, init_beads
+
+    write_town_files(root)
+    # The rig first: bd init refuses a folder below one that already has beads.
+    rig_beads = init_beads(root / "demo" / "mayor" / "rig", "dm", env=env)
+    town_beads = init_beads(root, "hq", env=env)
+    write_formula(rig_beads)
+    names: dict[str, str] = {}
+    for beads, items, rig in ((rig_beads, BEADS, "demo"), (town_beads, TOWN_BEADS, "*")):
+        bd = Bd(beads, env=env)
+        for n, (title, desc, labels) in enumerate(items):
+            issue = bd.create(title, description=desc, labels=labels or None, priority=n % 4)
+            names[f"bead:{rig}:{n}"] = f"bead:{rig}:{issue.id}"
+    return names

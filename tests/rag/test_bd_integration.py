@@ -1,0 +1,100 @@
+"""With the real bd: beads reach the index, changes are reflected after the indexer runs, bd hooks
+spool events, and retrieval finds the known source for each query (recall@5 >= 0.9)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gt_ext.gastown.bd import Bd
+from gt_ext.rag import spool
+from gt_ext.rag.index import open_collection, reindex
+from gt_ext.rag.retrieve import retrieve
+from tests.rag.townkit import QUERIES, build_beads_town
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bd_town(bd_bin, tmp_path_factory):
+    from gt_ext.gastown.testing import isolated_env
+
+    base = tmp_path_factory.mktemp("ragbd")
+    env = isolated_env(base / "home")
+    root = base / "town"
+    names = build_beads_town(root, env)
+    rep = reindex(root)
+    assert not rep.errors, rep.errors
+    return root, env, names
+
+
+def chunks_of(root: Path, source: str) -> list[str]:
+    col = open_collection(root, create=False)
+    return col.get(where={"source": source}, include=["documents"])["documents"]
+
+
+def test_recall_at_5(bd_town):
+    root, _env, names = bd_town
+    found = []
+    for prompt, role, want in QUERIES:
+        want = names.get(want, want)
+        hits = retrieve(prompt, role=role, town=root, k=5)
+        found.append(want in [h.source for h in hits])
+    recall = sum(found) / len(found)
+    print(f"recall@5 = {recall:.2f} over {len(found)} queries")
+    assert recall >= 0.9, [q for q, ok in zip(QUERIES, found, strict=True) if not ok]
+
+
+def test_create_update_close_are_reflected(bd_town):
+    root, env, _ = bd_town
+    bd = Bd(root / "demo" / "mayor" / "rig" / ".beads", env=env)
+    issue = bd.create("Sandbox quota alarm fires every night", description="The nightly sandbox quota alarm pages on-call although usage is at 20 percent.")
+    source = f"bead:demo:{issue.id}"
+    rep = reindex(root)
+    assert rep.added == 1 and rep.deleted == 0
+    assert [h.source for h in retrieve("night pager alarm about quota", role="polecat", town=root, k=3)][0] == source
+    assert len(chunks_of(root, source)) == 1
+
+    bd.update(issue.id, status="in_progress", title="Sandbox quota alarm misfires nightly")
+    rep = reindex(root)
+    assert (rep.added, rep.deleted) == (1, 1)
+    [doc] = chunks_of(root, source)
+    assert doc.startswith(f"bead {issue.id} [in_progress]") and "misfires nightly" in doc
+
+    bd.close(issue.id, reason="threshold fixed")
+    reindex(root)
+    [doc] = chunks_of(root, source)
+    assert "[closed]" in doc and "closed: threshold fixed" in doc
+    assert source not in [h.source for h in retrieve("night pager alarm about quota", role="polecat", town=root)]
+    assert source in [h.source for h in retrieve("night pager alarm about quota", role="polecat", town=root, statuses=None)]
+    again = reindex(root, full=True)
+    assert (again.added, again.deleted) == (0, 0) and len(chunks_of(root, source)) == 1
+
+
+def test_bd_hook_spools_and_indexer_drains(bd_town):
+    root, env, _ = bd_town
+    beads = root / "demo" / "mayor" / "rig" / ".beads"
+    hook = beads / "hooks" / "on_create"
+    hook.parent.mkdir(exist_ok=True)
+    # What the corpus hooks do for RAG: one call, no index access.
+    hook.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
+                    "from gt_ext.rag.spool import enqueue\n"
+                    f"enqueue({str(root)!r}, {{'kind': 'bead', 'op': sys.argv[2], 'beads_dir': {str(beads)!r}, 'id': sys.argv[1]}})\n")
+    hook.chmod(0o755)
+    try:
+        hook_env = {k: v for k, v in env.items() if k != "BD_NO_HOOKS"}
+        issue = Bd(beads, env=hook_env).create("Hooked bead about flamingo deployments")
+        deadline = time.monotonic() + 60  # bd runs hooks in the background: wait for the file
+        while not spool.pending(root) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        [ev] = spool.read_events(spool.pending(root))
+        assert ev["id"] == issue.id and ev["op"] == "create"
+        rep = reindex(root)
+        assert rep.events == 1 and rep.added == 1 and spool.pending(root) == []
+        assert retrieve("flamingo deployments", role="crew", town=root, k=1)[0].source == f"bead:demo:{issue.id}"
+    finally:
+        hook.unlink()
