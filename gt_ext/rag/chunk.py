@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from gt_ext.rag.scrub import clean
+
 ANY = "*"
 # Long sections are split on paragraph boundaries into pieces of at most this many characters
 # (MiniLM reads 256 word pieces; ~1,200 characters is about that, and keeps a chunk well under the
@@ -38,7 +40,8 @@ def chunk_id(source: str, text: str) -> str:
 
 def make_chunk(text: str, *, source: str, group: str, kind: str, rig: str = ANY, role: str = ANY,
                status: str = "", updated: float = 0.0, title: str = "") -> Chunk:
-    """Build a chunk with the standard metadata (see module docstring)."""
+    """Build a chunk with the standard metadata (see module docstring); text and title are scrubbed."""
+    text, title = clean(text), clean(title)
     meta = {"source": source, "group": group, "kind": kind, "rig": rig or ANY, "role": role or ANY,
             "status": status, "updated": float(updated), "title": title[:200]}
     return Chunk(chunk_id(source, text), text, meta)

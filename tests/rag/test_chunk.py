@@ -109,3 +109,14 @@ def test_split_long_bounds_and_keeps_text(text):
     assert all(len(p) <= MAX_CHARS for p in pieces) or pieces == [text]
     joined = "".join("".join(p.split()) for p in pieces)
     assert joined == "".join(text.split())
+
+
+def test_secrets_never_reach_a_chunk():
+    key, tok = "AKIA" + "IOSFODNN7EXAMPLE", "ghp_" + "abcdefghijklmnopqrstuvwxyz0123456789"
+    bead = {"id": "dm-9", "title": f"leaked {key}", "description": f"push with token {tok} failed",
+            "status": "open"}
+    [c] = chunk_bead(bead, rig="demo", group="g")
+    assert key not in c.text and tok not in c.text and key not in c.meta["title"]
+    assert "<SECRET:aws_access_key>" in c.text and "<SECRET:github_token>" in c.text
+    md = chunk_markdown(f"## Deploy\npassword = hunter2hunter2\nuse {key}\n", source="file:x.md", group="g")
+    assert all("hunter2hunter2" not in m.text and key not in m.text for m in md)
