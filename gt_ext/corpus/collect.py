@@ -25,6 +25,7 @@ from typing import Any
 from gt_ext.corpus import spool
 from gt_ext.corpus.ingest import Ingestor, Source, Tags
 from gt_ext.corpus.parsers import ParsedSession, parse_chat_file, parse_claude_jsonl, parse_pane_text
+from gt_ext.corpus.scrub import safe_message
 from gt_ext.corpus.store import Store
 from gt_ext.corpus.tags import outcome_from_issue, rig_from_actor, role_from_actor, task_from_issue
 from gt_ext.errors import GtExtError
@@ -188,9 +189,10 @@ def ingest_transcript(ing: Ingestor, path: Path, tags: Tags, report: ProcessRepo
     try:
         parsed = parse_claude_jsonl(path)
     except GtExtError as e:
-        report.errors.append(str(e))
-        log.error("%s", e)
-        ing.record_failure(src, f"parse error: {e}", tags)
+        msg = safe_message(str(e))  # paths name users: the error is scrubbed like the data
+        report.errors.append(msg)
+        log.error("%s", msg)
+        ing.record_failure(src, f"parse error: {msg}", tags)
         return
     tags.session = tags.session or parsed.session
     tags.time = tags.time or parsed.time

@@ -317,3 +317,14 @@ def default_scrubber() -> Scrubber:
 def scrub_text(text: str) -> ScrubResult:
     """Scrub one text with the default scrubber."""
     return default_scrubber().scrub(text)
+
+
+@lru_cache(maxsize=1)
+def _regex_scrubber() -> Scrubber:
+    return Scrubber(use_detect_secrets=False)
+
+
+def safe_message(text: str) -> str:
+    """An error or log message with paths, user names, addresses and credentials replaced
+    (regex layer only: cheap enough for every message)."""
+    return _regex_scrubber().scrub(text).text

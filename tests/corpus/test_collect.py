@@ -154,3 +154,29 @@ def test_concurrent_processors_take_turns_and_lose_nothing(tmp_path):
         assert p.returncode == 0, err
     with Store.open(store_dir) as st:
         assert st.count() == 8 and len({e.bead for e in st.query()}) == 8
+
+
+def test_errors_do_not_leak_user_names(tmp_path, monkeypatch):
+    from gt_ext.corpus import collect
+
+    projects = tmp_path / "projects"
+    d = projects / "-w"
+    d.mkdir(parents=True)
+    bad = d / "s-x.jsonl"
+    bad.write_text("{broken\n")
+    # Make the parser report the path as it would on a real machine: under /home/<user>.
+    real = collect.parse_claude_jsonl
+
+    def parse(path):
+        try:
+            return real(path)
+        except collect.GtExtError as e:
+            raise collect.GtExtError(str(e).replace(str(tmp_path), "/home/wilhelmina")) from None
+
+    monkeypatch.setattr(collect, "parse_claude_jsonl", parse)
+    with Store.open(tmp_path / "c") as st:
+        write_event(st.spool_dir, "session_stop", {"session_id": "s-x", "transcript_path": str(bad)})
+        rep = process_spool(st, None, projects)
+        assert len(rep.errors) == 1 and "<PATH:home>" in rep.errors[0] and "wilhelmina" not in rep.errors[0]
+        [q] = st.query(status="quarantined")
+        assert "wilhelmina" not in q.reason
