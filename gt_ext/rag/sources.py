@@ -5,7 +5,8 @@ folder) that the indexer syncs as a unit: load its chunks, diff by id against th
 Layout (see docs of Gas Town): town beads `<town>/.beads/`, rig beads `<town>/<rig>/mayor/rig/.beads/`,
 settings `<town>/settings/{config,agents}.json` and `<town>/<rig>/settings/...`, formulas in
 `<beads dir>/formulas/*.formula.toml`, role directives `<town>/directives/<role>.md` and
-`<town>/<rig>/directives/<role>.md`, sessions = an exported corpus folder (`sft/<role>/<task>/*.jsonl`).
+`<town>/<rig>/directives/<role>.md`, sessions = the newest active examples of the town's corpus store
+(`<town>/.corpus/corpus.db`) and/or an exported corpus folder (`sft/<role>/<task>/*.jsonl`).
 """
 
 from __future__ import annotations
@@ -237,10 +238,37 @@ def session_group(corpus_dir: Path, limit: int = MAX_SESSIONS) -> Group | None:
     return Group(key, fp, load)
 
 
+def store_group(town_root: Path, limit: int = MAX_SESSIONS) -> Group | None:
+    """The newest `limit` active examples of the town's corpus store (`<town>/.corpus/corpus.db`)."""
+    db = town_root / ".corpus" / "corpus.db"
+    if not db.is_file():
+        return None
+    fp = ";".join(_file_fp(f) for f in (db, db.with_name("corpus.db-wal")) if f.is_file())
+    key = "sessions:corpus-store"
+
+    def load() -> list[Chunk]:
+        from gt_ext.corpus.store import Store
+
+        with Store.open(db.parent) as store:
+            examples = store.query(status="active")
+        examples.sort(key=lambda e: (e.time or "", e.created), reverse=True)
+        out: list[Chunk] = []
+        for e in examples[:limit]:
+            rec = {"id": e.id, "role": e.role, "task": e.task, "messages": e.messages or [],
+                   "provenance": e.provenance()}
+            out += chunk_session(rec, source=f"session:{e.id}", group=key)
+        return out
+
+    return Group(key, fp, load)
+
+
 def scan(town_root: Path, corpus_dir: Path | None = None) -> list[Group]:
     """Every group of the town, in a stable order: beads dirs, files, then sessions."""
     groups = [_beads_group(town_root, rig, d) for rig, d in beads_dirs(town_root)]
     groups += file_groups(town_root)
+    sg = store_group(town_root)
+    if sg is not None:
+        groups.append(sg)
     sd = corpus_dir or sessions_dir()
     if sd is not None and sd.is_dir():
         g = session_group(sd)

@@ -142,3 +142,26 @@ def test_killed_indexer_converges(tmp_path):
     assert sorted(final) == sorted(expected_ids(root)) and len(final) == len(set(final))
     assert not (set(final) & (old - expected_ids(root)))
     assert rep.added == 150 - 64 and rep.deleted == 150
+
+
+def test_sessions_from_corpus_store_and_export(tmp_path):
+    from gt_ext.corpus.store import Example, Store
+
+    root = write_town_files(tmp_path / "town")
+    msgs = [{"role": "user", "content": "polecat nux is stuck on a rebase"},
+            {"role": "assistant", "content": "nudged nux and escalated the rebase conflict to the refinery"}]
+    with Store.open(root / ".corpus") as store, store.tx():
+        store.insert(Example(id="ex1", source="claude-jsonl", source_key="k1", source_hash="h1", messages=msgs,
+                             role="witness", task="patrol", rig="demo", session="s-1", time="2026-01-01T00:00:00Z"))
+    export = tmp_path / "export"
+    (export / "sft" / "crew" / "general").mkdir(parents=True)
+    rec = {"id": "ex2", "role": "crew", "task": "general", "provenance": {"session": "s-2", "time": "2026-01-02T00:00:00Z"},
+           "messages": [{"role": "user", "content": "what is the capital of the flamingo kingdom"},
+                        {"role": "assistant", "content": "pinkville"}]}
+    (export / "sft" / "crew" / "general" / "train.jsonl").write_text(json.dumps(rec) + "\n")
+    rep = reindex(root, corpus_dir=export)
+    assert not rep.errors
+    hit = retrieve("stuck rebase", role="witness", town=root, k=1)[0]
+    assert hit.source == "session:ex1" and hit.meta["kind"] == "session"
+    assert retrieve("flamingo kingdom capital", role="crew", town=root, k=1)[0].source == "session:ex2"
+    assert all(h.source != "session:ex1" for h in retrieve("stuck rebase", role="crew", town=root))
