@@ -18,7 +18,8 @@ app = typer.Typer(
     help="Train a role LoRA (or a task adapter on top of a role model) on a corpus export.",
     invoke_without_command=True,
     add_completion=False,
-    context_settings={"allow_extra_args": False},
+    # options may follow positionals (RUN_DIR --to DIR; k=v --dry-run)
+    context_settings={"allow_interspersed_args": True},
 )
 
 

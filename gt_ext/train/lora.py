@@ -87,6 +87,7 @@ def save_adapter(model: Any, folder: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         model.save_pretrained(str(tmp))
+        os.chmod(tmp, 0o755)  # mkdtemp creates it private
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(old, ignore_errors=True)

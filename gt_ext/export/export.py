@@ -1,0 +1,138 @@
+"""Export a run folder: PEFT adapter, merged HF folder, GGUF files and a sha256 manifest.
+
+    export_run(run_dir, to, quantized=("q8_0",)) -> dict (the manifest)
+    merge_adapter(base_model, adapter_dir, parent_adapter=None) -> (merged model, tokenizer)
+
+Layout (CONTRACTS.md):
+    DIR/adapter/  DIR/merged/  DIR/model-f16.gguf  DIR/model-q8_0.gguf  DIR/run.json  DIR/manifest.json
+
+Everything is built in a temp folder next to DIR and renamed into place at the end, so a failed
+export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from gt_ext.atomic import atomic_write_json
+from gt_ext.errors import GtExtError
+
+log = logging.getLogger(__name__)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def merge_adapter(base_model: str, adapter_dir: str | Path, parent_adapter: str | Path | None = None) -> tuple[Any, Any]:
+    """Base (+ parent role adapter) + this adapter, merged into plain weights; (model, tokenizer)."""
+    from peft import PeftModel
+
+    from gt_ext.models import load_model
+    from gt_ext.train.lora import apply_role_adapter
+
+    model, tok = load_model(base_model)
+    if parent_adapter:
+        model = apply_role_adapter(model, parent_adapter)
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    merged.eval()
+    return merged, tok
+
+
+def _read_run(run_dir: Path) -> dict[str, Any]:
+    rj = run_dir / "run.json"
+    if not rj.is_file():
+        raise GtExtError(f"{run_dir}: not a run folder (no run.json)")
+    try:
+        run = json.loads(rj.read_text())
+    except json.JSONDecodeError:
+        raise GtExtError(f"{rj}: not valid JSON") from None
+    if not (run_dir / "adapter" / "adapter_config.json").is_file():
+        raise GtExtError(f"{run_dir}: no adapter/ (has the run finished? status {run.get('status')!r})")
+    if not run.get("base_model"):
+        raise GtExtError(f"{rj}: no base_model")
+    return run
+
+
+def export_run(run_dir: str | Path, to: str | Path, quantized: tuple[str, ...] | list[str] = ("q8_0",),
+               force: bool = False) -> dict[str, Any]:
+    """Write the export folder `to` from `run_dir`; f16 GGUF always, plus each type in `quantized`."""
+    from gt_ext.export.gguf_file import QTYPES, write_gguf
+
+    run_dir, to = Path(run_dir), Path(to)
+    run = _read_run(run_dir)
+    for q in quantized:
+        if q not in QTYPES:
+            raise GtExtError(f"--gguf {q!r}: use one of {', '.join(QTYPES)}")
+    if to.exists() and any(to.iterdir()) and not force:
+        raise GtExtError(f"export folder {to} is not empty (use --force to replace it)")
+    to.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{to.name}.", dir=to.parent))
+    try:
+        shutil.copytree(run_dir / "adapter", tmp / "adapter")
+        shutil.copy2(run_dir / "run.json", tmp / "run.json")
+        log.info("merging %s into %s", run_dir / "adapter", run["base_model"])
+        model, tok = merge_adapter(run["base_model"], run_dir / "adapter", run.get("parent"))
+        model.save_pretrained(str(tmp / "merged"), safe_serialization=True)
+        tok.save_pretrained(str(tmp / "merged"))
+        name = f"gt-{run.get('role', 'model')}" + (f"-{run['task']}" if run.get("task") else "")
+        ggufs = []
+        for q in dict.fromkeys(["f16", *quantized]):
+            ggufs.append(f"model-{q}.gguf")
+            write_gguf(tmp / "merged", tmp / f"model-{q}.gguf", q, name=name)
+        files = {
+            p.relative_to(tmp).as_posix(): sha256_file(p)
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file()
+        }
+        manifest = {
+            "files": files,
+            "base_model": run["base_model"],
+            "role": run.get("role"),
+            "task": run.get("task"),
+            "parent": run.get("parent"),
+            "corpus_hash": run.get("corpus_hash"),
+            "gguf": ggufs,
+            "source_run": str(run_dir.resolve()),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        atomic_write_json(tmp / "manifest.json", manifest)
+        for d in [tmp, *[p for p in tmp.rglob("*") if p.is_dir()]]:
+            os.chmod(d, 0o755)  # mkdtemp/copytree made them private; exports are meant to be shared
+        if to.exists():
+            old = to.with_name(f".{to.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(to, old)
+            os.replace(tmp, to)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, to)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def verify_export(folder: str | Path) -> list[str]:
+    """Relative paths whose sha256 no longer matches the manifest (empty list: intact)."""
+    folder = Path(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    bad = []
+    for rel, digest in manifest["files"].items():
+        p = folder / rel
+        if not p.is_file() or sha256_file(p) != digest:
+            bad.append(rel)
+    return bad
