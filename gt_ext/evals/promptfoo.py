@@ -167,6 +167,13 @@ def render(template: str, vars: dict[str, Any]) -> str:
         raise GtExtError(f"template error in {head!r}: {e}") from e
 
 
+def template_vars(template: str) -> set[str]:
+    """Names of the variables a template reads (so hidden vars can be told apart)."""
+    from jinja2 import meta
+
+    return set(meta.find_undeclared_variables(_env().parse(template)))
+
+
 def prompt_messages(rendered: str) -> list[dict[str, str]]:
     """Turn a rendered prompt into chat messages: a JSON list of {role, content} or one user turn."""
     text = rendered.strip()

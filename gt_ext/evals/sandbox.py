@@ -337,7 +337,8 @@ class SandboxTask:
             for fld in ("status", "priority", "assignee", "issue_type"):
                 if fld in c and issue.get(fld) != c[fld]:
                     return False, f"bead {c['bead']}: {fld} is {issue.get(fld)!r}, want {c[fld]!r}"
-            if c.get("close_reason") and not (issue.get("close_reason") or "").strip():
+            # bd records "Closed" when no --reason is given: that is not a reason.
+            if c.get("close_reason") and (issue.get("close_reason") or "").strip().lower() in ("", "closed"):
                 return False, f"bead {c['bead']}: closed without a reason"
             if "notes_contains" in c and c["notes_contains"].lower() not in (issue.get("notes") or "").lower():
                 return False, f"bead {c['bead']}: notes lack {c['notes_contains']!r}"

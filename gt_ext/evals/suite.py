@@ -67,8 +67,9 @@ class PromptfooTask:
         """Nothing to clean."""
 
     def overlap_text(self) -> str:
-        """The test-specific text (its string vars), which the contamination guard compares."""
-        return "\n".join(str(v) for v in self.test.vars.values() if isinstance(v, str))
+        """The test-specific text the model sees (string vars the prompt uses), for the contamination guard."""
+        used = promptfoo.template_vars(self.prompt.raw)
+        return "\n".join(str(v) for k, v in self.test.vars.items() if k in used and isinstance(v, str))
 
 
 @dataclass

@@ -1,0 +1,139 @@
+"""evaluate(): model refs, results written next to the model, k samples, contract JSON shape."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gt_ext.errors import GtExtError
+from gt_ext.evals import jsrun, runner
+
+needs_node = pytest.mark.skipif(jsrun.node_binary() is None, reason="node is not installed")
+
+
+def _suite(tmp_path):
+    d = tmp_path / "suite"
+    d.mkdir(exist_ok=True)
+    (d / "suite.yaml").write_text("name: mini\nrole: witness\nmax_new_tokens: 8\n")
+    (d / "promptfooconfig.yaml").write_text("""
+prompts: ["{{ q }}"]
+tests:
+  - description: one
+    metadata: {category: patrol}
+    vars: {q: alpha}
+    assert: [{type: contains, value: alpha}]
+  - description: two
+    metadata: {category: patrol}
+    vars: {q: beta}
+    assert: [{type: contains, value: gamma}]
+  - description: three
+    metadata: {category: planning}
+    vars: {q: gamma}
+    assert: [{type: starts-with, value: gam}]
+""")
+    return d
+
+
+def _echo(batch, params):
+    return [m[-1]["content"] for m in batch]
+
+
+def test_resolve_model_refs(tmp_path):
+    r = runner.resolve_model("base:tiny-llama")
+    assert r.base_model == "tiny-llama" and r.adapters == [] and r.out_dir.name == "base-tiny-llama"
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "run.json").write_text(json.dumps({"base_model": "smollm2-135m-instruct", "role": "witness"}))
+    r = runner.resolve_model(str(run))
+    assert r.base_model == "smollm2-135m-instruct" and r.adapters == [(str(run / "adapter"), 1.0)]
+    assert r.out_dir == run and r.role == "witness"
+    exp = tmp_path / "export"
+    (exp / "merged").mkdir(parents=True)
+    (exp / "merged" / "config.json").write_text("{}")
+    (exp / "manifest.json").write_text(json.dumps({"base_model": "smollm2-135m-instruct"}))
+    r = runner.resolve_model(str(exp))
+    assert r.base_model == str(exp / "merged") and r.adapters == []
+
+
+@pytest.mark.parametrize("ref,msg", [("", "empty"), ("base:", "needs a model name"), ("/no/such dir!", "not base:")])
+def test_bad_model_refs(ref, msg):
+    with pytest.raises(GtExtError, match=msg):
+        runner.resolve_model(ref)
+
+
+def test_folder_without_base_model(tmp_path):
+    (tmp_path / "run.json").write_text("{}")
+    with pytest.raises(GtExtError, match="no run.json/manifest.json with base_model"):
+        runner.resolve_model(str(tmp_path))
+    (tmp_path / "run.json").write_text(json.dumps({"base_model": "x"}))
+    with pytest.raises(GtExtError, match="no adapter/"):
+        runner.resolve_model(str(tmp_path))
+
+
+def test_evaluate_writes_contract_json_next_to_model(tmp_path):
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "run.json").write_text(json.dumps({"base_model": "tiny-llama"}))
+    res = runner.evaluate(str(run), _suite(tmp_path), generate=_echo)
+    d = json.loads((run / "eval-mini.json").read_text())
+    assert set(d) >= {"suite", "model", "categories", "composite", "pass_k", "gate", "tasks"}
+    assert d["categories"] == {"patrol": {"passed": 1, "total": 2, "score": 50.0},
+                               "planning": {"passed": 1, "total": 1, "score": 100.0}}
+    # witness weights: patrol 3, planning 1 -> (150 + 100) / 4
+    assert d["composite"] == 62.5 and res.composite == 62.5
+    assert d["gate"]["deployable"] is False and d["gate"]["threshold"] == 75
+    assert [t["id"] for t in d["tasks"]] == ["one", "two", "three"]
+    assert {"id", "category", "passed", "score", "output"} <= set(d["tasks"][0])
+    assert not list(run.glob(".eval-mini.json.*"))  # atomic write left no temp file
+
+
+def test_k_samples_use_distinct_seeds_and_report_pass_k(tmp_path):
+    seen = []
+
+    def flaky(batch, params):
+        seen.extend(p["seed"] for p in params)
+        assert all(p["temperature"] > 0 for p in params)
+        # the first task passes only on samples 0 and 2: pass^k fails it, pass@k keeps it
+        return [m[-1]["content"] if (p["seed"] // 1000 % 2 == 0 or "alpha" not in m[-1]["content"]) else "no"
+                for m, p in zip(batch, params, strict=True)]
+
+    res = runner.evaluate("base:tiny-llama", _suite(tmp_path), k=3, generate=flaky, write=False)
+    assert len(set(seen)) == 9
+    one = res.tasks[0]
+    assert len(one.samples) == 3 and not all(s.passed for s in one.samples) and any(s.passed for s in one.samples)
+    assert res.pass_k["k"] == 3 and res.pass_k["pass^k"] < res.pass_k["pass@k"]
+
+
+def test_bad_k_and_limit(tmp_path):
+    with pytest.raises(GtExtError, match="--k"):
+        runner.evaluate("base:tiny-llama", _suite(tmp_path), k=0, generate=_echo)
+    res = runner.evaluate("base:tiny-llama", _suite(tmp_path), generate=_echo, limit=1, write=False)
+    assert len(res.tasks) == 1
+
+
+@needs_node
+def test_witness_suite_reference_answers_pass_and_wrong_ones_fail(tmp_path):
+    """Every builtin witness task is satisfiable, and a wrong action fails it (no task passes anything)."""
+    from gt_ext.evals import suite as suite_mod
+
+    st = suite_mod.load("builtin:witness")
+    cmd = {"nudge": "gt nudge {t} 'run your hook'", "cleanup": "gt polecat nuke {t}",
+           "restart": "gt polecat restart {t}", "escalate": "gt escalate '{t} is stuck'", "wait": "gt peek {t}"}
+
+    def answer(task, right=True):
+        v = task.test.vars
+        acts = v["expect"].split("|")
+        act = acts[0] if right else next(a for a in cmd if a not in acts)
+        tgt = v.get("target", "nux")
+        return json.dumps({"action": act, "target": tgt, "reason": "r", "command": cmd[act].format(t=tgt)})
+
+    by_prompt = {t.rendered(): t for t in st.tasks}
+    res = runner.evaluate("base:tiny-llama", st, write=False,
+                          generate=lambda b, p: [answer(by_prompt[m[-1]["content"]]) for m in b])
+    assert res.composite == 100.0, [t.id for t in res.tasks if not t.passed]
+    res = runner.evaluate("base:tiny-llama", st, write=False,
+                          generate=lambda b, p: [answer(by_prompt[m[-1]["content"]], right=False) for m in b])
+    assert res.composite == 0.0
