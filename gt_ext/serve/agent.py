@@ -247,6 +247,8 @@ def run(args: argparse.Namespace, stdin_fd: int = 0, out: TextIO = sys.stdout) -
                 if not pending.strip():
                     pending = None
                     continue
+            else:  # a first prompt from argv: show the ready prompt now (gt waits for it), then answer
+                out.write(READY_PROMPT + pending.splitlines()[0][:200] + "\n")
             try:
                 agent.turn(pending)
             except KeyboardInterrupt:

@@ -41,3 +41,9 @@ def gen():
     from gt_ext.serve.generate import Generator
 
     return Generator("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def adapter_factory():
+    """`make_adapter(out, seed, ...)` for tests that need their own adapter folders."""
+    return make_adapter

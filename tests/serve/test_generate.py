@@ -216,3 +216,12 @@ def test_prompt_longer_than_context_is_refused(gen):
 def test_unknown_backend():
     with pytest.raises(GtExtError, match="unknown backend"):
         Generator("tiny-llama", backend="vllm")
+
+
+def test_int8_engine_with_adapter(adapters):
+    g8 = Generator("tiny-llama", quantize="int8")
+    base = g8.chat(MSG, SamplingParams(max_new_tokens=8))
+    assert base
+    assert g8.chat(MSG, SamplingParams(max_new_tokens=8), adapters=[(adapters["a"], 1.0)]) != base
+    with pytest.raises(GtExtError, match="quantize"):
+        Generator("tiny-llama", quantize="int3")

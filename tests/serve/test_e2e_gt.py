@@ -1,0 +1,104 @@
+"""End to end with the real gt: a model registered and deployed for the witness role, started by
+`gt witness start`, ready prompt in its tmux pane, a nudge answered there, and a bd command run by
+the agent loop changing the rig's real beads.
+
+The tiny model will not write a correct bd command by itself, so the nudge uses the agent's
+`!command` path: the command is placed as the assistant's tool call, runs through the same guard,
+tool runner and transcript as a generated one, and the model then answers from its output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _run_folder(tmp_path: Path, make_adapter) -> Path:
+    run = tmp_path / "run-witness"
+    make_adapter(run / "adapter", seed=5)
+    (run / "run.json").write_text(json.dumps({
+        "role": "witness", "task": None, "base_model": "tiny-llama", "config": {}, "corpus_hash": None,
+        "examples": 1, "dpo_pairs": 0, "lora": {"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]},
+        "metrics": {}, "status": "done", "parent": None}))
+    return run
+
+
+def _wait(pred, timeout: float, every: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(every)
+    return False
+
+
+def test_gt_starts_node0_witness_and_it_acts_on_beads(make_town, gt_bin, bd_bin, adapter_factory, monkeypatch,
+                                                       tmp_path):
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    tt = make_town(prefix=f"e{uuid.uuid4().hex[:3]}")
+    if tt.mode != "gt":
+        pytest.skip("the town was not made by the real gt")
+    tt.activate(monkeypatch)
+    monkeypatch.chdir(tt.root)
+    if tt.gt("dolt", "status", check=False).returncode != 0:
+        tt.gt("dolt", "start", timeout=300)
+
+    from gt_ext.gastown.bd import Bd
+    from gt_ext.registry import Registry
+
+    reg = Registry.open(tt.root)
+    try:
+        rec = reg.register(_run_folder(tmp_path, adapter_factory), name="witness")
+        reg.deploy(rec.ref, role="witness", force_reason="e2e test of the serving agent")
+    finally:
+        reg.close()
+
+    sock = f"gtext-e2e-{os.getpid()}"
+    env_extra = {"GT_TMUX_SOCKET": sock, "GT_EXT_CLAUDE_PROJECTS": str(tmp_path / "projects")}
+    tt.env.update(env_extra)
+    for k, v in env_extra.items():
+        monkeypatch.setenv(k, v)
+
+    def tmux(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["tmux", "-L", sock, *args], capture_output=True, text=True)
+
+    try:
+        tt.gt("witness", "start", "demo", timeout=600)
+        sessions = tmux("list-sessions", "-F", "#{session_name}").stdout.split()
+        session = next((s for s in sessions if s.endswith("witness")), None)
+        assert session, f"no witness session on tmux socket {sock}: {sessions}"
+
+        def pane() -> str:
+            return tmux("capture-pane", "-p", "-J", "-t", session).stdout
+
+        assert _wait(lambda: "node0> " in pane(), 300), pane()
+        assert "node0 witness:1" in pane()
+
+        title = f"e2e bead {uuid.uuid4().hex[:6]}"
+        tt.gt("nudge", "demo/witness", "--mode=immediate", f"!bd create '{title}' -p 2 --json", timeout=120)
+        rig_beads = tt.beads_dirs()["demo"]
+        bd = Bd(rig_beads)
+
+        def bead_made() -> bool:
+            return any(i.get("title") == title for i in bd.list())
+
+        assert _wait(bead_made, 300, 2.0), pane()
+        assert _wait(lambda: pane().rstrip().endswith("node0>"), 300), pane()
+        text = pane()
+        assert title in text  # the tool output (bd's JSON) is shown in the pane
+        transcripts = list((tmp_path / "projects").glob("*/*.jsonl"))
+        assert transcripts, "the session wrote no transcript"
+        assert any(title in p.read_text() for p in transcripts)
+    finally:
+        tt.gt("witness", "stop", "demo", check=False, timeout=120)
+        tmux("kill-server")
