@@ -99,8 +99,12 @@ def test_real_town(town) -> None:  # noqa: ANN001 - TestTown
 
 
 @pytest.mark.integration
-def test_private_town_is_torn_down(make_town, tmp_path: Path) -> None:  # noqa: ANN001
-    tt = make_town(rig="solo", prefix="so")
+def test_files_mode_town_is_torn_down(make_town, tmp_path: Path) -> None:  # noqa: ANN001
+    """The fallback town (gt's files + real bd + real dolt), and that close() leaves nothing behind."""
+    tt = make_town(rig="solo", prefix="so", use_gt=False)
+    assert tt.mode == "files"
+    assert set(tt.beads_dirs()) == {"hq", "solo"}
+    assert Bd(tt.beads_dirs()["solo"], env=tt.env).create("x").id.startswith("so-")
     port = tt.dolt_port
     with tt.dolt() as c:
         assert "hq" in c.databases()
