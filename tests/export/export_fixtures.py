@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
 
@@ -28,8 +27,3 @@ def make_run(root: Path, base_model: str = "tiny-llama", scale: float = 0.05, ta
         "examples": 1, "dpo_pairs": 0, "lora": {"r": 4, "alpha": 8, "targets": list(targets)},
         "metrics": {}, "status": "done", "parent": None}))
     return root
-
-
-@pytest.fixture
-def tiny_run(tmp_path: Path) -> Path:
-    return make_run(tmp_path / "run")

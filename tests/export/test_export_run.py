@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from export_fixtures import make_run
 
 from gt_ext.cli import main
 from gt_ext.errors import GtExtError
@@ -22,8 +23,6 @@ def _ids(tok):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from conftest import make_run
-
     root = tmp_path_factory.mktemp("exp")
     run = make_run(root / "run")
     manifest = export_run(run, root / "out", quantized=["q8_0", "f32"])

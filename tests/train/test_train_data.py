@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import write_corpus
+from train_corpus import write_corpus
 
 from gt_ext.errors import GtExtError
 from gt_ext.models import load_tokenizer

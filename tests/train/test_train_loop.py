@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from conftest import write_corpus
+from train_corpus import write_corpus
 
 from gt_ext.cli import main
 from gt_ext.train.config import load_config

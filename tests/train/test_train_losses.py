@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import write_corpus
+from train_corpus import write_corpus
 
 from gt_ext.train import data, losses
 from gt_ext.train.config import LoraSettings

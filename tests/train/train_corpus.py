@@ -7,8 +7,6 @@ import json
 import random
 from pathlib import Path
 
-import pytest
-
 _TOPICS = ["polecat nux", "polecat slit", "refinery queue", "bead gt-12", "convoy c-7", "deacon patrol"]
 _ACTIONS = ["nudged it", "escalated to the mayor", "cleaned up the zombie session", "marked it done", "left it alone"]
 
@@ -51,15 +49,3 @@ def write_corpus(root: Path, role: str = "witness", tasks: tuple[str, ...] = ("p
     corpus_hash = hashlib.sha256("".join(sorted(files.values())).encode()).hexdigest()
     (root / "manifest.json").write_text(json.dumps({"corpus_hash": corpus_hash, "files": files, "counts": {}}))
     return root
-
-
-@pytest.fixture
-def corpus(tmp_path: Path) -> Path:
-    return write_corpus(tmp_path / "corpus")
-
-
-@pytest.fixture(scope="session")
-def tiny():
-    from gt_ext.models import load_model
-
-    return load_model("tiny-llama")
