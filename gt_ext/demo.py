@@ -1,0 +1,272 @@
+"""`make demo`: the main job end to end on the embedded defaults, as a Gas Town user would run it.
+
+    sample town (real gt/bd/dolt) -> hooks -> bead closes -> corpus (scrubbed) -> export
+      -> `gt formula run train-role-model --set role=witness` (train, export, eval, register)
+      -> eval of the base model -> `gt model deploy` -> one witness question through node0-inference
+
+Every stage is a user-facing command run as a subprocess (the `gt` shim, `gt-ext`, `bd`), so the
+demo exercises exactly what a user types. Progress is kept in `demo-out/state.json`: a killed demo,
+run again, skips the stages it finished and the training job resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from gt_ext.atomic import atomic_write_json
+
+console = Console(highlight=False)
+ROLE = "witness"
+BASE = "smollm2-135m-instruct"
+QUESTION = (
+    "Patrol check for rig webapp: polecat furiosa has had no output for 45 minutes and its hook "
+    "holds bead wa-k42. What do you do? Answer with one JSON object with keys action and reason."
+)
+
+
+class Demo:
+    """The demo's state: a folder, a town in it, and the figures each stage produced."""
+
+    def __init__(self, out: Path, train_seconds: int):
+        self.out = out.resolve()
+        self.train_seconds = train_seconds
+        self.state_path = self.out / "state.json"
+        self.state: dict[str, Any] = {"done": [], "figures": {}, "timings": {}}
+        if self.state_path.exists():
+            self.state = json.loads(self.state_path.read_text())
+        self.venv_bin = Path(sys.executable).parent
+        self._server = None
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def save(self) -> None:
+        atomic_write_json(self.state_path, self.state)
+
+    @property
+    def town(self) -> dict[str, Any]:
+        return self.state["town"]
+
+    def env(self) -> dict[str, str]:
+        """Environment for every command: the town's, with our venv first on PATH."""
+        env = dict(os.environ)
+        env.update(self.town["env"])
+        env["PATH"] = f"{self.venv_bin}{os.pathsep}{env.get('PATH', '')}"
+        env["GT_TOWN_ROOT"] = self.town["root"]
+        env["GT_EXT_CLAUDE_PROJECTS"] = str(self.out / "claude-projects")
+        env["GT_EXT_JOBS_DIR"] = str(self.out / "jobs")
+        env.setdefault("GT_EXT_LOG", "WARNING")
+        return env
+
+    def run(self, *argv: str, capture: bool = False, stdin: str | None = None, cwd: str | None = None) -> str:
+        """Run a command of the project or of Gas Town; a failure stops the demo with its output."""
+        console.print(f"[dim]$ {' '.join(argv)}[/dim]")
+        res = subprocess.run(list(argv), env=self.env(), cwd=cwd or self.town["root"], text=True,
+                             input=stdin, capture_output=capture)
+        if res.returncode != 0:
+            if capture:
+                sys.stderr.write((res.stdout or "")[-2000:] + (res.stderr or "")[-2000:])
+            raise SystemExit(f"demo: `{' '.join(argv)}` exited {res.returncode}; run `make demo` again to resume")
+        return res.stdout or ""
+
+    def stage(self, name: str, title: str, fn: Callable[[], None]) -> None:
+        """Run one stage unless a previous run finished it."""
+        if name in self.state["done"]:
+            console.print(f"[green]✓[/green] {title} [dim](done in an earlier run)[/dim]")
+            return
+        console.rule(f"[bold]{title}")
+        t0 = time.monotonic()
+        fn()
+        self.state["timings"][name] = round(time.monotonic() - t0, 1)
+        self.state["done"].append(name)
+        self.save()
+        console.print(f"[green]✓[/green] {title} [dim]({self.state['timings'][name]} s)[/dim]")
+
+    # -- town -----------------------------------------------------------------------------------
+    def build_town(self) -> None:
+        from gt_ext.gastown.testing import make_town, remove_tree
+
+        base = self.out / "town-base"
+        if base.exists():
+            remove_tree(base)  # a half-built town from a killed run
+        base.mkdir(parents=True)
+        tt = make_town(base, rig="webapp", prefix="wa")
+        self._server = tt
+        self.state["town"] = {"root": str(tt.root), "env": {k: v for k, v in tt.env.items() if k in (
+            "HOME", "GT_DOLT_PORT", "GT_DOLT_HOST", "GT_TOWN_ROOT", "DOLT_ROOT_PATH", "GIT_CONFIG_GLOBAL",
+            "XDG_CONFIG_HOME")}, "port": tt.dolt_port, "mode": tt.mode}
+        self.state["figures"]["town"] = f"{tt.root} ({'real gt install' if tt.mode == 'gt' else 'gt file formats'})"
+
+    def reopen_town(self) -> None:
+        """Start the town's Dolt server again (a previous demo run stopped it at exit)."""
+        from gt_ext.gastown.dolt import DoltClient, DoltServer
+
+        try:
+            with DoltClient(port=self.town["port"]) as c:
+                c.query("SELECT 1")
+            return
+        except Exception:  # noqa: BLE001 - not running: start it below
+            pass
+        root = Path(self.town["root"])
+        if self.town["mode"] == "gt":
+            self.run("gt", "dolt", "start", capture=True)
+        else:
+            self._server = DoltServer(root / ".dolt-data", port=self.town["port"], env=self.env(),
+                                      log_file=root / "daemon" / "dolt.log").start()
+
+    def close_town(self) -> None:
+        if self._server is None and "town" in self.state and self.town["mode"] == "gt":
+            subprocess.run(["gt", "dolt", "stop"], env=self.env(), cwd=self.town["root"], capture_output=True)
+        elif self._server is not None:
+            (self._server.close if hasattr(self._server, "close") else self._server.stop)()
+        self._server = None
+
+    # -- stages ---------------------------------------------------------------------------------
+    def write_history(self) -> None:
+        """Sample sessions as a town leaves them (transcripts, events), and their beads in real bd."""
+        from gt_ext.corpus.sample_town import generate, write_history
+
+        sessions = generate(seed=0)
+        issues = write_history(sessions, Path(self.town["root"]), self.out / "claude-projects")
+        # The beads start in progress, assigned to the agent that works them; closing them comes next.
+        lines = []
+        for i in issues:
+            row = {k: i[k] for k in ("id", "title", "issue_type", "assignee", "labels") if k in i}
+            row["status"] = "in_progress"
+            lines.append(json.dumps(row))
+        atomic_write_json(self.out / "beads-to-close.json", issues)
+        self.run("bd", "import", "-", capture=True, stdin="\n".join(lines) + "\n",
+                 cwd=self.town["root"])
+        self.state["figures"]["sessions"] = len(sessions)
+        self.state["figures"]["beads"] = len(issues)
+
+    def install_hooks(self) -> None:
+        self.run("gt-ext", "hooks", "install", "--town", self.town["root"], "--gt-home",
+                 str(Path(self.town["env"]["HOME"]) / ".gt"))
+
+    def close_beads(self) -> None:
+        """Close every bead with real bd: its on_close hook spools the bead and starts processing."""
+        issues = json.loads((self.out / "beads-to-close.json").read_text())
+        ok = [i["id"] for i in issues if not i["close_reason"].startswith("failed")]
+        failed = [i["id"] for i in issues if i["close_reason"].startswith("failed")]
+        if ok:
+            self.run("bd", "close", *ok, "--reason", "done", capture=True)
+        if failed:
+            self.run("bd", "close", *failed, "--reason", "failed: abandoned", capture=True)
+
+    def collect(self) -> None:
+        """Wait for the hook-started processing, then finish whatever is left and show stats."""
+        self.run("gt-ext", "corpus", "process")
+        stats = json.loads(self.run("gt-ext", "corpus", "stats", "--json", capture=True))
+        self.state["figures"]["corpus"] = stats
+        console.print_json(data=stats)
+
+    def train_job(self) -> None:
+        """The user's command, through the gt shim, exactly as typed in a town."""
+        self.run("gt", "formula", "run", "train-role-model", "--set", f"role={ROLE}",
+                 "--set", f"max_seconds={self.train_seconds}", "--job-dir", str(self.out / "job"))
+
+    def eval_base(self) -> None:
+        out = self.run("gt-ext", "eval", "run", "--model", f"base:{BASE}", "--suite", f"builtin:{ROLE}",
+                       "--no-write", "--json", capture=True)
+        r = json.loads(out)
+        self.state["figures"]["metric:base eval"] = f"composite {r.get('composite')} gate {r.get('gate', {}).get('deployable')}"
+
+    def deploy(self) -> None:
+        self.run("gt", "model", "deploy", ROLE, "--why", "make demo")
+        self.run("gt", "model", "list")
+
+    def ask(self) -> None:
+        """Ask one witness question through the deployed agent command, as gt would launch it."""
+        from gt_ext.gastown import settings
+
+        cfg = settings.load(Path(self.town["root"]) / "settings" / "config.json").data
+        agent_name = cfg["role_agents"][ROLE]
+        agent = cfg["agents"][agent_name]
+        argv = [agent["command"], *agent.get("args", [])]
+        env_extra = {"GT_ROLE": ROLE, "GT_RIG": "webapp", "BD_ACTOR": "webapp/witness"}
+        console.print(f"[dim]role_agents[{ROLE}] = {agent_name}: {' '.join(argv)}[/dim]")
+        res = subprocess.run(argv, input=QUESTION + "\n", text=True, capture_output=True,
+                             env={**self.env(), **env_extra}, cwd=self.town["root"], timeout=600)
+        self.state["figures"]["answer"] = res.stdout.strip()[-1500:]
+        console.print(f"[bold]Q:[/bold] {QUESTION}\n[bold]A:[/bold] {res.stdout.strip()}")
+        if res.returncode != 0:
+            raise SystemExit(f"demo: the deployed agent exited {res.returncode}: {res.stderr[-800:]}")
+
+    # -- summary --------------------------------------------------------------------------------
+    def summary(self) -> None:
+        t = Table(title="gastown-finetune demo", show_lines=False)
+        t.add_column("stage")
+        t.add_column("result")
+        f = self.state["figures"]
+        t.add_row("town", str(f.get("town", "")))
+        t.add_row("sample history", f"{f.get('sessions', '?')} sessions, {f.get('beads', '?')} beads closed")
+        corpus = f.get("corpus") or {}
+        t.add_row("corpus", ", ".join(f"{k}={v}" for k, v in (corpus.get("by_status") or corpus).items()
+                                      if not isinstance(v, dict))[:120])
+        for k, v in f.items():
+            if k.startswith("metric:"):
+                t.add_row(k.removeprefix("metric:"), str(v))
+        t.add_row("answer", (f.get("answer") or "")[:200])
+        total = sum(self.state["timings"].values())
+        t.add_row("time", ", ".join(f"{k} {v:.0f}s" for k, v in self.state["timings"].items()) + f"; total {total:.0f}s")
+        console.print(t)
+
+    def main(self) -> int:
+        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.stage("town", "Build a sample town (real gt, bd, dolt)", self.build_town)
+            self.reopen_town()
+            self.stage("history", "Write sample sessions and their beads", self.write_history)
+            self.stage("hooks", "Install the corpus hooks", self.install_hooks)
+            self.stage("close", "Close beads (hooks spool and collect)", self.close_beads)
+            self.stage("collect", "Collect, scrub and tag the sessions", self.collect)
+            self.stage("train", "gt formula run train-role-model --set role=witness", self.train_job)
+            self.stage("eval-base", "Score the base model on the witness suite", self.eval_base)
+            self.stage("deploy", "gt model deploy witness", self.deploy)
+            self.stage("ask", "Ask the deployed witness a question", self.ask)
+            self.collect_figures()
+            self.summary()
+        finally:
+            self.close_town()
+        return 0
+
+    def collect_figures(self) -> None:
+        """Figures for the summary, read from what the stages wrote."""
+        f = self.state["figures"]
+        job = self.out / "job"
+        run_json = job / "run" / "run.json"
+        if run_json.is_file():
+            m = json.loads(run_json.read_text()).get("metrics", {})
+            if m.get("val_loss_start") is not None and m.get("val_loss_end") is not None:
+                s, e = m["val_loss_start"], m["val_loss_end"]
+                f["metric:val loss"] = f"{s:.3f} -> {e:.3f} ({100 * (s - e) / s:.0f}% lower)"
+        for p in sorted((job / "export").glob("eval-*.json")):
+            r = json.loads(p.read_text())
+            f["metric:trained eval"] = f"composite {r.get('composite')} gate {r.get('gate', {}).get('deployable')}"
+        self.save()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="gt-ext-demo", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("demo-out"), help="demo folder (state, town, job)")
+    p.add_argument("--train-seconds", type=int, default=240, help="training budget")
+    p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
+    a = p.parse_args(argv)
+    if a.fresh and a.out.exists():
+        shutil.rmtree(a.out)
+    return Demo(a.out, a.train_seconds).main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
