@@ -41,6 +41,7 @@ PROVIDER = "node0"
 AGENT_COMMAND = "node0-inference"
 READY_PROMPT = "node0> "  # the serving agent prints exactly this when it is ready for a line
 TOWN_SCOPE = ""  # the `rig` value of a town-level deployment
+TOWN_ROLES = ("mayor", "deacon", "boot", "dog")  # one per town: their agent comes from town settings
 
 
 def agent_name(role: str) -> str:

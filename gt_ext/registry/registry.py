@@ -238,9 +238,11 @@ class Registry:
             atomic_write_json(rec.path / f"eval-{suite}.json", result)
         return self.get(rec.ref)
 
-    def _target(self, rig: str | None) -> deploy.Target:
+    def _target(self, rig: str | None, role: str) -> deploy.Target:
         if self.town is None:
             raise GtExtError("deploy and rollback need a Gas Town: run inside one or set GT_TOWN_ROOT")
+        if rig and role in deploy.TOWN_ROLES:
+            raise GtExtError(f"{role} is a town-level role: deploy or roll it back without --rig")
         if rig:
             self.town.rig(rig)  # GtExtError naming the known rigs
         return deploy.Target(self.town, rig or deploy.TOWN_SCOPE)
@@ -257,7 +259,7 @@ class Registry:
         role = deploy.check_deployable_role(role or rec.role)
         if rec.task:
             raise GtExtError(f"{rec.ref} is a task adapter ({rec.task}); deploy a role model and pass it with --adapters")
-        target = self._target(rig)
+        target = self._target(rig, role)
         if force_reason is not None and not force_reason.strip():
             raise GtExtError("--force needs a reason")
         problems: list[str] = []
@@ -296,7 +298,7 @@ class Registry:
     def rollback(self, role: str, rig: str | None = None, reason: str = "") -> DeployResult:
         """Restore the settings of `role` (town or `rig`) to what they were before its last deploy."""
         check_role(role)
-        target = self._target(rig)
+        target = self._target(rig, role)
         with file_lock(self._root_lock, shared=True):
             entry = deploy.write_rollback(self.store, target, role, reason)
         return DeployResult(entry, target.settings().path, [])

@@ -147,6 +147,8 @@ def test_role_mismatch_and_rig_settings(registry: Registry, make_export, town_di
     registry.deploy("deacon")
     with pytest.raises(GtExtError, match="trained for role witness, not polecat"):
         registry.deploy("witness", role="polecat", rig="demo")
+    with pytest.raises(GtExtError, match="deacon is a town-level role"):
+        registry.deploy("deacon", rig="demo")
     with pytest.raises(GtExtError, match="no rig 'nope'"):
         registry.deploy("witness", rig="nope")
     registry.deploy("witness", rig="demo")
