@@ -1,0 +1,172 @@
+"""hivemind.Optimizer over LoRA parameters only, with the swarm-key gate on every averager.
+
+    opt = make_optimizer(dht, lora_params, run_id, target_batch_size, batch_size, lr_lambda, ...)
+    opt.step(batch_size=rows)          # accumulate; averages + steps when the swarm reaches the target
+    opt.finish_epoch(timeout)          # lockstep mode: wait for the swarm, then take the global step
+
+Only the parameters passed in (the adapter's, `requires_grad=True`) are averaged: the frozen base
+model never goes on the wire. Gradients are averaged with weights = samples each peer accumulated,
+so a round is the mean over the whole target batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from hivemind.optim.grad_averager import GradientAverager
+from hivemind.optim.optimizer import Optimizer
+from hivemind.optim.power_sgd_averager import PowerSGDGradientAverager
+from hivemind.optim.state_averager import TrainingStateAverager
+
+from gt_ext.swarm.auth import MemberGateMixin, SwarmKey
+
+log = logging.getLogger(__name__)
+
+
+class GatedStateAverager(MemberGateMixin, TrainingStateAverager):
+    """Parameter/optimizer-state averager that serves and averages only with key holders."""
+
+
+class GatedGradientAverager(MemberGateMixin, GradientAverager):
+    """Gradient averager that accepts gradient parts only from key holders."""
+
+
+class GatedPowerSGDAverager(MemberGateMixin, PowerSGDGradientAverager):
+    """PowerSGD (low-rank) gradient averager, gated like `GatedGradientAverager`."""
+
+
+class SwarmOptimizer(Optimizer):
+    """`hivemind.Optimizer` whose averagers check the swarm key, plus a lockstep `finish_epoch`."""
+
+    def __init__(self, *, swarm_key: SwarmKey | None, **kwargs: Any):
+        self._swarm_key = swarm_key  # read by _make_state_averager during super().__init__
+        super().__init__(**kwargs)
+
+    def _make_state_averager(self, **kwargs: Any) -> TrainingStateAverager:
+        # Same arguments hivemind passes to its own TrainingStateAverager, plus the gate.
+        return GatedStateAverager(
+            swarm_key=self._swarm_key,
+            run_id=self.run_id,
+            dht=self.dht,
+            prefix=f"{self.run_id}_state_averager",
+            min_matchmaking_time=self.matchmaking_time,
+            allreduce_timeout=self.allreduce_timeout,
+            shutdown_timeout=self.shutdown_timeout,
+            offload_optimizer=self.offload_optimizer,
+            custom_gradients=self.offload_optimizer,
+            status_loglevel=self.status_loglevel,
+            next_chunk_timeout=self.next_chunk_timeout,
+            client_mode=self.client_mode,
+            auxiliary=self.auxiliary,
+            start=True,
+            **kwargs,
+        )
+
+    def finish_epoch(self, timeout: float, poll_s: float = 0.05) -> bool:
+        """Lockstep: after this peer's share of the batch, wait until the swarm has accumulated the
+        whole target batch (or another peer already stepped) and take the global step now.
+
+        Unlike `step`, this does not step early on hivemind's time estimate: that is what makes
+        N lockstep peers with batch B equal to one process with batch N*B. After `timeout` it
+        falls back to hivemind's own rule (the straggler is left behind) and returns False."""
+        start_epoch = self.local_epoch
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.local_epoch > start_epoch:
+                return True
+            t = self.tracker
+            timed_out = time.monotonic() >= deadline
+            full = t.global_progress.samples_accumulated >= t.target_batch_size
+            if t.global_epoch > self.local_epoch or full or (timed_out and t.ready_to_update_epoch):
+                # A peer that is behind joins the round or catches up, as in hivemind's `step`.
+                self._update_global_epoch(grad_scaler=None)
+                return not timed_out
+            if timed_out:
+                return False
+            time.sleep(poll_s)
+
+def make_optimizer(
+    dht: Any,
+    params: Sequence[torch.nn.Parameter],
+    run_id: str,
+    target_batch_size: int,
+    batch_size: int,
+    lr: float,
+    lr_lambda: Callable[[int], float] | None = None,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    matchmaking_time: float = 5.0,
+    averaging_timeout: float = 60.0,
+    power_sgd_rank: int | None = None,
+    swarm_key: SwarmKey | None = None,
+    average_state_every: int = 1,
+) -> SwarmOptimizer:
+    """A `SwarmOptimizer` (AdamW inside) over `params`; `lr_lambda(epoch)` scales the LR per global step."""
+    if power_sgd_rank:
+        grad_factory = partial(GatedPowerSGDAverager, averager_rank=power_sgd_rank, swarm_key=swarm_key, run_id=run_id)
+    else:
+        grad_factory = partial(GatedGradientAverager, swarm_key=swarm_key, run_id=run_id)
+    scheduler = (lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)) if lr_lambda else None
+    return SwarmOptimizer(
+        swarm_key=swarm_key,
+        dht=dht,
+        run_id=run_id,
+        target_batch_size=target_batch_size,
+        batch_size_per_step=batch_size,
+        params=list(params),
+        optimizer=partial(torch.optim.AdamW, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
+        scheduler=scheduler,
+        matchmaking_time=matchmaking_time,
+        averaging_timeout=averaging_timeout,
+        grad_averager_factory=grad_factory,
+        average_state_every=average_state_every,
+        # Progress records must outlive a slow step on a busy machine, but a dead peer should drop
+        # out of the target-batch count within a few rounds.
+        tracker_opts=dict(min_refresh_period=0.2, max_refresh_period=2.0, default_refresh_period=1.0,
+                          metadata_expiration=20.0),
+        verbose=False,
+    )
+
+
+def warmup_cosine(max_steps: int, warmup_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
+    """LR multiplier per global step: linear warmup, then cosine down to `min_lr_ratio`."""
+
+    def f(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        span = max(max_steps - warmup_steps, 1)
+        t = min(max(step - warmup_steps, 0) / span, 1.0)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+def bytes_per_round(params: Sequence[torch.Tensor], n_peers: int, power_sgd_rank: int | None = None,
+                    min_compression_ratio: float = 0.5, bytes_per_value: int = 4) -> int:
+    """Bytes one peer sends in one butterfly all-reduce round of these tensors' gradients.
+
+    In hivemind's all-reduce each peer owns 1/n of the vector: it sends (n-1)/n of its own vector
+    out and sends its averaged part back to the n-1 others, so 2 * (n-1)/n * size per peer. With
+    PowerSGD a matrix [m, k] (flattened to 2-D as hivemind does) costs (m + k) * rank values in two
+    phases (P then Q) instead of m * k, unless compression would save less than
+    `min_compression_ratio` (hivemind then sends it uncompressed).
+    """
+    from hivemind.optim.power_sgd_averager import get_flatten_greedy_dims
+
+    values = 0
+    for p in params:
+        if power_sgd_rank and p.ndim > 1:
+            m, k = get_flatten_greedy_dims(p)
+            if 1 - power_sgd_rank * (m + k) / p.numel() >= min_compression_ratio:
+                values += power_sgd_rank * (m + k)
+                continue
+        values += p.numel()
+    share = 2 * (n_peers - 1) / n_peers if n_peers > 1 else 0.0
+    return int(values * bytes_per_value * share)
