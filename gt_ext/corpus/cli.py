@@ -275,7 +275,7 @@ def process(claude_dir: Annotated[Path | None, typer.Option(help="Claude project
         rep = process_spool(st, town, claude_dir, progress=not as_json and sys.stderr.isatty())
         reports = [rep]
         if scan:
-            reports.append(scan_transcripts(st, claude_dir, progress=not as_json and sys.stderr.isatty()))
+            reports.append(scan_transcripts(st, claude_dir, progress=not as_json and sys.stderr.isatty(), town_root=town))
         if panes:
             reports.append(capture_panes(st))
         art = None

@@ -324,11 +324,26 @@ def _process_locked(store: Store, town_root: Path | None, projects: Path | None,
 
 
 # --- batch collection ----------------------------------------------------------------------------
-def scan_transcripts(store: Store, projects: Path | None = None, progress: bool = False) -> ProcessReport:
-    """Take every Claude transcript under `projects` not taken before (wisps, bead-less sessions)."""
+def session_index(town_root: Path | None) -> dict[str, dict[str, Any]]:
+    """session id -> {actor, role, cwd} from the town's `session_start` events."""
+    out: dict[str, dict[str, Any]] = {}
+    for e in _read_events(town_root):
+        p = e.get("payload") or {}
+        if e.get("type") == "session_start" and p.get("session_id"):
+            out[p["session_id"]] = {"actor": e.get("actor"), "role": p.get("role"), "cwd": p.get("cwd")}
+    return out
+
+
+def scan_transcripts(store: Store, projects: Path | None = None, progress: bool = False,
+                     town_root: Path | None = None) -> ProcessReport:
+    """Take every Claude transcript under `projects` not taken before (wisps, bead-less sessions).
+
+    Role, rig and actor come from a bead link when one exists, else from the town's
+    `session_start` event of that session."""
     projects = projects or claude_projects_dir()
     report = ProcessReport()
     files = sorted(projects.glob("*/*.jsonl")) if projects.is_dir() else []
+    started = session_index(town_root)
     with process_lock(store):
         ing = Ingestor(store)
         it = files
@@ -339,7 +354,10 @@ def scan_transcripts(store: Store, projects: Path | None = None, progress: bool 
         for f in it:
             with store.tx():
                 link = store.link(f.stem) or {}
-                tags = Tags(session=f.stem).merged(link)
+                ev = started.get(f.stem, {})
+                actor = ev.get("actor")
+                tags = Tags(session=f.stem, role=role_from_actor(ev.get("role")) or role_from_actor(actor),
+                            rig=rig_from_actor(actor), user=actor).merged(link)
                 ingest_transcript(ing, f, tags, report)
         report.flags = ing.finish()
     return report

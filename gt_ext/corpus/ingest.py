@@ -188,7 +188,7 @@ class Ingestor:
         """A known source seen again with new tags (a bead closed after its session was taken)."""
         sets, args = [], []
         for col in ("bead", "rig", "role", "task", "user"):
-            v = getattr(tags, col)
+            v = check_role_tag(tags.role) if col == "role" else getattr(tags, col)
             if v:
                 sets.append(f"{col} = COALESCE({col}, ?)")
                 args.append(v)
@@ -199,6 +199,13 @@ class Ingestor:
             args.append(tags.outcome)
         if sets:
             self.store.db.execute(f"UPDATE examples SET {', '.join(sets)} WHERE source_key = ?", (*args, source_key))
+        role = check_role_tag(tags.role)
+        if role and not tags.task:
+            # A role learnt late (bead link, session event) refines a task guessed without it.
+            for r in self.store.db.execute("SELECT id, messages FROM examples WHERE source_key = ? AND task = 'general' "
+                                           "AND messages IS NOT NULL", (source_key,)).fetchall():
+                task = task_from_content(json.loads(r["messages"]), role)
+                self.store.db.execute("UPDATE examples SET task = ? WHERE id = ?", (task, r["id"]))
 
     def record_failure(self, source: Source, reason: str, tags: Tags | None = None) -> str:
         """Quarantine a source that could not be parsed (no content kept, only the reason)."""

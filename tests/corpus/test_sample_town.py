@@ -6,6 +6,7 @@ from gt_ext.corpus.overlap import check_no_overlap, eval_prompts, overlapping
 from gt_ext.corpus.sample_town import generate, write_history
 from gt_ext.corpus.spool import write_event
 from gt_ext.corpus.store import Store
+from gt_ext.corpus.tags import rig_from_actor
 from gt_ext.roles import ROLES
 
 
@@ -51,3 +52,18 @@ def _dups(st, sessions):
     """Sessions whose content duplicated another (stored once, by design)."""
     stored = {e.session for e in st.query(status=None)}
     return {s.session for s in sessions} - stored
+
+
+def test_scan_tags_sessions_from_town_events(tmp_path):
+    sessions = generate(2, witness=2, per_role=1)
+    town, projects = tmp_path / "town", tmp_path / "projects"
+    (town / "mayor").mkdir(parents=True)
+    (town / "mayor" / "town.json").write_text("{}")
+    write_history(sessions, town, projects)
+    with Store.open(town / ".corpus") as st:
+        scan_transcripts(st, projects, town_root=town)
+        by_session = {e.session: e for e in st.query(status=None)}
+        for s in sessions:
+            if s.session in by_session:
+                assert by_session[s.session].role == s.role, s.session
+                assert by_session[s.session].rig == rig_from_actor(s.user)
