@@ -75,7 +75,10 @@ class TrainConfig(_Strict):
     base_model: str = "smollm2-135m-instruct"
     mode: Literal["sft", "dpo"] = "sft"
     max_steps: int = Field(200, ge=1, description="optimizer steps")
-    max_time_s: float | None = Field(None, gt=0, description="stop (with a checkpoint) after this many seconds")
+    max_time_s: float | None = Field(None, gt=0, description="stop (with a checkpoint) after this many wall seconds")
+    max_cpu_s: float | None = Field(
+        None, gt=0, description="stop after this much process CPU time (10 min on 2 cores = 1200), for shared machines"
+    )
     eval_every: int = Field(50, ge=0, description="validation loss every N steps (0: only start and end)")
     checkpoint_every: int = Field(50, ge=0, description="checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = Field(2, ge=1)

@@ -118,6 +118,7 @@ class Trainer:
         self.nonfinite_run = 0
         self.ref_cache: dict[int, torch.Tensor] | None = None
         self.train_items = train_items
+        self.train_seconds = (0.0, 0.0)  # (wall, CPU) of the last train() call, evaluations included
 
     # -- paths --------------------------------------------------------------------------------------
     @property
@@ -280,6 +281,7 @@ class Trainer:
 
         self.model.train()
         started = time.perf_counter()
+        cpu_started = time.process_time()
         tokens_seen = 0
         status, message = "done", ""
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not self.progress, desc="train", unit="step")
@@ -338,8 +340,11 @@ class Trainer:
                     self.save_checkpoint()
                 for cb in self.callbacks:
                     cb(self.step, rec)
-                if cfg.max_time_s is not None and time.perf_counter() - started > cfg.max_time_s and not last:
-                    message = f"time limit {cfg.max_time_s:.0f}s reached at step {self.step}"
+                over_wall = cfg.max_time_s is not None and time.perf_counter() - started > cfg.max_time_s
+                over_cpu = cfg.max_cpu_s is not None and time.process_time() - cpu_started > cfg.max_cpu_s
+                if (over_wall or over_cpu) and not last:
+                    kind = "wall" if over_wall else "CPU"
+                    message = f"{kind} time limit reached at step {self.step}"
                     log.info(message)
                     rec_eval = self.evaluate()
                     history.append({"step": self.step, "val_loss": rec_eval})
@@ -351,6 +356,7 @@ class Trainer:
             self.save_checkpoint()
             save_adapter(self.model, self.run_dir / "adapter")
         elapsed = time.perf_counter() - started
+        self.train_seconds = (elapsed, time.process_time() - cpu_started)
         vals = [r["val_loss"] for r in history if r.get("val_loss") is not None]
         plot_losses(history, self.run_dir / "loss.png")
         return TrainResult(

@@ -160,6 +160,8 @@ def run_training(p: Prepared, out: str | Path, resume: bool = False, progress: b
         "steps": result.steps,
         "tokens_per_s": result.tokens_per_s,
         "nonfinite_steps": result.nonfinite_steps,
+        "train_wall_s": trainer.train_seconds[0],
+        "train_cpu_s": trainer.train_seconds[1],
     }
     if result.message:
         metrics["message"] = result.message
