@@ -63,13 +63,10 @@ def _client(path: Path) -> Any:
         except FileNotFoundError:
             pass
     if key in _stamps and _stamps[key] != stamp:
-        system = SharedSystemClient._identifier_to_system.pop(key, None)
+        # Drop (not stop) the cached system: collection objects callers still hold keep working on
+        # the old one, and the next open gets a fresh view of what the indexer wrote.
+        SharedSystemClient._identifier_to_system.pop(key, None)
         SharedSystemClient._identifier_to_refcount.pop(key, None)
-        if system is not None:
-            try:
-                system.stop()
-            except Exception:  # a half-stopped system is dropped either way
-                log.debug("stopping stale chroma system for %s failed", key, exc_info=True)
     _stamps[key] = stamp
     return chromadb.PersistentClient(path=key, settings=Settings(anonymized_telemetry=False))
 
