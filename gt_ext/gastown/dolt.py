@@ -33,6 +33,16 @@ def free_port(host: str = LOCALHOST) -> int:
         return int(s.getsockname()[1])
 
 
+def port_free(host: str, port: int) -> bool:
+    """True if nothing listens on host:port (we can bind it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def town_dolt_port(town_root: str | os.PathLike) -> int:
     """The port of a town's Dolt server, read the way gt reads it (config.yaml > env > daemon.json > 3307)."""
     root = Path(town_root)
@@ -155,6 +165,9 @@ class DoltServer:
     def start(self, timeout: float = 60.0) -> DoltServer:
         """Start the server and wait until it accepts MySQL connections (GtExtError on failure)."""
         dolt = find_dolt()
+        if not port_free(self.host, self.port):
+            # Checked first: otherwise the readiness probe below would talk to the other server.
+            raise GtExtError(f"dolt sql-server: port {self.host}:{self.port} is already in use")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         ensure_identity(self.env, dolt)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)

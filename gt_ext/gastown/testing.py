@@ -202,10 +202,40 @@ def _make_with_gt(tt: TestTown, rig: str, prefix: str, upstream: Path, timeout: 
     env = dict(tt.env)
     env.pop("GT_TOWN_ROOT", None)  # install refuses to run "inside" a town that does not exist yet
     t0 = time.monotonic()
-    _run([gt, "install", str(tt.root), "--name", "testtown", "--dolt-port", str(tt.dolt_port)],
-         tt.root.parent, env, timeout, "gt install")
+    install = [gt, "install", str(tt.root), "--name", "testtown", "--dolt-port", str(tt.dolt_port)]
+    out = _run(install, tt.root.parent, env, timeout, "gt install")
+    if not (tt.root / ".beads" / "metadata.json").is_file():
+        # gt install gives the new Dolt server 10 s to answer and only warns when it does not (a
+        # loaded machine). The server is up by now or starts here; `--force` redoes the beads part.
+        log.warning("gt install left no town beads, retrying: %s", _warnings(out))
+        _run([gt, "dolt", "start"], tt.root, tt.env, timeout, "gt dolt start")
+        out = _run([*install, "--force"], tt.root.parent, env, timeout, "gt install --force")
+    if not (tt.root / ".beads" / "metadata.json").is_file():
+        raise GtExtError(f"gt install made no town beads in {tt.root}: {_warnings(out)}")
     log.info("gt install took %.1f s", time.monotonic() - t0)
     _run([gt, "rig", "add", rig, upstream.as_uri(), "--prefix", prefix], tt.root, tt.env, timeout, "gt rig add")
+    _repair_issue_prefix(tt, rig, prefix)
+
+
+def _repair_issue_prefix(tt: TestTown, rig: str, prefix: str) -> None:
+    """gt v1.0.1 sets a new rig's prefix with `bd config set issue_prefix`, which bd v1.0.5 refuses
+    ("issue_prefix cannot be set via 'bd config set'"), leaving a rig database where `bd create`
+    fails. Write the key where `bd init` would have put it (the rig database's config table)."""
+    beads = Town(tt.root).rig(rig).beads_dir
+    meta = json.loads((beads / "metadata.json").read_text()) if beads else {}
+    db = meta.get("dolt_database")
+    if not db or meta.get("dolt_mode") != "server":
+        return
+    with DoltClient(port=tt.dolt_port, database=db) as c:
+        if c.query("SELECT value FROM config WHERE `key` = 'issue_prefix'"):
+            return
+        log.warning("rig %s: gt left issue_prefix unset (bd 1.0.5 refuses gt 1.0.1's way); setting it", rig)
+        c.query("INSERT INTO config (`key`, value) VALUES ('issue_prefix', %s)", (prefix,))
+        c.query("CALL DOLT_COMMIT('-Am', %s)", (f"gt-ext test harness: issue_prefix {prefix}",))
+
+
+def _warnings(out: str) -> str:
+    return " | ".join(ln.strip() for ln in out.splitlines() if "⚠" in ln)[:600] or "(no warnings)"
 
 
 def _make_from_files(tt: TestTown, rig: str, prefix: str, upstream: Path, timeout: float) -> None:
@@ -250,4 +280,4 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path, onexc=onerror) if path.exists() else None
 
 
-__all__ = ["TestTown", "isolated_env", "make_git_repo", "make_town", "remove_tree", "json"]
+__all__ = ["TestTown", "isolated_env", "make_git_repo", "make_town", "remove_tree"]

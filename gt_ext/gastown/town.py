@@ -39,10 +39,15 @@ class Rig:
 
     @property
     def beads_dir(self) -> Path | None:
-        """The rig's beads folder, or None when it has none yet."""
-        for cand in (self.root / "mayor" / "rig" / ".beads", self.root / ".beads"):
-            if cand.is_dir():
-                return cand
+        """The rig's beads folder, or None when it has none yet.
+
+        gt v1.0.1 keeps it at `<rig>/.beads` (worktrees hold a `redirect` file pointing there);
+        older towns at `<rig>/mayor/rig/.beads`. Redirects are followed.
+        """
+        for cand in (self.root / ".beads", self.root / "mayor" / "rig" / ".beads"):
+            real = resolve_beads_dir(cand)
+            if real is not None:
+                return real
         return None
 
 
@@ -104,6 +109,19 @@ class Town:
             if r.beads_dir:
                 out[r.name] = r.beads_dir
         return out
+
+
+def resolve_beads_dir(path: Path, _depth: int = 0) -> Path | None:
+    """`path` if it is a beads folder, following a `redirect` file (relative to the folder holding
+    `.beads`, as bd reads it); None if there is none."""
+    if not path.is_dir():
+        return None
+    redirect = path / "redirect"
+    if redirect.is_file() and _depth < 4:
+        target = redirect.read_text().strip()
+        if target:
+            return resolve_beads_dir((path.parent / target).resolve(), _depth + 1)
+    return path
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -51,5 +51,5 @@ def test_server_query_and_stop(dolt_server: DoltServer) -> None:
 def test_server_start_failure_is_reported(dolt_bin: str, dolt_server: DoltServer, tmp_path: Path) -> None:
     # Same port as a running server: dolt exits at start; the error names the port.
     other = DoltServer(tmp_path / "other-data", port=dolt_server.port, env=dolt_server.env)
-    with pytest.raises(GtExtError, match=str(dolt_server.port)):
+    with pytest.raises(GtExtError, match=f"{dolt_server.port} is already in use"):
         other.start(timeout=60)

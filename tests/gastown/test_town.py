@@ -116,3 +116,17 @@ def test_files_mode_town_is_torn_down(make_town, tmp_path: Path) -> None:  # noq
     listening = [c for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
                  and c.status == psutil.CONN_LISTEN]
     assert listening == []
+
+
+def test_beads_redirect_is_followed(tmp_path: Path) -> None:
+    root = _town(tmp_path / "gt", {"demo": {"git_url": "x"}})
+    (root / "demo" / "mayor" / "rig" / ".beads").mkdir(parents=True)
+    (root / "demo" / "mayor" / "rig" / ".beads" / "redirect").write_text("../../.beads\n")
+    (root / "demo" / ".beads").mkdir()
+    (root / "demo" / "refinery" / "rig" / ".beads").mkdir(parents=True)
+    (root / "demo" / "refinery" / "rig" / ".beads" / "redirect").write_text("../../.beads\n")
+    assert Town(root).rig("demo").beads_dir == root / "demo" / ".beads"
+    from gt_ext.gastown.town import resolve_beads_dir
+
+    assert resolve_beads_dir(root / "demo" / "refinery" / "rig" / ".beads") == (root / "demo" / ".beads").resolve()
+    assert resolve_beads_dir(root / "nope") is None
