@@ -124,10 +124,16 @@ def resolve_model(ref: str) -> ModelRef:
             from gt_ext.registry import Registry
         except ImportError:
             raise GtExtError(f"model ref {ref!r}: not a folder, and the model registry is not installed") from None
-        rec = Registry.open().get(ref)
-        adapters = [(str(rec.adapter_dir), 1.0)] if rec.adapter_dir and Path(rec.adapter_dir).is_dir() else []
-        return ModelRef(ref=ref, base_model=str(rec.base_model), adapters=adapters, out_dir=Path(rec.path),
-                        registry_ref=ref, role=getattr(rec, "role", None))
+        with Registry.open() as reg:
+            rec = reg.get(ref)
+        if rec.merged_dir is not None and (Path(rec.merged_dir) / "config.json").is_file():
+            base, adapters = str(rec.merged_dir), []
+        elif rec.adapter_dir is not None and Path(rec.adapter_dir).is_dir():
+            base, adapters = str(rec.base_model), [(str(rec.adapter_dir), 1.0)]
+        else:
+            base, adapters = str(rec.base_model), []
+        return ModelRef(ref=rec.ref, base_model=base, adapters=adapters, out_dir=Path(rec.path),
+                        registry_ref=rec.ref, role=rec.role)
     raise GtExtError(f"model ref {ref!r}: not base:<model>, an existing folder, or NAME[:VER]")
 
 
@@ -273,12 +279,15 @@ def evaluate(
     res = EvalResult(suite=st.name, model=model.ref, role=role, k=k, tasks=task_results, categories=cats,
                      composite=comp, pass_k=pk, gate=verdict, seconds=time.perf_counter() - t0,
                      contamination=contamination)
-    if write and model.out_dir is not None:
+    if write and model.registry_ref:
+        # The registry stores the result and writes eval-<suite>.json into the version folder.
+        from gt_ext.registry import Registry
+
+        with Registry.open() as reg:
+            rec = reg.record_eval(model.registry_ref, res.to_dict())
+        res.written_to = str(Path(rec.path) / f"eval-{st.name}.json")
+    elif write and model.out_dir is not None:
         target = Path(model.out_dir) / f"eval-{st.name}.json"
         atomic_write_json(target, res.to_dict())
         res.written_to = str(target)
-        if model.registry_ref:
-            from gt_ext.registry import Registry
-
-            Registry.open().record_eval(model.registry_ref, res.to_dict())
     return res

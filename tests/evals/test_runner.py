@@ -137,3 +137,29 @@ def test_witness_suite_reference_answers_pass_and_wrong_ones_fail(tmp_path):
     res = runner.evaluate("base:tiny-llama", st, write=False,
                           generate=lambda b, p: [answer(by_prompt[m[-1]["content"]], right=False) for m in b])
     assert res.composite == 0.0
+
+
+def test_registry_ref_records_the_result(tmp_path, monkeypatch):
+    """A registry ref resolves to its version's adapter, and the result lands in the registry."""
+    pytest.importorskip("gt_ext.registry")
+    from gt_ext.registry import Registry
+
+    monkeypatch.setenv("GT_EXT_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("GT_EXT_REGISTRY_BACKEND", "sqlite")
+    monkeypatch.delenv("GT_ROOT", raising=False)
+    monkeypatch.delenv("GT_TOWN_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "adapter" / "adapter_model.safetensors").write_bytes(b"0")
+    (run / "run.json").write_text(json.dumps({"role": "witness", "base_model": "tiny-llama", "status": "done"}))
+    with Registry.open() as reg:
+        rec = reg.register(run)
+    ref = runner.resolve_model(rec.ref)
+    assert ref.adapters == [(str(rec.adapter_dir), 1.0)] and ref.base_model == "tiny-llama"
+    res = runner.evaluate(rec.ref, _suite(tmp_path), generate=_echo)
+    with Registry.open() as reg:
+        got = reg.get(rec.ref)
+    assert got.eval_composite == res.composite and got.gate == "fail"
+    assert json.loads((got.path / "eval-mini.json").read_text())["composite"] == res.composite
