@@ -13,6 +13,7 @@ import typer
 app = typer.Typer(
     help="Export a training run: adapter, merged HF folder, GGUF (f16 + quantized), sha256 manifest.",
     invoke_without_command=True,
+    subcommand_metavar="",  # a single command: no COMMAND in the usage line
     add_completion=False,
     # options may follow positionals (RUN_DIR --to DIR; k=v --dry-run)
     context_settings={"allow_interspersed_args": True},

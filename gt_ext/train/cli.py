@@ -17,6 +17,7 @@ from gt_ext.errors import GtExtError
 app = typer.Typer(
     help="Train a role LoRA (or a task adapter on top of a role model) on a corpus export.",
     invoke_without_command=True,
+    subcommand_metavar="",  # a single command: no COMMAND in the usage line
     add_completion=False,
     # options may follow positionals (RUN_DIR --to DIR; k=v --dry-run)
     context_settings={"allow_interspersed_args": True},
