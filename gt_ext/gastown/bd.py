@@ -124,22 +124,21 @@ class Bd:
         args += list(extra or [])
         return _issue(self.run(*args))
 
-    def list(self, status: str | None = None, all: bool = False, limit: int | None = None,
+    def list(self, status: str | None = None, all: bool = False, limit: int = 0,
              extra: list[str] | None = None) -> list[Issue]:
-        """`bd list` -> Issues (open ones unless `status` or `all`)."""
-        args = ["list"]
+        """`bd list` -> Issues (open ones unless `status` or `all`); `limit` 0 = all of them
+        (bd's own default would silently stop at 50)."""
+        args = ["list", "--limit", str(limit)]
         if status:
             args += ["--status", status]
         if all:
             args.append("--all")
-        if limit is not None:
-            args += ["--limit", str(limit)]
         args += list(extra or [])
         return [_issue(x) for x in _as_list(self.run(*args))]
 
-    def ready(self) -> list[Issue]:
-        """`bd ready` -> unblocked open Issues."""
-        return [_issue(x) for x in _as_list(self.run("ready"))]
+    def ready(self, limit: int = 0) -> list[Issue]:
+        """`bd ready` -> unblocked open Issues (`limit` 0 = all)."""
+        return [_issue(x) for x in _as_list(self.run("ready", "--limit", str(limit)))]
 
     def show(self, issue_id: str) -> Issue:
         """`bd show ID` -> the Issue with labels, dependencies and comments."""

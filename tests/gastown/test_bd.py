@@ -86,3 +86,12 @@ def test_error_message_parsing(stdout: str, stderr: str, want: str) -> None:
 def test_bd_env_does_not_leak(beads_dir: Path) -> None:
     bd = Bd(beads_dir, env={"PATH": os.environ["PATH"], "HOME": str(beads_dir.parent)})
     assert bd._env["BEADS_DIR"] == str(beads_dir.resolve())
+
+
+@pytest.mark.integration
+def test_list_limit_and_ready(beads_dir: Path) -> None:
+    bd = Bd(beads_dir)
+    made = [bd.create(f"bead {i}").id for i in range(3)]
+    assert len(bd.list(limit=2)) == 2
+    assert set(made) <= {i.id for i in bd.list()}
+    assert set(made) <= {i.id for i in bd.ready()}
