@@ -7,7 +7,10 @@ batching), on a subset, same embedding model. Query latency (p50/p95 ms): ours =
 (filters, recency, MMR) + `assemble` under a 2,500-token budget; baseline = plain Chroma
 top-5 `collection.query`. Both over the same N-document collection, same prompts.
 
-    .venv/bin/python bench/rag.py [--docs 10000] [--baseline-docs 500] [--queries 50]
+Then, when the real gt is installed, the context size per role against real `gt prime` output
+for that role (in a temp town made by `gt install`), both in SmolLM2 tokens; goal <= 20%.
+
+    .venv/bin/python bench/rag.py [--docs 10000] [--baseline-docs 500] [--queries 50] [--no-prime]
 """
 
 from __future__ import annotations
@@ -58,11 +61,74 @@ def pct(xs: list[float], q: float) -> float:
     return statistics.quantiles(xs, n=100)[int(q) - 1] if len(xs) > 1 else xs[0]
 
 
+PRIME_PROMPTS = {
+    "mayor": "what should the town work on next?", "deacon": "run the patrol: anything unhealthy?",
+    "boot": "is the deacon stuck?", "dog": "which maintenance job is queued?",
+    "witness": "which polecats are stuck or idle?", "refinery": "what is next in the merge queue?",
+    "polecat": "what is on my hook and how do I finish it?", "crew": "what is blocked in this rig?",
+}
+
+
+def _dolt_pids_under(folder: Path) -> list[int]:
+    """Pids of dolt servers whose working folder is inside `folder` (started by our temp town)."""
+    import os
+
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if Path(os.readlink(d / "cwd")).is_relative_to(folder) and b"dolt" in (d / "cmdline").read_bytes():
+                    out.append(int(d.name))
+            except OSError:
+                continue
+    return out
+
+
+def prime_tokens(tok, work: Path) -> dict[str, int] | None:
+    """Tokens of real `gt prime` stdout per role, in a temp town made by `gt install`; None without gt."""
+    import os
+    import signal
+    import subprocess
+
+    from gt_ext.gastown.binaries import find_gt
+
+    gt = find_gt(required=False)
+    if gt is None:
+        return None
+    home = work / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text("[user]\n\tname = bench\n\temail = bench@localhost\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GT_", "BEADS_", "BD_"))}
+    env["HOME"] = str(home)
+    # gt needs bd and dolt on PATH: the venv's bin (where install.sh links them) and gt's own folder.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), str(Path(gt).parent), env.get("PATH", "")])
+    town = work / "primetown"
+    try:
+        subprocess.run([gt, "install", str(town)], env=env, capture_output=True, check=True, timeout=300)
+        out = {}
+        for role in PRIME_PROMPTS:
+            r = subprocess.run([gt, "prime"], cwd=town, env=dict(env, GT_ROLE=role, GT_RIG="demo"),
+                               capture_output=True, text=True, timeout=120)
+            out[role] = len(tok(r.stdout, add_special_tokens=False)["input_ids"])
+        return out
+    except (subprocess.SubprocessError, OSError) as e:
+        err = getattr(e, "stderr", b"") or b""
+        err = err.decode(errors="replace") if isinstance(err, bytes) else err
+        print(f"gt prime comparison skipped: {type(e).__name__} {(err.strip().splitlines() or [''])[-1][:200]}")
+        return None
+    finally:
+        if town.is_dir():
+            subprocess.run([gt, "dolt", "stop"], cwd=town, env=env, capture_output=True, timeout=60)
+        for pid in _dolt_pids_under(work):  # whatever the town started and did not stop
+            os.kill(pid, signal.SIGTERM)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=int, default=10_000)
     ap.add_argument("--baseline-docs", type=int, default=500)
     ap.add_argument("--queries", type=int, default=50)
+    ap.add_argument("--no-prime", action="store_true", help="Skip the comparison with real `gt prime`.")
     args = ap.parse_args()
 
     import chromadb
@@ -70,7 +136,7 @@ def main() -> None:
 
     from gt_ext.rag.embed import MiniLMEmbedding, embed
     from gt_ext.rag.index import open_collection, sync_chunks
-    from gt_ext.rag.retrieve import _tokenizer, assemble, retrieve
+    from gt_ext.rag.retrieve import _tokenizer, assemble, context_for, retrieve
 
     tmp = Path(tempfile.mkdtemp(prefix="rag-bench-"))
     town = tmp / "town"
@@ -134,6 +200,14 @@ def main() -> None:
           f"baseline top-5 p50 {pct(base_ms, 50):7.1f} ms  p95 {pct(base_ms, 95):7.1f} ms   "
           f"p50 ratio {pct(ours_ms, 50) / pct(base_ms, 50):5.2f}x (ours/baseline)")
     print(f"context    mean {statistics.mean(tokens):.0f} tokens, max {max(tokens)} (budget 2500)")
+
+    primes = None if args.no_prime else prime_tokens(tok, tmp)
+    if primes:
+        print("role       gt prime  rag context  ratio   (SmolLM2 tokens; goal <= 20%)")
+        for role, ptoks in primes.items():
+            block = context_for(PRIME_PROMPTS[role], role, rig=RIGS[0], town=town)
+            ctoks = len(tok(block, add_special_tokens=False)["input_ids"])
+            print(f"{role:10s} {ptoks:8d}  {ctoks:11d}  {ctoks / ptoks:6.1%}   budget for 20%: {int(ptoks * 0.2)}")
 
 
 if __name__ == "__main__":
