@@ -41,6 +41,8 @@ PROVIDER = "node0"
 AGENT_COMMAND = "node0-inference"
 READY_PROMPT = "node0> "  # the serving agent prints exactly this when it is ready for a line
 TOWN_SCOPE = ""  # the `rig` value of a town-level deployment
+GT_NEW_TOWN_SETTINGS = {"type": "town-settings", "version": 1, "default_agent": "claude", "agents": {},
+                        "role_agents": {}}  # gt v1.0.1 config.NewTownSettings()
 TOWN_ROLES = ("mayor", "deacon", "boot", "dog")  # one per town: their agent comes from town settings
 
 
@@ -133,8 +135,16 @@ class Target:
         """Load the settings file this target writes."""
         if self.rig == TOWN_SCOPE:
             sf = gsettings.town_settings(self.town)
+            if not sf.exists:
+                # gt treats a missing town settings file as NewTownSettings() (default_agent
+                # "claude"); a file without default_agent would silently change every role's agent.
+                sf.data = {**GT_NEW_TOWN_SETTINGS, **sf.data}
         else:
             sf = gsettings.rig_settings(self.town.rig(self.rig))
+            if not sf.exists:
+                # gt fills merge-queue and namepool defaults only when it scaffolds the file itself.
+                raise GtExtError(f"{sf.path}: missing; let gt create it first "
+                                 f"(`gt rig add`, or `gt rig settings set {self.rig} KEY VALUE`)")
         # gastown.settings.load hands out the parsed document's own dict; edit a copy so that
         # render() sees the change (it compares the new data against the parsed original).
         sf.data = copy.deepcopy(sf.data)

@@ -24,6 +24,8 @@ TOWN_SETTINGS = {"type": "town-settings", "version": 1, "default_agent": "claude
                  "agents": {"opus-46": {"command": "claude", "args": ["--model", "opus"]}},
                  "role_agents": {"refinery": "opus-46"}, "cli_theme": "dark", "x_unknown": {"keep": [1, 2]}}
 
+RIG_SETTINGS = {"type": "rig-settings", "version": 1, "namepool": {"style": "wasteland"}}
+
 
 @pytest.fixture(scope="session")
 def adapter_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -98,6 +100,7 @@ def town_dir(tmp_path: Path) -> Path:
     (root / "settings").mkdir()
     (root / "settings" / "config.json").write_text(json.dumps(TOWN_SETTINGS, indent=2) + "\n")
     (root / "demo" / "settings").mkdir(parents=True)
+    (root / "demo" / "settings" / "config.json").write_text(json.dumps(RIG_SETTINGS, indent=2) + "\n")
     return root
 
 

@@ -155,8 +155,24 @@ def test_role_mismatch_and_rig_settings(registry: Registry, make_export, town_di
     rs = _settings(town_dir, "demo")
     assert rs["role_agents"] == {"witness": "node0-witness"} and rs["type"] == "rig-settings"
     assert "witness" not in _settings(town_dir)["role_agents"]
+    assert rs["namepool"] == {"style": "wasteland"}
     registry.rollback("witness", rig="demo")
     assert "witness" not in _settings(town_dir, "demo")["role_agents"]
+    (town_dir / "demo" / "settings" / "config.json").unlink()
+    with pytest.raises(GtExtError, match=r"demo/settings/config.json: missing; let gt create it first"):
+        registry.deploy("witness", rig="demo")
+
+
+def test_missing_town_settings_get_gt_defaults(registry: Registry, make_export, town_dir: Path) -> None:
+    # gt reads a missing town settings file as default_agent "claude": keep that meaning.
+    (town_dir / "settings" / "config.json").unlink()
+    registry.register(make_export("deacon"))
+    registry.deploy("deacon")
+    s = _settings(town_dir)
+    assert (s["default_agent"], s["role_agents"]) == ("claude", {"deacon": "node0-deacon"})
+    registry.rollback("deacon")
+    s = _settings(town_dir)
+    assert (s["default_agent"], s["role_agents"], s["agents"]) == ("claude", {}, {})
 
 
 def test_tampered_version_refuses_deploy(registry: Registry, make_export, town_dir: Path) -> None:
