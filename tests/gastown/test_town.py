@@ -84,10 +84,16 @@ def test_real_town(town) -> None:  # noqa: ANN001 - TestTown
     assert [r.name for r in t.rigs()] == ["demo"]
     dirs = t.beads_dirs()
     assert set(dirs) == {"hq", "demo"}
-    # The town's Dolt server answers on its own port, on 127.0.0.1.
-    with town.dolt() as c:
+    # The town's Dolt server answers on its own port, found the way gt finds it, on 127.0.0.1 only.
+    from gt_ext.gastown.dolt import DoltClient, town_dolt_port
+
+    assert town_dolt_port(town.root) == town.dolt_port
+    with DoltClient.for_town(town.root) as c:
         dbs = c.databases()
     assert "hq" in dbs
+    listeners = [x for x in psutil.net_connections("tcp")
+                 if x.status == psutil.CONN_LISTEN and x.laddr.port == town.dolt_port]
+    assert listeners and all(x.laddr.ip == "127.0.0.1" for x in listeners)
     # bd works against the rig's beads.
     bd = Bd(dirs["demo"], env=town.env)
     issue = bd.create("work item from the test town")
