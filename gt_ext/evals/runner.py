@@ -235,8 +235,14 @@ def evaluate(
         if not tasks:
             raise GtExtError(f"contamination guard refused every task of suite {st.name} (corpus {corpus})")
 
-    gen = generate or make_generate(model)
     results = {t.id: scoring.TaskResult(id=t.id, category=t.category) for t in tasks}
+    # Tasks that cannot run on this machine (a sandbox without bd) are skipped, not failed.
+    missing = {t.id: why for t in tasks if (why := getattr(t, "unavailable", lambda: None)())}
+    for tid, why in missing.items():
+        results[tid].samples = [scoring.Sample(False, 0.0, "", f"skipped: {why}", skipped=True)] * k
+        log.warning("task %s skipped: %s", tid, why)
+    tasks_all, tasks = tasks, [t for t in tasks if t.id not in missing]
+    gen = generate or make_generate(model)
     samp = cfg.get("sampling", {})
     bar = None
     if progress:
@@ -270,7 +276,7 @@ def evaluate(
         if bar is not None:
             bar.close()
 
-    task_results = [results[t.id] for t in tasks]
+    task_results = [results[t.id] for t in tasks_all]
     cats = scoring.categories(task_results)
     comp = scoring.composite(cats, cfg["weights"])
     pk = scoring.pass_k(task_results, k)

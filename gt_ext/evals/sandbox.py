@@ -209,6 +209,16 @@ class SandboxTask:
         """The task prompt (for the contamination guard)."""
         return self.spec["prompt"]
 
+    def unavailable(self) -> str | None:
+        """Why this task cannot run here (no bd or git), or None."""
+        from gt_ext.gastown.binaries import find_bd
+
+        if find_bd(required=False) is None:
+            return "bd (beads) is not installed"
+        if shutil.which("git") is None:
+            return "git is not installed"
+        return None
+
     def prepare(self) -> list[dict[str, str]]:
         """Build a fresh sandbox (copy of a bd-initialised repo + this task's setup); return the prompt."""
         from gt_ext.gastown.bd import Bd

@@ -163,3 +163,20 @@ def test_registry_ref_records_the_result(tmp_path, monkeypatch):
         got = reg.get(rec.ref)
     assert got.eval_composite == res.composite and got.gate == "fail"
     assert json.loads((got.path / "eval-mini.json").read_text())["composite"] == res.composite
+
+
+def test_sandbox_tasks_without_bd_are_skipped_not_failed(monkeypatch):
+    from gt_ext.gastown import binaries
+
+    monkeypatch.setattr(binaries, "find_bd", lambda required=True: None)
+    calls = []
+
+    def gen(batch, params):
+        calls.append(len(batch))
+        return ["gt done" for _ in batch]
+
+    res = runner.evaluate("base:tiny-llama", "builtin:polecat", generate=gen, write=False, limit=None)
+    d = res.to_dict()
+    assert len(d["skipped"]) == 18 and all(s.startswith("p-sb-") for s in d["skipped"])
+    assert sum(calls) == 42  # only the promptfoo tasks were generated
+    assert sum(c["total"] for c in d["categories"].values()) == 42
