@@ -253,22 +253,29 @@ def evaluate(
         for s in range(k):
             for start in range(0, len(tasks), BATCH):
                 batch = tasks[start:start + BATCH]
-                msgs = []
+                ready: list[tuple[int, Any, list[dict[str, str]]]] = []
                 try:
-                    for t in batch:
-                        msgs.append(t.prepare())
+                    for i, t in enumerate(batch):
+                        try:
+                            ready.append((i, t, t.prepare()))
+                        except GtExtError as e:
+                            # A sandbox whose setup fails says nothing about the model: skip it.
+                            log.warning("task %s: setup failed: %s", t.id, e)
+                            t.cleanup()
+                            results[t.id].samples.append(
+                                scoring.Sample(False, 0.0, "", f"skipped: setup failed: {e}", skipped=True))
                     params = [
                         {"max_new_tokens": st.max_new_tokens}
                         if k == 1
                         else {"max_new_tokens": st.max_new_tokens, "temperature": float(samp.get("temperature", 0.7)),
                               "top_p": float(samp.get("top_p", 0.95)), "seed": 1000 * s + start + i}
-                        for i in range(len(batch))
+                        for i, _, _ in ready
                     ]
-                    outs = gen(msgs, params)
-                    for t, out in zip(batch, outs, strict=True):
+                    outs = gen([m for _, _, m in ready], params) if ready else []
+                    for (_, t, _), out in zip(ready, outs, strict=True):
                         results[t.id].samples.append(t.grade(out))
                 finally:
-                    for t in batch[: len(msgs)]:
+                    for _, t, _ in ready:
                         t.cleanup()
                 if bar is not None:
                     bar.update(len(batch))

@@ -180,3 +180,25 @@ def test_sandbox_tasks_without_bd_are_skipped_not_failed(monkeypatch):
     assert len(d["skipped"]) == 18 and all(s.startswith("p-sb-") for s in d["skipped"])
     assert sum(calls) == 42  # only the promptfoo tasks were generated
     assert sum(c["total"] for c in d["categories"].values()) == 42
+
+
+def test_failed_setup_skips_only_that_task(tmp_path):
+    from gt_ext.evals import suite as suite_mod
+
+    st = suite_mod.load(_suite(tmp_path))
+
+    class Broken:
+        id, category = "broken", "patrol"
+
+        def prepare(self):
+            raise GtExtError("sandbox setup: git init failed")
+
+        def cleanup(self):
+            self.cleaned = True
+
+    broken = Broken()
+    st.tasks.insert(1, broken)
+    res = runner.evaluate("base:tiny-llama", st, generate=_echo, write=False)
+    d = res.to_dict()
+    assert d["skipped"] == ["broken"] and broken.cleaned
+    assert d["categories"]["patrol"]["total"] == 2
