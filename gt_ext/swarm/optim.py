@@ -44,9 +44,27 @@ class GatedPowerSGDAverager(MemberGateMixin, PowerSGDGradientAverager):
 class SwarmOptimizer(Optimizer):
     """`hivemind.Optimizer` whose averagers check the swarm key, plus a lockstep `finish_epoch`."""
 
-    def __init__(self, *, swarm_key: SwarmKey | None, **kwargs: Any):
+    def __init__(self, *, swarm_key: SwarmKey | None, lockstep: bool = False, **kwargs: Any):
         self._swarm_key = swarm_key  # read by _make_state_averager during super().__init__
+        self._lockstep = lockstep
         super().__init__(**kwargs)
+
+    def _maybe_schedule_gradient_averaging(self) -> None:
+        # hivemind pre-schedules the next gradient round from its ETA estimate; in lockstep the
+        # peers wait for each other instead, and a pre-scheduled group has often expired by then
+        # (the round is then skipped and each peer steps on its own gradients). Lockstep starts
+        # matchmaking when the whole batch is there, so all peers look for the group together.
+        if not self._lockstep:
+            super()._maybe_schedule_gradient_averaging()
+            return
+        self._drop_used_grad_control()
+
+    def _drop_used_grad_control(self) -> None:
+        # hivemind keeps the last round's (finished) control in `scheduled_grads`; left there, the
+        # next round sees a used control and silently falls back to local gradients.
+        c = self.scheduled_grads
+        if c is not None and (c.triggered or c.done()):
+            self.scheduled_grads = None
 
     def _make_state_averager(self, **kwargs: Any) -> TrainingStateAverager:
         # Same arguments hivemind passes to its own TrainingStateAverager, plus the gate.
@@ -85,6 +103,7 @@ class SwarmOptimizer(Optimizer):
             full = t.global_progress.samples_accumulated >= t.target_batch_size
             if t.global_epoch > self.local_epoch or full or (timed_out and t.ready_to_update_epoch):
                 # A peer that is behind joins the round or catches up, as in hivemind's `step`.
+                self._drop_used_grad_control()
                 self._update_global_epoch(grad_scaler=None)
                 return not timed_out
             if timed_out:
@@ -107,6 +126,7 @@ def make_optimizer(
     power_sgd_rank: int | None = None,
     swarm_key: SwarmKey | None = None,
     average_state_every: int = 1,
+    lockstep: bool = False,
 ) -> SwarmOptimizer:
     """A `SwarmOptimizer` (AdamW inside) over `params`; `lr_lambda(epoch)` scales the LR per global step."""
     if power_sgd_rank:
@@ -114,8 +134,9 @@ def make_optimizer(
     else:
         grad_factory = partial(GatedGradientAverager, swarm_key=swarm_key, run_id=run_id)
     scheduler = (lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)) if lr_lambda else None
-    return SwarmOptimizer(
+    opt = SwarmOptimizer(
         swarm_key=swarm_key,
+        lockstep=lockstep,
         dht=dht,
         run_id=run_id,
         target_batch_size=target_batch_size,
@@ -131,8 +152,26 @@ def make_optimizer(
         # out of the target-batch count within a few rounds.
         tracker_opts=dict(min_refresh_period=0.2, max_refresh_period=2.0, default_refresh_period=1.0,
                           metadata_expiration=20.0),
-        verbose=False,
+        verbose=log.isEnabledFor(logging.INFO),  # hivemind then logs each round at INFO
     )
+    _reset_step_counts(opt.opt)
+    return opt
+
+
+def _reset_step_counts(inner: torch.optim.Optimizer) -> None:
+    """Undo the step count of hivemind's virtual zero-gradient step.
+
+    hivemind creates the optimizer state with one `step()` on zero gradients (so the state can be
+    shared at once). Parameters and Adam moments stay zero-updated, but Adam's `step` becomes 1,
+    which changes the bias correction of every later update: the first real update would be
+    ~0.74 lr instead of lr. Resetting it makes the swarm's AdamW the same as a local AdamW.
+    """
+    for state in inner.state.values():
+        step = state.get("step")
+        if isinstance(step, torch.Tensor):
+            step.zero_()
+        elif step is not None:
+            state["step"] = 0
 
 
 def warmup_cosine(max_steps: int, warmup_steps: int, min_lr_ratio: float) -> Callable[[int], float]:

@@ -309,7 +309,7 @@ def run_peer(
             betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
             matchmaking_time=settings.matchmaking_time, averaging_timeout=settings.averaging_timeout,
             power_sgd_rank=settings.power_sgd_rank, swarm_key=key,
-            average_state_every=settings.average_state_every,
+            average_state_every=settings.average_state_every, lockstep=settings.lockstep,
         )
         resumed_from = _load_checkpoint(Path(resume), model, opt, loader) if resume else None
 

@@ -102,7 +102,8 @@ def _single_process_curve(corpus: Path, steps: int, batch: int, eval_steps: list
     val_b = fixed_batches(val, 4, d.pack, d.pack_length, tok.pad_token_id)
     loader = BatchLoader(items, batch, d.pack, d.pack_length, d.seed, tok.pad_token_id)
     params = trainable_parameters(model)
-    opt = torch.optim.AdamW(params, lr=cfg.optim.lr)
+    o = cfg.optim
+    opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, 0, cfg.optim.min_lr_ratio))
     curve = {}
     model.train()
@@ -132,5 +133,5 @@ def test_two_peers_batch_b_equal_one_process_batch_2b(tmp_path: Path, corpus: Pa
     for s in swarm:
         # Same curve within tolerance (the swarm averages two 4-row token means; one process takes
         # the 8-row token mean), while the loss itself moves by much more than the tolerance.
-        assert abs(swarm[s] - local[s]) < 0.02, (s, swarm[s], local[s])
+        assert abs(swarm[s] - local[s]) < 0.01, (s, swarm[s], local[s])
     assert start - swarm[4] > 0.1
