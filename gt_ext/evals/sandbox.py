@@ -75,12 +75,26 @@ def guard(argv: list[str]) -> Verdict:
         return Verdict(False, "empty command")
     prog = os.path.basename(argv[0])
     args = argv[1:]
+    if argv[0] != prog:
+        return Verdict(False, "programs are named, not given by path")
+    for a in args:
+        val = a.split("=", 1)[1] if a.startswith("-") and "=" in a else a
+        # Everything stays inside the sandbox: no URLs, no absolute or parent paths, no home dir.
+        if "://" in val or re.match(r"^[\w.-]+@[\w.-]+:", val):
+            return Verdict(False, "network locations are not allowed")
+        if val.startswith(("/", "~")) or val == ".." or val.startswith("../") or "/../" in val:
+            return Verdict(False, f"path outside the sandbox: {val[:40]}")
     if prog == "bd":
         if args[:1] in (["delete"], ["init"]) or "--force" in args:
             return Verdict(False, f"bd {args[0] if args else ''} is not allowed here")
         return Verdict(True)
     if prog == "git":
+        if args and args[0].startswith("-"):
+            # `git -c core.hooksPath=... commit`, `git -C elsewhere`, --git-dir etc. change what runs
+            return Verdict(False, f"git option {args[0]} before the subcommand is not allowed")
         sub = next((a for a in args if not a.startswith("-")), "")
+        if sub in ("submodule", "daemon", "instaweb", "send-email", "credential", "archive"):
+            return Verdict(False, f"git {sub} is not allowed here")
         if sub == "push" and any(a in ("-f", "--force") or a.startswith("--force") or (a.startswith("+")) for a in args):
             return Verdict(False, "force push")
         if sub == "commit" and any(a in ("-n", "--no-verify") for a in args):

@@ -29,6 +29,14 @@ POLECAT = sandbox.Path(sandbox.__file__).with_name("tasks") / "polecat" / "sandb
     ("rm -rf .beads", False),
     ("pkill -f claude", False),
     ("git config user.name evil", False),
+    ("git -c core.hooksPath=/dev/null commit -m x", False),
+    ("git -C /etc status", False),
+    ("git push https://example.com/x.git main", False),
+    ("git push git@example.com:x.git main", False),
+    ("git add ../outside.txt", False),
+    ("bd --db=/tmp/other.db list", False),
+    ("/usr/bin/git status", False),
+    ("git add app/health.py", True),
 ])
 def test_guard(cmd, allowed):
     assert sandbox.guard(shlex.split(cmd)).allowed is allowed
