@@ -30,6 +30,19 @@ if _VENV_BIN not in os.environ.get("PATH", "").split(os.pathsep):
     os.environ["PATH"] = _VENV_BIN + os.pathsep + os.environ.get("PATH", "")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Several packages have test files of the same name (test_cli.py, test_runner.py) and the test
+    folders are not packages, which pytest's default import mode refuses. Import test modules by
+    path instead, and keep every test folder importable so that helper modules beside the tests
+    (`import train_corpus`) still work as they did."""
+    if config.option.importmode == "prepend":
+        config.option.importmode = "importlib"
+        here = Path(__file__).resolve().parent
+        for d in sorted(p for p in here.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))):
+            if str(d) not in sys.path:
+                sys.path.append(str(d))
+
+
 def _need(finder_name: str, what: str) -> str:
     from gt_ext.gastown import binaries
 
