@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -65,8 +66,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--max-len", type=int, default=384)
-    ap.add_argument("--eval-decisions", type=int, default=20)
+    ap.add_argument("--max-len", type=int, default=320)
+    ap.add_argument("--eval-decisions", type=int, default=8)
+    ap.add_argument("--val", type=int, default=16, help="held-out chats to score")
     args = ap.parse_args()
     torch.manual_seed(0)
     from peft import LoraConfig, get_peft_model
@@ -79,21 +81,25 @@ def main() -> None:
         train, val = read("train"), read("val")
     model, tok = load_model(args.model)
     tr = [encode(tok, r["messages"], args.max_len) for r in train]
-    va = [encode(tok, r["messages"], args.max_len) for r in val]
+    va = [encode(tok, r["messages"], args.max_len) for r in val[: args.val]]
     decisions = [r["messages"] for r in val if r["messages"][-1]["content"].startswith("{")][: args.eval_decisions]
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     base_loss = loss_on(model, va)
     base_acc = action_acc(model, tok, decisions)
+    log(f"base: val loss {base_loss:.4f}, decision accuracy {base_acc:.2f}")
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     rng = random.Random(0)
     t0 = time.perf_counter()
     model.train()
-    for _step in range(args.steps):
+    for step in range(args.steps):
         ids, labels = rng.choice(tr)
         loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
+        if step % 10 == 0:
+            log(f"step {step} loss {loss.item():.4f}")
     dt = time.perf_counter() - t0
     res = {"train": len(tr), "val": len(va), "steps": args.steps, "train_s": round(dt, 1),
            "val_loss_base": round(base_loss, 4), "val_loss_lora": round(loss_on(model, va), 4),
