@@ -396,7 +396,8 @@ def run_peer(
                 peers = opt.tracker.global_progress.num_peers
                 row: dict[str, Any] = {"step": step, "loss": sum(window_loss) / len(window_loss),
                                        "lr": opt.opt.param_groups[0]["lr"], "tokens_per_s": tps,
-                                       "peers": peers, "nan_skips": nan_skips}
+                                       "peers": peers, "nan_skips": nan_skips,
+                                       "elapsed_s": time.monotonic() - t0}
                 window_loss = []
                 if cfg.eval_every and step % cfg.eval_every == 0:
                     last_val = row["val_loss"] = _val_loss(model, val_batches)
