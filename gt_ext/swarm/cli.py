@@ -82,6 +82,10 @@ def start(
     check_role(role)
     if not corpus.is_dir():
         raise GtExtError(f"--corpus {corpus}: folder not found")
+    from gt_ext.swarm.dht import check_initial_peers, listen_maddr
+
+    listen_maddr(listen)  # bad addresses fail now, not after the model has loaded
+    check_initial_peers(initial_peers or [])
     key = SwarmKey.from_env_or_path(swarm_key)
     if key is None and not insecure_open_swarm:
         raise GtExtError("no swarm key: pass --swarm-key FILE (make one with `gt-ext swarm keygen`) "
