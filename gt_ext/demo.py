@@ -36,6 +36,11 @@ QUESTION = (
 )
 
 
+def _bd_quote(text: str) -> str:
+    """A double-quoted token for `bd batch` (backslash and quote escaped)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 class Demo:
     """The demo's state: a folder, a town in it, and the figures each stage produced."""
 
@@ -132,21 +137,52 @@ class Demo:
         self._server = None
 
     # -- stages ---------------------------------------------------------------------------------
+    @property
+    def rig_dir(self) -> str:
+        """Folder holding the webapp rig's beads: bd run there works on them (the sample work lives there)."""
+        from gt_ext.gastown.town import Town
+
+        beads = Town(Path(self.town["root"])).rig("webapp").beads_dir
+        if beads is None:
+            raise SystemExit("demo: the sample town's rig webapp has no beads folder")
+        return str(beads.parent)
+
+    def bd_batch(self, lines: list[str]) -> list[str]:
+        """Run `bd batch` (one transaction) on the rig's beads and return each line's target id."""
+        out = self.run("bd", "batch", "--json", capture=True, stdin="\n".join(lines) + "\n", cwd=self.rig_dir)
+        return [r.get("target", "") for r in json.loads(out)["results"]]
+
     def write_history(self) -> None:
-        """Sample sessions as a town leaves them (transcripts, events), and their beads in real bd."""
+        """Sample sessions as a town leaves them (transcripts, events), working real beads.
+
+        The beads are made with real bd first (one `bd batch` transaction); the generator's
+        bead ids are then replaced by bd's, so transcripts, events and beads agree.
+        """
         from gt_ext.corpus.sample_town import generate, write_history
 
         sessions = generate(seed=0)
+        first: dict[str, Any] = {}
+        for sess in sessions:
+            if sess.bead and sess.bead not in first:
+                first[sess.bead] = sess
+        sample_ids = list(first)
+        real_ids = self.bd_batch([f"create task 2 {_bd_quote(f'{first[b].task} work for {first[b].role} ({b})')}"
+                                  for b in sample_ids])
+        mapping = dict(zip(sample_ids, real_ids, strict=True))
+        for sess in sessions:
+            if sess.bead:
+                old, new = sess.bead, mapping[sess.bead]
+                sess.bead = new
+                sess.messages = [{**m, "content": m["content"].replace(old, new)} for m in sess.messages]
         issues = write_history(sessions, Path(self.town["root"]), self.out / "claude-projects")
-        # The beads start in progress, assigned to the agent that works them; closing them comes next.
-        lines = []
+        self.bd_batch([f"update {i['id']} status=in_progress assignee={i['assignee']}" for i in issues])
+        by_label: dict[str, list[str]] = {}
         for i in issues:
-            row = {k: i[k] for k in ("id", "title", "issue_type", "assignee", "labels") if k in i}
-            row["status"] = "in_progress"
-            lines.append(json.dumps(row))
+            for label in i.get("labels") or []:
+                by_label.setdefault(label, []).append(i["id"])
+        for label, ids in sorted(by_label.items()):
+            self.run("bd", "label", "add", *ids, label, capture=True, cwd=self.rig_dir)
         atomic_write_json(self.out / "beads-to-close.json", issues)
-        self.run("bd", "import", "-", capture=True, stdin="\n".join(lines) + "\n",
-                 cwd=self.town["root"])
         self.state["figures"]["sessions"] = len(sessions)
         self.state["figures"]["beads"] = len(issues)
 
@@ -160,9 +196,9 @@ class Demo:
         ok = [i["id"] for i in issues if not i["close_reason"].startswith("failed")]
         failed = [i["id"] for i in issues if i["close_reason"].startswith("failed")]
         if ok:
-            self.run("bd", "close", *ok, "--reason", "done", capture=True)
+            self.run("bd", "close", *ok, "--reason", "done", capture=True, cwd=self.rig_dir)
         if failed:
-            self.run("bd", "close", *failed, "--reason", "failed: abandoned", capture=True)
+            self.run("bd", "close", *failed, "--reason", "failed: abandoned", capture=True, cwd=self.rig_dir)
 
     def collect(self) -> None:
         """Wait for the hook-started processing, then finish whatever is left and show stats."""
@@ -224,6 +260,8 @@ class Demo:
 
     def main(self) -> int:
         self.out.mkdir(parents=True, exist_ok=True)
+        # gt looks bd and dolt up on PATH (and tries to `go install` them when missing).
+        os.environ["PATH"] = f"{self.venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"
         try:
             self.stage("town", "Build a sample town (real gt, bd, dolt)", self.build_town)
             self.reopen_town()
