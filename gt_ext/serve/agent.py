@@ -16,6 +16,7 @@ import argparse
 import ctypes
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -28,6 +29,8 @@ from gt_ext.errors import GtExtError
 log = logging.getLogger(__name__)
 
 PROCESS_NAME = "node0-inference"
+# "!command", also behind the "[from <sender>] " prefix that `gt nudge` puts before a message.
+_BANG = re.compile(r"^(?:\[from [^\]]*\]\s*)?!")
 READY_PROMPT = "node0> "  # gt's RuntimeConfig tmux.ready_prompt_prefix (set by the registry's deploy)
 
 
@@ -102,6 +105,7 @@ class Agent:
             self.transcript = self._transcript_factory()
         if self.transcript:
             self.transcript.user(prompt)
+        self._say("⏺ ")  # at once: gt checks that the pane changed right after its Enter
         ctx = self._context(prompt)
         self.history.append({"role": "user", "content": f"{ctx}\n\n{prompt}" if ctx else prompt})
         deadline = time.monotonic() + self.limits.turn_s
@@ -109,7 +113,8 @@ class Agent:
         params = replace(self.params, stop=[*self.params.stop, "</tool_call>"])
         # "!command" (as in Claude Code's bash mode) runs the command as the assistant's first tool
         # call, written into the turn as if generated; the model then answers from its output.
-        forced = render_tool_call("Bash", {"command": prompt[1:].strip()}) if prompt.startswith("!") else None
+        bang = _BANG.match(prompt)
+        forced = render_tool_call("Bash", {"command": prompt[bang.end():].strip()}) if bang else None
         reply = ""
         for _step in range(self.limits.max_steps):
             stats = GenerationStats()
@@ -117,6 +122,8 @@ class Agent:
                 reply, forced = forced, None
                 self._say(reply)
             else:
+                if _step:
+                    self._say("⏺ ")
                 self._fit_history()
                 reply = ""
                 for piece in self.gen.stream(self.history, params, stats=stats):
@@ -156,10 +163,11 @@ class Agent:
 
 
 def _indent(text: str, lines: int = 20) -> str:
+    """Tool output as Claude Code shows it (`  ⎿  first line`, continuation indented)."""
     body = text.rstrip("\n").splitlines() or [""]
     if len(body) > lines:
         body = body[: lines - 1] + [f"... ({len(body) - lines + 1} more lines)"]
-    return "\n".join("  | " + ln for ln in body)
+    return "\n".join(("  ⎿  " if i == 0 else "     ") + ln for i, ln in enumerate(body))
 
 
 def build_parser() -> argparse.ArgumentParser:

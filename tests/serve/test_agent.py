@@ -186,3 +186,9 @@ def test_in_tmux_pane_like_gt_starts_it(tmp_path):
                                                capture_output=True).returncode != 0, 60)
     finally:
         subprocess.run(["tmux", *sock, "kill-server"], capture_output=True)
+
+
+def test_bang_command_behind_gt_nudge_sender_prefix(gen, tmp_path):
+    agent, work, _out = make_agent(gen, tmp_path)
+    agent.turn("[from mayor] !touch from-nudge.txt")
+    assert (work / "from-nudge.txt").exists()

@@ -79,18 +79,22 @@ def test_gt_starts_node0_witness_and_it_acts_on_beads(make_town, gt_bin, bd_bin,
         assert session, f"no witness session on tmux socket {sock}: {sessions}"
 
         def pane() -> str:
-            return tmux("capture-pane", "-p", "-J", "-t", session).stdout
+            return tmux("capture-pane", "-p", "-J", "-S", "-", "-t", session).stdout
 
         assert _wait(lambda: "node0> " in pane(), 300), pane()
         assert "node0 witness:1" in pane()
 
+        # gt typed its startup prompt as the first argument: wait until that turn is answered.
+        assert _wait(lambda: pane().rstrip().endswith("node0>"), 600), pane()
         title = f"e2e bead {uuid.uuid4().hex[:6]}"
-        tt.gt("nudge", "demo/witness", "--mode=immediate", f"!bd create '{title}' -p 2 --json", timeout=120)
+        nudge = tt.gt("nudge", "demo/witness", "--mode=immediate", f"!bd create '{title}' -p 2 --json",
+                      check=False, timeout=120)
+        assert nudge.returncode == 0, f"gt nudge failed: {nudge.stderr[:300]}\npane:\n{pane()}"
         rig_beads = tt.beads_dirs()["demo"]
         bd = Bd(rig_beads)
 
         def bead_made() -> bool:
-            return any(i.get("title") == title for i in bd.list())
+            return any(i.title == title for i in bd.list())
 
         assert _wait(bead_made, 300, 2.0), pane()
         assert _wait(lambda: pane().rstrip().endswith("node0>"), 300), pane()
