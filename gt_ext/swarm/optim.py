@@ -127,6 +127,7 @@ def make_optimizer(
     swarm_key: SwarmKey | None = None,
     average_state_every: int = 1,
     lockstep: bool = False,
+    group_size: int | None = None,
 ) -> SwarmOptimizer:
     """A `SwarmOptimizer` (AdamW inside) over `params`; `lr_lambda(epoch)` scales the LR per global step."""
     if power_sgd_rank:
@@ -148,6 +149,9 @@ def make_optimizer(
         averaging_timeout=averaging_timeout,
         grad_averager_factory=grad_factory,
         average_state_every=average_state_every,
+        # With a known group size, a round starts as soon as the group is full instead of waiting
+        # out the whole matchmaking time (a dead peer only brings back the wait).
+        averager_opts=dict(target_group_size=group_size, request_timeout=min(3.0, matchmaking_time / 2)),
         # Progress records must outlive a slow step on a busy machine, but a dead peer should drop
         # out of the target-batch count within a few rounds.
         tracker_opts=dict(min_refresh_period=0.2, max_refresh_period=2.0, default_refresh_period=1.0,

@@ -60,6 +60,7 @@ class SwarmSettings(BaseModel):
     metrics_period_s: float = Field(1.0, gt=0)
     stale_after_s: float = Field(30.0, gt=0, description="a running peer silent this long is counted lost")
     min_peers: int = Field(1, ge=1, description="wait until this many peers (self included) are up")
+    group_size: int | None = Field(None, ge=2, description="averaging group size; rounds start once it is full")
     wait_for_peers_s: float = Field(300.0, gt=0, description="how long to wait for min_peers")
     inject_nan_every: int = Field(0, ge=0, description="fault drill: make every Nth local loss NaN")
 
@@ -310,6 +311,7 @@ def run_peer(
             matchmaking_time=settings.matchmaking_time, averaging_timeout=settings.averaging_timeout,
             power_sgd_rank=settings.power_sgd_rank, swarm_key=key,
             average_state_every=settings.average_state_every, lockstep=settings.lockstep,
+            group_size=settings.group_size,
         )
         resumed_from = _load_checkpoint(Path(resume), model, opt, loader) if resume else None
 

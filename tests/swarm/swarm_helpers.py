@@ -95,7 +95,7 @@ class Peers:
                 from gt_ext.train.config import load_config
 
                 cfg = load_config(None, TEST_SETS + [f"max_steps={steps}"] + list(sets or []))
-                st = SwarmSettings(**{"matchmaking_time": 5.0, "averaging_timeout": 30.0, **settings})
+                st = SwarmSettings(**{"matchmaking_time": 2.0, "averaging_timeout": 30.0, **settings})
                 key = SwarmKey.load(key_path) if key_path else None
                 info = run_peer(corpus, "witness", out, cfg, st, key)
                 print("PEER DONE", info["status"], flush=True)

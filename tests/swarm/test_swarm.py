@@ -27,7 +27,7 @@ def _start_first(peers: Peers, tmp: Path, corpus: Path, key: Path, steps: int, *
 
 def test_three_peers_agree_and_val_loss_falls(tmp_path: Path, corpus: Path, swarm_key: Path, peers: Peers):
     steps = 6
-    kw = dict(target_batch_size=12, min_peers=3, wait_for_peers_s=240)
+    kw = dict(target_batch_size=12, min_peers=3, wait_for_peers_s=240, group_size=3)
     addrs = _start_first(peers, tmp_path, corpus, swarm_key, steps, **kw)
     for name in ("b", "c"):
         peers.fork(name, corpus, tmp_path / name, swarm_key, steps, initial_peers=addrs, **kw)
@@ -57,7 +57,7 @@ def test_three_peers_agree_and_val_loss_falls(tmp_path: Path, corpus: Path, swar
 def test_kill9_peer_others_finish_and_late_peer_catches_up(tmp_path: Path, corpus: Path, swarm_key: Path,
                                                             peers: Peers):
     steps = 14
-    kw = dict(target_batch_size=12, stale_after_s=6.0, averaging_timeout=20.0)
+    kw = dict(target_batch_size=12, stale_after_s=6.0, averaging_timeout=20.0, group_size=3)
     addrs = _start_first(peers, tmp_path, corpus, swarm_key, steps, min_peers=3, wait_for_peers_s=240, **kw)
     for name in ("b", "c"):
         peers.fork(name, corpus, tmp_path / name, swarm_key, steps, initial_peers=addrs, min_peers=3,
@@ -124,7 +124,7 @@ def _single_process_curve(corpus: Path, steps: int, batch: int, eval_steps: list
 def test_two_peers_batch_b_equal_one_process_batch_2b(tmp_path: Path, corpus: Path, swarm_key: Path,
                                                        peers: Peers):
     steps, B = 4, 4
-    kw = dict(target_batch_size=2 * B, lockstep=True, min_peers=2, wait_for_peers_s=240)
+    kw = dict(target_batch_size=2 * B, lockstep=True, min_peers=2, wait_for_peers_s=240, group_size=2)
     addrs = _start_first(peers, tmp_path, corpus, swarm_key, steps, shard=(0, 2), **kw)
     peers.fork("b", corpus, tmp_path / "b", swarm_key, steps, initial_peers=addrs, shard=(1, 2), **kw)
     for name in ("a", "b"):
