@@ -246,6 +246,7 @@ def reindex(town_root: Path, full: bool = False, progress: bool = False, wait: b
         groups = sources.scan(town_root, corpus_dir)
         rep.groups_scanned = len(groups)
         bar = tqdm(total=len(groups), desc="rag: sources", unit="src", disable=not progress, leave=False)
+        emb = tqdm(desc="rag: embedding", unit="chunk", disable=not progress, leave=False)
         for g in groups:
             bar.update(1)
             prev = state["groups"].get(g.key, {})
@@ -260,7 +261,7 @@ def reindex(town_root: Path, full: bool = False, progress: bool = False, wait: b
                 rep.errors.append(str(e))
                 log.warning("rag: %s", e)
                 continue
-            added, deleted, same = sync_chunks(col, g.key, chunks)
+            added, deleted, same = sync_chunks(col, g.key, chunks, progress=emb)
             rep.added += added
             rep.deleted += deleted
             rep.unchanged += same
@@ -268,6 +269,7 @@ def reindex(town_root: Path, full: bool = False, progress: bool = False, wait: b
             state["groups"][g.key] = {"fingerprint": g.fingerprint, "chunks": len(chunks), "synced": time.time()}
             atomic_write_json(_state_path(town_root), state)
         bar.close()
+        emb.close()
         # Sources that disappeared: whatever the index holds for a group the scan no longer has.
         live = {g.key for g in groups}
         for key in sorted(set(_all_groups(col)) | set(state["groups"])):

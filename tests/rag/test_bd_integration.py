@@ -98,3 +98,22 @@ def test_bd_hook_spools_and_indexer_drains(bd_town):
         assert retrieve("flamingo deployments", role="crew", town=root, k=1)[0].source == f"bead:demo:{issue.id}"
     finally:
         hook.unlink()
+
+
+def test_real_town_made_by_gt(make_town, monkeypatch):
+    """A town made by the real `gt install` + `gt rig add` (or gt's files + dolt server without gt):
+    rig beads in Dolt server mode reach the index through the same path."""
+    tt = make_town()
+    tt.activate(monkeypatch)
+    beads = tt.beads_dirs()["demo"]
+    issue = Bd(beads, env=tt.env).create("Refinery rejects MRs with CRLF line endings",
+                                         description="Merge requests from Windows polecats fail the whitespace check.")
+    rep = reindex(tt.root)
+    assert not rep.errors, rep.errors
+    source = f"bead:demo:{issue.id}"
+    assert len(chunks_of(tt.root, source)) == 1
+    # A gt-made town also holds gt's own formulas and docs: the bead must still rank in the top 5.
+    hits = retrieve("why does the refinery reject merge requests with CRLF line endings?", role="refinery",
+                    rig="demo", town=tt.root, k=5)
+    assert source in [h.source for h in hits], [h.source for h in hits]
+    assert reindex(tt.root).added == 0
