@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapters", default=None, metavar="A,B=W", help="extra LoRA adapters, each REF[=WEIGHT]")
     p.add_argument("--rag", action="store_true", help="prepend town context from the RAG index to each prompt")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "llama.cpp"])
-    p.add_argument("--quantize", default=None, choices=["int8", "none"], help="PyTorch backend: int8 linears")
+    p.add_argument("--quantize", default="int8", choices=["int8", "none"],
+                   help="PyTorch backend: int8 linears (default; measured fastest) or none (exact fp32)")
     p.add_argument("--workdir", default=None, help="where tool calls run (default: the current dir)")
     p.add_argument("--max-steps", type=int, default=8, help="model replies per turn")
     p.add_argument("--turn-timeout", type=float, default=600.0, help="seconds per turn")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,7 @@ class Generator:
         gguf_path: str | Path | None = None,
         quantize: str | None = None,
         threads: int | None = None,
+        decode_threads: int | None = 1,
         device: str = "cpu",
     ):
         if backend not in BACKENDS:
@@ -102,7 +104,7 @@ class Generator:
 
             self._engine: Any = LlamaCppEngine(base_model, gguf_path=gguf_path, threads=threads)
         else:
-            self._engine = TorchEngine(base_model, quantize=quantize, device=device)
+            self._engine = TorchEngine(base_model, quantize=quantize, device=device, decode_threads=decode_threads)
         self.tokenizer = self._engine.tokenizer
         self.default_adapters = self.load_adapters(adapters)
 
@@ -197,15 +199,24 @@ class Generator:
 class TorchEngine:
     """The PyTorch backend: transformers' model forward + our KV-cached decode loop + LoRA hooks."""
 
-    def __init__(self, base_model: str, quantize: str | None = None, device: str = "cpu"):
+    def __init__(self, base_model: str, quantize: str | None = None, device: str = "cpu",
+                 decode_threads: int | None = 1):
         from gt_ext.models import load_model
         from gt_ext.serve.lora import LoraRuntime
+
+        # Decode steps are tiny ops (B rows x 1 token): on CPU, intra-op threads mostly wait for each
+        # other, and on a busy machine a second thread made a step 4x slower (bench/serve.py,
+        # docs/serve.md). Prefill keeps torch's thread count; None = the same for decode.
+        self.decode_threads = decode_threads
 
         self.model, self.tokenizer = load_model(base_model, device=device)
         self.device = device
         if quantize == "int8":
             # Dynamic int8 linears: a quarter of the fp32 weight traffic per token on CPU.
-            self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
+            with warnings.catch_warnings():  # torch.ao's own deprecation notice, once per load
+                warnings.simplefilter("ignore", category=UserWarning)
+                warnings.simplefilter("ignore", category=DeprecationWarning)
+                self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
         elif quantize not in (None, "", "none"):
             raise GtExtError(f"unknown quantize mode {quantize!r}: use int8 or none")
         self.lora = LoraRuntime(self.model)
@@ -244,11 +255,14 @@ class TorchEngine:
         scanners = [StopScanner(r.params.stop) for r in requests]
         done = [False] * n
         self.lora.activate([r.adapters for r in requests])
+        prefill_threads = torch.get_num_threads()
         try:
             from transformers import DynamicCache
 
             cache = DynamicCache()
             logits = self._forward(input_ids, mask, positions, cache)  # [B, V]
+            if self.decode_threads:
+                torch.set_num_threads(self.decode_threads)
             step = 0
             while True:
                 nxt = torch.full((n, 1), self.pad_id, dtype=torch.long)
@@ -285,6 +299,7 @@ class TorchEngine:
                 positions = positions[:, -1:] + 1
                 logits = self._forward(nxt, mask, positions, cache)
         finally:
+            torch.set_num_threads(prefill_threads)
             self.lora.deactivate()
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:

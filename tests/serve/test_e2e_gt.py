@@ -100,6 +100,16 @@ def test_gt_starts_node0_witness_and_it_acts_on_beads(make_town, gt_bin, bd_bin,
         assert _wait(lambda: pane().rstrip().endswith("node0>"), 300), pane()
         text = pane()
         assert title in text  # the tool output (bd's JSON) is shown in the pane
+        # The role card replaces `gt prime`: both counted with the served model's tokenizer.
+        from gt_ext.models import load_tokenizer
+        from gt_ext.serve.rolecard import AgentEnv, measure
+
+        cwd = tmux("display", "-p", "-t", session, "#{pane_current_path}").stdout.strip()
+        sizes = measure(AgentEnv(role="witness", rig="demo", actor="demo/witness", root=str(tt.root), workdir=cwd),
+                        load_tokenizer("tiny-llama"))
+        print(f"\nrole card vs gt prime (witness): {sizes}")
+        if sizes["gt_prime_tokens"] is not None:
+            assert sizes["gt_prime_tokens"] > 5 * sizes["role_card_tokens"]
         transcripts = list((tmp_path / "projects").glob("*/*.jsonl"))
         assert transcripts, "the session wrote no transcript"
         assert any(title in p.read_text() for p in transcripts)
