@@ -21,7 +21,9 @@ GOBIN_CACHE="$CACHE/go-bin"
 VENV="$ROOT/.venv"
 PY_VERSION_WANT="3.11"
 
-BEADS_VERSION="v1.0.5"
+# v1.0.2, not the newer v1.0.5: gt v1.0.1 sets issue_prefix with `bd config set`, which bd
+# v1.0.5 refuses, leaving town and rig beads without a prefix (bd create/batch then fail).
+BEADS_VERSION="v1.0.2"
 GASTOWN_VERSION="v1.0.1"
 # dolt's Go module lives in a subfolder and is only served as pseudo-versions; this is the
 # commit beads v1.0.5 embeds (dolt 1.8x, newer than the 1.82.4 gt requires).

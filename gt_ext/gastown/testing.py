@@ -214,24 +214,23 @@ def _make_with_gt(tt: TestTown, rig: str, prefix: str, upstream: Path, timeout: 
         raise GtExtError(f"gt install made no town beads in {tt.root}: {_warnings(out)}")
     log.info("gt install took %.1f s", time.monotonic() - t0)
     _run([gt, "rig", "add", rig, upstream.as_uri(), "--prefix", prefix], tt.root, tt.env, timeout, "gt rig add")
-    _repair_issue_prefix(tt, rig, prefix)
+    _check_issue_prefixes(tt, rig)
 
 
-def _repair_issue_prefix(tt: TestTown, rig: str, prefix: str) -> None:
-    """gt v1.0.1 sets a new rig's prefix with `bd config set issue_prefix`, which bd v1.0.5 refuses
-    ("issue_prefix cannot be set via 'bd config set'"), leaving a rig database where `bd create`
-    fails. Write the key where `bd init` would have put it (the rig database's config table)."""
-    beads = Town(tt.root).rig(rig).beads_dir
-    meta = json.loads((beads / "metadata.json").read_text()) if beads else {}
-    db = meta.get("dolt_database")
-    if not db or meta.get("dolt_mode") != "server":
-        return
-    with DoltClient(port=tt.dolt_port, database=db) as c:
-        if c.query("SELECT value FROM config WHERE `key` = 'issue_prefix'"):
-            return
-        log.warning("rig %s: gt left issue_prefix unset (bd 1.0.5 refuses gt 1.0.1's way); setting it", rig)
-        c.query("INSERT INTO config (`key`, value) VALUES ('issue_prefix', %s)", (prefix,))
-        c.query("CALL DOLT_COMMIT('-Am', %s)", (f"gt-ext test harness: issue_prefix {prefix}",))
+def _check_issue_prefixes(tt: TestTown, rig: str) -> None:
+    """Fail loudly when gt left a beads database without `issue_prefix` (bd create/batch then fail).
+
+    gt v1.0.1 sets prefixes with `bd config set issue_prefix`, which bd releases after v1.0.2
+    refuse; install.sh pins bd v1.0.2 for that reason. A newer bd on PATH shows up here."""
+    for beads in (tt.root / ".beads", Town(tt.root).rig(rig).beads_dir):
+        meta = json.loads((beads / "metadata.json").read_text()) if beads else {}
+        db = meta.get("dolt_database")
+        if not db or meta.get("dolt_mode") != "server":
+            continue
+        with DoltClient(port=tt.dolt_port, database=db) as c:
+            if not c.query("SELECT value FROM config WHERE `key` = 'issue_prefix'"):
+                raise GtExtError(f"{beads}: gt left beads database {db!r} without issue_prefix; "
+                                 f"this bd is not compatible with gt v1.0.1 (install.sh pins bd v1.0.2)")
 
 
 def _warnings(out: str) -> str:
