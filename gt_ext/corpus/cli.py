@@ -232,9 +232,18 @@ def export(out: Annotated[Path, typer.Option("--out", help="Folder to write (man
            rig: Annotated[str | None, typer.Option(help="Export for one rig (plus rigs that share).")] = None,
            val_pct: Annotated[int, typer.Option(help="Percent of prompts held out for validation.")] = 10,
            overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --out.")] = False,
+           if_missing: Annotated[bool, typer.Option(help="Keep an existing export in --out (formulas given a corpus_path).")] = False,
            as_json: JsonOpt = False) -> None:
     """Write SFT and DPO shards with a manifest (counts, file hashes, one corpus hash)."""
     from gt_ext.corpus.export import export_corpus
+
+    if if_missing and (out / "manifest.json").is_file():
+        m = json.loads((out / "manifest.json").read_text())
+        if as_json:
+            _print_json(m)
+        else:
+            print(f"kept existing export {out}: corpus_hash {m['corpus_hash'][:16]}")
+        return
 
     with _store() as st:
         m = export_corpus(st, out, rig=rig, val_pct=val_pct, overwrite=overwrite)

@@ -48,6 +48,11 @@ def test_add_list_show_stats_export(tmp_path, capsys, store):
     assert main(["corpus", "export", "--out", str(tmp_path / "exp"), "--val-pct", "0", "--json"]) == 0
     m = json.loads(capsys.readouterr().out)
     assert m["counts"]["sft"]["witness"]["patrol"]["train"] == 1
+    # A second export into the same folder is refused unless asked; --if-missing keeps the first.
+    assert main(["corpus", "export", "--out", str(tmp_path / "exp")]) == 2
+    assert "already holds an export" in capsys.readouterr().err
+    assert main(["corpus", "export", "--out", str(tmp_path / "exp"), "--if-missing", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["corpus_hash"] == m["corpus_hash"]
 
 
 def test_quarantine_review_flow(tmp_path, capsys, store):
