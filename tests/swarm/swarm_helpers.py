@@ -76,7 +76,7 @@ class Peers:
         return p
 
     def fork(self, name: str, corpus: Path, out: Path, key_path: Path | None, steps: int,
-             sets: list[str] | None = None, **settings: object) -> None:
+             sets: list[str] | None = None, resume: Path | None = None, **settings: object) -> None:
         """Fork a peer that runs `run_peer` (the CLI's code path) in its own process group.
 
         Forking the already-imported test process saves the ~1 min torch/transformers import
@@ -95,9 +95,9 @@ class Peers:
                 from gt_ext.train.config import load_config
 
                 cfg = load_config(None, TEST_SETS + [f"max_steps={steps}"] + list(sets or []))
-                st = SwarmSettings(**{"matchmaking_time": 2.0, "averaging_timeout": 30.0, **settings})
+                st = SwarmSettings(**{"matchmaking_time": 5.0, "averaging_timeout": 30.0, **settings})
                 key = SwarmKey.load(key_path) if key_path else None
-                info = run_peer(corpus, "witness", out, cfg, st, key)
+                info = run_peer(corpus, "witness", out, cfg, st, key, resume=resume)
                 print("PEER DONE", info["status"], flush=True)
                 code = 0
             except BaseException:

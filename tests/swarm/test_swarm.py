@@ -29,8 +29,9 @@ def test_three_peers_agree_and_val_loss_falls(tmp_path: Path, corpus: Path, swar
     steps = 6
     kw = dict(target_batch_size=12, min_peers=3, wait_for_peers_s=240, group_size=3)
     addrs = _start_first(peers, tmp_path, corpus, swarm_key, steps, **kw)
-    for name in ("b", "c"):
-        peers.fork(name, corpus, tmp_path / name, swarm_key, steps, initial_peers=addrs, **kw)
+    peers.fork("b", corpus, tmp_path / "b", swarm_key, steps, initial_peers=addrs, **kw)
+    # Peer c hits a NaN loss on every 3rd batch: it skips those, nobody else notices.
+    peers.fork("c", corpus, tmp_path / "c", swarm_key, steps, initial_peers=addrs, inject_nan_every=3, **kw)
     for name in ("a", "b", "c"):
         assert peers.wait(name, 300) == 0, peers.log(name)[-3000:]
 
@@ -41,6 +42,8 @@ def test_three_peers_agree_and_val_loss_falls(tmp_path: Path, corpus: Path, swar
         assert info["metrics"]["peers_seen"] == 3
         # The swarm learns: validation loss falls on every peer.
         assert info["metrics"]["val_loss_end"] < info["metrics"]["val_loss_start"] - 0.05, info["metrics"]
+    assert infos["c"]["metrics"]["nan_skips"] >= 1
+    assert infos["a"]["metrics"]["nan_skips"] == infos["b"]["metrics"]["nan_skips"] == 0
     # Only LoRA went on the wire, and it is a small fraction of full gradients.
     sw = infos["a"]["swarm"]
     assert sw["bytes_per_round_2peers"]["lora"] * 20 < sw["bytes_per_round_2peers"]["full"]
@@ -138,3 +141,21 @@ def test_two_peers_batch_b_equal_one_process_batch_2b(tmp_path: Path, corpus: Pa
         # the 8-row token mean), while the loss itself moves by much more than the tolerance.
         assert abs(swarm[s] - local[s]) < 0.01, (s, swarm[s], local[s])
     assert start - swarm[4] > 0.1
+
+
+def test_checkpoint_restart(tmp_path: Path, corpus: Path, swarm_key: Path, peers: Peers):
+    """A peer's checkpoint restarts the swarm at its step, with its adapter and optimizer state."""
+    peers.fork("first", corpus, tmp_path / "first", swarm_key, 3, target_batch_size=4)
+    assert peers.wait("first", 300) == 0, peers.log("first")[-3000:]
+    ckpt = tmp_path / "first" / "checkpoints" / "step-3"
+    assert (ckpt / "adapter" / "adapter_model.safetensors").is_file() and (ckpt / "optimizer.pt").is_file()
+    peers.fork("again", corpus, tmp_path / "again", swarm_key, 5, target_batch_size=4, resume=ckpt)
+    assert peers.wait("again", 300) == 0, peers.log("again")[-3000:]
+    info = run_json(tmp_path / "again")
+    assert info["swarm"]["resumed_from"] == 3
+    assert info["metrics"]["steps"] == 5 and info["metrics"]["local_batches"] == 2
+    steps = [json.loads(x)["step"] for x in (tmp_path / "again" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [4, 5]
+    # Restarted from the checkpoint's weights, not from a fresh adapter.
+    first_end = run_json(tmp_path / "first")["metrics"]["val_loss_end"]
+    assert abs(info["metrics"]["val_loss_start"] - first_end) < 1e-6
