@@ -94,6 +94,8 @@ def indexer_lock(town_root: Path, wait: bool = False):
     """Hold the one-writer lock for the town's index; raise if another indexer holds it."""
     d = rag_dir(town_root)
     d.mkdir(parents=True, exist_ok=True)
+    if not (d / ".gitignore").exists():  # a town is often a git repo: the index is never committed
+        (d / ".gitignore").write_text("*\n")
     path = d / "indexer.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

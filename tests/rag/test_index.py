@@ -99,6 +99,7 @@ def test_one_writer(town):
         with pytest.raises(GtExtError, match="already running"):
             reindex(town)
     assert lock_holder(town) is None
+    assert (town / ".rag" / ".gitignore").read_text() == "*\n"
 
 
 def test_cli_status_query_and_errors(town, capsys):
