@@ -48,8 +48,29 @@ def merge_adapter(base_model: str, adapter_dir: str | Path, parent_adapter: str 
     if parent_adapter:
         model = apply_role_adapter(model, parent_adapter)
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    merged.eval()
-    return merged, tok
+    return _plain(merged).eval(), tok
+
+
+def _plain(model: Any) -> Any:
+    """A copy of `model` without quantization metadata, so `save_pretrained` writes plain weights.
+
+    Base folders built from a GGUF can keep `quantization_config: {quant_method: gguf}` in their
+    config although the weights are plain float; transformers then refuses to save the model.
+    """
+    import copy
+
+    import torch
+
+    if getattr(model.config, "quantization_config", None) is None and getattr(model, "hf_quantizer", None) is None:
+        return model
+    cfg = copy.deepcopy(model.config)
+    if hasattr(cfg, "quantization_config"):
+        delattr(cfg, "quantization_config")
+    with torch.device("meta"):
+        plain = type(model)(cfg)
+    plain.load_state_dict(model.state_dict(), assign=True)
+    plain.tie_weights()
+    return plain
 
 
 def _read_run(run_dir: Path) -> dict[str, Any]:

@@ -8,7 +8,10 @@ from export_fixtures import make_run
 
 from gt_ext.export.export import export_run
 
-llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (install.sh builds it)")
+try:
+    import llama_cpp
+except ImportError as e:  # not built, or built with --no-deps and a dependency (diskcache) missing
+    pytest.skip(f"llama-cpp-python is not importable ({e}); install.sh builds it", allow_module_level=True)
 
 PROMPT = [{"role": "user", "content": "Polecat nux has been idle for 40 minutes on bead gt-12. What do you do?"}]
 N = 16
