@@ -109,10 +109,12 @@ def run_trl(model_name: str, items, lr: float, per_step: int) -> dict:
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
+    from gt_ext.export.export import plain_model
     from gt_ext.models import load_model
     from gt_ext.train.data import IGNORE
 
     model, tok = load_model(model_name)
+    model = plain_model(model)  # the cached base config names its GGUF source; TRL then refuses to train it
     rows = []
     for it in items:
         ex = it.examples[0]

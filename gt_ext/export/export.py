@@ -48,10 +48,10 @@ def merge_adapter(base_model: str, adapter_dir: str | Path, parent_adapter: str 
     if parent_adapter:
         model = apply_role_adapter(model, parent_adapter)
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    return _plain(merged).eval(), tok
+    return plain_model(merged).eval(), tok
 
 
-def _plain(model: Any) -> Any:
+def plain_model(model: Any) -> Any:
     """A copy of `model` without quantization metadata, so `save_pretrained` writes plain weights.
 
     Base folders built from a GGUF can keep `quantization_config: {quant_method: gguf}` in their
