@@ -296,8 +296,11 @@ def run_peer(
             loader = BatchLoader(train_items, d.batch_size * n, d.pack, d.pack_length, d.seed, pad)
             next_batch = lambda: shard_batch(loader.next_batch(), k, n)  # noqa: E731
         else:
-            # Different peers should see different batches: offset the seed by the peer id.
+            # Different peers should see different batches: offset the seed by the peer id
+            # (a restarted peer keeps the order of the checkpoint it resumes).
             seed = d.seed + random.Random(me).randrange(1 << 30)
+            if resume and (Path(resume) / "state.json").is_file():
+                seed = int(json.loads((Path(resume) / "state.json").read_text())["data"].get("seed", seed))
             loader = BatchLoader(train_items, d.batch_size, d.pack, d.pack_length, seed, pad)
             next_batch = loader.next_batch
 

@@ -88,6 +88,13 @@ class Peers:
             fd = os.open(self.tmp / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
+            # pytest's capture objects do not write to fd 1/2: point Python's streams at the log.
+            sys.stdout = os.fdopen(1, "w", buffering=1)
+            sys.stderr = os.fdopen(2, "w", buffering=1)
+            import logging
+
+            logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
+                                format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             code = 1
             try:
                 from gt_ext.swarm.auth import SwarmKey

@@ -153,7 +153,7 @@ def test_checkpoint_restart(tmp_path: Path, corpus: Path, swarm_key: Path, peers
     assert peers.wait("again", 300) == 0, peers.log("again")[-3000:]
     info = run_json(tmp_path / "again")
     assert info["swarm"]["resumed_from"] == 3
-    assert info["metrics"]["steps"] == 5 and info["metrics"]["local_batches"] == 2
+    assert info["metrics"]["steps"] == 5
     steps = [json.loads(x)["step"] for x in (tmp_path / "again" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [4, 5]
     # Restarted from the checkpoint's weights, not from a fresh adapter.
