@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gt_ext.atomic import atomic_write_json
+from gt_ext.paths import cache_dir
 
 console = Console(highlight=False)
 ROLE = "witness"
@@ -52,6 +53,7 @@ class Demo:
         if self.state_path.exists():
             self.state = json.loads(self.state_path.read_text())
         self.venv_bin = Path(sys.executable).parent
+        self.cache = cache_dir()
         self._server = None
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -70,6 +72,7 @@ class Demo:
         env["GT_TOWN_ROOT"] = self.town["root"]
         env["GT_EXT_CLAUDE_PROJECTS"] = str(self.out / "claude-projects")
         env["GT_EXT_JOBS_DIR"] = str(self.out / "jobs")
+        env["GT_EXT_CACHE"] = str(self.cache)  # the town's HOME is a fresh one: keep the model cache
         env.setdefault("GT_EXT_LOG", "WARNING")
         return env
 

@@ -100,7 +100,6 @@ def _build_smollm2(out: Path) -> None:
     # save_pretrained refuses GGUF-loaded models: copy the weights into a plain model first.
     plain = LlamaForCausalLM(src.config)
     plain.load_state_dict(src.state_dict())
-    plain.config.torch_dtype = "float32"
     plain.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
 
