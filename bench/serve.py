@@ -175,7 +175,7 @@ def main() -> int:
     del model
 
     for name, quant in (("ours-torch-fp32", None), ("ours-torch-int8", "int8")):
-        gen = Generator(SMOLLM2, quantize=quant)
+        gen = Generator(SMOLLM2, quantize=quant, threads=1)  # the serving defaults (loader.load_generator)
         # Ignore EOS so every config produces exactly n tokens (same work as min_new_tokens).
         gen._engine.eos_ids = set()
         ours_single(gen, 2)  # warm-up
@@ -198,7 +198,7 @@ def main() -> int:
                 best = r
             del llm
         res["llama.cpp"] = best
-        gen = Generator(SMOLLM2, backend="llama.cpp", gguf_path=smollm2_gguf_path(), threads=args.threads)
+        gen = Generator(SMOLLM2, backend="llama.cpp", gguf_path=smollm2_gguf_path(), threads=best["threads"])
         res["ours-llama.cpp"] = {**ours_single(gen, n), **ours_batch(gen, n, s)}
         print("ours-llama.cpp", res["ours-llama.cpp"], flush=True)
     else:

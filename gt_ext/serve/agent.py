@@ -184,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "llama.cpp"])
     p.add_argument("--quantize", default="int8", choices=["int8", "none"],
                    help="PyTorch backend: int8 linears (default; measured fastest) or none (exact fp32)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (1 measured fastest on shared 2-core hosts)")
     p.add_argument("--workdir", default=None, help="where tool calls run (default: the current dir)")
     p.add_argument("--max-steps", type=int, default=8, help="model replies per turn")
     p.add_argument("--turn-timeout", type=float, default=600.0, help="seconds per turn")
@@ -220,7 +221,7 @@ def run(args: argparse.Namespace, stdin_fd: int = 0, out: TextIO = sys.stdout) -
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             top_p=args.top_p, seed=args.seed)
     gen, model = load_generator(args.model, args.adapters, args.backend,
-                                None if args.quantize in (None, "none") else args.quantize)
+                                None if args.quantize in (None, "none") else args.quantize, threads=args.threads)
     if args.card:
         print(role_card(env), file=out)
         m = measure(env, gen.tokenizer)

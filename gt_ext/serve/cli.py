@@ -67,6 +67,7 @@ def serve(
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     quantize: str = typer.Option("int8", "--quantize", help="PyTorch backend: int8 linears (measured fastest) "
                                  "or none (exact fp32)."),
+    threads: int = typer.Option(1, "--threads", help="CPU threads (1 measured fastest on shared 2-core hosts)."),
     max_batch: int = typer.Option(8, "--max-batch", help="Requests decoded together."),
     max_queue: int = typer.Option(64, "--max-queue", help="Waiting requests before 503."),
 ) -> None:
@@ -86,7 +87,7 @@ def serve(
     from gt_ext.serve.api import create_app
     from gt_ext.serve.loader import load_generator
 
-    gen, resolved = load_generator(model, adapters, backend, None if quantize == "none" else quantize)
+    gen, resolved = load_generator(model, adapters, backend, None if quantize == "none" else quantize, threads)
     api = create_app(gen, resolved, token=token, max_batch=max_batch, max_queue=max_queue)
     print(f"serving {resolved.ref} ({gen.backend}) on http://{host}:{port}/v1"
           f"{' (bearer token required)' if token else ''}", file=sys.stderr)

@@ -97,14 +97,13 @@ class Generator:
         self.base_model = base_model
         self.backend = backend
         self._lock = threading.Lock()
-        if threads:
-            torch.set_num_threads(int(threads))
         if backend == "llama.cpp":
             from gt_ext.serve.llamacpp import LlamaCppEngine
 
             self._engine: Any = LlamaCppEngine(base_model, gguf_path=gguf_path, threads=threads)
         else:
-            self._engine = TorchEngine(base_model, quantize=quantize, device=device, decode_threads=decode_threads)
+            self._engine = TorchEngine(base_model, quantize=quantize, device=device, prefill_threads=threads,
+                                       decode_threads=decode_threads)
         self.tokenizer = self._engine.tokenizer
         self.default_adapters = self.load_adapters(adapters)
 
@@ -200,14 +199,15 @@ class TorchEngine:
     """The PyTorch backend: transformers' model forward + our KV-cached decode loop + LoRA hooks."""
 
     def __init__(self, base_model: str, quantize: str | None = None, device: str = "cpu",
-                 decode_threads: int | None = 1):
+                 prefill_threads: int | None = None, decode_threads: int | None = 1):
         from gt_ext.models import load_model
         from gt_ext.serve.lora import LoraRuntime
 
         # Decode steps are tiny ops (B rows x 1 token): on CPU, intra-op threads mostly wait for each
         # other, and on a busy machine a second thread made a step 4x slower (bench/serve.py,
-        # docs/serve.md). Prefill keeps torch's thread count; None = the same for decode.
+        # docs/serve.md). prefill_threads None = torch's count; decode_threads None = the same.
         self.decode_threads = decode_threads
+        self.prefill_threads = prefill_threads
 
         self.model, self.tokenizer = load_model(base_model, device=device)
         self.device = device
@@ -255,7 +255,9 @@ class TorchEngine:
         scanners = [StopScanner(r.params.stop) for r in requests]
         done = [False] * n
         self.lora.activate([r.adapters for r in requests])
-        prefill_threads = torch.get_num_threads()
+        saved_threads = torch.get_num_threads()
+        if self.prefill_threads:
+            torch.set_num_threads(self.prefill_threads)
         try:
             from transformers import DynamicCache
 
@@ -299,7 +301,7 @@ class TorchEngine:
                 positions = positions[:, -1:] + 1
                 logits = self._forward(nxt, mask, positions, cache)
         finally:
-            torch.set_num_threads(prefill_threads)
+            torch.set_num_threads(saved_threads)
             self.lora.deactivate()
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:

@@ -45,8 +45,12 @@ def choose_backend(model: ResolvedModel, extra_adapters: list, requested: str = 
 
 
 def load_generator(model_ref: str, adapters: str | None = None, backend: str = "auto",
-                   quantize: str | None = None, threads: int | None = None):
-    """(Generator, ResolvedModel) for a model reference; adapters = `a,b=0.5` (see refs.py)."""
+                   quantize: str | None = "int8", threads: int | None = 1):
+    """(Generator, ResolvedModel) for a model reference; adapters = `a,b=0.5` (see refs.py).
+
+    Serving defaults, from bench/serve.py on the 2-core machines here: int8 linears and one thread
+    for prefill and decode (a second intra-op thread made steps 4x slower under load).
+    """
     from gt_ext.serve.generate import Generator
 
     model = resolve_model(model_ref)
