@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -130,7 +131,15 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--no-prime", action="store_true", help="Skip the comparison with real `gt prime`.")
     args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="rag-bench-"))
+    try:
+        run(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
+
+def run(args: argparse.Namespace, tmp: Path) -> None:
+    """Index, query and compare inside the scratch folder `tmp`."""
     import chromadb
     from chromadb.config import Settings
 
@@ -138,7 +147,6 @@ def main() -> None:
     from gt_ext.rag.index import open_collection, sync_chunks
     from gt_ext.rag.retrieve import _tokenizer, assemble, context_for, retrieve
 
-    tmp = Path(tempfile.mkdtemp(prefix="rag-bench-"))
     town = tmp / "town"
     (town / "mayor").mkdir(parents=True)
     (town / "mayor" / "town.json").write_text('{"name": "bench"}')
