@@ -62,23 +62,34 @@ def test_status_needs_a_run_or_peers(tmp_path: Path, capsys):
 def test_two_terminals_train_then_status_and_export(tmp_path: Path, corpus: Path, swarm_key: Path, peers: Peers):
     """Two `gt-ext swarm start` processes train together; `status` sees both; `export` takes the run."""
     a, b = tmp_path / "a", tmp_path / "b"
-    peers.start("a", peer_args(corpus, a, swarm_key, 4, "--min-peers", "2"))
+    peers.start("a", peer_args(corpus, a, swarm_key, 8, "--min-peers", "2"))
     addrs = peers.wait_file(a / "swarm.json", "a", timeout=300)["addrs"]
-    peers.start("b", peer_args(corpus, b, swarm_key, 4, "--min-peers", "2", "--initial-peers", addrs[0]))
-    peers.wait_step(a, "a", 1, timeout=300)
-    st = subprocess.run([GT_EXT, "swarm", "status", "--run", str(a), "--swarm-key", str(swarm_key), "--json"],
-                        capture_output=True, text=True, timeout=240)
-    assert st.returncode == 0, st.stderr
-    table = json.loads(st.stdout)["peers"]
-    assert len(table) == 2 and all("loss" in m for m in table.values()), table
-    # Without the key, status learns nothing.
-    nokey = subprocess.run([GT_EXT, "swarm", "status", "--run", str(a), "--json"], capture_output=True, text=True,
-                           timeout=240, env={k: v for k, v in os.environ.items() if k != "GT_SWARM_KEY_FILE"})
-    assert nokey.returncode != 0 or json.loads(nokey.stdout)["peers"] == {}
+    peers.start("b", peer_args(corpus, b, swarm_key, 8, "--min-peers", "2", "--initial-peers", addrs[0]))
+    # Status starts alongside the second peer: both pay the same start-up, so status finds the
+    # swarm alive (peer a waits for b before training).
+    env = {k: v for k, v in os.environ.items() if k != "GT_SWARM_KEY_FILE"}
+    status = [GT_EXT, "swarm", "status", "--run", str(a), "--json"]
+    with_key = subprocess.Popen(status + ["--swarm-key", str(swarm_key)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    without_key = subprocess.Popen(status, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                   start_new_session=True)
+    try:
+        out, err = with_key.communicate(timeout=300)
+        assert with_key.returncode == 0, err[-2000:]
+        table = json.loads(out)["peers"]
+        assert table and all("state" in m and "loss" in m for m in table.values()), table
+        # Without the key, status learns nothing about the swarm.
+        out2, _ = without_key.communicate(timeout=300)
+        assert without_key.returncode != 0 or json.loads(out2)["peers"] == {}
+    finally:
+        for p in (with_key, without_key):
+            if p.poll() is None:
+                os.killpg(p.pid, 9)
+                p.wait(10)
     for name in ("a", "b"):
         assert peers.wait(name, 400) == 0, peers.log(name)[-3000:]
     info = json.loads((a / "run.json").read_text())
-    assert info["status"] == "done" and info["metrics"]["steps"] == 4
+    assert info["status"] == "done" and info["metrics"]["steps"] == 8
     exp = subprocess.run([GT_EXT, "export", str(a), "--to", str(tmp_path / "exp")], capture_output=True, text=True,
                          timeout=400)
     if exp.returncode != 0 and "No such command" in exp.stderr:
