@@ -98,7 +98,7 @@ def swarm_time_per_step(corpus: Path, tmp: Path, model: str, steps: int, batch: 
     key = tmp / "swarm.key"
     SwarmKey.generate().save(key)
     sets = _sets(model, steps, batch)
-    common = dict(target_batch_size=2 * batch, lockstep=True, min_peers=2, wait_for_peers_s=300,
+    common = dict(target_batch_size=2 * batch, lockstep=True, min_peers=2, group_size=2, wait_for_peers_s=300,
                   matchmaking_time=5.0, averaging_timeout=60.0)
     ctx = mp.get_context("fork")
     procs = []
