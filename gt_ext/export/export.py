@@ -69,7 +69,13 @@ def plain_model(model: Any) -> Any:
     with torch.device("meta"):
         plain = type(model)(cfg)
     plain.load_state_dict(model.state_dict(), assign=True)
+    # Non-persistent buffers (RoPE inv_freq) are not in the state dict: take them over too.
+    for name, buf in model.named_buffers():
+        owner, _, attr = name.rpartition(".")
+        (plain.get_submodule(owner) if owner else plain)._buffers[attr] = buf
     plain.tie_weights()
+    if any(t.is_meta for t in [*plain.parameters(), *plain.buffers()]):
+        raise GtExtError("internal: model copy left tensors on the meta device")
     return plain
 
 
