@@ -189,7 +189,7 @@ def main() -> int:
         # llama.cpp gets the better of its thread settings (1 or all), as our decode uses 1 thread.
         best: dict | None = None
         for nt in sorted({1, args.threads}):
-            llm = Llama(model_path=str(smollm2_gguf_path()), n_ctx=2048, n_threads=nt, n_threads_batch=args.threads,
+            llm = Llama(model_path=str(smollm2_gguf_path()), n_ctx=2048, n_threads=nt, n_threads_batch=nt,
                         verbose=False)
             llama_single(llm, tok, 2)  # warm-up
             r = {**llama_single(llm, tok, n), **llama_batch(llm, tok, n, s), "threads": nt}

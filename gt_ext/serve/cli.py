@@ -87,7 +87,8 @@ def serve(
     from gt_ext.serve.api import create_app
     from gt_ext.serve.loader import load_generator
 
-    gen, resolved = load_generator(model, adapters, backend, None if quantize == "none" else quantize, threads)
+    gen, resolved = load_generator(model, adapters, backend, None if quantize == "none" else quantize, threads,
+                                   purpose="api")
     api = create_app(gen, resolved, token=token, max_batch=max_batch, max_queue=max_queue)
     print(f"serving {resolved.ref} ({gen.backend}) on http://{host}:{port}/v1"
           f"{' (bearer token required)' if token else ''}", file=sys.stderr)

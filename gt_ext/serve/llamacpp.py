@@ -46,8 +46,9 @@ class LlamaCppEngine:
         if not gguf.is_file() or gguf.suffix != ".gguf":
             raise GtExtError(f"backend llama.cpp: {gguf} is not a .gguf file")
         self.gguf = gguf
-        self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads or os.cpu_count(),
-                         n_batch=512, verbose=False)
+        nt = threads or os.cpu_count()
+        self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=nt, n_threads_batch=nt, n_batch=512,
+                         verbose=False)
         self.tokenizer = _tokenizer_for(base_model, gguf)
         self.max_context = n_ctx
 

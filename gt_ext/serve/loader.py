@@ -1,10 +1,9 @@
 """Build a Generator from a `--model` reference and `--adapters`, choosing the backend.
 
-`backend="auto"` picks by what bench/serve.py measured on this kind of machine (see docs note): the
-PyTorch engine with int8 linears when the request needs LoRA adapters chosen per request (llama.cpp
-here has no per-request adapter stacking), and llama.cpp on the model's GGUF when there is a GGUF
-that already contains the weights to serve (a base model, or an export's merged GGUF) and
-llama-cpp-python is installed.
+`backend="auto"` picks by what bench/serve.py measured (docs/serve.md): for the agent (one stream)
+llama.cpp on the model's GGUF when that GGUF already holds the weights to serve (a base model, or
+an export's merged GGUF) and llama-cpp-python is installed, else the PyTorch engine with int8
+linears; for the API (concurrent requests, per-request adapters) the PyTorch engine, which batches.
 """
 
 from __future__ import annotations
@@ -25,8 +24,14 @@ def llama_cpp_available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-def choose_backend(model: ResolvedModel, extra_adapters: list, requested: str = "auto") -> str:
-    """The backend to use for `model` (+ extra adapters); raise if `requested` cannot serve it."""
+def choose_backend(model: ResolvedModel, extra_adapters: list, requested: str = "auto",
+                   purpose: str = "agent") -> str:
+    """The backend to use for `model` (+ extra adapters); raise if `requested` cannot serve it.
+
+    `purpose="agent"` (one stream): llama.cpp when a GGUF holds all the weights (measured ~2x our
+    PyTorch int8 engine single-stream); `purpose="api"` (concurrent requests, adapters chosen per
+    request): PyTorch, whose batched decode measured >10x llama.cpp's aggregate at 8 streams.
+    """
     if requested not in BACKEND_CHOICES:
         raise GtExtError(f"--backend {requested}: choose one of {', '.join(BACKEND_CHOICES)}")
     # An export's GGUF is merged (adapter already inside): the adapter must not be applied again.
@@ -41,11 +46,13 @@ def choose_backend(model: ResolvedModel, extra_adapters: list, requested: str = 
         return "llama.cpp"
     if requested == "torch":
         return "torch"
+    if purpose == "api":
+        return "torch"
     return "llama.cpp" if gguf_has_all and llama_cpp_available() else "torch"
 
 
 def load_generator(model_ref: str, adapters: str | None = None, backend: str = "auto",
-                   quantize: str | None = "int8", threads: int | None = 1):
+                   quantize: str | None = "int8", threads: int | None = 1, purpose: str = "agent"):
     """(Generator, ResolvedModel) for a model reference; adapters = `a,b=0.5` (see refs.py).
 
     Serving defaults, from bench/serve.py on the 2-core machines here: int8 linears and one thread
@@ -55,7 +62,7 @@ def load_generator(model_ref: str, adapters: str | None = None, backend: str = "
 
     model = resolve_model(model_ref)
     extra = parse_adapters(adapters)
-    chosen = choose_backend(model, extra, backend)
+    chosen = choose_backend(model, extra, backend, purpose)
     log.info("serving %s on %s", model.ref, chosen)
     if chosen == "llama.cpp":
         gen = Generator(model.base_model, backend="llama.cpp", gguf_path=Path(model.gguf_path), threads=threads)

@@ -68,6 +68,7 @@ def test_backend_choice(tmp_path):
     assert choose_backend(base, [(tmp_path, 1.0)], "auto") == "torch"
     assert choose_backend(base, [], "auto") == ("llama.cpp" if llama_cpp_available() else "torch")
     assert choose_backend(base, [], "torch") == "torch"
+    assert choose_backend(base, [], "auto", purpose="api") == "torch"  # batching + per-request adapters
     with pytest.raises(GtExtError, match="--backend"):
         choose_backend(base, [], "vllm")
     with pytest.raises(GtExtError, match="llama.cpp"):
