@@ -18,13 +18,14 @@ N = 16
 
 
 def torch_greedy(model, ids: list[int], n: int) -> list[int]:
-    """n greedy tokens, no stopping (llama.cpp's generate does not stop either)."""
-    out = list(ids)
+    """n greedy tokens with the KV cache, no stopping (llama.cpp's generate does not stop either)."""
+    out: list[int] = []
     with torch.no_grad():
+        res = model(input_ids=torch.tensor([ids]), use_cache=True)
         for _ in range(n):
-            logits = model(input_ids=torch.tensor([out])).logits[0, -1]
-            out.append(int(logits.argmax()))
-    return out[len(ids):]
+            out.append(int(res.logits[0, -1].argmax()))
+            res = model(input_ids=torch.tensor([[out[-1]]]), past_key_values=res.past_key_values, use_cache=True)
+    return out
 
 
 def llama_greedy(path, ids: list[int], n: int) -> list[int]:
