@@ -61,6 +61,7 @@ class SwarmSettings(BaseModel):
     stale_after_s: float = Field(30.0, gt=0, description="a running peer silent this long is counted lost")
     min_peers: int = Field(1, ge=1, description="wait until this many peers (self included) are up")
     group_size: int | None = Field(None, ge=2, description="averaging group size; rounds start once it is full")
+    join_at_step: int = Field(0, ge=0, description="stand by (model loaded) until the swarm reached this step")
     wait_for_peers_s: float = Field(300.0, gt=0, description="how long to wait for min_peers")
     inject_nan_every: int = Field(0, ge=0, description="fault drill: make every Nth local loss NaN")
 
@@ -199,6 +200,18 @@ class _Metrics:
         self._thread.join(timeout=5)
 
 
+def _wait_for_swarm_step(dht: Any, run_id: str, step: int, timeout: float) -> None:
+    """Stand by until some peer of the swarm published a global step >= `step` (staged joins)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        steps = [m.get("epoch") or 0 for m in swarm_dht.read_metrics(dht, run_id).values()]
+        if steps and max(steps) >= step:
+            log.info("swarm %s reached step %d: joining", run_id, max(steps))
+            return
+        time.sleep(0.3)
+    raise GtExtError(f"swarm {run_id} did not reach step {step} in {timeout:.0f} s")
+
+
 def _write_checkpoint(run_dir: Path, step: int, model: Any, opt: Any, loader: Any, keep: int) -> Path:
     """checkpoints/step-N/: adapter + optimizer (with epoch) + data position + RNG, written atomically."""
     from gt_ext.train.lora import save_adapter
@@ -276,6 +289,12 @@ def run_peer(
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     val_batches = fixed_batches(val_items, d.batch_size, d.pack, d.pack_length, pad)
 
+    # hivemind signs progress records with a process-wide RSA key; a peer forked from a process
+    # that already made one would share it with its siblings, and their records would overwrite
+    # each other. Every peer gets its own key.
+    from hivemind.utils.crypto import RSAPrivateKey
+
+    RSAPrivateKey._process_wide_key = None
     dht = swarm_dht.start_dht(settings.initial_peers, settings.listen, key, run_id)
     opt = None
     metrics = None
@@ -304,6 +323,8 @@ def run_peer(
             loader = BatchLoader(train_items, d.batch_size, d.pack, d.pack_length, seed, pad)
             next_batch = loader.next_batch
 
+        if settings.join_at_step:
+            _wait_for_swarm_step(dht, run_id, settings.join_at_step, settings.wait_for_peers_s)
         params = trainable_parameters(model)
         target = settings.target_batch_size or d.batch_size * 2
         o = cfg.optim

@@ -65,9 +65,10 @@ def test_kill9_peer_others_finish_and_late_peer_catches_up(tmp_path: Path, corpu
     for name in ("b", "c"):
         peers.fork(name, corpus, tmp_path / name, swarm_key, steps, initial_peers=addrs, min_peers=3,
                    wait_for_peers_s=240, **kw)
-    peers.wait_step(tmp_path / "c", "c", 1, timeout=240)
-    # The late peer starts once training is under way (loading its model takes a while here).
-    peers.fork("late", corpus, tmp_path / "late", swarm_key, steps, initial_peers=addrs, **kw)
+    # The late peer loads its model now (slow on a busy machine) but stands by until the swarm
+    # is at step 5, after c is gone: it then joins a run in progress.
+    peers.fork("late", corpus, tmp_path / "late", swarm_key, steps, initial_peers=addrs, join_at_step=5,
+               wait_for_peers_s=400, **kw)
     peers.wait_step(tmp_path / "c", "c", 3, timeout=240)
     peers.kill9("c")
     for name in ("a", "b", "late"):
