@@ -71,6 +71,7 @@ def start(
     stale_after: Annotated[float, typer.Option(help="seconds of silence before a peer counts as lost")] = 30.0,
     min_peers: Annotated[int, typer.Option(help="wait until this many peers (self included) are up")] = 1,
     group_size: Annotated[int | None, typer.Option(help="averaging group size: rounds start as soon as it is full")] = None,
+    join_at_step: Annotated[int, typer.Option(help="load the model, then stand by until the swarm reaches this step")] = 0,
     resume: Annotated[Path | None, typer.Option("--resume", help="checkpoints/step-N folder to restart from")] = None,
     insecure_open_swarm: Annotated[bool, typer.Option(help="run without a swarm key (anyone who can connect may join)")] = False,
 ) -> None:
@@ -96,7 +97,7 @@ def start(
         initial_peers=initial_peers or [], listen=listen, target_batch_size=target_batch_size,
         matchmaking_time=matchmaking_time, averaging_timeout=averaging_timeout, power_sgd_rank=power_sgd_rank,
         lockstep=lockstep, shard=_shard(shard), stale_after_s=stale_after, min_peers=min_peers,
-        group_size=group_size,
+        group_size=group_size, join_at_step=join_at_step,
     )
     out.mkdir(parents=True, exist_ok=True)
     print(f"starting swarm peer for role {role}: run folder {out}", file=sys.stderr)
