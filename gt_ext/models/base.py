@@ -28,7 +28,7 @@ KNOWN_MODELS = {
     TINY: "random 2-layer LLaMA (hidden 64) with SmolLM2's tokenizer, for fast tests",
 }
 # Bump when the way a cached folder is built changes: old caches are then rebuilt.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 _TINY_CONFIG = dict(
     hidden_size=64,
     intermediate_size=128,
@@ -89,6 +89,15 @@ def _build_atomically(target: Path, build) -> Path:
     return target
 
 
+def _plain_config(cfg: Any) -> Any:
+    """The config of a GGUF-loaded model without its `quantization_config`: the weights we save are
+    dequantized float32, and that key makes save_pretrained (and TRL) refuse the model."""
+    cfg = cfg.__class__.from_dict(cfg.to_dict())
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    return cfg
+
+
 def _build_smollm2(out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
@@ -98,7 +107,7 @@ def _build_smollm2(out: Path) -> None:
     src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # save_pretrained refuses GGUF-loaded models: copy the weights into a plain model first.
-    plain = LlamaForCausalLM(src.config)
+    plain = LlamaForCausalLM(_plain_config(src.config))
     plain.load_state_dict(src.state_dict())
     plain.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
@@ -150,7 +159,7 @@ def resolve_model_dir(name_or_path: str) -> Path:
             from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
             src = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32)
-            plain = LlamaForCausalLM(src.config)
+            plain = LlamaForCausalLM(_plain_config(src.config))
             plain.load_state_dict(src.state_dict())
             plain.save_pretrained(out, safe_serialization=True)
             AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name).save_pretrained(out)
