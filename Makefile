@@ -12,8 +12,9 @@ install:
 demo: install
 	$(PY) -m gt_ext.demo
 
+# promptfoo (installed by install.sh) lets the eval tests compare our grader with the real one.
 test: install
-	$(PY) -m pytest -q tests
+	PROMPTFOO_BIN=$${PROMPTFOO_BIN:-$(CURDIR)/$(VENV)/bin/promptfoo} $(PY) -m pytest -q tests
 
 test-fast: install
 	$(PY) -m pytest -q -m "not integration and not slow" tests

@@ -31,6 +31,8 @@ DOLT_MODULE_VERSION="v0.40.5-0.20260507221239-14b38e279fc6"
 UV_VERSION="0.13.8"
 LLAMA_CPP_VERSION="0.3.36"
 SMOLLM2_VERSION="0.1.2"
+# The real promptfoo (npm), only to check that our promptfoo-suite grader agrees with it.
+PROMPTFOO_VERSION="0.121.20"
 
 say() { printf '[install] %s\n' "$*"; }
 
@@ -65,6 +67,18 @@ if [ "${GT_EXT_SKIP_LLAMACPP:-0}" != "1" ]; then
     CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" "$UV" pip install -q --python "$VENV/bin/python" \
       --no-deps "llama-cpp-python==$LLAMA_CPP_VERSION" || say "WARNING: llama-cpp-python failed to build; GGUF runtime checks will be skipped"
   fi
+fi
+
+# ---------------------------------------------------------------- promptfoo (reference grader)
+if [ "${GT_EXT_SKIP_PROMPTFOO:-0}" != "1" ] && command -v npm >/dev/null; then
+  PF_DIR="$CACHE/promptfoo-$PROMPTFOO_VERSION"
+  if [ ! -x "$PF_DIR/node_modules/.bin/promptfoo" ]; then
+    say "installing promptfoo $PROMPTFOO_VERSION into $PF_DIR (reference for the eval grader's tests)"
+    mkdir -p "$PF_DIR"
+    (cd "$PF_DIR" && npm install --no-audit --no-fund --silent "promptfoo@$PROMPTFOO_VERSION" >/dev/null 2>&1) \
+      || say "WARNING: promptfoo did not install; the promptfoo agreement tests will skip"
+  fi
+  [ -x "$PF_DIR/node_modules/.bin/promptfoo" ] && ln -sf "$PF_DIR/node_modules/.bin/promptfoo" "$VENV/bin/promptfoo"
 fi
 
 # ---------------------------------------------------------------- Go tools

@@ -12,7 +12,6 @@ so a round is the mean over the whole target batch.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -176,19 +175,6 @@ def _reset_step_counts(inner: torch.optim.Optimizer) -> None:
             step.zero_()
         elif step is not None:
             state["step"] = 0
-
-
-def warmup_cosine(max_steps: int, warmup_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
-    """LR multiplier per global step: linear warmup, then cosine down to `min_lr_ratio`."""
-
-    def f(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        span = max(max_steps - warmup_steps, 1)
-        t = min(max(step - warmup_steps, 0) / span, 1.0)
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-    return f
 
 
 def bytes_per_round(params: Sequence[torch.Tensor], n_peers: int, power_sgd_rank: int | None = None,

@@ -35,8 +35,9 @@ from gt_ext.errors import GtExtError
 from gt_ext.roles import check_role, check_task
 from gt_ext.swarm import dht as swarm_dht
 from gt_ext.swarm.auth import SwarmKey, publish_membership
-from gt_ext.swarm.optim import bytes_per_round, make_optimizer, warmup_cosine
+from gt_ext.swarm.optim import bytes_per_round, make_optimizer
 from gt_ext.train.config import TrainConfig, config_to_dict
+from gt_ext.train.loop import lr_lambda
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +331,7 @@ def run_peer(
         o = cfg.optim
         opt = make_optimizer(
             dht, params, run_id, target, d.batch_size, lr=o.lr,
-            lr_lambda=warmup_cosine(cfg.max_steps, o.warmup_steps, o.min_lr_ratio),
+            lr_lambda=lr_lambda(cfg),  # the training core's warmup + cosine, per swarm step
             betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
             matchmaking_time=settings.matchmaking_time, averaging_timeout=settings.averaging_timeout,
             power_sgd_rank=settings.power_sgd_rank, swarm_key=key,

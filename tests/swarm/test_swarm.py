@@ -93,10 +93,10 @@ def _single_process_curve(corpus: Path, steps: int, batch: int, eval_steps: list
     """Plain local training with the training core's pieces: batch `batch`, no swarm at all."""
     import torch
 
-    from gt_ext.swarm.optim import warmup_cosine
     from gt_ext.swarm.peer import _val_loss
     from gt_ext.train.config import load_config
     from gt_ext.train.data import BatchLoader, fixed_batches, load_items
+    from gt_ext.train.loop import lr_lambda
     from gt_ext.train.lora import load_base_for_training, trainable_parameters
     from gt_ext.train.losses import sft_loss
 
@@ -111,7 +111,7 @@ def _single_process_curve(corpus: Path, steps: int, batch: int, eval_steps: list
     params = trainable_parameters(model)
     o = cfg.optim
     opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, 0, cfg.optim.min_lr_ratio))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     curve = {}
     model.train()
     for step in range(1, steps + 1):
