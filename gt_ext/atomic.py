@@ -40,3 +40,22 @@ def atomic_write_text(path: str | os.PathLike, text: str, mode: int | None = Non
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
     """Write `obj` as pretty JSON atomically, with a trailing newline."""
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+def replace_dir(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move a completely written folder `tmp` into place at `target`.
+
+    Readers see the old folder or the new one: an existing `target` is first renamed aside, then
+    removed once the new one is in place. `tmp` must be on the same filesystem (a sibling).
+    """
+    import shutil
+
+    tmp, target = Path(tmp), Path(target)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)

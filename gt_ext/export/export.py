@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gt_ext.atomic import atomic_write_json
+from gt_ext.atomic import atomic_write_json, replace_dir
 from gt_ext.errors import GtExtError
 
 log = logging.getLogger(__name__)
@@ -139,14 +139,7 @@ def export_run(run_dir: str | Path, to: str | Path, quantized: tuple[str, ...] |
         atomic_write_json(tmp / "manifest.json", manifest)
         for d in [tmp, *[p for p in tmp.rglob("*") if p.is_dir()]]:
             os.chmod(d, 0o755)  # mkdtemp/copytree made them private; exports are meant to be shared
-        if to.exists():
-            old = to.with_name(f".{to.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(to, old)
-            os.replace(tmp, to)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, to)
+        replace_dir(tmp, to)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from gt_ext.atomic import replace_dir
 from gt_ext.errors import GtExtError
 from gt_ext.train.config import LoraSettings, TrainConfig
 
@@ -88,14 +89,7 @@ def save_adapter(model: Any, folder: str | Path) -> Path:
     try:
         model.save_pretrained(str(tmp))
         os.chmod(tmp, 0o755)  # mkdtemp creates it private
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
+        replace_dir(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
