@@ -31,6 +31,11 @@ from gt_ext.paths import cache_dir
 console = Console(highlight=False)
 ROLE = "witness"
 BASE = "smollm2-135m-instruct"
+# Sized for 2 CPU cores (see gt_ext/train/presets/witness_smollm2.yaml): a few minutes of training.
+TRAIN_STEPS = 12
+TRAIN_ARGS = ("lora.alpha=32 lora.targets=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj] "
+              "data.batch_size=2 data.max_val_examples=12 optim.lr=1e-3 optim.warmup_steps=2 "
+              "eval_every=0 checkpoint_every=4 threads=2")
 QUESTION = (
     "Patrol check for rig webapp: polecat furiosa has had no output for 45 minutes and its hook "
     "holds bead wa-k42. What do you do? Answer with one JSON object with keys action and reason."
@@ -213,7 +218,9 @@ class Demo:
     def train_job(self) -> None:
         """The user's command, through the gt shim, exactly as typed in a town."""
         self.run("gt", "formula", "run", "train-role-model", "--set", f"role={ROLE}",
-                 "--set", f"max_seconds={self.train_seconds}", "--job-dir", str(self.out / "job"))
+                 "--set", f"max_seconds={self.train_seconds}", "--set", f"max_steps={TRAIN_STEPS}",
+                 "--set", "lora_rank=16", "--set", f"train_args={TRAIN_ARGS}",
+                 "--job-dir", str(self.out / "job"))
 
     def eval_base(self) -> None:
         out = self.run("gt-ext", "eval", "run", "--model", f"base:{BASE}", "--suite", f"builtin:{ROLE}",
@@ -222,7 +229,12 @@ class Demo:
         self.state["figures"]["metric:base eval"] = f"composite {r.get('composite')} gate {r.get('gate', {}).get('deployable')}"
 
     def deploy(self) -> None:
-        self.run("gt", "model", "deploy", ROLE, "--why", "make demo")
+        # A few CPU minutes of training do not pass the witness gate (see the eval stage); deploy
+        # refuses such a version unless forced, and the reason is logged in the history.
+        shown = json.loads(self.run("gt", "model", "show", ROLE, "--json", capture=True))
+        passed = isinstance(shown, dict) and shown.get("gate") == "pass"
+        force = [] if passed else ["--force", "make demo: short CPU training run, below the eval gate"]
+        self.run("gt", "model", "deploy", ROLE, *force, "--why", "make demo")
         self.run("gt", "model", "list")
 
     def ask(self) -> None:

@@ -39,6 +39,8 @@ def run(
     limit: int | None = typer.Option(None, "--limit", help="only the first N tasks (smoke runs)"),
     no_write: bool = typer.Option(False, "--no-write", help="do not write eval-<suite>.json next to the model"),
     as_json: bool = typer.Option(False, "--json", help="print the full result as JSON"),
+    gate_exit: bool = typer.Option(True, "--gate-exit/--no-gate-exit",
+                                   help="exit 1 when the gate says not deployable (pipelines that record the verdict and go on: --no-gate-exit)"),
 ) -> None:
     """Score MODEL on SUITE: a table per category, the composite and the gate verdict."""
     from gt_ext.evals.runner import evaluate
@@ -52,7 +54,7 @@ def run(
         print(json.dumps(d, indent=2))
         return
     _print_result(d, res.written_to)
-    if not res.gate["deployable"]:
+    if gate_exit and not res.gate["deployable"]:
         raise typer.Exit(1)
 
 
