@@ -75,3 +75,13 @@ def test_run_real_tiny_model_json(tmp_path, capsys):
     assert d["gate"]["deployable"] is False  # a random model does not pass the witness gate
     written = tmp_path / "gthome" / "evals" / "base-tiny-llama" / "eval-witness.json"
     assert json.loads(written.read_text())["composite"] == d["composite"]
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(jsrun.node_binary() is None, reason="node is not installed")
+def test_run_table_gate_exit_code(tmp_path, capsys):
+    """A failed gate exits 1 (a CI check), unless --no-gate-exit (a pipeline that records it)."""
+    args = ["eval", "run", "--model", "base:tiny-llama", "--suite", "builtin:witness", "--limit", "1", "--no-write"]
+    assert main(args) == 1
+    assert "NOT deployable" in capsys.readouterr().out
+    assert main([*args, "--no-gate-exit"]) == 0
