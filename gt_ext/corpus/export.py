@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gt_ext.atomic import replace_dir
 from gt_ext.corpus.format import canonical_json, dpo_id
 from gt_ext.corpus.scrub import Scrubber
 from gt_ext.corpus.store import Example, Store
@@ -138,7 +139,8 @@ def export_corpus(store: Store, out: str | os.PathLike, rig: str | None = None, 
                 split = "val" if _is_val(pkey, val_pct) else "train"
                 dpo[(pair["role"], pair["task"], split)].append(pair)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)  # the temp folder must be a sibling for the rename
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         files: dict[str, str] = {}
         counts: dict[str, dict] = {"sft": {}, "dpo": {}}
@@ -164,15 +166,7 @@ def export_corpus(store: Store, out: str | os.PathLike, rig: str | None = None, 
         for p in tmp.rglob("*"):
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
         os.chmod(tmp, 0o755)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
