@@ -103,21 +103,6 @@ class _Gen:
                  "dead": ("restart", "session gone while its bead is still open"),
                  "finished": ("cleanup", "bead closed but the session lingers")}
 
-    def _w_situation(self, s: dict) -> str:
-        n, b, m = s["name"], s["bead"], s["idle_min"]
-        r = self.r
-        return {
-            "working": r.choice([f"{n} on {b}: output {m} min ago, compiling", f"{n} ({b}) printed test progress {m} min ago"]),
-            "idle": r.choice([f"{n} has {b} hooked, pane quiet for {m} min, no nudge sent yet",
-                              f"{n}: {b} hooked and untouched, {m} minutes of silence at the prompt"]),
-            "stuck": r.choice([f"{n} on {b}: {s['fails']} identical test failures over {m} min, no commit since",
-                               f"{n} ignored {s['nudges']} nudges about {b}; silent for {m} min"]),
-            "dead": r.choice([f"{n}: tmux session gone, {b} still in_progress on its hook",
-                              f"{n} crashed {m} min ago; {b} remains hooked and open"]),
-            "finished": r.choice([f"{n}: {b} closed and merged, yet its session sits at the prompt",
-                                  f"{n} ran gt done for {b} {m} min ago but the pane is still open"]),
-        }[s["state"]]
-
     def witness(self) -> list[SampleSession]:
         r = self.r
         rig = r.choice(list(RIGS))
@@ -125,9 +110,7 @@ class _Gen:
         states = []
         for name in names:
             kind = r.choices(["working", "idle", "stuck", "dead", "finished"], [4, 3, 2, 2, 2])[0]
-            states.append({"name": name, "state": kind, "bead": self.bead(rig), "fails": r.randint(3, 9),
-                           "nudges": r.randint(3, 5),
-                           "idle_min": r.randint(15, 120) if kind in ("idle", "stuck") else r.randint(1, 6)})
+            states.append(self._w_state(name, self.bead(rig), kind))
         user = f"{rig}/witness"
         prompt = r.choice([f"Patrol {rig}: check on the polecats.", f"Witness patrol for rig {rig}.",
                            f"Run your patrol of {rig} now.", f"Time for a {rig} patrol: who needs help?"])
@@ -173,20 +156,129 @@ class _Gen:
         good_steps.append(_a(f"Patrol of {rig} done. " + "; ".join(parts) + "."))
         bad = bad_steps + [_a(f"Patrol of {rig} done.")] if bad_steps else None
         out = self.pair("witness", "patrol", rig, None, user, opening, good_steps, bad)
-        # Single-step decisions in JSON, the shape patrol formulas ask for: one per polecat seen.
-        for s in r.sample(states, min(2, len(states))):
-            target = s["name"]
-            action, why = self._W_ACTION[s["state"]]
-            ask = r.choice(["Witness of {rig}: decide the next action for this polecat.",
-                            "You watch rig {rig}. What do you do about this polecat?",
-                            "Patrol step for {rig}. Pick one action."]).format(rig=rig)
-            dec = [_u(f"{ask}\nSituation: {self._w_situation(s)}.\n"
-                      "Reply with JSON: {\"action\": wait|nudge|escalate|restart|cleanup, \"target\", \"reason\"}.")]
-            good = [{"role": "assistant", "content": json.dumps({"action": action, "target": target, "reason": why})}]
-            wrong = {"nudge": "cleanup", "escalate": "wait", "cleanup": "nudge", "wait": "escalate", "restart": "wait"}[action]
-            badd = [{"role": "assistant", "content": json.dumps({"action": wrong, "target": target, "reason": "unclear"})}]
-            out += self.pair("witness", "patrol", rig, s["bead"], user, dec, good, badd)
+        # Single-step decisions in JSON, the shape patrol formulas ask for: one per polecat seen,
+        # plus one report where several polecats are listed and at most one needs the witness.
+        for s in states:
+            out += self._w_decision(rig, user, [s], s)
+        out += self._w_decision(rig, user, *self._w_mixed_report(rig))
         return out
+
+    # The decision rules, in this generator's own words (from the witness role: GUPP nudges for idle
+    # hooked work, escalation when nudging does not help or a human must decide, restart for a dead
+    # or hung session on open work, cleanup once the work has landed).
+    _W_RULES = {
+        "wait": "it is making progress, or it was nudged less than ten minutes back",
+        "nudge": "it is alive but idle while a bead sits on its hook",
+        "restart": "its session died or hung while its bead is still open",
+        "cleanup": "its bead is done (closed, merged or gt done) and a session or worktree lingers",
+        "escalate": "it keeps failing, it ignored three or more nudges, or it needs a human to decide",
+    }
+    _W_REASON = {"working": "making progress", "nudged": "nudged a few minutes ago", "idle": "idle with work hooked",
+                 "stuck": "not progressing, needs help", "dead": "session died, bead still open",
+                 "hung": "hung on an open bead", "finished": "work landed, session lingers",
+                 "all-busy": "everyone is making progress"}
+    _W_WRONG = {"nudge": "cleanup", "escalate": "wait", "cleanup": "nudge", "wait": "escalate", "restart": "wait"}
+
+    def _w_state(self, name: str, bead: str, kind: str) -> dict:
+        """A polecat state with the numbers its description needs; `kind` picks the right action."""
+        r = self.r
+        return {"name": name, "bead": bead, "state": kind, "fails": r.randint(3, 9), "nudges": r.randint(3, 6),
+                "idle_min": r.randint(15, 150) if kind in ("idle", "stuck", "hung") else r.randint(1, 6),
+                "variant": r.random()}
+
+    def _w_mixed_report(self, rig: str) -> tuple[list[dict], dict | None]:
+        """Two to four polecats; all busy, or exactly one that needs an action."""
+        r = self.r
+        names = r.sample(POLECATS, r.randint(2, 4))
+        kinds = ["working"] * len(names)
+        odd = None
+        if r.random() < 0.8:
+            i = r.randrange(len(names))
+            kinds[i] = r.choice(["idle", "stuck", "dead", "finished", "hung", "nudged"])
+            odd = i
+        states = [self._w_state(n, self.bead(rig), k) for n, k in zip(names, kinds, strict=True)]
+        return states, (states[odd] if odd is not None else None)
+
+    def _w_describe(self, s: dict) -> str:
+        """One line about one polecat, in several phrasings per state."""
+        n, b, m = s["name"], s["bead"], s["idle_min"]
+        options = {
+            "working": [f"{n} on {b}: output {m} min ago, compiling",
+                        f"{n} ({b}) printed test progress {m} min ago",
+                        f"{n} is editing files for {b}; its last tool call was {m} min ago",
+                        f"{n} pushed a commit for {b} {m} min ago and keeps going",
+                        f"{n}: long build for {b} still scrolling, newest line {m} min old"],
+            "nudged": [f"{n}: quiet on {b} for {m + 20} min, but a nudge went out {m} min ago",
+                       f"{n} was nudged about {b} {m} minutes back and has not answered yet"],
+            "idle": [f"{n} has {b} hooked, pane quiet for {m} min, no nudge sent yet",
+                     f"{n}: {b} hooked and untouched, {m} minutes of silence at the prompt",
+                     f"{n} sits at an empty prompt with {b} on its hook ({m} min), agent process alive",
+                     f"{n}: {b} still in status hooked after {m} min, the session is up but never started"],
+            "stuck": [f"{n} on {b}: {s['fails']} identical test failures over {m} min, no commit since",
+                      f"{n} ignored {s['nudges']} nudges about {b}; silent for {m} min",
+                      f"{n} keeps asking whether {b} should drop the old endpoint; nobody in the rig can say, {m} min so far",
+                      f"{n}: git push for {b} refused {s['fails']} times with an authentication error",
+                      f"{n} tried to rebase {b} {s['fails']} times and hits the same conflict each time"],
+            "dead": [f"{n}: tmux session gone, {b} still in_progress on its hook",
+                     f"{n} crashed {m} min ago; {b} remains hooked and open",
+                     f"{n}: agent exited with an error {m} min ago, {b} open, worktree untouched"],
+            "hung": [f"{n}: pane frozen for {m} min although the process lives, {b} open, one nudge unanswered",
+                     f"{n} stopped redrawing {m} min ago mid-command; {b} in_progress"],
+            "finished": [f"{n}: {b} closed and merged, yet its session sits at the prompt",
+                         f"{n} ran gt done for {b} {m} min ago but the pane is still open",
+                         f"{n}: the refinery landed {b}; worktree and session are still around",
+                         f"{n}: hook empty since {b} closed, idle at the prompt for {m} min"],
+        }[s["state"]]
+        return options[int(s["variant"] * len(options))]
+
+    @staticmethod
+    def _w_action(s: dict | None) -> str:
+        kind = s["state"] if s else "working"
+        return {"working": "wait", "nudged": "wait", "idle": "nudge", "stuck": "escalate", "dead": "restart",
+                "hung": "restart", "finished": "cleanup"}[kind]
+
+    def _w_command(self, rig: str, action: str, s: dict | None) -> str:
+        """The gt command that carries out `action` (never pkill, rm -rf or raw tmux)."""
+        if s is None or action == "wait":
+            return ""
+        t = f"{rig}/{s['name']}"
+        return {"nudge": f"gt nudge {t} \"run your hook\"", "escalate": f"gt escalate \"{t} stuck on {s['bead']}\"",
+                "restart": f"gt polecat restart {t}", "cleanup": f"gt polecat nuke {t}"}[action]
+
+    def _w_decision(self, rig: str, user: str, states: list[dict], focus: dict | None) -> list[SampleSession]:
+        """One JSON decision (success) and a wrong one (failure) over a report of `states`."""
+        r = self.r
+        action = self._w_action(focus)
+        report = "\n".join(("- " if len(states) > 1 else "") + self._w_describe(s) for s in states)
+        with_cmd = r.random() < 0.35
+        style = r.randrange(3)
+        if style == 0:
+            ask = r.choice(["Witness of {rig}: decide the next action.", "You watch rig {rig}. What do you do?",
+                            "Patrol step for {rig}. Pick one action."]).format(rig=rig)
+            keys = '{"action": wait|nudge|escalate|restart|cleanup, "target", "reason"' + (', "command"' if with_cmd else "") + "}"
+            prompt = f"{ask}\nSituation: {report}.\nReply with JSON: {keys}."
+        elif style == 1:
+            rules = "\n".join(f"  {a}: {why}" for a, why in r.sample(list(self._W_RULES.items()), 5))
+            fields = '"action": "<one option>", "target": "<polecat name>", "reason": "<short why>"'
+            fields += ', "command": "<the gt command>"' if with_cmd else ""
+            prompt = (f"Witness duty on rig {rig}. Options for a polecat:\n{rules}\n"
+                      f"Latest report:\n{report}\nAnswer with a single JSON object {{{fields}}}.")
+        else:
+            prompt = (f"Polecats of {rig} right now:\n{report}\n"
+                      "Which one needs the witness, and what should happen? One JSON object with action, "
+                      "target (the polecat's name, empty if nobody) and reason"
+                      + (", plus the gt command to run" if with_cmd else "") + ".")
+        # Short reasons: a patrol formula reads the JSON, and a long reason only costs tokens.
+        why = self._W_REASON[focus["state"] if focus else "all-busy"]
+        answer: dict[str, str] = {"action": action, "target": focus["name"] if focus else "", "reason": why}
+        if with_cmd:
+            answer["command"] = self._w_command(rig, action, focus)
+        wrong = dict(answer, action=self._W_WRONG[action], reason="unclear")
+        if with_cmd:
+            wrong["command"] = f"pkill -f {focus['name']}" if focus else "tmux kill-server"
+        good = [{"role": "assistant", "content": json.dumps(answer)}]
+        bad = [{"role": "assistant", "content": json.dumps(wrong)}]
+        return self.pair("witness", "patrol", rig, focus["bead"] if focus else None, user, [_u(prompt)], good, bad)
 
     # --- deacon / boot / dog -------------------------------------------------------------------
     def deacon(self) -> list[SampleSession]:
