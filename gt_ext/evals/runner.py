@@ -59,6 +59,7 @@ class EvalResult:
     seconds: float = 0.0
     contamination: dict[str, Any] | None = None
     written_to: str | None = None
+    system_prompt: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON written as `eval-<suite>.json` and stored by the registry."""
@@ -73,6 +74,7 @@ class EvalResult:
             "gate": self.gate,
             "skipped": [t.id for t in self.tasks if t.skipped],
             "seconds": round(self.seconds, 1),
+            "system_prompt": self.system_prompt,
             "tasks": [t.to_dict() for t in self.tasks],
         }
         if self.contamination is not None:
@@ -195,6 +197,30 @@ def _fallback_generator(model: ModelRef) -> GenerateFn:
 # ------------------------------------------------------------------------------------ evaluation
 
 
+def suite_system_prompt(st: suite_mod.EvalSuite) -> str | None:
+    """The system turn a suite asks for in suite.yaml `system_prompt`: `role` = the role's system
+    turn, the same text the corpus gives every training example of that role (so a role model is
+    scored as it was trained; the base model gets the same turn, so the comparison stays fair); any
+    other string is used as it is; absent = none (a promptfoo suite from elsewhere runs unchanged)."""
+    want = st.meta.get("system_prompt")
+    if not want:
+        return None
+    if want == "role":
+        if not st.role:
+            raise GtExtError(f"suite {st.name}: system_prompt: role needs a `role` in suite.yaml")
+        from gt_ext.corpus.tags import system_prompt
+
+        return system_prompt(st.role)
+    return str(want)
+
+
+def with_system(messages: list[dict[str, str]], system: str | None) -> list[dict[str, str]]:
+    """`messages` with `system` as the first turn, unless there is none or the task brings its own."""
+    if not system or (messages and messages[0].get("role") == "system"):
+        return messages
+    return [{"role": "system", "content": system}, *messages]
+
+
 def evaluate(
     model_ref: str | ModelRef,
     suite: str | Path | suite_mod.EvalSuite,
@@ -235,6 +261,7 @@ def evaluate(
         if not tasks:
             raise GtExtError(f"contamination guard refused every task of suite {st.name} (corpus {corpus})")
 
+    system = suite_system_prompt(st)
     results = {t.id: scoring.TaskResult(id=t.id, category=t.category) for t in tasks}
     # Tasks that cannot run on this machine (a sandbox without bd) are skipped, not failed.
     missing = {t.id: why for t in tasks if (why := getattr(t, "unavailable", lambda: None)())}
@@ -257,7 +284,7 @@ def evaluate(
                 try:
                     for i, t in enumerate(batch):
                         try:
-                            ready.append((i, t, t.prepare()))
+                            ready.append((i, t, with_system(t.prepare(), system)))
                         except GtExtError as e:
                             # A sandbox whose setup fails says nothing about the model: skip it.
                             log.warning("task %s: setup failed: %s", t.id, e)
@@ -291,7 +318,7 @@ def evaluate(
     verdict = scoring.gate(comp, cats, pk, scoring.thresholds_for(cfg, role))
     res = EvalResult(suite=st.name, model=model.ref, role=role, k=k, tasks=task_results, categories=cats,
                      composite=comp, pass_k=pk, gate=verdict, seconds=time.perf_counter() - t0,
-                     contamination=contamination)
+                     contamination=contamination, system_prompt=system)
     if write and model.registry_ref:
         # The registry stores the result and writes eval-<suite>.json into the version folder.
         from gt_ext.registry import Registry

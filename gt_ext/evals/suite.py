@@ -2,7 +2,8 @@
 
 Folder layout (every file optional except that there must be some tasks):
 
-    SUITE/suite.yaml              {name, role, max_new_tokens}        (this project's metadata)
+    SUITE/suite.yaml              {name, role, max_new_tokens, system_prompt}  (this project's metadata;
+                                  system_prompt: role = the role's training system turn first)
     SUITE/promptfooconfig.yaml    a promptfoo suite, unchanged         (gt_ext.evals.promptfoo)
     SUITE/sandbox.yaml            sandbox tasks                        (gt_ext.evals.sandbox)
 

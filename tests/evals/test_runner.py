@@ -202,3 +202,34 @@ def test_failed_setup_skips_only_that_task(tmp_path):
     d = res.to_dict()
     assert d["skipped"] == ["broken"] and broken.cleaned
     assert d["categories"]["patrol"]["total"] == 2
+
+
+def test_role_system_turn_is_the_training_one_and_only_when_asked(tmp_path):
+    """suite.yaml `system_prompt: role` puts the corpus's system turn for the role first; without the
+    key the task's messages go to the model as they are (foreign promptfoo suites run unchanged)."""
+    from gt_ext.corpus.tags import system_prompt
+
+    seen = []
+
+    def spy(batch, params):
+        seen.extend(batch)
+        return _echo(batch, params)
+
+    d = _suite(tmp_path)
+    res = runner.evaluate("base:tiny-llama", d, generate=spy, write=False)
+    assert res.system_prompt is None and all(m[0]["role"] == "user" for m in seen)
+    seen.clear()
+    (d / "suite.yaml").write_text("name: mini\nrole: witness\nsystem_prompt: role\nmax_new_tokens: 8\n")
+    res = runner.evaluate("base:tiny-llama", d, generate=spy, write=False)
+    assert res.system_prompt == system_prompt("witness") == res.to_dict()["system_prompt"]
+    assert [m[0] for m in seen] == [{"role": "system", "content": system_prompt("witness")}] * 3
+    assert [m[1]["content"] for m in seen] == ["alpha", "beta", "gamma"]
+    (d / "suite.yaml").write_text("name: mini\nsystem_prompt: role\n")
+    with pytest.raises(GtExtError, match="system_prompt: role needs a `role`"):
+        runner.evaluate("base:tiny-llama", d, generate=spy, write=False)
+
+
+def test_a_task_with_its_own_system_turn_keeps_it():
+    own = [{"role": "system", "content": "mine"}, {"role": "user", "content": "q"}]
+    assert runner.with_system(own, "role text") == own
+    assert runner.with_system([{"role": "user", "content": "q"}], None) == [{"role": "user", "content": "q"}]
