@@ -1,8 +1,17 @@
-"""Town artifacts as corpus material: CLAUDE.md, AGENTS.md, formulas, spec and plan files.
+"""Town artifacts as corpus material: CLAUDE.md, AGENTS.md, formulas, spec and plan files, and
+the real `gt prime` output of every role (source `gt-prime`).
 
-Recency wins: a newer version of an artifact supersedes the older one. A change that puts back a
-version replaced within `REVERT_WINDOW_S` (a CLAUDE.md edit undoing the last one) is not applied:
-that version is flagged for review instead, and the current one stays.
+Each artifact has a key (`<rig>:<relpath>` for files, `<rig>:gt-prime:<role>` for prime output,
+`town` for town-level ones) and versions. Recency wins: a newer version supersedes the older one.
+A change that puts back a version replaced within `REVERT_WINDOW_S` (a CLAUDE.md edit undoing the
+last one) is not applied: that version is flagged for review instead, and the current one stays.
+A version no part of which could be stored as active (quarantined for a secret, say) leaves the
+current one in place. Text longer than one example allows is stored as several parts of the same
+version, cut at markdown headings.
+
+Prime output is taken with `gt prime --dry-run` (no identity lock, handoff marker, `bd prime` or
+mail injection: nothing changes for the live agent), without gt's per-run session banner. It
+reflects the role's hook at that moment, so it changes when the agent's hooked work does.
 """
 
 from __future__ import annotations
@@ -10,9 +19,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from gt_ext.corpus.format import sha256_text
+from gt_ext.corpus.gates import MAX_TOTAL_CHARS
 from gt_ext.corpus.ingest import Ingestor, Source, Tags
 from gt_ext.corpus.store import Store
 from gt_ext.corpus.tags import role_from_actor
@@ -21,6 +32,9 @@ log = logging.getLogger(__name__)
 
 REVERT_WINDOW_S = 7 * 24 * 3600
 MAX_BYTES = 64_000
+PRIME_SOURCE = "gt-prime"
+# One example's share of a version: room is left for the system and user turns.
+PART_CHARS = MAX_TOTAL_CHARS - 1_000
 _NAMES = {"CLAUDE.md", "AGENTS.md"}
 _SKIP_DIRS = {".git", "node_modules", ".corpus", ".dolt-data", "embeddeddolt", ".venv", "__pycache__", ".runtime"}
 
@@ -53,9 +67,104 @@ def _tags_for(town_root: Path, path: Path) -> tuple[str | None, str | None, str]
     return role, rig, str(rel)
 
 
+def _split_parts(text: str, limit: int) -> list[str]:
+    """`text` in pieces of at most `limit` characters, cut before markdown headings outside code
+    fences where possible, else at line ends (one piece when it fits)."""
+    if len(text) <= limit:
+        return [text]
+    sections: list[str] = []
+    cur: list[str] = []
+    fenced = False
+    for line in text.splitlines(keepends=True):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        if not fenced and line.startswith("#") and cur:
+            sections.append("".join(cur))
+            cur = []
+        cur.append(line)
+    if cur:
+        sections.append("".join(cur))
+    parts: list[str] = []
+    buf = ""
+    for sec in sections:
+        while len(sec) > limit:  # one section longer than a part: cut at the last line end that fits
+            cut = sec.rfind("\n", 0, limit) + 1 or limit
+            if buf:
+                parts.append(buf)
+                buf = ""
+            parts.append(sec[:cut])
+            sec = sec[cut:]
+        if len(buf) + len(sec) > limit:
+            parts.append(buf)
+            buf = ""
+        buf += sec
+    if buf:
+        parts.append(buf)
+    return [p for p in parts if p.strip()]
+
+
+def _heading(text: str) -> str | None:
+    for line in text.splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip() or None
+    return None
+
+
+def _store_version(ing: Ingestor, key: str, text: str, kind: str, question: str, role: str | None,
+                   rig: str | None, when: float) -> str:
+    """Store `text` as the newest version of artifact `key` under the recency rules (module doc).
+
+    A version too long for one example is stored as several parts (questions numbered), all
+    sharing the version's hash. Returns new | unchanged | superseded-old | revert-flagged."""
+    st: Store = ing.store
+    h = sha256_text(text)
+    rows = st.db.execute("SELECT id, source_hash, status, created FROM examples WHERE artifact_key = ? "
+                         "ORDER BY created DESC", (key,)).fetchall()
+    active = [r for r in rows if r["status"] == "active"]
+    current_hash = active[0]["source_hash"] if active else None
+    if current_hash == h:
+        return "unchanged"
+    # Earlier versions that may come back; a quarantined or rejected one never does.
+    earlier = [r for r in rows if r["source_hash"] == h and r["status"] in ("superseded", "review")]
+    now = time.time()
+    if (earlier and not active) or (not earlier and any(r["source_hash"] == h for r in rows)):
+        return "unchanged"  # seen before and held back (quarantine, review): its status stands
+    cur_ids = [r["id"] for r in active]
+    if earlier:
+        if now - max(r["created"] for r in active) < REVERT_WINDOW_S:
+            # Put back what a recent change replaced: flag it, do not apply it silently.
+            st.db.executemany("UPDATE examples SET status = 'review', reason = ? WHERE id = ?",
+                              [(f"reverts a recent change of {key}: review before applying", r["id"]) for r in earlier])
+            return "revert-flagged"
+        st.db.executemany("UPDATE examples SET status = 'superseded', reason = ? WHERE id = ?",
+                          [(f"superseded: {key}", i) for i in cur_ids])
+        st.db.executemany("UPDATE examples SET status = 'active', reason = NULL, created = ? WHERE id = ?",
+                          [(now, r["id"]) for r in earlier])
+        return "superseded-old"
+    # The current version steps aside first, so the new one is not refused as its near-duplicate;
+    # it comes back when no part of the new one could be stored as active.
+    st.db.executemany("UPDATE examples SET status = 'superseded', reason = ? WHERE id = ?",
+                      [(f"superseded: {key}", i) for i in cur_ids])
+    parts = _split_parts(text, PART_CHARS)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+    stored_active = False
+    for i, part in enumerate(parts):
+        q = question
+        if len(parts) > 1:
+            head = _heading(part)
+            q = f"{question} (part {i + 1} of {len(parts)}{': ' + head if head else ''})"
+        msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": part}]
+        src = Source(kind, f"artifact:{key}:{h}" + (f"#{i}" if i else ""), h, group=f"artifact:{key}")
+        res = ing.ingest(msgs, Tags(role=role, task="general", rig=rig, artifact_key=key, time=stamp), src)
+        stored_active = stored_active or bool(res.inserted.get("active"))
+    if cur_ids and not stored_active:
+        st.db.executemany("UPDATE examples SET status = 'active', reason = NULL WHERE id = ?", [(i,) for i in cur_ids])
+        log.warning("artifact %s: new version not stored as active, the current one stays", key)
+    return "new"
+
+
 def ingest_artifact(ing: Ingestor, town_root: Path, path: Path) -> str:
     """Store one artifact version; returns new | unchanged | superseded-old | revert-flagged | skipped."""
-    st: Store = ing.store
     try:
         raw = path.read_bytes()
     except OSError:
@@ -65,37 +174,58 @@ def ingest_artifact(ing: Ingestor, town_root: Path, path: Path) -> str:
         return "skipped"
     text = raw.decode("utf-8", errors="replace")
     role, rig, rel = _tags_for(town_root, path)
-    key = f"{rig or 'town'}:{rel}"
-    h = sha256_text(text)
-    versions = st.db.execute("SELECT id, source_hash, status, created FROM examples WHERE artifact_key = ? ORDER BY created DESC",
-                             (key,)).fetchall()
-    current = next((v for v in versions if v["status"] == "active"), None)
-    if current is not None and current["source_hash"] == h:
-        return "unchanged"
-    earlier = next((v for v in versions if v["source_hash"] == h), None)
-    now = time.time()
-    if earlier is not None and current is not None:
-        if now - current["created"] < REVERT_WINDOW_S:
-            # Put back what a recent change replaced: flag it, do not apply it silently.
-            st.db.execute("UPDATE examples SET status = 'review', reason = ? WHERE id = ?",
-                          (f"reverts a recent change of {key}: review before applying", earlier["id"]))
-            return "revert-flagged"
-        st.db.execute("UPDATE examples SET status = 'superseded', reason = ? WHERE id = ?", (f"superseded: {key}", current["id"]))
-        st.db.execute("UPDATE examples SET status = 'active', reason = NULL, created = ? WHERE id = ?", (now, earlier["id"]))
-        return "superseded-old"
     what = "the formula" if rel.endswith(".formula.toml") else rel.rsplit("/", 1)[-1]
-    msgs = [{"role": "user", "content": f"What does {what} at {rel} say for {'the ' + role if role else 'agents'} in {rig or 'the town'}?"},
-            {"role": "assistant", "content": text}]
-    src = Source("artifact", f"artifact:{key}:{h}", h, group=f"artifact:{key}")
-    res = ing.ingest(msgs, Tags(role=role, task="general", rig=rig, artifact_key=key,
-                                time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(path.stat().st_mtime))), src)
-    if current is not None and res.inserted:
-        st.db.execute("UPDATE examples SET status = 'superseded', reason = ? WHERE id = ?", (f"superseded: {key}", current["id"]))
-    return "new"
+    question = f"What does {what} at {rel} say for {'the ' + role if role else 'agents'} in {rig or 'the town'}?"
+    return _store_version(ing, f"{rig or 'town'}:{rel}", text, "artifact", question, role, rig, path.stat().st_mtime)
 
 
-def collect_artifacts(store: Store, town_root: Path) -> dict[str, int]:
-    """Scan a town's artifacts into the store; returns counts per outcome."""
+def prime_key(role: str, rig: str | None) -> str:
+    """Artifact key of a role's `gt prime` output: `<rig>:gt-prime:<role>` (`town:` for town roles)."""
+    return f"{rig or 'town'}:gt-prime:{role}"
+
+
+def ingest_prime(ing: Ingestor, role: str, rig: str | None, text: str) -> str:
+    """Store one role's `gt prime` output (already run) as the newest version of its artifact."""
+    where = f"rig {rig}" if rig else "the town"
+    question = f"Run `gt prime`: what is your role context as the {role} in {where}?"
+    return _store_version(ing, prime_key(role, rig), text, PRIME_SOURCE, question, role, rig, time.time())
+
+
+def collect_prime(store: Store, town_root: Path, env: Mapping[str, str] | None = None,
+                  timeout: float = 60.0) -> dict[str, int]:
+    """Run the real `gt prime --dry-run` for every role of the town and store each output as
+    that role's artifact (source `gt-prime`). Returns counts per outcome; a role whose prime
+    could not run counts as `failed` (reason logged by gt_ext.gastown.prime)."""
+    from gt_ext.corpus.collect import process_lock
+    from gt_ext.gastown.binaries import find_gt
+    from gt_ext.gastown.prime import gt_prime, prime_targets, stable_text
+
+    targets = prime_targets(town_root)
+    if find_gt(required=False) is None:
+        log.warning("gt prime output not collected: the real gt is not installed")
+        return {"skipped": len(targets)}
+    counts: dict[str, int] = {}
+    outputs = []
+    for t in targets:  # gt first, without the lock: each run takes seconds
+        out = gt_prime(t.role, town_root, t.rig, t.workdir, dry_run=True, timeout=timeout, env=env)
+        if out is None:
+            counts["failed"] = counts.get("failed", 0) + 1
+            continue
+        outputs.append((t, stable_text(out)))
+    with process_lock(store):
+        ing = Ingestor(store)
+        for t, text in outputs:
+            with store.tx():
+                r = ingest_prime(ing, t.role, t.rig, text)
+            counts[r] = counts.get(r, 0) + 1
+    return counts
+
+
+def collect_artifacts(store: Store, town_root: Path, prime: bool = False,
+                      env: Mapping[str, str] | None = None) -> dict[str, int]:
+    """Scan a town's artifacts into the store; returns counts per outcome.
+
+    `prime`: also store every role's `gt prime` output (`collect_prime`; needs the real gt)."""
     from gt_ext.corpus.collect import process_lock
 
     counts: dict[str, int] = {}
@@ -105,5 +235,7 @@ def collect_artifacts(store: Store, town_root: Path) -> dict[str, int]:
             with store.tx():
                 r = ingest_artifact(ing, Path(town_root), p)
             counts[r] = counts.get(r, 0) + 1
+    if prime:
+        for k, v in collect_prime(store, Path(town_root), env=env).items():
+            counts[f"prime-{k}"] = v
     return counts
-

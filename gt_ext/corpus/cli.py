@@ -260,6 +260,7 @@ def process(claude_dir: Annotated[Path | None, typer.Option(help="Claude project
             scan: Annotated[bool, typer.Option(help="Also take transcripts no hook spooled (wisps, bead-less sessions).")] = False,
             panes: Annotated[bool, typer.Option(help="Also capture live tmux panes.")] = False,
             artifacts: Annotated[bool, typer.Option(help="Also take CLAUDE.md, AGENTS.md, formulas, spec/plan files.")] = False,
+            prime: Annotated[bool, typer.Option(help="With --artifacts: also each role's real `gt prime --dry-run` output.")] = True,
             trigger: Annotated[bool, typer.Option(help="Hook mode: quiet, return at once if another processor runs, log to <store>/process.log.")] = False,
             as_json: JsonOpt = False) -> None:
     """Process the spool written by the hooks (idempotent, safe to kill and rerun)."""
@@ -293,7 +294,7 @@ def process(claude_dir: Annotated[Path | None, typer.Option(help="Claude project
                 raise GtExtError("--artifacts needs a town: pass --town DIR")
             from gt_ext.corpus.artifacts import collect_artifacts
 
-            art = collect_artifacts(st, town)
+            art = collect_artifacts(st, town, prime=prime)
     merged = reports[0].to_dict()
     if art is not None:
         merged["artifacts"] = art

@@ -8,7 +8,6 @@ of the card and of real `gt prime` output for the same role with the same tokeni
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,11 +42,19 @@ class AgentEnv:
 
 
 def role_card(env: AgentEnv) -> str:
-    """The system prompt for `env.role`: identity, place, tool format, hard rules."""
-    what = ROLE_DESCRIPTIONS.get(env.role, "a Gas Town agent")
-    where = f"rig {env.rig}" if env.rig else "the town"
+    """The system prompt for `env.role`: identity, place, tool format, hard rules.
+
+    Its first line is the system turn every training example of the role carries
+    (`gt_ext.corpus.tags.system_prompt`), so the served model starts from what it was trained on;
+    the lines after it add what only the live session knows."""
+    from gt_ext.corpus.tags import system_prompt
+
+    if env.role in ROLE_DESCRIPTIONS:
+        first = system_prompt(env.role, env.rig or None)
+    else:
+        first = f"You are a Gas Town agent ({env.role}), working in {f'rig {env.rig}' if env.rig else 'the town'}."
     lines = [
-        f"You are the Gas Town {env.role} ({what}), working in {where}.",
+        first,
         f"Actor: {env.actor or env.role}. Town root: {env.root or '?'}. Work dir: {env.workdir}.",
         "Act through the shell: gt (town), bd (beads: issues, --json), git, the rig's tests.",
         'To run a command write exactly one block: <tool_call>{"name": "Bash", "input": {"command": "..."}}'
@@ -60,20 +67,9 @@ def role_card(env: AgentEnv) -> str:
 
 def gt_prime_text(env: AgentEnv, timeout: float = 60.0) -> str | None:
     """Real `gt prime` output for this role and work dir, or None when gt or a town is missing."""
-    from gt_ext.gastown.binaries import find_gt
+    from gt_ext.gastown.prime import gt_prime
 
-    gt = find_gt(required=False)
-    if gt is None:
-        return None
-    e = dict(os.environ, GT_ROLE=env.role, GT_RIG=env.rig, BD_ACTOR=env.actor or env.role)
-    if env.root:
-        e["GT_ROOT"] = env.root
-    try:
-        out = subprocess.run([gt, "prime"], cwd=env.workdir or None, env=e, capture_output=True, text=True,
-                             timeout=timeout, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout if out.returncode == 0 and out.stdout.strip() else None
+    return gt_prime(env.role, env.root or None, env.rig, env.workdir or None, env.actor or None, timeout=timeout)
 
 
 def measure(env: AgentEnv, tokenizer: Any) -> dict[str, Any]:
