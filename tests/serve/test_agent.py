@@ -192,3 +192,12 @@ def test_bang_command_behind_gt_nudge_sender_prefix(gen, tmp_path):
     agent, work, _out = make_agent(gen, tmp_path)
     agent.turn("[from mayor] !touch from-nudge.txt")
     assert (work / "from-nudge.txt").exists()
+
+
+def test_role_card_starts_with_the_training_system_turn():
+    """Served as trained: the corpus gives every example of a role this same first system line."""
+    from gt_ext.corpus.tags import system_prompt
+
+    env = AgentEnv(role="witness", rig="demo", actor="demo/witness", root="/town", workdir="/town/demo")
+    assert role_card(env).splitlines()[0] == system_prompt("witness", "demo")
+    assert role_card(AgentEnv(role="unknown-role")).startswith("You are a Gas Town agent (unknown-role)")
