@@ -27,7 +27,13 @@ from gt_ext.corpus.ingest import Ingestor, Source, Tags
 from gt_ext.corpus.parsers import ParsedSession, parse_chat_file, parse_claude_jsonl, parse_pane_text
 from gt_ext.corpus.scrub import safe_message
 from gt_ext.corpus.store import Store
-from gt_ext.corpus.tags import outcome_from_issue, rig_from_actor, role_from_actor, task_from_issue
+from gt_ext.corpus.tags import (
+    attempt_outcome,
+    outcome_from_issue,
+    rig_from_actor,
+    role_from_actor,
+    task_from_issue,
+)
 from gt_ext.errors import GtExtError
 
 log = logging.getLogger(__name__)
@@ -133,24 +139,70 @@ def find_transcript(session_id: str, projects: Path, cwd: str | None = None) -> 
     return None
 
 
+def _session_window(events: list[dict], start: int) -> list[dict]:
+    """The actor's events from its `session_start` at index `start` up to its next session_start
+    (the log is append-only, so file order is time order)."""
+    actor = events[start].get("actor")
+    out = []
+    for e in events[start + 1:]:
+        if e.get("actor") != actor:
+            continue
+        if e.get("type") == "session_start":
+            break
+        out.append(e)
+    return out
+
+
+def _bead_span(events: list[dict], actor: str, bead: str) -> tuple[int, int]:
+    """(lo, hi): `actor`'s sessions starting strictly between these log indexes worked `bead`.
+
+    An agent works one hooked bead at a time, so its attempts at a bead run from the bead's
+    sling/hook to it (or else from the actor's `done` of its previous bead) up to its `done` of
+    this bead (or the end of the log). Without that bound every session the actor ever ran would be
+    linked to every bead it closed."""
+    def about(e: dict, types: tuple[str, ...]) -> bool:
+        p = e.get("payload") if isinstance(e.get("payload"), dict) else {}
+        return e.get("type") in types and p.get("bead") == bead
+
+    hi = len(events)
+    for i in range(len(events) - 1, -1, -1):
+        if events[i].get("actor") == actor and about(events[i], ("done",)):
+            hi = i + 1
+            break
+    for i in range(hi - 1, -1, -1):
+        e = events[i]
+        p = e.get("payload") if isinstance(e.get("payload"), dict) else {}
+        if about(e, ("sling", "hook")) and actor in (p.get("target"), p.get("actor")):
+            return i, hi
+        if e.get("actor") == actor and e.get("type") == "done" and p.get("bead") != bead:
+            return i, hi
+    return -1, hi
+
+
 def sessions_for_bead(issue: dict[str, Any], town_root: Path | None, projects: Path) -> list[dict[str, Any]]:
     """Sessions that worked a bead: from gt's event log (`done`/`sling` name the actor, and the
     actor's `session_start` gives session id and cwd), the assignee's `.runtime/session_id`, and
-    session ids the bead itself records in metadata. Each: {session, actor, cwd, transcript}."""
+    session ids the bead itself records in metadata. Each: {session, actor, cwd, role, attempt,
+    transcript}; `attempt` is that session's own outcome when the events tell it (`attempt_outcome`)."""
     bead = issue.get("id")
     actors = {a for a in (issue.get("assignee"),) if a}
     events = _read_events(town_root)
     for e in events:
         p = e.get("payload") or {}
-        if e.get("type") in ("done", "sling", "hook", "merged", "merge_failed") and p.get("bead") == bead:
-            actors.add(e.get("actor") or p.get("actor") or p.get("target"))
+        if p.get("bead") == bead and e.get("type") in ("sling", "hook"):
+            actors.add(p.get("target") or p.get("actor"))  # the event's actor is the one who slung it
+        elif p.get("bead") == bead and e.get("type") in ("done", "merged", "merge_failed"):
+            actors.add(e.get("actor") or p.get("actor"))
     actors.discard(None)
+    spans = {a: _bead_span(events, a, str(bead)) for a in actors}
     found: dict[str, dict[str, Any]] = {}
-    for e in events:
+    for i, e in enumerate(events):
         p = e.get("payload") or {}
-        if e.get("type") == "session_start" and e.get("actor") in actors and p.get("session_id"):
-            found[p["session_id"]] = {"session": p["session_id"], "actor": e.get("actor"), "cwd": p.get("cwd"),
-                                      "role": p.get("role")}
+        a = e.get("actor")
+        if e.get("type") == "session_start" and a in spans and p.get("session_id") and spans[a][0] < i < spans[a][1]:
+            found[p["session_id"]] = {"session": p["session_id"], "actor": a, "cwd": p.get("cwd"),
+                                      "role": p.get("role"),
+                                      "attempt": attempt_outcome(_session_window(events, i), str(bead))}
     if town_root is not None:
         for a in actors:
             sid_file = town_root / a / ".runtime" / "session_id"
@@ -220,7 +272,7 @@ def _handle_bead_close(ing: Ingestor, ev: dict, town_root: Path | None, projects
     for s in sessions:
         role = role_from_actor(s.get("role")) or role_from_actor(s.get("actor")) or role_from_actor(issue.get("assignee"))
         tags = Tags(role=role, task=task_from_issue(issue), rig=rig or rig_from_actor(s.get("actor")),
-                    bead=issue["id"], session=s["session"], user=s.get("actor"), outcome=outcome)
+                    bead=issue["id"], session=s["session"], user=s.get("actor"), outcome=s.get("attempt") or outcome)
         # Remember the link: a transcript that arrives later (Stop hook, batch scan) gets these tags.
         ing.store.set_link(s["session"], bead=tags.bead, role=tags.role, rig=tags.rig, task=tags.task,
                            outcome=tags.outcome, user=tags.user)

@@ -89,10 +89,12 @@ class _Gen:
         return f"{prefix}-{self.r.choice('abcdefghjkmnpqrstuvwxyz')}{self.r.randint(10, 999)}"
 
     def pair(self, role, task, rig, bead, user, opening, good, bad):
-        """A success and a failure that share `opening` and part at the next assistant turn."""
-        out = [SampleSession(role, task, rig, bead, "success", self.sid(), user, self.ts(), opening + good)]
+        """A success and a failure that share `opening` and part at the next assistant turn. The
+        failed attempt comes first (it crashed; a second session then finished the bead)."""
+        out = []
         if bad is not None:
             out.append(SampleSession(role, task, rig, bead, "failure", self.sid(), user, self.ts(), opening + bad))
+        out.append(SampleSession(role, task, rig, bead, "success", self.sid(), user, self.ts(), opening + good))
         return out
 
     # --- witness: per-rig polecat monitor --------------------------------------------------------
@@ -437,24 +439,36 @@ def claude_transcript(s: SampleSession, cwd: str) -> list[dict[str, Any]]:
 
 
 def write_history(sessions: list[SampleSession], town_root: Path, projects: Path) -> list[dict[str, Any]]:
-    """Write sessions as a town would leave them: Claude transcripts under `projects`, and
-    `session_start`/`done` events in `<town>/.events.jsonl`. Returns the beads (issue dicts) the
+    """Write sessions as a town would leave them: Claude transcripts under `projects`, and gt's
+    `sling`, `session_start`, `done` and `session_death` events in `<town>/.events.jsonl`. Returns the beads (issue dicts) the
     sessions worked, ready to create with bd or to spool as closes."""
     town_root, projects = Path(town_root), Path(projects)
     events, issues = [], {}
+    succeeded = {s.bead for s in sessions if s.bead and s.outcome == "success"}
     for s in sessions:
         cwd = str(town_root / s.user)
         d = projects / cwd.replace("/", "-")
         d.mkdir(parents=True, exist_ok=True)
         (d / f"{s.session}.jsonl").write_text("".join(json.dumps(e) + "\n" for e in claude_transcript(s, cwd)))
+        if s.bead and s.bead not in issues:
+            # Work reaches an agent by a sling (the event's actor is the slinger, the target works it).
+            events.append({"ts": s.time, "source": "gt", "type": "sling", "actor": "mayor",
+                           "payload": {"bead": s.bead, "target": s.user}, "visibility": "feed"})
         events.append({"ts": s.time, "source": "gt", "type": "session_start", "actor": s.user,
                        "payload": {"session_id": s.session, "role": s.role, "cwd": cwd}, "visibility": "feed"})
         if s.bead and s.bead not in issues:
             issues[s.bead] = {"id": s.bead, "title": f"{s.task} work for {s.role}", "status": "closed",
                               "issue_type": "task", "assignee": s.user, "labels": [f"task:{s.task}"],
-                              "close_reason": "done" if s.outcome == "success" else "failed: abandoned"}
+                              "close_reason": "done" if s.bead in succeeded else "failed: abandoned"}
+        # How the attempt ended, as gt logs it: `done` for the bead, or a crash of the session.
+        if s.bead and s.outcome == "success":
             events.append({"ts": s.time, "source": "gt", "type": "done", "actor": s.user,
                            "payload": {"bead": s.bead, "branch": f"work/{s.bead}"}, "visibility": "feed"})
+        elif s.outcome == "failure":
+            events.append({"ts": s.time, "source": "gt", "type": "session_death", "actor": s.user,
+                           "payload": {"session": f"gt-{s.session[-5:]}", "agent": s.user,
+                                       "reason": "crashed with exit code 1", "caller": "witness"},
+                           "visibility": "feed"})
     with open(town_root / ".events.jsonl", "a", encoding="utf-8") as f:
         for e in events:
             f.write(json.dumps(e) + "\n")

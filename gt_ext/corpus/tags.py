@@ -57,6 +57,28 @@ def outcome_from_issue(issue: dict[str, Any]) -> str:
     return "unknown"
 
 
+# gt logs `session_death` with a reason both for clean exits ("self-clean: done means idle" after
+# gt done, "user shutdown" on gt down) and for real failures; only the latter mark a failed attempt.
+_FAILED_DEATH_RE = re.compile(r"crash|exit(?:ed)? with (?:exit )?code [1-9]|stuck|hung|killed|zombie|orphan|timed? ?out|died",
+                              re.IGNORECASE)
+
+
+def attempt_outcome(window: list[dict[str, Any]], bead: str) -> str | None:
+    """Outcome of ONE session's attempt at `bead`, from the gt events of that session's actor while
+    it ran (its `session_start` up to the actor's next one): `done` for the bead = success; a
+    `session_death` with a failure reason and no `done` = failure; else None (use the bead's
+    outcome). A bead closed "done" after a crashed first attempt thus gives one success and one
+    failure, which is what a DPO pair needs."""
+    done = died = False
+    for e in window:
+        p = e.get("payload") if isinstance(e.get("payload"), dict) else {}
+        if e.get("type") == "done" and p.get("bead") == bead:
+            done = True
+        elif e.get("type") == "session_death" and _FAILED_DEATH_RE.search(str(p.get("reason") or "")):
+            died = True
+    return "success" if done else ("failure" if died else None)
+
+
 def task_from_issue(issue: dict[str, Any]) -> str | None:
     """Task partition from a bead's labels (``task:patrol`` or a bare task name) and type."""
     for lab in issue.get("labels") or []:

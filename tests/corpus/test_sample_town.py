@@ -67,3 +67,25 @@ def test_scan_tags_sessions_from_town_events(tmp_path):
             if s.session in by_session:
                 assert by_session[s.session].role == s.role, s.session
                 assert by_session[s.session].rig == rig_from_actor(s.user)
+
+
+def test_each_attempt_gets_its_own_outcome_through_collection(tmp_path):
+    """A bead closed "done" after a crashed first attempt: the crashed session is stored as a
+    failure and the finishing one as a success (not both as the bead's success)."""
+    sessions = generate(4, witness=3, per_role=1)
+    town, projects = tmp_path / "town", tmp_path / "projects"
+    (town / "mayor").mkdir(parents=True)
+    (town / "mayor" / "town.json").write_text("{}")
+    issues = write_history(sessions, town, projects)
+    want = {s.session: s.outcome for s in sessions if s.bead}
+    assert set(want.values()) == {"success", "failure"}
+    with Store.open(town / ".corpus") as st:
+        for iss in issues:
+            write_event(st.spool_dir, "bead_close", iss)
+        assert process_spool(st, town, projects).errors == []
+        got = {e.session: e.outcome for e in st.query(status=None) if e.bead}
+        by_session = {s.session: s for s in sessions}
+        assert got and all(got[sid] == want[sid] for sid in got), {sid: (got[sid], want[sid]) for sid in got if got[sid] != want[sid]}
+        # ...and each stored session is linked to the bead it worked, not to every bead of its actor.
+        assert all(e.bead == by_session[e.session].bead for e in st.query(status=None) if e.bead)
+        assert collections.Counter(got.values())["failure"] >= 3
