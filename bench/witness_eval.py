@@ -1,0 +1,93 @@
+"""Does the sample town make a better witness? Base SmolLM2 against a witness LoRA trained on the
+sample town, both scored on the project's witness suite, in one process.
+
+    .venv/bin/python bench/witness_eval.py [--steps 40] [--out DIR] [--reuse]
+
+The whole path is the product's: sample town -> corpus store (scrub, gates) -> export -> the
+training core with the witness preset (gt_ext/train/presets/witness_smollm2.yaml) -> the eval
+runner on `builtin:witness` with the contamination guard on the training corpus. It prints each
+model's categories and composite, and the difference (the issue asks for >= 15 points).
+
+On 2 CPU cores training takes ~15 s a step when the machine is idle (40 steps: one pass over the
+witness split); `--reuse` keeps an earlier run in --out and only re-scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gt_ext.corpus.export import export_corpus  # noqa: E402
+from gt_ext.corpus.sample_town import generate, ingest_sessions  # noqa: E402
+from gt_ext.corpus.store import Store  # noqa: E402
+from gt_ext.evals import runner  # noqa: E402
+from gt_ext.train.run import prepare, run_training  # noqa: E402
+
+PRESET = Path(__file__).resolve().parents[1] / "gt_ext" / "train" / "presets" / "witness_smollm2.yaml"
+BASE = "smollm2-135m-instruct"
+
+
+def build_corpus(out: Path, seed: int) -> Path:
+    """Sample town -> store -> export; returns the export folder."""
+    corpus = out / "corpus"
+    if (corpus / "manifest.json").is_file():
+        return corpus
+    with Store.open(out / "store") as st:
+        ingest_sessions(st, generate(seed=seed))
+        export_corpus(st, corpus)
+    return corpus
+
+
+def score(model: str, corpus: Path) -> dict:
+    res = runner.evaluate(model, "builtin:witness", corpus=corpus, write=False, progress=True)
+    return res.to_dict()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=40, help="training steps (batch 2 x 1024 packed tokens)")
+    ap.add_argument("--seed", type=int, default=0, help="sample town seed")
+    ap.add_argument("--out", type=Path, default=Path.home() / ".cache" / "gt-ext" / "bench-witness-eval")
+    ap.add_argument("--reuse", action="store_true", help="keep a finished run in --out; only score")
+    ap.add_argument("--set", action="append", default=[], help="extra training config overrides KEY=VALUE")
+    a = ap.parse_args()
+
+    a.out.mkdir(parents=True, exist_ok=True)
+    corpus = build_corpus(a.out, a.seed)
+    run = a.out / f"run-{a.steps}"
+    if not (a.reuse and (run / "adapter" / "adapter_config.json").is_file()):
+        if run.exists():
+            import shutil
+
+            shutil.rmtree(run)
+        # CPU budget off: this bench measures quality after a fixed number of steps.
+        p = prepare("witness", corpus, config_path=PRESET,
+                    overrides=[f"max_steps={a.steps}", "max_cpu_s=null", "optim.warmup_steps=3", *a.set])
+        t0 = time.perf_counter()
+        info = run_training(p, run, progress=True)
+        m = info["metrics"]
+        print(f"trained {m['steps']} steps in {time.perf_counter() - t0:.0f} s: "
+              f"val loss {m['val_loss_start']:.3f} -> {m['val_loss_end']:.3f}")
+
+    base, trained = score(f"base:{BASE}", corpus), score(str(run), corpus)
+    cats = sorted(set(base["categories"]) | set(trained["categories"]))
+    print(f"\n{'category':22} {'base':>7} {'trained':>8}")
+    for c in cats:
+        b, t = base["categories"].get(c, {}), trained["categories"].get(c, {})
+        print(f"{c:22} {b.get('score', 0):7.1f} {t.get('score', 0):8.1f}")
+    delta = trained["composite"] - base["composite"]
+    print(f"{'composite':22} {base['composite']:7.1f} {trained['composite']:8.1f}   difference {delta:+.1f} "
+          f"(goal >= +15)")
+    print(f"tasks refused by the contamination guard: {len((trained.get('contamination') or {}).get('refused', []))}")
+    (a.out / f"result-{a.steps}.json").write_text(json.dumps({"base": base, "trained": trained, "delta": delta},
+                                                             indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
