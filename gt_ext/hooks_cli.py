@@ -3,9 +3,12 @@
 - beads `on_close` in the town's and every rig's `.beads/hooks/` (an existing hook is kept as
   `on_close.chained` and still runs, with the same arguments and stdin);
 - a session-shutdown hook under `<town>/.corpus/hooks/`, wired as Claude Code's `Stop` hook through
-  gt's hooks-override layer (`~/.gt/hooks-overrides/<target>.json`, which `gt hooks sync` merges
-  into every managed `.claude/settings.json`, so it survives syncs), and usable as pi's
-  `session_shutdown` hook.
+  gt's hooks-override layer (`~/.gt/hooks-overrides/<target>.json`, or `$GT_HOME/.gt/...` as gt
+  reads it, which `gt hooks sync` merges into every managed `.claude/settings.json`, so it survives
+  syncs), and as pi's `session_shutdown` through a pi extension in pi's global extensions folder
+  (`$PI_CODING_AGENT_DIR/extensions/` or `~/.pi/agent/extensions/`, which pi discovers in every
+  session; gt's own `.pi/extensions/gastown-hooks.js` stays untouched). The extension runs the hook
+  of the town the agent works in (GT_TOWN_ROOT / GT_ROOT) with pi's session file.
 
 The hooks only spool (see `gt_ext.corpus.spool`); `gt-ext corpus process` does the work.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,6 +32,9 @@ app = typer.Typer(help="Install the corpus hooks (bead on_close, session shutdow
 
 MARKER = "gt-ext-hook: corpus spool"
 HOOK_SOURCE = Path(__file__).resolve().parent.parent / "hooks" / "on_close"
+PI_EXTENSION_SOURCE = HOOK_SOURCE.parent / "pi_extension.ts"
+PI_EXTENSION_NAME = "gt-ext-corpus.ts"
+PI_MARKER = "gt-ext-hook: corpus spool (pi session_shutdown)"
 # Role-level targets of gt's hooks-override layer (a rig-specific one would be `<rig>__<role>`).
 OVERRIDE_TARGETS = ("mayor", "deacon", "witness", "refinery", "polecats", "crew")
 # Stop takes no matcher in Claude Code; "*" keeps our entry apart from gt's own ("" matcher) in
@@ -101,8 +108,49 @@ def _write_processor(hooks: Path, processor: list[str] | None) -> None:
         p.unlink()
 
 
+def default_gt_home() -> Path:
+    """gt's user folder as gt itself finds it: $GT_EXT_GT_HOME, else `$GT_HOME/.gt`, else ~/.gt."""
+    if os.environ.get("GT_EXT_GT_HOME"):
+        return Path(os.environ["GT_EXT_GT_HOME"])
+    if os.environ.get("GT_HOME"):
+        return Path(os.environ["GT_HOME"]) / ".gt"
+    return Path.home() / ".gt"
+
+
+def pi_agent_dir() -> Path:
+    """pi's agent folder: $PI_CODING_AGENT_DIR, else ~/.pi/agent."""
+    return Path(os.environ.get("PI_CODING_AGENT_DIR") or Path.home() / ".pi" / "agent")
+
+
+def install_pi_extension(agent_dir: Path) -> str:
+    """Put our `session_shutdown` extension into `<agent_dir>/extensions/`; returns installed |
+    updated | present. Other extensions there are left alone; a foreign file of our name is an error."""
+    try:
+        text = PI_EXTENSION_SOURCE.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GtExtError(f"pi extension source {PI_EXTENSION_SOURCE} is missing: reinstall gastown-finetune") from None
+    target = Path(agent_dir) / "extensions" / PI_EXTENSION_NAME
+    state = "installed"
+    if target.exists():
+        try:
+            old = target.read_text(encoding="utf-8", errors="replace")
+        except OSError as e:
+            raise GtExtError(f"{target}: cannot read ({e.strerror})") from None
+        if PI_MARKER not in old:
+            raise GtExtError(f"{target} exists and is not ours: move it away first")
+        if old == text:
+            return "present"
+        state = "updated"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(target, text, mode=0o644)
+    return state
+
+
 def install_stop_override(gt_home: Path, target: str, command: str) -> str:
-    """Add our Stop entry to `<gt_home>/hooks-overrides/<target>.json`, keeping everything else."""
+    """Add our Stop entry to `<gt_home>/hooks-overrides/<target>.json`, keeping everything else.
+
+    gt refuses an override file with two entries of one matcher, so when a `"*"` Stop entry is
+    already there our command joins its hooks instead of adding a second `"*"` entry."""
     path = gt_home / "hooks-overrides" / f"{target.replace('/', '__')}.json"
     data: dict[str, Any] = {}
     if path.exists():
@@ -119,17 +167,26 @@ def install_stop_override(gt_home: Path, target: str, command: str) -> str:
         for h in (e.get("hooks") or []) if isinstance(e, dict) else []:
             if isinstance(h, dict) and h.get("command") == command:
                 return "present"
-    entries.append({"matcher": STOP_MATCHER, "hooks": [{"type": "command", "command": command}]})
+    ours = {"type": "command", "command": command}
+    shared = next((e for e in entries if isinstance(e, dict) and e.get("matcher") == STOP_MATCHER), None)
+    if shared is not None:
+        if not isinstance(shared.get("hooks"), list):
+            raise GtExtError(f"{path}: Stop entry {STOP_MATCHER!r} has no hooks list, not modified")
+        shared["hooks"].append(ours)
+    else:
+        entries.append({"matcher": STOP_MATCHER, "hooks": [ours]})
     atomic_write_json(path, data)
     return "added"
 
 
 def install(town: Path | None = None, gt_home: Path | None = None, claude_stop: bool = True,
-            auto_process: bool = True) -> dict[str, Any]:
+            auto_process: bool = True, pi: bool | None = None, pi_dir: Path | None = None) -> dict[str, Any]:
     """Install every corpus hook of a town; idempotent. Returns what was done per place.
 
     `auto_process`: bead closes also start the processor in the background (detached), so a closed
-    bead's session lands in the corpus within seconds without anyone running `corpus process`."""
+    bead's session lands in the corpus within seconds without anyone running `corpus process`.
+    `pi`: install pi's `session_shutdown` extension into `pi_dir` (default `pi_agent_dir()`);
+    None installs it when that folder exists (pi is set up on this machine)."""
     t = _town(town)
     store = t.root / ".corpus"
     spool = store / "spool"
@@ -149,9 +206,16 @@ def install(town: Path | None = None, gt_home: Path | None = None, claude_stop: 
     atomic_write_text(hooks_dir / ".gt-ext-spool", str(spool) + "\n", mode=0o644)
     report["session_shutdown"] = str(shutdown)
     if claude_stop:
-        home = gt_home or Path(os.environ.get("GT_EXT_GT_HOME", Path.home() / ".gt"))
+        home = gt_home or default_gt_home()
         for target in OVERRIDE_TARGETS:
-            report["overrides"][target] = install_stop_override(home, target, str(shutdown))
+            # Claude runs hook commands through a shell: quote a town path with spaces.
+            report["overrides"][target] = install_stop_override(home, target, shlex.quote(str(shutdown)))
+    agent_dir = Path(pi_dir) if pi_dir else pi_agent_dir()
+    if pi or (pi is None and agent_dir.is_dir()):
+        report["pi"] = {"extension": str(agent_dir / "extensions" / PI_EXTENSION_NAME),
+                        "state": install_pi_extension(agent_dir)}
+    else:
+        report["pi"] = None
     return report
 
 
@@ -174,9 +238,11 @@ def install_cmd(town: Annotated[Path | None, typer.Option(help="Town root (defau
                 gt_home: Annotated[Path | None, typer.Option(help="gt's user folder holding hooks-overrides/ (default ~/.gt).")] = None,
                 claude_stop: Annotated[bool, typer.Option(help="Also add the Claude Code Stop hook via gt's override layer.")] = True,
                 auto_process: Annotated[bool, typer.Option(help="Bead closes start the processor in the background.")] = True,
+                pi: Annotated[bool | None, typer.Option("--pi/--no-pi", help="Add pi's session_shutdown extension (default: when pi's agent folder exists).", show_default=False)] = None,
+                pi_dir: Annotated[Path | None, typer.Option(help="pi's agent folder (default $PI_CODING_AGENT_DIR or ~/.pi/agent).")] = None,
                 as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Install on_close into every beads folder of the town, and the session-shutdown hook."""
-    rep = install(town, gt_home, claude_stop, auto_process)
+    rep = install(town, gt_home, claude_stop, auto_process, pi, pi_dir)
     if as_json:
         print(json.dumps(rep, indent=2))
         return
@@ -184,7 +250,11 @@ def install_cmd(town: Annotated[Path | None, typer.Option(help="Town root (defau
         print(f"beads {name}: on_close {st}")
     for tgt, st in rep["overrides"].items():
         print(f"Claude Stop hook for {tgt}: {st}")
-    print(f"session shutdown hook: {rep['session_shutdown']} (use it as pi's session_shutdown too)")
+    print(f"session shutdown hook: {rep['session_shutdown']}")
+    if rep["pi"]:
+        print(f"pi session_shutdown extension: {rep['pi']['extension']} ({rep['pi']['state']})")
+    else:
+        print("pi: no agent folder found (pass --pi to install its session_shutdown extension anyway)")
     if rep["overrides"]:
         print("run `gt hooks sync` to push the Stop hook into the agents' .claude/settings.json")
     if rep["auto_process"]:

@@ -80,3 +80,18 @@ def test_audit_counts_detectors(tmp_path, capsys, store):
     a = json.loads(capsys.readouterr().out)
     assert a["detectors"]["regex:aws_access_key"]["certain"] == 1 and a["detectors"]["regex:ip"]["certain"] == 1
     assert len(a["sample"]) == 1
+
+
+def test_process_artifacts_with_and_without_gt_prime(tmp_path, capsys, store, monkeypatch):
+    from gt_ext.gastown import binaries
+
+    town = tmp_path / "town"
+    (town / "mayor").mkdir(parents=True)
+    (town / "mayor" / "town.json").write_text("{}")
+    (town / "CLAUDE.md").write_text("# Town rules\nFile a bead for every change; never push to main by hand.\n")
+    assert main(["corpus", "--town", str(town), "process", "--artifacts", "--no-prime", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["artifacts"] == {"new": 1}
+    # With prime (the default) and no real gt on this machine, the roles are counted as skipped.
+    monkeypatch.setattr(binaries, "find_gt", lambda required=True: None)
+    assert main(["corpus", "--town", str(town), "process", "--artifacts", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["artifacts"] == {"unchanged": 1, "prime-skipped": 4}

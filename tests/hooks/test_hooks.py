@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -11,8 +12,16 @@ from gt_ext.cli import main
 from gt_ext.corpus.collect import process_spool
 from gt_ext.corpus.store import Store
 from gt_ext.errors import GtExtError
-from gt_ext.hooks_cli import MARKER, install, status
+from gt_ext.hooks_cli import MARKER, PI_EXTENSION_NAME, PI_MARKER, default_gt_home, install, status
 from tests.corpus.helpers import add_session_events, make_town_dirs, write_transcript
+
+
+@pytest.fixture(autouse=True)
+def _no_real_pi_or_gt_home(tmp_path_factory, monkeypatch):
+    """Installs in these tests never reach this machine's own ~/.pi or ~/.gt."""
+    monkeypatch.setenv("PI_CODING_AGENT_DIR", str(tmp_path_factory.mktemp("no-pi") / "agent"))
+    monkeypatch.delenv("GT_HOME", raising=False)
+    monkeypatch.delenv("GT_EXT_GT_HOME", raising=False)
 
 
 def _file_town(tmp_path: Path) -> Path:
@@ -163,3 +172,156 @@ def _wait_for(cond, limit: float = 60.0) -> None:
         if time.monotonic() > end:
             pytest.fail("hook output did not arrive")
         time.sleep(0.2)
+
+
+def test_stop_override_joins_an_existing_star_entry(tmp_path):
+    # gt refuses an override file with two entries of one matcher ("duplicate matcher"), which
+    # would break `gt hooks sync` for that role: our command joins the "*" entry already there.
+    town = _file_town(tmp_path)
+    gt = tmp_path / "gt"
+    (gt / "hooks-overrides").mkdir(parents=True)
+    theirs = {"Stop": [{"matcher": "*", "hooks": [{"type": "command", "command": "notify-send done"}]}]}
+    (gt / "hooks-overrides" / "crew.json").write_text(json.dumps(theirs))
+    install(town, gt_home=gt)
+    assert install(town, gt_home=gt)["overrides"]["crew"] == "present"
+    [entry] = json.loads((gt / "hooks-overrides" / "crew.json").read_text())["Stop"]
+    assert entry["matcher"] == "*" and [h["command"] for h in entry["hooks"]][0] == "notify-send done"
+    assert entry["hooks"][1]["command"].endswith("session_shutdown") and len(entry["hooks"]) == 2
+
+
+def test_gt_home_is_found_as_gt_finds_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_gt_home() == tmp_path / "home" / ".gt"
+    monkeypatch.setenv("GT_HOME", str(tmp_path / "gth"))  # gt reads $GT_HOME/.gt/hooks-overrides
+    assert default_gt_home() == tmp_path / "gth" / ".gt"
+    monkeypatch.setenv("GT_EXT_GT_HOME", str(tmp_path / "explicit"))
+    assert default_gt_home() == tmp_path / "explicit"
+
+
+def test_pi_extension_install_is_idempotent_and_keeps_other_extensions(tmp_path, monkeypatch):
+    town = _file_town(tmp_path)
+    agent = tmp_path / "pi-agent"
+    monkeypatch.setenv("PI_CODING_AGENT_DIR", str(agent))
+    # No pi agent folder: nothing is installed unless asked for.
+    assert install(town, gt_home=tmp_path / "gt")["pi"] is None
+    assert not agent.exists()
+    (agent / "extensions").mkdir(parents=True)
+    other = agent / "extensions" / "mine.ts"
+    other.write_text("export default function (pi) {}\n")
+    rep = install(town, gt_home=tmp_path / "gt")  # the folder exists now: on by default
+    ext = agent / "extensions" / PI_EXTENSION_NAME
+    assert rep["pi"] == {"extension": str(ext), "state": "installed"}
+    assert PI_MARKER in ext.read_text() and 'pi.on("session_shutdown"' in ext.read_text()
+    assert install(town, gt_home=tmp_path / "gt")["pi"]["state"] == "present"
+    ext.write_text(f"// {PI_MARKER}\n// an older version\n")
+    assert install(town, gt_home=tmp_path / "gt")["pi"]["state"] == "updated"
+    assert other.read_text() == "export default function (pi) {}\n"
+    assert install(town, gt_home=tmp_path / "gt", pi=False)["pi"] is None
+    ext.write_text("export default function (pi) {} // someone else's\n")
+    with pytest.raises(GtExtError, match="is not ours"):
+        install(town, gt_home=tmp_path / "gt")
+    # --pi forces it where no folder exists yet; the CLI takes --pi-dir.
+    assert main(["hooks", "install", "--town", str(town), "--gt-home", str(tmp_path / "gt"), "--pi",
+                 "--pi-dir", str(tmp_path / "fresh")]) == 0
+    assert (tmp_path / "fresh" / "extensions" / PI_EXTENSION_NAME).is_file()
+
+
+_PI_HOST = r"""
+// Loads the installed extension the way pi does (default export called with pi's API object) and
+// fires session_shutdown. pi.exec is pi's documented {code, stdout, stderr} runner; stdin is left
+// open as a pipe, so a hook that read stdin here would never return.
+import { spawn } from "node:child_process";
+const [ext, sessionFile] = process.argv.slice(2);
+const handlers = {};
+const pi = {
+  on: (name, fn) => { handlers[name] = fn; },
+  exec: (cmd, args) => new Promise((resolve, reject) => {
+    const p = spawn(cmd, args, { stdio: ["pipe", "pipe", "pipe"] });
+    let stdout = "", stderr = "";
+    p.stdout.on("data", (d) => { stdout += d; });
+    p.stderr.on("data", (d) => { stderr += d; });
+    p.on("error", reject);
+    p.on("close", (code) => resolve({ code, stdout, stderr }));
+  }),
+};
+(await import(ext)).default(pi);
+const ctx = { cwd: process.cwd(), sessionManager: { getSessionFile: () => sessionFile || undefined } };
+await handlers["session_shutdown"]({ type: "session_shutdown", reason: "quit" }, ctx);
+console.log("shutdown handled");
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_pi_extension_spools_the_session_file(tmp_path):
+    town = _file_town(tmp_path)
+    agent = tmp_path / "pi-agent"
+    install(town, gt_home=tmp_path / "gt", pi=True, pi_dir=agent)
+    # pi loads .ts through jiti; the file is plain JavaScript as well, so node runs it as a module.
+    ext = tmp_path / "ext.mjs"
+    ext.write_text((agent / "extensions" / PI_EXTENSION_NAME).read_text())
+    host = tmp_path / "host.mjs"
+    host.write_text(_PI_HOST)
+    session = tmp_path / "sessions" / "2026-11-29_abc.jsonl"
+    spool = town / ".corpus" / "spool"
+
+    def shutdown(env_extra: dict[str, str], session_file: str) -> list[dict]:
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "GT_EXT_NO_AUTOPROCESS": "1", **env_extra}
+        r = subprocess.run(["node", str(host), str(ext), session_file], env=env, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0 and "shutdown handled" in r.stdout, r.stderr
+        return [json.loads(p.read_text()) for p in sorted(spool.glob("*.json"))]
+
+    assert shutdown({}, str(session)) == []  # not launched by gt: no town, nothing spooled
+    assert shutdown({"GT_ROOT": str(town)}, "") == []  # an ephemeral session has no file
+    [ev] = shutdown({"GT_ROOT": str(town), "GT_ROLE": "demo/polecats/nux", "GT_RIG": "demo"}, str(session))
+    assert ev["kind"] == "session_stop" and ev["payload"] == {"transcript_path": str(session)}
+    assert ev["argv"] == [str(session)] and ev["env"]["GT_ROLE"] == "demo/polecats/nux"
+
+
+@pytest.mark.integration
+def test_stop_hook_survives_real_gt_hooks_sync_and_spools_claude_stop(make_town, tmp_path):
+    tt = make_town()
+    if tt.mode != "gt":
+        pytest.skip("town made without the real gt")
+    root = tt.root
+    env = {**tt.env, "PI_CODING_AGENT_DIR": str(tmp_path / "no-pi")}  # tt.env's HOME: gt reads ~/.gt there
+    r = subprocess.run([sys.executable, "-m", "gt_ext.cli", "hooks", "install", "--town", str(root), "--json"],
+                       env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    shutdown = rep["session_shutdown"]
+    assert set(rep["overrides"].values()) == {"added"}
+    assert Path(env["HOME"], ".gt", "hooks-overrides", "witness.json").is_file()
+    targets = {"mayor": "mayor", "deacon": "deacon", "crew": "demo/crew", "polecat": "demo/polecats",
+               "witness": "demo/witness", "refinery": "demo/refinery"}
+
+    def stop_commands(rel: str) -> list[str]:
+        settings = json.loads((root / rel / ".claude" / "settings.json").read_text())
+        return [h["command"] for e in settings["hooks"]["Stop"] for h in e["hooks"]]
+
+    for sync in (1, 2):  # the real `gt hooks sync`, twice: our entry is there and stays
+        out = tt.gt("hooks", "sync").stdout
+        assert "errors" not in out, out
+        for role, rel in targets.items():
+            cmds = stop_commands(rel)
+            assert shutdown in cmds, (sync, role, cmds)
+            assert len(cmds) >= 2, (role, cmds)  # gt's own Stop hook (costs record / stop check) is kept
+        if sync == 2:
+            assert "(0 created, 0 updated, 6 unchanged" in out, out
+    # Claude Code runs the synced command through a shell, with its Stop JSON on stdin.
+    projects = tmp_path / "projects"
+    cwd = str(root / "demo" / "witness")
+    transcript = write_transcript(projects, "sess-w1", cwd, "Patrol the demo rig.",
+                                  [("Checking polecats.", "gt polecat list demo", "nux: working")])
+    [cmd] = [c for c in stop_commands("demo/witness") if c == shutdown]
+    stop = {"session_id": "sess-w1", "transcript_path": str(transcript), "cwd": cwd, "hook_event_name": "Stop",
+            "stop_hook_active": False}
+    r = subprocess.run(["sh", "-c", cmd], input=json.dumps(stop), capture_output=True, text=True, timeout=60, cwd=cwd,
+                       env={**env, "GT_ROLE": "demo/witness", "GT_RIG": "demo", "GT_EXT_NO_AUTOPROCESS": "1"})
+    assert r.returncode == 0 and r.stdout == "", r.stderr
+    [ev] = [json.loads(p.read_text()) for p in (root / ".corpus" / "spool").glob("*.json")]
+    assert ev["kind"] == "session_stop" and ev["payload"]["transcript_path"] == str(transcript)
+    with Store.open(root / ".corpus") as st:
+        process_spool(st, root, projects)
+        [ex] = st.query()
+        assert (ex.session, ex.role, ex.rig) == ("sess-w1", "witness", "demo")
