@@ -24,7 +24,14 @@ from typing import Any
 
 from gt_ext.corpus import spool
 from gt_ext.corpus.ingest import Ingestor, Source, Tags
-from gt_ext.corpus.parsers import ParsedSession, parse_chat_file, parse_claude_jsonl, parse_pane_text
+from gt_ext.corpus.parsers import (
+    ParsedSession,
+    parse_chat_file,
+    parse_claude_jsonl,
+    parse_pane_text,
+    parse_pi_jsonl,
+    pi_header,
+)
 from gt_ext.corpus.scrub import safe_message
 from gt_ext.corpus.store import Store
 from gt_ext.corpus.tags import (
@@ -234,12 +241,19 @@ def _rig_of_beads_dir(beads_dir: str | None, town_root: Path | None) -> str | No
 
 # --- ingesting one transcript --------------------------------------------------------------------
 def ingest_transcript(ing: Ingestor, path: Path, tags: Tags, report: ProcessReport) -> None:
-    """Parse and store one Claude transcript; a malformed one is quarantined with its error."""
+    """Parse and store one agent transcript, a Claude Code transcript or a pi session file (told
+    apart by the first line: pi's starts with its session header); a malformed one is quarantined
+    with its error."""
     h = file_sha256(path)
-    key = f"claude:{tags.session or path.stem}"
-    src = Source("claude-jsonl", key, h, group=tags.user or tags.rig)
+    header = pi_header(path)
+    if header is not None:
+        src = Source("pi-jsonl", f"pi:{tags.session or header['id']}", h, group=tags.user or tags.rig)
+        parse = parse_pi_jsonl
+    else:
+        src = Source("claude-jsonl", f"claude:{tags.session or path.stem}", h, group=tags.user or tags.rig)
+        parse = parse_claude_jsonl
     try:
-        parsed = parse_claude_jsonl(path)
+        parsed = parse(path)
     except GtExtError as e:
         msg = safe_message(str(e))  # paths name users: the error is scrubbed like the data
         report.errors.append(msg)
@@ -289,8 +303,12 @@ def _handle_session_stop(ing: Ingestor, ev: dict, projects: Path, report: Proces
     if path is None or not path.is_file():
         raise GtExtError(f"session_stop event: transcript {'of session ' + sid if sid else ''} not found")
     actor = env.get("BD_ACTOR") or env.get("GT_ROLE")
+    if not sid:
+        # pi names its file <time>_<session id>.jsonl: its header holds the bare id.
+        header = pi_header(path)
+        sid = header["id"] if header is not None else path.stem
     tags = Tags(role=role_from_actor(env.get("GT_ROLE")) or role_from_actor(actor), rig=env.get("GT_RIG"),
-                session=sid or path.stem, user=actor)
+                session=sid, user=actor)
     ingest_transcript(ing, path, tags, report)
 
 
@@ -472,7 +490,7 @@ def add_files(store: Store, paths: list[Path], role: str | None = None, task: st
             for p, sessions, h in parsed:
                 for i, s in enumerate(sessions):
                     meta = s.meta
-                    kind = "claude-jsonl" if s.session and not meta and p.suffix == ".jsonl" and len(sessions) == 1 and s.cwd else (
+                    kind = "pi-jsonl" if s.format == "pi" else "claude-jsonl" if s.session and not meta and p.suffix == ".jsonl" and len(sessions) == 1 and s.cwd else (
                         "markdown" if p.suffix.lower() in (".md", ".markdown") else "curated")
                     tags = Tags(role=role or meta.get("role"), task=task or meta.get("task"), rig=rig or meta.get("rig"),
                                 bead=meta.get("bead"), session=s.session or f"{p.name}#{i}", user=meta.get("user"),

@@ -22,7 +22,7 @@ from gt_ext.corpus.tags import check_role_tag, system_prompt, task_from_content
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("claude-jsonl", "pane", "markdown", "curated", "artifact", "gt-prime", "sample")
+SOURCES = ("claude-jsonl", "pi-jsonl", "pane", "markdown", "curated", "artifact", "gt-prime", "sample")
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""Parsers from raw session material to chat messages: Claude Code JSONL, tmux pane text, markdown,
-and curated chat JSON/JSONL.
+"""Parsers from raw session material to chat messages: Claude Code JSONL, pi session JSONL, tmux
+pane text, markdown, and curated chat JSON/JSONL.
 
 Every parser returns `ParsedSession`s whose messages follow CONTRACTS.md: roles system/user/
 assistant/tool, tool calls rendered with `format.render_tool_call`, thinking dropped. Malformed
@@ -10,6 +10,7 @@ hold a secret).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 
 from gt_ext.corpus.format import CHAT_ROLES, render_tool_call
 from gt_ext.errors import GtExtError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,6 +31,7 @@ class ParsedSession:
     cwd: str = ""
     time: str = ""  # ISO-8601 of the last entry
     meta: dict[str, Any] = field(default_factory=dict)  # role/task/rig/... given by the source
+    format: str = ""  # agent transcripts: "claude" or "pi"
 
 
 def _append(messages: list[dict[str, str]], role: str, content: str) -> None:
@@ -118,7 +122,207 @@ def parse_claude_jsonl(path: str | Path) -> ParsedSession:
     s = parse_claude_entries(entries, str(path))
     if not s.session:
         s.session = path.stem
+    s.format = "claude"
     return s
+
+
+# --- pi (github.com/badlogic/pi-mono, packages/coding-agent/docs/session.md) ---------------------
+# A pi session file is JSONL: line 1 is the header {"type":"session","version":3,"id","timestamp",
+# "cwd"[,"parentSession"]}; every later line is an entry {"type","id","parentId","timestamp",...}.
+# Entries form a tree through parentId (version 2 on; version 1 files are a plain sequence without
+# ids), and the session's current branch is the path from the last entry back to the root.
+# Conversation lives in "message" entries ({"message": {"role": "user"|"assistant"|"toolResult"|
+# "bashExecution"|"custom", ...}}) and in "custom_message" / "branch_summary" entries, which pi
+# sends to the model as user turns; model/thinking changes, labels, names, extension state and
+# compaction summaries are bookkeeping.
+PI_SESSION_VERSION = 3  # the newest session file version pi documents
+_PI_USER_LIKE = ("custom", "hookMessage")  # extension messages (hookMessage: its name before v3)
+
+
+def pi_header(path: str | Path) -> dict[str, Any] | None:
+    """The session header when `path` is a pi session file (first non-blank line is an object with
+    ``"type": "session"`` and a string ``id``), else None. Reads only that line; an unreadable or
+    non-JSON file is not pi's (the Claude parser then reports it)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    obj = json.loads(line)
+                    break
+            else:
+                return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if isinstance(obj, dict) and obj.get("type") == "session" and isinstance(obj.get("id"), str) and obj["id"]:
+        return obj
+    return None
+
+
+def _pi_text(content: Any, where: str) -> str:
+    """Text of a pi user/custom message content: a string or a list of text/image blocks (images
+    are dropped, as in Claude user turns)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise GtExtError(f"{where}: message content must be a string or a list of blocks")
+    parts = []
+    for b in content:
+        if not isinstance(b, dict):
+            raise GtExtError(f"{where}: content block is not an object")
+        if b.get("type") == "text":
+            parts.append(str(b.get("text", "")))
+    return "\n".join(parts)
+
+
+def _pi_bash_text(m: dict[str, Any]) -> str:
+    """A command the user ran with ``!cmd`` in pi: shown to the model as a user turn."""
+    text = f"$ {m.get('command', '')}\n{m.get('output') or '(no output)'}"
+    code = m.get("exitCode")
+    if m.get("cancelled"):
+        text += "\n(cancelled)"
+    elif isinstance(code, int) and code != 0:
+        text += f"\n(exit code {code})"
+    return text
+
+
+def _pi_branch(entries: list[tuple[int, dict[str, Any]]], tree: bool, where: str) -> list[tuple[int, dict[str, Any]]]:
+    """The entries of the session's current branch, root first: in a tree (version >= 2) the path
+    from the last entry up its parentId links, in a version 1 file every entry in order."""
+    if not tree or not entries:
+        return entries
+    by_id: dict[str, tuple[int, dict[str, Any]]] = {}
+    for line_no, e in entries:
+        eid = e.get("id")
+        if not isinstance(eid, str) or not eid:
+            raise GtExtError(f"{where}:{line_no}: entry has no id")
+        by_id[eid] = (line_no, e)
+    path = []
+    cur: tuple[int, dict[str, Any]] | None = entries[-1]
+    seen: set[str] = set()
+    while cur is not None:
+        line_no, e = cur
+        if e["id"] in seen:
+            raise GtExtError(f"{where}:{line_no}: parentId links form a cycle")
+        seen.add(e["id"])
+        path.append(cur)
+        parent = e.get("parentId")
+        if parent is None:
+            break
+        if not isinstance(parent, str) or parent not in by_id:
+            raise GtExtError(f"{where}:{line_no}: parentId names no entry of this session")
+        cur = by_id[parent]
+    path.reverse()
+    return path
+
+
+def parse_pi_entries(entries: list[tuple[int, Any]], where: str) -> ParsedSession:
+    """Turn decoded pi session lines ``(line_no, obj)`` (header first) into a session.
+
+    Thinking is dropped, tool calls are rendered with `render_tool_call` (pi's own tool names and
+    arguments), tool results become tool turns, and extension messages, branch summaries and the
+    user's ``!`` commands become user turns, as pi sends them to the model."""
+    if not entries:
+        raise GtExtError(f"{where}: empty pi session file")
+    line_no, header = entries[0]
+    if not (isinstance(header, dict) and header.get("type") == "session"
+            and isinstance(header.get("id"), str) and header["id"]):
+        raise GtExtError(f"{where}:{line_no}: not a pi session: the first line is not a session header with an id")
+    version = header.get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise GtExtError(f"{where}:{line_no}: session header version must be a positive integer")
+    if version > PI_SESSION_VERSION:
+        log.warning("%s: pi session version %d is newer than %d; parsing it as version %d",
+                    where, version, PI_SESSION_VERSION, PI_SESSION_VERSION)
+    body: list[tuple[int, dict[str, Any]]] = []
+    for line_no, e in entries[1:]:
+        if not isinstance(e, dict):
+            raise GtExtError(f"{where}:{line_no}: session entry is not a JSON object")
+        if not isinstance(e.get("type"), str):
+            raise GtExtError(f"{where}:{line_no}: session entry has no type")
+        if e["type"] == "session":
+            raise GtExtError(f"{where}:{line_no}: a second session header")
+        body.append((line_no, e))
+
+    msgs: list[dict[str, str]] = []
+    ts = str(header.get("timestamp") or "")
+    for line_no, e in _pi_branch(body, version >= 2, where):
+        at = f"{where}:{line_no}"
+        if isinstance(e.get("timestamp"), str) and e["timestamp"]:
+            ts = e["timestamp"]
+        etype = e["type"]
+        if etype == "custom_message":
+            _append(msgs, "user", _pi_text(e.get("content"), at))
+        elif etype == "branch_summary":
+            if isinstance(e.get("summary"), str):
+                _append(msgs, "user", e["summary"])
+        elif etype == "message":
+            _pi_message(msgs, e.get("message"), at)
+        # compaction (the full history is still on the branch), model/thinking changes, labels,
+        # session names and extension state: not conversation
+    return ParsedSession(messages=msgs, session=header["id"], cwd=str(header.get("cwd") or ""), time=ts,
+                         format="pi")
+
+
+def _pi_message(msgs: list[dict[str, str]], m: Any, at: str) -> None:
+    """Add the turns of one pi ``message`` entry's AgentMessage."""
+    if not isinstance(m, dict):
+        raise GtExtError(f"{at}: message entry has no message object")
+    role = m.get("role")
+    if role == "user" or role in _PI_USER_LIKE:
+        _append(msgs, "user", _pi_text(m.get("content"), at))
+    elif role == "assistant":
+        content = m.get("content")
+        if isinstance(content, str):
+            _append(msgs, "assistant", content)
+            return
+        if not isinstance(content, list):
+            raise GtExtError(f"{at}: message content must be a string or a list of blocks")
+        for b in content:
+            if not isinstance(b, dict):
+                raise GtExtError(f"{at}: content block is not an object")
+            bt = b.get("type")
+            if bt == "text":
+                _append(msgs, "assistant", str(b.get("text", "")))
+            elif bt == "toolCall":
+                name = b.get("name")
+                if not isinstance(name, str) or not name:
+                    raise GtExtError(f"{at}: toolCall block without a name")
+                args = b.get("arguments")
+                if args is not None and not isinstance(args, dict):
+                    raise GtExtError(f"{at}: toolCall arguments must be a JSON object")
+                _append(msgs, "assistant", render_tool_call(name, args or {}))
+            # thinking (also redacted): dropped
+    elif role == "toolResult":
+        msgs.append({"role": "tool", "content": _tool_result_text(m.get("content"))})
+    elif role == "bashExecution":
+        if not m.get("excludeFromContext"):  # "!!cmd": the user kept it from the model
+            _append(msgs, "user", _pi_bash_text(m))
+    elif not isinstance(role, str):
+        raise GtExtError(f"{at}: message has no role")
+    # other roles (a newer pi's): skipped
+
+
+def parse_pi_jsonl(path: str | Path) -> ParsedSession:
+    """Parse one pi session file (``~/.pi/agent/sessions/--<cwd>--/<time>_<id>.jsonl``): the
+    current branch's conversation; session id and cwd from the header, time of the last entry."""
+    path = Path(path)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GtExtError(f"{path}: pi session file not found") from None
+    except UnicodeDecodeError as e:
+        raise GtExtError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    entries = []
+    # Split at "\n" only: JSON.stringify leaves U+2028/U+2029 unescaped inside strings, and
+    # str.splitlines would cut a line there.
+    for i, line in enumerate(raw.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            entries.append((i, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise GtExtError(f"{path}:{i}: invalid JSON ({e.msg} at column {e.colno})") from None
+    return parse_pi_entries(entries, str(path))
 
 
 # Claude Code's terminal UI: "> prompt" or "❯ prompt" for the user, "● text" / "⏺ text" for the
@@ -240,7 +444,9 @@ def parse_chat_file(path: str | Path) -> list[ParsedSession]:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise GtExtError(f"{path}:{i}: invalid JSON ({e.msg} at column {e.colno})") from None
-            # A Claude transcript is also JSONL: recognise it by its entry shape.
+            # Agent transcripts are also JSONL: recognise them by their first entry's shape.
+            if not out and isinstance(obj, dict) and obj.get("type") == "session" and "messages" not in obj:
+                return [parse_pi_jsonl(path)]
             if isinstance(obj, dict) and obj.get("type") in ("user", "assistant", "summary", "system") and "messages" not in obj:
                 return [parse_claude_jsonl(path)]
             out.append(_chat_obj(obj, f"{path}:{i}"))
