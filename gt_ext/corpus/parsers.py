@@ -112,7 +112,8 @@ def parse_claude_jsonl(path: str | Path) -> ParsedSession:
     except UnicodeDecodeError as e:
         raise GtExtError(f"{path}: not UTF-8 text (byte {e.start})") from None
     entries = []
-    for i, line in enumerate(raw.splitlines(), 1):
+    # JSONL records end at "\n" only: str.splitlines would also cut at a raw U+2028 in a string.
+    for i, line in enumerate(raw.split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -437,7 +438,7 @@ def parse_chat_file(path: str | Path) -> list[ParsedSession]:
         return [parse_markdown(raw, str(path))]
     if suffix == ".jsonl":
         out = []
-        for i, line in enumerate(raw.splitlines(), 1):
+        for i, line in enumerate(raw.split("\n"), 1):
             if not line.strip():
                 continue
             try:

@@ -72,3 +72,13 @@ def test_chat_files(tmp_path):
     with pytest.raises(GtExtError, match="unsupported"):
         (tmp_path / "c.txt").write_text("x")
         parse_chat_file(tmp_path / "c.txt")
+
+
+def test_raw_line_separator_inside_a_string_is_not_a_record_break(tmp_path):
+    """JSON writers may leave U+2028 unescaped in strings; only "\\n" ends a JSONL record."""
+    p = write_transcript(tmp_path, "s2", "/w/rig/polecats/nux", "first\u2028second", [])
+    text = p.read_text(encoding="utf-8").replace("\\u2028", "\u2028")
+    assert "\u2028" in text
+    p.write_text(text, encoding="utf-8")
+    s = parse_claude_jsonl(p)
+    assert s.messages[0]["content"] == "first\u2028second"
