@@ -291,7 +291,9 @@ def _pi_message(msgs: list[dict[str, str]], m: Any, at: str) -> None:
                 args = b.get("arguments")
                 if args is not None and not isinstance(args, dict):
                     raise GtExtError(f"{at}: toolCall arguments must be a JSON object")
-                _append(msgs, "assistant", render_tool_call(name, args or {}))
+                # pi's shell tool is `bash {command}`; Claude's and the node0 agent's is `Bash
+                # {command}`: one name in the corpus, so a role model learns one tool vocabulary.
+                _append(msgs, "assistant", render_tool_call(_PI_TOOL_NAMES.get(name, name), args or {}))
             # thinking (also redacted): dropped
     elif role == "toolResult":
         msgs.append({"role": "tool", "content": _tool_result_text(m.get("content"))})
@@ -301,6 +303,10 @@ def _pi_message(msgs: list[dict[str, str]], m: Any, at: str) -> None:
     elif not isinstance(role, str):
         raise GtExtError(f"{at}: message has no role")
     # other roles (a newer pi's): skipped
+
+
+# pi tool names whose arguments match Claude's tool of another name (only the shell tool does).
+_PI_TOOL_NAMES = {"bash": "Bash"}
 
 
 def parse_pi_jsonl(path: str | Path) -> ParsedSession:

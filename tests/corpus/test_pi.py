@@ -57,14 +57,14 @@ def test_fixture_session_turns_tool_calls_and_no_thinking():
     # The gastown extension's injected prime context is sent to the model as a user turn.
     assert s.messages[0]["content"] == ("Run the bead on your hook.\n# Polecat nux (rig demo)\n"
                                         "You work one bead at a time. Your hook: dm-7. Finish with `gt done`.")
-    assert s.messages[1]["content"] == "Checking my hook first.\n" + render_tool_call("bash", {"command": "gt hook"})
+    assert s.messages[1]["content"] == "Checking my hook first.\n" + render_tool_call("Bash", {"command": "gt hook"})
     calls = [c for m in s.messages for c in parse_tool_calls(m["content"])]
     assert calls == [
-        {"name": "bash", "input": {"command": "gt hook"}},
+        {"name": "Bash", "input": {"command": "gt hook"}},
         {"name": "read", "input": {"path": "src/auth/login.py", "offset": 1, "limit": 40}},
         {"name": "edit", "input": {"path": "src/auth/login.py", "oldText": "TIMEOUT_S = 5", "newText": "TIMEOUT_S = 30"}},
-        {"name": "bash", "input": {"command": "make test", "timeout": 600}},
-        {"name": "bash", "input": {"command": "gt done"}},
+        {"name": "Bash", "input": {"command": "make test", "timeout": 600}},
+        {"name": "Bash", "input": {"command": "gt done"}},
     ]
     assert s.messages[2] == {"role": "tool", "content": "dm-7: login times out after 5s (hooked to demo/polecats/nux)"}
     assert s.messages[-1]["content"].startswith("Done: dm-7 is submitted")
@@ -84,7 +84,7 @@ def test_same_conversation_from_claude_and_pi_gives_the_same_messages(tmp_path):
         if e["type"] == "user" and isinstance(content, str):
             m = {"role": "user", "content": [_text(content)], "timestamp": 0}
         elif e["type"] == "user":
-            m = {"role": "toolResult", "toolCallId": content[0]["tool_use_id"], "toolName": "Bash",
+            m = {"role": "toolResult", "toolCallId": content[0]["tool_use_id"], "toolName": "bash",
                  "content": [_text(content[0]["content"])], "isError": False, "timestamp": 0}
         else:
             blocks = []
@@ -94,7 +94,8 @@ def test_same_conversation_from_claude_and_pi_gives_the_same_messages(tmp_path):
                 elif b["type"] == "text":
                     blocks.append(b)
                 else:
-                    blocks.append({"type": "toolCall", "id": b["id"], "name": b["name"], "arguments": b["input"]})
+                    # pi calls its shell tool `bash`; the corpus names it `Bash`, as Claude does.
+                    blocks.append({"type": "toolCall", "id": b["id"], "name": b["name"].lower(), "arguments": b["input"]})
             m = _assistant(*blocks)
         entries.append(_msg(f"e{i:07d}", parent, m))
         parent = f"e{i:07d}"
@@ -121,7 +122,7 @@ def test_only_the_current_branch_with_its_summary(tmp_path):
     s = parse_pi_jsonl(p)
     assert [m["role"] for m in s.messages] == ["user", "assistant"]
     assert s.messages[0]["content"] == "Tidy the build folder.\nDeleting build/ by hand lost the cache."
-    assert parse_tool_calls(s.messages[1]["content"]) == [{"name": "bash", "input": {"command": "make clean"}}]
+    assert parse_tool_calls(s.messages[1]["content"]) == [{"name": "Bash", "input": {"command": "make clean"}}]
     assert "rm -rf" not in json.dumps(s.messages) and s.time == "2026-03-02T09:06:00.000Z"
 
 
@@ -235,7 +236,7 @@ def test_spooled_pi_session_is_stored_tagged_from_env(tmp_path):
         assert e.session == SESSION_ID and e.role == "polecat" and e.rig == "demo" and e.user == "demo/polecats/nux"
         assert e.time == "2026-03-02T09:15:06.017Z"
         assert e.messages[0]["role"] == "system"  # the role's training system turn
-        assert {"name": "bash", "input": {"command": "gt done"}} in [
+        assert {"name": "Bash", "input": {"command": "gt done"}} in [
             c for m in e.messages for c in parse_tool_calls(m["content"])]
         assert list(st.spool_dir.glob("*.json")) == []
         # The session resumed and shut down again: the grown file replaces the stored one.
