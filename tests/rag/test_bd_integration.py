@@ -49,6 +49,17 @@ def test_recall_at_5(bd_town):
     assert recall >= 0.9, [q for q, ok in zip(QUERIES, found, strict=True) if not ok]
 
 
+def test_recall_within_the_role_budget(bd_town):
+    """The block an agent gets (context_for at its role's default budget) holds the wanted source."""
+    from gt_ext.rag.retrieve import context_for
+
+    root, _env, names = bd_town
+    found = [f"[{names.get(want, want)}]" in context_for(prompt, role, town=root) for prompt, role, want in QUERIES]
+    recall = sum(found) / len(found)
+    print(f"recall in the role-budget block = {recall:.2f} over {len(found)} queries")
+    assert recall >= 0.9, [q for q, ok in zip(QUERIES, found, strict=True) if not ok]
+
+
 def test_create_update_close_are_reflected(bd_town):
     root, env, _ = bd_town
     bd = Bd(root / "demo" / "mayor" / "rig" / ".beads", env=env)

@@ -51,6 +51,17 @@ def test_index_matches_sources_and_rerun_is_a_noop(town):
     assert sorted(index_ids(town)) == sorted(ids)
 
 
+def test_reader_reuses_its_collection_until_the_index_is_written(town):
+    # Opening Chroma writes to its own sqlite file; a reader must not take that for an indexer
+    # write, or every agent turn reopens the index (and reloads HNSW) from disk.
+    first = open_collection(town, create=False)
+    assert open_collection(town, create=False) is first
+    retrieve("zombie polecat", role="witness", town=town)
+    assert open_collection(town, create=False) is first
+    reindex(town, full=True)  # writes state.json: the next reader open is a fresh one
+    assert open_collection(town, create=False) is not first
+
+
 def test_retrieve_filters_by_role_and_rig(town):
     hits = retrieve("zombie polecat whose tmux session died", role="witness", rig="demo", town=town, k=3)
     assert hits[0].source == "file:demo/witness/CLAUDE.md"
@@ -69,6 +80,12 @@ def test_context_block_under_budget(town):
 
         assert block.startswith("## Town context") and count_tokens(block, _tokenizer("smollm2-135m-instruct")) <= budget
     assert "mail the mayor" in context_for("how do I escalate when blocked?", "polecat", town=town)
+    from gt_ext.rag.retrieve import _tokenizer, role_budget
+
+    tok = _tokenizer("smollm2-135m-instruct")
+    for role in ("boot", "witness", "refinery"):  # no budget given: the role's own
+        block = context_for("how do I escalate when blocked?", role, town=town)
+        assert block and count_tokens(block, tok) <= role_budget(role)
 
 
 def test_edit_and_delete_are_reflected_without_duplicates(town):

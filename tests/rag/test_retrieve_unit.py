@@ -54,3 +54,43 @@ def test_assemble_respects_budget(tok):
 def test_assemble_truncates_a_single_oversized_hit(tok):
     block = assemble([_hit(0, "word " * 2000)], 64, tok)
     assert block and count_tokens(block, tok) <= 64
+
+
+def test_role_budget_is_under_a_fifth_of_gt_prime_at_most_2500():
+    from gt_ext.errors import GtExtError
+    from gt_ext.rag.retrieve import GT_PRIME_TOKENS, MAX_BUDGET, role_budget
+    from gt_ext.roles import ROLES
+
+    assert set(GT_PRIME_TOKENS) == set(ROLES)
+    for role in ROLES:
+        b = role_budget(role)
+        assert 0 < b <= MAX_BUDGET and b <= 0.18 * GT_PRIME_TOKENS[role] and b % 50 == 0
+        assert b > 0.18 * GT_PRIME_TOKENS[role] - 50  # rounded down, not more
+    assert role_budget("boot") == 450 and role_budget("refinery") == 2450
+    with pytest.raises(GtExtError, match="wizard"):
+        role_budget("wizard")
+
+
+def test_embed_threads_setting_and_restore(monkeypatch):
+    import torch
+
+    from gt_ext.errors import GtExtError
+    from gt_ext.rag.embed import THREADS_ENV, embed, embed_threads
+
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert embed_threads() == 1
+    monkeypatch.setenv(THREADS_ENV, "3")
+    assert embed_threads() == 3
+    for bad in ("0", "two"):
+        monkeypatch.setenv(THREADS_ENV, bad)
+        with pytest.raises(GtExtError, match=THREADS_ENV):
+            embed_threads()
+    monkeypatch.delenv(THREADS_ENV)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        [v] = embed(["witness patrol"])
+        assert torch.get_num_threads() == 2  # the caller's setting is back
+        assert len(v) == 384 and abs(sum(x * x for x in v) - 1.0) < 1e-4
+    finally:
+        torch.set_num_threads(before)
