@@ -179,7 +179,8 @@ class _Gen:
                  "stuck": "not progressing, needs help", "dead": "session died, bead still open",
                  "hung": "hung on an open bead", "finished": "work landed, session lingers",
                  "all-busy": "everyone is making progress"}
-    _W_WRONG = {"nudge": "cleanup", "escalate": "wait", "cleanup": "nudge", "wait": "escalate", "restart": "wait"}
+    # The wrong answer of each failed decision: the mistake a lazy or hasty witness makes.
+    _W_WRONG = {"nudge": "wait", "escalate": "wait", "cleanup": "nudge", "wait": "escalate", "restart": "wait"}
 
     def _w_state(self, name: str, bead: str, kind: str) -> dict:
         """A polecat state with the numbers its description needs; `kind` picks the right action."""

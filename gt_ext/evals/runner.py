@@ -94,6 +94,16 @@ def _read_json(p: Path) -> dict[str, Any]:
         raise GtExtError(f"{p}: unreadable JSON ({e.__class__.__name__})") from e
 
 
+def _parent_adapter(folder: Path, meta: dict[str, Any]) -> list[tuple[str, float]]:
+    """A task adapter was trained on top of its role adapter (run.json `parent`): stack that first."""
+    parent = meta.get("parent")
+    if not parent:
+        return []
+    if not (Path(parent) / "adapter_config.json").is_file():
+        raise GtExtError(f"{folder}: trained on top of role adapter {parent}, which is gone (no adapter_config.json)")
+    return [(str(parent), 1.0)]
+
+
 def resolve_model(ref: str) -> ModelRef:
     """Resolve a model ref (see module doc) to a base model, adapters and a results folder."""
     from gt_ext.models import KNOWN_MODELS
@@ -118,7 +128,7 @@ def resolve_model(ref: str) -> ModelRef:
         if (p / "merged" / "config.json").is_file():
             return ModelRef(ref=str(p), base_model=str(p / "merged"), out_dir=p, role=meta.get("role"))
         if (p / "adapter" / "adapter_config.json").is_file():
-            return ModelRef(ref=str(p), base_model=str(base), adapters=[(str(p / "adapter"), 1.0)],
+            return ModelRef(ref=str(p), base_model=str(base), adapters=[*_parent_adapter(p, meta), (str(p / "adapter"), 1.0)],
                             out_dir=p, role=meta.get("role"))
         raise GtExtError(f"{p}: no adapter/ (adapter_config.json) or merged/ model in this folder")
     if re.fullmatch(r"[A-Za-z0-9_.-]+(:v?\d+)?", ref):

@@ -114,6 +114,12 @@ def _from_folder(ref: str, p: Path) -> ResolvedModel:
         if not base:
             raise GtExtError(f"{run_json}: no 'base_model'")
         adapters = [(p / "adapter", 1.0)] if (p / "adapter" / "adapter_config.json").is_file() else []
+        if adapters and run.get("parent"):
+            # A task adapter trained on top of a role adapter: the role adapter goes under it.
+            parent = Path(run["parent"])
+            if not (parent / "adapter_config.json").is_file():
+                raise GtExtError(f"--model {ref}: trained on top of role adapter {parent}, which is gone")
+            adapters.insert(0, (parent, 1.0))
         return ResolvedModel(
             ref=ref,
             base_model=str(base),

@@ -57,6 +57,20 @@ def test_resolve_model_refs(tmp_path):
     assert r.base_model == str(exp / "merged") and r.adapters == []
 
 
+def test_task_adapter_run_is_scored_with_its_role_adapter_under_it(tmp_path):
+    role = tmp_path / "role-adapter"
+    role.mkdir()
+    (role / "adapter_config.json").write_text("{}")
+    run = tmp_path / "dpo-run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "run.json").write_text(json.dumps({"base_model": "smollm2-135m-instruct", "parent": str(role)}))
+    assert runner.resolve_model(str(run)).adapters == [(str(role), 1.0), (str(run / "adapter"), 1.0)]
+    (role / "adapter_config.json").unlink()
+    with pytest.raises(GtExtError, match="which is gone"):
+        runner.resolve_model(str(run))
+
+
 @pytest.mark.parametrize("ref,msg", [("", "empty"), ("base:", "needs a model name"), ("/no/such dir!", "not base:")])
 def test_bad_model_refs(ref, msg):
     with pytest.raises(GtExtError, match=msg):

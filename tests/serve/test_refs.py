@@ -73,3 +73,17 @@ def test_backend_choice(tmp_path):
         choose_backend(base, [], "vllm")
     with pytest.raises(GtExtError, match="llama.cpp"):
         choose_backend(with_adapter, [], "llama.cpp")
+
+
+def test_task_adapter_run_stacks_its_role_adapter_first(tmp_path, adapters):
+    """A run trained on top of a role adapter (run.json `parent`) serves as role + task adapter."""
+    import shutil
+
+    run = tmp_path / "task-run"
+    shutil.copytree(adapters["b"], run / "adapter")
+    (run / "run.json").write_text(json.dumps({"role": "witness", "base_model": "tiny-llama",
+                                              "parent": str(adapters["a"])}))
+    assert resolve_model(str(run)).adapters == [(Path(adapters["a"]), 1.0), (run / "adapter", 1.0)]
+    (run / "run.json").write_text(json.dumps({"base_model": "tiny-llama", "parent": str(tmp_path / "gone")}))
+    with pytest.raises(GtExtError, match="which is gone"):
+        resolve_model(str(run))
