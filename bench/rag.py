@@ -8,7 +8,9 @@ batching), on a subset, same embedding model. Query latency (p50/p95 ms): ours =
 top-5 `collection.query`. Both over the same N-document collection, same prompts.
 
 Then, when the real gt is installed, the context size per role against real `gt prime` output
-for that role (in a temp town made by `gt install`), both in SmolLM2 tokens; goal <= 20%.
+for that role, both from one temp town made by real gt and counted in SmolLM2 tokens (goal <= 20%),
+at the role's default budget and at a flat 2,500, with how many of the top-5 chunks each keeps.
+Embedding runs on $GT_EXT_RAG_THREADS torch threads (default 1), for both paths.
 
     .venv/bin/python bench/rag.py [--docs 10000] [--baseline-docs 500] [--queries 50] [--no-prime]
 """
@@ -16,6 +18,7 @@ for that role (in a temp town made by `gt install`), both in SmolLM2 tokens; goa
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import statistics
@@ -70,58 +73,71 @@ PRIME_PROMPTS = {
 }
 
 
-def _dolt_pids_under(folder: Path) -> list[int]:
-    """Pids of dolt servers whose working folder is inside `folder` (started by our temp town)."""
-    import os
+def prime_section(tok, work: Path) -> None:
+    """Context per role against real `gt prime` for that role, both from one town made by real gt.
 
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if Path(os.readlink(d / "cwd")).is_relative_to(folder) and b"dolt" in (d / "cmdline").read_bytes():
-                    out.append(int(d.name))
-            except OSError:
-                continue
-    return out
-
-
-def prime_tokens(tok, work: Path) -> dict[str, int] | None:
-    """Tokens of real `gt prime` stdout per role, in a temp town made by `gt install`; None without gt."""
-    import os
-    import signal
-    import subprocess
-
+    The town (`gt install` + `gt rig add demo`, via `gastown.testing.make_town`) is indexed as is
+    (gt's own formulas, docs and settings); for each role, full `gt prime` output (not --dry-run:
+    nothing else runs in this town) against the context block for a typical prompt of the role, at
+    the role's default budget and at a flat 2,500. "top-5": how many of the 5 best chunks
+    (`retrieve(k=5)`, what the recall test checks) the block holds, i.e. what the budget costs.
+    """
+    from gt_ext.errors import GtExtError
     from gt_ext.gastown.binaries import find_gt
+    from gt_ext.gastown.prime import gt_prime, prime_targets, stable_text
+    from gt_ext.gastown.testing import make_town
+    from gt_ext.rag.index import reindex
+    from gt_ext.rag.retrieve import (
+        GT_PRIME_TOKENS,
+        MAX_BUDGET,
+        context_for,
+        count_tokens,
+        retrieve,
+        role_budget,
+    )
 
     gt = find_gt(required=False)
     if gt is None:
-        return None
-    home = work / "home"
-    home.mkdir()
-    (home / ".gitconfig").write_text("[user]\n\tname = bench\n\temail = bench@localhost\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GT_", "BEADS_", "BD_"))}
-    env["HOME"] = str(home)
-    # gt needs bd and dolt on PATH: the venv's bin (where install.sh links them) and gt's own folder.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), str(Path(gt).parent), env.get("PATH", "")])
-    town = work / "primetown"
+        print("gt prime comparison skipped: the real gt is not installed")
+        return
+    # gt install needs bd and dolt on PATH: the venv's bin (where install.sh links them), gt's folder.
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), str(Path(gt).parent), os.environ["PATH"]])
     try:
-        subprocess.run([gt, "install", str(town)], env=env, capture_output=True, check=True, timeout=300)
-        out = {}
-        for role in PRIME_PROMPTS:
-            r = subprocess.run([gt, "prime"], cwd=town, env=dict(env, GT_ROLE=role, GT_RIG="demo"),
-                               capture_output=True, text=True, timeout=120)
-            out[role] = len(tok(r.stdout, add_special_tokens=False)["input_ids"])
-        return out
-    except (subprocess.SubprocessError, OSError) as e:
-        err = getattr(e, "stderr", b"") or b""
-        err = err.decode(errors="replace") if isinstance(err, bytes) else err
-        print(f"gt prime comparison skipped: {type(e).__name__} {(err.strip().splitlines() or [''])[-1][:200]}")
-        return None
+        tt = make_town(work / "primetown")
+    except GtExtError as e:
+        print(f"gt prime comparison skipped: {str(e).splitlines()[0][:200]}")
+        return
+    saved = {k: os.environ.get(k) for k in ("GT_TOWN_ROOT", "GT_DOLT_PORT")}
+    os.environ.update(GT_TOWN_ROOT=str(tt.root), GT_DOLT_PORT=str(tt.dolt_port))  # bd reads the rig beads
+    try:
+        rep = reindex(tt.root)
+        print(f"gt-made town ({tt.mode}): {rep.total} chunks from {rep.groups_scanned} sources"
+              + (f", errors: {rep.errors}" if rep.errors else ""))
+        print("role       gt prime (table) | role budget  context  ratio  top-5 | at 2500: context  ratio  top-5"
+              "   (SmolLM2 tokens; goal <= 20%)")
+        for tg in prime_targets(tt.root):
+            text = gt_prime(tg.role, tt.root, tg.rig, tg.workdir, env=tt.env)
+            if text is None:
+                print(f"{tg.role:10s} gt prime failed (logged)")
+                continue
+            ptoks = count_tokens(stable_text(text), tok)
+            prompt = PRIME_PROMPTS[tg.role]
+            top5 = retrieve(prompt, role=tg.role, rig=tg.rig, town=tt.root, k=5)
+            cols = []
+            for budget in (role_budget(tg.role), MAX_BUDGET):
+                block = context_for(prompt, tg.role, rig=tg.rig, town=tt.root, budget_tokens=budget)
+                ctoks = count_tokens(block, tok) if block else 0
+                cols.append((budget, ctoks, ctoks / ptoks, sum(h.text in block for h in top5)))
+            (b, c, r, f), (_, c2, r2, f2) = cols
+            print(f"{tg.role:10s} {ptoks:8d} ({GT_PRIME_TOKENS.get(tg.role, 0):5d}) | {b:11d} {c:8d} {r:6.1%}  "
+                  f"{f}/{len(top5)}   | {c2:16d} {r2:6.1%}  {f2}/{len(top5)}")
     finally:
-        if town.is_dir():
-            subprocess.run([gt, "dolt", "stop"], cwd=town, env=env, capture_output=True, timeout=60)
-        for pid in _dolt_pids_under(work):  # whatever the town started and did not stop
-            os.kill(pid, signal.SIGTERM)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        tt.close()
 
 
 def main() -> None:
@@ -143,9 +159,9 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     import chromadb
     from chromadb.config import Settings
 
-    from gt_ext.rag.embed import MiniLMEmbedding, embed
+    from gt_ext.rag.embed import MiniLMEmbedding, embed, embed_threads
     from gt_ext.rag.index import open_collection, sync_chunks
-    from gt_ext.rag.retrieve import _tokenizer, assemble, context_for, retrieve
+    from gt_ext.rag.retrieve import _tokenizer, assemble, retrieve
 
     town = tmp / "town"
     (town / "mayor").mkdir(parents=True)
@@ -199,7 +215,8 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
 
     n = len(chunks)
     ours_rate, base_rate = n / ours_s, len(sub) / base_s
-    print(f"rag bench: {n} documents ({len(by_group)} groups), {args.queries} queries, baseline indexed {len(sub)} docs")
+    print(f"rag bench: {n} documents ({len(by_group)} groups), {args.queries} queries, baseline indexed {len(sub)} docs, "
+          f"embedding on {embed_threads()} torch thread(s)")
     print(f"indexing   ours {ours_rate:8.1f} docs/s   baseline (one add per doc) {base_rate:8.1f} docs/s   "
           f"ratio {ours_rate / base_rate:5.2f}x")
     print(f"re-sync, nothing changed: ours {resync_s:.2f} s for {n} docs ({n / resync_s:.0f} docs/s); "
@@ -209,13 +226,8 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
           f"p50 ratio {pct(ours_ms, 50) / pct(base_ms, 50):5.2f}x (ours/baseline)")
     print(f"context    mean {statistics.mean(tokens):.0f} tokens, max {max(tokens)} (budget 2500)")
 
-    primes = None if args.no_prime else prime_tokens(tok, tmp)
-    if primes:
-        print("role       gt prime  rag context  ratio   (SmolLM2 tokens; goal <= 20%)")
-        for role, ptoks in primes.items():
-            block = context_for(PRIME_PROMPTS[role], role, rig=RIGS[0], town=town)
-            ctoks = len(tok(block, add_special_tokens=False)["input_ids"])
-            print(f"{role:10s} {ptoks:8d}  {ctoks:11d}  {ctoks / ptoks:6.1%}   budget for 20%: {int(ptoks * 0.2)}")
+    if not args.no_prime:
+        prime_section(tok, tmp)
 
 
 if __name__ == "__main__":

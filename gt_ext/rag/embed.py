@@ -49,10 +49,12 @@ def embed_threads() -> int:
     return int(raw)
 
 
-def embed(texts: list[str], batch_size: int = 64, threads: int | None = None) -> list[list[float]]:
+def embed(texts: list[str], batch_size: int = 16, threads: int | None = None) -> list[list[float]]:
     """Embed `texts` -> len(texts) unit vectors of 384 floats (normalised, so dot = cosine).
 
     Runs on `threads` torch threads (default `embed_threads()`); the process's setting is restored.
+    Batches of 16: on one CPU thread a little faster than 32-128 (bead-sized texts: 54-57 docs/s
+    against 49-51 at 64), as the activations stay in cache.
     """
     if not texts:
         return []
