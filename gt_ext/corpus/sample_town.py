@@ -276,9 +276,13 @@ class _Gen:
         answer: dict[str, str] = {"action": action, "target": focus["name"] if focus else "", "reason": why}
         if with_cmd:
             answer["command"] = self._w_command(rig, action, focus)
-        wrong = dict(answer, action=self._W_WRONG[action], reason="unclear")
+        # The failed decision misreads the report: a coherent answer for the wrong state, so the
+        # pair differs in the decision only (not in a give-away reason or a banned command).
+        bad_action = self._W_WRONG[action]
+        misread = {"wait": "working", "nudge": "idle", "escalate": "stuck", "restart": "dead", "cleanup": "finished"}
+        wrong = dict(answer, action=bad_action, reason=self._W_REASON[misread[bad_action]])
         if with_cmd:
-            wrong["command"] = f"pkill -f {focus['name']}" if focus else "tmux kill-server"
+            wrong["command"] = self._w_command(rig, bad_action, focus)
         good = [{"role": "assistant", "content": json.dumps(answer)}]
         bad = [{"role": "assistant", "content": json.dumps(wrong)}]
         return self.pair("witness", "patrol", rig, focus["bead"] if focus else None, user, [_u(prompt)], good, bad)
