@@ -347,6 +347,7 @@ def scrub(file: Annotated[str, typer.Argument(help="File to scrub, or - for stdi
 def sample(seed: Annotated[int, typer.Option(help="Same seed, same history.")] = 0,
            witness: Annotated[int, typer.Option(help="Witness patrols to generate.")] = 60,
            per_role: Annotated[int, typer.Option(help="Sessions per other role.")] = 12,
+           reports: Annotated[int, typer.Option(help="Extra single-decision witness reports per patrol.")] = 1,
            write_town: Annotated[Path | None, typer.Option(help="Instead of storing, write transcripts + events into this town.")] = None,
            claude_dir: Annotated[Path | None, typer.Option(help="Where to write transcripts with --write-town.")] = None,
            as_json: JsonOpt = False) -> None:
@@ -354,7 +355,7 @@ def sample(seed: Annotated[int, typer.Option(help="Same seed, same history.")] =
     from gt_ext.corpus.overlap import check_no_overlap, eval_prompts
     from gt_ext.corpus.sample_town import generate, ingest_sessions, write_history
 
-    sessions = generate(seed, witness=witness, per_role=per_role)
+    sessions = generate(seed, witness=witness, per_role=per_role, reports=reports)
     check_no_overlap((m["content"] for s in sessions for m in s.messages), eval_prompts(), what="sample town")
     if write_town:
         from gt_ext.corpus.collect import claude_projects_dir

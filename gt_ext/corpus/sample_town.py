@@ -105,7 +105,7 @@ class _Gen:
                  "dead": ("restart", "session gone while its bead is still open"),
                  "finished": ("cleanup", "bead closed but the session lingers")}
 
-    def witness(self) -> list[SampleSession]:
+    def witness(self, reports: int = 1) -> list[SampleSession]:
         r = self.r
         rig = r.choice(list(RIGS))
         names = r.sample(POLECATS, r.randint(2, 5))
@@ -162,7 +162,8 @@ class _Gen:
         # plus one report where several polecats are listed and at most one needs the witness.
         for s in states:
             out += self._w_decision(rig, user, [s], s)
-        out += self._w_decision(rig, user, *self._w_mixed_report(rig))
+        for _ in range(reports):
+            out += self._w_decision(rig, user, *self._w_mixed_report(rig))
         return out
 
     # The decision rules, in this generator's own words (from the witness role: GUPP nudges for idle
@@ -258,22 +259,24 @@ class _Gen:
         if style == 0:
             ask = r.choice(["Witness of {rig}: decide the next action.", "You watch rig {rig}. What do you do?",
                             "Patrol step for {rig}. Pick one action."]).format(rig=rig)
-            keys = '{"action": wait|nudge|escalate|restart|cleanup, "target", "reason"' + (', "command"' if with_cmd else "") + "}"
+            keys = '{"target", "reason", "action": wait|nudge|escalate|restart|cleanup' + (', "command"' if with_cmd else "") + "}"
             prompt = f"{ask}\nSituation: {report}.\nReply with JSON: {keys}."
         elif style == 1:
             rules = "\n".join(f"  {a}: {why}" for a, why in r.sample(list(self._W_RULES.items()), 5))
-            fields = '"action": "<one option>", "target": "<polecat name>", "reason": "<short why>"'
+            fields = '"target": "<polecat name>", "reason": "<short why>", "action": "<one option>"'
             fields += ', "command": "<the gt command>"' if with_cmd else ""
             prompt = (f"Witness duty on rig {rig}. Options for a polecat:\n{rules}\n"
                       f"Latest report:\n{report}\nAnswer with a single JSON object {{{fields}}}.")
         else:
             prompt = (f"Polecats of {rig} right now:\n{report}\n"
-                      "Which one needs the witness, and what should happen? One JSON object with action, "
-                      "target (the polecat's name, empty if nobody) and reason"
+                      "Which one needs the witness, and what should happen? One JSON object with target "
+                      "(the polecat's name, empty if nobody), reason and action"
                       + (", plus the gt command to run" if with_cmd else "") + ".")
         # Short reasons: a patrol formula reads the JSON, and a long reason only costs tokens.
         why = self._W_REASON[focus["state"] if focus else "all-busy"]
-        answer: dict[str, str] = {"action": action, "target": focus["name"] if focus else "", "reason": why}
+        # What it sees (target, reason) before what it does (action): a small model then picks the
+        # action from its own short reading of the report.
+        answer: dict[str, str] = {"target": focus["name"] if focus else "", "reason": why, "action": action}
         if with_cmd:
             answer["command"] = self._w_command(rig, action, focus)
         # The failed decision misreads the report: a coherent answer for the wrong state, so the
@@ -403,13 +406,14 @@ class _Gen:
         return self.pair("mayor", "planning", rig, epic, "mayor", opening, good, None)
 
 
-def generate(seed: int = 0, witness: int = 60, per_role: int = 12) -> list[SampleSession]:
-    """Generate a sample town history: `witness` witness patrols (each giving several sessions)
-    and `per_role` sessions for every other role. Same seed, same history."""
+def generate(seed: int = 0, witness: int = 60, per_role: int = 12, reports: int = 1) -> list[SampleSession]:
+    """Generate a sample town history: `witness` witness patrols (each giving several sessions, plus
+    `reports` single-decision reports over several polecats) and `per_role` sessions for every
+    other role. Same seed, same history."""
     g = _Gen(seed)
     out: list[SampleSession] = []
     for _ in range(witness):
-        out += g.witness()
+        out += g.witness(reports)
     for fn in (g.deacon, g.boot, g.dog, g.refinery, g.polecat, g.crew, g.mayor):
         for _ in range(per_role):
             out += fn()
