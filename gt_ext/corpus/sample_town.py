@@ -259,23 +259,24 @@ class _Gen:
         if style == 0:
             ask = r.choice(["Witness of {rig}: decide the next action.", "You watch rig {rig}. What do you do?",
                             "Patrol step for {rig}. Pick one action."]).format(rig=rig)
-            keys = '{"target", "reason", "action": wait|nudge|escalate|restart|cleanup' + (', "command"' if with_cmd else "") + "}"
+            keys = '{"action": wait|nudge|escalate|restart|cleanup, "target", "reason"' + (', "command"' if with_cmd else "") + "}"
             prompt = f"{ask}\nSituation: {report}.\nReply with JSON: {keys}."
         elif style == 1:
             rules = "\n".join(f"  {a}: {why}" for a, why in r.sample(list(self._W_RULES.items()), 5))
-            fields = '"target": "<polecat name>", "reason": "<short why>", "action": "<one option>"'
+            fields = '"action": "<one option>", "target": "<polecat name>", "reason": "<short why>"'
             fields += ', "command": "<the gt command>"' if with_cmd else ""
             prompt = (f"Witness duty on rig {rig}. Options for a polecat:\n{rules}\n"
                       f"Latest report:\n{report}\nAnswer with a single JSON object {{{fields}}}.")
         else:
             prompt = (f"Polecats of {rig} right now:\n{report}\n"
-                      "Which one needs the witness, and what should happen? One JSON object with target "
-                      "(the polecat's name, empty if nobody), reason and action"
+                      "Which one needs the witness, and what should happen? One JSON object with action, "
+                      "target (the polecat's name, empty if nobody) and reason"
                       + (", plus the gt command to run" if with_cmd else "") + ".")
         # Short reasons: a patrol formula reads the JSON, and a long reason only costs tokens.
         why = self._W_REASON[focus["state"] if focus else "all-busy"]
-        # What it sees (target, reason) before what it does (action): a small model then picks the
-        # action from its own short reading of the report.
+        # The witness always answers what it sees (target, reason) before what it does (action),
+        # whatever order the request lists the keys in: a small model then picks the action from
+        # its own short reading of the report instead of committing to it first.
         answer: dict[str, str] = {"target": focus["name"] if focus else "", "reason": why, "action": action}
         if with_cmd:
             answer["command"] = self._w_command(rig, action, focus)
