@@ -102,17 +102,18 @@ def parse_claude_entries(entries: list[tuple[int, Any]], where: str) -> ParsedSe
     return ParsedSession(messages=msgs, session=session, cwd=cwd, time=ts)
 
 
-def parse_claude_jsonl(path: str | Path) -> ParsedSession:
-    """Parse one Claude Code transcript file (``~/.claude/projects/*/<session>.jsonl``)."""
-    path = Path(path)
+def read_jsonl(path: Path, what: str) -> list[tuple[int, Any]]:
+    """(line number, object) for each non-blank line of a JSONL file; a one-line `GtExtError` with
+    file:line (never the content) on a missing, non-UTF-8 or invalid file."""
     try:
         raw = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise GtExtError(f"{path}: transcript not found") from None
+        raise GtExtError(f"{path}: {what} not found") from None
     except UnicodeDecodeError as e:
         raise GtExtError(f"{path}: not UTF-8 text (byte {e.start})") from None
     entries = []
-    # JSONL records end at "\n" only: str.splitlines would also cut at a raw U+2028 in a string.
+    # Records end at "\n" only: writers (JSON.stringify among them) leave U+2028/U+2029 unescaped
+    # inside strings, and str.splitlines would cut a record there.
     for i, line in enumerate(raw.split("\n"), 1):
         if not line.strip():
             continue
@@ -120,7 +121,13 @@ def parse_claude_jsonl(path: str | Path) -> ParsedSession:
             entries.append((i, json.loads(line)))
         except json.JSONDecodeError as e:
             raise GtExtError(f"{path}:{i}: invalid JSON ({e.msg} at column {e.colno})") from None
-    s = parse_claude_entries(entries, str(path))
+    return entries
+
+
+def parse_claude_jsonl(path: str | Path) -> ParsedSession:
+    """Parse one Claude Code transcript file (``~/.claude/projects/*/<session>.jsonl``)."""
+    path = Path(path)
+    s = parse_claude_entries(read_jsonl(path, "transcript"), str(path))
     if not s.session:
         s.session = path.stem
     s.format = "claude"
@@ -313,23 +320,7 @@ def parse_pi_jsonl(path: str | Path) -> ParsedSession:
     """Parse one pi session file (``~/.pi/agent/sessions/--<cwd>--/<time>_<id>.jsonl``): the
     current branch's conversation; session id and cwd from the header, time of the last entry."""
     path = Path(path)
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise GtExtError(f"{path}: pi session file not found") from None
-    except UnicodeDecodeError as e:
-        raise GtExtError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    entries = []
-    # Split at "\n" only: JSON.stringify leaves U+2028/U+2029 unescaped inside strings, and
-    # str.splitlines would cut a line there.
-    for i, line in enumerate(raw.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            entries.append((i, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise GtExtError(f"{path}:{i}: invalid JSON ({e.msg} at column {e.colno})") from None
-    return parse_pi_entries(entries, str(path))
+    return parse_pi_entries(read_jsonl(path, "pi session file"), str(path))
 
 
 # Claude Code's terminal UI: "> prompt" or "❯ prompt" for the user, "● text" / "⏺ text" for the
