@@ -77,15 +77,7 @@ def parse_claude_entries(entries: list[tuple[int, Any]], where: str) -> ParsedSe
         msg = e.get("message")
         if not isinstance(msg, dict):
             raise GtExtError(f"{where}:{line_no}: {etype} entry has no message object")
-        content = msg.get("content")
-        if isinstance(content, str):
-            _append(msgs, "assistant" if etype == "assistant" else "user", content)
-            continue
-        if not isinstance(content, list):
-            raise GtExtError(f"{where}:{line_no}: message content must be a string or a list of blocks")
-        for b in content:
-            if not isinstance(b, dict):
-                raise GtExtError(f"{where}:{line_no}: content block is not an object")
+        for b in content_blocks(msg.get("content"), f"{where}:{line_no}"):
             bt = b.get("type")
             if bt == "text":
                 _append(msgs, "assistant" if etype == "assistant" else "user", str(b.get("text", "")))
@@ -100,6 +92,19 @@ def parse_claude_entries(entries: list[tuple[int, Any]], where: str) -> ParsedSe
                 msgs.append({"role": "tool", "content": text})
             # thinking, redacted_thinking, image: dropped
     return ParsedSession(messages=msgs, session=session, cwd=cwd, time=ts)
+
+
+def content_blocks(content: Any, at: str) -> list[dict[str, Any]]:
+    """A message's content as a list of blocks (a plain string is one text block), as Claude and pi
+    both write it; a one-line `GtExtError` at `at` (file:line) for anything else."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, list):
+        raise GtExtError(f"{at}: message content must be a string or a list of blocks")
+    for b in content:
+        if not isinstance(b, dict):
+            raise GtExtError(f"{at}: content block is not an object")
+    return content
 
 
 def read_jsonl(path: Path, what: str) -> list[tuple[int, Any]]:
@@ -279,15 +284,7 @@ def _pi_message(msgs: list[dict[str, str]], m: Any, at: str) -> None:
     if role == "user" or role in _PI_USER_LIKE:
         _append(msgs, "user", _pi_text(m.get("content"), at))
     elif role == "assistant":
-        content = m.get("content")
-        if isinstance(content, str):
-            _append(msgs, "assistant", content)
-            return
-        if not isinstance(content, list):
-            raise GtExtError(f"{at}: message content must be a string or a list of blocks")
-        for b in content:
-            if not isinstance(b, dict):
-                raise GtExtError(f"{at}: content block is not an object")
+        for b in content_blocks(m.get("content"), at):
             bt = b.get("type")
             if bt == "text":
                 _append(msgs, "assistant", str(b.get("text", "")))
