@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -67,8 +68,6 @@ def main() -> int:
     run = a.out / f"run-{a.steps}"
     if not (a.reuse and (run / "adapter" / "adapter_config.json").is_file()):
         if run.exists():
-            import shutil
-
             shutil.rmtree(run)
         # CPU budget off: this bench measures quality after a fixed number of steps.
         # max_length 320: long patrol sessions are cut to their opening (prompt, polecat list, first
@@ -90,8 +89,6 @@ def main() -> int:
         dpo = a.out / f"run-{a.steps}-dpo-{a.dpo_steps}"
         if not (a.reuse and (dpo / "adapter" / "adapter_config.json").is_file()):
             if dpo.exists():
-                import shutil
-
                 shutil.rmtree(dpo)
             p = prepare("witness", corpus, config_path=PRESET, overrides=[
                 "mode=dpo", f"role_adapter={run / 'adapter'}", f"max_steps={a.dpo_steps}", "max_cpu_s=null",
