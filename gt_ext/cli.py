@@ -42,6 +42,8 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("job", "gt_ext.jobs.cli"),
     ("serve", "gt_ext.serve.cli"),
     ("rag", "gt_ext.rag.cli"),
+    ("prefs", "gt_ext.prefs.cli"),
+    ("runs", "gt_ext.runs.cli"),
     ("install-shim", "gt_ext.shim_cli"),
     ("install", "gt_ext.install_cli"),
 ]

@@ -6,8 +6,9 @@
 
 Only active examples go out; SFT takes those labelled good or neutral (never one with a convention
 violation or a failed outcome); DPO pairs a success with a failure of the same task (same opening
-prompt). The train/val split is a pure function of the prompt, so it is deterministic and the
-same task never lands on both sides. Files are written to a temp folder and renamed into place.
+prompt), plus the task-level preference pairs picked from A/B runs (`gt-ext prefs pick`). The
+train/val split is a pure function of the prompt, so it is deterministic and the same task never
+lands on both sides. Files are written to a temp folder and renamed into place.
 """
 
 from __future__ import annotations
@@ -69,9 +70,11 @@ def _task(ex: Example) -> str:
     return ex.task if ex.task in TASKS else "general"
 
 
-def _dpo_pair(good: Example, bad: Example) -> dict[str, Any] | None:
-    """Prompt = shared prefix; chosen/rejected = the first assistant turns where they part."""
-    a, b = good.messages or [], bad.messages or []
+def split_at_divergence(chosen: list[dict[str, str]], rejected: list[dict[str, str]]
+                        ) -> tuple[list[dict[str, str]], str, str] | None:
+    """(shared prefix, chosen turn, rejected turn): the first assistant turns where two chats part
+    after a common opening that holds a user turn; None when they never part that way."""
+    a, b = chosen, rejected
     i = 0
     while i < min(len(a), len(b)) and a[i] == b[i]:
         i += 1
@@ -79,11 +82,19 @@ def _dpo_pair(good: Example, bad: Example) -> dict[str, Any] | None:
         return None
     if not any(m["role"] == "user" for m in a[:i]):
         return None
-    prompt = a[:i]
+    return a[:i], a[i]["content"], b[i]["content"]
+
+
+def _dpo_pair(good: Example, bad: Example) -> dict[str, Any] | None:
+    """Prompt = shared prefix; chosen/rejected = the first assistant turns where they part."""
+    split = split_at_divergence(good.messages or [], bad.messages or [])
+    if split is None:
+        return None
+    prompt, chosen, rejected = split
     prov = good.provenance() | {"rejected_session": bad.session or "", "rejected_bead": bad.bead or "",
                                 "rejected_source_hash": bad.source_hash}
-    return {"id": dpo_id(prompt, a[i]["content"], b[i]["content"]), "role": good.role, "task": _task(good),
-            "prompt": prompt, "chosen": a[i]["content"], "rejected": b[i]["content"], "provenance": prov}
+    return {"id": dpo_id(prompt, chosen, rejected), "role": good.role, "task": _task(good),
+            "prompt": prompt, "chosen": chosen, "rejected": rejected, "provenance": prov}
 
 
 def export_corpus(store: Store, out: str | os.PathLike, rig: str | None = None, val_pct: int = 10,
@@ -139,6 +150,19 @@ def export_corpus(store: Store, out: str | os.PathLike, rig: str | None = None, 
                 split = "val" if _is_val(pkey, val_pct) else "train"
                 dpo[(pair["role"], pair["task"], split)].append(pair)
 
+    # Task-level preference pairs (gt_ext.prefs): picked by a person or a rule from two models'
+    # outcomes of one bead; stored scrubbed, exported as they are.
+    n_prefs = 0
+    for p in store.preferences(status="active"):
+        if allowed is not None and p.get("rig") and p["rig"] not in allowed:
+            continue
+        task = p["task"] if p["task"] in TASKS else "general"
+        split = "val" if _is_val(_prompt_key(p["prompt"]), val_pct) else "train"
+        dpo[(p["role"], task, split)].append({"id": p["id"], "role": p["role"], "task": task, "prompt": p["prompt"],
+                                              "chosen": p["chosen"], "rejected": p["rejected"],
+                                              "provenance": p["provenance"]})
+        n_prefs += 1
+
     out.parent.mkdir(parents=True, exist_ok=True)  # the temp folder must be a sibling for the rename
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -161,6 +185,7 @@ def export_corpus(store: Store, out: str | os.PathLike, rig: str | None = None, 
             "rig": rig,
             "val_pct": val_pct,
             "excluded_unsafe": excluded,
+            "preference_pairs": n_prefs,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         for p in tmp.rglob("*"):

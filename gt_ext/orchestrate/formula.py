@@ -2,9 +2,10 @@
 
 The fields read here are gt's own (`formula`, `description`, `type`, `version`, `[vars.X]` with
 `description`/`required`/`default` or the `X = "default"` shorthand, `[[steps]]` with `id`, `title`,
-`description`, `needs`, `acceptance`) plus two keys of this project that gt ignores:
-`run` (the command line of the step, with `{{var}}` placeholders) and `job_status` (the status the
-training-job bead takes while the step runs).
+`description`, `needs`, `acceptance`) plus three keys of this project that gt ignores:
+`run` (the command line of the step, with `{{var}}` placeholders), `job_status` (the status the
+training-job bead takes while the step runs) and, on a variable, `resolve` (a resolver in
+`gt_ext.orchestrate.resolvers` that turns the variable into values the steps use).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Var:
     description: str = ""
     required: bool = False
     default: str | None = None
+    resolve: str | None = None  # this project's key: a resolver (gt_ext.orchestrate.resolvers) run before the steps
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ def load_formula(path: str | Path) -> Formula:
                 description=str(spec.get("description", "")),
                 required=bool(spec.get("required", False)),
                 default=None if default is None else str(default),
+                resolve=None if spec.get("resolve") is None else str(spec["resolve"]),
             )
         else:
             raise GtExtError(f"{path}: vars.{vname} must be a string or a table")
