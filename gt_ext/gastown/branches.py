@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,28 @@ class BeadsDatabase:
                             "ours": _jsonable({k: ours[k] for k in changed}),
                             "theirs": _jsonable({k: theirs.get(k) for k in changed})})
         return out
+
+
+def branch_beads_dir(rig_beads: Path, folder: Path, port: int) -> Path:
+    """A beads folder `folder/.beads` for a bd that must work in a branch: the rig's metadata
+    (server mode, same database) and, in the port file bd reads before anything else, the port of
+    the `BranchProxy` that pins that branch. Run bd with BEADS_DIR=<it> (and
+    BEADS_DOLT_SERVER_PORT=<port>, which bd reads first of all)."""
+    beads = Path(folder) / ".beads"
+    beads.mkdir(parents=True, exist_ok=True)
+    for name in ("metadata.json", "config.yaml"):
+        if (Path(rig_beads) / name).is_file():
+            shutil.copy2(Path(rig_beads) / name, beads / name)
+    (beads / "dolt-server.port").write_text(str(port))
+    return beads
+
+
+def branch_env(env: dict[str, str], beads: Path, port: int) -> dict[str, str]:
+    """`env` for a bd working in a branch through the proxy on `port` (see branch_beads_dir)."""
+    out = {k: v for k, v in env.items() if k not in ("BEADS_DB", "BD_DB", "BEADS_DOLT_SERVER_DATABASE")}
+    out.update({"BEADS_DIR": str(beads), "BEADS_DOLT_SERVER_PORT": str(port), "BEADS_DOLT_PORT": str(port),
+                "BEADS_DOLT_AUTO_START": "0"})
+    return out
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:

@@ -151,9 +151,11 @@ class RigRepo:
         """True when `commit` is reachable from `branch`."""
         return self.git("merge-base", "--is-ancestor", commit, branch, check=False).returncode == 0
 
-    def dirty(self, worktree: Path) -> list[str]:
-        """Uncommitted paths of a worktree (`git status --porcelain`)."""
-        return [ln[3:] for ln in self.out("status", "--porcelain", cwd=worktree).splitlines() if ln.strip()]
+    def dirty(self, worktree: Path, untracked: bool = True) -> list[str]:
+        """Uncommitted paths of a worktree (`git status --porcelain`); `untracked=False` counts
+        changes to tracked files only (gt leaves an untracked `.beads/` redirect in its worktrees)."""
+        args = ["status", "--porcelain"] + ([] if untracked else ["--untracked-files=no"])
+        return [ln[3:] for ln in self.out(*args, cwd=worktree).splitlines() if ln.strip()]
 
     # -- merging --------------------------------------------------------------------------------
     def merge_conflicts(self, branch: str, into: str) -> list[str]:
@@ -184,7 +186,7 @@ class RigRepo:
                                   message=f"conflicts in {', '.join(conflicts[:10])}")
         wt = self.worktree_for(into)
         if wt is not None:
-            dirty = self.dirty(wt)
+            dirty = self.dirty(wt, untracked=False)  # git merge itself refuses to overwrite untracked files
             if dirty:
                 return GitMergeResult(branch, False, message=f"{wt} (on {into}) has uncommitted changes: "
                                                              f"{', '.join(dirty[:5])}")
@@ -204,7 +206,7 @@ class RigRepo:
         """Move `name` back from `expected` to `to` (undo a merge), only if it is still at `expected`."""
         wt = self.worktree_for(name)
         if wt is not None:
-            if self.out("rev-parse", "HEAD", cwd=wt) != expected or self.dirty(wt):
+            if self.out("rev-parse", "HEAD", cwd=wt) != expected or self.dirty(wt, untracked=False):
                 return False
             return self.git("reset", "-q", "--keep", to, cwd=wt, check=False).returncode == 0
         return self.git("update-ref", f"refs/heads/{name}", to, expected, check=False).returncode == 0

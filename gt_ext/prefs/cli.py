@@ -50,6 +50,7 @@ def sling_cmd(
     max_steps: int = typer.Option(8, "--max-steps", help="Model replies (tool calls) per agent."),
     max_new_tokens: int = typer.Option(384, "--max-new-tokens", help="Tokens per model reply."),
     backend: str = typer.Option("auto", "--backend", help="auto, torch or llama.cpp (as node0-inference)."),
+    quantize: str = typer.Option("int8", "--quantize", help="PyTorch backend: int8 or none (as node0-inference)."),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Run BEAD with two models side by side, each in its own beads branch and git worktree."""
@@ -58,7 +59,7 @@ def sling_cmd(
     if no_tests and test:
         raise GtExtError("--test and --no-tests exclude each other")
     opts = SlingOptions(role=role, timeout_s=timeout, test_cmd="" if no_tests else test, max_steps=max_steps,
-                        max_new_tokens=max_new_tokens, backend=backend)
+                        max_new_tokens=max_new_tokens, backend=backend, quantize=quantize)
     cmp = sling(_town(), bead, [m for m in models.split(",")], rig=rig, opts=opts,
                 echo=(lambda s: None) if json_out else (lambda s: print(s, flush=True)))
     if json_out:

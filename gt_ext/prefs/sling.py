@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gt_ext.errors import GtExtError
-from gt_ext.gastown.branches import BeadsDatabase
+from gt_ext.gastown.branches import BeadsDatabase, branch_beads_dir, branch_env
 from gt_ext.gastown.branchproxy import BranchProxy
 from gt_ext.gastown.town import Town
 from gt_ext.gastown.worktree import RigRepo
@@ -54,6 +53,7 @@ class SlingOptions:
     max_steps: int = 8
     max_new_tokens: int = 384
     backend: str = "auto"
+    quantize: str = "int8"  # the agent's PyTorch backend: int8 linears or none (exact fp32)
 
 
 def detect_test_cmd(worktree: Path) -> str | None:
@@ -132,7 +132,7 @@ class _Side:
         self.label = label
         self.folder = folder
         self.worktree = folder / "work"
-        self.beads_dir = folder / "beads" / ".beads"
+        self.beads_dir = folder / "beads" / ".beads"  # made by branch_beads_dir
         self.transcripts = folder / "transcripts"
         self.pane_log = folder / "pane.log"
         self.proxy: BranchProxy | None = None
@@ -142,25 +142,12 @@ class _Side:
         self.timed_out = False
 
 
-def _agent_beads_dir(side: _Side, rig_beads: Path, port: int) -> None:
-    """A beads folder for the agent's bd: the rig's metadata (server mode, same database) with the
-    proxy's port in the port file bd reads first."""
-    side.beads_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("metadata.json", "config.yaml"):
-        if (rig_beads / name).is_file():
-            shutil.copy2(rig_beads / name, side.beads_dir / name)
-    (side.beads_dir / "dolt-server.port").write_text(str(port))
-
-
 def _agent_env(base: dict[str, str], town: Town, rig: str, role: str, side: _Side, port: int) -> dict[str, str]:
-    env = dict(base)
-    for k in ("BEADS_DB", "BD_DB", "BEADS_DOLT_SERVER_DATABASE", "GIT_DIR", "GIT_WORK_TREE"):
-        env.pop(k, None)
+    """What gt puts in an agent's environment, with bd pointed at the side's branch."""
+    env = branch_env({k: v for k, v in base.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")}, side.beads_dir, port)
     env.update({
         "GT_ROLE": role, "GT_RIG": rig, "BD_ACTOR": f"{rig}/polecats/prefs-{side.label}",
         "GT_ROOT": str(town.root), "GT_TOWN_ROOT": str(town.root),
-        "BEADS_DIR": str(side.beads_dir), "BEADS_DOLT_SERVER_PORT": str(port), "BEADS_DOLT_PORT": str(port),
-        "BEADS_DOLT_AUTO_START": "0",
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", "")]),
     })
     return env
@@ -243,12 +230,13 @@ def _run_agents(cmp: Comparison, sides: dict[str, _Side], town: Town, rig: str, 
         for lb, side in sides.items():
             o = cmp.outcomes[lb]
             side.proxy = BranchProxy(db.port, db.database, o.dolt_branch, host=db.host).start()
-            _agent_beads_dir(side, rig_beads, side.proxy.port)
+            branch_beads_dir(rig_beads, side.beads_dir.parent, side.proxy.port)
             side.transcripts.mkdir(parents=True, exist_ok=True)
             argv = [sys.executable, "-m", "gt_ext.serve.agent", "--model", o.model_ref,
                     "--workdir", str(side.worktree), "--transcripts", str(side.transcripts),
                     "--max-steps", str(opts.max_steps), "--turn-timeout", str(opts.timeout_s),
-                    "--max-new-tokens", str(opts.max_new_tokens), "--backend", opts.backend, cmp.prompt]
+                    "--max-new-tokens", str(opts.max_new_tokens), "--backend", opts.backend,
+                    "--quantize", opts.quantize, cmp.prompt]
             with open(side.pane_log, "wb") as pane:
                 side.proc = subprocess.Popen(argv, cwd=side.worktree, stdin=subprocess.DEVNULL, stdout=pane,
                                              stderr=subprocess.STDOUT, start_new_session=True,
