@@ -12,13 +12,15 @@ Generation goes through `gt_ext.serve.generate.Generator` (batched), the path se
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gt_ext.atomic import atomic_write_json
+from gt_ext.digest import sha256_file
 from gt_ext.errors import GtExtError
 from gt_ext.evals import scoring
 from gt_ext.evals import suite as suite_mod
@@ -46,6 +48,13 @@ class EvalResult:
     contamination: dict[str, Any] | None = None
     written_to: str | None = None
     system_prompt: str | None = None
+    splits: dict[str, Any] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def full(self) -> bool:
+        """A run of the whole suite (no --limit, no --split): the only kind that can gate."""
+        return bool(self.run.get("full"))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON written as `eval-<suite>.json` and stored by the registry."""
@@ -61,11 +70,40 @@ class EvalResult:
             "skipped": [t.id for t in self.tasks if t.skipped],
             "seconds": round(self.seconds, 1),
             "system_prompt": self.system_prompt,
+            "splits": self.splits,
+            "run": self.run,
             "tasks": [t.to_dict() for t in self.tasks],
         }
         if self.contamination is not None:
             d["contamination"] = self.contamination
         return d
+
+
+def result_filename(result: dict[str, Any]) -> str:
+    """`eval-<suite>.json` for a full run, `eval-<suite>-partial.json` for a --limit/--split run,
+    so a smoke run never replaces the full result next to a model."""
+    suite = re.sub(r"[^A-Za-z0-9._-]", "_", str(result.get("suite") or "default"))
+    return f"eval-{suite}.json" if (result.get("run") or {}).get("full") else f"eval-{suite}-partial.json"
+
+
+def model_file_hashes(model: ResolvedModel) -> dict[str, str]:
+    """sha256 of every weight file the model was loaded from that lies in its own folder, keyed by
+    path relative to that folder (the keys of an export/registry manifest), so a result can later
+    be checked against the files of the model it claims to score. Empty for `base:` models."""
+    if model.results_dir is None or model.ref.startswith("base:"):
+        return {}
+    root = Path(model.results_dir).resolve()
+    base, adapters = model.torch_weights()
+    used = [Path(base)] + [Path(a) for a, _ in adapters]
+    out: dict[str, str] = {}
+    for d in used:
+        d = d.resolve()
+        if not d.is_dir() or not d.is_relative_to(root):
+            continue
+        for f in sorted(d.rglob("*")):
+            if f.is_file():
+                out[f.relative_to(root).as_posix()] = sha256_file(f)
+    return out
 
 
 # ------------------------------------------------------------------------------------ generation
@@ -128,6 +166,7 @@ def evaluate(
     corpus: str | Path | None = None,
     max_overlap: float | None = None,
     limit: int | None = None,
+    split: str | None = None,
     write: bool = True,
     progress: bool = False,
 ) -> EvalResult:
@@ -135,15 +174,21 @@ def evaluate(
 
     `generate` replaces the model (tests); `corpus` turns on the contamination guard (tasks whose
     prompts overlap the corpus more than `max_overlap` are refused and reported); `limit` keeps the
-    first N tasks (smoke runs).
+    first N tasks and `split` one split (dev/heldout): both make a partial run, recorded as such
+    (`run.full` false, written as `eval-<suite>-partial.json`) and never used by the deploy gate.
     """
     if not isinstance(k, int) or k < 1:
         raise GtExtError(f"--k must be an integer >= 1, got {k!r}")
+    if limit is not None and limit < 1:
+        raise GtExtError(f"--limit must be >= 1, got {limit}")
     t0 = time.perf_counter()
     model = model_ref if isinstance(model_ref, ResolvedModel) else resolve(model_ref)
+    spec = str(suite.root if isinstance(suite, suite_mod.EvalSuite) else suite)
     st = suite if isinstance(suite, suite_mod.EvalSuite) else suite_mod.load(suite)
     cfg = config if isinstance(config, dict) else scoring.load_config(config)
-    tasks = list(st.tasks[:limit] if limit else st.tasks)
+    selected = st.select(split)
+    tasks = list(selected[:limit] if limit else selected)
+    full = len(tasks) == len(st.tasks)
 
     contamination = None
     if corpus is not None:
@@ -159,7 +204,8 @@ def evaluate(
             raise GtExtError(f"contamination guard refused every task of suite {st.name} (corpus {corpus})")
 
     system = suite_system_prompt(st)
-    results = {t.id: scoring.TaskResult(id=t.id, category=t.category) for t in tasks}
+    results = {t.id: scoring.TaskResult(id=t.id, category=t.category, scenario=getattr(t, "scenario", None),
+                                        split=st.split_of(t)) for t in tasks}
     # Tasks that cannot run on this machine (a sandbox without bd) are skipped, not failed.
     missing = {t.id: why for t in tasks if (why := getattr(t, "unavailable", lambda: None)())}
     for tid, why in missing.items():
@@ -213,18 +259,35 @@ def evaluate(
     pk = scoring.pass_k(task_results, k)
     role = st.role or model.role
     verdict = scoring.gate(comp, cats, pk, scoring.thresholds_for(cfg, role))
+    run = {
+        "producer": "gt-ext eval run",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "suite_spec": spec,
+        "suite_hash": suite_mod.suite_hash(st.root),
+        "suite_tasks": len(st.tasks),
+        "run_tasks": len(tasks_all),
+        "limit": limit,
+        "split": split if split not in (None, "all") else None,
+        "full": full,
+        "refused": len(contamination.get("refused", [])) if contamination else 0,
+        "model_files": model_file_hashes(model),
+    }
     res = EvalResult(suite=st.name, model=model.ref, role=role, k=k, tasks=task_results, categories=cats,
                      composite=comp, pass_k=pk, gate=verdict, seconds=time.perf_counter() - t0,
-                     contamination=contamination, system_prompt=system)
+                     contamination=contamination, system_prompt=system,
+                     splits=scoring.split_scores(task_results, cfg["weights"]), run=run)
+    if not full:
+        log.warning("partial run (%d of %d tasks%s): recorded as such, never used by the deploy gate",
+                    len(tasks), len(st.tasks), f", split {split}" if run["split"] else "")
     if write and model.registry_ref:
-        # The registry stores the result and writes eval-<suite>.json into the version folder.
+        # The registry stores the result and writes it into the version folder.
         from gt_ext.registry import Registry
 
         with Registry.open() as reg:
             rec = reg.record_eval(model.registry_ref, res.to_dict())
-        res.written_to = str(Path(rec.path) / f"eval-{st.name}.json")
+        res.written_to = str(Path(rec.path) / result_filename(res.to_dict()))
     elif write and model.results_dir is not None:
-        target = Path(model.results_dir) / f"eval-{st.name}.json"
+        target = Path(model.results_dir) / result_filename(res.to_dict())
         atomic_write_json(target, res.to_dict())
         res.written_to = str(target)
     return res

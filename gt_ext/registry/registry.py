@@ -234,8 +234,9 @@ class Registry:
         self.store.update_eval(rec.name, rec.version, cats, comp, gate,
                                f"eval {rec.ref}: composite {comp}, gate {gate}")
         if write_file:
-            suite = re.sub(r"[^A-Za-z0-9._-]", "_", str(result.get("suite") or "default"))
-            atomic_write_json(rec.path / f"eval-{suite}.json", result)
+            from gt_ext.evals.runner import result_filename
+
+            atomic_write_json(rec.path / result_filename(result), result)
         return self.get(rec.ref)
 
     def _target(self, rig: str | None, role: str) -> deploy.Target:
