@@ -193,8 +193,8 @@ def _from_folder(ref: str, p: Path, town: object | None) -> ResolvedModel:
     if not described:
         if (p / "config.json").is_file():  # a plain HF model folder
             return ResolvedModel(ref=ref, base_model=str(p), results_dir=p)
-        raise GtExtError(f"--model {ref}: folder has neither run.json/manifest.json (run/export) "
-                         "nor config.json (HF model)")
+        raise GtExtError(f"--model {ref}: folder has no run.json/manifest.json (run/export) "
+                         "and no config.json (HF model)")
     base = meta.get("base_model")
     if not base:
         raise GtExtError(f"{p}: not a run or export folder (no run.json/manifest.json with base_model)")

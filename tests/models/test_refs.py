@@ -86,7 +86,7 @@ def test_bad_refs(ref, fragment):
 
 
 def test_folders_that_are_not_models(tmp_path):
-    with pytest.raises(GtExtError, match="neither run.json"):
+    with pytest.raises(GtExtError, match="no run.json"):
         resolve(str(tmp_path))
     (tmp_path / "run.json").write_text("{broken")
     with pytest.raises(GtExtError, match="run.json: unreadable"):
