@@ -142,15 +142,15 @@ class Window:
 
 def witness_items(tok, max_length: int = 1024):
     """Rendered witness SFT items of the sample town (train split)."""
-    from gt_ext.corpus.export import export_corpus
     from gt_ext.corpus.sample_town import generate, ingest_sessions
+    from gt_ext.corpus.shards import write_shards
     from gt_ext.corpus.store import Store
     from gt_ext.train.data import load_items
 
     with tempfile.TemporaryDirectory() as d:
         st = Store.open(Path(d) / "c")
         ingest_sessions(st, generate(0, witness=60, per_role=2))
-        export_corpus(st, Path(d) / "out", val_pct=10)
+        write_shards(st, Path(d) / "out", val_pct=10)
         items, _ = load_items(Path(d) / "out", "sft", "witness", None, "train", tok, max_length)
     return items
 
