@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 
 def build_pair(cmp: Comparison, winner: Outcome, loser: Outcome, decision: Decision) -> tuple[dict[str, Any] | None, str]:
     """The comparison's DPO pair record (scrubbed), or None and why there is none."""
-    from gt_ext.corpus.export import split_at_divergence
     from gt_ext.corpus.format import dpo_id
     from gt_ext.corpus.scrub import default_scrubber
+    from gt_ext.corpus.shards import split_at_divergence
     from gt_ext.corpus.tags import task_from_content
 
     chosen = transcript_messages(Path(winner.transcript) if winner.transcript else None, cmp.role, cmp.rig)

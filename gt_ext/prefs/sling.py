@@ -110,14 +110,14 @@ def _rig_of(town: Town, bead: str, rig: str | None) -> str:
 
 def _resolve_models(models: list[str], town: Town) -> list[str]:
     """Each model reference made concrete (registry `name:ver`), or a one-line error naming it."""
-    from gt_ext.serve.refs import resolve_model
+    from gt_ext.models.refs import resolve
 
     if len(models) != 2 or not all(m.strip() for m in models):
         raise GtExtError(f"--models: give exactly two model references, A,B (got {','.join(models) or 'none'})")
     out = []
     for m in models:
         try:
-            out.append(resolve_model(m.strip(), town).ref)
+            out.append(resolve(m.strip(), town).ref)
         except GtExtError as e:
             raise GtExtError(f"--models {m}: {e}") from None
     if out[0] == out[1]:

@@ -102,7 +102,7 @@ def dpo_formula_argv(role: str, job_dir: Path, extra: dict[str, str] | None = No
 
 def start_dpo(role: str, extra: dict[str, str] | None = None, job_dir: Path | None = None) -> subprocess.CompletedProcess:
     """Run the DPO formula now (a fresh job folder each time: new pairs make a new job)."""
-    from gt_ext.jobs.store import jobs_root
+    from gt_ext.jobs.places import jobs_root
 
     job_dir = job_dir or jobs_root() / f"train-role-model-{role}-dpo-{time.strftime('%Y%m%d-%H%M%S')}"
     argv = dpo_formula_argv(role, job_dir, extra)

@@ -27,9 +27,9 @@ from gt_ext.atomic import atomic_write_json
 from gt_ext.errors import GtExtError
 from gt_ext.gastown.town import Town, find_town
 from gt_ext.paths import home_dir
-from gt_ext.registry import artifacts, deploy, prune
+from gt_ext.registry import deploy, model_files, prune
+from gt_ext.registry.db import Deployment, DoltStore, MetaStore, ModelRecord, SqliteStore
 from gt_ext.registry.locks import file_lock
-from gt_ext.registry.store import Deployment, DoltStore, MetaStore, ModelRecord, SqliteStore
 from gt_ext.roles import ROLES, check_role, check_task
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class Registry:
 
     def __init__(self, store: MetaStore, root: Path, town: Town | None = None):
         self.store = store
-        self.files = artifacts.ArtifactStore(root)
+        self.files = model_files.ArtifactStore(root)
         self.root = root
         self.town = town
 
@@ -215,21 +215,21 @@ class Registry:
 
         Default name: the run's role, or `<role>-<task>` for a task adapter. `progress(done,
         total)` gets the bytes copied so far. `parent`: the registered model it was trained on top
-        of; by default found from the run (a role adapter or base weights inside this registry).
+        of; by default found from the run (base weights or a role adapter inside this registry).
         """
         src = Path(src)
-        kind = artifacts.source_kind(src)
-        run = artifacts.read_run_json(src)
-        man = artifacts.read_manifest(src) if kind == "export" else {}
+        kind = model_files.source_kind(src)
+        run = model_files.read_run_json(src)
+        man = model_files.read_manifest(src) if kind == "export" else {}
         role = run.get("role") or man.get("role")
         if not role:
-            raise GtExtError(f"{src / artifacts.RUN_JSON}: no 'role'")
+            raise GtExtError(f"{src / model_files.RUN_JSON}: no 'role'")
         check_role(str(role))
         base = run.get("base_model") or man.get("base_model")
         if not base:
-            raise GtExtError(f"{src / artifacts.RUN_JSON}: no 'base_model'")
+            raise GtExtError(f"{src / model_files.RUN_JSON}: no 'base_model'")
         if run.get("status") not in _RUN_STATUS_OK:
-            raise GtExtError(f"{src / artifacts.RUN_JSON}: run status is {run.get('status')!r}; only finished runs can be registered")
+            raise GtExtError(f"{src / model_files.RUN_JSON}: run status is {run.get('status')!r}; only finished runs can be registered")
         task = run.get("task")
         if task:
             check_task(task)
@@ -237,10 +237,18 @@ class Registry:
         if not _NAME_RE.match(name):
             raise GtExtError(f"bad model name {name!r}: lowercase letters, digits, '.', '_', '-' (no ':')")
         lora = run.get("lora") or {}
+        # Trained on a registered version's merged weights (DPO on top of the role model): the
+        # record is that version's stack plus this adapter, so its base is the version's base and
+        # the version is its parent (gt_ext.models.refs stacks parent adapters under this one).
+        on_weights_of = self.ref_for_path(base)
+        if on_weights_of is not None:
+            base = self.get(on_weights_of).base_model
         if parent:
             parent = self.get(parent).ref  # an unknown parent is a one-line error, nothing copied
+            if on_weights_of is not None and parent != on_weights_of:
+                raise GtExtError(f"--parent {parent}: {src} was trained on the weights of {on_weights_of}")
         else:
-            parent = self.ref_for_path(run.get("parent")) or self.ref_for_path(base) or run.get("parent")
+            parent = on_weights_of or self.ref_for_path(run.get("parent")) or run.get("parent")
         with file_lock(self._root_lock):
             version = max([self.store.max_version(name), *self.files.versions_on_disk(name)]) + 1
             path = self.files.install(src, name, version, progress=progress)
@@ -280,8 +288,9 @@ class Registry:
         self.store.update_eval(rec.name, rec.version, cats, comp, gate,
                                f"eval {rec.ref}: composite {comp}, gate {gate}")
         if write_file:
-            suite = re.sub(r"[^A-Za-z0-9._-]", "_", str(result.get("suite") or "default"))
-            atomic_write_json(rec.path / f"eval-{suite}.json", result)
+            from gt_ext.evals.runner import result_filename
+
+            atomic_write_json(rec.path / result_filename(result), result)
         return self.get(rec.ref)
 
     def _target(self, rig: str | None, role: str) -> deploy.Target:
@@ -323,10 +332,10 @@ class Registry:
                 raise GtExtError(f"--adapters {a}: {arec.ref} is a role model, not a task adapter")
             if rec.base_model not in (arec.compatible or [arec.base_model]):
                 raise GtExtError(f"--adapters {a}: {arec.ref} fits {', '.join(arec.compatible)}, not {rec.base_model}")
-            artifacts.verify(arec.path)
+            model_files.verify(arec.path)
             adapter_refs.append(arec.ref)
         with file_lock(self._root_lock, shared=True):  # prune cannot delete files under us
-            artifacts.verify(rec.path)  # corrupt manifest / checksum mismatch: refused, naming the file
+            model_files.verify(rec.path)  # corrupt manifest / checksum mismatch: refused, naming the file
             blockers = deploy.rollout_blockers(role, target.rig, self.live())
             if blockers:
                 problems.append(f"rollout order: deploy {' then '.join(blockers)} before {role}")

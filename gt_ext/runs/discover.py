@@ -74,7 +74,7 @@ def is_run_folder(p: Path) -> bool:
 
 def default_roots() -> list[Path]:
     """The folders runs are written to by this project's commands."""
-    from gt_ext.jobs.store import jobs_root
+    from gt_ext.jobs.places import jobs_root
     from gt_ext.paths import home_dir
 
     return [home_dir() / "runs", jobs_root()]
