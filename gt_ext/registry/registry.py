@@ -185,7 +185,7 @@ class Registry:
 
     def ref_for_path(self, path: str | os.PathLike | None) -> str | None:
         """`name:ver` of the registered version whose folder holds `path` (None if none does)."""
-        if not path:
+        if not path or not Path(path).is_absolute():
             return None
         try:
             rel = Path(path).resolve().relative_to(self.root.resolve())

@@ -96,19 +96,17 @@ def _walk(root: Path, depth: int = 0) -> list[Path]:
     return out
 
 
-def _metrics(path: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]], list[dict[str, Any]]]:
-    train, val, rows = [], [], []
-    if not path.is_file():
-        return train, val, rows
-    for n, line in enumerate(path.read_text(errors="replace").split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            log.warning("%s:%d: not JSON, skipped", path, n)
-            continue
-        rows.append(r)
+def _metrics(run_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]], list[dict[str, Any]]]:
+    """(train loss points, validation loss points, every row) of a run's metrics.jsonl."""
+    from gt_ext.train.runfolder import MetricsLog
+
+    train, val = [], []
+    try:
+        rows = MetricsLog(run_dir).read()
+    except (json.JSONDecodeError, OSError) as e:
+        log.warning("%s/metrics.jsonl: unreadable (%s), no curves", run_dir, e.__class__.__name__)
+        rows = []
+    for r in rows:
         if isinstance(r.get("loss"), (int, float)) and "step" in r:
             train.append((int(r["step"]), float(r["loss"])))
         if isinstance(r.get("val_loss"), (int, float)) and "step" in r:
@@ -133,18 +131,14 @@ def _eval_files(folder: Path) -> dict[str, dict[str, Any]]:
 
 def load_run(path: str | os.PathLike, run_id: str | None = None) -> RunInfo:
     """Read one run folder (GtExtError naming the file when it is not one)."""
+    from gt_ext.train.runfolder import read_run_json
+
     p = Path(path)
-    rj = p / "run.json"
-    if not rj.is_file():
+    run = read_run_json(p)
+    if run is None:
         raise GtExtError(f"{p}: not a run folder (no run.json)")
-    raw = rj.read_bytes()
-    try:
-        run = json.loads(raw)
-    except json.JSONDecodeError:
-        raise GtExtError(f"{rj}: not valid JSON") from None
-    if not isinstance(run, dict):
-        raise GtExtError(f"{rj}: expected a JSON object")
-    train, val, rows = _metrics(p / "metrics.jsonl")
+    raw = (p / "run.json").read_bytes()
+    train, val, rows = _metrics(p)
     m = run.get("metrics") or {}
     cfg = run.get("config") or {}
     kind = "swarm" if run.get("swarm") else "pipeline" if run.get("pipeline") else "local"

@@ -67,7 +67,7 @@ def test_load_run_errors(tmp_path: Path) -> None:
     with pytest.raises(GtExtError, match="not a run folder"):
         load_run(tmp_path)
     (tmp_path / "run.json").write_text("{oops")
-    with pytest.raises(GtExtError, match="not valid JSON"):
+    with pytest.raises(GtExtError, match="unreadable"):
         load_run(tmp_path)
 
 
