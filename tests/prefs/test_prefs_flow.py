@@ -6,7 +6,9 @@
 
 Model A (`polecat`) is a 1-step SFT of the tiny model: it answers noise and does nothing wrong.
 Model B (`polecat-noverify`) is the tiny model trained until it always answers with one tool call,
-`git commit --allow-empty -n -m x`: it commits, skipping hooks. The rules pick A. Bad input on the
+`HUSKY=0 git commit --allow-empty -mx`: it commits, skipping hooks. (The call is written compactly,
+so that nearly every token is followed by one token only: the 64-wide random model learns such a
+chain in a few dozen steps.) The rules pick A. Bad input on the
 way: an unknown model, a bead already in a comparison, a pick on an undecided (running)
 comparison, a missing branch; a merge conflict is refused with both sides intact.
 """
@@ -31,7 +33,8 @@ from gt_ext.prefs.record import Comparison, PrefsStore
 
 pytestmark = pytest.mark.integration
 
-B_COMMAND = "git commit --allow-empty -n -m x"
+B_COMMAND = "HUSKY=0 git commit --allow-empty -mx"
+B_ANSWER = '<tool_call>{"name":"Bash","input":{ "command":"' + B_COMMAND + '"}}</tool_call>'
 TINY = ["base_model=tiny-llama", "eval_every=0", "checkpoint_every=0", "data.max_length=256", "data.pack_length=512"]
 # Enough for the tiny model to answer B_COMMAND's tool call word for word (greedy, fp32).
 MEMORIZE = ["max_steps=120", "optim.lr=1e-2", "optim.warmup_steps=0", "optim.min_lr_ratio=1.0", "data.batch_size=12",
@@ -40,21 +43,21 @@ SLING = ["--no-tests", "--max-steps", "1", "--max-new-tokens", "48", "--timeout"
          "--quantize", "none"]
 
 
-def write_sft(root: Path, command: str | None) -> Path:
-    """A corpus export with polecat examples answering `command` as a tool call (or a short note)."""
+def write_sft(root: Path, answer: str | None) -> Path:
+    """A corpus export with polecat examples all answering `answer` (or a short note of their own)."""
     recs = []
     for i in range(12):
-        answer = render_tool_call("Bash", {"command": command}) if command else f"Looked at task {i}; nothing to do."
+        text = answer or f"Looked at task {i}; nothing to do."
         msgs = [{"role": "system", "content": system_prompt("polecat", "demo")},
                 {"role": "user", "content": f"Your hooked bead in rig demo: dm-{i * 7919 % 4096:03x} \"task {i}\".\n"
                                             "Work in the current folder on its branch; commit, then close the bead."},
-                {"role": "assistant", "content": answer}]
+                {"role": "assistant", "content": text}]
         recs.append({"id": f"r{i}", "role": "polecat", "task": "git-workflow", "messages": msgs,
                      "provenance": {"source": "curated"}})
     p = root / "sft" / "polecat" / "git-workflow" / "train.jsonl"
     p.parent.mkdir(parents=True)
     p.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    (root / "manifest.json").write_text(json.dumps({"corpus_hash": f"test-{command is not None}", "files": {}}))
+    (root / "manifest.json").write_text(json.dumps({"corpus_hash": f"test-{answer is not None}", "files": {}}))
     return root
 
 
@@ -84,7 +87,7 @@ def models(town_env: TestTown, tmp_path_factory: pytest.TempPathFactory) -> dict
                  str(work / "run-a"), "--no-progress", *TINY, "max_steps=1"]) == 0
     assert main(["export", str(work / "run-a"), "--to", str(work / "export-a"), "--gguf", "none"]) == 0
     assert main(["model", "register", str(work / "export-a"), "--name", "polecat"]) == 0
-    assert main(["train", "--role", "polecat", "--corpus", str(write_sft(work / "cb", B_COMMAND)), "--out",
+    assert main(["train", "--role", "polecat", "--corpus", str(write_sft(work / "cb", B_ANSWER)), "--out",
                  str(work / "run-b"), "--no-progress", *TINY, *MEMORIZE]) == 0
     assert main(["model", "register", str(work / "run-b"), "--name", "polecat-noverify"]) == 0
     return {"a": "polecat:1", "b": "polecat-noverify:1"}
