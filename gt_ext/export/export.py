@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 def merge_adapter(base_model: str, adapter_dir: str | Path, parent_adapter: str | Path | None = None) -> tuple[Any, Any]:
-    """Base (+ parent role adapter) + this adapter, merged into plain weights; (model, tokenizer)."""
+    """Base (+ parent role adapter: run.json `parent`, a registry name:ver or a folder) + this adapter,
+    merged into plain weights; (model, tokenizer)."""
     from peft import PeftModel
 
     from gt_ext.models import load_model

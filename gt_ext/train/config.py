@@ -87,7 +87,8 @@ class TrainConfig(_Strict):
     dtype: Literal["float32", "bfloat16"] = "float32"
     device: str = "cpu"
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
-    role_adapter: str | None = Field(None, description="role LoRA folder a task adapter trains on top of")
+    role_adapter: str | None = Field(
+        None, description="role adapter a task adapter trains on top of: registry name:ver or an adapter/run folder")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     data: DataSettings = Field(default_factory=DataSettings)
     optim: OptimSettings = Field(default_factory=OptimSettings)
