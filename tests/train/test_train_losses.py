@@ -118,34 +118,3 @@ def test_dpo_reference_is_model_without_adapter(setup):
     # Policy == reference gives exactly log 2.
     loss, _ = losses.dpo_batch_loss(model, batch, beta=0.1, ref=pol)
     assert abs(float(loss) - math.log(2)) < 1e-6
-
-
-@torch.no_grad()
-def test_packed_batch_attends_through_sdpa_within_each_example(setup, monkeypatch):
-    """A packed row goes through PyTorch's SDPA kernel, once per decoder layer, with the attention
-    inputs the batch builder made (`data.fixed_batches` -> `losses.hidden_states`), and every
-    example in the row sees only itself: its hidden states equal those of the example run alone."""
-    model, tok, sft, _ = setup
-    base = model.get_base_model()
-    assert base.config._attn_implementation == "sdpa"
-    packed = data.fixed_batches(sft[:3], 1, True, 4096, tok.pad_token_id)[0]
-    assert packed["input_ids"].shape[0] == 1 and packed["n_examples"] == 3  # one row, three examples
-
-    calls = []
-    real_sdpa = F.scaled_dot_product_attention
-
-    def spy(q, k, v, attn_mask=None, **kw):
-        calls.append({"q": tuple(q.shape), "masked": attn_mask is not None or kw.get("is_causal", False)})
-        return real_sdpa(q, k, v, attn_mask=attn_mask, **kw)
-
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-    h = losses.hidden_states(model, packed)[0]  # [T, H]
-    assert len(calls) == base.config.num_hidden_layers and all(c["masked"] for c in calls)
-    assert all(c["q"][2] == packed["input_ids"].shape[1] for c in calls)  # the whole packed row at once
-    monkeypatch.undo()
-
-    for k, item in enumerate(sft[:3]):
-        alone = data.fixed_batches([item], 1, False, 4096, tok.pad_token_id)[0]
-        h_alone = losses.hidden_states(model, alone)[0]
-        rows = packed["example_index"][0] == k
-        assert torch.allclose(h[rows], h_alone[: int(rows.sum())], atol=1e-5), k
