@@ -26,6 +26,7 @@ import math
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,35 @@ def _wait_for_swarm_step(dht: Any, run_id: str, step: int, timeout: float) -> No
     raise GtExtError(f"swarm {run_id} did not reach step {step} in {timeout:.0f} s")
 
 
+def _batches(items: list[Any], cfg: TrainConfig, settings: SwarmSettings, peer_id: str, pad: int,
+             ckpt: Path | None) -> tuple[Any, Callable[[], dict[str, Any]]]:
+    """(BatchLoader, next_batch) of this peer: its own seeded order, or its rows of a shared batch."""
+    from gt_ext.train.data import BatchLoader
+
+    d = cfg.data
+    if settings.shard:
+        k, n = settings.shard
+        # Every shard walks the same global batch order and takes its own rows of it.
+        loader = BatchLoader(items, d.batch_size * n, d.pack, d.pack_length, d.seed, pad)
+        return loader, lambda: shard_batch(loader.next_batch(), k, n)
+    # Different peers should see different batches: offset the seed by the peer id (a resumed peer
+    # keeps the order of its checkpoint, also one `gt-ext train` wrote).
+    seed = d.seed + random.Random(peer_id).randrange(1 << 30)
+    if ckpt is not None:
+        seed = int(checkpoint.read_state(ckpt).data.get("seed", seed))
+    loader = BatchLoader(items, d.batch_size, d.pack, d.pack_length, seed, pad)
+    return loader, loader.next_batch
+
+
+def _wire_costs(model: Any, params: list[Any], power_sgd_rank: int | None) -> dict[str, Any]:
+    """What one averaging round sends (run.json `swarm`): LoRA only, vs the full model's gradients."""
+    return {"lora_params": sum(p.numel() for p in params), "total_params": sum(p.numel() for p in model.parameters()),
+            "bytes_per_round_2peers": {
+                "lora": bytes_per_round(params, 2),
+                "lora_powersgd": bytes_per_round(params, 2, power_sgd_rank) if power_sgd_rank else None,
+                "full": bytes_per_round(list(model.parameters()), 2)}}
+
+
 def run_peer(
     corpus: str | Path,
     role: str,
@@ -191,7 +221,7 @@ def run_peer(
 
     `resume` continues the newest checkpoint in `out_dir` (one a peer or `gt-ext train` wrote);
     `callbacks` are called `(step, metrics row)` after every global step, as the Trainer's."""
-    from gt_ext.train.data import BatchLoader, batch_tokens, fixed_batches
+    from gt_ext.train.data import batch_tokens, fixed_batches
     from gt_ext.train.lora import load_base_for_training, save_adapter, trainable_parameters
     from gt_ext.train.losses import sft_loss_sum
     from gt_ext.train.run import prepare, run_json_for
@@ -234,19 +264,7 @@ def run_peer(
                                                    "key_fingerprint": key.fingerprint() if key else None})
         log.info("peer %s of swarm %s listening on %s", me, run_id, " ".join(addrs))
 
-        if settings.shard:
-            k, n = settings.shard
-            # Every shard walks the same global batch order and takes its own rows of it.
-            loader = BatchLoader(prep.train, d.batch_size * n, d.pack, d.pack_length, d.seed, pad)
-            next_batch = lambda: shard_batch(loader.next_batch(), k, n)  # noqa: E731
-        else:
-            # Different peers should see different batches: offset the seed by the peer id
-            # (a resumed peer keeps the order of its checkpoint, also one `gt-ext train` wrote).
-            seed = d.seed + random.Random(me).randrange(1 << 30)
-            if ckpt is not None:
-                seed = int(checkpoint.read_state(ckpt).data.get("seed", seed))
-            loader = BatchLoader(prep.train, d.batch_size, d.pack, d.pack_length, seed, pad)
-            next_batch = loader.next_batch
+        loader, next_batch = _batches(prep.train, cfg, settings, me, pad, ckpt)
 
         if settings.join_at_step:
             _wait_for_swarm_step(dht, run_id, settings.join_at_step, settings.wait_for_peers_s)
@@ -283,16 +301,9 @@ def run_peer(
                 extra={"swarm_run_id": run_id, "peer_id": me})
             return checkpoint.save(run_dir, model, state, cfg.keep_checkpoints)
 
-        n_total = sum(p.numel() for p in model.parameters())
-        n_lora = sum(p.numel() for p in params)
         swarm_info = {"run_id": run_id, "peer_id": me, "target_batch_size": target,
                       "settings": settings.model_dump(mode="json"), "resumed_from": resumed_from,
-                      "lora_params": n_lora, "total_params": n_total,
-                      "bytes_per_round_2peers": {
-                          "lora": bytes_per_round(params, 2),
-                          "lora_powersgd": bytes_per_round(params, 2, settings.power_sgd_rank)
-                          if settings.power_sgd_rank else None,
-                          "full": bytes_per_round(list(model.parameters()), 2)}}
+                      **_wire_costs(model, params, settings.power_sgd_rank)}
         record = run_json_for(prep, "running", {}, swarm=swarm_info)
         runfolder.write_run_json(run_dir, record)
 
