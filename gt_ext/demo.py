@@ -320,10 +320,12 @@ class Demo:
     def collect_figures(self) -> None:
         """Figures for the summary, read from what the stages wrote."""
         f = self.state["figures"]
+        from gt_ext.train.runfolder import read_run_json
+
         job = self.out / "job"
-        run_json = job / "run" / "run.json"
-        if run_json.is_file():
-            m = json.loads(run_json.read_text()).get("metrics", {})
+        run = read_run_json(job / "run")
+        if run is not None:
+            m = run.get("metrics", {})
             if m.get("val_loss_start") is not None and m.get("val_loss_end") is not None:
                 s, e = m["val_loss_start"], m["val_loss_end"]
                 f["metric:val loss"] = f"{s:.3f} -> {e:.3f} ({100 * (s - e) / s:.0f}% lower)"

@@ -205,10 +205,13 @@ def _read_json(p: Path) -> dict[str, Any]:
 
 def _from_folder(ref: str, p: Path, town: object | None) -> ResolvedModel:
     # An export folder holds manifest.json and a copy of run.json; a run folder run.json only.
+    from gt_ext.train.runfolder import RUN_JSON, read_run_json
+
     meta: dict[str, Any] = {}
-    described = [p / f for f in ("manifest.json", "run.json") if (p / f).is_file()]
-    for f in described:
-        meta = {**_read_json(f), **meta}
+    described = [p / f for f in ("manifest.json", RUN_JSON) if (p / f).is_file()]
+    if (p / "manifest.json").is_file():
+        meta = _read_json(p / "manifest.json")
+    meta = {**(read_run_json(p) or {}), **meta}  # an export's manifest.json wins over its run.json copy
     if not described:
         if (p / "config.json").is_file():  # a plain HF model folder
             return ResolvedModel(ref=ref, base_model=str(p), results_dir=p)
