@@ -27,12 +27,12 @@ def _free_port() -> int:
 def test_served_over_http_with_token_and_concurrent_streams(tmp_path):
     port = _free_port()
     token_file = tmp_path / "token"
-    token_file.write_text("tok-123\n")
+    token_file.write_text("tok-123-" + "x" * 32 + "\n")
     proc = subprocess.Popen([GT_EXT, "serve", "--model", "base:tiny-llama", "--port", str(port),
                              "--token-file", str(token_file), "--backend", "torch"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
     url = f"http://127.0.0.1:{port}"
-    hdr = {"Authorization": "Bearer tok-123"}
+    hdr = {"Authorization": "Bearer tok-123-" + "x" * 32}
     try:
         deadline = time.monotonic() + 300
         while True:
