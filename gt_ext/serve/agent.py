@@ -107,7 +107,7 @@ class Agent:
         bang = parse_bang(prompt)
         refusal = bang_refusal(bang[0], self.settings) if bang else None
         if refusal:  # not run, not given to the model: say why in the pane and wait for the next prompt
-            log.warning("!command refused: %s", refusal)
+            log.info("!command refused: %s", refusal)
             self._say(f"[refused: {refusal}]\n")
             return ""
         if self.transcript is None and self._transcript_factory is not None:

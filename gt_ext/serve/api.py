@@ -268,9 +268,12 @@ async def _read_body(receive: Any, cap: int) -> bytes:
 
 async def _send_error(send: Any, status: int, message: str, etype: str = "invalid_request_error",
                       param: str | None = None) -> None:
+    """An error answer before the app ran. The connection is closed after it: an unread body (a
+    40 MB one, a trickled one) is then dropped by the kernel instead of parsed by the server."""
     body = json.dumps({"error": {"message": message, "type": etype, "param": param}}).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
 
 
