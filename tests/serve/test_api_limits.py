@@ -16,10 +16,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gt_ext.errors import GtExtError
+from gt_ext.models.refs import ResolvedModel
 from gt_ext.serve.api import MIN_TOKEN_CHARS, ApiLimits, create_app
 from gt_ext.serve.batcher import Batcher, Job
 from gt_ext.serve.params import SamplingParams
-from gt_ext.serve.refs import ResolvedModel
 
 MSG = [{"role": "user", "content": "Report the patrol status."}]
 MODEL = ResolvedModel(ref="base:tiny-llama", base_model="tiny-llama", adapters=[])
