@@ -52,7 +52,7 @@ class ApiLimits:
     max_body_bytes: int = 1 << 20  # request body
     body_timeout_s: float = 30.0  # to receive the whole body (slow senders hold a connection)
     max_prompt_chars: int = 256_000  # characters of message content in one request
-    max_per_client: int = 4  # POST requests in flight per client address (queued or generating)
+    max_per_client: int = 8  # POST requests in flight per client address (queued or generating): a batch
 
 
 def check_token(token: str | None) -> None:

@@ -74,7 +74,7 @@ def serve(
     threads: int = typer.Option(1, "--threads", help="CPU threads (1 measured fastest on shared 2-core hosts)."),
     max_batch: int = typer.Option(8, "--max-batch", help="Requests decoded together."),
     max_queue: int = typer.Option(64, "--max-queue", help="Waiting requests before 503."),
-    max_per_client: int = typer.Option(4, "--max-per-client", help="Requests in flight per client address "
+    max_per_client: int = typer.Option(8, "--max-per-client", help="Requests in flight per client address "
                                        "before 429."),
     max_body_kb: int = typer.Option(1024, "--max-body-kb", help="Largest request body (KiB) before 413."),
 ) -> None:

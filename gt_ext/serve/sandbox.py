@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import selectors
 import shutil
 import signal
@@ -144,7 +143,8 @@ class Sandbox:
             if os.path.isdir(d) and not os.path.islink(d):
                 args += ["--size", str(p.tmp_mb * 2**20), "--tmpfs", d] if d == "/tmp" else ["--tmpfs", d]
         hidden = [Path(d) for d in PRIVATE_DIRS]
-        for r in _existing(p.read):
+        # This package and its Python are needed inside even when installed under /tmp.
+        for r in _existing([*p.read, INIT_SCRIPT.parent, Path(sys.prefix), Path(sys.base_prefix)]):
             if any(r == h or h in r.parents for h in hidden):
                 args += ["--ro-bind", str(r), str(r)]
         # Shallow binds first, so a nested write path is bound over its read-only parent.
@@ -174,21 +174,17 @@ class Sandbox:
         relay = _Relay(p.ports) if p.network == "loopback" and p.ports else None
         cgroup = _PidsCgroup.create(p.max_procs)
         try:
-            init = [sys.executable, "-I", "-S", str(INIT_SCRIPT), "--nproc", str(p.max_procs)]
+            init = [sys.executable, "-I", "-S", str(INIT_SCRIPT)]
+            for name, val in _limits(p, timeout_s):
+                init += ["--rlimit", f"{name}={val}"]
             if relay:
                 for port in p.ports:
                     init += ["--forward", f"{port}={NET_DIR}/{port}.sock"]
             cmd = [bwrap_path() or "bwrap", *self.bwrap_args(relay.dir if relay else None), "--", *init, "--", *argv]
-            limits = _limits(p, timeout_s)
-
-            def child_setup() -> None:  # runs in the child between fork and exec
-                if cgroup:
-                    cgroup.attach_self()
-                for res, val in limits:
-                    resource.setrlimit(res, (val, val))
-
+            # bwrap joins the pids cgroup before it forks anything (writing 0 moves the writer).
+            join = (lambda: os.write(cgroup.fd, b"0")) if cgroup else None
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    start_new_session=True, preexec_fn=child_setup, env={"PATH": "/usr/bin:/bin"})
+                                    start_new_session=True, preexec_fn=join, env={"PATH": "/usr/bin:/bin"})
             out, dropped, timed_out = _read_bounded(proc, timeout_s, keep_bytes)
             return SandboxResult(None if timed_out else proc.returncode, out, timed_out, dropped)
         finally:
@@ -210,13 +206,10 @@ def _existing(paths: list[Path]) -> list[Path]:
     return out
 
 
-def _limits(p: SandboxPolicy, timeout_s: float) -> list[tuple[int, int]]:
-    return [
-        (resource.RLIMIT_AS, p.memory_mb * 2**20),
-        (resource.RLIMIT_FSIZE, p.file_mb * 2**20),
-        (resource.RLIMIT_CPU, int(timeout_s) + 5),
-        (resource.RLIMIT_CORE, 0),
-    ]
+def _limits(p: SandboxPolicy, timeout_s: float) -> list[tuple[str, int]]:
+    """Resource limits the sandbox's first process sets on itself and so on the command."""
+    return [("nproc", p.max_procs), ("as", p.memory_mb * 2**20), ("fsize", p.file_mb * 2**20),
+            ("cpu", int(timeout_s) + 5), ("core", 0)]
 
 
 def _read_bounded(proc: subprocess.Popen, timeout_s: float, keep: int) -> tuple[str, int, bool]:
@@ -337,6 +330,7 @@ class _PidsCgroup:
 
     def __init__(self, path: Path):
         self.path = path
+        self.fd = os.open(path / "cgroup.procs", os.O_WRONLY)
 
     @classmethod
     def create(cls, max_procs: int) -> _PidsCgroup | None:
@@ -346,6 +340,7 @@ class _PidsCgroup:
         try:
             path.mkdir()
             (path / "pids.max").write_text(str(max_procs))
+            return cls(path)
         except OSError as e:
             log.debug("pids cgroup unavailable: %s", e)
             try:
@@ -353,13 +348,9 @@ class _PidsCgroup:
             except OSError:
                 pass
             return None
-        return cls(path)
-
-    def attach_self(self) -> None:
-        with open(self.path / "cgroup.procs", "w") as f:
-            f.write(str(os.getpid()))
 
     def remove(self) -> None:
+        os.close(self.fd)
         for _ in range(50):  # the killed processes leave the cgroup asynchronously
             try:
                 self.path.rmdir()

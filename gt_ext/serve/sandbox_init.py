@@ -1,13 +1,13 @@
 """The first process inside an agent tool sandbox (standard library only; run as `python -I -S`).
 
-    sandbox_init.py [--nproc N] [--forward PORT=SOCKET ...] -- ARGV...
+    sandbox_init.py [--rlimit NAME=N ...] [--forward PORT=SOCKET ...] -- ARGV...
 
 It runs inside bubblewrap's new network namespace, where nothing outside is reachable. For each
 `--forward`, it listens on 127.0.0.1:PORT there and relays every connection to the Unix socket
 SOCKET, which the agent (outside) relays on to 127.0.0.1:PORT of the host: that is how `bd` and
-`gt` reach the town's Dolt server and nothing else. Then it sets the process limit (RLIMIT_NPROC
-is per user namespace, so it counts only the sandbox's processes), runs ARGV, and exits with its
-status. When it exits, the sandbox's PID namespace ends and the kernel kills whatever ARGV left
+`gt` reach the town's Dolt server and nothing else. Then it sets the resource limits (NAME is
+`nproc`, `as`, `fsize`, `cpu` or `core`; RLIMIT_NPROC is counted per user namespace, so it counts
+only the sandbox's processes), runs ARGV, and exits with its status. When it exits, the sandbox's PID namespace ends and the kernel kills whatever ARGV left
 running.
 """
 
@@ -63,15 +63,16 @@ def _serve(port: int, path: str) -> None:
 
 def main(argv: list[str]) -> int:
     if "--" not in argv:
-        print("sandbox_init: usage: [--nproc N] [--forward PORT=SOCKET] -- ARGV", file=sys.stderr)
+        print("sandbox_init: usage: [--rlimit NAME=N] [--forward PORT=SOCKET] -- ARGV", file=sys.stderr)
         return 2
     sep = argv.index("--")
     opts, cmd = argv[:sep], argv[sep + 1:]
-    nproc = None
+    limits = []
     i = 0
     while i < len(opts):
-        if opts[i] == "--nproc":
-            nproc = int(opts[i + 1])
+        if opts[i] == "--rlimit":
+            name, _, val = opts[i + 1].partition("=")
+            limits.append((getattr(resource, f"RLIMIT_{name.upper()}"), int(val)))
         elif opts[i] == "--forward":
             port, _, path = opts[i + 1].partition("=")
             _serve(int(port), path)
@@ -79,8 +80,8 @@ def main(argv: list[str]) -> int:
             print(f"sandbox_init: unknown option {opts[i]}", file=sys.stderr)
             return 2
         i += 2
-    if nproc:
-        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+    for res, val in limits:
+        resource.setrlimit(res, (val, val))
     try:
         proc = subprocess.Popen(cmd, close_fds=True)
     except OSError as e:

@@ -257,3 +257,11 @@ def test_tools_refused_without_a_sandbox(tmp_path, monkeypatch):
     res = runner.run({"name": "Bash", "input": {"command": "touch ran.txt"}})
     assert res.refused and "no sandbox" in res.output
     assert not (tmp_path / "w" / "ran.txt").exists()
+
+
+def test_memory_and_file_size_limits(box):
+    box.policy.memory_mb, box.policy.file_mb = 512, 1
+    res = box.sandbox.run([sys.executable, "-I", "-c", "b = bytearray(1 << 30); print('allocated')"], 60)
+    assert "allocated" not in res.output and "MemoryError" in res.output
+    res = _raw(box, "head -c 3000000 /dev/zero > big.bin; echo rc=$?")
+    assert (box.work / "big.bin").stat().st_size <= 1 << 20 and "rc=0" not in res.output
