@@ -37,7 +37,7 @@ def test_served_over_http_with_token_and_concurrent_streams(tmp_path):
         deadline = time.monotonic() + 300
         while True:
             try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                if httpx.get(f"{url}/health", headers=hdr, timeout=5).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
@@ -49,6 +49,7 @@ def test_served_over_http_with_token_and_concurrent_streams(tmp_path):
         assert f"127.0.0.1:{port}" in out and f"0.0.0.0:{port}" not in out
 
         assert httpx.get(f"{url}/v1/models", timeout=30).status_code == 401
+        assert httpx.get(f"{url}/health", timeout=30).status_code == 401  # every route needs the token
         models = httpx.get(f"{url}/v1/models", headers=hdr, timeout=30).json()
         assert models["data"][0]["id"] == "base:tiny-llama"
 
