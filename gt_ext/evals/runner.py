@@ -60,6 +60,7 @@ class EvalResult:
     contamination: dict[str, Any] | None = None
     written_to: str | None = None
     system_prompt: str | None = None
+    patrol: dict[str, Any] | None = None  # patrol suites: per-step model vs baselines
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON written as `eval-<suite>.json` and stored by the registry."""
@@ -79,6 +80,8 @@ class EvalResult:
         }
         if self.contamination is not None:
             d["contamination"] = self.contamination
+        if self.patrol is not None:
+            d["patrol"] = self.patrol
         return d
 
 
@@ -262,6 +265,8 @@ def evaluate(
     if corpus is not None:
         from gt_ext.evals import contamination as contam
 
+        if max_overlap is None and st.meta.get("max_overlap") is not None:
+            max_overlap = float(st.meta["max_overlap"])  # the suite's own threshold (see its suite.yaml)
         report = contam.check_tasks(tasks, corpus, max_overlap=max_overlap)
         contamination = report.to_dict()
         refused = set(report.refused)
@@ -326,9 +331,15 @@ def evaluate(
     pk = scoring.pass_k(task_results, k)
     role = st.role or model.role
     verdict = scoring.gate(comp, cats, pk, scoring.thresholds_for(cfg, role))
+    patrol = None
+    if st.meta.get("patrol_report"):
+        from gt_ext.evals import patrol_report
+
+        patrol = patrol_report.report(tasks_all, results)
+        patrol["reworded"] = patrol_report.by_family(tasks_all, results, {"@r"})["overall"]
     res = EvalResult(suite=st.name, model=model.ref, role=role, k=k, tasks=task_results, categories=cats,
                      composite=comp, pass_k=pk, gate=verdict, seconds=time.perf_counter() - t0,
-                     contamination=contamination, system_prompt=system)
+                     contamination=contamination, system_prompt=system, patrol=patrol)
     if write and model.registry_ref:
         # The registry stores the result and writes eval-<suite>.json into the version folder.
         from gt_ext.registry import Registry
