@@ -68,6 +68,7 @@ class PromptfooTask:
         """Nothing to clean."""
 
     guard_vars: tuple[str, ...] | None = None  # suite.yaml `guard_vars`: only these vars are case-specific
+    guard_skip_commands: bool = False  # suite.yaml: `$ cmd` lines are the step's own commands, not the case
 
     def overlap_text(self) -> str:
         """The test-specific text the model sees (string vars the prompt uses, or only the suite's
@@ -75,7 +76,10 @@ class PromptfooTask:
         used = promptfoo.template_vars(self.prompt.raw)
         if self.guard_vars is not None:
             used = used & set(self.guard_vars)
-        return "\n".join(str(v) for k, v in self.test.vars.items() if k in used and isinstance(v, str))
+        text = "\n".join(str(v) for k, v in self.test.vars.items() if k in used and isinstance(v, str))
+        if self.guard_skip_commands:
+            text = "\n".join(ln for ln in text.splitlines() if not ln.startswith("$ "))
+        return text
 
 
 @dataclass
@@ -141,6 +145,7 @@ def load(spec: str | Path) -> EvalSuite:
         for t in tasks:
             if isinstance(t, PromptfooTask):
                 t.guard_vars = tuple(guard)
+                t.guard_skip_commands = bool(meta.get("guard_skip_commands"))
     role = meta.get("role")
     return EvalSuite(
         name=str(meta.get("name") or p.name),

@@ -58,6 +58,8 @@ class ScratchTown:
         self.prefix = prefix
         if beads:
             self.sh(f"bd init --prefix {prefix} --quiet", timeout=180)
+            # gt's own bead types (gt v1.0.1 registers these in every beads database it makes).
+            self.sh("bd config set types.custom merge-request,agent,role,convoy,gate --quiet", check=False)
 
     # ------------------------------------------------------------------ running commands
     def _run(self, cmd: str, cwd: Path | None, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -81,7 +83,8 @@ class ScratchTown:
 
     def display(self, text: str) -> str:
         """Tool output with this town's temp paths written as the usual town root."""
-        return text.replace(str(self.root), TOWN_DISPLAY).replace(str(self.base), "/tmp")
+        return (text.replace(str(self.root), TOWN_DISPLAY).replace(str(self.base), "/tmp")
+                .replace(f"/tmp/tmux-{os.getuid()}/{self.socket}", f"/tmp/tmux-{os.getuid()}/default"))
 
     # ------------------------------------------------------------------ staging helpers
     def bead(self, title: str, *, type_: str = "task", status: str = "open", assignee: str = "",

@@ -207,11 +207,12 @@ name: {role}-patrol
 role: {role}
 system_prompt: role
 max_new_tokens: 64
-# Only the evidence is case-specific: the header, the allowed actions and the answer format are
-# the step's own text, shared with training by design. Tool output repeats its own boilerplate
-# (JSON keys, git and tmux phrasing), so a task is refused when more than half of its evidence
+# Only what the tools printed is case-specific: the header, the allowed actions, the answer format
+# and the `$ cmd` lines are the step's own text, shared with training by design. Tool output repeats
+# its own phrasing (git, pytest, tmux), so a task is refused when more than half of its output
 # 8-grams are in the corpus (a copied case shares all of them).
 guard_vars: [shell_output]
+guard_skip_commands: true
 max_overlap: 0.5
 patrol_report: true
 """

@@ -3,7 +3,7 @@
 For every decision step (`steps.STEPS`) there is a `stage_<step>` that sets a situation up with the
 real tools (`gt_ext.gastown.scratch.ScratchTown`: bd beads, git repos, tmux sessions, file times,
 Dolt databases) and returns the evidence: the commands the step's instructions run and what they
-printed. `facts_<step>` reads the facts back out of that evidence (JSON from `bd ... | jq`, `tmux
+printed. `facts_<step>` reads the facts back out of that evidence (`bd ... --json | jq` rows, `tmux
 ls` lines, `git status` headers, pytest summaries, `SHOW DATABASES` rows) and `decide_<step>`
 applies the formula's rule to them. So the label is the formula's rule applied to what the tools
 printed, never to what the generator meant to stage (a test checks the two agree).
@@ -11,7 +11,6 @@ printed, never to what the generator meant to stage (a test checks the two agree
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass
@@ -30,18 +29,19 @@ class Layout:
     polecats: tuple[str, ...]
     dogs: tuple[str, ...]
     plugins: tuple[tuple[str, str], ...]  # (plugin, cooldown)
+    code: tuple[str, str]  # the rig's module and function (its tests are named after them)
 
 
 LAYOUTS = {
     "a": Layout("a", "webapp", "wa", ("nux", "slit", "toast", "rictus"), ("alpha", "bravo"),
-                (("dolt-backup", "24h"), ("stuck-agent-dog", "5m"), ("git-hygiene", "12h"))),
+                (("dolt-backup", "24h"), ("stuck-agent-dog", "5m"), ("git-hygiene", "12h")), ("calc", "total")),
     "b": Layout("b", "datapipe", "dp", ("ace", "capable", "dag", "morsov"), ("charlie", "delta"),
-                (("dolt-log-rotate", "1h"), ("tool-updater", "24h"), ("compactor-dog", "30m"))),
+                (("dolt-log-rotate", "1h"), ("tool-updater", "24h"), ("compactor-dog", "30m")), ("stats", "add_all")),
     # Held out: towns never used for training.
     "c": Layout("c", "billing", "bl", ("keeper", "cheedo", "angharad", "splendid"), ("echo", "foxtrot"),
-                (("dolt-archive", "6h"), ("rebuild-gt", "1h"), ("gitignore-reconcile", "24h"))),
+                (("dolt-archive", "6h"), ("rebuild-gt", "1h"), ("gitignore-reconcile", "24h")), ("ledger", "balance")),
     "r": Layout("r", "docsite", "ds", ("dementus", "scrotus", "toecutter", "valkyrie"), ("golf", "hotel"),
-                (("dolt-snapshots", "2h"), ("submodule-commit", "12h"), ("quality-review", "30m"))),
+                (("dolt-snapshots", "2h"), ("submodule-commit", "12h"), ("quality-review", "30m")), ("pages", "word_count")),
 }
 TRAIN_LAYOUTS = ("a", "b")
 HELDOUT_LAYOUTS = ("c", "r")  # "r" also lists the actions reworded and reordered
@@ -56,15 +56,13 @@ def _minutes(cooldown: str) -> int:
     return n * {"m": 1, "h": 60, "d": 1440}[unit]
 
 
-def _jq_lines(text: str) -> list[dict[str, Any]]:
+def _tsv(text: str, *keys: str) -> list[dict[str, str]]:
+    """Rows printed by `jq -r '... | [.a, .b] | @tsv'`, as dicts with `keys`."""
     out = []
     for ln in text.splitlines():
-        ln = ln.strip()
-        if ln.startswith("{"):
-            try:
-                out.append(json.loads(ln))
-            except json.JSONDecodeError:
-                pass
+        parts = ln.split("\t")
+        if len(parts) == len(keys):
+            out.append(dict(zip(keys, parts, strict=True)))
     return out
 
 
@@ -112,7 +110,7 @@ def stage_survey_workers(t: ScratchTown, lay: Layout, sit: str, r: random.Random
     del others
     return "\n".join([
         t.show("date -u +%H:%M"),
-        t.show("bd list --all --json | jq -c '.[] | {id, type: .issue_type, status, assignee}'"),
+        t.show("bd list --all --json | jq -r '.[] | [.id, .issue_type, .status, .assignee] | @tsv'"),
         t.show("tmux ls -F '#{session_name} #{pane_current_command}'"),
         t.show("ls polecats/"),
         t.show("ls -l --time-style=+%H:%M logs/ | awk 'NR>1 {print $6, $7}'"),
@@ -121,7 +119,7 @@ def stage_survey_workers(t: ScratchTown, lay: Layout, sit: str, r: random.Random
 
 def facts_survey_workers(ev: str, lay: Layout) -> dict[str, Any]:
     now = _hhmm(_section(ev, "date").strip())
-    beads = _jq_lines(_section(ev, "bd list"))
+    beads = _tsv(_section(ev, "bd list"), "id", "type", "status", "assignee")
     sessions = dict(ln.split()[:2] for ln in _section(ev, "tmux ls").splitlines() if len(ln.split()) >= 2
                     and not ln.startswith("no server"))
     dirs = set(_section(ev, "ls polecats").split())
@@ -196,7 +194,7 @@ def stage_process_cleanups(t: ScratchTown, lay: Layout, sit: str, r: random.Rand
         t.sh(f"cd {clone} && echo 'v = 9' > {files[0]} && git add {files[0]} && git commit -qm 'wip' && "
              f"git push -q origin --delete {branch} && git fetch -q --prune")
     return "\n".join([
-        t.show("bd list --label cleanup --status open --json | jq -c '.[] | {id, title}'"),
+        t.show("bd list --label cleanup --status open --json | jq -r '.[] | [.id, .title] | @tsv'"),
         t.show(f"cd {clone} && git status --short --branch", cwd=None),
         t.show(f"cd {clone} && git stash list"),
         t.show(f"cd {clone} && git log --oneline @{{u}}..HEAD 2>&1 | head -5"),
@@ -204,7 +202,7 @@ def stage_process_cleanups(t: ScratchTown, lay: Layout, sit: str, r: random.Rand
 
 
 def facts_process_cleanups(ev: str, lay: Layout) -> dict[str, Any]:
-    wisp = (_jq_lines(_section(ev, "bd list")) or [{}])[0]
+    wisp = (_tsv(_section(ev, "bd list"), "id", "title") or [{}])[0]
     status = _section(ev, "cd polecats/").splitlines()
     head = status[0] if status else ""
     name = (wisp.get("title") or "").split(":", 1)[-1].strip()
@@ -243,10 +241,27 @@ MAIL = {
 }
 
 
+# The polecats of held-out towns word their mail differently (same trigger words, new sentences).
+MAIL_HELDOUT = {
+    "started": ("POLECAT_STARTED {n}", "Picked up {b}; session {p}-{n} is running."),
+    "done": ("POLECAT_DONE {n}", "Exit: COMPLETED\nIssue: {b}\nMR: {p}-mr{k}"),
+    "merged": ("MERGED {n}", "Issue: {b}\nMerged-At: main"),
+    "handoff": ("HANDOFF witness", "Previous witness: {b} still open, {n} on it."),
+    "help-lifecycle": ("HELP: {n} zombie", "Looks like a zombie session here, {b} shows no progress."),
+    "help-timeout": ("HELP: {n} stalled", "Each run for {b} ends in a timeout; maybe respawn me."),
+    "help-crash": ("HELP: {n} failing", "Connection refused from the database every time I start {b}."),
+    "help-oom": ("HELP: {n} disk", "Disk full while building {b}."),
+    "help-blocked": ("HELP: {n} deadlock", "Deadlock between {b} and another bead; I am blocked."),
+    "help-question": ("HELP: {n} unclear", "The spec of {b} is unclear: two readings, which approach do we take?"),
+    "help-design": ("HELP: {n} architecture", "{b} needs an architecture call I should not make alone."),
+    "help-security": ("HELP: {n} breach", "Possible data corruption in {b} after the migration."),
+}
+
+
 def stage_inbox_check(t: ScratchTown, lay: Layout, sit: str, r: random.Random) -> str:
     n = r.choice(lay.polecats)
     b = f"{lay.prefix}-{r.choice('abcdefghkmnpqrstuvwxyz')}{r.randint(10, 99)}"
-    subj, body = MAIL[sit]
+    subj, body = (MAIL_HELDOUT if lay.name in HELDOUT_LAYOUTS else MAIL)[sit]
     fill = {"n": n, "b": b, "p": lay.prefix, "k": r.randint(10, 99)}
     t.bead(subj.format(**fill), type_="message", assignee=f"{lay.rig}/witness",
            description=body.format(**fill), labels=f"from:{lay.rig}/polecats/{n}")
@@ -283,47 +298,47 @@ def decide_inbox_check(f: dict[str, Any]) -> dict[str, Any]:
 
 
 # ====================================================================== refinery / process-branch
-def _rig_repo(t: ScratchTown, tag: str) -> str:
-    """An origin bare repo with main, and the refinery's clone; returns the clone path."""
-    clone = f"refinery-{tag}"
+def _rig_repo(t: ScratchTown, lay: Layout, where: str = "refinery/rig") -> str:
+    """An origin bare repo with main, and a clone of it at `<rig>/<where>`; returns the clone path."""
+    clone = f"{lay.rig}/{where}"
+    tag = lay.rig
+    mod, fn = lay.code
     t.sh(f"git init -q --bare ../origin-{tag}.git && git clone -q ../origin-{tag}.git {clone} 2>/dev/null; "
-         f"cd {clone} && printf 'def total(xs):\\n    return sum(xs)\\n' > calc.py && "
-         f"printf 'from calc import total\\n\\ndef test_total():\\n    assert total([1, 2]) == 3\\n' > test_calc.py && "
-         f"git add . && git commit -qm 'calc' && git push -q origin HEAD:main")
+         f"cd {clone} && printf 'def {fn}(xs):\\n    return sum(xs)\\n' > {mod}.py && "
+         f"printf 'from {mod} import {fn}\\n\\ndef test_{fn}():\\n    assert {fn}([1, 2]) == 3\\n' > test_{mod}.py && "
+         f"git add . && git commit -qm '{mod}' && git push -q origin HEAD:main")
     return clone
 
 
 def stage_process_branch(t: ScratchTown, lay: Layout, sit: str, r: random.Random) -> str:
     n = r.choice(lay.polecats)
-    tag = f"{n}{r.randint(100, 999)}"
-    clone = _rig_repo(t, tag)
+    clone = _rig_repo(t, lay)
     branch = f"polecat/{n}/{lay.prefix}-{r.randint(10, 99)}"
     mr = t.bead(f"MR {branch}", type_="merge-request", status="open", assignee=f"{lay.rig}/polecats/{n}")
     t.sh(f"cd {clone} && git checkout -q -b {branch} && "
-         f"printf 'def total(xs):\\n    return sum(x for x in xs if x)\\n' > calc.py && git commit -qam 'skip empty' && "
+         f"printf 'def {lay.code[1]}(xs):\\n    return sum(x for x in xs if x)\\n' > {lay.code[0]}.py && git commit -qam 'skip empty' && "
          f"git push -q origin {branch} && git checkout -q main")
     other = "sum(xs, 0)" if sit == "conflict" else None
     if other:
-        t.sh(f"cd {clone} && printf 'def total(xs):\\n    return {other}\\n' > calc.py && git commit -qam 'start at 0' && git push -q origin main")
+        t.sh(f"cd {clone} && printf 'def {lay.code[1]}(xs):\\n    return {other}\\n' > {lay.code[0]}.py && git commit -qam 'start at 0' && git push -q origin main")
     else:
         t.sh(f"cd {clone} && echo '# notes' > NOTES.md && git add NOTES.md && git commit -qm notes && git push -q origin main")
     if sit == "gone":
         t.sh(f"cd {clone} && git push -q origin --delete {branch}")
-    lines = [t.show(f"bd show {mr} --json | jq -c '.[0] | {{id, title, status}}'"),
+    lines = [t.show(f"bd show {mr} --json | jq -r '.[0] | [.id, .title, .status] | @tsv'"),
              t.show(f"cd {clone} && git fetch -q --prune origin && git ls-remote --exit-code origin refs/heads/{branch}; echo exit=$?")]
     if sit != "gone":
-        lines.append(t.show(f"cd {clone} && git checkout -q -b temp origin/{branch} && git rebase origin/main 2>&1 | tail -3"))
+        lines.append(t.show(f"cd {clone} && git checkout -q -b temp origin/{branch} && git -c advice.mergeConflict=false rebase origin/main 2>&1 | grep -v '^hint'"))
         t.sh(f"cd {clone} && (git rebase --abort 2>/dev/null; git checkout -q main)", check=False)
     return "\n".join(lines)
 
 
 def facts_process_branch(ev: str, lay: Layout) -> dict[str, Any]:
-    mr = (_jq_lines(_section(ev, "bd show")) or [{}])[0]
-    exists = "exit=0" in _section(ev, "cd refinery-")
-    rebase = _section(ev, "cd refinery-" + ev.split("cd refinery-")[-1].split(" ")[0] + " && git checkout") if exists else ""
-    conflict = "CONFLICT" in ev or "could not apply" in ev
+    mr = (_tsv(_section(ev, "bd show"), "id", "title", "status") or [{}])[0]
+    exists = "exit=0" in _section(ev, f"cd {lay.rig}/refinery/rig && git fetch")
+    rebase = _section(ev, f"cd {lay.rig}/refinery/rig && git checkout")
+    conflict = "CONFLICT" in rebase or "could not apply" in rebase
     branch = (mr.get("title") or "").split(" ", 1)[-1]
-    del rebase
     return {"branch": branch, "exists": exists, "conflict": conflict, "mr": mr.get("id", "")}
 
 
@@ -339,32 +354,32 @@ def decide_process_branch(f: dict[str, Any]) -> dict[str, Any]:
 # ====================================================================== refinery / handle-failures
 def stage_handle_failures(t: ScratchTown, lay: Layout, sit: str, r: random.Random) -> str:
     n = r.choice(lay.polecats)
-    tag = f"{n}{r.randint(100, 999)}"
-    clone = _rig_repo(t, tag)
-    tests = r.choice(["test_total_empty", "test_total_zero", "test_total_mixed"])
+    clone = _rig_repo(t, lay)
+    mod, fn = lay.code
+    tests = r.choice([f"test_{fn}_empty", f"test_{fn}_zero", f"test_{fn}_none"])
     bug_title = f"Pre-existing failure: {tests}"
     # The target's own state: green, broken, or flaky (fails on one run in two).
     if sit in ("preexisting", "preexisting-known"):
-        t.sh(f"cd {clone} && printf '\\ndef {tests}():\\n    assert total([]) == 1\\n' >> test_calc.py && "
+        t.sh(f"cd {clone} && printf '\\ndef {tests}():\\n    assert {fn}([]) == 1\\n' >> test_{mod}.py && "
              f"git commit -qam 'add {tests}' && git push -q origin main")
     elif sit in ("flaky", "flaky-known"):
         t.sh(f"cd {clone} && printf '\\nimport os\\n\\ndef {tests}():\\n    p = \".flip\"\\n    first = not os.path.exists(p)\\n"
-             f"    open(p, \"a\").close() if first else os.remove(p)\\n    assert not first\\n' >> test_calc.py && "
+             f"    open(p, \"a\").close() if first else os.remove(p)\\n    assert not first\\n' >> test_{mod}.py && "
              f"git commit -qam 'add {tests}' && git push -q origin main")
     if sit.endswith("-known"):
         t.bead(bug_title, type_="bug", status="open", labels="gt:bug")
     branch = f"polecat/{n}/{lay.prefix}-{r.randint(10, 99)}"
+    mr = t.bead(f"MR {branch}", type_="merge-request", status="open", assignee=f"{lay.rig}/polecats/{n}")
     body = "return sum(xs) + 1" if sit == "regression" else "return sum(x for x in xs)"
-    t.sh(f"cd {clone} && git checkout -q -b temp && printf 'def total(xs):\\n    {body}\\n' > calc.py && git commit -qam change")
-    del branch
+    t.sh(f"cd {clone} && git checkout -q -b temp && printf 'def {fn}(xs):\\n    {body}\\n' > {mod}.py && git commit -qam change")
     run = "python -m pytest -q -p no:cacheprovider 2>&1 | tail -2"
-    lines = [t.show(f"cd {clone} && git checkout -q temp && {run}"),
+    lines = [t.show(f"bd show {mr} --json | jq -r '.[0] | [.id, .title, .assignee] | @tsv'"),
+             t.show(f"cd {clone} && git checkout -q temp && {run}"),
              t.show(f"cd {clone} && git checkout -q main && {run}")]
     if sit.startswith("flaky"):
         lines.append(t.show(f"cd {clone} && {run}"))
-    lines.append(t.show(f"bd search {tests.split('_', 1)[1]} --status open --json | jq -c '.[] | {{id, title}}'"))
-    t.sh(f"cd {clone} && rm -f .flip", check=False)
-    return "\n".join(lines).replace(f"refinery-{tag}", f"refinery/{n}")
+    lines.append(t.show(f"bd search {tests.split('_', 1)[1]} --status open --json | jq -r '.[] | [.id, .title] | @tsv'"))
+    return "\n".join(lines)
 
 
 def facts_handle_failures(ev: str, lay: Layout) -> dict[str, Any]:
@@ -372,11 +387,11 @@ def facts_handle_failures(ev: str, lay: Layout) -> dict[str, Any]:
     branch = runs[0] if runs else ""
     target_runs = runs[1:]
     failed = lambda s: bool(re.search(r"\d+ failed", s))  # noqa: E731
-    bugs = _jq_lines(_section(ev, "bd search"))
+    bugs = _tsv(_section(ev, "bd search"), "id", "title")
     m = re.search(r"FAILED \S+::(\w+)", branch)
     return {"branch_failed": failed(branch), "target_failed": any(failed(s) for s in target_runs),
             "bug": bugs[0]["id"] if bugs else "", "test": m.group(1) if m else "",
-            "polecat": (re.search(r"refinery/([\w-]+)", ev) or [None, ""])[1]}
+            "polecat": ((_tsv(_section(ev, "bd show"), "id", "title", "assignee") or [{}])[0].get("assignee") or "").rsplit("/", 1)[-1]}
 
 
 def decide_handle_failures(f: dict[str, Any]) -> dict[str, Any]:
@@ -393,8 +408,8 @@ def decide_handle_failures(f: dict[str, Any]) -> dict[str, Any]:
 # ====================================================================== refinery / merge-push
 def stage_merge_push(t: ScratchTown, lay: Layout, sit: str, r: random.Random) -> str:
     n = r.choice(lay.polecats)
-    tag = f"{n}{r.randint(100, 999)}"
-    clone = _rig_repo(t, tag)
+    clone = _rig_repo(t, lay)
+    tag = lay.rig
     if sit == "rejected":
         hook = t.root.parent / f"origin-{tag}.git" / "hooks" / "pre-receive"
         hook.write_text("#!/bin/sh\necho 'protected branch: push declined' >&2\nexit 1\n")
@@ -404,15 +419,13 @@ def stage_merge_push(t: ScratchTown, lay: Layout, sit: str, r: random.Random) ->
              f"git add y.txt && git commit -qm other && git push -q origin HEAD:main")
     t.sh(f"cd {clone} && git checkout -q -b temp && echo 'ok' > feature.txt && git add feature.txt && "
          f"git commit -qm 'polecat/{n} work' && git checkout -q main && git merge -q --ff-only temp")
-    if sit == "raced":  # local main moved on without the other push: the push is refused
-        pass
     lines = [t.show(f"cd {clone} && git push origin main 2>&1 | tail -2"),
              t.show(f"cd {clone} && git fetch -q origin && git rev-parse main origin/main")]
-    return "\n".join(lines).replace(f"refinery-{tag}", f"refinery/{n}")
+    return "\n".join(lines)
 
 
 def facts_merge_push(ev: str, lay: Layout) -> dict[str, Any]:
-    shas = re.findall(r"^[0-9a-f]{40}$", _section(ev, "cd refinery/" + ev.split("cd refinery/")[-1].split(" ")[0] + " && git fetch"), flags=re.M)
+    shas = re.findall(r"^[0-9a-f]{40}$", _section(ev, f"cd {lay.rig}/refinery/rig && git fetch"), flags=re.M)
     return {"match": len(shas) == 2 and shas[0] == shas[1]}
 
 
@@ -440,7 +453,7 @@ def stage_zombie_scan(t: ScratchTown, lay: Layout, sit: str, r: random.Random) -
         t.touch_ago(f"logs/{lay.prefix}-{n}.log", quiet)
     return "\n".join([
         t.show("date -u +%H:%M"),
-        t.show("bd list --all --json | jq -c '.[] | {id, status, assignee}'"),
+        t.show("bd list --all --json | jq -r '.[] | [.id, .status, .assignee] | @tsv'"),
         t.show("tmux ls -F '#{session_name}'"),
         t.show("ls -l --time-style=+%H:%M logs/ | awk 'NR>1 {print $6, $7}'"),
     ])
@@ -450,7 +463,7 @@ def facts_zombie_scan(ev: str, lay: Layout) -> dict[str, Any]:
     now = _hhmm(_section(ev, "date").strip())
     sessions = set(_section(ev, "tmux ls").split())
     pcs: dict[str, dict[str, Any]] = {}
-    for b in _jq_lines(_section(ev, "bd list")):
+    for b in _tsv(_section(ev, "bd list"), "id", "status", "assignee"):
         name = (b.get("assignee") or "").rsplit("/", 1)[-1]
         p = pcs.setdefault(name, {"work": False})
         p["work"] |= b.get("status") in ("in_progress", "hooked")
@@ -514,14 +527,14 @@ def stage_orphan_check(t: ScratchTown, lay: Layout, sit: str, r: random.Random) 
         if not (i == 0 and sit == "orphan"):
             t.session(f"{lay.prefix}-{n}")
     return "\n".join([
-        t.show("bd list --status=in_progress --json | jq -c '.[] | {id, assignee}'"),
+        t.show("bd list --status=in_progress --json | jq -r '.[] | [.id, .assignee] | @tsv'"),
         t.show("tmux ls -F '#{session_name}'"),
     ])
 
 
 def facts_orphan_check(ev: str, lay: Layout) -> dict[str, Any]:
     sessions = set(_section(ev, "tmux ls").split())
-    dead = [b["id"] for b in _jq_lines(_section(ev, "bd list"))
+    dead = [b["id"] for b in _tsv(_section(ev, "bd list"), "id", "assignee")
             if f"{lay.prefix}-{(b.get('assignee') or '').rsplit('/', 1)[-1]}" not in sessions]
     return {"dead": dead}
 
@@ -535,8 +548,7 @@ def decide_orphan_check(f: dict[str, Any]) -> dict[str, Any]:
 # ====================================================================== dog / triage-orphans
 def stage_triage_orphans(t: ScratchTown, lay: Layout, sit: str, r: random.Random) -> str:
     n = r.choice(lay.polecats)
-    tag = f"{n}{r.randint(100, 999)}"
-    clone = _rig_repo(t, tag)
+    clone = _rig_repo(t, lay, "mayor/rig")
     notes = "pushed 2 commits to the branch" if sit == "lost" else "started"
     bid = t.bead(r.choice(TITLES), status="in_progress", assignee=f"{lay.rig}/polecats/{n}", description=notes)
     branch = f"polecat/{n}-{bid}"
@@ -545,19 +557,19 @@ def stage_triage_orphans(t: ScratchTown, lay: Layout, sit: str, r: random.Random
              f"git push -q origin {branch} && git checkout -q main")
     if sit == "alive":
         t.session(f"{lay.prefix}-{n}")
-    out = [t.show(f"bd show {bid} --json | jq -c '.[0] | {{id, status, assignee, description}}'"),
+    out = [t.show(f"bd show {bid} --json | jq -r '.[0] | [.id, .status, .assignee, .description] | @tsv'"),
            t.show(f"tmux has-session -t {lay.prefix}-{n} 2>/dev/null && echo ALIVE || echo DEAD"),
            t.show(f"cd {clone} && git branch -r | grep {n} || echo '(no branch)'")]
     if sit in ("work", "alive"):
         out.append(t.show(f"cd {clone} && git log --oneline origin/main..origin/{branch}"))
-    return "\n".join(out).replace(f"refinery-{tag}", lay.rig)
+    return "\n".join(out)
 
 
 def facts_triage_orphans(ev: str, lay: Layout) -> dict[str, Any]:
-    bead = (_jq_lines(_section(ev, "bd show")) or [{}])[0]
+    bead = (_tsv(_section(ev, "bd show"), "id", "status", "assignee", "description") or [{}])[0]
     alive = "ALIVE" in _section(ev, "tmux has-session")
-    branch_out = _section(ev, f"cd {lay.rig} && git branch")
-    log = _section(ev, f"cd {lay.rig} && git log").strip()
+    branch_out = _section(ev, f"cd {lay.rig}/mayor/rig && git branch")
+    log = _section(ev, f"cd {lay.rig}/mayor/rig && git log").strip()
     return {"bead": bead.get("id", ""), "alive": alive, "branch": "(no branch)" not in branch_out and bool(branch_out.strip()),
             "commits": bool(log), "claims_pushed": "pushed" in (bead.get("description") or "")}
 
@@ -578,7 +590,8 @@ def stage_stuck_agent(t: ScratchTown, lay: Layout, sit: str, r: random.Random) -
     n = r.choice(lay.polecats)
     sess = f"{lay.prefix}-{n}" if sit != "crew" else f"{lay.prefix}-crew-{n}"
     bead_status = "closed" if sit == "closed" else "hooked"
-    bid = t.bead(r.choice(TITLES), status=bead_status, assignee=f"{lay.rig}/polecats/{n}")
+    owner = f"{lay.rig}/crew/{n}" if sit == "crew" else f"{lay.rig}/polecats/{n}"
+    bid = t.bead(r.choice(TITLES), status=bead_status, assignee=owner)
     down = [n]
     if sit == "mass":
         down += r.sample([p for p in lay.polecats if p != n], 2)
@@ -591,7 +604,7 @@ def stage_stuck_agent(t: ScratchTown, lay: Layout, sit: str, r: random.Random) -
     out = [t.show("tmux ls -F '#{session_name} #{pane_current_command}' 2>&1 || true")]
     if sit in ("zombie", "building", "crew"):
         out.append(t.show(f"tmux capture-pane -p -t {sess} | grep -v '^$' | tail -2"))
-    out.append(t.show("bd list --all --json | jq -c '.[] | {id, status, assignee}'"))
+    out.append(t.show("bd list --all --json | jq -r '.[] | [.id, .status, .assignee] | @tsv'"))
     del bid
     return "\n".join(out)
 
@@ -603,8 +616,8 @@ def facts_stuck_agent(ev: str, lay: Layout) -> dict[str, Any]:
         if len(parts) == 2 and parts[0].startswith(lay.prefix + "-"):
             sessions[parts[0]] = parts[1]
     pane = _section(ev, "tmux capture-pane")
-    beads = _jq_lines(_section(ev, "bd list"))
-    hooked = [b for b in beads if b.get("status") in ("hooked", "in_progress")]
+    beads = _tsv(_section(ev, "bd list"), "id", "status", "assignee")
+    hooked = [b for b in beads if b.get("status") in ("hooked", "in_progress") and "/polecats/" in (b.get("assignee") or "")]
     down = [b for b in hooked if sessions.get(f"{lay.prefix}-{b['assignee'].rsplit('/', 1)[-1]}") != "claude"]
     return {"sessions": sessions, "building": bool(re.search(r"collected \d+ items|\[\s*\d+%\]", pane)),
             "beads": beads, "down": [b["assignee"].rsplit("/", 1)[-1] for b in down]}
@@ -612,7 +625,7 @@ def facts_stuck_agent(ev: str, lay: Layout) -> dict[str, Any]:
 
 def decide_stuck_agent(f: dict[str, Any]) -> dict[str, Any]:
     crew = [s for s in f["sessions"] if "-crew-" in s]
-    if crew:
+    if crew and not f["down"]:
         return {"action": "skip", "target": crew[0], "urgency": "low", "reason": "crew session: out of scope"}
     if len(f["down"]) >= 3:
         return {"action": "escalate", "target": "", "urgency": "critical", "reason": f"{len(f['down'])} agents down at once"}
@@ -620,8 +633,8 @@ def decide_stuck_agent(f: dict[str, Any]) -> dict[str, Any]:
         name = (f["beads"][0]["assignee"].rsplit("/", 1)[-1]) if f["beads"] else ""
         return {"action": "skip", "target": name, "urgency": "low", "reason": "bead closed: finished normally"}
     n = f["down"][0]
-    sess = f"{n}"
-    if f["sessions"].get(next((s for s in f["sessions"] if s.endswith("-" + n)), ""), None) is None:
+    sess = n
+    if not any(s.endswith("-" + n) and "-crew-" not in s for s in f["sessions"]):
         return {"action": "request-restart", "target": sess, "urgency": "high", "reason": "session dead, work hooked"}
     if f["building"]:
         return {"action": "skip", "target": sess, "urgency": "low", "reason": "pane shows tests still running"}
