@@ -3,55 +3,46 @@
 
     .venv/bin/python bench/patrol_eval.py [--roles witness,refinery,deacon,dog] [--steps 60] [--reuse]
 
-The path is the product's: formula patrol decisions staged with the real bd/git/tmux/dolt (the
-evidence is cached per scenario family) -> corpus store (scrub, gates) -> export -> the training
-core with gt_ext/train/presets/patrol_smollm2.yaml -> export (adapter + merged) -> the eval runner
-on `builtin:<role>-patrol` with the contamination guard on that corpus. Roles train one at a time.
-Per role it prints valid JSON, allowed action (also on the held-out reworded family), pass, the
-best constant action per step, a random allowed action and always-no-op, for both models; the
-acceptance asks the trained model for >= 98 / >= 99 / best constant + 30.
+The path is the product's, per role and one role at a time: `gt-ext corpus patrol --role R` (formula
+patrol decisions staged with the real bd/git/tmux/dolt, evidence cached per scenario family, into
+the corpus store: scrub, gates) -> `gt formula run train-role-model` (this project's runner: corpus
+export -> dry run -> train with gt_ext/train/presets/patrol_smollm2.yaml -> export adapter, merged
+and GGUF -> eval on `builtin:R-patrol` with the contamination guard on that corpus -> register),
+each role in its own GT_EXT_HOME under --out. The base model is scored on the same suite with the
+same guard. Per role it prints valid JSON, allowed action (also on the held-out reworded family),
+pass, the best constant action per step, a random allowed action and always-no-op, for both models;
+the acceptance asks the trained model for >= 98 / >= 99 / best constant + 30.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gt_ext.corpus.export import export_corpus  # noqa: E402
-from gt_ext.corpus.patrol.build import sessions  # noqa: E402
-from gt_ext.corpus.sample_town import ingest_sessions  # noqa: E402
-from gt_ext.corpus.store import Store  # noqa: E402
 from gt_ext.evals import runner  # noqa: E402
-from gt_ext.export.export import export_run  # noqa: E402
-from gt_ext.train.run import prepare, run_training  # noqa: E402
+from gt_ext.orchestrate.formula import find_formula  # noqa: E402
+from gt_ext.orchestrate.runner import run_formula  # noqa: E402
 
-PRESET = Path(__file__).resolve().parents[1] / "gt_ext" / "train" / "presets" / "patrol_smollm2.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+PRESET = ROOT / "gt_ext" / "train" / "presets" / "patrol_smollm2.yaml"
 BASE = "smollm2-135m-instruct"
-
-
-def build_corpus(out: Path, role: str, seed: int, reps: int) -> Path:
-    corpus = out / "corpus"
-    if (corpus / "manifest.json").is_file():
-        return corpus
-    with Store.open(out / "store") as st:
-        ingest_sessions(st, sessions(role, seed=seed, reps=reps, progress=True))
-        export_corpus(st, corpus)
-    return corpus
 
 
 def line(name: str, d: dict) -> str:
     p = d["patrol"]["overall"]
     rw = d["patrol"].get("reworded") or {}
-    return (f"{name:10} json {p['valid_json']:5.1f}  allowed {p['allowed_action']:5.1f}  pass {p['model']:5.1f}  "
+    return (f"{name:8} json {p['valid_json']:5.1f}  allowed {p['allowed_action']:5.1f}  pass {p['model']:5.1f}  "
             f"best-const {p['best_constant']:5.1f}  random {p['random_allowed']:5.1f}  no-op {p['always_noop']:5.1f}  "
             f"over-const {p['over_best_constant']:+5.1f}  steps learned {p['steps_learned']}/{p['steps']}  "
-            f"reworded: allowed {rw.get('allowed_action', 0):5.1f} pass {rw.get('model', 0):5.1f}")
+            f"| reworded: json {rw.get('valid_json', 0):5.1f} allowed {rw.get('allowed_action', 0):5.1f} "
+            f"pass {rw.get('model', 0):5.1f}")
 
 
 def main() -> int:
@@ -59,45 +50,51 @@ def main() -> int:
     ap.add_argument("--roles", default="witness,refinery,deacon,dog")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--reps", type=int, default=3, help="stagings per situation and training family")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path.home() / ".cache" / "gt-ext" / "bench-patrol")
-    ap.add_argument("--reuse", action="store_true", help="keep finished runs in --out; only score")
+    ap.add_argument("--reuse", action="store_true", help="keep finished formula steps in --out (they resume)")
     ap.add_argument("--no-base", action="store_true", help="skip scoring the base model")
-    ap.add_argument("--set", action="append", default=[], help="extra training overrides KEY=VALUE")
+    ap.add_argument("--train-args", default="", help="extra trainer settings KEY=VALUE ...")
     a = ap.parse_args()
+    formula = find_formula("train-role-model")
     summary = {}
     for role in a.roles.split(","):
-        out = a.out / role
-        out.mkdir(parents=True, exist_ok=True)
-        corpus = build_corpus(out, role, a.seed, a.reps)
-        run, exp = out / f"run-{a.steps}", out / f"export-{a.steps}"
-        if not (a.reuse and (exp / "manifest.json").is_file()):
-            for d in (run, exp):
-                if d.exists():
-                    shutil.rmtree(d)
-            p = prepare(role, corpus, config_path=PRESET, overrides=[f"max_steps={a.steps}", *a.set])
-            t0 = time.perf_counter()
-            info = run_training(p, run, progress=True)
-            m = info["metrics"]
-            print(f"{role}: {len(p.train)} train examples, {m['steps']} steps in {time.perf_counter() - t0:.0f} s, "
-                  f"val loss {m['val_loss_start']:.3f} -> {m['val_loss_end']:.3f}", flush=True)
-            export_run(run, exp, quantized=())
+        out = (a.out / role).resolve()
+        if out.exists() and not a.reuse:
+            subprocess.run(["rm", "-rf", str(out)], check=True)
+        home = out / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        os.environ["GT_EXT_HOME"] = str(home)
+        t0 = time.perf_counter()
+        if not (home / ".patrol-stored").is_file():
+            subprocess.run(["gt-ext", "corpus", "patrol", "--role", role, "--reps", str(a.reps)], check=True)
+            (home / ".patrol-stored").write_text("ok\n")
         suite = f"builtin:{role}-patrol"
-        res = {"trained": runner.evaluate(str(exp), suite, corpus=corpus, write=False, progress=True).to_dict()}
+        given = {"role": role, "suite": suite, "max_steps": str(a.steps), "max_seconds": "3600", "lora_rank": "16",
+                 "train_args": f"--config {PRESET} {a.train_args}".strip()}
+        job = out / "job"
+        res = run_formula(formula, given, job, echo=lambda s: print(s, flush=True))
+        print(f"{role}: train-role-model ran {', '.join(res.ran) or 'nothing'} "
+              f"({time.perf_counter() - t0:.0f} s incl. staging)", flush=True)
+        result = {"trained": json.loads((job / "export" / f"eval-{role}-patrol.json").read_text())}
+        run_json = json.loads((job / "run" / "run.json").read_text())
+        result["training"] = run_json.get("metrics", {})
         if not a.no_base:
-            res["base"] = runner.evaluate(f"base:{BASE}", suite, corpus=corpus, write=False, progress=True).to_dict()
-        (out / f"result-{a.steps}.json").write_text(json.dumps(res, indent=1))
-        summary[role] = res
+            result["base"] = runner.evaluate(f"base:{BASE}", suite, corpus=job / "corpus", write=False,
+                                             progress=True).to_dict()
+        (out / "result.json").write_text(json.dumps(result, indent=1))
+        summary[role] = result
+        m = result["training"]
+        print(f"{role:8} training: {m.get('steps')} steps, val loss {m.get('val_loss_start')} -> {m.get('val_loss_end')}")
         for name in ("base", "trained"):
-            if name in res:
-                print(f"{role:8} " + line(name, res[name]), flush=True)
-        refused = len((res["trained"].get("contamination") or {}).get("refused", []))
-        print(f"{role:8} tasks refused by the contamination guard: {refused}", flush=True)
-    print("\n== summary (held-out families; pass %) ==")
-    for role, res in summary.items():
+            if name in result:
+                print(f"{role:8} " + line(name, result[name]), flush=True)
+    print("\n== summary: held-out scenario families, pass % ==")
+    for role, result in summary.items():
+        refused = len((result["trained"].get("contamination") or {}).get("refused", []))
+        print(f"{role}: contamination guard refused {refused} task(s)")
         for name in ("base", "trained"):
-            if name in res:
-                print(f"{role:8} " + line(name, res[name]))
+            if name in result:
+                print(f"{role:8} " + line(name, result[name]))
     return 0
 
 

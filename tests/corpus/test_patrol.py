@@ -53,8 +53,7 @@ def test_answer_keeps_the_steps_field_order_and_the_listed_name():
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("key", ["witness/process-cleanups", "refinery/merge-push", "dog/cleanup",
-                                 "witness/survey-workers"])
+@pytest.mark.parametrize("key", ["witness/process-cleanups", "refinery/merge-push", "dog/cleanup"])
 def test_staged_evidence_reads_as_the_situation_it_stages(key, bd_bin, dolt_bin, tmp_path, monkeypatch):
     """Real bd/git/tmux/dolt output for every situation of the step; the formula's rule applied to
     that output gives the situation's action."""

@@ -9,7 +9,7 @@ A scenario family is one step staged in one town layout (`stage.LAYOUTS`: its ri
 agent names): families `a` and `b` train, `c` and `r` are held out; `r` also lists the step's
 actions reordered and under other names and wording (`Action.heldout`, `Action.reworded`), so a
 model must read the list it is given. Evidence is staged with the real tools once per family and
-cached under `$GT_EXT_HOME/cache/patrol-evidence/<code hash>/`.
+cached under `$GT_EXT_CACHE/patrol-evidence/<code hash>/` (default ~/.cache/gt-ext).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,6 @@ from gt_ext.atomic import atomic_write_json, atomic_write_text
 from gt_ext.corpus.patrol import stage as stage_mod
 from gt_ext.corpus.patrol.steps import ROLES, Step, step, steps_for
 from gt_ext.errors import GtExtError
-from gt_ext.paths import home_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,9 @@ def code_hash() -> str:
 
 
 def cache_dir() -> Path:
-    return home_dir() / "cache" / "patrol-evidence" / code_hash()
+    """Where staged evidence is kept: `$GT_EXT_CACHE` (default ~/.cache/gt-ext), by code hash."""
+    root = Path(os.environ.get("GT_EXT_CACHE") or Path.home() / ".cache" / "gt-ext")
+    return root / "patrol-evidence" / code_hash()
 
 
 # ----------------------------------------------------------------------------------- evidence
@@ -55,7 +57,7 @@ def stage_family(key: str, layout: str, reps: int, seed: int = 0) -> list[dict[s
     lay = stage_mod.LAYOUTS[layout]
     r = random.Random(f"{seed}:{key}:{layout}")
     cases = []
-    with ScratchTown(prefix=lay.prefix) as t:
+    with ScratchTown(prefix=lay.prefix, seed=f"{seed}:{key}:{layout}") as t:
         for rep in range(reps):
             for sit, want in situations.items():
                 t.reset()
@@ -68,27 +70,49 @@ def stage_family(key: str, layout: str, reps: int, seed: int = 0) -> list[dict[s
     return cases
 
 
+def _family_file(key: str, layout: str, reps: int, seed: int) -> Path:
+    return cache_dir() / f"{key.replace('/', '__')}@{layout}-r{reps}-s{seed}.json"
+
+
+def _stage_and_cache(key: str, layout: str, reps: int, seed: int) -> Path:
+    f = _family_file(key, layout, reps, seed)
+    if not f.is_file():
+        atomic_write_json(f, stage_family(key, layout, reps, seed))
+    return f
+
+
+def workers() -> int:
+    """Families staged at once (`GT_EXT_PATROL_WORKERS`, default 3): bd mostly waits on its
+    embedded database, so a few scratch towns side by side finish sooner even on 2 cores."""
+    try:
+        return max(1, int(os.environ.get("GT_EXT_PATROL_WORKERS", "3")))
+    except ValueError:
+        raise GtExtError("GT_EXT_PATROL_WORKERS must be an integer") from None
+
+
 def evidence(role: str, layouts: tuple[str, ...], reps: int, seed: int = 0, progress: bool = False) -> list[dict[str, Any]]:
     """Cases of every step of `role` in `layouts`, staged once per family and then read from cache."""
-    out = []
-    todo = [(s.key, lay) for s in steps_for(role) for lay in layouts]
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    from concurrent.futures import ProcessPoolExecutor
 
-        bar = tqdm(total=len(todo), desc=f"patrol evidence {role}", unit="family")
-    for key, lay in todo:
-        f = cache_dir() / f"{key.replace('/', '__')}@{lay}-r{reps}-s{seed}.json"
-        if f.is_file():
-            cases = json.loads(f.read_text())
-        else:
-            cases = stage_family(key, lay, reps, seed)
-            atomic_write_json(f, cases)
-        out += cases
+    todo = [(s.key, lay) for s in steps_for(role) for lay in layouts]
+    missing = [(k, lay) for k, lay in todo if not _family_file(k, lay, reps, seed).is_file()]
+    if missing:
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(missing), desc=f"staging {role} patrol evidence", unit="family")
+        with ProcessPoolExecutor(max_workers=min(workers(), len(missing))) as pool:
+            futs = [pool.submit(_stage_and_cache, k, lay, reps, seed) for k, lay in missing]
+            for fut in futs:
+                fut.result()
+                if bar is not None:
+                    bar.update(1)
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.close()
+    out = []
+    for k, lay in todo:
+        out += json.loads(_family_file(k, lay, reps, seed).read_text())
     return out
 
 
@@ -146,7 +170,7 @@ def misreading(st: Step, label: dict[str, Any], r: random.Random) -> dict[str, A
 
 
 # ----------------------------------------------------------------------------------- corpus
-def sessions(role: str, seed: int = 0, reps: int = 3, prompts_per_case: int = 2, progress: bool = False) -> list[Any]:
+def sessions(role: str, seed: int = 0, reps: int = 3, prompts_per_case: int = 3, progress: bool = False) -> list[Any]:
     """Training sessions of `role`: every case of the training families, each rendered
     `prompts_per_case` times (the allowed actions in another order and words), each as a success
     and a coherent misreading that shares its prompt (DPO material)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gt_ext.gastown.scratch import ScratchTown
@@ -161,9 +162,9 @@ def decide_survey_workers(f: dict[str, Any]) -> dict[str, Any]:
 
 
 # ====================================================================== witness / process-cleanups
-def _repo_with_clone(t: ScratchTown, name: str, branch: str) -> tuple[str, str]:
+def _repo_with_clone(t: ScratchTown, lay: Layout, name: str, branch: str) -> tuple[str, str]:
     """An upstream bare repo and a polecat worktree on `branch` tracking it; returns (remote, clone)."""
-    remote, clone = f"../remote-{name}.git", f"polecats/{name}"
+    remote, clone = t.remote(f"{lay.rig}-{name}"), f"polecats/{name}"
     if not (t.root / clone).exists():
         t.sh(f"git init -q --bare {remote} && git clone -q {remote} {clone} 2>/dev/null; cd {clone} && "
              f"echo '# {name}' > README.md && git add README.md && git commit -qm 'initial commit' && "
@@ -176,7 +177,7 @@ def _repo_with_clone(t: ScratchTown, name: str, branch: str) -> tuple[str, str]:
 def stage_process_cleanups(t: ScratchTown, lay: Layout, sit: str, r: random.Random) -> str:
     name = r.choice(lay.polecats)
     branch = f"polecat/{name}-{r.randint(100, 999)}"
-    remote, clone = _repo_with_clone(t, name, branch)
+    remote, clone = _repo_with_clone(t, lay, name, branch)
     wisp = t.bead(f"cleanup: {name}", labels=f"cleanup,polecat:{name}", status="open")
     del wisp
     files = r.sample(["api.py", "models.py", "util.py", "cli.py", "views.py"], r.randint(1, 3))
@@ -303,7 +304,7 @@ def _rig_repo(t: ScratchTown, lay: Layout, where: str = "refinery/rig") -> str:
     clone = f"{lay.rig}/{where}"
     tag = lay.rig
     mod, fn = lay.code
-    t.sh(f"git init -q --bare ../origin-{tag}.git && git clone -q ../origin-{tag}.git {clone} 2>/dev/null; "
+    t.sh(f"git clone -q {t.remote(tag)} {clone} 2>/dev/null; "
          f"cd {clone} && printf 'def {fn}(xs):\\n    return sum(xs)\\n' > {mod}.py && "
          f"printf 'from {mod} import {fn}\\n\\ndef test_{fn}():\\n    assert {fn}([1, 2]) == 3\\n' > test_{mod}.py && "
          f"git add . && git commit -qm '{mod}' && git push -q origin HEAD:main")
@@ -411,15 +412,15 @@ def stage_merge_push(t: ScratchTown, lay: Layout, sit: str, r: random.Random) ->
     clone = _rig_repo(t, lay)
     tag = lay.rig
     if sit == "rejected":
-        hook = t.root.parent / f"origin-{tag}.git" / "hooks" / "pre-receive"
+        hook = Path(t.remote(tag)) / "hooks" / "pre-receive"
         hook.write_text("#!/bin/sh\necho 'protected branch: push declined' >&2\nexit 1\n")
         hook.chmod(0o755)
     elif sit == "raced":
-        t.sh(f"git clone -q ../origin-{tag}.git other-{tag} 2>/dev/null && cd other-{tag} && echo y > y.txt && "
+        t.sh(f"git clone -q {t.remote(tag)} other-{tag} 2>/dev/null && cd other-{tag} && echo y > y.txt && "
              f"git add y.txt && git commit -qm other && git push -q origin HEAD:main")
     t.sh(f"cd {clone} && git checkout -q -b temp && echo 'ok' > feature.txt && git add feature.txt && "
          f"git commit -qm 'polecat/{n} work' && git checkout -q main && git merge -q --ff-only temp")
-    lines = [t.show(f"cd {clone} && git push origin main 2>&1 | tail -2"),
+    lines = [t.show(f"cd {clone} && git push origin main 2>&1 | grep -v '^hint' | tail -2"),
              t.show(f"cd {clone} && git fetch -q origin && git rev-parse main origin/main")]
     return "\n".join(lines)
 
