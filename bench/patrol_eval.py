@@ -53,10 +53,22 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path.home() / ".cache" / "gt-ext" / "bench-patrol")
     ap.add_argument("--reuse", action="store_true", help="keep finished formula steps in --out (they resume)")
     ap.add_argument("--no-base", action="store_true", help="skip scoring the base model")
+    ap.add_argument("--base-only", action="store_true",
+                    help="only score the base model, on each role's suite once that role's corpus is exported "
+                         "(run beside a --no-base run to overlap scoring with the next role's training)")
     ap.add_argument("--train-args", default="", help="extra trainer settings KEY=VALUE ...")
     a = ap.parse_args()
     formula = find_formula("train-role-model")
     summary = {}
+    if a.base_only:
+        for role in a.roles.split(","):
+            corpus = (a.out / role / "job" / "corpus").resolve()
+            while not (corpus / "manifest.json").is_file():
+                time.sleep(20)
+            res = runner.evaluate(f"base:{BASE}", f"builtin:{role}-patrol", corpus=corpus, write=False, progress=True)
+            (a.out / role / "result-base.json").write_text(json.dumps(res.to_dict(), indent=1))
+            print(f"{role:8} " + line("base", res.to_dict()), flush=True)
+        return 0
     for role in a.roles.split(","):
         out = (a.out / role).resolve()
         if out.exists() and not a.reuse:
@@ -78,7 +90,9 @@ def main() -> int:
         result = {"trained": json.loads((job / "export" / f"eval-{role}-patrol.json").read_text())}
         run_json = json.loads((job / "run" / "run.json").read_text())
         result["training"] = run_json.get("metrics", {})
-        if not a.no_base:
+        if (out / "result-base.json").is_file():
+            result["base"] = json.loads((out / "result-base.json").read_text())
+        elif not a.no_base:
             result["base"] = runner.evaluate(f"base:{BASE}", suite, corpus=job / "corpus", write=False,
                                              progress=True).to_dict()
         (out / "result.json").write_text(json.dumps(result, indent=1))

@@ -32,18 +32,18 @@ def test_patrol_roles_have_patrol_and_conventions():
 def test_hidden_expectations_never_reach_the_prompt():
     from gt_ext.evals import promptfoo
 
-    for role in ("deacon", "witness", "polecat"):
+    for role in ("deacon", "witness", "polecat", "witness-patrol", "refinery-patrol", "deacon-patrol", "dog-patrol"):
         for t in suite_mod.load(f"builtin:{role}").tasks:
             if not hasattr(t, "test"):
                 continue  # sandbox tasks keep their checks outside the prompt by construction
             used = promptfoo.template_vars(t.prompt.raw)
-            assert not used & {"expect", "target", "min_beads", "min_ratio", "order"}, t.id
+            assert not used & {"expect", "expect_id", "target", "preserve", "min_beads", "min_ratio", "order"}, t.id
 
 
 def test_unknown_builtin_suite_lists_the_known_ones():
     from gt_ext.errors import GtExtError
 
-    with pytest.raises(GtExtError, match="builtin suites are deacon, polecat, witness"):
+    with pytest.raises(GtExtError, match="builtin suites are deacon, .*polecat.*witness"):
         suite_mod.load("builtin:mayor")
 
 

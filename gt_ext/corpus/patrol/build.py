@@ -230,7 +230,7 @@ SUITE_YAML = """# Patrol decisions of the {role} at the steps of Gas Town's own 
 name: {role}-patrol
 role: {role}
 system_prompt: role
-max_new_tokens: 64
+max_new_tokens: 48
 # Only what the tools printed is case-specific: the header, the allowed actions, the answer format
 # and the `$ cmd` lines are the step's own text, shared with training by design. Tool output repeats
 # its own phrasing (git, pytest, tmux), so a task is refused when more than half of its output
