@@ -45,6 +45,31 @@ def line(name: str, d: dict) -> str:
             f"pass {rw.get('model', 0):5.1f}")
 
 
+def _direct(role: str, home: Path, out: Path, suite: str, a: argparse.Namespace) -> dict:
+    """Store -> export -> train -> score, in this process (the formula's steps minus its dry run,
+    GGUF export and registry)."""
+    from gt_ext.corpus.export import export_corpus
+    from gt_ext.corpus.store import Store
+    from gt_ext.train.run import prepare, run_training
+
+    corpus, run = out / "job" / "corpus", out / "job" / "run"
+    if not (corpus / "manifest.json").is_file():
+        with Store.open(home / "corpus") as st:
+            export_corpus(st, corpus)
+    if not (run / "adapter" / "adapter_config.json").is_file():
+        p = prepare(role, corpus, config_path=PRESET, overrides=[f"max_steps={a.steps}", *a.train_args.split()])
+        t0 = time.perf_counter()
+        info = run_training(p, run, progress=True)
+        print(f"{role}: {len(p.train)} train examples, {info['metrics']['steps']} steps in "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+    result = {"trained": runner.evaluate(str(run), suite, corpus=corpus, write=False, progress=True).to_dict(),
+              "training": json.loads((run / "run.json").read_text()).get("metrics", {})}
+    if (out / "result-base.json").is_file():
+        result["base"] = json.loads((out / "result-base.json").read_text())
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--roles", default="witness,refinery,deacon,dog")
@@ -57,6 +82,9 @@ def main() -> int:
                     help="only score the base model, on each role's suite once that role's corpus is exported "
                          "(run beside a --no-base run to overlap scoring with the next role's training)")
     ap.add_argument("--train-args", default="", help="extra trainer settings KEY=VALUE ...")
+    ap.add_argument("--direct", action="store_true",
+                    help="same corpus, trainer and suite, but in this process without the formula's dry run, "
+                         "GGUF export and registry (the run folder is scored with its adapter on the base)")
     a = ap.parse_args()
     formula = find_formula("train-role-model")
     summary = {}
@@ -81,6 +109,13 @@ def main() -> int:
             subprocess.run(["gt-ext", "corpus", "patrol", "--role", role, "--reps", str(a.reps)], check=True)
             (home / ".patrol-stored").write_text("ok\n")
         suite = f"builtin:{role}-patrol"
+        if a.direct:
+            result = _direct(role, home, out, suite, a)
+            summary[role] = result
+            for name in ("base", "trained"):
+                if name in result:
+                    print(f"{role:8} " + line(name, result[name]), flush=True)
+            continue
         given = {"role": role, "suite": suite, "max_steps": str(a.steps), "max_seconds": "3600", "lora_rank": "16",
                  "train_args": f"--config {PRESET} {a.train_args}".strip()}
         job = out / "job"
