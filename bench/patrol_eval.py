@@ -48,7 +48,7 @@ def line(name: str, d: dict) -> str:
 def _direct(role: str, home: Path, out: Path, suite: str, a: argparse.Namespace) -> dict:
     """Store -> export -> train -> score, in this process (the formula's steps minus its dry run,
     GGUF export and registry)."""
-    from gt_ext.corpus.export import export_corpus
+    from gt_ext.corpus.shards import write_shards
 
     from gt_ext.corpus.store import Store
     from gt_ext.train.run import prepare, run_training
@@ -56,7 +56,7 @@ def _direct(role: str, home: Path, out: Path, suite: str, a: argparse.Namespace)
     corpus, run = out / "job" / "corpus", out / "job" / "run"
     if not (corpus / "manifest.json").is_file():
         with Store.open(home / "corpus") as st:
-            export_corpus(st, corpus)
+            write_shards(st, corpus)
     if not (run / "adapter" / "adapter_config.json").is_file():
         p = prepare(role, corpus, config_path=PRESET, overrides=[f"max_steps={a.steps}", *a.train_args.split()])
         t0 = time.perf_counter()
