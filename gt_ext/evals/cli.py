@@ -41,7 +41,8 @@ def run(
     no_write: bool = typer.Option(False, "--no-write", help="do not write eval-<suite>.json next to the model"),
     as_json: bool = typer.Option(False, "--json", help="print the full result as JSON"),
     gate_exit: bool = typer.Option(True, "--gate-exit/--no-gate-exit",
-                                   help="exit 1 when the gate says not deployable (pipelines that record the verdict and go on: --no-gate-exit)"),
+                                   help="exit non-zero when the gate says not deployable (pipelines that record the verdict and go on: --no-gate-exit)"),
+    gate_exit_code: int = typer.Option(1, "--gate-exit-code", help="the exit code for a failed gate (formulas tell it from a crash, exit 1)"),
 ) -> None:
     """Score MODEL on SUITE: a table per category, the composite and the gate verdict."""
     from gt_ext.evals.runner import evaluate
@@ -56,7 +57,7 @@ def run(
         return
     _print_result(d, res.written_to)
     if gate_exit and not res.gate["deployable"]:
-        raise typer.Exit(1)
+        raise typer.Exit(gate_exit_code)
 
 
 def _print_result(d: dict[str, Any], written_to: str | None) -> None:
