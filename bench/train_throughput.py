@@ -66,7 +66,7 @@ def witness_items(tok, n: int, max_length: int):
     with tempfile.TemporaryDirectory() as d:
         st = Store.open(Path(d) / "c")
         ingest_sessions(st, generate(0, witness=60, per_role=2))
-        export_corpus(st, Path(d) / "out", val_pct=10)
+        export_corpus(st, Path(d) / "out", val_pct=10, all_rigs=True)
         items, _ = load_items(Path(d) / "out", "sft", "witness", None, "train", tok, max_length, limit=n)
     return items
 

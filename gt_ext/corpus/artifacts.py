@@ -163,6 +163,23 @@ def _store_version(ing: Ingestor, key: str, text: str, kind: str, question: str,
     return "new"
 
 
+def release_version(store: Store, example_id: str, reason: str = "released by reviewer") -> list[str]:
+    """A reviewer accepts an artifact version held for review (a reversion): every part of it
+    becomes the current version of its artifact (as of now), and the version it replaces is
+    superseded. Returns the ids made active. Call inside `store.tx()`."""
+    row = store.db.execute("SELECT artifact_key, source_hash FROM examples WHERE id = ?", (example_id,)).fetchone()
+    if row is None or row["artifact_key"] is None:
+        raise ValueError(f"{example_id} is not an artifact version")
+    key, h = row["artifact_key"], row["source_hash"]
+    store.db.execute("UPDATE examples SET status = 'superseded', reason = ? WHERE artifact_key = ? AND status = 'active' "
+                     "AND source_hash != ?", (f"superseded: {key} (reviewed reversion)", key, h))
+    ids = [r["id"] for r in store.db.execute("SELECT id FROM examples WHERE artifact_key = ? AND source_hash = ? "
+                                             "AND status IN ('review', 'superseded')", (key, h))]
+    store.db.executemany("UPDATE examples SET status = 'active', reason = ?, created = ? WHERE id = ?",
+                         [(reason, time.time(), i) for i in ids])
+    return ids
+
+
 def ingest_artifact(ing: Ingestor, town_root: Path, path: Path) -> str:
     """Store one artifact version; returns new | unchanged | superseded-old | revert-flagged | skipped."""
     try:

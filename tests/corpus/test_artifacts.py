@@ -187,3 +187,43 @@ def test_real_gt_prime_per_role_is_collected_scrubbed_and_versioned(make_town, t
             status = {("Deploy freeze" in "".join(e.messages[-1]["content"] for e in versions if e.status == s)): s
                       for s in {e.status for e in versions}}
             assert status == {True: "active", False: "superseded"}, role
+
+
+def test_reversion_waits_in_the_review_queue_and_release_applies_it(tmp_path, capsys):
+    """A quick revert of a CLAUDE.md goes to the review queue (`gt corpus quarantine list`); releasing
+    it makes the old version current again, so sessions recorded under it are no longer stale and
+    those recorded under the replaced version are."""
+    from gt_ext.cli import main
+    from gt_ext.corpus.export import convention_timelines, stale_reason
+    from gt_ext.corpus.store import Example
+
+    town = _town(tmp_path)
+    f = town / "demo" / "witness" / "CLAUDE.md"
+    store = town / ".corpus"
+    with Store.open(store) as st:
+        os.utime(f, (1_780_000_000, 1_780_000_000))
+        collect_artifacts(st, town)
+        f.write_text(V2)
+        os.utime(f, (1_781_000_000, 1_781_000_000))
+        collect_artifacts(st, town)
+        f.write_text(V1)
+        assert collect_artifacts(st, town)["revert-flagged"] == 1
+    assert main(["corpus", "--store", str(store), "quarantine", "list", "--json"]) == 0
+    [queued] = json.loads(capsys.readouterr().out)
+    assert queued["status"] == "review" and "reverts a recent change of demo:demo/witness/CLAUDE.md" in queued["reason"]
+
+    def session(when):
+        return Example(id=when, source="claude-jsonl", source_key="k", source_hash="h", messages=[], role="witness",
+                       rig="demo", time=when)
+
+    under_v1, under_v2 = session("2026-05-30T00:00:00Z"), session("2026-06-12T00:00:00Z")
+    with Store.open(store) as st:
+        tl = convention_timelines(st)
+        assert stale_reason(under_v1, tl) == "demo:demo/witness/CLAUDE.md" and stale_reason(under_v2, tl) is None
+    assert main(["corpus", "--store", str(store), "quarantine", "release", queued["id"]]) == 0
+    assert "now the current version of demo:demo/witness/CLAUDE.md" in capsys.readouterr().out
+    with Store.open(store) as st:
+        versions = {e.messages[-1]["content"]: e.status for e in st.query(status=None, role="witness")}
+        assert versions == {V1: "active", V2: "superseded"}
+        tl = convention_timelines(st)
+        assert stale_reason(under_v1, tl) is None and stale_reason(under_v2, tl) == "demo:demo/witness/CLAUDE.md"
