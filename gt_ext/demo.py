@@ -217,7 +217,8 @@ class Demo:
 
     def train_job(self) -> None:
         """The user's command, through the gt shim, exactly as typed in a town."""
-        self.run("gt", "formula", "run", "train-role-model", "--set", f"role={ROLE}",
+        # The job's rig: its corpus is that rig's own examples (and those of rigs that share theirs).
+        self.run("gt", "formula", "run", "train-role-model", "--set", f"role={ROLE}", "--set", "rig=webapp",
                  "--set", f"max_seconds={self.train_seconds}", "--set", f"max_steps={TRAIN_STEPS}",
                  "--set", "lora_rank=16", "--set", f"train_args={TRAIN_ARGS}",
                  "--job-dir", str(self.out / "job"))
