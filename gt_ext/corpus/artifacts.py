@@ -10,7 +10,8 @@ current one in place. Text longer than one example allows is stored as several p
 version, cut at markdown headings.
 
 Prime output is taken with `gt prime --dry-run` (no identity lock, handoff marker, `bd prime` or
-mail injection: nothing changes for the live agent), without gt's per-run session banner. It
+mail injection: nothing changes for the live agent) in bd's read-only mode (no patrol wisp is
+spawned: the town's beads are left exactly as they were), without gt's per-run session banner. It
 reflects the role's hook at that moment, so it changes when the agent's hooked work does.
 """
 
@@ -224,7 +225,8 @@ def collect_prime(store: Store, town_root: Path, env: Mapping[str, str] | None =
     counts: dict[str, int] = {}
     outputs = []
     for t in targets:  # gt first, without the lock: each run takes seconds
-        out = gt_prime(t.role, town_root, t.rig, t.workdir, dry_run=True, timeout=timeout, env=env)
+        # read_only: bd refuses the patrol wisp gt would spawn, so collecting leaves the town unchanged.
+        out = gt_prime(t.role, town_root, t.rig, t.workdir, dry_run=True, read_only=True, timeout=timeout, env=env)
         if out is None:
             counts["failed"] = counts.get("failed", 0) + 1
             continue

@@ -159,10 +159,23 @@ def test_real_gt_prime_per_role_is_collected_scrubbed_and_versioned(make_town, t
     if tt.mode != "gt":
         pytest.skip("town made without the real gt")
     roles = {"mayor", "deacon", "boot", "dog", "witness", "refinery", "polecat", "crew"}
+    # Collecting every role's prime leaves bd's state exactly as it was, even where gt's --dry-run
+    # would spawn a patrol wisp (no patrol active yet: deacon, witness, refinery).
+    before = tt.beads_state()
+    with Store.open(tmp_path / "fresh") as st:
+        assert collect_artifacts(st, tt.root, prime=True, env=tt.env)["prime-new"] == len(roles)
+        for role in ("deacon", "witness", "refinery"):
+            text = "".join(e.messages[-1]["content"] for e in st.query(source="gt-prime", role=role))
+            assert "Status: **No active patrol**" in text and "read-only" not in text, role
+            assert "Run `gt formula list` to troubleshoot" not in text and "Created and hooked patrol wisp" not in text
+    assert tt.beads_state() == before
+    assert {"wisps", "issues", "events"} <= set(before["hq"]["tables"])  # the check covers the wisp tables
     # A live town's patrol agents have their patrol wisp hooked (gt prime spawns it on first run).
     for t in prime_targets(tt.root):
         if t.role in ("deacon", "witness", "refinery"):
             gt_prime(t.role, tt.root, t.rig, t.workdir, dry_run=True, env=tt.env)
+    assert tt.beads_state() != before  # without read-only mode the same primes write (the check can fail)
+    live = tt.beads_state()
     with Store.open(tmp_path / "c") as st:
         counts = collect_artifacts(st, tt.root, prime=True, env=tt.env)
         assert counts["prime-new"] == len(roles) and "prime-failed" not in counts, counts
@@ -187,6 +200,7 @@ def test_real_gt_prime_per_role_is_collected_scrubbed_and_versioned(make_town, t
             status = {("Deploy freeze" in "".join(e.messages[-1]["content"] for e in versions if e.status == s)): s
                       for s in {e.status for e in versions}}
             assert status == {True: "active", False: "superseded"}, role
+    assert tt.beads_state() == live
 
 
 def test_reversion_waits_in_the_review_queue_and_release_applies_it(tmp_path, capsys):
