@@ -274,11 +274,12 @@ def _add_logprobs(app: Any, model: Any) -> None:
             if "model" not in scorer:
                 from gt_ext.models import load_model
 
-                m, tok = load_model(model.base_model)
-                for path, _w in model.adapters:
+                weights, adapters = model.torch_weights()
+                m, tok = load_model(weights)
+                for path, _w in adapters:
                     from peft import PeftModel
 
-                    m = PeftModel.from_pretrained(m, path).merge_and_unload()
+                    m = PeftModel.from_pretrained(m, str(path)).merge_and_unload()
                 scorer.update(model=m.eval(), tok=tok)
             m, tok = scorer["model"], scorer["tok"]
             prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
@@ -401,7 +402,7 @@ def run(tasks: list[Any], model: Any, generator: Any, k: int, system: str | None
         make_generator: Any) -> tuple[dict[str, list[Sample]], str | None]:
     """Grade `tasks` (promptfoo tasks of one suite) with the real promptfoo against the served model.
 
-    Returns ({task id: samples}, the grader's ref or None). `make_generator(ModelRef)` builds a
+    Returns ({task id: samples}, the grader's ref or None). `make_generator(ResolvedModel)` builds a
     generator for a grader on another base model."""
     binary = promptfoo_binary()
     if binary is None:
@@ -461,32 +462,20 @@ def _suite_tools(config: dict[str, Any]) -> dict[str, Any]:
 
 def _grader(spec: str | None, model: Any, srv: _Server, make_generator: Any) -> tuple[str, Served, Any]:
     """Resolve the grader: `base` (the base model of the model under test), `base:<name>`, a
-    registry ref or a run/export folder. Served by the same server when it shares the base model,
-    else by a second one. Returns (its ref, where it is served, the extra server or None)."""
-    from gt_ext.evals.runner import resolve_model
+    registry ref or a run/export folder. Served by the same server when it is that server's bare
+    base model, else by a second one. Returns (its ref, where it is served, the extra server or None)."""
+    from gt_ext.models.refs import resolve
 
     spec = spec or "base"
     if spec == "base":
-        spec = f"base:{origin_base(model)}"
-    g = resolve_model(spec)
-    if g.base_model == model.base_model:
-        return g.ref, Served(srv.url, srv.token, model.ref, adapters=[a for a, _ in g.adapters]), None
+        spec = f"base:{model.base_model}"
+    g = resolve(spec)
+    served_base, _ = model.torch_weights()
+    grader_base, grader_adapters = g.torch_weights()
+    if grader_base == served_base and not grader_adapters:
+        return g.ref, Served(srv.url, srv.token, model.ref, adapters=[]), None
     extra = _Server(make_generator(g), g).__enter__()
     return g.ref, Served(extra.url, extra.token, g.ref), extra
-
-
-def origin_base(model: Any) -> str:
-    """The base model a model was trained from (a merged export's manifest/run.json names it)."""
-    for name in ("manifest.json", "run.json"):
-        p = Path(model.out_dir or "") / name
-        if model.out_dir and p.is_file():
-            try:
-                base = json.loads(p.read_text()).get("base_model")
-            except ValueError:
-                base = None
-            if base:
-                return str(base)
-    return str(model.base_model)
 
 
 __all__ = ["CORE", "MODEL_GRADED", "UNGRADABLE", "needs_grader", "needs_promptfoo", "promptfoo_binary", "run",

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gt_ext.errors import GtExtError
-from gt_ext.registry.store import ModelRecord
+from gt_ext.registry.db import ModelRecord
 
 
 def gating_suite(role: str, town_root: Path | None) -> str:

@@ -31,6 +31,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from gt_ext.atomic import atomic_write_json
+from gt_ext.corpus import shards
 from gt_ext.errors import GtExtError
 from gt_ext.roles import check_role, check_task
 from gt_ext.swarm import dht as swarm_dht
@@ -86,7 +87,6 @@ def shard_batch(batch: dict[str, Any], k: int, n: int) -> dict[str, Any]:
         "input_ids": batch["input_ids"][lo:hi],
         "targets": batch["targets"][lo:hi],
         "position_ids": batch["position_ids"][lo:hi],
-        "attention_mask": batch["attention_mask"][lo:hi],
         "example_index": ex,
         "n_examples": int(ex.max()) + 1 if real.any() else 0,
         "item_ids": [],
@@ -351,7 +351,7 @@ def run_peer(
         n_lora = sum(p.numel() for p in params)
         info = {
             "role": role, "task": task, "base_model": cfg.base_model, "config": config_to_dict(cfg),
-            "corpus_hash": _corpus_hash(corpus), "examples": train_stats.items, "dpo_pairs": 0,
+            "corpus_hash": shards.corpus_hash(corpus), "examples": train_stats.items, "dpo_pairs": 0,
             "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "targets": list(cfg.lora.targets)},
             "metrics": {}, "status": "running", "parent": None,
             "swarm": {"run_id": run_id, "peer_id": me, "target_batch_size": target,
@@ -485,14 +485,4 @@ def run_peer(
             except Exception as e:  # shutdown of a half-dead averager must not mask the real error
                 log.debug("optimizer shutdown: %s", e)
         dht.shutdown()
-
-
-def _corpus_hash(corpus: str | Path) -> str | None:
-    m = Path(corpus) / "manifest.json"
-    if not m.is_file():
-        return None
-    try:
-        return json.loads(m.read_text()).get("corpus_hash")
-    except (json.JSONDecodeError, AttributeError):
-        return None
 

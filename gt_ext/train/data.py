@@ -2,13 +2,13 @@
 
 Public API (stable; the swarm loop builds on it):
 
-    partition_files(corpus, kind, role, task, split) -> list[Path]   # kind "sft"|"dpo", task None = all
-    iter_records(paths) -> Iterator[dict]                             # streams JSONL, errors name file:line
+    (reading the shards: `gt_ext.corpus.shards.partition_files` / `iter_records`)
     render_chat(messages, tokenizer, max_length, only_last=False) -> Example | None
     load_items(corpus, kind, role, task, split, tokenizer, max_length, limit=None) -> (items, RenderStats)
     BatchLoader(items, batch_size, pack, pack_length, seed, pad_id)  # endless, .state_dict()/.load_state_dict()
     fixed_batches(items, batch_size, pack, pack_length, pad_id) -> list[Batch]   # validation, no shuffle
     collate(rows, pad_id) -> Batch
+    dense_mask(example_index) -> [B, 1, T, T] bool   # block-diagonal causal mask, for plain models
 
 An `Example` holds `input_ids` and already-shifted `targets` (targets[t] is the token to predict
 after position t, -100 where no loss), so packing several examples into one row never makes the
@@ -19,16 +19,19 @@ A `Batch` is a dict of tensors:
     input_ids     [B, T] long    padded with pad_id
     targets       [B, T] long    -100 on prompt, padding and the last token of each example
     position_ids  [B, T] long    restart at 0 for every packed example
-    attention_mask[B, 1, T, T] bool  causal AND same-example (block diagonal); True = may attend
     example_index [B, T] long    index of the example in this batch's flat list, -1 on padding
 plus python values `item_ids` (list[str]), `item_index` (list[int], positions in the item list)
 and `n_examples` (int). Examples are numbered in row
 order, so in a DPO batch example 2k is pair k's chosen answer and 2k+1 its rejected one.
+
+No attention mask is stored: `example_index` says everything. The model side
+(`gt_ext.train.losses.model_inputs`) either runs the real tokens as one flat row with segment
+boundaries (no mask at all, see `gt_ext.train.attention`) or builds the block-diagonal
+`dense_mask(example_index)` [B, 1, T, T] for a plain model.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Iterator, Sequence
@@ -38,13 +41,12 @@ from typing import Any
 
 import torch
 
+from gt_ext.corpus.shards import iter_records, partition_files
 from gt_ext.errors import GtExtError
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100
-SPLITS = ("train", "val")
-KINDS = ("sft", "dpo")
 
 
 @dataclass
@@ -90,41 +92,6 @@ class RenderStats:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary."""
         return dict(self.__dict__)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Reading the corpus export
-# ---------------------------------------------------------------------------------------------------
-
-
-def partition_files(corpus: str | Path, kind: str, role: str, task: str | None, split: str) -> list[Path]:
-    """The shard files of one partition, `corpus/<kind>/<role>/<task>/<split>.jsonl` (all tasks if None)."""
-    corpus = Path(corpus)
-    if kind not in KINDS or split not in SPLITS:
-        raise GtExtError(f"bad partition kind={kind!r} split={split!r}")
-    if not corpus.is_dir():
-        raise GtExtError(f"corpus folder {corpus} not found")
-    role_dir = corpus / kind / role
-    if task is not None:
-        return [p for p in [role_dir / task / f"{split}.jsonl"] if p.is_file()]
-    return sorted(p for p in role_dir.glob(f"*/{split}.jsonl") if p.is_file())
-
-
-def iter_records(paths: Sequence[Path]) -> Iterator[dict[str, Any]]:
-    """Stream JSON objects from JSONL shards; a bad line raises an error naming file and line."""
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise GtExtError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                if not isinstance(rec, dict):
-                    raise GtExtError(f"{path}:{lineno}: expected a JSON object")
-                rec["_where"] = f"{path}:{lineno}"
-                yield rec
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -273,23 +240,27 @@ def collate(
             example_index[b, t : t + n] = k
             k += 1
             t += n
-        # Padding positions are irrelevant: the mask below keeps padding out of every example.
+        # Padding positions are irrelevant: no example ever attends to padding.
         position_ids[b, t:] = torch.arange(T - t)
-    # Block-diagonal causal mask [B, 1, T, T]: query q sees key j iff j <= q and same example.
-    # Padding is "example -1": it sees only padding, and nobody sees it.
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    same = example_index[:, :, None] == example_index[:, None, :]
-    mask = (same & causal)[:, None]
     return {
         "input_ids": input_ids,
         "targets": targets,
         "position_ids": position_ids,
-        "attention_mask": mask,
         "example_index": example_index,
         "n_examples": k,
         "item_ids": list(item_ids or []),
         "item_index": list(item_index or []),
     }
+
+
+def dense_mask(example_index: torch.Tensor) -> torch.Tensor:
+    """Block-diagonal causal mask [B, 1, T, T] from example_index [B, T]: query q sees key j iff
+    j <= q and both belong to the same example. Padding is "example -1": it sees only padding, and
+    nobody sees it."""
+    T = example_index.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=example_index.device).tril()
+    same = example_index[:, :, None] == example_index[:, None, :]
+    return (same & causal)[:, None]
 
 
 def plan_rows(items: Sequence[Item], order: Sequence[int], pack: bool, pack_length: int) -> list[list[int]]:

@@ -6,22 +6,19 @@
 Per optimizer step: `grad_accum` micro-batches, loss normalised over the whole step's assistant
 tokens (SFT) or pairs (DPO) so accumulation is exact; global-norm clipping; AdamW over the adapter
 parameters only; LambdaLR warmup + cosine. A NaN/inf loss or gradient skips the update (counted);
-`max_nonfinite` in a row checkpoints and stops with status "failed". Checkpoints hold the adapter,
-optimizer, scheduler, RNG states and the data position, written to a temp folder and renamed, so
-`train(resume=True)` continues from the newest one and reproduces the uninterrupted losses.
+`max_nonfinite` in a row checkpoints and stops with status "failed". Checkpoints
+(`gt_ext.train.checkpoint`: adapter, optimizer, scheduler, RNG states, data position) let
+`train(resume=True)` continue from the newest one and reproduce the uninterrupted losses.
 
-Writes into run_dir: metrics.jsonl (one line a step), checkpoints/step-N/, adapter/, loss.png.
+Writes into run_dir (`gt_ext.train.runfolder`): metrics.jsonl (one line a step), checkpoints/step-N/,
+adapter/, loss.png.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -32,12 +29,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from gt_ext.atomic import atomic_write_text
 from gt_ext.errors import GtExtError
-from gt_ext.train import losses
+from gt_ext.train import checkpoint, losses
 from gt_ext.train.config import TrainConfig
 from gt_ext.train.data import BatchLoader, Item, batch_tokens, fixed_batches
-from gt_ext.train.lora import load_adapter_weights, save_adapter, trainable_parameters
+from gt_ext.train.lora import save_adapter, trainable_parameters
+from gt_ext.train.runfolder import ADAPTER, PLOT, MetricsLog, plot_losses
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +51,8 @@ class TrainResult:
     val_loss_end: float | None
     tokens_per_s: float
     nonfinite_steps: int = 0
+    peak_memory_mb: float = 0.0
+    peak_memory_kind: str = ""
     message: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -71,18 +70,13 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     return f
 
 
-def _rng_state() -> dict[str, Any]:
-    import numpy as np
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """(peak MiB, what was measured): CUDA's peak allocated memory, or this process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    import resource
 
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import numpy as np
-
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"
 
 
 class Trainer:
@@ -110,8 +104,12 @@ class Trainer:
         self.params = trainable_parameters(model)
         if not self.params:
             raise GtExtError("model has no trainable parameters (expected a LoRA adapter)")
+        self.device = self.params[0].device
         o = cfg.optim
-        self.opt = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        # CUDA: the fused AdamW kernel (one launch for all adapter tensors); CPU: the default.
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        self.opt = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
+                                     **fused)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
         self.step = 0
         self.nonfinite_total = 0
@@ -123,11 +121,11 @@ class Trainer:
     # -- paths --------------------------------------------------------------------------------------
     @property
     def ckpt_root(self) -> Path:
-        return self.run_dir / "checkpoints"
+        return checkpoint.checkpoints_dir(self.run_dir)
 
     @property
-    def metrics_path(self) -> Path:
-        return self.run_dir / "metrics.jsonl"
+    def metrics(self) -> MetricsLog:
+        return MetricsLog(self.run_dir)
 
     # -- loss of one step ---------------------------------------------------------------------------
     def _ref_for(self, batch: dict[str, Any]) -> torch.Tensor | None:
@@ -146,26 +144,28 @@ class Trainer:
                 cache[idx] = ref[2 * k : 2 * k + 2]
         self.ref_cache = cache
 
-    def _micro_losses(self, micro: list[dict[str, Any]]) -> tuple[float, dict[str, float]]:
-        """Forward + backward over a step's micro-batches; returns (step loss, extra metrics)."""
-        extra: dict[str, float] = {}
+    def _micro_losses(self, micro: list[dict[str, Any]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward + backward over a step's micro-batches; returns (step loss, extra metrics) as
+        device scalars: nothing here waits for the device (the step reads them once, at its end)."""
+        extra: dict[str, torch.Tensor] = {}
         if self.cfg.mode == "sft":
             # Normalise by the step's total assistant tokens: the sum of micro-batch gradients is
             # then exactly the gradient of the mean over the step (no bias from uneven batches).
+            # Counted on the host batches, so it costs no device sync.
             total = sum(int((b["targets"] != -100).sum()) for b in micro)
-            value = 0.0
+            value = torch.zeros((), device=self.device)
             for b in micro:
                 s, _ = losses.sft_loss_sum(self.model, b)
                 (s / total).backward()
-                value += float(s.detach())
+                value += s.detach()
             return value / total, extra
         pairs = sum(b["n_examples"] // 2 for b in micro)
-        value = 0.0
+        value = torch.zeros((), device=self.device)
         for b in micro:
             loss, m = losses.dpo_batch_loss(self.model, b, self.cfg.dpo.beta, ref=self._ref_for(b))
             w = (b["n_examples"] // 2) / pairs
             (loss * w).backward()
-            value += float(loss.detach()) * w
+            value += loss.detach() * w
             for k, v in m.items():
                 extra[k] = extra.get(k, 0.0) + v * w
         return value, extra
@@ -177,77 +177,42 @@ class Trainer:
             return None
         was_training = self.model.training
         self.model.eval()
-        num, den = 0.0, 0
+        num, den = torch.zeros((), dtype=torch.float64, device=self.device), 0
         for b in self.val_batches:
             if self.cfg.mode == "sft":
                 s, n = losses.sft_loss_sum(self.model, b)
-                num, den = num + float(s), den + n
+                num, den = num + s.double(), den + n
             else:
                 loss, _ = losses.dpo_batch_loss(self.model, b, self.cfg.dpo.beta)
                 n = b["n_examples"] // 2
-                num, den = num + float(loss) * n, den + n
+                num, den = num + loss.double() * n, den + n
         self.model.train(was_training)
-        return num / max(den, 1)
+        return float(num) / max(den, 1)
 
-    # -- checkpoints --------------------------------------------------------------------------------
+    # -- checkpoints (format: gt_ext.train.checkpoint) --------------------------------------------
     def save_checkpoint(self) -> Path:
-        """Write checkpoints/step-N atomically (temp folder + rename); keep the newest K."""
-        self.ckpt_root.mkdir(parents=True, exist_ok=True)
-        final = self.ckpt_root / f"step-{self.step}"
-        tmp = Path(tempfile.mkdtemp(prefix=f".step-{self.step}.", dir=self.ckpt_root))
-        try:
-            save_adapter(self.model, tmp / "adapter")
-            torch.save(
-                {
-                    "step": self.step,
-                    "optimizer": self.opt.state_dict(),
-                    "scheduler": self.sched.state_dict(),
-                    "rng": _rng_state(),
-                    "data": self.loader.state_dict(),
-                    "nonfinite_total": self.nonfinite_total,
-                    "nonfinite_run": self.nonfinite_run,
-                },
-                tmp / "trainer.pt",
-            )
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        for old in self.checkpoints()[: -self.cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-        log.info("checkpoint %s", final)
-        return final
+        """Write checkpoints/step-N (atomic); keep the newest `keep_checkpoints`."""
+        state = checkpoint.TrainerState(
+            step=self.step, optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
+            data=self.loader.state_dict(), nonfinite_total=self.nonfinite_total, nonfinite_run=self.nonfinite_run)
+        return checkpoint.save(self.run_dir, self.model, state, self.cfg.keep_checkpoints)
 
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
-        if not self.ckpt_root.is_dir():
-            return []
-        found = [p for p in self.ckpt_root.glob("step-*") if (p / "trainer.pt").is_file()]
-        return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+        return checkpoint.list_checkpoints(self.run_dir)
 
     def load_checkpoint(self, path: Path) -> None:
-        """Restore adapter, optimizer, scheduler, RNG and data position from a checkpoint folder."""
-        state = torch.load(path / "trainer.pt", weights_only=False)
-        load_adapter_weights(self.model, path / "adapter")
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
-        self.loader.load_state_dict(state["data"])
-        _set_rng_state(state["rng"])
-        self.step = int(state["step"])
-        self.nonfinite_total = int(state["nonfinite_total"])
-        self.nonfinite_run = int(state["nonfinite_run"])
-
-    # -- metrics ------------------------------------------------------------------------------------
-    def _read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.is_file():
-            return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
-
-    def _log(self, rec: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
+        """Restore adapter, optimizer, scheduler, RNG and data position from a checkpoint folder
+        (also one a swarm peer wrote: its data order, seeded per peer, is kept)."""
+        state = checkpoint.load(path, self.model)
+        self.opt.load_state_dict(state.optimizer)
+        if state.scheduler is not None:
+            self.sched.load_state_dict(state.scheduler)
+        self.loader.seed = int(state.data.get("seed", self.loader.seed))
+        self.loader.load_state_dict(state.data)
+        self.step = state.step
+        self.nonfinite_total = state.nonfinite_total
+        self.nonfinite_run = state.nonfinite_run
 
     # -- the loop -----------------------------------------------------------------------------------
     def train(self, resume: bool = False) -> TrainResult:
@@ -262,8 +227,7 @@ class Trainer:
             ckpt = self.checkpoints()[-1]
             self.load_checkpoint(ckpt)
             # Forget metrics written after the checkpoint: those steps run again.
-            history = [r for r in self._read_metrics() if r.get("step", 0) <= self.step]
-            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+            history = self.metrics.keep_until(self.step)
             val_start = next((r["val_loss"] for r in history if r.get("step") == 0 and "val_loss" in r), None)
             log.info("resumed from %s", ckpt)
         else:
@@ -271,10 +235,10 @@ class Trainer:
                 log.warning("--resume: no checkpoint in %s, starting fresh", self.ckpt_root)
             torch.manual_seed(cfg.seed)
             random.seed(cfg.seed)
-            atomic_write_text(self.metrics_path, "")
+            self.metrics.reset()
             val_start = self.evaluate()
             rec = {"step": 0, "val_loss": val_start}
-            self._log(rec)
+            self.metrics.append(rec)
             history.append(rec)
         if cfg.mode == "dpo" and cfg.dpo.precompute_ref and self.ref_cache is None:
             self.precompute_reference()
@@ -290,9 +254,15 @@ class Trainer:
                 t0 = time.perf_counter()
                 micro = [self.loader.next_batch() for _ in range(cfg.optim.grad_accum)]
                 ntok = sum(batch_tokens(b) for b in micro)
-                loss, extra = self._micro_losses(micro)
+                loss_t, extra_t = self._micro_losses(micro)
                 max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-                gnorm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+                gnorm_t = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+                # The one host sync of the step: loss, gradient norm and extra metrics together.
+                names = list(extra_t)
+                values = torch.stack([loss_t.float(), gnorm_t.float().to(loss_t.device),
+                                      *[torch.as_tensor(extra_t[k], device=loss_t.device).float() for k in names]])
+                loss, gnorm, *rest = values.tolist()
+                extra = dict(zip(names, rest, strict=True))
                 lr = self.sched.get_last_lr()[0]
                 finite = math.isfinite(loss) and math.isfinite(gnorm)
                 if finite:
@@ -326,7 +296,7 @@ class Trainer:
                 last = self.step == cfg.max_steps
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
                     rec["val_loss"] = self.evaluate()
-                self._log(rec)
+                self.metrics.append(rec)
                 history.append(rec)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{ntok / dt:.0f}")
@@ -351,18 +321,19 @@ class Trainer:
                     log.info(message)
                     rec_eval = self.evaluate()
                     history.append({"step": self.step, "val_loss": rec_eval})
-                    self._log({"step": self.step, "val_loss": rec_eval, "time_limit": True})
+                    self.metrics.append({"step": self.step, "val_loss": rec_eval, "time_limit": True})
                     self.save_checkpoint()
                     break
         finally:
             bar.close()
         if status == "done":
             self.save_checkpoint()
-            save_adapter(self.model, self.run_dir / "adapter")
+            save_adapter(self.model, self.run_dir / ADAPTER)
         elapsed = time.perf_counter() - started
         self.train_seconds = (elapsed, time.process_time() - cpu_started)
+        peak_mb, peak_kind = peak_memory_mb(self.device)
         vals = [r["val_loss"] for r in history if r.get("val_loss") is not None]
-        plot_losses(history, self.run_dir / "loss.png")
+        plot_losses(history, self.run_dir / PLOT)
         return TrainResult(
             status=status,
             steps=self.step,
@@ -372,32 +343,7 @@ class Trainer:
             nonfinite_steps=self.nonfinite_total,
             message=message,
             history=history,
+            peak_memory_mb=peak_mb,
+            peak_memory_kind=peak_kind,
         )
 
-
-def plot_losses(history: list[dict[str, Any]], path: Path) -> None:
-    """Train loss per step and validation loss points, as a PNG (written atomically)."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from gt_ext.atomic import atomic_write_bytes
-
-    tr = [(r["step"], r["loss"]) for r in history if r.get("loss") is not None]
-    va = [(r["step"], r["val_loss"]) for r in history if r.get("val_loss") is not None]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if tr:
-        ax.plot(*zip(*tr, strict=True), label="train", lw=1)
-    if va:
-        ax.plot(*zip(*va, strict=True), "o-", label="val")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())

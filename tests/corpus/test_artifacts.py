@@ -208,8 +208,8 @@ def test_reversion_waits_in_the_review_queue_and_release_applies_it(tmp_path, ca
     it makes the old version current again, so sessions recorded under it are no longer stale and
     those recorded under the replaced version are."""
     from gt_ext.cli import main
-    from gt_ext.corpus.export import convention_timelines, stale_reason
-    from gt_ext.corpus.store import Example
+    from gt_ext.corpus.shards import convention_timelines, stale_reason
+    from gt_ext.corpus.store import StoredExample as Example
 
     town = _town(tmp_path)
     f = town / "demo" / "witness" / "CLAUDE.md"

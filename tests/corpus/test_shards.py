@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from gt_ext.corpus.export import export_corpus, verify_export
 from gt_ext.corpus.ingest import Ingestor, Source, Tags
 from gt_ext.corpus.planted import secrets_and_decoys
 from gt_ext.corpus.sample_town import generate, ingest_sessions
 from gt_ext.corpus.scrub import Scrubber
+from gt_ext.corpus.shards import verify_shards, write_shards
 from gt_ext.corpus.store import Store
 from gt_ext.errors import GtExtError
 
@@ -25,10 +25,10 @@ def _all_text(out):
 
 
 def test_layout_manifest_and_determinism(sample_store, tmp_path):
-    m1 = export_corpus(sample_store, tmp_path / "a", all_rigs=True)
-    m2 = export_corpus(sample_store, tmp_path / "b", all_rigs=True)
+    m1 = write_shards(sample_store, tmp_path / "a", all_rigs=True)
+    m2 = write_shards(sample_store, tmp_path / "b", all_rigs=True)
     assert m1["corpus_hash"] == m2["corpus_hash"] and m1["files"] == m2["files"]
-    assert verify_export(tmp_path / "a")["corpus_hash"] == m1["corpus_hash"]
+    assert verify_shards(tmp_path / "a")["corpus_hash"] == m1["corpus_hash"]
     assert "sft/witness/patrol/train.jsonl" in m1["files"]
     rec = json.loads((tmp_path / "a" / "sft/witness/patrol/train.jsonl").read_text().splitlines()[0])
     assert set(rec) == {"id", "role", "task", "messages", "provenance"}
@@ -47,18 +47,18 @@ def test_layout_manifest_and_determinism(sample_store, tmp_path):
     f = tmp_path / "a" / "sft/witness/patrol/train.jsonl"
     f.write_text(f.read_text() + "\n")
     with pytest.raises(GtExtError, match="hash differs"):
-        verify_export(tmp_path / "a")
+        verify_shards(tmp_path / "a")
 
 
 def test_refuses_to_clobber(sample_store, tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "mine.txt").write_text("keep")
     with pytest.raises(GtExtError, match="not a corpus export"):
-        export_corpus(sample_store, tmp_path / "x")
-    export_corpus(sample_store, tmp_path / "y")
+        write_shards(sample_store, tmp_path / "x")
+    write_shards(sample_store, tmp_path / "y")
     with pytest.raises(GtExtError, match="--overwrite"):
-        export_corpus(sample_store, tmp_path / "y")
-    export_corpus(sample_store, tmp_path / "y", overwrite=True)
+        write_shards(sample_store, tmp_path / "y")
+    write_shards(sample_store, tmp_path / "y", overwrite=True)
 
 
 def test_planted_secrets_never_reach_an_export(tmp_path):
@@ -73,7 +73,7 @@ def test_planted_secrets_never_reach_an_export(tmp_path):
                     {"role": "assistant", "content": f"The {kind} setting is in place and the check passed."}]
             ing.ingest(msgs, Tags(role="crew", outcome="success", session=f"s{i}"), Source("curated", f"k{i}", f"h{i}"))
     out = tmp_path / "out"
-    export_corpus(st, out, val_pct=0)
+    write_shards(st, out, val_pct=0)
     text = _all_text(out)
     assert text.count('"role": "crew"') >= len(secrets) * 0.8
     for kind, _line, value in secrets:
@@ -101,25 +101,25 @@ def _share(tmp_path, rig, value):
 def test_rig_local_by_default_and_sharing_is_each_rigs_own_opt_in(tmp_path):
     st = _rig_store(tmp_path)
     out = tmp_path / "o1"
-    m = export_corpus(st, out, rig="alpha", val_pct=0)
+    m = write_shards(st, out, rig="alpha", val_pct=0)
     text = _all_text(out)
     assert "alpha" in text and "the town" in text and "beta" not in text and "gamma" not in text
     assert m["scope"] == "rig alpha" and m["rigs"] == ["alpha"]
     # The default (no rig: a town-level job) takes no rig's examples at all.
-    m = export_corpus(st, out, val_pct=0, overwrite=True)
+    m = write_shards(st, out, val_pct=0, overwrite=True)
     assert "the town" in _all_text(out) and m["rigs"] == [] and m["scope"] == "town-level"
     # A rig opts in in its own settings; another rig's `false`, or a town-level list, is not an opt-in.
     _share(tmp_path, "beta", True)
     _share(tmp_path, "gamma", False)
     (tmp_path / "town" / "settings").mkdir(exist_ok=True)
     (tmp_path / "town" / "settings" / "gt-ext.json").write_text(json.dumps({"corpus": {"share": ["gamma"]}}))
-    m = export_corpus(st, out, rig="alpha", val_pct=0, overwrite=True)
+    m = write_shards(st, out, rig="alpha", val_pct=0, overwrite=True)
     assert m["rigs"] == ["alpha", "beta"]
-    assert export_corpus(st, out, val_pct=0, overwrite=True)["rigs"] == ["beta"]
-    assert export_corpus(st, out, val_pct=0, overwrite=True, all_rigs=True)["rigs"] == ["alpha", "beta", "gamma"]
+    assert write_shards(st, out, val_pct=0, overwrite=True)["rigs"] == ["beta"]
+    assert write_shards(st, out, val_pct=0, overwrite=True, all_rigs=True)["rigs"] == ["alpha", "beta", "gamma"]
     _share(tmp_path, "gamma", "yes")
     with pytest.raises(GtExtError, match=r"gamma/settings/gt-ext.json: corpus.share must be true or false"):
-        export_corpus(st, out, val_pct=0, overwrite=True)
+        write_shards(st, out, val_pct=0, overwrite=True)
 
 
 def test_role_out_of_scope_says_where_its_examples_are(tmp_path):
@@ -130,8 +130,8 @@ def test_role_out_of_scope_says_where_its_examples_are(tmp_path):
                     {"role": "assistant", "content": "Rebased and merged the two waiting branches of alpha."}],
                    Tags(role="refinery", rig="alpha", outcome="success"), Source("curated", "r", "r"))
     with pytest.raises(GtExtError, match=r"no refinery examples in scope town-level \(its examples are in: alpha 1\)"):
-        export_corpus(st, tmp_path / "o", role="refinery")
-    m = export_corpus(st, tmp_path / "o", role="refinery", rig="alpha", val_pct=0)
+        write_shards(st, tmp_path / "o", role="refinery")
+    m = write_shards(st, tmp_path / "o", role="refinery", rig="alpha", val_pct=0)
     assert m["counts"]["sft"] == {"refinery": {"general": {"train": 1, "val": 0}}} and m["role"] == "refinery"
 
 
@@ -170,21 +170,21 @@ def test_sessions_under_a_superseded_convention(tmp_path, monkeypatch):
         _session(ing, 101, "2026-05-29T10:00:00Z", role="polecat")  # a role the rules are not for
         _session(ing, 102, "2026-06-10T10:00:00Z")  # recorded after the change
     # No version was replaced yet: nothing is stale.
-    assert export_corpus(st, tmp_path / "o", rig="alpha", all_rigs=False, val_pct=0)["stale_sessions"]["stale"] == 0
+    assert write_shards(st, tmp_path / "o", rig="alpha", all_rigs=False, val_pct=0)["stale_sessions"]["stale"] == 0
     monkeypatch.setattr(artifacts, "REVERT_WINDOW_S", 0)
     assert version("# Witness rules\nNudge idle polecats after 20 minutes of silence; escalate after 3.\n",
                    t0 + 10 * 86400) == "new"
     ids = lambda out: {json.loads(line)["provenance"]["session"] for line in _all_text(out).splitlines() if line}  # noqa: E731
-    m = export_corpus(st, tmp_path / "o", all_rigs=True, val_pct=0, overwrite=True)
+    m = write_shards(st, tmp_path / "o", all_rigs=True, val_pct=0, overwrite=True)
     assert m["stale_sessions"] == {"policy": "drop", "stale": 40, "exported": 0,
                                    "conventions": {"alpha:alpha/witness/CLAUDE.md": 40}}
     assert {"s100", "s101", "s102"} <= ids(tmp_path / "o") and "s0" not in ids(tmp_path / "o")
-    m = export_corpus(st, tmp_path / "o", all_rigs=True, val_pct=0, overwrite=True, stale="keep")
+    m = write_shards(st, tmp_path / "o", all_rigs=True, val_pct=0, overwrite=True, stale="keep")
     assert m["stale_sessions"]["exported"] == 40 and "s0" in ids(tmp_path / "o")
-    m = export_corpus(st, tmp_path / "o", all_rigs=True, val_pct=0, overwrite=True, stale="weight=0.25")
+    m = write_shards(st, tmp_path / "o", all_rigs=True, val_pct=0, overwrite=True, stale="weight=0.25")
     kept = m["stale_sessions"]["exported"]
     assert 4 <= kept <= 18 and len([s for s in ids(tmp_path / "o") if s[1:].isdigit() and int(s[1:]) < 40]) == kept
-    assert export_corpus(st, tmp_path / "p", all_rigs=True, val_pct=0, stale="weight=0.25")["files"] == m["files"]
+    assert write_shards(st, tmp_path / "p", all_rigs=True, val_pct=0, stale="weight=0.25")["files"] == m["files"]
     for bad in ("weight=0", "weight=1.5", "half", "weight=x"):
         with pytest.raises(GtExtError, match="--stale-sessions must be drop, keep or weight=W"):
-            export_corpus(st, tmp_path / "q", stale=bad)
+            write_shards(st, tmp_path / "q", stale=bad)
