@@ -42,7 +42,7 @@ def test_deploy_and_rollback_seen_by_real_gt(make_town, make_export, gt_bin, mon
     for role in ("deacon", "witness"):
         assert main(["model", "register", str(make_export(role))]) == 0
     # deacon: a full run of builtin:deacon passed its gate; witness: none, so only forced, with a reason.
-    from conftest import eval_result
+    from gate_results import eval_result
 
     from gt_ext.registry import Registry
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import eval_result
+from gate_results import eval_result
 
 from gt_ext.errors import GtExtError
 from gt_ext.registry import READY_PROMPT, Registry
@@ -155,7 +155,7 @@ def test_eval_file_in_registered_folder_is_checked_against_its_hashes(registry: 
                                                                       town_dir: Path) -> None:
     """An eval-*.json found in an export folder at register time counts only when the model files
     it names are this version's files, byte for byte."""
-    from gt_ext.registry.artifacts import sha256_file
+    from gt_ext.digest import sha256_file
 
     src = make_export("deacon")
     files = {rel: sha256_file(src / rel) for rel in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json")}
@@ -307,7 +307,7 @@ def test_table_from_an_earlier_release_gets_the_new_column(tmp_path: Path) -> No
     """A registry.sqlite made before `eval_runs` existed opens, gains the column, and keeps its rows."""
     import sqlite3
 
-    from gt_ext.registry.store import SqliteStore
+    from gt_ext.registry.db import SqliteStore
 
     db = tmp_path / "registry.sqlite"
     con = sqlite3.connect(db)
