@@ -10,11 +10,15 @@ from gt_ext.rag.retrieve import decision_budget, role_budget
 LIMIT = 3000
 
 
-@pytest.mark.parametrize("role", ROLES)
-def test_decision_prompt_plus_rag_budget_fits_3k(role):
+@pytest.fixture(scope="module")
+def tok():
     from gt_ext.models import load_tokenizer
 
-    tok = load_tokenizer("smollm2-135m-instruct")
+    return load_tokenizer("smollm2-135m-instruct")
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_decision_prompt_plus_rag_budget_fits_3k(role, tok):
     st = suite_mod.load(f"builtin:{role}-patrol")
     longest = 0
     for t in st.tasks:
