@@ -91,9 +91,12 @@ class Agent:
         if not self.rag:
             return ""
         try:
-            from gt_ext.rag.retrieve import context_for
+            from gt_ext.rag.retrieve import context_for, decision_budget
 
-            return context_for(prompt, self.env.role, rig=self.env.rig or None, town=self.env.root or None)
+            # The prompt, its context and the answer stay within the decision limit (3K tokens).
+            budget = decision_budget(self.env.role, self.gen.count_tokens(prompt), self.params.max_new_tokens)
+            return context_for(prompt, self.env.role, rig=self.env.rig or None, town=self.env.root or None,
+                               budget_tokens=budget)
         except Exception as e:  # RAG is an aid: a missing index must not break the agent
             log.warning("rag context unavailable: %s", e.__class__.__name__)
             return ""
