@@ -16,7 +16,6 @@ The hooks only spool (see `gt_ext.corpus.spool`); `gt-ext corpus process` does t
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
