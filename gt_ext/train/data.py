@@ -9,6 +9,7 @@ Public API (stable; the swarm loop builds on it):
     BatchLoader(items, batch_size, pack, pack_length, seed, pad_id)  # endless, .state_dict()/.load_state_dict()
     fixed_batches(items, batch_size, pack, pack_length, pad_id) -> list[Batch]   # validation, no shuffle
     collate(rows, pad_id) -> Batch
+    block_causal_mask(example_index) -> [B, 1, T, T] bool           # the mask a Batch carries
 
 An `Example` holds `input_ids` and already-shifted `targets` (targets[t] is the token to predict
 after position t, -100 where no loss), so packing several examples into one row never makes the
@@ -252,6 +253,16 @@ def load_items(
 # ---------------------------------------------------------------------------------------------------
 
 
+def block_causal_mask(example_index: torch.Tensor) -> torch.Tensor:
+    """Block-diagonal causal mask [B, 1, T, T] from example ids [B, T]: query q sees key j iff
+    j <= q and both belong to the same example. Padding is "example -1": it sees only padding,
+    and nobody sees it. (Pipeline stages rebuild the mask from the ids they receive.)"""
+    T = example_index.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=example_index.device).tril()
+    same = example_index[:, :, None] == example_index[:, None, :]
+    return (same & causal)[:, None]
+
+
 def collate(
     rows: list[list[Example]], pad_id: int, item_ids: list[str] | None = None, item_index: list[int] | None = None
 ) -> dict[str, Any]:
@@ -275,16 +286,11 @@ def collate(
             t += n
         # Padding positions are irrelevant: the mask below keeps padding out of every example.
         position_ids[b, t:] = torch.arange(T - t)
-    # Block-diagonal causal mask [B, 1, T, T]: query q sees key j iff j <= q and same example.
-    # Padding is "example -1": it sees only padding, and nobody sees it.
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    same = example_index[:, :, None] == example_index[:, None, :]
-    mask = (same & causal)[:, None]
     return {
         "input_ids": input_ids,
         "targets": targets,
         "position_ids": position_ids,
-        "attention_mask": mask,
+        "attention_mask": block_causal_mask(example_index),
         "example_index": example_index,
         "n_examples": k,
         "item_ids": list(item_ids or []),
