@@ -58,15 +58,15 @@ class PeakRSS:
 
 def witness_items(tok, n: int, max_length: int):
     """Rendered witness SFT items from the sample town (train split), the first n."""
-    from gt_ext.corpus.export import export_corpus
     from gt_ext.corpus.sample_town import generate, ingest_sessions
+    from gt_ext.corpus.shards import write_shards
     from gt_ext.corpus.store import Store
     from gt_ext.train.data import load_items
 
     with tempfile.TemporaryDirectory() as d:
         st = Store.open(Path(d) / "c")
         ingest_sessions(st, generate(0, witness=60, per_role=2))
-        export_corpus(st, Path(d) / "out", val_pct=10)
+        write_shards(st, Path(d) / "out", val_pct=10)
         items, _ = load_items(Path(d) / "out", "sft", "witness", None, "train", tok, max_length, limit=n)
     return items
 

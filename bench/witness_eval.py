@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gt_ext.corpus.export import export_corpus  # noqa: E402
 from gt_ext.corpus.sample_town import generate, ingest_sessions  # noqa: E402
+from gt_ext.corpus.shards import write_shards  # noqa: E402
 from gt_ext.corpus.store import Store  # noqa: E402
 from gt_ext.evals import runner  # noqa: E402
 from gt_ext.train.run import prepare, run_training  # noqa: E402
@@ -44,7 +44,7 @@ def build_corpus(out: Path, seed: int) -> Path:
         return corpus
     with Store.open(out / "store") as st:
         ingest_sessions(st, generate(seed=seed, reports=REPORTS))
-        export_corpus(st, corpus)
+        write_shards(st, corpus)
     return corpus
 
 

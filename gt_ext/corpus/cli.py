@@ -235,10 +235,10 @@ def export(out: Annotated[Path, typer.Option("--out", help="Folder to write (man
            if_missing: Annotated[bool, typer.Option(help="Keep an existing export in --out (formulas given a corpus_path).")] = False,
            as_json: JsonOpt = False) -> None:
     """Write SFT and DPO shards with a manifest (counts, file hashes, one corpus hash)."""
-    from gt_ext.corpus.export import export_corpus
+    from gt_ext.corpus.shards import MANIFEST, read_manifest, write_shards
 
-    if if_missing and (out / "manifest.json").is_file():
-        m = json.loads((out / "manifest.json").read_text())
+    if if_missing and (out / MANIFEST).is_file():
+        m = read_manifest(out)
         if as_json:
             _print_json(m)
         else:
@@ -246,7 +246,7 @@ def export(out: Annotated[Path, typer.Option("--out", help="Folder to write (man
         return
 
     with _store() as st:
-        m = export_corpus(st, out, rig=rig, val_pct=val_pct, overwrite=overwrite)
+        m = write_shards(st, out, rig=rig, val_pct=val_pct, overwrite=overwrite)
     if as_json:
         _print_json(m)
         return

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import subprocess
@@ -41,7 +40,10 @@ from gt_ext.corpus.tags import (
     role_from_actor,
     task_from_issue,
 )
+from gt_ext.digest import sha256_file
 from gt_ext.errors import GtExtError
+from gt_ext.gastown.events import town_events
+from gt_ext.gastown.town import Town
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +60,6 @@ def claude_projects_dir() -> Path:
     if os.environ.get("CLAUDE_CONFIG_DIR"):
         return Path(os.environ["CLAUDE_CONFIG_DIR"]) / "projects"
     return Path.home() / ".claude" / "projects"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -116,23 +110,6 @@ def process_lock(store: Store, wait_s: float = 120.0) -> Iterator[None]:
 
 
 # --- finding the sessions that worked a bead ----------------------------------------------------
-def _read_events(town_root: Path | None) -> list[dict]:
-    if town_root is None:
-        return []
-    p = town_root / ".events.jsonl"
-    if not p.is_file():
-        return []
-    out = []
-    for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            e = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line while gt appends
-        if isinstance(e, dict):
-            out.append(e)
-    return out
-
-
 def find_transcript(session_id: str, projects: Path, cwd: str | None = None) -> Path | None:
     """Claude's transcript of `session_id`: ``<projects>/<cwd with / as ->/<id>.jsonl``, else any
     project folder holding that file name."""
@@ -193,7 +170,7 @@ def sessions_for_bead(issue: dict[str, Any], town_root: Path | None, projects: P
     transcript}; `attempt` is that session's own outcome when the events tell it (`attempt_outcome`)."""
     bead = issue.get("id")
     actors = {a for a in (issue.get("assignee"),) if a}
-    events = _read_events(town_root)
+    events = town_events(town_root)
     for e in events:
         p = e.get("payload") or {}
         if p.get("bead") == bead and e.get("type") in ("sling", "hook"):
@@ -211,12 +188,10 @@ def sessions_for_bead(issue: dict[str, Any], town_root: Path | None, projects: P
                                       "role": p.get("role"),
                                       "attempt": attempt_outcome(_session_window(events, i), str(bead))}
     if town_root is not None:
+        town = Town(Path(town_root))
         for a in actors:
-            sid_file = town_root / a / ".runtime" / "session_id"
-            if sid_file.is_file():
-                sid = sid_file.read_text().strip()
-                if sid:
-                    found.setdefault(sid, {"session": sid, "actor": a, "cwd": str(town_root / a), "role": None})
+            if sid := town.session_id_of(a):
+                found.setdefault(sid, {"session": sid, "actor": a, "cwd": str(town_root / a), "role": None})
     meta = issue.get("metadata") if isinstance(issue.get("metadata"), dict) else {}
     for key in ("session_id", "claude_session_id"):
         if meta.get(key):
@@ -244,7 +219,7 @@ def ingest_transcript(ing: Ingestor, path: Path, tags: Tags, report: ProcessRepo
     """Parse and store one agent transcript, a Claude Code transcript or a pi session file (told
     apart by the first line: pi's starts with its session header); a malformed one is quarantined
     with its error."""
-    h = file_sha256(path)
+    h = sha256_file(path)
     header = pi_header(path)
     if header is not None:
         src = Source("pi-jsonl", f"pi:{tags.session or header['id']}", h, group=tags.user or tags.rig)
@@ -352,7 +327,7 @@ def _process_locked(store: Store, town_root: Path | None, projects: Path | None,
     projects = projects or claude_projects_dir()
     report = ProcessReport()
     ing = Ingestor(store)
-    entries = list(spool.read_events(store.spool_dir))
+    entries = list(spool.entries(store.spool_dir))
     # Claude's Stop fires every turn: only the newest stop event of a session needs parsing.
     last_stop: dict[str, str] = {}
     for sid, _p, ev, _err in entries:
@@ -397,7 +372,7 @@ def _process_locked(store: Store, town_root: Path | None, projects: Path | None,
 def session_index(town_root: Path | None) -> dict[str, dict[str, Any]]:
     """session id -> {actor, role, cwd} from the town's `session_start` events."""
     out: dict[str, dict[str, Any]] = {}
-    for e in _read_events(town_root):
+    for e in town_events(town_root):
         p = e.get("payload") or {}
         if e.get("type") == "session_start" and p.get("session_id"):
             out[p["session_id"]] = {"actor": e.get("actor"), "role": p.get("role"), "cwd": p.get("cwd")}
@@ -482,7 +457,7 @@ def add_files(store: Store, paths: list[Path], role: str | None = None, task: st
     parsed: list[tuple[Path, list[ParsedSession], str]] = []
     for p in paths:
         p = Path(p)
-        parsed.append((p, parse_chat_file(p), file_sha256(p) if p.is_file() else ""))
+        parsed.append((p, parse_chat_file(p), sha256_file(p) if p.is_file() else ""))
     report = ProcessReport()
     with process_lock(store):
         ing = Ingestor(store)

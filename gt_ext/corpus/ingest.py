@@ -12,13 +12,12 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from gt_ext.corpus import gates
 from gt_ext.corpus.format import example_id, sha256_text
 from gt_ext.corpus.scrub import Scrubber, default_scrubber
-from gt_ext.corpus.store import Example, Store
-from gt_ext.corpus.tags import check_role_tag, system_prompt, task_from_content
+from gt_ext.corpus.store import Store, StoredExample
+from gt_ext.corpus.tags import Tags, check_role_tag, system_prompt, task_from_content
 
 log = logging.getLogger(__name__)
 
@@ -34,31 +33,6 @@ class Source:
     key: str
     hash: str
     group: str | None = None
-
-
-@dataclass
-class Tags:
-    """What we know about the session: all optional."""
-
-    role: str | None = None
-    task: str | None = None
-    rig: str | None = None
-    bead: str | None = None
-    session: str | None = None
-    user: str | None = None
-    time: str | None = None
-    outcome: str = "unknown"
-    artifact_key: str | None = None
-
-    def merged(self, other: dict[str, Any] | None) -> Tags:
-        """Fill blanks from `other` (a stored bead link); own values win."""
-        if not other:
-            return self
-        d = self.__dict__.copy()
-        for k, v in other.items():
-            if k in d and v and (d[k] in (None, "", "unknown")):
-                d[k] = v
-        return Tags(**d)
 
 
 @dataclass
@@ -173,11 +147,10 @@ class Ingestor:
             if n >= gates.source_cap(st.count(status="active")):
                 status, reason = "rejected", "per-source cap reached"
         task = tags.task or task_from_content(clean, role)
-        ex = Example(id=ex_id, source=source.kind, source_key=source.key, source_hash=source.hash, messages=clean,
-                     role=role, task=task, rig=tags.rig, bead=tags.bead, session=tags.session, user=tags.user,
-                     time=tags.time, outcome=tags.outcome, label=label, status=status, reason=reason,
-                     findings=findings, minhash=sig, artifact_key=tags.artifact_key, batch=self.batch,
-                     grp=source.group, created=time.time())
+        ex = StoredExample(**(tags.to_dict() | {"role": role, "task": task}),
+                           id=ex_id, source=source.kind, source_key=source.key, source_hash=source.hash,
+                           messages=clean, label=label, status=status, reason=reason, findings=findings,
+                           minhash=sig, batch=self.batch, grp=source.group, created=time.time())
         st.insert(ex)
         if status == "active":
             st.lsh_add(ex_id, buckets)
@@ -211,10 +184,10 @@ class Ingestor:
         """Quarantine a source that could not be parsed (no content kept, only the reason)."""
         tags = tags or Tags()
         ex_id = "unparsed-" + sha256_text(source.key + "\0" + source.hash)[:40]
-        ex = Example(id=ex_id, source=source.kind, source_key=source.key, source_hash=source.hash, messages=None,
-                     role=check_role_tag(tags.role), task=tags.task, rig=tags.rig, bead=tags.bead,
-                     session=tags.session, status="quarantined", reason=reason, batch=self.batch,
-                     grp=source.group, created=time.time())
+        ex = StoredExample(role=check_role_tag(tags.role), task=tags.task, rig=tags.rig, bead=tags.bead,
+                           session=tags.session, id=ex_id, source=source.kind, source_key=source.key,
+                           source_hash=source.hash, messages=None, status="quarantined", reason=reason,
+                           batch=self.batch, grp=source.group, created=time.time())
         if self.store.insert(ex):
             self.total.add("quarantined", ex_id)
         self.store.mark_source(source.key, source.hash)

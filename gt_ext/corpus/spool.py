@@ -64,7 +64,7 @@ def pending(spool_dir: str | os.PathLike) -> list[Path]:
     return sorted(p for p in spool.glob("*.json") if not p.name.startswith("."))
 
 
-def read_events(spool_dir: str | os.PathLike) -> Iterator[tuple[str, Path, dict | None, str | None]]:
+def entries(spool_dir: str | os.PathLike) -> Iterator[tuple[str, Path, dict | None, str | None]]:
     """Yield ``(spool_id, path, event, error)`` for each pending file; unreadable ones carry an error."""
     for p in pending(spool_dir):
         try:

@@ -18,11 +18,13 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from gt_ext.corpus.tags import LINK_FIELDS, Tags
 from gt_ext.errors import GtExtError
+from gt_ext.gastown.town import find_town
 from gt_ext.paths import home_dir
 
 SCHEMA = """
@@ -55,34 +57,22 @@ CREATE INDEX IF NOT EXISTS lsh_idx ON lsh(band, bucket);
 CREATE TABLE IF NOT EXISTS batches(batch TEXT PRIMARY KEY, created REAL NOT NULL, stats TEXT NOT NULL, flags TEXT NOT NULL);
 """
 
-EXAMPLE_COLUMNS = ("id", "role", "task", "rig", "bead", "session", "user", "time", "source", "source_key",
-                   "source_hash", "outcome", "label", "status", "reason", "findings", "messages", "minhash",
-                   "artifact_key", "batch", "grp", "created")
+@dataclass(kw_only=True)
+class StoredExample(Tags):
+    """One stored example (SFT chat): the tag fields (`Tags`) plus its source, content and state.
 
-
-@dataclass
-class Example:
-    """One stored example (SFT chat) with its tags and provenance."""
+    (Not `gt_ext.train.data.Example`, which is one tokenized conversation.)"""
 
     id: str
     source: str
     source_key: str
     source_hash: str
     messages: list[dict[str, str]] | None
-    role: str | None = None
-    task: str | None = None
-    rig: str | None = None
-    bead: str | None = None
-    session: str | None = None
-    user: str | None = None
-    time: str | None = None
-    outcome: str = "unknown"
     label: str = "neutral"
     status: str = "active"
     reason: str | None = None
     findings: list[dict] = field(default_factory=list)
     minhash: list[int] | None = None
-    artifact_key: str | None = None
     batch: str | None = None
     grp: str | None = None
     created: float = 0.0
@@ -96,7 +86,7 @@ class Example:
         return tuple(d[c] for c in EXAMPLE_COLUMNS)
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Example:
+    def from_row(cls, row: sqlite3.Row) -> StoredExample:
         d = dict(row)
         d["findings"] = json.loads(d["findings"] or "[]")
         d["messages"] = None if d["messages"] is None else json.loads(d["messages"])
@@ -116,6 +106,10 @@ class Example:
             "turns": len(self.messages or []), "findings": len(self.findings)}
 
 
+# The `examples` table's columns are the fields of StoredExample (SCHEMA above must name the same).
+EXAMPLE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(StoredExample))
+
+
 def default_store_dir(town_root: str | os.PathLike | None = None) -> Path:
     """``<town>/.corpus`` when a town is given or found, else ``$GT_EXT_HOME/corpus``."""
     if town_root is None:
@@ -126,21 +120,8 @@ def default_store_dir(town_root: str | os.PathLike | None = None) -> Path:
 
 
 def _find_town_root() -> Path | None:
-    try:  # the foundation's town discovery, when it is there
-        from gt_ext.gastown.town import find_town  # type: ignore[import-not-found]
-
-        t = find_town()
-        return Path(t.root) if t is not None else None
-    except ImportError:
-        pass
-    env = os.environ.get("GT_TOWN_ROOT") or os.environ.get("GT_ROOT")
-    if env and (Path(env) / "mayor" / "town.json").exists():
-        return Path(env)
-    p = Path.cwd().resolve()
-    for d in (p, *p.parents):
-        if (d / "mayor" / "town.json").exists():
-            return d
-    return None
+    t = find_town()
+    return Path(t.root) if t is not None else None
 
 
 class Store:
@@ -193,24 +174,24 @@ class Store:
             self.db.execute("COMMIT")
 
     # --- examples ---------------------------------------------------------------------------
-    def insert(self, ex: Example) -> bool:
+    def insert(self, ex: StoredExample) -> bool:
         """Insert one example (inside the caller's transaction); False when its id exists."""
         cur = self.db.execute(
             f"INSERT OR IGNORE INTO examples({','.join(EXAMPLE_COLUMNS)}) VALUES ({','.join('?' * len(EXAMPLE_COLUMNS))})",
             ex.row())
         return cur.rowcount == 1
 
-    def get(self, ex_id: str) -> Example:
+    def get(self, ex_id: str) -> StoredExample:
         """One example by id or unique id prefix; raises when missing or ambiguous."""
         rows = self.db.execute("SELECT * FROM examples WHERE id LIKE ? LIMIT 2", (ex_id + "%",)).fetchall()
         if not rows:
             raise GtExtError(f"no example {ex_id!r} in {self.root}")
         if len(rows) > 1:
             raise GtExtError(f"example id prefix {ex_id!r} is ambiguous in {self.root}")
-        return Example.from_row(rows[0])
+        return StoredExample.from_row(rows[0])
 
     def query(self, status: str | None = "active", role: str | None = None, task: str | None = None,
-              rig: str | None = None, source: str | None = None, limit: int | None = None) -> list[Example]:
+              rig: str | None = None, source: str | None = None, limit: int | None = None) -> list[StoredExample]:
         """Examples filtered by status/role/task/rig/source, oldest first."""
         where, args = [], []
         for col, val in (("status", status), ("role", role), ("task", task), ("rig", rig), ("source", source)):
@@ -220,7 +201,7 @@ class Store:
         sql = "SELECT * FROM examples" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created, id"
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return [Example.from_row(r) for r in self.db.execute(sql, args)]
+        return [StoredExample.from_row(r) for r in self.db.execute(sql, args)]
 
     def count(self, **where: Any) -> int:
         cond = " AND ".join(f"{k} = ?" for k in where) or "1"
@@ -264,9 +245,10 @@ class Store:
     def set_link(self, session: str, **tags: Any) -> None:
         """Remember what a bead close said about a session (inside the caller's transaction)."""
         old = self.link(session) or {}
-        new = {k: tags.get(k) or old.get(k) for k in ("bead", "role", "rig", "task", "outcome", "user")}
-        self.db.execute("INSERT OR REPLACE INTO links VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (session, new["bead"], new["role"], new["rig"], new["task"], new["outcome"], new["user"], time.time()))
+        new = {k: tags.get(k) or old.get(k) for k in LINK_FIELDS}
+        self.db.execute(f"INSERT OR REPLACE INTO links(session, {', '.join(LINK_FIELDS)}, updated) "
+                        f"VALUES (?, {', '.join('?' * len(LINK_FIELDS))}, ?)",
+                        (session, *(new[k] for k in LINK_FIELDS), time.time()))
 
     # --- near-duplicate index ----------------------------------------------------------------
     def lsh_candidates(self, buckets: list[str]) -> set[str]:

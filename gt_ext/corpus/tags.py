@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, fields
 from typing import Any
 
 from gt_ext.corpus.format import parse_tool_calls
@@ -18,6 +19,42 @@ _FAILURE_RE = re.compile(r"(?i)\b(fail(?:ed|ure)?|abandon(?:ed)?|won'?t ?fix|won
                          r"revert(?:ed)?|broke|stuck|timed? ?out|gave up|not done|duplicate)\b")
 _FAILURE_LABELS = {"failed", "failure", "outcome:failure", "outcome:failed", "abandoned", "wontfix", "rejected"}
 _SUCCESS_LABELS = {"success", "outcome:success", "done", "merged"}
+
+
+@dataclass(kw_only=True)
+class Tags:
+    """What is known about where an example came from, all optional: THE tag fields, declared here
+    once. The corpus store's `StoredExample` extends this class (its columns), ingest takes it,
+    bead links keep `LINK_FIELDS` of it."""
+
+    role: str | None = None
+    task: str | None = None
+    rig: str | None = None
+    bead: str | None = None
+    session: str | None = None
+    user: str | None = None
+    time: str | None = None
+    outcome: str = "unknown"
+    artifact_key: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The tag fields only (also of a subclass instance)."""
+        return {f: getattr(self, f) for f in TAG_FIELDS}
+
+    def merged(self, other: dict[str, Any] | None) -> Tags:
+        """Fill blanks from `other` (a stored bead link); own values win."""
+        if not other:
+            return self
+        d = self.to_dict()
+        for k, v in other.items():
+            if k in d and v and (d[k] in (None, "", "unknown")):
+                d[k] = v
+        return Tags(**d)
+
+
+TAG_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Tags))
+# What a bead close tells about a session (the store's `links` table): a subset of the tags.
+LINK_FIELDS: tuple[str, ...] = ("bead", "role", "rig", "task", "outcome", "user")
 
 
 def role_from_actor(actor: str | None) -> str | None:

@@ -36,7 +36,8 @@ def run(
     config: Path | None = typer.Option(None, "--config", help="scoring/gate config YAML laid over the default"),
     corpus: Path | None = typer.Option(None, "--corpus", help="training corpus (export folder or JSONL) for the contamination guard"),
     max_overlap: float | None = typer.Option(None, "--max-overlap", help="refuse tasks whose n-gram overlap with the corpus exceeds this share"),
-    limit: int | None = typer.Option(None, "--limit", help="only the first N tasks (smoke runs)"),
+    limit: int | None = typer.Option(None, "--limit", help="only the first N tasks (a smoke run: recorded as partial, never gates)"),
+    split: str | None = typer.Option(None, "--split", help="dev, heldout or all (default all); one split is a partial run"),
     no_write: bool = typer.Option(False, "--no-write", help="do not write eval-<suite>.json next to the model"),
     as_json: bool = typer.Option(False, "--json", help="print the full result as JSON"),
     gate_exit: bool = typer.Option(True, "--gate-exit/--no-gate-exit",
@@ -48,7 +49,7 @@ def run(
     if k < 1:
         raise GtExtError(f"--k must be >= 1, got {k}")
     res = evaluate(model, suite, k=k, config=config, corpus=corpus, max_overlap=max_overlap,
-                   limit=limit, write=not no_write, progress=not as_json)
+                   limit=limit, split=split, write=not no_write, progress=not as_json)
     d = res.to_dict()
     if as_json:
         print(json.dumps(d, indent=2))
@@ -63,6 +64,12 @@ def _print_result(d: dict[str, Any], written_to: str | None) -> None:
     _table(f"{d['model']} on {d['suite']} (k={d['k']})", ["category", "passed", "total", "score"], rows)
     pk = d["pass_k"]
     print(f"composite: {d['composite']:.1f}   pass@1: {pk['pass@1']:.1f}   pass^{pk['k']}: {pk['pass^k']:.1f}")
+    for name, sp in (d.get("splits") or {}).items():
+        if len(d["splits"]) > 1:
+            print(f"  {name}: composite {sp['composite']:.1f} ({sp['passed']}/{sp['total']} tasks, {sp['scenarios']} scenarios)")
+    run = d.get("run") or {}
+    if run and not run.get("full"):
+        print(f"partial run ({run.get('run_tasks')} of {run.get('suite_tasks')} tasks): recorded as such, never gates a deploy")
     if d.get("skipped"):
         print(f"skipped (not graded): {len(d['skipped'])}: {', '.join(d['skipped'][:10])}")
     if d.get("contamination", {}).get("refused"):

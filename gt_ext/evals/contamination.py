@@ -6,13 +6,12 @@ n-grams (the task-specific text: promptfoo vars, sandbox prompt; not the shared 
 also occur anywhere in the corpus. Tasks above `max_overlap` (default 0: any shared 8-gram) are
 refused and reported.
 
-Corpus sources: an exported corpus folder (`sft/**/*.jsonl`, `dpo/**/*.jsonl`), a JSONL file of
+Corpus sources: an exported corpus folder (its shards, read by `gt_ext.corpus.shards`), a JSONL file of
 SFT/DPO records, or a folder of `.jsonl`/`.txt`/`.md` files.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gt_ext.corpus.overlap import ngrams
+from gt_ext.corpus.shards import is_export, iter_records, shard_files
 from gt_ext.errors import GtExtError
 
 log = logging.getLogger(__name__)
@@ -46,30 +46,19 @@ class OverlapReport:
                 "examples": self.examples}
 
 
-def _record_texts(rec: Any) -> Iterator[str]:
-    if isinstance(rec, dict):
-        for key in ("messages", "prompt"):
-            for m in rec.get(key) or []:
-                if isinstance(m, dict) and isinstance(m.get("content"), str):
-                    yield m["content"]
-        for key in ("chosen", "rejected", "text", "content"):
-            if isinstance(rec.get(key), str):
-                yield rec[key]
-    elif isinstance(rec, str):
-        yield rec
+def _record_texts(rec: dict[str, Any]) -> Iterator[str]:
+    for key in ("messages", "prompt"):
+        for m in rec.get(key) or []:
+            if isinstance(m, dict) and isinstance(m.get("content"), str):
+                yield m["content"]
+    for key in ("chosen", "rejected", "text", "content"):
+        if isinstance(rec.get(key), str):
+            yield rec[key]
 
 
 def _jsonl_texts(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for ln, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise GtExtError(f"{path}:{ln}: not JSON ({e.msg})") from e
-            yield from _record_texts(rec)
+    for rec in iter_records([path]):  # the shard reader: a bad line is an error naming file:line
+        yield from _record_texts(rec)
 
 
 def corpus_texts(corpus: str | Path) -> Iterator[str]:
@@ -83,6 +72,10 @@ def corpus_texts(corpus: str | Path) -> Iterator[str]:
         return
     if not p.is_dir():
         raise GtExtError(f"{p}: corpus not found")
+    if is_export(p):
+        for f in shard_files(p):
+            yield from _jsonl_texts(f)
+        return
     files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in (".jsonl", ".txt", ".md"))
     if not files:
         raise GtExtError(f"{p}: no .jsonl/.txt/.md files in this corpus folder")

@@ -1,13 +1,12 @@
 """`evaluate(model_ref, suite, k)`: run a suite against a model and score it (see docs/CONTRACTS.md).
 
-Model refs:
-- `base:<name>` (or a bare known base-model name): the base model alone;
-- a run or export folder (`run.json` / `manifest.json` naming `base_model`; `merged/` is used when
-  present, else `adapter/` on the base);
-- a registry ref `NAME[:VER]` (via `gt_ext.registry.Registry`, when that package is installed).
+Model refs mean what they mean everywhere (`gt_ext.models.refs.resolve`): `base:<name>` or a known
+base-model name, a run or export folder (its `merged/` when there is one, else the adapter stack on
+the base, a task adapter's role adapter first), a GGUF file, or a registry ref `NAME[:VER]`.
+Results go next to the model: the registry version (through the registry), the run/export folder,
+or `$GT_EXT_HOME/evals/base-<name>/` for a base model.
 
-Generation goes through `gt_ext.serve.generate.Generator` (batched); `_fallback_generator` is a thin
-transformers `generate` path used only when the serving package is not importable.
+Generation goes through `gt_ext.serve.generate.Generator` (batched), the path serving uses.
 """
 
 from __future__ import annotations
@@ -21,26 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from gt_ext.atomic import atomic_write_json
+from gt_ext.digest import sha256_file
 from gt_ext.errors import GtExtError
 from gt_ext.evals import scoring
 from gt_ext.evals import suite as suite_mod
-from gt_ext.paths import home_dir
+from gt_ext.models.refs import ResolvedModel, resolve
 
 log = logging.getLogger(__name__)
 
 BATCH = 8  # prompts decoded together; 8 short prompts fit easily and keep both cores busy
-
-
-@dataclass
-class ModelRef:
-    """A resolved model: what to load, and where its eval results go."""
-
-    ref: str
-    base_model: str
-    adapters: list[tuple[str, float]] = field(default_factory=list)
-    out_dir: Path | None = None
-    registry_ref: str | None = None
-    role: str | None = None
 
 
 @dataclass
@@ -60,6 +48,13 @@ class EvalResult:
     contamination: dict[str, Any] | None = None
     written_to: str | None = None
     system_prompt: str | None = None
+    splits: dict[str, Any] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def full(self) -> bool:
+        """A run of the whole suite (no --limit, no --split): the only kind that can gate."""
+        return bool(self.run.get("full"))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON written as `eval-<suite>.json` and stored by the registry."""
@@ -75,6 +70,8 @@ class EvalResult:
             "skipped": [t.id for t in self.tasks if t.skipped],
             "seconds": round(self.seconds, 1),
             "system_prompt": self.system_prompt,
+            "splits": self.splits,
+            "run": self.run,
             "tasks": [t.to_dict() for t in self.tasks],
         }
         if self.contamination is not None:
@@ -82,71 +79,31 @@ class EvalResult:
         return d
 
 
-# ------------------------------------------------------------------------------------ model refs
+def result_filename(result: dict[str, Any]) -> str:
+    """`eval-<suite>.json` for a full run, `eval-<suite>-partial.json` for a --limit/--split run,
+    so a smoke run never replaces the full result next to a model."""
+    suite = re.sub(r"[^A-Za-z0-9._-]", "_", str(result.get("suite") or "default"))
+    return f"eval-{suite}.json" if (result.get("run") or {}).get("full") else f"eval-{suite}-partial.json"
 
 
-def _read_json(p: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise GtExtError(f"{p}: unreadable JSON ({e.__class__.__name__})") from e
-
-
-def _parent_adapter(folder: Path, meta: dict[str, Any]) -> list[tuple[str, float]]:
-    """A task adapter was trained on top of its role adapter (run.json `parent`): stack that first."""
-    parent = meta.get("parent")
-    if not parent:
-        return []
-    if not (Path(parent) / "adapter_config.json").is_file():
-        raise GtExtError(f"{folder}: trained on top of role adapter {parent}, which is gone (no adapter_config.json)")
-    return [(str(parent), 1.0)]
-
-
-def resolve_model(ref: str) -> ModelRef:
-    """Resolve a model ref (see module doc) to a base model, adapters and a results folder."""
-    from gt_ext.models import KNOWN_MODELS
-
-    if not ref:
-        raise GtExtError("--model is empty: give base:<model>, a run/export folder or NAME[:VER]")
-    if ref.startswith("base:") or ref in KNOWN_MODELS:
-        name = ref.split(":", 1)[1] if ref.startswith("base:") else ref
-        if not name:
-            raise GtExtError(f"model ref {ref!r}: base: needs a model name")
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
-        return ModelRef(ref=f"base:{name}", base_model=name, out_dir=home_dir() / "evals" / f"base-{slug}")
-    p = Path(ref).expanduser()
-    if p.is_dir():
-        meta: dict[str, Any] = {}
-        for fname in ("manifest.json", "run.json"):
-            if (p / fname).is_file():
-                meta = {**_read_json(p / fname), **meta}
-        base = meta.get("base_model")
-        if not base:
-            raise GtExtError(f"{p}: not a run or export folder (no run.json/manifest.json with base_model)")
-        if (p / "merged" / "config.json").is_file():
-            return ModelRef(ref=str(p), base_model=str(p / "merged"), out_dir=p, role=meta.get("role"))
-        if (p / "adapter" / "adapter_config.json").is_file():
-            return ModelRef(ref=str(p), base_model=str(base), adapters=[*_parent_adapter(p, meta), (str(p / "adapter"), 1.0)],
-                            out_dir=p, role=meta.get("role"))
-        raise GtExtError(f"{p}: no adapter/ (adapter_config.json) or merged/ model in this folder")
-    if re.fullmatch(r"[A-Za-z0-9_.-]+(:v?\d+)?", ref):
-        try:
-            from gt_ext.registry import Registry
-        except ImportError:
-            raise GtExtError(f"model ref {ref!r}: not a folder, and the model registry is not installed") from None
-        with Registry.open() as reg:
-            rec = reg.get(ref)
-        if rec.merged_dir is not None and (Path(rec.merged_dir) / "config.json").is_file():
-            base, adapters = str(rec.merged_dir), []
-        elif rec.adapter_dir is not None and Path(rec.adapter_dir).is_dir():
-            base, adapters = str(rec.base_model), [(str(rec.adapter_dir), 1.0)]
-        else:
-            base, adapters = str(rec.base_model), []
-        return ModelRef(ref=rec.ref, base_model=base, adapters=adapters, out_dir=Path(rec.path),
-                        registry_ref=rec.ref, role=rec.role)
-    raise GtExtError(f"model ref {ref!r}: not base:<model>, an existing folder, or NAME[:VER]")
+def model_file_hashes(model: ResolvedModel) -> dict[str, str]:
+    """sha256 of every weight file the model was loaded from that lies in its own folder, keyed by
+    path relative to that folder (the keys of an export/registry manifest), so a result can later
+    be checked against the files of the model it claims to score. Empty for `base:` models."""
+    if model.results_dir is None or model.ref.startswith("base:"):
+        return {}
+    root = Path(model.results_dir).resolve()
+    base, adapters = model.torch_weights()
+    used = [Path(base)] + [Path(a) for a, _ in adapters]
+    out: dict[str, str] = {}
+    for d in used:
+        d = d.resolve()
+        if not d.is_dir() or not d.is_relative_to(root):
+            continue
+        for f in sorted(d.rglob("*")):
+            if f.is_file():
+                out[f.relative_to(root).as_posix()] = sha256_file(f)
+    return out
 
 
 # ------------------------------------------------------------------------------------ generation
@@ -154,16 +111,13 @@ def resolve_model(ref: str) -> ModelRef:
 GenerateFn = Callable[[list[list[dict[str, str]]], list[dict[str, Any]]], list[str]]
 
 
-def make_generate(model: ModelRef) -> GenerateFn:
+def make_generate(model: ResolvedModel) -> GenerateFn:
     """Return `fn(messages_batch, sampling_batch) -> texts` for the model (loaded once)."""
-    try:
-        from gt_ext.serve.generate import Generator
-        from gt_ext.serve.params import SamplingParams
-    except ImportError:
-        log.warning("gt_ext.serve.generate not available; using the transformers fallback")
-        return _fallback_generator(model)
+    from gt_ext.serve.generate import Generator
+    from gt_ext.serve.params import SamplingParams
 
-    gen = Generator(model.base_model, adapters=model.adapters)
+    base, adapters = model.torch_weights()
+    gen = Generator(base, adapters=adapters)
 
     def run(batch: list[list[dict[str, str]]], params: list[dict[str, Any]]) -> list[str]:
         reqs = [gen.request(m, SamplingParams(**p)) for m, p in zip(batch, params, strict=True)]
@@ -171,35 +125,6 @@ def make_generate(model: ModelRef) -> GenerateFn:
         for i, piece in gen.stream_batch(reqs):
             texts[i] += piece
         return texts
-
-    return run
-
-
-def _fallback_generator(model: ModelRef) -> GenerateFn:
-    """transformers `generate`, one prompt at a time (only while the serving package is missing)."""
-    import torch
-
-    from gt_ext.models import load_model
-
-    m, tok = load_model(model.base_model)
-    if model.adapters:
-        from peft import PeftModel
-
-        m = PeftModel.from_pretrained(m, model.adapters[0][0]).eval()
-
-    def run(batch: list[list[dict[str, str]]], params: list[dict[str, Any]]) -> list[str]:
-        outs = []
-        for msgs, p in zip(batch, params, strict=True):
-            ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-            if p.get("seed") is not None:
-                torch.manual_seed(p["seed"])
-            sample = float(p.get("temperature", 0)) > 0
-            with torch.inference_mode():
-                gen = m.generate(**ids, max_new_tokens=p["max_new_tokens"], do_sample=sample,
-                                 temperature=p.get("temperature") if sample else None,
-                                 top_p=p.get("top_p") if sample else None, pad_token_id=tok.pad_token_id)
-            outs.append(tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
-        return outs
 
     return run
 
@@ -232,7 +157,7 @@ def with_system(messages: list[dict[str, str]], system: str | None) -> list[dict
 
 
 def evaluate(
-    model_ref: str | ModelRef,
+    model_ref: str | ResolvedModel,
     suite: str | Path | suite_mod.EvalSuite,
     k: int = 1,
     *,
@@ -241,6 +166,7 @@ def evaluate(
     corpus: str | Path | None = None,
     max_overlap: float | None = None,
     limit: int | None = None,
+    split: str | None = None,
     write: bool = True,
     progress: bool = False,
 ) -> EvalResult:
@@ -248,15 +174,21 @@ def evaluate(
 
     `generate` replaces the model (tests); `corpus` turns on the contamination guard (tasks whose
     prompts overlap the corpus more than `max_overlap` are refused and reported); `limit` keeps the
-    first N tasks (smoke runs).
+    first N tasks and `split` one split (dev/heldout): both make a partial run, recorded as such
+    (`run.full` false, written as `eval-<suite>-partial.json`) and never used by the deploy gate.
     """
     if not isinstance(k, int) or k < 1:
         raise GtExtError(f"--k must be an integer >= 1, got {k!r}")
+    if limit is not None and limit < 1:
+        raise GtExtError(f"--limit must be >= 1, got {limit}")
     t0 = time.perf_counter()
-    model = model_ref if isinstance(model_ref, ModelRef) else resolve_model(model_ref)
+    model = model_ref if isinstance(model_ref, ResolvedModel) else resolve(model_ref)
+    spec = str(suite.root if isinstance(suite, suite_mod.EvalSuite) else suite)
     st = suite if isinstance(suite, suite_mod.EvalSuite) else suite_mod.load(suite)
     cfg = config if isinstance(config, dict) else scoring.load_config(config)
-    tasks = list(st.tasks[:limit] if limit else st.tasks)
+    selected = st.select(split)
+    tasks = list(selected[:limit] if limit else selected)
+    full = len(tasks) == len(st.tasks)
 
     contamination = None
     if corpus is not None:
@@ -272,7 +204,8 @@ def evaluate(
             raise GtExtError(f"contamination guard refused every task of suite {st.name} (corpus {corpus})")
 
     system = suite_system_prompt(st)
-    results = {t.id: scoring.TaskResult(id=t.id, category=t.category) for t in tasks}
+    results = {t.id: scoring.TaskResult(id=t.id, category=t.category, scenario=getattr(t, "scenario", None),
+                                        split=st.split_of(t)) for t in tasks}
     # Tasks that cannot run on this machine (a sandbox without bd) are skipped, not failed.
     missing = {t.id: why for t in tasks if (why := getattr(t, "unavailable", lambda: None)())}
     for tid, why in missing.items():
@@ -326,18 +259,35 @@ def evaluate(
     pk = scoring.pass_k(task_results, k)
     role = st.role or model.role
     verdict = scoring.gate(comp, cats, pk, scoring.thresholds_for(cfg, role))
+    run = {
+        "producer": "gt-ext eval run",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "suite_spec": spec,
+        "suite_hash": suite_mod.suite_hash(st.root),
+        "suite_tasks": len(st.tasks),
+        "run_tasks": len(tasks_all),
+        "limit": limit,
+        "split": split if split not in (None, "all") else None,
+        "full": full,
+        "refused": len(contamination.get("refused", [])) if contamination else 0,
+        "model_files": model_file_hashes(model),
+    }
     res = EvalResult(suite=st.name, model=model.ref, role=role, k=k, tasks=task_results, categories=cats,
                      composite=comp, pass_k=pk, gate=verdict, seconds=time.perf_counter() - t0,
-                     contamination=contamination, system_prompt=system)
+                     contamination=contamination, system_prompt=system,
+                     splits=scoring.split_scores(task_results, cfg["weights"]), run=run)
+    if not full:
+        log.warning("partial run (%d of %d tasks%s): recorded as such, never used by the deploy gate",
+                    len(tasks), len(st.tasks), f", split {split}" if run["split"] else "")
     if write and model.registry_ref:
-        # The registry stores the result and writes eval-<suite>.json into the version folder.
+        # The registry stores the result and writes it into the version folder.
         from gt_ext.registry import Registry
 
         with Registry.open() as reg:
             rec = reg.record_eval(model.registry_ref, res.to_dict())
-        res.written_to = str(Path(rec.path) / f"eval-{st.name}.json")
-    elif write and model.out_dir is not None:
-        target = Path(model.out_dir) / f"eval-{st.name}.json"
+        res.written_to = str(Path(rec.path) / result_filename(res.to_dict()))
+    elif write and model.results_dir is not None:
+        target = Path(model.results_dir) / result_filename(res.to_dict())
         atomic_write_json(target, res.to_dict())
         res.written_to = str(target)
     return res

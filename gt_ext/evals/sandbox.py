@@ -5,6 +5,7 @@ A task (one entry of `sandbox.yaml`):
 
     - id: p-sb-bead-01
       category: bead-management
+      scenario: close-own-bead            # the scenario family (held-out split, see suite.py)
       setup:
         beads: [{key: fix, title: "Fix login redirect", type: bug, priority: 1,
                  status: in_progress, assignee: nux, blocks: other_key}]
@@ -204,6 +205,12 @@ class SandboxTask:
     dir: Path | None = None
     ids: dict[str, str] = field(default_factory=dict)
     head0: str = ""
+
+    @property
+    def scenario(self) -> str | None:
+        """The scenario family of this task (`scenario` key), for the held-out split."""
+        sc = self.spec.get("scenario")
+        return str(sc) if sc else None
 
     @property
     def answer(self) -> str:

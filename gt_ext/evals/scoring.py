@@ -40,6 +40,8 @@ class TaskResult:
     id: str
     category: str
     samples: list[Sample] = field(default_factory=list)
+    scenario: str | None = None
+    split: str = "dev"
 
     @property
     def skipped(self) -> bool:
@@ -63,6 +65,8 @@ class TaskResult:
         return {
             "id": self.id,
             "category": self.category,
+            "scenario": self.scenario,
+            "split": self.split,
             "passed": self.passed,
             "skipped": self.skipped,
             "score": round(self.score, 2),
@@ -127,6 +131,18 @@ def composite(cats: dict[str, dict[str, Any]], weights: dict[str, float]) -> flo
         num += w * c["score"]
         den += w
     return round(num / den, 2) if den > 0 else 0.0
+
+
+def split_scores(tasks: list[TaskResult], weights: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """{split: {composite, passed, total, categories}} for each split that has tasks (dev, heldout)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted({t.split for t in tasks}):
+        part = [t for t in tasks if t.split == name]
+        cats = categories(part)
+        graded = [t for t in part if not t.skipped]
+        out[name] = {"composite": composite(cats, weights), "passed": sum(t.passed for t in graded),
+                     "total": len(graded), "scenarios": len({t.scenario for t in part}), "categories": cats}
+    return out
 
 
 def pass_k(tasks: list[TaskResult], k: int) -> dict[str, Any]:

@@ -2,13 +2,23 @@
 
 Folder layout (every file optional except that there must be some tasks):
 
-    SUITE/suite.yaml              {name, role, max_new_tokens, system_prompt}  (this project's metadata;
-                                  system_prompt: role = the role's training system turn first)
+    SUITE/suite.yaml              {name, role, max_new_tokens, system_prompt, heldout}  (this
+                                  project's metadata; system_prompt: role = the role's training
+                                  system turn first; heldout: scenario names, see below)
     SUITE/promptfooconfig.yaml    a promptfoo suite, unchanged         (gt_ext.evals.promptfoo)
     SUITE/sandbox.yaml            sandbox tasks                        (gt_ext.evals.sandbox)
 
 `builtin:ROLE` names the project's own suite in `gt_ext/evals/tasks/ROLE/`. A task's category is
-its promptfoo test's `metadata.category` (or `general`).
+its promptfoo test's `metadata.category` (or `general`), its scenario `metadata.scenario` (sandbox
+tasks: `category`, `scenario` keys).
+
+Held-out split, by scenario: a scenario is a family of cases that test one situation (several
+wordings, numbers, names). `heldout: [scenario, ...]` in suite.yaml puts every case of those
+scenarios in the `heldout` split, the rest in `dev`. Whole scenarios move, never single cases, so a
+near-twin of a held-out case is never on the dev side. Held-out scenarios are never looked at when
+building training data or tuning (sample town, presets); results report both splits. A suite that
+declares `heldout` must give every task a scenario, and every held-out name must be a scenario of
+the suite.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from gt_ext.evals.scoring import Sample
 log = logging.getLogger(__name__)
 
 TASKS_DIR = Path(__file__).with_name("tasks")
+SPLITS = ("dev", "heldout")
 
 
 class Task(Protocol):
@@ -64,6 +75,12 @@ class PromptfooTask:
         g = promptfoo.grade(self.test, output, prompt=self.rendered(), prompt_label=self.prompt.label, base=self.root)
         return Sample(passed=g.passed, score=g.score, output=output, reason=g.reason, skipped=g.skipped)
 
+    @property
+    def scenario(self) -> str | None:
+        """The scenario family this case belongs to (`metadata.scenario`)."""
+        sc = self.test.metadata.get("scenario")
+        return str(sc) if sc else None
+
     def cleanup(self) -> None:
         """Nothing to clean."""
 
@@ -83,6 +100,33 @@ class EvalSuite:
     tasks: list[Any]
     max_new_tokens: int = 96
     meta: dict[str, Any] = field(default_factory=dict)
+    heldout: frozenset[str] = frozenset()
+
+    def split_of(self, task: Any) -> str:
+        """`heldout` when the task's scenario is held out, else `dev`."""
+        return "heldout" if getattr(task, "scenario", None) in self.heldout else "dev"
+
+    def select(self, split: str | None) -> list[Any]:
+        """The tasks of one split (`dev`, `heldout`), or all of them for None / `all`."""
+        if split in (None, "all"):
+            return list(self.tasks)
+        if split not in SPLITS:
+            raise GtExtError(f"--split must be dev, heldout or all, got {split!r}")
+        return [t for t in self.tasks if self.split_of(t) == split]
+
+
+def suite_hash(root: str | Path) -> str:
+    """sha256 over a suite's files (relative path and content of each, sorted): two results with
+    the same hash were scored on the same tasks, checks and prompts."""
+    import hashlib
+
+    root = Path(root)
+    files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file() and "__pycache__" not in f.parts)
+    h = hashlib.sha256()
+    for f in files:
+        rel = f.name if root.is_file() else f.relative_to(root).as_posix()
+        h.update(rel.encode() + b"\0" + hashlib.sha256(f.read_bytes()).hexdigest().encode() + b"\n")
+    return h.hexdigest()
 
 
 def resolve_suite_dir(spec: str | Path) -> Path:
@@ -137,7 +181,28 @@ def load(spec: str | Path) -> EvalSuite:
         tasks=tasks,
         max_new_tokens=int(meta.get("max_new_tokens", 96)),
         meta=meta,
+        heldout=_heldout(p / "suite.yaml", meta, tasks),
     )
+
+
+def _heldout(where: Path, meta: dict[str, Any], tasks: list[Any]) -> frozenset[str]:
+    """suite.yaml `heldout`, checked: a list of scenario names the suite's tasks use."""
+    names = meta.get("heldout")
+    if names is None:
+        return frozenset()
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise GtExtError(f"{where}: heldout must be a list of scenario names")
+    missing = [t.id for t in tasks if not getattr(t, "scenario", None)]
+    if missing:
+        raise GtExtError(f"{where}: the suite has a held-out split, so every task needs a scenario; "
+                         f"{len(missing)} have none (first: {missing[0]})")
+    known = {t.scenario for t in tasks}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise GtExtError(f"{where}: heldout names scenario {unknown[0]!r}, which no task has")
+    if set(names) == known:
+        raise GtExtError(f"{where}: every scenario is held out; keep some for the dev split")
+    return frozenset(names)
 
 
 def _pf_tasks(pf: promptfoo.Suite) -> list[PromptfooTask]:

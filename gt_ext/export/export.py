@@ -12,7 +12,6 @@ export leaves nothing behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,18 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from gt_ext.atomic import atomic_write_json, replace_dir
+from gt_ext.digest import sha256_file
 from gt_ext.errors import GtExtError
 
 log = logging.getLogger(__name__)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def merge_adapter(base_model: str, adapter_dir: str | Path, parent_adapter: str | Path | None = None) -> tuple[Any, Any]:

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict
 
 log = logging.getLogger(__name__)
 
+EVENTS_FILE = ".events.jsonl"
+
 
 class Event(BaseModel):
     """One gt event; unknown fields are kept."""
@@ -30,6 +32,13 @@ class Event(BaseModel):
     payload: dict[str, Any] = {}
     visibility: str | None = None
     line: int = 0  # 1-based line number in the file (not part of gt's record)
+
+
+def town_events(town_root: str | os.PathLike | None) -> list[dict[str, Any]]:
+    """Every event of a town's log as plain dicts (file order = time order); [] without a town/log."""
+    if town_root is None:
+        return []
+    return [ev.model_dump(exclude={"line"}) for ev in read_events(Path(town_root) / EVENTS_FILE)]
 
 
 def read_events(path: str | os.PathLike, types: Iterable[str] | None = None, offset: int = 0) -> Iterator[Event]:

@@ -76,7 +76,16 @@ class Town:
     @property
     def events_file(self) -> Path:
         """`<town>/.events.jsonl`: gt's append-only event log."""
-        return self.root / ".events.jsonl"
+        return self.root / ".events.jsonl"  # gastown.events.EVENTS_FILE
+
+    def session_id_of(self, actor: str) -> str | None:
+        """The session id gt recorded for an agent (`<town>/<actor>/.runtime/session_id`), or None."""
+        p = self.root / actor / ".runtime" / "session_id"
+        try:
+            sid = p.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return sid or None
 
     def town_config(self) -> dict[str, Any]:
         """mayor/town.json as a dict."""

@@ -82,17 +82,16 @@ class JobBead:
     def _note_corpus_hash(self) -> None:
         corpus = self.metadata.get("vars", {}).get("corpus_path")
         if corpus and "corpus_hash" not in self.metadata:
-            manifest = Path(corpus) / "manifest.json"
-            if manifest.is_file():
-                try:
-                    self.metadata["corpus_hash"] = json.loads(manifest.read_text()).get("corpus_hash")
-                except (OSError, json.JSONDecodeError):
-                    pass
+            from gt_ext.corpus.shards import corpus_hash
+
+            h = corpus_hash(corpus)
+            if h:
+                self.metadata["corpus_hash"] = h
 
 
 def open_job(formula: Any, given: dict[str, str], job_dir: Path, bd: Bd | None = None) -> JobBead:
     """The job bead of `job_dir`: reuse the one a previous run made, or create it (and its corpus bead)."""
-    from gt_ext.jobs.store import job_beads_dir
+    from gt_ext.jobs.places import job_beads_dir
 
     job_dir = Path(job_dir)
     bd = bd or Bd(job_beads_dir())

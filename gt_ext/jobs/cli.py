@@ -13,7 +13,7 @@ app = typer.Typer(help="Training jobs (tracked as beads with custom statuses).",
 
 def _bd():
     from gt_ext.gastown.bd import Bd
-    from gt_ext.jobs.store import job_beads_dir
+    from gt_ext.jobs.places import job_beads_dir
 
     return Bd(job_beads_dir())
 

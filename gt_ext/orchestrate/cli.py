@@ -87,7 +87,7 @@ def run_cmd(
 
     f = _load(name)
     given = {**parse_assignments(assignments or []), **parse_assignments(set_ or [])}
-    from gt_ext.jobs.store import jobs_root
+    from gt_ext.jobs.places import jobs_root
 
     jd = job_dir or job_dir_for(f, given, jobs_root())
     values = f.resolve_vars(given, {"job_dir": str(jd), "formula": f.name})

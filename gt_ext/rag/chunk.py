@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from gt_ext.rag.scrub import clean
+from gt_ext.rag.redact import clean
 
 ANY = "*"
 # Long sections are split on paragraph boundaries into pieces of at most this many characters

@@ -2,7 +2,7 @@
 
 Chroma is not process-safe, so every write happens inside `reindex()`, which holds an exclusive
 `flock` on `<town>/.rag/indexer.lock`; a second indexer is refused (or waits, if asked). bd hooks
-never write here: they `spool.enqueue` events, and the indexer drains them.
+never write here: they `queue.enqueue` events, and the indexer drains them.
 
 A run: scan the sources into groups (a beads dir, a file, the session folder); for each group that
 changed (fingerprint differs, a spool event names it, or `full`), load its chunks and diff their
@@ -27,7 +27,7 @@ from typing import Any
 
 from gt_ext.atomic import atomic_write_json
 from gt_ext.errors import GtExtError
-from gt_ext.rag import spool
+from gt_ext.rag import queue
 from gt_ext.rag.chunk import Chunk
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,8 @@ BATCH = 64  # chunks embedded and written per Chroma call
 
 
 def rag_dir(town_root: Path) -> Path:
-    """`<town>/.rag/`: the Chroma store, the state file, the lock and the spool."""
-    return Path(town_root) / spool.RAG_DIRNAME
+    """`<town>/.rag/`: the Chroma store, the state file, the lock and the reindex queue."""
+    return Path(town_root) / queue.RAG_DIRNAME
 
 
 _stamps: dict[str, int] = {}
@@ -255,8 +255,8 @@ def reindex(town_root: Path, full: bool = False, progress: bool = False, wait: b
     rep = ReindexReport()
     town_root = Path(town_root)
     with indexer_lock(town_root, wait=wait):
-        pending = spool.pending(town_root)
-        events = spool.read_events(pending)
+        pending = queue.pending(town_root)
+        events = queue.read_queued(pending)
         rep.events = len(events)
         dirty = _dirty_groups(town_root, events)
         state = load_state(town_root)
@@ -302,7 +302,7 @@ def reindex(town_root: Path, full: bool = False, progress: bool = False, wait: b
         rep.seconds = round(time.time() - t0, 3)
         state["last_run"] = {"time": time.time(), "full": full, **rep.to_dict()}
         atomic_write_json(_state_path(town_root), state)
-        spool.ack(pending)  # only now: a crash before this re-processes the events (idempotent)
+        queue.ack(pending)  # only now: a crash before this re-processes the events (idempotent)
     return rep
 
 
@@ -317,7 +317,7 @@ def status(town_root: Path) -> dict[str, Any]:
         "chunks": 0,
         "kinds": {},
         "groups": len(state["groups"]),
-        "pending_events": len(spool.pending(town_root)),
+        "pending_events": len(queue.pending(town_root)),
         "indexer_pid": lock_holder(town_root),
         "last_run": state["last_run"],
     }

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gt_ext.corpus.shards import iter_records, shard_files
 from gt_ext.errors import GtExtError
 from gt_ext.gastown.bd import Bd
 from gt_ext.gastown.town import Town, is_town, require_town
@@ -214,21 +215,14 @@ def sessions_dir() -> Path | None:
 
 def session_group(corpus_dir: Path, limit: int = MAX_SESSIONS) -> Group | None:
     """The newest `limit` SFT records of an exported corpus (already scrubbed by the corpus)."""
-    files = sorted(corpus_dir.glob("sft/*/*/*.jsonl"))
+    files = shard_files(corpus_dir, kinds=("sft",))
     if not files:
         return None
     fp = ";".join(f"{f.name}:{_file_fp(f)}" for f in files)
     key = f"sessions:{corpus_dir.name}"
 
     def load() -> list[Chunk]:
-        recs = []
-        for f in files:
-            with open(f, encoding="utf-8") as fh:
-                for n, line in enumerate(fh, 1):
-                    try:
-                        recs.append(json.loads(line))
-                    except ValueError:
-                        log.warning("%s:%d: not JSON, skipped", f, n)
+        recs = list(iter_records(files))  # a bad line is an error naming file:line, as in training
         recs.sort(key=lambda r: str((r.get("provenance") or {}).get("time", "")), reverse=True)
         out: list[Chunk] = []
         for r in recs[:limit]:

@@ -31,8 +31,8 @@ from typing import Any
 from gt_ext.errors import GtExtError
 from gt_ext.gastown import settings as gsettings
 from gt_ext.gastown.town import Town
+from gt_ext.registry.db import Deployment, MetaStore
 from gt_ext.registry.locks import file_lock
-from gt_ext.registry.store import Deployment, MetaStore
 from gt_ext.roles import NOT_YET_DEPLOYABLE, ROLLOUT_ORDER, check_role
 
 log = logging.getLogger(__name__)

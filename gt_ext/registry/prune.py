@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gt_ext.registry.db import Deployment, ModelRecord
 from gt_ext.registry.deploy import replay
-from gt_ext.registry.store import Deployment, ModelRecord
 
 
 @dataclass

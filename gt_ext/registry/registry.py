@@ -27,9 +27,9 @@ from gt_ext.atomic import atomic_write_json
 from gt_ext.errors import GtExtError
 from gt_ext.gastown.town import Town, find_town
 from gt_ext.paths import home_dir
-from gt_ext.registry import artifacts, deploy, prune
+from gt_ext.registry import deploy, model_files, prune
+from gt_ext.registry.db import Deployment, DoltStore, MetaStore, ModelRecord, SqliteStore
 from gt_ext.registry.locks import file_lock
-from gt_ext.registry.store import Deployment, DoltStore, MetaStore, ModelRecord, SqliteStore
 from gt_ext.roles import ROLES, check_role, check_task
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class Registry:
 
     def __init__(self, store: MetaStore, root: Path, town: Town | None = None):
         self.store = store
-        self.files = artifacts.ArtifactStore(root)
+        self.files = model_files.ArtifactStore(root)
         self.root = root
         self.town = town
 
@@ -176,18 +176,18 @@ class Registry:
         total)` gets the bytes copied so far.
         """
         src = Path(src)
-        kind = artifacts.source_kind(src)
-        run = artifacts.read_run_json(src)
-        man = artifacts.read_manifest(src) if kind == "export" else {}
+        kind = model_files.source_kind(src)
+        run = model_files.read_run_json(src)
+        man = model_files.read_manifest(src) if kind == "export" else {}
         role = run.get("role") or man.get("role")
         if not role:
-            raise GtExtError(f"{src / artifacts.RUN_JSON}: no 'role'")
+            raise GtExtError(f"{src / model_files.RUN_JSON}: no 'role'")
         check_role(str(role))
         base = run.get("base_model") or man.get("base_model")
         if not base:
-            raise GtExtError(f"{src / artifacts.RUN_JSON}: no 'base_model'")
+            raise GtExtError(f"{src / model_files.RUN_JSON}: no 'base_model'")
         if run.get("status") not in _RUN_STATUS_OK:
-            raise GtExtError(f"{src / artifacts.RUN_JSON}: run status is {run.get('status')!r}; only finished runs can be registered")
+            raise GtExtError(f"{src / model_files.RUN_JSON}: run status is {run.get('status')!r}; only finished runs can be registered")
         task = run.get("task")
         if task:
             check_task(task)
@@ -234,8 +234,9 @@ class Registry:
         self.store.update_eval(rec.name, rec.version, cats, comp, gate,
                                f"eval {rec.ref}: composite {comp}, gate {gate}")
         if write_file:
-            suite = re.sub(r"[^A-Za-z0-9._-]", "_", str(result.get("suite") or "default"))
-            atomic_write_json(rec.path / f"eval-{suite}.json", result)
+            from gt_ext.evals.runner import result_filename
+
+            atomic_write_json(rec.path / result_filename(result), result)
         return self.get(rec.ref)
 
     def _target(self, rig: str | None, role: str) -> deploy.Target:
@@ -277,10 +278,10 @@ class Registry:
                 raise GtExtError(f"--adapters {a}: {arec.ref} is a role model, not a task adapter")
             if rec.base_model not in (arec.compatible or [arec.base_model]):
                 raise GtExtError(f"--adapters {a}: {arec.ref} fits {', '.join(arec.compatible)}, not {rec.base_model}")
-            artifacts.verify(arec.path)
+            model_files.verify(arec.path)
             adapter_refs.append(arec.ref)
         with file_lock(self._root_lock, shared=True):  # prune cannot delete files under us
-            artifacts.verify(rec.path)  # corrupt manifest / checksum mismatch: refused, naming the file
+            model_files.verify(rec.path)  # corrupt manifest / checksum mismatch: refused, naming the file
             blockers = deploy.rollout_blockers(role, target.rig, self.live())
             if blockers:
                 problems.append(f"rollout order: deploy {' then '.join(blockers)} before {role}")

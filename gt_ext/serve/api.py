@@ -66,7 +66,7 @@ class ApiState:
         self.gen = generator
         self.model = model
         self.batcher = Batcher(generator, max_batch=max_batch, max_queue=max_queue)
-        self.registry_lookup = registry_lookup  # ref -> record (base_model, adapter_dir) or raises
+        self.registry_lookup = registry_lookup  # (ref, base_model) -> [adapter folder, parent first] or raises
         self.default_max_tokens = default_max_tokens
         # Adapters the server was started with, by name (folder name) and by path.
         self.named: dict[str, Path] = {}
@@ -99,17 +99,18 @@ class ApiState:
             log.info("registry not listed: %s", e.__class__.__name__)
             return []
 
-    def _lookup(self, ref: str) -> Path:
+    def _lookup(self, ref: str) -> list[Path]:
+        """Adapter folders (parent first) for a name the server was started with or a registry ref."""
         if ref in self.named:
-            return self.named[ref]
-        lookup = self.registry_lookup or _registry_adapter
-        return lookup(ref, self.model.base_model)
+            return [self.named[ref]]
+        lookup = self.registry_lookup or _registry_stack
+        return list(lookup(ref, self.model.base_model))
 
     def adapters_for(self, req: ChatRequest) -> list[tuple[Path, float]] | None:
         """The adapter stack of a request (None = the server's default)."""
         stack: list[tuple[Path, float]] | None = None
         if req.model != self.model.ref:
-            stack = [(self._lookup(req.model), 1.0)]
+            stack = [(p, 1.0) for p in self._lookup(req.model)]
         if req.adapters is not None:
             stack = list(stack or [])
             for i, a in enumerate(req.adapters):
@@ -124,30 +125,24 @@ class ApiState:
                     weight = float(weight)
                 except (TypeError, ValueError):
                     raise GtExtError(f"adapters[{i}]: weight {weight!r} is not a number") from None
-                stack.append((self._lookup(ref), weight))
+                stack.extend((p, weight) for p in self._lookup(ref))
         return stack
 
 
-def _registry_adapter(ref: str, base_model: str) -> Path:
+def _registry_stack(ref: str, base_model: str) -> list[Path]:
+    """The adapter stack (parent first) of registry model `ref`, which must be on `base_model`.
+    Only registry refs: a request never makes the server read a folder it names."""
+    from gt_ext.models.refs import from_registry
+
     try:
-        from gt_ext.registry import Registry
-    except ImportError:
-        raise GtExtError(f"model {ref!r} is not served here") from None
-    try:
-        reg = Registry.open()
-    except GtExtError:
-        raise GtExtError(f"model {ref!r} is not served here") from None
-    try:
-        rec = reg.get(ref)
+        m = from_registry(ref)
     except GtExtError:
         raise GtExtError(f"model {ref!r} is not served here and not in the registry") from None
-    finally:
-        reg.close()
-    if rec.base_model != base_model:
-        raise GtExtError(f"model {ref!r} is on base {rec.base_model}, this server serves {base_model}")
-    if rec.adapter_dir is None:
+    if m.base_model != base_model:
+        raise GtExtError(f"model {ref!r} is on base {m.base_model}, this server serves {base_model}")
+    if not m.adapters:
         raise GtExtError(f"model {ref!r} has no adapter to apply")
-    return Path(rec.adapter_dir)
+    return [a for a, _ in m.adapters]
 
 
 def create_app(generator: Any, model: Any, token: str | None = None, max_batch: int = 8,

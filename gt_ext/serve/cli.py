@@ -128,14 +128,14 @@ def card_cmd(
 ) -> None:
     """Token counts of the node0 role card and of real `gt prime` for a role."""
     from gt_ext.models import load_tokenizer
+    from gt_ext.models.refs import resolve
     from gt_ext.roles import check_role
-    from gt_ext.serve.refs import resolve_model
     from gt_ext.serve.rolecard import AgentEnv, measure, role_card
 
     check_role(role)
     env = AgentEnv(role=role, rig=rig, root=os.environ.get("GT_ROOT", ""),
                    workdir=str(workdir or Path.cwd()))
-    tok = load_tokenizer(resolve_model(model).base_model)
+    tok = load_tokenizer(resolve(model).base_model)
     m = measure(env, tok)
     if json_out:
         print(json.dumps(m))

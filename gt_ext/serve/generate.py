@@ -127,7 +127,7 @@ class Generator:
 
     def _known_key(self, path: str | Path) -> str | None:
         try:
-            from gt_ext.serve.lora import adapter_folder
+            from gt_ext.models.refs import adapter_folder
 
             key = str(adapter_folder(path).resolve())
         except GtExtError:
@@ -201,7 +201,7 @@ class TorchEngine:
     def __init__(self, base_model: str, quantize: str | None = None, device: str = "cpu",
                  prefill_threads: int | None = None, decode_threads: int | None = 1):
         from gt_ext.models import load_model
-        from gt_ext.serve.lora import LoraRuntime
+        from gt_ext.serve.adapter_stack import LoraRuntime
 
         # Decode steps are tiny ops (B rows x 1 token): on CPU, intra-op threads mostly wait for each
         # other, and on a busy machine a second thread made a step 4x slower (bench/serve.py,

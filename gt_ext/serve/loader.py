@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from gt_ext.errors import GtExtError
-from gt_ext.serve.refs import ResolvedModel, parse_adapters, resolve_model
+from gt_ext.models.refs import ResolvedModel, parse_adapters, resolve
 
 log = logging.getLogger(__name__)
 BACKEND_CHOICES = ("auto", "torch", "llama.cpp")
@@ -53,21 +53,20 @@ def choose_backend(model: ResolvedModel, extra_adapters: list, requested: str = 
 
 def load_generator(model_ref: str, adapters: str | None = None, backend: str = "auto",
                    quantize: str | None = "int8", threads: int | None = 1, purpose: str = "agent"):
-    """(Generator, ResolvedModel) for a model reference; adapters = `a,b=0.5` (see refs.py).
+    """(Generator, ResolvedModel) for a model reference; adapters = `a,b=0.5` (see `gt_ext.models.refs`).
 
     Serving defaults, from bench/serve.py on the 2-core machines here: int8 linears and one thread
     for prefill and decode (a second intra-op thread made steps 4x slower under load).
     """
     from gt_ext.serve.generate import Generator
 
-    model = resolve_model(model_ref)
+    model = resolve(model_ref)
     extra = parse_adapters(adapters)
     chosen = choose_backend(model, extra, backend, purpose)
     log.info("serving %s on %s", model.ref, chosen)
     if chosen == "llama.cpp":
         gen = Generator(model.base_model, backend="llama.cpp", gguf_path=Path(model.gguf_path), threads=threads)
     else:
-        base = str(model.merged_dir) if model.merged_dir and model.adapters else model.base_model
-        stack = [] if model.merged_dir and model.adapters else list(model.adapters)
+        base, stack = model.torch_weights()
         gen = Generator(base, stack + extra, backend="torch", quantize=quantize, threads=threads)
     return gen, model

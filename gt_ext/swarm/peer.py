@@ -31,6 +31,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from gt_ext.atomic import atomic_write_json
+from gt_ext.corpus import shards
 from gt_ext.errors import GtExtError
 from gt_ext.roles import check_role, check_task
 from gt_ext.swarm import dht as swarm_dht
@@ -344,7 +345,7 @@ def run_peer(
         n_lora = sum(p.numel() for p in params)
         info = {
             "role": role, "task": task, "base_model": cfg.base_model, "config": config_to_dict(cfg),
-            "corpus_hash": _corpus_hash(corpus), "examples": train_stats.items, "dpo_pairs": 0,
+            "corpus_hash": shards.corpus_hash(corpus), "examples": train_stats.items, "dpo_pairs": 0,
             "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "targets": list(cfg.lora.targets)},
             "metrics": {}, "status": "running", "parent": None,
             "swarm": {"run_id": run_id, "peer_id": me, "target_batch_size": target,
@@ -473,14 +474,4 @@ def run_peer(
             except Exception as e:  # shutdown of a half-dead averager must not mask the real error
                 log.debug("optimizer shutdown: %s", e)
         dht.shutdown()
-
-
-def _corpus_hash(corpus: str | Path) -> str | None:
-    m = Path(corpus) / "manifest.json"
-    if not m.is_file():
-        return None
-    try:
-        return json.loads(m.read_text()).get("corpus_hash")
-    except (json.JSONDecodeError, AttributeError):
-        return None
 

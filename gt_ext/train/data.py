@@ -2,8 +2,7 @@
 
 Public API (stable; the swarm loop builds on it):
 
-    partition_files(corpus, kind, role, task, split) -> list[Path]   # kind "sft"|"dpo", task None = all
-    iter_records(paths) -> Iterator[dict]                             # streams JSONL, errors name file:line
+    (reading the shards: `gt_ext.corpus.shards.partition_files` / `iter_records`)
     render_chat(messages, tokenizer, max_length, only_last=False) -> Example | None
     load_items(corpus, kind, role, task, split, tokenizer, max_length, limit=None) -> (items, RenderStats)
     BatchLoader(items, batch_size, pack, pack_length, seed, pad_id)  # endless, .state_dict()/.load_state_dict()
@@ -29,7 +28,6 @@ order, so in a DPO batch example 2k is pair k's chosen answer and 2k+1 its rejec
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Iterator, Sequence
@@ -39,13 +37,12 @@ from typing import Any
 
 import torch
 
+from gt_ext.corpus.shards import iter_records, partition_files
 from gt_ext.errors import GtExtError
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100
-SPLITS = ("train", "val")
-KINDS = ("sft", "dpo")
 
 
 @dataclass
@@ -91,41 +88,6 @@ class RenderStats:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary."""
         return dict(self.__dict__)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Reading the corpus export
-# ---------------------------------------------------------------------------------------------------
-
-
-def partition_files(corpus: str | Path, kind: str, role: str, task: str | None, split: str) -> list[Path]:
-    """The shard files of one partition, `corpus/<kind>/<role>/<task>/<split>.jsonl` (all tasks if None)."""
-    corpus = Path(corpus)
-    if kind not in KINDS or split not in SPLITS:
-        raise GtExtError(f"bad partition kind={kind!r} split={split!r}")
-    if not corpus.is_dir():
-        raise GtExtError(f"corpus folder {corpus} not found")
-    role_dir = corpus / kind / role
-    if task is not None:
-        return [p for p in [role_dir / task / f"{split}.jsonl"] if p.is_file()]
-    return sorted(p for p in role_dir.glob(f"*/{split}.jsonl") if p.is_file())
-
-
-def iter_records(paths: Sequence[Path]) -> Iterator[dict[str, Any]]:
-    """Stream JSON objects from JSONL shards; a bad line raises an error naming file and line."""
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise GtExtError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                if not isinstance(rec, dict):
-                    raise GtExtError(f"{path}:{lineno}: expected a JSON object")
-                rec["_where"] = f"{path}:{lineno}"
-                yield rec
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -6,22 +6,19 @@
 Per optimizer step: `grad_accum` micro-batches, loss normalised over the whole step's assistant
 tokens (SFT) or pairs (DPO) so accumulation is exact; global-norm clipping; AdamW over the adapter
 parameters only; LambdaLR warmup + cosine. A NaN/inf loss or gradient skips the update (counted);
-`max_nonfinite` in a row checkpoints and stops with status "failed". Checkpoints hold the adapter,
-optimizer, scheduler, RNG states and the data position, written to a temp folder and renamed, so
-`train(resume=True)` continues from the newest one and reproduces the uninterrupted losses.
+`max_nonfinite` in a row checkpoints and stops with status "failed". Checkpoints
+(`gt_ext.train.checkpoint`: adapter, optimizer, scheduler, RNG states, data position) let
+`train(resume=True)` continue from the newest one and reproduce the uninterrupted losses.
 
-Writes into run_dir: metrics.jsonl (one line a step), checkpoints/step-N/, adapter/, loss.png.
+Writes into run_dir (`gt_ext.train.runfolder`): metrics.jsonl (one line a step), checkpoints/step-N/,
+adapter/, loss.png.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -32,12 +29,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from gt_ext.atomic import atomic_write_text
 from gt_ext.errors import GtExtError
-from gt_ext.train import losses
+from gt_ext.train import checkpoint, losses
 from gt_ext.train.config import TrainConfig
 from gt_ext.train.data import BatchLoader, Item, batch_tokens, fixed_batches
-from gt_ext.train.lora import load_adapter_weights, save_adapter, trainable_parameters
+from gt_ext.train.lora import save_adapter, trainable_parameters
+from gt_ext.train.runfolder import ADAPTER, PLOT, MetricsLog, plot_losses
 
 log = logging.getLogger(__name__)
 
@@ -69,20 +66,6 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return f
-
-
-def _rng_state() -> dict[str, Any]:
-    import numpy as np
-
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import numpy as np
-
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
 
 
 class Trainer:
@@ -123,11 +106,11 @@ class Trainer:
     # -- paths --------------------------------------------------------------------------------------
     @property
     def ckpt_root(self) -> Path:
-        return self.run_dir / "checkpoints"
+        return checkpoint.checkpoints_dir(self.run_dir)
 
     @property
-    def metrics_path(self) -> Path:
-        return self.run_dir / "metrics.jsonl"
+    def metrics(self) -> MetricsLog:
+        return MetricsLog(self.run_dir)
 
     # -- loss of one step ---------------------------------------------------------------------------
     def _ref_for(self, batch: dict[str, Any]) -> torch.Tensor | None:
@@ -189,65 +172,30 @@ class Trainer:
         self.model.train(was_training)
         return num / max(den, 1)
 
-    # -- checkpoints --------------------------------------------------------------------------------
+    # -- checkpoints (format: gt_ext.train.checkpoint) --------------------------------------------
     def save_checkpoint(self) -> Path:
-        """Write checkpoints/step-N atomically (temp folder + rename); keep the newest K."""
-        self.ckpt_root.mkdir(parents=True, exist_ok=True)
-        final = self.ckpt_root / f"step-{self.step}"
-        tmp = Path(tempfile.mkdtemp(prefix=f".step-{self.step}.", dir=self.ckpt_root))
-        try:
-            save_adapter(self.model, tmp / "adapter")
-            torch.save(
-                {
-                    "step": self.step,
-                    "optimizer": self.opt.state_dict(),
-                    "scheduler": self.sched.state_dict(),
-                    "rng": _rng_state(),
-                    "data": self.loader.state_dict(),
-                    "nonfinite_total": self.nonfinite_total,
-                    "nonfinite_run": self.nonfinite_run,
-                },
-                tmp / "trainer.pt",
-            )
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        for old in self.checkpoints()[: -self.cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-        log.info("checkpoint %s", final)
-        return final
+        """Write checkpoints/step-N (atomic); keep the newest `keep_checkpoints`."""
+        state = checkpoint.TrainerState(
+            step=self.step, optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
+            data=self.loader.state_dict(), nonfinite_total=self.nonfinite_total, nonfinite_run=self.nonfinite_run)
+        return checkpoint.save(self.run_dir, self.model, state, self.cfg.keep_checkpoints)
 
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
-        if not self.ckpt_root.is_dir():
-            return []
-        found = [p for p in self.ckpt_root.glob("step-*") if (p / "trainer.pt").is_file()]
-        return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+        return checkpoint.list_checkpoints(self.run_dir)
 
     def load_checkpoint(self, path: Path) -> None:
-        """Restore adapter, optimizer, scheduler, RNG and data position from a checkpoint folder."""
-        state = torch.load(path / "trainer.pt", weights_only=False)
-        load_adapter_weights(self.model, path / "adapter")
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
-        self.loader.load_state_dict(state["data"])
-        _set_rng_state(state["rng"])
-        self.step = int(state["step"])
-        self.nonfinite_total = int(state["nonfinite_total"])
-        self.nonfinite_run = int(state["nonfinite_run"])
-
-    # -- metrics ------------------------------------------------------------------------------------
-    def _read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.is_file():
-            return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
-
-    def _log(self, rec: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
+        """Restore adapter, optimizer, scheduler, RNG and data position from a checkpoint folder
+        (also one a swarm peer wrote: its data order, seeded per peer, is kept)."""
+        state = checkpoint.load(path, self.model)
+        self.opt.load_state_dict(state.optimizer)
+        if state.scheduler is not None:
+            self.sched.load_state_dict(state.scheduler)
+        self.loader.seed = int(state.data.get("seed", self.loader.seed))
+        self.loader.load_state_dict(state.data)
+        self.step = state.step
+        self.nonfinite_total = state.nonfinite_total
+        self.nonfinite_run = state.nonfinite_run
 
     # -- the loop -----------------------------------------------------------------------------------
     def train(self, resume: bool = False) -> TrainResult:
@@ -262,8 +210,7 @@ class Trainer:
             ckpt = self.checkpoints()[-1]
             self.load_checkpoint(ckpt)
             # Forget metrics written after the checkpoint: those steps run again.
-            history = [r for r in self._read_metrics() if r.get("step", 0) <= self.step]
-            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+            history = self.metrics.keep_until(self.step)
             val_start = next((r["val_loss"] for r in history if r.get("step") == 0 and "val_loss" in r), None)
             log.info("resumed from %s", ckpt)
         else:
@@ -271,10 +218,10 @@ class Trainer:
                 log.warning("--resume: no checkpoint in %s, starting fresh", self.ckpt_root)
             torch.manual_seed(cfg.seed)
             random.seed(cfg.seed)
-            atomic_write_text(self.metrics_path, "")
+            self.metrics.reset()
             val_start = self.evaluate()
             rec = {"step": 0, "val_loss": val_start}
-            self._log(rec)
+            self.metrics.append(rec)
             history.append(rec)
         if cfg.mode == "dpo" and cfg.dpo.precompute_ref and self.ref_cache is None:
             self.precompute_reference()
@@ -326,7 +273,7 @@ class Trainer:
                 last = self.step == cfg.max_steps
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
                     rec["val_loss"] = self.evaluate()
-                self._log(rec)
+                self.metrics.append(rec)
                 history.append(rec)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{ntok / dt:.0f}")
@@ -348,17 +295,17 @@ class Trainer:
                     log.info(message)
                     rec_eval = self.evaluate()
                     history.append({"step": self.step, "val_loss": rec_eval})
-                    self._log({"step": self.step, "val_loss": rec_eval, "time_limit": True})
+                    self.metrics.append({"step": self.step, "val_loss": rec_eval, "time_limit": True})
                     break
         finally:
             bar.close()
         if status == "done":
             self.save_checkpoint()
-            save_adapter(self.model, self.run_dir / "adapter")
+            save_adapter(self.model, self.run_dir / ADAPTER)
         elapsed = time.perf_counter() - started
         self.train_seconds = (elapsed, time.process_time() - cpu_started)
         vals = [r["val_loss"] for r in history if r.get("val_loss") is not None]
-        plot_losses(history, self.run_dir / "loss.png")
+        plot_losses(history, self.run_dir / PLOT)
         return TrainResult(
             status=status,
             steps=self.step,
@@ -370,30 +317,3 @@ class Trainer:
             history=history,
         )
 
-
-def plot_losses(history: list[dict[str, Any]], path: Path) -> None:
-    """Train loss per step and validation loss points, as a PNG (written atomically)."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from gt_ext.atomic import atomic_write_bytes
-
-    tr = [(r["step"], r["loss"]) for r in history if r.get("loss") is not None]
-    va = [(r["step"], r["val_loss"]) for r in history if r.get("val_loss") is not None]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if tr:
-        ax.plot(*zip(*tr, strict=True), label="train", lw=1)
-    if va:
-        ax.plot(*zip(*va, strict=True), "o-", label="val")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())

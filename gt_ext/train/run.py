@@ -8,17 +8,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gt_ext.atomic import atomic_write_json
+from gt_ext.corpus import shards
 from gt_ext.errors import GtExtError
 from gt_ext.roles import check_role, check_task
+from gt_ext.train import runfolder
 from gt_ext.train.config import TrainConfig, config_to_dict, load_config
 from gt_ext.train.data import Item, RenderStats, load_items
 
@@ -81,13 +80,7 @@ def prepare(
     corpus = Path(corpus)
     if not corpus.is_dir():
         raise GtExtError(f"corpus folder {corpus} not found (make one with `gt-ext corpus export --out DIR`)")
-    corpus_hash = None
-    manifest = corpus / "manifest.json"
-    if manifest.is_file():
-        try:
-            corpus_hash = json.loads(manifest.read_text()).get("corpus_hash")
-        except json.JSONDecodeError:
-            raise GtExtError(f"{manifest}: not valid JSON") from None
+    corpus_hash = shards.corpus_hash(corpus)
     tok = load_tokenizer(cfg.base_model)
     kind, ml = cfg.mode, cfg.data.max_length
     part = _partition_name(kind, role, task)
@@ -114,22 +107,11 @@ def prepare(
 
 def _run_json(p: Prepared, status: str, metrics: dict[str, Any]) -> dict[str, Any]:
     cfg = p.cfg
-    return {
-        "role": p.role,
-        "task": p.task,
-        "base_model": cfg.base_model,
-        "config": config_to_dict(cfg),
-        "corpus": str(p.corpus),
-        "corpus_hash": p.corpus_hash,
-        "examples": len(p.train) if cfg.mode == "sft" else 0,
-        "dpo_pairs": len(p.train) if cfg.mode == "dpo" else 0,
-        "truncated": p.train_stats.truncated,
-        "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "targets": list(cfg.lora.targets)},
-        "metrics": metrics,
-        "status": status,
-        "parent": cfg.role_adapter,
-        "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    return runfolder.run_record(
+        role=p.role, task=p.task, config=config_to_dict(cfg), corpus=p.corpus, corpus_hash=p.corpus_hash,
+        examples=len(p.train) if cfg.mode == "sft" else 0, dpo_pairs=len(p.train) if cfg.mode == "dpo" else 0,
+        lora={"r": cfg.lora.r, "alpha": cfg.lora.alpha, "targets": list(cfg.lora.targets)},
+        metrics=metrics, status=status, parent=cfg.role_adapter, truncated=p.train_stats.truncated)
 
 
 def run_training(p: Prepared, out: str | Path, resume: bool = False, progress: bool = True, callbacks=None) -> dict[str, Any]:
@@ -138,21 +120,15 @@ def run_training(p: Prepared, out: str | Path, resume: bool = False, progress: b
     from gt_ext.train.lora import load_base_for_training
 
     out = Path(out)
-    run_json = out / "run.json"
-    if run_json.exists() and not resume:
-        raise GtExtError(f"run folder {out} already has a run; pass --resume to continue it or choose another --out")
-    if resume and run_json.exists():
-        prev = json.loads(run_json.read_text())
-        if prev.get("config") != config_to_dict(p.cfg):
-            raise GtExtError(f"--resume: config differs from the one in {run_json}; resume with the same config")
+    runfolder.check_new_or_resumable(out, config_to_dict(p.cfg), resume)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_json, _run_json(p, "running", {}))
+    runfolder.write_run_json(out, _run_json(p, "running", {}))
     model, _ = load_base_for_training(p.cfg)
     trainer = Trainer(p.cfg, model, p.tokenizer, p.train, p.val, out, progress=progress, callbacks=callbacks)
     try:
         result = trainer.train(resume=resume)
     except BaseException:
-        atomic_write_json(run_json, _run_json(p, "failed", {"steps": trainer.step}))
+        runfolder.write_run_json(out, _run_json(p, "failed", {"steps": trainer.step}))
         raise
     metrics = {
         "val_loss_start": result.val_loss_start,
@@ -166,5 +142,5 @@ def run_training(p: Prepared, out: str | Path, resume: bool = False, progress: b
     if result.message:
         metrics["message"] = result.message
     final = _run_json(p, result.status, metrics)
-    atomic_write_json(run_json, final)
+    runfolder.write_run_json(out, final)
     return final

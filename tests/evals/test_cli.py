@@ -73,8 +73,11 @@ def test_run_real_tiny_model_json(tmp_path, capsys):
     d = json.loads(capsys.readouterr().out)
     assert d["model"] == "base:tiny-llama" and len(d["tasks"]) == 2
     assert d["gate"]["deployable"] is False  # a random model does not pass the witness gate
-    written = tmp_path / "gthome" / "evals" / "base-tiny-llama" / "eval-witness.json"
+    # A --limit run is a smoke run: written apart from a full result, marked partial.
+    assert d["run"]["full"] is False and d["run"]["limit"] == 2 and d["run"]["suite_tasks"] >= 40
+    written = tmp_path / "gthome" / "evals" / "base-tiny-llama" / "eval-witness-partial.json"
     assert json.loads(written.read_text())["composite"] == d["composite"]
+    assert not (written.parent / "eval-witness.json").exists()
 
 
 @pytest.mark.integration

@@ -39,53 +39,6 @@ def _echo(batch, params):
     return [m[-1]["content"] for m in batch]
 
 
-def test_resolve_model_refs(tmp_path):
-    r = runner.resolve_model("base:tiny-llama")
-    assert r.base_model == "tiny-llama" and r.adapters == [] and r.out_dir.name == "base-tiny-llama"
-    run = tmp_path / "run"
-    (run / "adapter").mkdir(parents=True)
-    (run / "adapter" / "adapter_config.json").write_text("{}")
-    (run / "run.json").write_text(json.dumps({"base_model": "smollm2-135m-instruct", "role": "witness"}))
-    r = runner.resolve_model(str(run))
-    assert r.base_model == "smollm2-135m-instruct" and r.adapters == [(str(run / "adapter"), 1.0)]
-    assert r.out_dir == run and r.role == "witness"
-    exp = tmp_path / "export"
-    (exp / "merged").mkdir(parents=True)
-    (exp / "merged" / "config.json").write_text("{}")
-    (exp / "manifest.json").write_text(json.dumps({"base_model": "smollm2-135m-instruct"}))
-    r = runner.resolve_model(str(exp))
-    assert r.base_model == str(exp / "merged") and r.adapters == []
-
-
-def test_task_adapter_run_is_scored_with_its_role_adapter_under_it(tmp_path):
-    role = tmp_path / "role-adapter"
-    role.mkdir()
-    (role / "adapter_config.json").write_text("{}")
-    run = tmp_path / "dpo-run"
-    (run / "adapter").mkdir(parents=True)
-    (run / "adapter" / "adapter_config.json").write_text("{}")
-    (run / "run.json").write_text(json.dumps({"base_model": "smollm2-135m-instruct", "parent": str(role)}))
-    assert runner.resolve_model(str(run)).adapters == [(str(role), 1.0), (str(run / "adapter"), 1.0)]
-    (role / "adapter_config.json").unlink()
-    with pytest.raises(GtExtError, match="which is gone"):
-        runner.resolve_model(str(run))
-
-
-@pytest.mark.parametrize("ref,msg", [("", "empty"), ("base:", "needs a model name"), ("/no/such dir!", "not base:")])
-def test_bad_model_refs(ref, msg):
-    with pytest.raises(GtExtError, match=msg):
-        runner.resolve_model(ref)
-
-
-def test_folder_without_base_model(tmp_path):
-    (tmp_path / "run.json").write_text("{}")
-    with pytest.raises(GtExtError, match="no run.json/manifest.json with base_model"):
-        runner.resolve_model(str(tmp_path))
-    (tmp_path / "run.json").write_text(json.dumps({"base_model": "x"}))
-    with pytest.raises(GtExtError, match="no adapter/"):
-        runner.resolve_model(str(tmp_path))
-
-
 def test_evaluate_writes_contract_json_next_to_model(tmp_path):
     run = tmp_path / "run"
     (run / "adapter").mkdir(parents=True)
@@ -155,7 +108,7 @@ def test_witness_suite_reference_answers_pass_and_wrong_ones_fail(tmp_path):
 
 def test_registry_ref_records_the_result(tmp_path, monkeypatch):
     """A registry ref resolves to its version's adapter, and the result lands in the registry."""
-    pytest.importorskip("gt_ext.registry")
+    from gt_ext.models.refs import resolve
     from gt_ext.registry import Registry
 
     monkeypatch.setenv("GT_EXT_MODELS", str(tmp_path / "models"))
@@ -170,8 +123,8 @@ def test_registry_ref_records_the_result(tmp_path, monkeypatch):
     (run / "run.json").write_text(json.dumps({"role": "witness", "base_model": "tiny-llama", "status": "done"}))
     with Registry.open() as reg:
         rec = reg.register(run)
-    ref = runner.resolve_model(rec.ref)
-    assert ref.adapters == [(str(rec.adapter_dir), 1.0)] and ref.base_model == "tiny-llama"
+    ref = resolve(rec.ref)
+    assert ref.adapters == [(rec.adapter_dir, 1.0)] and ref.base_model == "tiny-llama"
     res = runner.evaluate(rec.ref, _suite(tmp_path), generate=_echo)
     with Registry.open() as reg:
         got = reg.get(rec.ref)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gt_ext.gastown.bd import Bd
-from gt_ext.rag import spool
+from gt_ext.rag import queue
 from gt_ext.rag.index import open_collection, reindex
 from gt_ext.rag.retrieve import retrieve
 from tests.rag.townkit import QUERIES, build_beads_town
@@ -93,19 +93,19 @@ def test_bd_hook_spools_and_indexer_drains(bd_town):
     hook.parent.mkdir(exist_ok=True)
     # What the corpus hooks do for RAG: one call, no index access.
     hook.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
-                    "from gt_ext.rag.spool import enqueue\n"
+                    "from gt_ext.rag.queue import enqueue\n"
                     f"enqueue({str(root)!r}, {{'kind': 'bead', 'op': sys.argv[2], 'beads_dir': {str(beads)!r}, 'id': sys.argv[1]}})\n")
     hook.chmod(0o755)
     try:
         hook_env = {k: v for k, v in env.items() if k != "BD_NO_HOOKS"}
         issue = Bd(beads, env=hook_env).create("Hooked bead about flamingo deployments")
         deadline = time.monotonic() + 60  # bd runs hooks in the background: wait for the file
-        while not spool.pending(root) and time.monotonic() < deadline:
+        while not queue.pending(root) and time.monotonic() < deadline:
             time.sleep(0.1)
-        [ev] = spool.read_events(spool.pending(root))
+        [ev] = queue.read_queued(queue.pending(root))
         assert ev["id"] == issue.id and ev["op"] == "create"
         rep = reindex(root)
-        assert rep.events == 1 and rep.added == 1 and spool.pending(root) == []
+        assert rep.events == 1 and rep.added == 1 and queue.pending(root) == []
         assert retrieve("flamingo deployments", role="crew", town=root, k=1)[0].source == f"bead:demo:{issue.id}"
     finally:
         hook.unlink()

@@ -15,7 +15,7 @@ import pytest
 
 from gt_ext.cli import main as cli
 from gt_ext.errors import GtExtError
-from gt_ext.rag import spool
+from gt_ext.rag import queue
 from gt_ext.rag.index import indexer_lock, lock_holder, open_collection, reindex, status
 from gt_ext.rag.retrieve import context_for, count_tokens, retrieve
 from gt_ext.rag.sources import scan
@@ -103,11 +103,11 @@ def test_edit_and_delete_are_reflected_without_duplicates(town):
 
 
 def test_spooled_event_is_drained(town):
-    spool.enqueue(town, {"kind": "file", "path": str(town / "CLAUDE.md")})
+    queue.enqueue(town, {"kind": "file", "path": str(town / "CLAUDE.md")})
     assert status(town)["pending_events"] == 1
     rep = reindex(town)
     assert rep.events == 1 and rep.groups_synced == 1 and (rep.added, rep.deleted) == (0, 0)
-    assert spool.pending(town) == []
+    assert queue.pending(town) == []
 
 
 def test_one_writer(town):
@@ -163,13 +163,13 @@ def test_killed_indexer_converges(tmp_path):
 
 
 def test_sessions_from_corpus_store_and_export(tmp_path):
-    from gt_ext.corpus.store import Example, Store
+    from gt_ext.corpus.store import Store, StoredExample
 
     root = write_town_files(tmp_path / "town")
     msgs = [{"role": "user", "content": "polecat nux is stuck on a rebase"},
             {"role": "assistant", "content": "nudged nux and escalated the rebase conflict to the refinery"}]
     with Store.open(root / ".corpus") as store, store.tx():
-        store.insert(Example(id="ex1", source="claude-jsonl", source_key="k1", source_hash="h1", messages=msgs,
+        store.insert(StoredExample(id="ex1", source="claude-jsonl", source_key="k1", source_hash="h1", messages=msgs,
                              role="witness", task="patrol", rig="demo", session="s-1", time="2026-01-01T00:00:00Z"))
     export = tmp_path / "export"
     (export / "sft" / "crew" / "general").mkdir(parents=True)

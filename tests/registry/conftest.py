@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gt_ext.registry.artifacts import sha256_file
+from gt_ext.digest import sha256_file
 
 BASE = "tiny-llama"
 # Keys gt writes that the registry must never drop or reorder.

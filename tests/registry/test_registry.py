@@ -117,7 +117,7 @@ def test_gate_failure_refused_unless_forced(registry: Registry, make_export, tow
     registry.register(make_export("deacon"))
     rec = registry.record_eval("deacon:1", FAIL)
     assert (rec.gate, rec.eval_composite) == ("fail", 20.0)
-    assert (rec.path / "eval-roles.json").is_file()
+    assert (rec.path / "eval-roles-partial.json").is_file()  # no run block: not a full run
     with pytest.raises(GtExtError, match="failed its eval gate"):
         registry.deploy("deacon:1")
     assert "deacon" not in _settings(town_dir)["role_agents"]

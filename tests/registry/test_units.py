@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from gt_ext.errors import GtExtError
 from gt_ext.gastown.dolt import free_port
 from gt_ext.registry import Registry, parse_ref
+from gt_ext.registry.db import Deployment, ModelRecord
 from gt_ext.registry.deploy import replay
 from gt_ext.registry.prune import plan
-from gt_ext.registry.store import Deployment, ModelRecord
 
 
 @pytest.mark.parametrize("ref, want", [("witness", ("witness", None)), ("witness:3", ("witness", 3)),

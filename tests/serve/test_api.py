@@ -8,9 +8,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gt_ext.errors import GtExtError
+from gt_ext.models.refs import ResolvedModel
 from gt_ext.serve.api import create_app
 from gt_ext.serve.params import SamplingParams
-from gt_ext.serve.refs import ResolvedModel
 
 MSG = [{"role": "user", "content": "Report the patrol status."}]
 
@@ -24,7 +24,7 @@ def served(adapters):
 
     def lookup(ref, base):
         if ref == "patrol-adapter:2":
-            return adapters["b"]
+            return [adapters["b"]]
         raise GtExtError(f"model {ref!r} is not served here and not in the registry")
 
     return gen, model, lookup

@@ -90,7 +90,7 @@ def _merged_logits(gen, stack, ids):
     """Reference: the base model with each adapter's weight*scale*B@A added into its weights."""
     import copy
 
-    from gt_ext.serve.lora import LoraAdapter
+    from gt_ext.serve.adapter_stack import LoraAdapter
 
     model = copy.deepcopy(gen._engine.model)
     mods = dict(model.named_modules())

@@ -9,14 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from gt_ext.gastown.town import find_town
 from gt_ext.paths import home_dir
 
 
 def _town_root() -> Path | None:
-    try:
-        from gt_ext.gastown.town import find_town
-    except ImportError:
-        return None
     town = find_town()
     return Path(town.root) if town else None
 

@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from gt_ext.corpus.export import export_corpus, verify_export
 from gt_ext.corpus.ingest import Ingestor, Source, Tags
 from gt_ext.corpus.planted import secrets_and_decoys
 from gt_ext.corpus.sample_town import generate, ingest_sessions
 from gt_ext.corpus.scrub import Scrubber
+from gt_ext.corpus.shards import verify_shards, write_shards
 from gt_ext.corpus.store import Store
 from gt_ext.errors import GtExtError
 
@@ -25,10 +25,10 @@ def _all_text(out):
 
 
 def test_layout_manifest_and_determinism(sample_store, tmp_path):
-    m1 = export_corpus(sample_store, tmp_path / "a")
-    m2 = export_corpus(sample_store, tmp_path / "b")
+    m1 = write_shards(sample_store, tmp_path / "a")
+    m2 = write_shards(sample_store, tmp_path / "b")
     assert m1["corpus_hash"] == m2["corpus_hash"] and m1["files"] == m2["files"]
-    assert verify_export(tmp_path / "a")["corpus_hash"] == m1["corpus_hash"]
+    assert verify_shards(tmp_path / "a")["corpus_hash"] == m1["corpus_hash"]
     assert "sft/witness/patrol/train.jsonl" in m1["files"]
     rec = json.loads((tmp_path / "a" / "sft/witness/patrol/train.jsonl").read_text().splitlines()[0])
     assert set(rec) == {"id", "role", "task", "messages", "provenance"}
@@ -47,18 +47,18 @@ def test_layout_manifest_and_determinism(sample_store, tmp_path):
     f = tmp_path / "a" / "sft/witness/patrol/train.jsonl"
     f.write_text(f.read_text() + "\n")
     with pytest.raises(GtExtError, match="hash differs"):
-        verify_export(tmp_path / "a")
+        verify_shards(tmp_path / "a")
 
 
 def test_refuses_to_clobber(sample_store, tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "mine.txt").write_text("keep")
     with pytest.raises(GtExtError, match="not a corpus export"):
-        export_corpus(sample_store, tmp_path / "x")
-    export_corpus(sample_store, tmp_path / "y")
+        write_shards(sample_store, tmp_path / "x")
+    write_shards(sample_store, tmp_path / "y")
     with pytest.raises(GtExtError, match="--overwrite"):
-        export_corpus(sample_store, tmp_path / "y")
-    export_corpus(sample_store, tmp_path / "y", overwrite=True)
+        write_shards(sample_store, tmp_path / "y")
+    write_shards(sample_store, tmp_path / "y", overwrite=True)
 
 
 def test_planted_secrets_never_reach_an_export(tmp_path):
@@ -73,7 +73,7 @@ def test_planted_secrets_never_reach_an_export(tmp_path):
                     {"role": "assistant", "content": f"The {kind} setting is in place and the check passed."}]
             ing.ingest(msgs, Tags(role="crew", outcome="success", session=f"s{i}"), Source("curated", f"k{i}", f"h{i}"))
     out = tmp_path / "out"
-    export_corpus(st, out, val_pct=0)
+    write_shards(st, out, val_pct=0)
     text = _all_text(out)
     assert text.count('"role": "crew"') >= len(secrets) * 0.8
     for kind, _line, value in secrets:
@@ -89,11 +89,11 @@ def test_rig_local_by_default_and_sharing_opt_in(tmp_path):
                         {"role": "assistant", "content": f"All polecats of {rig} are working; nothing to do."}],
                        Tags(role="witness", rig=rig, outcome="success"), Source("curated", rig, rig))
     out = tmp_path / "o1"
-    export_corpus(st, out, rig="alpha", val_pct=0)
+    write_shards(st, out, rig="alpha", val_pct=0)
     text = _all_text(out)
     assert "alpha" in text and "beta" not in text and "gamma" not in text
     (tmp_path / "town" / "settings").mkdir()
     (tmp_path / "town" / "settings" / "gt-ext.json").write_text(json.dumps({"corpus": {"share": ["beta"]}}))
-    export_corpus(st, out, rig="alpha", val_pct=0, overwrite=True)
+    write_shards(st, out, rig="alpha", val_pct=0, overwrite=True)
     text = _all_text(out)
     assert "beta" in text and "gamma" not in text

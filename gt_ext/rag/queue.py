@@ -1,10 +1,13 @@
-"""The spool: a folder of small event files that bd hooks append to and the one indexer drains.
+"""RAG's reindex queue: a folder of small event files that bd hooks append to and the one indexer drains.
+
+(Not the corpus spool, `gt_ext.corpus.spool`, which holds whole hook events for corpus processing;
+this queue holds ids and paths only. On disk it is `<town>/.rag/spool/`, kept for existing towns.)
 
 Hooks must return fast and never lose work, and Chroma is not process-safe, so a hook never
 touches the index: it writes one event file here (temp + rename, so the indexer never reads half
 an event) and exits. This module imports only the standard library and `gt_ext.atomic`.
 
-    from gt_ext.rag.spool import enqueue
+    from gt_ext.rag.queue import enqueue
     enqueue(town_root, {"kind": "bead", "op": "close", "beads_dir": "/town/.beads", "id": "hq-1"})
 """
 
@@ -25,7 +28,7 @@ SPOOL_DIRNAME = "spool"
 _KEEP = ("kind", "op", "beads_dir", "id", "path", "rig")
 
 
-def spool_dir(town_root: str | os.PathLike) -> Path:
+def queue_dir(town_root: str | os.PathLike) -> Path:
     """`<town>/.rag/spool/`, where pending events wait for the indexer."""
     return Path(town_root) / RAG_DIRNAME / SPOOL_DIRNAME
 
@@ -38,12 +41,12 @@ def enqueue(town_root: str | os.PathLike, event: dict[str, Any]) -> Path:
     changed). Only the keys kind, op, beads_dir, id, path and rig are kept.
     """
     if not isinstance(event, dict) or not isinstance(event.get("kind"), str):
-        raise ValueError("rag spool event must be a dict with a string 'kind'")
+        raise ValueError("rag queue event must be a dict with a string 'kind'")
     rec = {k: str(event[k]) for k in _KEEP if event.get(k) is not None}
     rec["ts"] = time.time()
     # Name sorts by time; pid + counter keep concurrent hooks from colliding.
     name = f"{time.time_ns():020d}-{os.getpid()}-{_next()}.json"
-    path = spool_dir(town_root) / name
+    path = queue_dir(town_root) / name
     atomic_write_text(path, json.dumps(rec, sort_keys=True) + "\n")
     return path
 
@@ -59,13 +62,13 @@ def _next() -> int:
 
 def pending(town_root: str | os.PathLike) -> list[Path]:
     """Event files waiting in the spool, oldest first (temp files of writers in flight are skipped)."""
-    d = spool_dir(town_root)
+    d = queue_dir(town_root)
     if not d.is_dir():
         return []
     return sorted(p for p in d.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
 
 
-def read_events(paths: list[Path]) -> list[dict[str, Any]]:
+def read_queued(paths: list[Path]) -> list[dict[str, Any]]:
     """Parse event files; an unreadable one is returned as `{"kind": "corrupt", "path": ...}`."""
     out = []
     for p in paths:

@@ -1,13 +1,21 @@
-"""Export the corpus as training shards with a manifest (the format in docs/CONTRACTS.md).
+"""The corpus export's shards: the one writer and the one reader of the format in docs/CONTRACTS.md.
 
     DIR/manifest.json
     DIR/sft/<role>/<task>/{train,val}.jsonl
     DIR/dpo/<role>/<task>/{train,val}.jsonl
 
-Only active examples go out; SFT takes those labelled good or neutral (never one with a convention
-violation or a failed outcome); DPO pairs a success with a failure of the same task (same opening
-prompt). The train/val split is a pure function of the prompt, so it is deterministic and the
-same task never lands on both sides. Files are written to a temp folder and renamed into place.
+Writing (`gt corpus export`): `write_shards(store, out)`. Only active examples go out; SFT takes
+those labelled good or neutral (never one with a convention violation or a failed outcome); DPO
+pairs a success with a failure of the same task (same opening prompt). The train/val split is a
+pure function of the prompt, so it is deterministic and the same task never lands on both sides.
+Files are written to a temp folder and renamed into place.
+
+Reading (training, the swarm, the contamination guard, RAG's session index, job beads):
+`read_manifest`, `corpus_hash`, `partition_files`, `shard_files`, `iter_records`. One policy for a
+bad line everywhere: a one-line `GtExtError` naming `file:line`. Records end at "\n" only (a
+U+2028 inside a string never cuts one).
+
+("export" alone means the model artifacts of `gt_ext.export`; corpus shards are "shards".)
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import os
 import shutil
 import tempfile
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +35,8 @@ from typing import Any
 from gt_ext.atomic import replace_dir
 from gt_ext.corpus.format import canonical_json, dpo_id
 from gt_ext.corpus.scrub import Scrubber
-from gt_ext.corpus.store import Example, Store
+from gt_ext.corpus.store import Store, StoredExample
+from gt_ext.digest import sha256_file
 from gt_ext.errors import GtExtError
 from gt_ext.roles import TASKS
 
@@ -65,11 +75,11 @@ def _is_val(key: str, val_pct: int) -> bool:
     return int(key[:8], 16) % 100 < val_pct
 
 
-def _task(ex: Example) -> str:
+def _task(ex: StoredExample) -> str:
     return ex.task if ex.task in TASKS else "general"
 
 
-def _dpo_pair(good: Example, bad: Example) -> dict[str, Any] | None:
+def _dpo_pair(good: StoredExample, bad: StoredExample) -> dict[str, Any] | None:
     """Prompt = shared prefix; chosen/rejected = the first assistant turns where they part."""
     a, b = good.messages or [], bad.messages or []
     i = 0
@@ -86,7 +96,7 @@ def _dpo_pair(good: Example, bad: Example) -> dict[str, Any] | None:
             "prompt": prompt, "chosen": a[i]["content"], "rejected": b[i]["content"], "provenance": prov}
 
 
-def export_corpus(store: Store, out: str | os.PathLike, rig: str | None = None, val_pct: int = 10,
+def write_shards(store: Store, out: str | os.PathLike, rig: str | None = None, val_pct: int = 10,
                   overwrite: bool = False) -> dict[str, Any]:
     """Write the shards and manifest to `out`; return the manifest.
 
@@ -108,7 +118,7 @@ def export_corpus(store: Store, out: str | os.PathLike, rig: str | None = None, 
     if allowed is not None:
         examples = [e for e in examples if e.rig is None or e.rig in allowed]
     excluded = 0
-    clean: list[Example] = []
+    clean: list[StoredExample] = []
     for e in examples:
         if any(verifier.scan(m["content"]) for m in e.messages or []):
             excluded += 1
@@ -123,7 +133,7 @@ def export_corpus(store: Store, out: str | os.PathLike, rig: str | None = None, 
             sft[(e.role, _task(e), split)].append(
                 {"id": e.id, "role": e.role, "task": _task(e), "messages": e.messages, "provenance": e.provenance()})
 
-    by_prompt: dict[tuple[str, str], dict[str, list[Example]]] = defaultdict(lambda: {"good": [], "bad": []})
+    by_prompt: dict[tuple[str, str], dict[str, list[StoredExample]]] = defaultdict(lambda: {"good": [], "bad": []})
     for e in clean:
         key = (e.role, _prompt_key(e.messages))
         if e.label == "good":
@@ -154,7 +164,7 @@ def export_corpus(store: Store, out: str | os.PathLike, rig: str | None = None, 
                 files[rel] = hashlib.sha256(data).hexdigest()
                 counts[kind].setdefault(role, {}).setdefault(task, {"train": 0, "val": 0})[split] = len(recs)
         manifest = {
-            "corpus_hash": hashlib.sha256("\n".join(sorted(files.values())).encode()).hexdigest(),
+            "corpus_hash": files_hash(files),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "counts": counts,
             "files": dict(sorted(files.items())),
@@ -173,17 +183,98 @@ def export_corpus(store: Store, out: str | os.PathLike, rig: str | None = None, 
     return manifest
 
 
-def verify_export(out: str | os.PathLike) -> dict[str, Any]:
+def verify_shards(out: str | os.PathLike) -> dict[str, Any]:
     """Re-hash an export and compare with its manifest; raise on any mismatch."""
     out = Path(out)
-    try:
-        manifest = json.loads((out / "manifest.json").read_text())
-    except FileNotFoundError:
-        raise GtExtError(f"{out}: no manifest.json") from None
+    manifest = read_manifest(out)
     for rel, h in manifest["files"].items():
         p = out / rel
-        if not p.is_file() or hashlib.sha256(p.read_bytes()).hexdigest() != h:
+        if not p.is_file() or sha256_file(p) != h:
             raise GtExtError(f"{out}/{rel}: missing or hash differs from the manifest")
-    if hashlib.sha256("\n".join(sorted(manifest["files"].values())).encode()).hexdigest() != manifest["corpus_hash"]:
+    if files_hash(manifest["files"]) != manifest["corpus_hash"]:
         raise GtExtError(f"{out}: corpus_hash does not match the file hashes")
     return manifest
+
+
+# --------------------------------------------------------------------------------------- reading
+
+MANIFEST = "manifest.json"
+KINDS = ("sft", "dpo")
+SPLITS = ("train", "val")
+
+
+def files_hash(files: dict[str, str]) -> str:
+    """`corpus_hash`: sha256 over the sorted file hashes, one a line."""
+    return hashlib.sha256("\n".join(sorted(files.values())).encode()).hexdigest()
+
+
+def read_manifest(corpus: str | os.PathLike) -> dict[str, Any]:
+    """`<corpus>/manifest.json`; a one-line `GtExtError` when it is missing or not a JSON object."""
+    p = Path(corpus) / MANIFEST
+    try:
+        m = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GtExtError(f"{Path(corpus)}: no {MANIFEST} (make one with `gt corpus export --out DIR`)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise GtExtError(f"{p}: unreadable ({e.__class__.__name__})") from None
+    except json.JSONDecodeError as e:
+        raise GtExtError(f"{p}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(m, dict):
+        raise GtExtError(f"{p}: expected a JSON object")
+    return m
+
+
+def corpus_hash(corpus: str | os.PathLike) -> str | None:
+    """The export's `corpus_hash`; None for a folder without a manifest (shards made by hand).
+    A manifest that is there but broken is an error, never a silent None."""
+    if not (Path(corpus) / MANIFEST).is_file():
+        return None
+    return read_manifest(corpus).get("corpus_hash")
+
+
+def partition_files(corpus: str | os.PathLike, kind: str, role: str, task: str | None, split: str) -> list[Path]:
+    """The shard files of one partition, `corpus/<kind>/<role>/<task>/<split>.jsonl` (all tasks if None)."""
+    corpus = Path(corpus)
+    if kind not in KINDS or split not in SPLITS:
+        raise GtExtError(f"bad partition kind={kind!r} split={split!r}")
+    if not corpus.is_dir():
+        raise GtExtError(f"corpus folder {corpus} not found")
+    role_dir = corpus / kind / role
+    if task is not None:
+        return [p for p in [role_dir / task / f"{split}.jsonl"] if p.is_file()]
+    return sorted(p for p in role_dir.glob(f"*/{split}.jsonl") if p.is_file())
+
+
+def shard_files(corpus: str | os.PathLike, kinds: tuple[str, ...] = KINDS) -> list[Path]:
+    """Every shard of an export (`<kind>/<role>/<task>/<split>.jsonl`), sorted."""
+    corpus = Path(corpus)
+    return sorted(p for k in kinds for p in corpus.glob(f"{k}/*/*/*.jsonl") if p.is_file())
+
+
+def is_export(folder: str | os.PathLike) -> bool:
+    """True for a folder laid out as an export (a manifest, or sft/ or dpo/ shards)."""
+    f = Path(folder)
+    return f.is_dir() and ((f / MANIFEST).is_file() or any((f / k).is_dir() for k in KINDS))
+
+
+def iter_records(paths: Sequence[str | os.PathLike]) -> Iterator[dict[str, Any]]:
+    """Stream the JSON objects of JSONL shards; a bad line raises a `GtExtError` naming file:line.
+
+    Each record gets `_where` = "file:line" (for the caller's own error messages)."""
+    for path in paths:
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):  # binary lines end at b"\n" only
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise GtExtError(f"{path}:{lineno}: not UTF-8 (byte {e.start})") from None
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise GtExtError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                if not isinstance(rec, dict):
+                    raise GtExtError(f"{path}:{lineno}: expected a JSON object")
+                rec["_where"] = f"{path}:{lineno}"
+                yield rec

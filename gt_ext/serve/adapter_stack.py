@@ -23,17 +23,9 @@ import torch
 from safetensors.torch import load_file
 
 from gt_ext.errors import GtExtError
+from gt_ext.models.refs import adapter_folder
 
 log = logging.getLogger(__name__)
-
-
-def adapter_folder(path: str | Path) -> Path:
-    """Return the PEFT adapter folder for `path`: the folder itself, or its `adapter/` (run/export folders)."""
-    p = Path(path).expanduser()
-    for cand in (p, p / "adapter"):
-        if (cand / "adapter_config.json").is_file():
-            return cand
-    raise GtExtError(f"{p}: no LoRA adapter here (expected adapter_config.json, or adapter/adapter_config.json)")
 
 
 @dataclass

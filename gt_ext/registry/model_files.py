@@ -8,7 +8,6 @@ read-only, and `verify()` re-hashes every file before a deploy uses it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gt_ext.atomic import atomic_write_json
+from gt_ext.digest import sha256_file
 from gt_ext.errors import GtExtError
 
 log = logging.getLogger(__name__)
@@ -29,15 +29,6 @@ RUN_JSON = "run.json"
 # From a run folder only the trained result travels; checkpoints (optimizer state) stay behind.
 _RUN_KEEP = ("adapter", RUN_JSON, "metrics.jsonl", "loss.png")
 _SKIP_NAMES = {MANIFEST, "checkpoints"}
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
