@@ -12,8 +12,9 @@ What changes against node0's optimizer, and why:
 * A non-finite gradient drops that micro-batch (logged, counted, accumulated as zero so the count
   of micro-batches stays right) instead of node0's `os.killpg`.
 * Before the update, the averaged gradient is clipped by the norm of the WHOLE adapter: every stage
-  publishes its squared norm for the step in the DHT and waits (bounded) for the others, so the
-  update equals single-process `clip_grad_norm_` over all adapter parameters.
+  publishes its gradients' norms for the step in the DHT and waits (bounded) for the others, so the
+  update equals single-process `clip_grad_norm_` over all adapter parameters. node0's own fixed
+  per-stage clipping (0.18) is switched off.
 * State and gradient averagers refuse peers without the swarm key (`MemberGateMixin`), share the
   adapter state with replicas that join (node0 turns state sharing off), and a failed download tries
   the next peer instead of killing the process group.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -46,9 +46,12 @@ def trainable_parameters(model: Any) -> list[Any]:
 class NormExchange:
     """Global gradient-norm clipping across the stages of one pipeline, through the DHT.
 
-    Each stage stores its squared gradient norm for step `epoch` under `{run}_gradnorm.{epoch}`
-    (subkey = its layer span) and waits until the spans it sees cover every layer; replicas of one
-    stage hold the same averaged gradient and store the same value under the same subkey."""
+    Each stage stores the norms of its parameters' gradients (float32, in parameter order) for step
+    `epoch` under `{run}_gradnorm.{epoch}` (subkey: its layer span) and waits until the spans it
+    sees cover every layer. The norms of all spans, in layer order, are the per-parameter norms a
+    single process would see, in its order, so the total norm and the clipping are computed by
+    torch's own `get_total_norm` / `clip_grads_with_norm_` exactly as `clip_grad_norm_` does.
+    Replicas of a stage hold the same averaged gradient and store the same value."""
 
     def __init__(self, dht: Any, run: str, first: int, last: int, total: int, max_norm: float,
                  timeout: float = 30.0, poll_s: float = 0.02):
@@ -61,43 +64,42 @@ class NormExchange:
             have.update(range(a, b))
         return have >= set(range(self.total))
 
-    def global_norm(self, local_sq: float, epoch: int) -> float:
-        """sqrt(sum of every stage's squared norm); this stage's own alone after `timeout`."""
+    def all_norms(self, local: list[float], epoch: int) -> list[float]:
+        """Every stage's per-parameter gradient norms, in layer order; this stage's alone (with a
+        warning) if the others have not reported within `timeout`."""
         from hivemind.utils.timed_storage import get_dht_time
 
         key = f"{self.run}_gradnorm.{epoch}"
-        self.dht.store(key, subkey=f"{self.span[0]}:{self.span[1]}", value=float(local_sq),
+        self.dht.store(key, subkey=f"{self.span[0]}:{self.span[1]}", value=list(local),
                        expiration_time=get_dht_time() + 120.0)
         deadline = time.monotonic() + self.timeout
         while True:
             found = self.dht.get(key, latest=True)
-            values: dict[tuple[int, int], float] = {}
+            spans: dict[tuple[int, int], list[float]] = {}
             if found is not None and isinstance(found.value, dict):
                 for sub, entry in found.value.items():
                     try:
                         a, b = (int(x) for x in str(sub).split(":"))
-                        values[(a, b)] = float(entry.value)
+                        spans[(a, b)] = [float(v) for v in entry.value]
                     except (ValueError, TypeError, AttributeError):
                         continue
-            if self._covered(list(values)):
-                return math.sqrt(sum(values.values()))
+            if self._covered(list(spans)):
+                return [v for k in sorted(spans) for v in spans[k]]
             if time.monotonic() > deadline:
-                log.warning("step %d: not every stage reported its gradient norm in %.0f s; clipping by "
-                            "the norms seen (%d spans)", epoch, self.timeout, len(values))
-                return math.sqrt(sum(values.values()) if values else local_sq)
+                log.warning("step %d: not every stage reported its gradient norms in %.0f s; clipping by "
+                            "the norms seen (%d spans)", epoch, self.timeout, len(spans))
+                return [v for k in sorted(spans) for v in spans[k]] if spans else list(local)
             time.sleep(self.poll_s)
 
     def clip_(self, params: list[torch.Tensor], epoch: int) -> float:
-        """Scale the gradients in place as `clip_grad_norm_(all adapter params, max_norm)` would;
-        returns the global norm."""
+        """Clip the gradients in place as `clip_grad_norm_(all adapter params, max_norm)`; returns
+        the global norm."""
         grads = [p.grad for p in params if p.grad is not None]
-        local_sq = float(sum(float(g.detach().float().pow(2).sum()) for g in grads))
-        total = self.global_norm(local_sq, epoch)
-        coef = min(1.0, self.max_norm / (total + 1e-6))
-        if coef < 1.0:
-            for g in grads:
-                g.mul_(coef)
-        return total
+        local = [float(n) for n in torch._foreach_norm(grads, 2.0)] if grads else []
+        norms = [torch.tensor(v, dtype=torch.float32) for v in self.all_norms(local, epoch)]
+        total = torch.nn.utils.get_total_norm(norms, 2.0)
+        torch.nn.utils.clip_grads_with_norm_(params, self.max_norm, total)
+        return float(total)
 
 
 @functools.cache
@@ -115,6 +117,13 @@ def gated_averager_classes() -> dict[str, type]:
         # node0's wrapper kills the process group when a download fails; a killed replica is a
         # normal event here, so use the plain download loop, which tries the next peer.
         _load_state_from_peers = DecentralizedAverager._load_state_from_peers
+
+        def __init__(self, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            # node0 clips every stage's gradient to a fixed norm (0.18, or 0.88 for a stage named
+            # "tail") right before the optimizer step; the stage optimizer has already clipped by
+            # the norm of the whole adapter (NormExchange), as `gt-ext train` does.
+            self.clip_val = float("inf")
 
     class GatedStageGradAverager(MemberGateMixin, GradientAverager):
         """LoRA gradients of a stage's replicas, averaged with key holders only."""
@@ -206,10 +215,18 @@ def stage_optimizer_class() -> type:
                             p.grad.zero_()
                     finite = False
                 self.grad_averager.accumulate_grads_(batch_size)
+                self._clear_grads()  # the next backward starts from zero
                 self.tracker.report_local_progress(self.local_epoch, self.grad_averager.local_samples_accumulated)
                 self.counters.samples.value = self.grad_averager.local_samples_accumulated
             self._wake.set()
             return finite
+
+        def _clear_grads(self) -> None:
+            for p in self.model.parameters():
+                p.grad = None
+
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            """Gradients are cleared under the locks by `accumulate` and after each step."""
 
         def step(self, batch_size: int | None = None) -> None:
             """node0 calls this after each backward; here that is `accumulate` (the step is taken
@@ -248,15 +265,19 @@ def stage_optimizer_class() -> type:
             with self._step_lock:
                 if not self.ready_to_update_epoch:
                     return
+                t = self.tracker
+                log.info("step %d: %d of %d micro-batches (%d here), global step %d", self.local_epoch,
+                         t.global_progress.samples_accumulated, t.target_batch_size,
+                         self.grad_averager.local_samples_accumulated, t.global_epoch)
                 if not self._resync_state():  # a replica behind downloads the state instead
                     c = self.scheduled_grads
                     if c is not None and (c.triggered or c.done()):
                         self.scheduled_grads = None
                     with self.optimizer_lock:
                         self._update_global_epoch(grad_scaler=None)
-                    if self.model.model_args.use_compression:
-                        self.model.ss_regularize()
-                self.counters.peers.value = max(1, self.tracker.global_progress.num_peers)
+                        self._clear_grads()
+                        if self.model.model_args.use_compression:
+                            self.model.ss_regularize()
                 self.counters.samples.value = self.grad_averager.local_samples_accumulated
                 self.counters.epoch.value = self.local_epoch
             log.info("stage stepped to epoch %d (%d replica(s), grad norm %s)", self.local_epoch,
@@ -264,8 +285,47 @@ def stage_optimizer_class() -> type:
             if self._on_step is not None:
                 self._on_step(self.local_epoch)
 
+        def live_replicas(self) -> int:
+            """Replicas of this stage's span announced in the run (this one included)."""
+            from gt_ext.pipeline.records import read_stage_records
+
+            span = self.model.span
+            try:
+                found = read_stage_records(self.dht, self._gate_run_id)
+            except Exception as e:  # the DHT is shutting down
+                log.debug("reading stage records: %s", e)
+                return 1
+            return max(1, sum(1 for r in found if (r.first, r.last) == (span.first, span.last)))
+
+        def _begin_averaging_gradients(self, grad_scaler: Any) -> bool:
+            # hivemind averages only when its progress tracker lists more than one peer, and a
+            # replica that received no micro-batch this step never reports progress, so it would
+            # step alone on a zero gradient. Replicas are known from the stages' announcements:
+            # average whenever there are others, with this replica's micro-batch count as weight
+            # (0 for one that got none: it just receives the average).
+            self.counters.peers.value = n = self.live_replicas()
+            if n > 1:
+                c = self.scheduled_grads
+                if c is not None and (c.triggered or c.done()):
+                    self.scheduled_grads = None
+                try:
+                    self.scheduled_grads = self.grad_averager.step(
+                        control=self.scheduled_grads, reset_accumulators=True, wait=False)
+                    return True
+                except Exception as e:
+                    log.warning("could not start averaging with the other replicas: %s", e)
+            # Alone (or averaging could not start): hivemind would leave the accumulated gradients
+            # in its averager and step on whatever is in .grad; load them, divided by the number
+            # of micro-batches, as its own fallback path does.
+            self._load_local_gradients_into_optimizer()
+            self._clip_loaded_gradients()
+            return False
+
         def _average_gradients_and_load_into_optimizer(self, maybe_step_control: Any) -> None:
             super()._average_gradients_and_load_into_optimizer(maybe_step_control)
+            self._clip_loaded_gradients()
+
+        def _clip_loaded_gradients(self) -> None:
             if self.norm_exchange is not None:
                 params = [p for g in self.state_averager.optimizer.param_groups for p in g["params"]]
                 self.last_grad_norm = self.norm_exchange.clip_(params, self.local_epoch)

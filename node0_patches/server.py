@@ -209,6 +209,8 @@ def serve_stage(s: StageSettings, stop: threading.Event | None = None) -> None:
 
     check_run(s.run)
     stop = stop or threading.Event()
+    if s.cfg.threads:
+        torch.set_num_threads(s.cfg.threads)
     Node0Logger(log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()))
     register_stage_experts()
     args = stage_arguments(s.model_dir, s.span, s.cfg.lora, seed=s.cfg.seed, dtype=s.cfg.dtype,
@@ -258,6 +260,9 @@ def serve_stage(s: StageSettings, stop: threading.Event | None = None) -> None:
             compression=CompressionType.NONE,
             stats_report_interval=None,
             update_period=s.announce_period_s,
+            # Replicas average exact gradients every step and stay equal; a replica that missed a
+            # round downloads the state instead. No extra parameter-averaging rounds.
+            average_state_every=1 << 30,
             expiration=3 * s.announce_period_s,
             monitor=None,
             start=True,

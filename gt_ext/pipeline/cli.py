@@ -88,6 +88,9 @@ def stage(
         vocab_size=len(load_tokenizer(str(model_dir))), power_sgd_rank=power_sgd_rank,
         matchmaking_time=matchmaking_time, ready_file=ready_file,
     )
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` prints every thread's stack
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -49,6 +49,7 @@ class PipelineClient:
         settings_hash: str | None = None,
         call_timeout: float = 300.0,
         username: str = "trainer",
+        client_mode: bool = True,
     ):
         from hivemind.moe.client.remote_expert_worker import RemoteExpertWorker
 
@@ -57,12 +58,11 @@ class PipelineClient:
         self.run, self.key = run, key
         self.base_hash, self.settings_hash = base_hash, settings_hash
         self.call_timeout = call_timeout
-        self.dht = start_dht(initial_peers, None, key, run_id=run, client_mode=True, username=username)
+        self.dht = start_dht(initial_peers, None, key, run_id=run, client_mode=client_mode, username=username)
         self._worker = RemoteExpertWorker
         self.p2p = self._worker.run_coroutine(self.dht.replicate_p2p())
-        self.dead: set[str] = set()  # peers that failed a call (until they announce again after it)
-        self._dead_at: dict[str, float] = {}
-        self._rr = itertools.count()
+        self._dead_at: dict[str, float] = {}  # peer -> when it failed a call (until it announces again)
+        self._rr: dict[tuple[int, int], Any] = {}  # round robin over the replicas of each span
         self._last_membership = time.monotonic()
 
     # -- discovery ----------------------------------------------------------------------------------
@@ -127,7 +127,7 @@ class PipelineClient:
 
         if not replicas:
             raise GtExtError(f"pipeline run {self.run}: no live stage serves the requested layers")
-        start = next(self._rr)
+        start = next(self._rr.setdefault((replicas[0].first, replicas[0].last), itertools.count()))
         order = [replicas[(start + i) % len(replicas)] for i in range(len(replicas))]
         last: BaseException | None = None
         for rec in order:
@@ -223,8 +223,3 @@ def _serialize(tensors: Sequence[torch.Tensor]) -> list[Any]:
     from hivemind.proto.runtime_pb2 import CompressionType
 
     return [serialize_torch_tensor(t, CompressionType.NONE) for t in tensors]
-
-
-def coverage_error(run: str, gaps: list[tuple[int, int]]) -> GtExtError:
-    """The error for layers no live stage serves."""
-    return GtExtError(f"pipeline run {run}: no live stage serves {describe_gaps(gaps)}")

@@ -18,13 +18,14 @@ from typing import Any
 from gt_ext.errors import GtExtError
 from gt_ext.train.config import TrainConfig
 
-_RUN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_RUN = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 
 def check_run(run: str) -> str:
-    """A pipeline run name: letters, digits, _ and -, at most 64 (it prefixes DHT keys and expert ids)."""
+    """A pipeline run name: letters, digits and '-', at most 64. It prefixes DHT keys and expert ids,
+    and node0's matchmaking cuts averaging keys at the first '_'."""
     if not _RUN.match(run or ""):
-        raise GtExtError(f"run name {run!r}: use 1-64 letters, digits, '_' or '-'")
+        raise GtExtError(f"run name {run!r}: use 1-64 letters, digits or '-'")
     return run
 
 
