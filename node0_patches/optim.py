@@ -309,8 +309,10 @@ def stage_optimizer_class() -> type:
                 if c is not None and (c.triggered or c.done()):
                     self.scheduled_grads = None
                 try:
+                    # Accumulators are kept until the step ends (hivemind resets them then): if the
+                    # round fails, the fallback to local gradients still has them.
                     self.scheduled_grads = self.grad_averager.step(
-                        control=self.scheduled_grads, reset_accumulators=True, wait=False)
+                        control=self.scheduled_grads, reset_accumulators=False, wait=False)
                     return True
                 except Exception as e:
                     log.warning("could not start averaging with the other replicas: %s", e)

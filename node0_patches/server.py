@@ -31,7 +31,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,6 +182,18 @@ class StageCheckpoints:
         return step
 
 
+@contextlib.contextmanager
+def _bootstrap_error(s: StageSettings) -> Iterator[None]:
+    """hivemind's DHT bootstrap failure as a one-line error (the usual cause: another swarm key)."""
+    try:
+        yield
+    except RuntimeError as e:
+        if "bootstrap failed" not in str(e):
+            raise
+        raise GtExtError(f"stage {s.span.label()}: no initial peer of run {s.run} answered "
+                         f"({', '.join(s.initial_peers)}): wrong --swarm-key, or nothing listens there") from None
+
+
 def _check_peers(dht: Any, run: str, me: dict[str, Any]) -> None:
     """Refuse to join a run whose live stages serve another base model or other settings."""
     for r in read_stage_records(dht, run):
@@ -193,8 +205,10 @@ def _check_peers(dht: Any, run: str, me: dict[str, Any]) -> None:
                                  f"{getattr(r, field_name)}, this stage {me[field_name]}: refusing to join")
 
 
-def serve_stage(s: StageSettings, stop: threading.Event | None = None) -> None:
-    """Run one stage server until `stop` is set (or the process is signalled); see module docstring."""
+def serve_stage(s: StageSettings, stop: threading.Event | None = None,
+                on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Run one stage server until `stop` is set (or the process is signalled); see module docstring.
+    `on_ready(info)` is called once it serves, with its uid, peer id and addresses."""
     from hivemind.proto.runtime_pb2 import CompressionType
 
     load_node0()
@@ -244,7 +258,7 @@ def serve_stage(s: StageSettings, stop: threading.Event | None = None) -> None:
     )
     monitor_cls = stage_monitor_class()
     handler = handler_factory(s.key, s.run, info)
-    with _node0_patches(s, handler):
+    with _node0_patches(s, handler), _bootstrap_error(s):
         server = Node0Server.create(
             num_experts=1,
             expert_pattern=f"{prefix}.0.[0:1000000]",
@@ -305,8 +319,11 @@ def serve_stage(s: StageSettings, stop: threading.Event | None = None) -> None:
         monitor.start()
         addrs = [str(a) for a in dht.get_visible_maddrs()]
         log.info("stage %s of run %s serving %s as %s on %s", s.span.label(), s.run, s.model_dir, uid, " ".join(addrs))
+        ready = {"uid": uid, "peer": me["peer"], "addrs": addrs, "pid": os.getpid(), **info}
         if s.ready_file is not None:
-            atomic_write_json(s.ready_file, {"uid": uid, "peer": me["peer"], "addrs": addrs, "pid": os.getpid(), **info})
+            atomic_write_json(s.ready_file, ready)
+        if on_ready is not None:
+            on_ready(ready)
         while not stop.wait(0.5):
             if not server.is_alive():
                 raise GtExtError(f"stage {s.span.label()}: the node0 server stopped")
@@ -317,7 +334,19 @@ def serve_stage(s: StageSettings, stop: threading.Event | None = None) -> None:
         opt = holder.get("opt")
         if opt is not None:
             opt.stop_monitoring()
-            with contextlib.suppress(Exception):
-                opt.shutdown()
+            _bounded(opt.shutdown, 15.0, "optimizer shutdown")
+        _bounded(server.shutdown, 15.0, "node0 server shutdown")
+
+
+def _bounded(fn: Callable[[], Any], timeout: float, what: str) -> None:
+    """Run `fn` in a daemon thread for at most `timeout` s (hivemind's server shutdown can block on
+    a task pool; the stage CLI then ends the remaining processes itself)."""
+    def run() -> None:
         with contextlib.suppress(Exception):
-            server.shutdown()
+            fn()
+
+    t = threading.Thread(target=run, name=what, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        log.warning("%s did not finish in %.0f s", what, timeout)

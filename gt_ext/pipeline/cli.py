@@ -95,7 +95,57 @@ def stage(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     print(f"stage {span.label()} of run {run}: loading {model_dir}", file=sys.stderr)
-    serve_stage(settings, stop)
+    def announce(info: dict) -> None:
+        print(f"stage {span.label()} of run {run} serves (peer {info['peer']}); other stages and the "
+              f"trainer join with:\n  --initial-peers {info['addrs'][0]}", file=sys.stderr, flush=True)
+
+    code = 1
+    try:
+        serve_stage(settings, stop, on_ready=announce)
+        code = 0
+    except GtExtError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = e.exit_code
+    finally:
+        _exit_reaping_children(code)
+
+
+def _exit_reaping_children(code: int) -> None:
+    """End the stage process now. hivemind's server thread, task pools, averagers and the p2p
+    daemon do not all stop on shutdown; whatever is left of this process's descendants is killed,
+    then the process exits without waiting for its non-daemon threads."""
+    import traceback
+
+    import psutil
+
+    if sys.exc_info()[0] not in (None, GtExtError, SystemExit):
+        traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    os._exit(code)
+
+
+@app.command()
+def subspace(
+    base: Annotated[str, typer.Option("--base", help="base model: a known name or an HF LLaMA folder")],
+    out: Annotated[Path, typer.Option("--out", help="folder to write (HF model + subspace.pt)")],
+    rate: Annotated[int, typer.Option("--rate", help="compression rate: hidden/RATE coordinates travel between stages")] = 100,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the subspace basis and fixed token embeddings")] = 0,
+) -> None:
+    """Make a base model whose activations node0 compresses without loss (docs/pipeline.md); a
+    different, weaker model than --base: for benchmarks and tests."""
+    from gt_ext.models import resolve_model_dir
+    from gt_ext.pipeline.subspace import SUBSPACE_FILE, make_subspace_model
+
+    if out.exists():
+        raise GtExtError(f"--out {out} already exists")
+    make_subspace_model(resolve_model_dir(base), out, rate, seed)
+    print(f"wrote {out} (stages: base_model={out} --compression-rate {rate} --subspace {out / SUBSPACE_FILE})")
 
 
 @app.command()

@@ -138,7 +138,7 @@ class PipelineClient:
             except P2PHandlerError as e:  # the stage answered with an error: not a failover case
                 msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
                 raise GtExtError(f"stage {rec.span_label} (peer {rec.peer[-8:]}): {msg}") from None
-            except (asyncio.TimeoutError, TimeoutError) as e:
+            except TimeoutError as e:
                 self._mark_dead(rec, e)
                 last = e
             except Exception as e:  # a dead peer surfaces as daemon or connection errors
@@ -214,7 +214,11 @@ class PipelineClient:
         return out, int(epoch[0])
 
     def close(self) -> None:
-        """Leave the swarm (the DHT node and its daemon stop)."""
+        """Leave the swarm: close this client's daemon connection, then the DHT node and its daemon."""
+        try:
+            self._worker.run_coroutine(self.p2p.shutdown())
+        except Exception as e:  # the daemon may already be gone
+            log.debug("p2p shutdown: %s", e)
         self.dht.shutdown()
 
 

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from gt_ext.errors import GtExtError
 from gt_ext.pipeline.client import PipelineClient, StageUnreachable
@@ -66,6 +65,7 @@ class PipelineSettings:
     node0: Path | None = None
     route_timeout: float = 240.0  # stages coming up
     step_timeout: float = 120.0  # all stages applying one step
+    stop_after_steps: int | None = None  # end this session after N steps (the run resumes with --resume)
     stage_args: list[str] = field(default_factory=list)  # extra `gt-ext pipeline stage` options
 
 
@@ -186,11 +186,13 @@ class PipelineTrainer:
     """One pipeline training run (see module docstring)."""
 
     def __init__(self, prepared: Any, run_dir: Path, client: PipelineClient, s: PipelineSettings,
-                 progress: bool = True, on_status: Callable[[str, str], None] | None = None):
+                 progress: bool = True, on_status: Callable[[str, str], None] | None = None,
+                 on_step: Callable[[int, dict[str, Any]], None] | None = None):
         self.p, self.cfg, self.run_dir, self.client, self.s = prepared, prepared.cfg, Path(run_dir), client, s
         self.model = PipelineModel(client)
         self.progress = progress
         self.on_status = on_status or (lambda status, why: None)
+        self.on_step = on_step or (lambda step, rec: None)
         tok = prepared.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         d = self.cfg.data
@@ -375,6 +377,7 @@ class PipelineTrainer:
         lr_at = lr_lambda(cfg)
         started, cpu_started = time.perf_counter(), time.process_time()
         tokens_seen, status, message = 0, "done", ""
+        session_start = self.step
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not self.progress, desc="pipeline", unit="step")
         try:
             while self.step < cfg.max_steps:
@@ -427,6 +430,11 @@ class PipelineTrainer:
                     break
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and not last:
                     self.save_checkpoint(route)
+                self.on_step(self.step, rec)
+                if self.s.stop_after_steps and self.step - session_start >= self.s.stop_after_steps and not last:
+                    message = f"stopped after {self.s.stop_after_steps} steps this session (resume to continue)"
+                    status = "running"
+                    break
                 over_wall = cfg.max_time_s is not None and time.perf_counter() - started > cfg.max_time_s
                 over_cpu = cfg.max_cpu_s is not None and time.process_time() - cpu_started > cfg.max_cpu_s
                 if (over_wall or over_cpu) and not last:
@@ -439,7 +447,7 @@ class PipelineTrainer:
             bar.close()
         route = self.client.route()
         self.save_checkpoint(route)
-        if status != "failed":
+        if status == "done":
             from gt_ext.train.lora import save_adapter
 
             save_adapter(self.gathered(route), self.run_dir / runfolder.ADAPTER)
@@ -508,8 +516,11 @@ def pipeline_settings(out: Path, run: str, stages: int | None, initial_peers: li
 
 
 def run_pipeline_training(prepared: Any, out: str | Path, s: PipelineSettings, resume: bool = False,
-                          progress: bool = True) -> dict[str, Any]:
-    """Train through pipeline stages and write the run folder; returns the final run.json."""
+                          progress: bool = True, on_status: Callable[[str, str], None] | None = None,
+                          on_step: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train through pipeline stages and write the run folder; returns the final run.json.
+    `on_status(status, why)` hears `syncing`/`degraded` (default: the job bead from the
+    environment), `on_step(step, metrics)` every step."""
     import yaml
 
     from gt_ext.models import resolve_model_dir
@@ -550,7 +561,8 @@ def run_pipeline_training(prepared: Any, out: str | Path, s: PipelineSettings, r
             cfg_file.write_text(yaml.safe_dump(config))
             addrs = [str(a) for a in client.dht.get_visible_maddrs()]
             local = LocalStages(int(s.stages), s.run, out, cfg_file, s.key_file, addrs, s)
-        trainer = PipelineTrainer(p, out, client, s, progress=progress, on_status=_mark_job)
+        trainer = PipelineTrainer(p, out, client, s, progress=progress, on_status=on_status or _mark_job,
+                                  on_step=on_step)
         metrics = trainer.train(resume=resume)
     except BaseException:
         runfolder.write_run_json(out, record("failed", {"steps": trainer.step if trainer else 0}))
