@@ -369,3 +369,38 @@ def sample(seed: Annotated[int, typer.Option(help="Same seed, same history.")] =
         _print_json(res)
     else:
         print(", ".join(f"{k}: {v}" for k, v in res.items()))
+
+
+@app.command("patrol")
+def patrol(role: Annotated[str, typer.Option(help="Patrol role: witness, refinery, deacon or dog.")],
+           seed: Annotated[int, typer.Option(help="Same seed, same decisions.")] = 0,
+           reps: Annotated[int, typer.Option(help="Times each situation is staged per training family.")] = 3,
+           as_json: JsonOpt = False) -> None:
+    """Store formula patrol decisions of ROLE (training families only), staged with the real bd,
+    git, tmux and dolt (cached after the first run), as success + coherent-misreading pairs."""
+    from gt_ext.corpus.patrol.build import sessions
+    from gt_ext.corpus.patrol.steps import ROLES
+    from gt_ext.corpus.sample_town import ingest_sessions
+
+    if role not in ROLES:
+        raise GtExtError(f"--role must be one of {', '.join(ROLES)}, got {role!r}")
+    made = sessions(role, seed=seed, reps=reps, progress=not as_json)
+    with _store() as st:
+        res = ingest_sessions(st, made) | {"sessions": len(made)}
+    if as_json:
+        _print_json(res)
+    else:
+        print(", ".join(f"{k}: {v}" for k, v in res.items()))
+
+
+@app.command("patrol-suite")
+def patrol_suite(role: Annotated[str, typer.Option(help="Patrol role: witness, refinery, deacon or dog.")],
+                 out: Annotated[Path | None, typer.Option(help="Suite folder (default: the builtin <role>-patrol suite).")] = None,
+                 seed: Annotated[int, typer.Option(help="Same seed, same cases.")] = 0,
+                 reps: Annotated[int, typer.Option(help="Times each situation is staged per held-out family.")] = 2) -> None:
+    """Write the held-out patrol suite of ROLE (families c and r) as a promptfoo suite."""
+    from gt_ext.corpus.patrol.build import write_suite
+
+    target = out or Path(__file__).resolve().parent.parent / "evals" / "tasks" / f"{role}-patrol"
+    n = write_suite(role, target, seed=seed, reps=reps, progress=True)
+    print(f"{n} tests written to {target}")

@@ -74,11 +74,30 @@ def _print_result(d: dict[str, Any], written_to: str | None) -> None:
         print(f"skipped (not graded): {len(d['skipped'])}: {', '.join(d['skipped'][:10])}")
     if d.get("contamination", {}).get("refused"):
         print(f"refused by the contamination guard: {', '.join(d['contamination']['refused'])}")
+    if d.get("patrol"):
+        _print_patrol(d["patrol"])
     g = d["gate"]
     print(f"gate ({d.get('role') or 'default'}): {'DEPLOYABLE' if g['deployable'] else 'NOT deployable'}: "
           + "; ".join(g["reasons"]))
     if written_to:
         print(f"written: {written_to}")
+
+
+def _print_patrol(p: dict[str, Any]) -> None:
+    """Per step: the model next to the best constant action, a random allowed action and no-op."""
+    cols = ["step", "n", "model", "best const", "random", "no-op", "json", "allowed", "learned"]
+    rows = [[k, r["n"], f"{r['model']:.1f}", f"{r['best_constant']:.1f} ({r['best_constant_action']})",
+             f"{r['random_allowed']:.1f}", f"{r['always_noop']:.1f}", f"{r['valid_json']:.1f}",
+             f"{r['allowed_action']:.1f}", "yes" if r["learned"] else "no"] for k, r in p["steps"].items()]
+    o = p["overall"]
+    rows.append(["overall", o["n"], f"{o['model']:.1f}", f"{o['best_constant']:.1f}", f"{o['random_allowed']:.1f}",
+                 f"{o['always_noop']:.1f}", f"{o['valid_json']:.1f}", f"{o['allowed_action']:.1f}",
+                 f"{o['steps_learned']}/{o['steps']}"])
+    _table("patrol steps: model vs baselines (pass %)", cols, rows)
+    rw = p.get("reworded") or {}
+    if rw.get("n"):
+        print(f"reworded family: pass {rw['model']:.1f}, valid JSON {rw['valid_json']:.1f}, "
+              f"allowed action {rw['allowed_action']:.1f} (n={rw['n']})")
 
 
 def _load_result(ref: str, suite: str | None) -> dict[str, Any]:

@@ -48,6 +48,7 @@ class EvalResult:
     contamination: dict[str, Any] | None = None
     written_to: str | None = None
     system_prompt: str | None = None
+    patrol: dict[str, Any] | None = None  # patrol suites: per-step model vs baselines
     splits: dict[str, Any] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
 
@@ -76,6 +77,8 @@ class EvalResult:
         }
         if self.contamination is not None:
             d["contamination"] = self.contamination
+        if self.patrol is not None:
+            d["patrol"] = self.patrol
         return d
 
 
@@ -194,6 +197,8 @@ def evaluate(
     if corpus is not None:
         from gt_ext.evals import contamination as contam
 
+        if max_overlap is None and st.meta.get("max_overlap") is not None:
+            max_overlap = float(st.meta["max_overlap"])  # the suite's own threshold (see its suite.yaml)
         report = contam.check_tasks(tasks, corpus, max_overlap=max_overlap)
         contamination = report.to_dict()
         refused = set(report.refused)
@@ -259,6 +264,12 @@ def evaluate(
     pk = scoring.pass_k(task_results, k)
     role = st.role or model.role
     verdict = scoring.gate(comp, cats, pk, scoring.thresholds_for(cfg, role))
+    patrol = None
+    if st.meta.get("patrol_report"):
+        from gt_ext.evals import patrol_report
+
+        patrol = patrol_report.report(tasks_all, results)
+        patrol["reworded"] = patrol_report.by_family(tasks_all, results, {"@r"})["overall"]
     run = {
         "producer": "gt-ext eval run",
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -274,7 +285,7 @@ def evaluate(
     }
     res = EvalResult(suite=st.name, model=model.ref, role=role, k=k, tasks=task_results, categories=cats,
                      composite=comp, pass_k=pk, gate=verdict, seconds=time.perf_counter() - t0,
-                     contamination=contamination, system_prompt=system,
+                     contamination=contamination, system_prompt=system, patrol=patrol,
                      splits=scoring.split_scores(task_results, cfg["weights"]), run=run)
     if not full:
         log.warning("partial run (%d of %d tasks%s): recorded as such, never used by the deploy gate",

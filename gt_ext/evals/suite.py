@@ -84,10 +84,19 @@ class PromptfooTask:
     def cleanup(self) -> None:
         """Nothing to clean."""
 
+    guard_vars: tuple[str, ...] | None = None  # suite.yaml `guard_vars`: only these vars are case-specific
+    guard_skip_commands: bool = False  # suite.yaml: `$ cmd` lines are the step's own commands, not the case
+
     def overlap_text(self) -> str:
-        """The test-specific text the model sees (string vars the prompt uses), for the contamination guard."""
+        """The test-specific text the model sees (string vars the prompt uses, or only the suite's
+        `guard_vars` when it names them), for the contamination guard."""
         used = promptfoo.template_vars(self.prompt.raw)
-        return "\n".join(str(v) for k, v in self.test.vars.items() if k in used and isinstance(v, str))
+        if self.guard_vars is not None:
+            used = used & set(self.guard_vars)
+        text = "\n".join(str(v) for k, v in self.test.vars.items() if k in used and isinstance(v, str))
+        if self.guard_skip_commands:
+            text = "\n".join(ln for ln in text.splitlines() if not ln.startswith("$ "))
+        return text
 
 
 @dataclass
@@ -173,6 +182,14 @@ def load(spec: str | Path) -> EvalSuite:
         if t.id in seen:
             raise GtExtError(f"{p}: duplicate task id {t.id!r}")
         seen.add(t.id)
+    guard = meta.get("guard_vars")
+    if guard is not None:
+        if not isinstance(guard, list) or not all(isinstance(g, str) for g in guard):
+            raise GtExtError(f"{p / 'suite.yaml'}: guard_vars must be a list of var names")
+        for t in tasks:
+            if isinstance(t, PromptfooTask):
+                t.guard_vars = tuple(guard)
+                t.guard_skip_commands = bool(meta.get("guard_skip_commands"))
     role = meta.get("role")
     return EvalSuite(
         name=str(meta.get("name") or p.name),

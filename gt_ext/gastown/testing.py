@@ -143,7 +143,8 @@ def _reap_under(root: Path, timeout: float = 10.0) -> None:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     for p in victims:
-        log.info("reaping leftover process %d: %s", p.pid, " ".join(p.cmdline())[:120])
+        # From the listing: a zombie (exited, not yet reaped by its parent) has no cmdline to read.
+        log.info("reaping leftover process %d: %s", p.pid, " ".join(p.info["cmdline"] or [])[:120])
         try:
             p.send_signal(signal.SIGTERM)
         except psutil.NoSuchProcess:
