@@ -134,9 +134,9 @@ def stage_arguments(
 
 def build_mask(example_index: torch.Tensor) -> torch.Tensor:
     """The batch's block-diagonal causal mask, rebuilt from example ids."""
-    from gt_ext.train.data import block_causal_mask
+    from gt_ext.train.data import dense_mask
 
-    return block_causal_mask(example_index)
+    return dense_mask(example_index)
 
 
 @functools.cache
@@ -187,10 +187,23 @@ def _expert_base() -> type:
                     full = self.decompress_input(x)  # [B, T, H + 1]
                     x, tokens = full[:, :, :-1], full[:, :, -1:]
             mask = build_mask(example_index)
+            with self._autocast(x.device):
+                return self._layers(x, position_ids, mask, adapter_on), tokens
+
+        def _autocast(self, device: torch.device) -> Any:
+            """bf16 weights (dtype auto on CUDA): the float32 LoRA weights compute in bf16 too."""
+            from contextlib import nullcontext
+
+            if self.model_args.dtype == "float32":
+                return nullcontext()
+            return torch.autocast(device.type, dtype=getattr(torch, self.model_args.dtype))
+
+        def _layers(self, x: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor,
+                    adapter_on: torch.Tensor) -> torch.Tensor:
             on = adapter_on > 0.5
             if bool(on.all()) or not bool(on.any()):
                 with self.stage.adapters_disabled(not bool(on.all())):
-                    return self.stage(x, position_ids, mask), tokens
+                    return self.stage(x, position_ids, mask)
             # Mixed rows: attention never crosses rows, so each group runs alone and is put back.
             out = None
             for rows, disabled in ((on, False), (~on, True)):
@@ -199,7 +212,7 @@ def _expert_base() -> type:
                 if out is None:
                     out = h.new_empty((x.shape[0], *h.shape[1:]))
                 out[rows] = h
-            return out, tokens
+            return out
 
     return StageExpert
 
@@ -226,7 +239,8 @@ def register_stage_experts() -> dict[str, type]:
     class TailStage(base):
         def forward(self, x, position_ids, example_index, adapter_on, targets):  # noqa: D102
             h, _ = self._run(x, position_ids, example_index, adapter_on)
-            return self.stage.target_logps(h, targets)
+            with self._autocast(h.device):
+                return self.stage.target_logps(h, targets)
 
     class FullStage(TailStage):
         """Head and tail at once (a one-stage pipeline): input ids in, log-probs out."""

@@ -227,7 +227,10 @@ def serve_stage(s: StageSettings, stop: threading.Event | None = None,
         torch.set_num_threads(s.cfg.threads)
     Node0Logger(log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()))
     register_stage_experts()
-    args = stage_arguments(s.model_dir, s.span, s.cfg.lora, seed=s.cfg.seed, dtype=s.cfg.dtype,
+    from gt_ext.train.accel import resolve_device, resolve_dtype
+
+    device = resolve_device(s.cfg.device)  # CUDA when there is one (device=auto), never required
+    args = stage_arguments(s.model_dir, s.span, s.cfg.lora, seed=s.cfg.seed, dtype=resolve_dtype(s.cfg.dtype, device),
                            vocab_size=s.vocab_size, compression_rate=s.compression_rate, subspace=s.subspace)
     base_hash = model_fingerprint(s.model_dir)
     settings_hash = settings_fingerprint(s.cfg, s.compression_rate)
@@ -269,7 +272,7 @@ def serve_stage(s: StageSettings, stop: threading.Event | None = None,
             grad_avg_factory=grad_factory,
             optim_collab_cls=optim_cls,
             num_handlers=s.num_handlers,
-            device="cpu",
+            device=str(device),
             initial_peers=check_initial_peers(s.initial_peers),
             compression=CompressionType.NONE,
             stats_report_interval=None,

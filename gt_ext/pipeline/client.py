@@ -64,6 +64,7 @@ class PipelineClient:
         self._dead_at: dict[str, float] = {}  # peer -> when it failed a call (until it announces again)
         self._rr: dict[tuple[int, int], Any] = {}  # round robin over the replicas of each span
         self._last_membership = time.monotonic()
+        self.last_request_bytes = 0  # serialized size of the last forward request (activations on the wire)
 
     # -- discovery ----------------------------------------------------------------------------------
     def records(self) -> list[StageRecord]:
@@ -153,9 +154,11 @@ class PipelineClient:
         from hivemind.moe.client.expert import expert_forward
 
         inputs = [t.detach().cpu() for t in inputs]
+        wire = _serialize(inputs)
+        self.last_request_bytes = sum(t.ByteSize() for t in wire)
 
         async def fn(rec: StageRecord, stub: Any) -> list[torch.Tensor]:
-            return await expert_forward(rec.uid, inputs, _serialize(inputs), stub)
+            return await expert_forward(rec.uid, inputs, wire, stub)
 
         return self.call(replicas, fn)
 

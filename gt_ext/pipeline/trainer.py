@@ -144,6 +144,8 @@ class PipelineModel:
 
     def __init__(self, client: PipelineClient):
         self.client = client
+        self.hop_bytes = 0  # bytes sent into stages after the head (one hop each), since reset
+        self.hop_tokens = 0  # real tokens times hops, same period
 
     def forward(self, route: list[list[StageRecord]], batch: dict[str, Any], adapters: bool = True,
                 keep: bool = False) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
@@ -156,6 +158,9 @@ class PipelineModel:
             if keep:
                 kept.append(args)
             x = self.client.forward(replicas, args)[0]
+            if i > 0:  # a hop: activations from the previous stage, with positions and example ids
+                self.hop_bytes += self.client.last_request_bytes
+                self.hop_tokens += batch_tokens(batch)
         return x, kept
 
     def backward(self, route: list[list[StageRecord]], kept: list[list[torch.Tensor]], grad: torch.Tensor) -> None:
@@ -382,6 +387,7 @@ class PipelineTrainer:
         try:
             while self.step < cfg.max_steps:
                 t0 = time.perf_counter()
+                self.model.hop_bytes = self.model.hop_tokens = 0
                 route = self.route()
                 G = cfg.optim.grad_accum
                 micro = [self.loader.next_batch() for _ in range(G)]
@@ -412,7 +418,8 @@ class PipelineTrainer:
                 rec: dict[str, Any] = {"step": self.step, "loss": value if finite else None,
                                        "lr": cfg.optim.lr * lr_at(self.step - 1), "tokens": ntok,
                                        "tokens_per_s": ntok / dt, "epoch": self.loader.epoch,
-                                       "replicas": [len(g) for g in route]}
+                                       "replicas": [len(g) for g in route],
+                                       "hop_bytes_per_token": self.model.hop_bytes / max(self.model.hop_tokens, 1)}
                 if not finite:
                     rec["skipped"] = True
                 rec.update(extra)

@@ -10,7 +10,7 @@ from gt_ext.errors import GtExtError
 from gt_ext.pipeline.records import StageRecord, plan_route, uncovered
 from gt_ext.pipeline.stage import Span, load_stage, parse_span, split_layers
 from gt_ext.train.config import LoraSettings
-from gt_ext.train.data import block_causal_mask
+from gt_ext.train.data import dense_mask
 
 LORA = LoraSettings(r=4, targets=["q_proj", "v_proj", "o_proj", "down_proj"])
 
@@ -68,7 +68,7 @@ def test_a_stage_loads_only_its_span_and_lora_inits_like_one_process(tiny4):
 def test_stages_in_a_row_equal_the_whole_model(tiny4):
     peft_model, stages = _single_and_stages(tiny4)
     b = _packed_batch()
-    mask = block_causal_mask(b["example_index"])
+    mask = dense_mask(b["example_index"])
     with torch.no_grad():
         ref = peft_model.get_base_model().model(input_ids=b["input_ids"], position_ids=b["position_ids"],
                                                  attention_mask=mask, use_cache=False).last_hidden_state
