@@ -440,11 +440,12 @@ class PipelineTrainer:
                 self.on_step(self.step, rec)
                 if self.s.stop_after_steps and self.step - session_start >= self.s.stop_after_steps and not last:
                     message = f"stopped after {self.s.stop_after_steps} steps this session (resume to continue)"
-                    status = "running"
+                    status = "stopped"
                     break
                 over_wall = cfg.max_time_s is not None and time.perf_counter() - started > cfg.max_time_s
                 over_cpu = cfg.max_cpu_s is not None and time.process_time() - cpu_started > cfg.max_cpu_s
                 if (over_wall or over_cpu) and not last:
+                    status = "stopped"  # resumable, as gt-ext train's
                     message = f"{'wall' if over_wall else 'CPU'} time limit reached at step {self.step}"
                     rec_eval = self.evaluate(route)
                     history.append({"step": self.step, "val_loss": rec_eval})

@@ -195,7 +195,7 @@ def test_pipeline_training_equals_single_process_training(pipe, corpus, single, 
         _prepare(pipe, corpus), out, PipelineSettings(run=RUN, initial_peers=pipe.addrs, key=pipe.key,
                                                       stop_after_steps=3),
         progress=False, on_status=lambda s, why: statuses.append(s))
-    assert final["status"] == "running" and final["metrics"]["steps"] == 3
+    assert final["status"] == "stopped" and final["metrics"]["steps"] == 3
     assert statuses == ["syncing"]
     _assert_same_weights(_adapter(out / "checkpoints" / "step-3" / "adapter"),
                          _adapter(single / "checkpoints" / "step-3" / "adapter"))
