@@ -37,6 +37,7 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("train", "gt_ext.train.cli"),
     ("export", "gt_ext.export.cli"),
     ("swarm", "gt_ext.swarm.cli"),
+    ("pipeline", "gt_ext.pipeline.cli"),
     ("eval", "gt_ext.evals.cli"),
     ("model", "gt_ext.registry.cli"),
     ("formula", "gt_ext.orchestrate.cli"),

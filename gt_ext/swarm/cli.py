@@ -122,7 +122,8 @@ def status(
     swarm_key: Annotated[Path | None, typer.Option("--swarm-key", help="swarm key file (or $GT_SWARM_KEY_FILE)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Show the live peers of a swarm and their metrics (loss, tokens/s, peers, rounds)."""
+    """Show the live peers of a swarm (or the stages and trainer of a pipeline run) and their metrics
+    (loss, tokens/s, step, replicas, skipped batches)."""
     from gt_ext.swarm import dht as swarm_dht
     from gt_ext.swarm.auth import SwarmKey
 
@@ -149,14 +150,16 @@ def status(
     from rich.table import Table
 
     t = Table(title=f"swarm {run_id}: {len(table)} peer(s)")
-    for col in ("peer", "state", "step", "loss", "val loss", "tokens/s", "peers", "nan skips"):
+    for col in ("peer", "role", "state", "step", "loss", "val loss", "tokens/s", "peers", "nan skips"):
         t.add_column(col)
 
     def fmt(v: object, spec: str = ".4f") -> str:
         return format(v, spec) if isinstance(v, (int, float)) else "-"
 
     for pid, m in sorted(table.items()):
-        t.add_row(pid[-10:], str(m.get("state", "?")), str(m.get("epoch", "-")), fmt(m.get("loss")),
+        # pipeline runs: stages say which layers they hold, the trainer says "trainer"
+        what = f"layers {m['layers']}" if m.get("layers") else str(m.get("role", "peer"))
+        t.add_row(pid[-10:], what, str(m.get("state", "?")), str(m.get("epoch", "-")), fmt(m.get("loss")),
                   fmt(m.get("val_loss")), fmt(m.get("tokens_per_s"), ".1f"), str(m.get("peers", "-")),
                   str(m.get("nan_skips", 0)))
     Console().print(t)
