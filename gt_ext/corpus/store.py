@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS preferences(            -- task-level DPO pairs picke
   status TEXT NOT NULL DEFAULT 'active',           -- active | quarantined
   reason TEXT, findings TEXT NOT NULL DEFAULT '[]', created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 PREFERENCE_COLUMNS = ("id", "role", "task", "rig", "bead", "comparison", "prompt", "chosen", "rejected",
@@ -251,6 +252,15 @@ class Store:
 
     def mark_spool_done(self, spool_id: str) -> None:
         self.db.execute("INSERT OR IGNORE INTO spool_done VALUES (?, ?)", (spool_id, time.time()))
+
+    def get_meta(self, key: str) -> str | None:
+        """A value of the store's own bookkeeping (e.g. the scrub detectors' fingerprint)."""
+        r = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return r[0] if r else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a bookkeeping value (inside the caller's transaction, or on its own)."""
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def link(self, session: str) -> dict[str, Any] | None:
         r = self.db.execute("SELECT * FROM links WHERE session = ?", (session,)).fetchone()

@@ -1,10 +1,12 @@
-"""Git branches and worktrees of a rig's repository, the way gt lays them out.
+"""Git branches, worktrees and clones of a rig's repository, the way gt lays them out.
 
 gt v1.0.1 keeps a rig's code in a shared bare repository `<rig>/.repo.git`: polecats get worktrees
 of it, and the refinery's worktree `<rig>/refinery/rig` has the default branch checked out and
 merges work into it. A town built without gt has only the mayor's clone `<rig>/mayor/rig`, which
-is used the same way. Branch merges never force: `merge_conflicts` asks git (`merge-tree
---write-tree`, which touches nothing) first, and `merge` refuses a dirty target worktree.
+is used the same way. A sandboxed agent gets a clone (`add_clone`) instead of a worktree, since a
+worktree's commits write into the shared repository. Branch merges never force:
+`merge_conflicts` asks git (`merge-tree --write-tree`, which touches nothing) first, and `merge`
+refuses a dirty target worktree.
 """
 
 from __future__ import annotations
@@ -122,10 +124,40 @@ class RigRepo:
         self.git("worktree", "add", "-q", "-b", branch, str(path), start)
         return self.out("rev-parse", "HEAD", cwd=path)
 
-    def remove_worktree(self, path: Path) -> None:
-        """Remove a worktree (and its folder) if it is there."""
+    def add_clone(self, path: Path, branch: str, start: str) -> str:
+        """A new branch `branch` at `start` in this repository, and a clone of it at `path` with
+        that branch checked out (objects shared, so it is quick and small); its commit.
+
+        Unlike a worktree, whose commits write into this repository, a clone keeps everything it
+        does inside `path` until `fetch_from_clone` brings its branch back: an agent whose sandbox
+        may write only its work dir can commit there, and cannot touch any other branch."""
+        check_branch_name(branch.replace("/", "-"))
+        if self.has_branch(branch):
+            raise GtExtError(f"{self.path}: branch {branch} already exists")
         if path.exists():
-            self.git("worktree", "remove", "--force", str(path), check=False)
+            raise GtExtError(f"clone folder {path} already exists")
+        self.git("branch", branch, start)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.git("clone", "-q", "--shared", "--no-checkout", "--branch", branch, str(self.path), str(path))
+            self.git("checkout", "-q", branch, cwd=path)
+        except GtExtError:
+            shutil.rmtree(path, ignore_errors=True)
+            self.git("branch", "-D", branch, check=False)
+            raise
+        return self.out("rev-parse", "HEAD", cwd=path)
+
+    def fetch_from_clone(self, path: Path, branch: str) -> bool:
+        """Bring `branch` of the clone at `path` back into this repository (False if the clone no
+        longer has that branch: this repository's branch stays where it was)."""
+        res = self.git("fetch", "-q", str(path), f"+refs/heads/{branch}:refs/heads/{branch}", check=False)
+        return res.returncode == 0
+
+    def remove_worktree(self, path: Path) -> None:
+        """Remove a worktree or a clone (and its folder) if it is there."""
+        if path.exists():
+            if (path / ".git").is_file():  # a worktree: its .git names this repository
+                self.git("worktree", "remove", "--force", str(path), check=False)
             shutil.rmtree(path, ignore_errors=True)
         self.git("worktree", "prune", check=False)
 
@@ -153,9 +185,10 @@ class RigRepo:
 
     def dirty(self, worktree: Path, untracked: bool = True) -> list[str]:
         """Uncommitted paths of a worktree (`git status --porcelain`); `untracked=False` counts
-        changes to tracked files only (gt leaves an untracked `.beads/` redirect in its worktrees)."""
+        changes to tracked files only. gt's `.beads/` redirect in a work dir is never counted."""
         args = ["status", "--porcelain"] + ([] if untracked else ["--untracked-files=no"])
-        return [ln[3:] for ln in self.out(*args, cwd=worktree).splitlines() if ln.strip()]
+        paths = [ln[3:] for ln in self.out(*args, cwd=worktree).splitlines() if ln.strip()]
+        return [p for p in paths if p.rstrip("/") != ".beads"]
 
     # -- merging --------------------------------------------------------------------------------
     def merge_conflicts(self, branch: str, into: str) -> list[str]:

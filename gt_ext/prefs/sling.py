@@ -4,7 +4,10 @@ For each side (a, b) the bead gets:
 - a Dolt branch `prefs-<id>-<side>` of the rig's beads database, which the agent's bd reaches
   through a `BranchProxy` (its beads folder names the proxy's port), so its bead writes land on
   that branch only;
-- a git branch `prefs/<id>/<side>` of the rig's repository, checked out in its own worktree;
+- a git branch `prefs/<id>/<side>` of the rig's repository, checked out in a clone of its own
+  (`<rig>/prefs/<id>/<side>/work`; its commits stay there until the sling fetches the branch
+  back, so an agent whose sandbox writes only its work dir can commit, and touches no other
+  branch);
 - the agent command gt would launch (`node0-inference --model REF`, with GT_ROLE, GT_RIG,
   BD_ACTOR, GT_ROOT), given the bead as its first prompt and stopped at the time limit.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,14 +129,21 @@ def _resolve_models(models: list[str], town: Town) -> list[str]:
     return out
 
 
-class _Side:
-    """One side's resources while the agents run."""
+def work_folder(town: Town, rig: str, cid: str, label: str) -> Path:
+    """Where a side's clone (`work/`) and beads folder (`beads/.beads`) live: in the rig, like a
+    polecat's, and outside `<town>/.gt-ext`, which the agent's sandbox hides."""
+    return town.rig(rig).root / "prefs" / cid / label
 
-    def __init__(self, label: str, folder: Path):
+
+class _Side:
+    """One side's resources while the agents run: its record folder (transcript, pane output)
+    and its work folder (the clone it works in, the beads folder its bd uses)."""
+
+    def __init__(self, label: str, folder: Path, work: Path):
         self.label = label
         self.folder = folder
-        self.worktree = folder / "work"
-        self.beads_dir = folder / "beads" / ".beads"  # made by branch_beads_dir
+        self.worktree = work / "work"
+        self.beads_dir = work / "beads" / ".beads"  # made by branch_beads_dir
         self.transcripts = folder / "transcripts"
         self.pane_log = folder / "pane.log"
         self.proxy: BranchProxy | None = None
@@ -182,7 +193,7 @@ def sling(town: Town, bead: str, models: list[str], rig: str | None = None, opts
                          database=db.database,
                          base={"git_branch": into, "git": repo.head(into) or "", "dolt": db.branches()["main"]})
         store.save(cmp)  # claims the bead
-    sides = {lb: _Side(lb, store.folder(cid) / lb) for lb in LABELS}
+    sides = {lb: _Side(lb, store.folder(cid) / lb, work_folder(town, rig, cid, lb)) for lb in LABELS}
     try:
         base_issues = {i["id"] for i in db.issues()}
         base_deps = {(d["issue_id"], d["depends_on_id"], d.get("type")) for d in db.dependencies()}
@@ -192,7 +203,7 @@ def sling(town: Town, bead: str, models: list[str], rig: str | None = None, opts
                                        git_branch=git_branch, worktree=str(side.worktree),
                                        beads_dir=str(side.beads_dir))
             db.create_branch(dolt_branch, "main")
-            repo.add_worktree(side.worktree, git_branch, cmp.base["git"])
+            repo.add_clone(side.worktree, git_branch, cmp.base["git"])
         store.save(cmp)
         test_cmd = opts.test_cmd if opts.test_cmd is not None else detect_test_cmd(sides["a"].worktree)
         base_rc: int | None = None
@@ -309,6 +320,7 @@ def _measure(o: Outcome, side: _Side, cmp: Comparison, db: BeadsDatabase, repo: 
              base_deps: set[tuple], test_cmd: str | None, base_rc: int | None, opts: SlingOptions,
              env: dict[str, str]) -> None:
     """Fill in one outcome from what the agent left behind."""
+    fetched = repo.fetch_from_clone(side.worktree, o.git_branch)
     tpath = _transcript(side)
     o.transcript = str(tpath) if tpath else None
     o.pane_log = str(side.pane_log)
@@ -322,7 +334,8 @@ def _measure(o: Outcome, side: _Side, cmp: Comparison, db: BeadsDatabase, repo: 
     o.dependencies_added = [d for d in deps if (d["issue_id"], d["depends_on_id"], d.get("type")) not in base_deps]
     o.dolt_commits = len(db.commits_since(o.dolt_branch, cmp.base["dolt"]))
     o.commits = repo.commits(cmp.base["git"], o.git_branch)
-    o.head_branch = repo.current_branch(side.worktree)
+    o.head_branch = repo.current_branch(side.worktree) if fetched else None
+    # Commits HEAD pointed at in the clone that its branch does not hold: made on another branch.
     o.stray_commits = [c for c in repo.head_reflog(side.worktree) if not repo.contains(o.git_branch, c)]
     o.dirty = repo.dirty(side.worktree)
     if test_cmd:
@@ -348,7 +361,11 @@ def _remove_branches(cmp: Comparison, db: BeadsDatabase, repo: RigRepo, labels: 
                 done.append(f"beads branch {o.dolt_branch}")
         except GtExtError as e:
             log.warning("could not delete beads branch %s: %s", o.dolt_branch, e)
+        work = Path(o.worktree).parent  # the side's work folder: clone + beads folder
         repo.remove_worktree(Path(o.worktree))
+        shutil.rmtree(work, ignore_errors=True)
+        if work.parent.name == cmp.id and work.parent.is_dir() and not any(work.parent.iterdir()):
+            work.parent.rmdir()
         if repo.delete_branch(o.git_branch):
             done.append(f"git branch {o.git_branch}")
     return done

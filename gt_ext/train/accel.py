@@ -69,9 +69,15 @@ def prepare(model: Any, cfg: TrainConfig, device: torch.device, dtype: str) -> d
         else:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         done["gradient_checkpointing"] = True
-    if cfg.compile:
+    compile_layers = cfg.compile if cfg.compile != "auto" else (device.type == "cuda" and backend == "varlen")
+    if compile_layers:
         if backend == "segments":
             raise GtExtError("compile=true needs attention varlen or dense (per-example segments recompile every batch)")
+        if cfg.compile == "auto":
+            from torch._dynamo import config as dynamo_config
+
+            dynamo_config.suppress_errors = True  # auto: a layer that cannot compile runs eagerly
+        # One graph serves every layer (same code, parameters as inputs); dynamic: token counts vary per step.
         body = getattr(base, base.base_model_prefix)
         for layer in body.layers:
             layer.compile(dynamic=True)

@@ -93,7 +93,7 @@ def packed_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     if backend == "varlen":
         # [1, H, N, D] -> [N, H, D]: the flat token axis first, as the varlen kernel wants it
-        q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
+        q, k, v = (t.squeeze(0).transpose(0, 1) for t in (query, key, value))  # views; free in backward
         out = flash_varlen(q, k, v, kwargs["gt_cu_seqlens"], kwargs["gt_max_seqlen"], scale)  # [N, H, D]
         return out.unsqueeze(0), None
     out = segment_attention(query, key, value, kwargs["gt_seq_lens"], scale)  # [1, H, N, D]

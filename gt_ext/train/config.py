@@ -91,9 +91,11 @@ class TrainConfig(_Strict):
         "auto", description="packed attention: varlen (CUDA flash), segments (SDPA per example), dense (T x T mask)")
     fused: bool = Field(True, description="fused LoRA linears and RMSNorm (same function, fewer kernels)")
     gradient_checkpointing: bool = Field(False, description="recompute decoder layers in backward (less memory)")
-    compile: bool = Field(False, description="torch.compile each decoder layer (CUDA; compiles once at start)")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile each decoder layer; auto: on CUDA with varlen attention (falls back to eager on errors)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
-    role_adapter: str | None = Field(None, description="role LoRA folder a task adapter trains on top of")
+    role_adapter: str | None = Field(
+        None, description="role adapter a task adapter trains on top of: registry name:ver or an adapter/run folder")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     data: DataSettings = Field(default_factory=DataSettings)
     optim: OptimSettings = Field(default_factory=OptimSettings)

@@ -93,13 +93,16 @@ def test_split_rules_are_checked(tmp_path):
         suite_mod.load(d)
 
 
-HIDDEN = {"expect", "target", "min_beads", "min_ratio", "order", "cmd", "forbid", "rig_of", "epic"}
+HIDDEN = {"expect", "target", "min_beads", "min_ratio", "order", "cmd", "forbid", "rig_of", "epic",
+          "expect_id", "preserve", "noop", "allowed_names", "step", "family"}
+# Formula patrol suites (gt_ext.corpus.patrol): held-out scenario families only.
+PATROL = ("witness-patrol", "refinery-patrol", "deacon-patrol", "dog-patrol")
 
 
 def test_hidden_expectations_never_reach_the_prompt():
     from gt_ext.evals import promptfoo
 
-    for role in OWN:
+    for role in (*OWN, *PATROL):
         for t in suite_mod.load(f"builtin:{role}").tasks:
             if not hasattr(t, "test"):
                 continue  # sandbox tasks keep their checks outside the prompt by construction
@@ -116,7 +119,8 @@ def test_unknown_builtin_suite_lists_the_known_ones():
 
 def test_suites_do_not_overlap_the_sample_town():
     """The contamination guard finds no shared 8-gram between our tasks and the sample town corpus."""
-    sample_town = pytest.importorskip("gt_ext.corpus.sample_town")
+    from gt_ext.corpus import sample_town
+
     texts = [m["content"] for s in sample_town.generate(seed=0) for m in s.messages]
     for role in OWN:
         rep = contamination.check_tasks(suite_mod.load(f"builtin:{role}").tasks, texts)

@@ -133,6 +133,7 @@ def test_sling_pick_pair_dpo_child(town_env: TestTown, models: dict[str, str], t
     assert b["commands"] == [B_COMMAND] and len(b["commits"]) == 1 and b["exit_code"] == 0
     assert [f["mode"] for f in b["failures"]] == ["hooks-skipped"]
     assert a["failures"] == [] and a["commits"] == [] and a["transcript"] and b["tokens"]["output"] > 0
+    assert Path(a["worktree"]).parent.parent == tt.root / "demo" / "prefs" / c1["id"]  # in the rig, not .gt-ext
     assert {a["dolt_branch"], b["dolt_branch"]} <= set(db.branches())
     assert repo.head(main_branch) == c1["base"]["git"]  # B's commit stayed on its own branch
 
@@ -166,10 +167,11 @@ def test_sling_pick_pair_dpo_child(town_env: TestTown, models: dict[str, str], t
     bead2 = _bead(tt, "second task")
     assert main(["prefs", "sling", bead2, "--models", pair_models, "--json", *SLING]) == 0
     c2 = _json(capsys)
-    wa = Path(c2["outcomes"]["a"]["worktree"])
+    wa, branch_a = Path(c2["outcomes"]["a"]["worktree"]), c2["outcomes"]["a"]["git_branch"]
     (wa / "NOTES.md").write_text("work of a\n")  # as if A had worked: a commit and a bead edit
     repo.git("add", "NOTES.md", cwd=wa)
     repo.git("commit", "-qm", f"{bead2}: notes", cwd=wa)
+    assert repo.fetch_from_clone(wa, branch_a)  # what the sling does when an agent stops
     with db.client(c2["outcomes"]["a"]["dolt_branch"]) as c:
         c.query("UPDATE issues SET title = 'retitled by a' WHERE id = %s", (bead2,))
         c.query("CALL DOLT_COMMIT('-am', 'a retitles')")
@@ -187,13 +189,13 @@ def test_sling_pick_pair_dpo_child(town_env: TestTown, models: dict[str, str], t
     assert main(["prefs", "show", c2["id"], "--json"]) == 0
     hist = _json(capsys)["history"]
     assert hist[-1]["event"] == "pick refused: dolt merge" and hist[-1]["result"]["conflicts"] == {"issues": 1}
-    repo.remove_worktree(wa)
-    repo.delete_branch(c2["outcomes"]["a"]["git_branch"])
+    assert repo.delete_branch(branch_a)
     assert main(["prefs", "pick", c2["id"], "--winner", "a"]) == 2
     assert "git branch" in (e := _err(capsys)) and "missing" in e
     assert main(["prefs", "drop", c2["id"]]) == 0
     capsys.readouterr()
     assert not [x for x in db.branches() if x.startswith(f"prefs-{c2['id']}")]
+    assert not wa.exists() and not repo.has_branch(c2["outcomes"]["b"]["git_branch"])
 
     # -- a pick on a comparison whose agents are still running: undecided, nothing to pick
     store = PrefsStore.for_town(tt.root)

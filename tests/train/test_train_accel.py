@@ -56,6 +56,7 @@ def _loss_and_grads(model, batches):
 def test_defaults_on_cpu_pick_segments_fp32_and_fuse():
     model, _, setup = _model()
     assert setup["attention"] == "segments" and setup["dtype"] == "float32"
+    assert "compiled_layers" not in setup  # compile: auto compiles on CUDA only
     assert setup["fused_lora_layers"] == 2 * 7 and setup["fused_rms_norms"] == 2 * 2 + 1
     assert attention.model_backend(model) == "segments"
     assert model.get_base_model().config._attn_implementation == attention.ATTN_NAME
