@@ -53,7 +53,7 @@ def sling_cmd(
     quantize: str = typer.Option("int8", "--quantize", help="PyTorch backend: int8 or none (as node0-inference)."),
     json_out: bool = JSON_OPT,
 ) -> None:
-    """Run BEAD with two models side by side, each in its own beads branch and git worktree."""
+    """Run BEAD with two models side by side, each in its own beads branch and git clone."""
     from gt_ext.prefs.sling import SlingOptions, sling
 
     if no_tests and test:

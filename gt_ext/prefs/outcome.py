@@ -6,7 +6,7 @@ Each mode is read from what the agent left behind, never from what it said about
 |---|---|
 | crash | the agent exited non-zero (not killed by us), or reported an error turn |
 | timeout | we killed it at the sling's time limit |
-| wrong-branch | its worktree ended off its branch, or it committed somewhere else (HEAD's reflog) |
+| wrong-branch | its clone ended off its branch, or it committed somewhere else (HEAD's reflog) |
 | tests-broken | the test command passed on the base commit and fails on its branch |
 | dependency-direction | on its beads branch: a cycle among blocking dependencies, or a bead it closed that still waits on an open bead (the edge points the wrong way) |
 | hooks-skipped | a command that skips hooks (`--no-verify`, `-n`, `HUSKY=0`, `BD_NO_HOOKS=1`): the corpus gates' `skip-hooks` |
@@ -106,7 +106,7 @@ def state_failures(o: Outcome, pane_tail: str = "") -> list[Failure]:
         line = next(ln for ln in pane_tail.splitlines() if ln.startswith("[error: "))
         out.append(Failure(mode="crash", detail=line[:200]))
     if o.head_branch != o.git_branch:
-        out.append(Failure(mode="wrong-branch", detail=f"worktree ended on {o.head_branch or 'a detached HEAD'}, "
+        out.append(Failure(mode="wrong-branch", detail=f"its clone ended on {o.head_branch or 'a detached HEAD or another branch'}, "
                                                        f"not {o.git_branch}"))
     elif o.stray_commits:
         out.append(Failure(mode="wrong-branch", detail=f"{len(o.stray_commits)} commit(s) made off {o.git_branch}"))

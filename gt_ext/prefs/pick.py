@@ -10,7 +10,7 @@ A pick, in order (every check before any write):
 4. the winner's git branch merges into the rig's default branch, then its Dolt branch into the
    beads' main. A conflict on either refuses the pick: the git merge is undone, the pair taken
    back, both sides stay as they were, and the conflict is reported (exit 1). Nothing is forced;
-5. the loser's branches and worktree are dropped, and the winner's, now merged, too.
+5. the loser's branches and clone are dropped, and the winner's, now merged, too.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Comparison records: one A/B run of a bead by two models, from slinging to the pick.
 
 A comparison lives in `<town>/.gt-ext/prefs/<id>/`: `comparison.json` (this record, written
-atomically), and per side `a/` and `b/` with the agent's worktree, its beads folder (pointing bd at
-its Dolt branch), its transcript and its pane output. Status:
+atomically), and per side `a/` and `b/` the agent's transcript and pane output. The sides' work
+folders (the clone each agent works in, its beads folder pointing bd at its Dolt branch) are in
+the rig, `<rig>/prefs/<id>/<side>/`, outside what the agent's sandbox hides. Status:
 
     running  -> the agents are working (or the sling was interrupted: `interrupted` when its
                 process is gone)

@@ -132,3 +132,15 @@ def test_git_worktrees_and_merges(rig_town: TestTown, tmp_path: Path) -> None:
         assert repo.dirty(wt_main, untracked=False) == [] and (wt_main / "README.md").read_text() == "from a\n"
     repo.remove_worktree(wb)
     assert repo.delete_branch("prefs/t2/b") and not repo.has_branch("prefs/t2/b") and not wb.exists()
+    # A clone keeps its commits to itself until its branch is fetched back.
+    wc = tmp_path / "wc"
+    start = repo.head(main)
+    assert repo.add_clone(wc, "prefs/t2/c", start) == start and repo.current_branch(wc) == "prefs/t2/c"
+    (wc / "NEW.md").write_text("c\n")
+    repo.git("add", "NEW.md", cwd=wc)
+    repo.git("commit", "-qm", "c", cwd=wc)
+    assert repo.commits(start, "prefs/t2/c") == []
+    assert repo.fetch_from_clone(wc, "prefs/t2/c") and [c["subject"] for c in repo.commits(start, "prefs/t2/c")] == ["c"]
+    assert not repo.fetch_from_clone(wc, "no-such-branch")
+    repo.remove_worktree(wc)
+    assert not wc.exists() and repo.delete_branch("prefs/t2/c")
