@@ -128,7 +128,8 @@ def pick(town: Town, task: str, winner: str | None = None, auto: bool = False, w
                              f"({repo.path}); nothing merged")
         pair, note = build_pair(cmp, w, lo, decision)
         decision.pair_note = note
-        with Store.open(town=town.root) as corpus:
+        # The corpus the `gt corpus` commands use: $GT_EXT_CORPUS, else the town's.
+        with Store.open(os.environ.get("GT_EXT_CORPUS") or None, town=town.root) as corpus:
             stored = bool(pair) and corpus.add_preference(pair)
             decision.pair_id = pair["id"] if pair else None
             old_head = repo.head(into)

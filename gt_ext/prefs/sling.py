@@ -299,7 +299,12 @@ def transcript_messages(path: Path | None, role: str, rig: str) -> list[dict[str
 
     if path is None or not path.is_file():
         return []
-    return [{"role": "system", "content": system_prompt(role, rig)}, *parse_claude_jsonl(path).messages]
+    try:
+        parsed = parse_claude_jsonl(path)
+    except GtExtError as e:  # a transcript cut by a kill: measured as no transcript, never fatal
+        log.warning("%s", e)
+        return []
+    return [{"role": "system", "content": system_prompt(role, rig)}, *parsed.messages]
 
 
 def _tokens(path: Path | None) -> dict[str, int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -84,7 +85,7 @@ def dpo_due(role: str, town_root: Path | None = None, threshold: int | None = No
     with Registry.open(town_root) as reg:
         last = last_dpo_model(reg, role)
     since = _epoch(last.created) if last else None
-    with Store.open(town=town_root) as st:
+    with Store.open(os.environ.get("GT_EXT_CORPUS") or None, town=town_root) as st:
         total = len(st.preferences(status="active", role=role))
         new = len(st.preferences(status="active", role=role, since=since))
     return DpoDue(role=role, due=new >= threshold, new_pairs=new, threshold=threshold, total_pairs=total,

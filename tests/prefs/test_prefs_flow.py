@@ -8,7 +8,7 @@ Model A (`polecat`) is a 1-step SFT of the tiny model: it answers noise and does
 Model B (`polecat-noverify`) is the tiny model trained until it always answers with one tool call,
 `HUSKY=0 git commit --allow-empty -mx`: it commits, skipping hooks. The call is written so that
 every token of it but the tags' shared `>` is followed by one token only (keys reordered, a tab),
-which a 64-wide random model learns in a few dozen steps; the agent stops at the closing tag.
+which the 64-wide random model learns in 25 steps (40 here); the agent stops at the closing tag.
 The rules pick A. Bad input on the way: an unknown model, a bead already in a comparison, a pick
 on an undecided (running) comparison, a missing branch; a merge conflict is refused with both
 sides intact.
@@ -38,7 +38,7 @@ B_COMMAND = "HUSKY=0 git commit --allow-empty -mx"
 B_ANSWER = '<tool_call>{"input": {"command"\t:"' + B_COMMAND + '"}, "name":"Bash"}</tool_call>'
 TINY = ["base_model=tiny-llama", "eval_every=0", "checkpoint_every=0", "data.max_length=256", "data.pack_length=512"]
 # Enough for the tiny model to answer B_COMMAND's tool call word for word (greedy, fp32).
-MEMORIZE = ["max_steps=50", "optim.lr=1e-2", "optim.warmup_steps=0", "optim.min_lr_ratio=1.0", "data.batch_size=12",
+MEMORIZE = ["max_steps=40", "optim.lr=1e-2", "optim.warmup_steps=0", "optim.min_lr_ratio=1.0", "data.batch_size=12",
             "lora.r=16", "lora.targets=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]"]
 SLING = ["--no-tests", "--max-steps", "1", "--max-new-tokens", "48", "--timeout", "300", "--backend", "torch",
          "--quantize", "none"]
