@@ -89,14 +89,18 @@ def add_lora(model: Any, lora: LoraSettings, seed: int | None = None) -> Any:
     return peft_model
 
 
-def apply_role_adapter(model: Any, role_adapter_dir: str | Path) -> Any:
-    """Merge a role LoRA folder into `model`'s weights and return the plain (merged) model."""
+def apply_role_adapter(model: Any, role_adapter: str | Path) -> Any:
+    """Merge a role LoRA into `model`'s weights and return the plain (merged) model.
+
+    `role_adapter` is a registry ref `name:ver` or an adapter/run/export folder; its own parent
+    stack (if any) goes in first (`gt_ext.models.refs.parent_stack`)."""
     from peft import PeftModel
 
-    folder = Path(role_adapter_dir)
-    if not (folder / "adapter_config.json").is_file():
-        raise GtExtError(f"role adapter {folder}: no adapter_config.json (expected a PEFT adapter folder)")
-    return PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    from gt_ext.models.refs import parent_stack
+
+    for folder in parent_stack(str(role_adapter), f"role adapter {role_adapter}"):
+        model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    return model
 
 
 def load_base_for_training(cfg: TrainConfig) -> tuple[Any, Any]:
