@@ -4,7 +4,9 @@
     branch and git worktree) -> prefs pick --auto -> DPO pair in the corpus -> dpo_due ->
     train-role-model --set mode=dpo -> registered child whose parent is the SFT model
 
-Model A (`polecat`) is a 1-step SFT of the tiny model: it answers noise and does nothing wrong.
+Model A (`polecat`) is the tiny model trained a few steps on one plain answer, A_ANSWER: it answers
+words (an untrained random model may answer only blank lines, which leave no assistant turn to
+learn from) and does nothing wrong.
 Model B (`polecat-noverify`) is the tiny model trained until it always answers with one tool call,
 `HUSKY=0 git commit --allow-empty -mx`: it commits, skipping hooks. The call is written so that
 every token of it but the tags' shared `>` is followed by one token only (keys reordered, a tab),
@@ -34,6 +36,7 @@ from gt_ext.prefs.record import Comparison, PrefsStore
 
 pytestmark = pytest.mark.integration
 
+A_ANSWER = "Read the task; nothing to change."
 B_COMMAND = "HUSKY=0 git commit --allow-empty -mx"
 B_ANSWER = '<tool_call>{"input": {"command"\t:"' + B_COMMAND + '"}, "name":"Bash"}</tool_call>'
 TINY = ["base_model=tiny-llama", "eval_every=0", "checkpoint_every=0", "data.max_length=256", "data.pack_length=512"]
@@ -44,11 +47,11 @@ SLING = ["--no-tests", "--max-steps", "1", "--max-new-tokens", "48", "--timeout"
          "--quantize", "none"]
 
 
-def write_sft(root: Path, answer: str | None) -> Path:
-    """A corpus export with polecat examples all answering `answer` (or a short note of their own)."""
+def write_sft(root: Path, answer: str) -> Path:
+    """A corpus export with polecat examples all answering `answer`."""
     recs = []
     for i in range(12):
-        text = answer or f"Looked at task {i}; nothing to do."
+        text = answer
         msgs = [{"role": "system", "content": system_prompt("polecat", "demo")},
                 {"role": "user", "content": f"Your hooked bead in rig demo: dm-{i * 7919 % 4096:03x} \"task {i}\".\n"
                                             "Work in the current folder on its branch; commit, then close the bead."},
@@ -58,7 +61,7 @@ def write_sft(root: Path, answer: str | None) -> Path:
     p = root / "sft" / "polecat" / "git-workflow" / "train.jsonl"
     p.parent.mkdir(parents=True)
     p.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    (root / "manifest.json").write_text(json.dumps({"corpus_hash": f"test-{answer is not None}", "files": {}}))
+    (root / "manifest.json").write_text(json.dumps({"corpus_hash": f"test-{len(answer)}", "files": {}}))
     return root
 
 
@@ -84,8 +87,8 @@ def town_env(prefs_town: TestTown) -> Iterator[TestTown]:
 def models(town_env: TestTown, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A: `polecat` (an export, so it has merged weights to train DPO on); B: `polecat-noverify`."""
     work = tmp_path_factory.mktemp("models")
-    assert main(["train", "--role", "polecat", "--corpus", str(write_sft(work / "ca", None)), "--out",
-                 str(work / "run-a"), "--no-progress", *TINY, "max_steps=1"]) == 0
+    assert main(["train", "--role", "polecat", "--corpus", str(write_sft(work / "ca", A_ANSWER)), "--out",
+                 str(work / "run-a"), "--no-progress", *TINY, *MEMORIZE, "max_steps=10"]) == 0
     assert main(["export", str(work / "run-a"), "--to", str(work / "export-a"), "--gguf", "none"]) == 0
     assert main(["model", "register", str(work / "export-a"), "--name", "polecat"]) == 0
     assert main(["train", "--role", "polecat", "--corpus", str(write_sft(work / "cb", B_ANSWER)), "--out",
@@ -154,7 +157,7 @@ def test_sling_pick_pair_dpo_child(town_env: TestTown, models: dict[str, str], t
 
     with Store.open(town=tt.root) as st:
         pairs = st.preferences()
-    assert len(pairs) == 1 and pairs[0]["id"] == d1["decision"]["pair_id"]
+    assert len(pairs) == 1 and pairs[0]["id"] == d1["decision"]["pair_id"], d1["decision"]
     p = pairs[0]
     assert p["role"] == "polecat" and p["prompt"][0]["role"] == "system" and p["prompt"][-1]["role"] == "user"
     assert p["rejected"] == render_tool_call("Bash", {"command": B_COMMAND})
@@ -223,7 +226,7 @@ def test_sling_pick_pair_dpo_child(town_env: TestTown, models: dict[str, str], t
 
     # -- DPO on top of polecat:1, through the formula
     corpus = tmp_path / "corpus"
-    assert main(["corpus", "export", "--out", str(corpus), "--val-pct", "0"]) == 0
+    assert main(["corpus", "export", "--out", str(corpus), "--rig", "demo", "--val-pct", "0"]) == 0
     capsys.readouterr()
     suite = tmp_path / "suite"
     suite.mkdir()
