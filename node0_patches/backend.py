@@ -90,7 +90,8 @@ def stage_backend_class() -> type:
         def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
             t0 = time.perf_counter()
             try:
-                return super().forward(*inputs)
+                with self.module.compute_lock:  # generation shares the module (node0_patches.inference)
+                    return super().forward(*inputs)
             finally:
                 with self.counters.busy_s.get_lock():
                     self.counters.busy_s.value += time.perf_counter() - t0
@@ -98,7 +99,8 @@ def stage_backend_class() -> type:
         def backward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
             t0 = time.perf_counter()
             try:
-                return super().backward(*inputs)
+                with self.module.compute_lock:
+                    return super().backward(*inputs)
             finally:
                 with self.counters.busy_s.get_lock():
                     self.counters.busy_s.value += time.perf_counter() - t0
