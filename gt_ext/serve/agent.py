@@ -266,6 +266,7 @@ def run(args: argparse.Namespace, stdin_fd: int = 0, out: TextIO = sys.stdout) -
         print(f"role card: {m['role_card_tokens']} tokens; gt prime: "
               f"{m['gt_prime_tokens'] if m['gt_prime_tokens'] is not None else 'n/a (no gt/town here)'} tokens",
               file=out)
+        gen.close()
         return 0
 
     def transcript() -> Transcript:
@@ -310,6 +311,7 @@ def run(args: argparse.Namespace, stdin_fd: int = 0, out: TextIO = sys.stdout) -
         out.write("\n[terminated]\n")
     finally:
         agent.close()
+        gen.close()  # the pipeline backend leaves the swarm
         out.flush()
     return 0
 

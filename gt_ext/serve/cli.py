@@ -115,8 +115,11 @@ def serve(
     print(f"serving {resolved.ref} ({gen.backend}) on http://{host}:{port}/v1"
           f"{' (bearer token required)' if token else ''}", file=sys.stderr)
     # Keep-alive and header limits of uvicorn bound what an idle or slow connection holds.
-    uvicorn.run(api, host=host, port=port, log_level="warning", timeout_keep_alive=5,
-                limit_concurrency=max(64, max_queue * 2))
+    try:
+        uvicorn.run(api, host=host, port=port, log_level="warning", timeout_keep_alive=5,
+                    limit_concurrency=max(64, max_queue * 2))
+    finally:
+        gen.close()
 
 
 @app.command("chat")
@@ -141,9 +144,12 @@ def chat_cmd(
     target = PipelineTarget.for_backend(backend, run, initial_peers, swarm_key)
     gen, _ = load_generator(model, adapters, backend, pipeline=target)
     msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    for piece in gen.stream(msgs, SamplingParams(max_new_tokens=max_tokens, temperature=temperature, seed=seed)):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+    try:
+        for piece in gen.stream(msgs, SamplingParams(max_new_tokens=max_tokens, temperature=temperature, seed=seed)):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    finally:
+        gen.close()
     sys.stdout.write("\n")
 
 

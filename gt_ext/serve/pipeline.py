@@ -3,11 +3,11 @@
     engine = PipelineEngine("smollm2-135m-instruct", PipelineTarget.from_options("serve", [ADDR], key_file))
     gen = Generator("smollm2-135m-instruct", backend="pipeline", pipeline=target)   # the usual API
 
-The engine plugs into the serving decode loop like the other engines (start a row, prefill its
-prompt, decode one token for every running row, finish): each row is one generation session through
-the stages (`gt_ext.pipeline.inference`), holding one server session per span; sampling, stop
-strings, streaming and the API are the serving engine's own. Rows decode concurrently: while one
-session's token is in the tail, another's can be in the head. Adapters are read here (PEFT folders
+The engine runs the serving decode loop like the torch engine (`Generator` calls `run` with a batch
+of requests): each row is one generation session through the stages (`gt_ext.pipeline.inference`),
+holding one server session per span; sampling, stop strings and stats are the serving loop's own
+(`gt_ext.serve.generate.DecodeRows`), and so are streaming and the API. Rows decode concurrently:
+while one session's token is in the tail, another's can be in the head. Adapters are read here (PEFT folders
 the model reference resolved, `gt_ext.models.refs`) and sent to the stages by content.
 
 This process needs the base model's tokenizer and config (and, to check that the stages serve the
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 from gt_ext.errors import GtExtError
 
 log = logging.getLogger(__name__)
+PREFILL_CHUNK = 256  # prompt tokens per step message (activations of hidden 576 in fp32: ~0.6 MiB)
 
 
 @dataclass
@@ -68,7 +70,7 @@ class PipelineTarget:
 class PipelineEngine:
     """Serving engine over pipeline stages (see module docstring)."""
 
-    def __init__(self, base_model: str, target: PipelineTarget, max_slots: int = 8):
+    def __init__(self, base_model: str, target: PipelineTarget | None):
         from transformers import GenerationConfig
 
         from gt_ext.models import load_tokenizer, resolve_model_dir
@@ -89,7 +91,6 @@ class PipelineEngine:
             gen_cfg = None
         self.eos_ids = _eos_ids(_ModelFacts(gen_cfg, self.config), self.tokenizer)
         self.max_context = int(getattr(self.config, "max_position_embeddings", 2048))
-        self.max_slots = max_slots
         try:
             base_hash = model_fingerprint(model_dir)
         except GtExtError:  # a tokenizer-only folder: the stages are trusted to agree among themselves
@@ -121,38 +122,65 @@ class PipelineEngine:
     def adapter_keys(self) -> list[str]:
         return list(self.adapters)
 
-    # -- the decode loop's engine calls -------------------------------------------------------------
+    # -- the decode loop -----------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def start(self, seq: Any) -> None:
-        """A row: a new generation session with the request's adapters (no stage contacted yet)."""
-        seq.slot = self.inference.session([(self.adapters[k], w) for k, w in seq.request.adapters])
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def prefill(self, seq: Any, ids: list[int]) -> Any:
-        """Run (a chunk of) the prompt through the stages; next-token logits [V]."""
+    def run(self, requests: list[Any], render: Any) -> Any:
+        """Generator's engine call: yield (row, text piece) for a batch of requests. Each row is one
+        generation session through the stages with its own adapters; its prompt goes in chunks of
+        PREFILL_CHUNK tokens, then one token a step, every running row's step in flight together
+        (while one row's token is in the tail, another's is in the head)."""
         import torch
 
-        return self.inference.run(seq.slot.step(torch.tensor([ids], dtype=torch.long)))
+        from gt_ext.serve.generate import DecodeRows, check_prompt_lengths
 
-    def decode(self, seqs: list[Any], ids: list[int]) -> Any:
-        """One token for every row, the sessions in flight together; logits [n, V]."""
-        import torch
+        t0 = time.perf_counter()
+        prompts = [self.tokenize(render(r.messages)) for r in requests]
+        check_prompt_lengths(requests, prompts, self.max_context)
+        rows = DecodeRows(requests, prompts, self.eos_ids, self._decode, t0)
+        sessions = [self.inference.session([(self.adapters[k], w) for k, w in r.adapters]) for r in requests]
 
-        async def all_rows() -> list[Any]:
-            return await asyncio.gather(*(s.slot.step(torch.tensor([[t]], dtype=torch.long))
-                                          for s, t in zip(seqs, ids, strict=True)))
+        async def prefill(session: Any, ids: list[int]) -> Any:
+            logits = None
+            for at in range(0, len(ids), PREFILL_CHUNK):
+                logits = await session.step(torch.tensor([ids[at:at + PREFILL_CHUNK]], dtype=torch.long))
+            return logits
 
-        return torch.stack(self.inference.run(all_rows()))
+        async def prefill_all() -> list[Any]:
+            return await asyncio.gather(*(prefill(s, p) for s, p in zip(sessions, prompts, strict=True)))
 
-    def finish(self, seq: Any) -> None:
-        """Free the row's server sessions."""
-        if seq.slot is not None:
+        async def steps(todo: dict[int, int]) -> list[Any]:
+            return await asyncio.gather(*(sessions[i].step(torch.tensor([[t]], dtype=torch.long))
+                                          for i, t in todo.items()))
+
+        async def close_all() -> None:
+            await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+
+        try:
+            outs = self.inference.run(prefill_all())
+            logits = dict(enumerate(outs))  # row -> next-token logits [V]
+            step = 0
+            while True:
+                todo: dict[int, int] = {}
+                for i in list(logits):
+                    tok, piece = rows.sample(i, logits[i], step)
+                    if tok is not None:
+                        todo[i] = tok
+                    if piece:
+                        yield i, piece
+                step += 1
+                if not todo:
+                    break
+                logits = dict(zip(todo, self.inference.run(steps(todo)), strict=True))
+        finally:
             try:
-                self.inference.run(seq.slot.close())
-            except Exception as e:  # a stage gone: its sessions expire there
-                log.debug("closing a generation session: %s", e)
-            seq.slot = None
+                self.inference.run(close_all())  # the stages' sessions would expire on their own
+            except Exception as e:
+                log.debug("closing generation sessions: %s", e)
 
     def close(self) -> None:
         """Leave the swarm."""

@@ -130,6 +130,40 @@ def test_greedy_generation_equals_single_process(gen_pipe):
     assert len({tuple(t) for t in outs.values()}) == 3  # each adapter stack changed the answer
 
 
+def test_serving_generator_on_the_pipeline_backend_answers_as_torch(gen_pipe):
+    """`Generator(backend="pipeline")` (what `gt-ext serve`, `node0-inference` and the API run with
+    `--backend pipeline`): a chat with the role adapter, the same chat on the base model, and both in
+    one batch give the torch backend's greedy text and token counts."""
+    from gt_ext.serve.generate import GenerationStats, Generator
+    from gt_ext.serve.params import SamplingParams
+    from gt_ext.serve.pipeline import PipelineTarget
+
+    role = gen_pipe.adapters["role"]
+    msgs = [{"role": "user", "content": "What is 2+2?"}]
+    params = SamplingParams(max_new_tokens=10, temperature=0.0)
+    target = PipelineTarget(run=RUN, initial_peers=gen_pipe.addrs, key=gen_pipe.key)
+    pipe = Generator(str(gen_pipe.model), [(role, 1.0)], backend="pipeline", pipeline=target)
+    try:
+        ref = Generator(str(gen_pipe.model), [(role, 1.0)], backend="torch")
+        for adapters in (None, []):
+            got, want = GenerationStats(), GenerationStats()
+            assert pipe.chat(msgs, params, adapters=adapters, stats=got) == \
+                ref.chat(msgs, params, adapters=adapters, stats=want), adapters
+            assert (got.prompt_tokens, got.completion_tokens, got.finish_reason) == \
+                (want.prompt_tokens, want.completion_tokens, want.finish_reason)
+        two = [{"role": "user", "content": "Name a town."}]
+
+        def batch(gen: Generator) -> list[str]:
+            texts = ["", ""]
+            for i, piece in gen.stream_batch([gen.request(msgs, params), gen.request(two, params, adapters=[])]):
+                texts[i] += piece
+            return texts
+
+        assert batch(pipe) == batch(ref)
+    finally:
+        pipe.close()
+
+
 def test_replica_killed_mid_generation_another_takes_over(gen_pipe):
     """kill -9 of the replica serving layer 2 after 4 tokens: the session replays its prefix to the
     other replica and the answer completes, token for token the uninterrupted one."""
