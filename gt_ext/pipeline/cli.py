@@ -183,5 +183,8 @@ def status(
                           "stages": [r.extra for r in rows]}, indent=2, default=str))
         return
     for r in rows:
-        print(f"{r.span_label:>14}  step {r.epoch:<5} peer {r.peer[-10:]}  base {r.base_hash}  settings {r.settings_hash}")
+        gen = (f"  sessions {r.extra.get('sessions', 0)} ({r.extra.get('cached_tokens', 0)} tokens cached, "
+               f"{r.extra.get('serving_adapters', 0)} serving adapters)") if "sessions" in r.extra else ""
+        print(f"{r.span_label:>14}  step {r.epoch:<5} peer {r.peer[-10:]}  base {r.base_hash}  "
+              f"settings {r.settings_hash}{gen}")
     print("pipeline complete" if problem is None else f"incomplete: {problem}")

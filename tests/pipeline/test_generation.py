@@ -164,6 +164,62 @@ def test_serving_generator_on_the_pipeline_backend_answers_as_torch(gen_pipe):
         pipe.close()
 
 
+def _stage_numbers(client) -> tuple[int, int]:
+    """(generation steps served, sessions open) over the live stages, from their announcements."""
+    records = client.client.records()
+    return (sum(int(r.extra.get("inference_steps") or 0) for r in records),
+            sum(int(r.extra.get("sessions") or 0) for r in records))
+
+
+def test_node0_inference_agent_in_a_tmux_pane_generates_through_the_stages(gen_pipe, tmp_path):
+    """The provider's path: `node0-inference --backend pipeline` started in a tmux pane the way gt
+    starts it answers a typed prompt through the stages (their step counts grow), closes its sessions
+    there, and exits on EOF."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    agent_bin = str(Path(sys.executable).parent / "node0-inference")
+    steps_before, _ = _stage_numbers(gen_pipe.client)
+    session = f"gtext-pipe-{os.getpid()}"
+    sock = ["-L", session]  # a private tmux server
+    peers = " ".join(f"--initial-peers {a}" for a in gen_pipe.addrs)
+    cmd = (f"exec env GT_ROLE=witness GT_EXT_CLAUDE_PROJECTS={tmp_path / 'projects'} {agent_bin} "
+           f"--model {gen_pipe.model} --adapters {gen_pipe.adapters['role']} --backend pipeline --run {RUN} "
+           f"{peers} --swarm-key {gen_pipe.key_file} --max-new-tokens 6 --no-transcript")
+    subprocess.run(["tmux", *sock, "new-session", "-d", "-s", session, "-c", str(tmp_path), "-x", "200", "-y", "50",
+                    cmd], check=True)
+
+    def pane() -> str:
+        return subprocess.run(["tmux", *sock, "capture-pane", "-p", "-J", "-t", session],
+                              capture_output=True, text=True).stdout
+
+    def wait_for(pred, timeout: float = 180) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pred():
+                return True
+            time.sleep(0.3)
+        return False
+
+    try:
+        assert wait_for(lambda: "node0> " in pane()), pane()
+        assert " on pipeline " in pane()
+        subprocess.run(["tmux", *sock, "send-keys", "-t", session, "-l", "hello stages"], check=True)
+        subprocess.run(["tmux", *sock, "send-keys", "-t", session, "Enter"], check=True)
+        assert wait_for(lambda: pane().count("node0>") >= 2 and pane().rstrip().endswith("node0>")), pane()
+        # The announcements (every 2 s) show the steps served and no session left open.
+        assert wait_for(lambda: _stage_numbers(gen_pipe.client)[0] > steps_before
+                        and _stage_numbers(gen_pipe.client)[1] == 0, 20)
+        subprocess.run(["tmux", *sock, "send-keys", "-t", session, "C-d"], check=True)
+        assert wait_for(lambda: subprocess.run(["tmux", *sock, "has-session", "-t", session],
+                                               capture_output=True).returncode != 0, 60)
+    finally:
+        subprocess.run(["tmux", *sock, "kill-server"], capture_output=True)
+
+
 def test_replica_killed_mid_generation_another_takes_over(gen_pipe):
     """kill -9 of the replica serving layer 2 after 4 tokens: the session replays its prefix to the
     other replica and the answer completes, token for token the uninterrupted one."""
