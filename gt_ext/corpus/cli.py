@@ -318,7 +318,9 @@ def process(claude_dir: Annotated[Path | None, typer.Option(help="Claude project
         from gt_ext.corpus.collect import trigger as run_trigger
 
         with _store() as st:
-            handler = logging.FileHandler(st.root / "process.log")
+            from gt_ext.private import private_file
+
+            handler = logging.FileHandler(private_file(st.root / "process.log"))
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             logging.getLogger("gt_ext").addHandler(handler)
             logging.getLogger("gt_ext").setLevel(logging.INFO)

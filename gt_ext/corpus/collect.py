@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -133,17 +134,51 @@ def process_lock(store: Store, wait_s: float = 120.0) -> Iterator[None]:
         os.close(fd)
 
 
+# --- where transcripts may come from -------------------------------------------------------------
+# Session ids name files: no path separators, no "..", nothing a glob would expand.
+_SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+def valid_session_id(session_id: Any) -> bool:
+    """A session id that can only name a file inside a transcript folder (`../x` cannot)."""
+    return isinstance(session_id, str) and bool(_SESSION_ID_RE.match(session_id)) and ".." not in session_id
+
+
+def transcript_roots(projects: Path | None = None) -> list[Path]:
+    """The folders transcripts are read from: Claude's projects folder (node0 sessions are written
+    there too), pi's `sessions/`, and any folder in $GT_EXT_TRANSCRIPT_ROOTS (os.pathsep-separated)."""
+    roots = [projects or claude_projects_dir(), pi_agent_dir() / "sessions"]
+    roots += [Path(p).expanduser() for p in os.environ.get("GT_EXT_TRANSCRIPT_ROOTS", "").split(os.pathsep) if p]
+    return [r.resolve() for r in roots]
+
+
+def inside_roots(path: str | os.PathLike, roots: list[Path]) -> Path | None:
+    """`path` with symlinks resolved when it is a file inside one of `roots`, else None. Bead
+    metadata, session ids and hook payloads are written by agents: a path from them must not pull
+    an arbitrary readable file (`/etc/passwd`, `~/.ssh/id_rsa`) into the corpus."""
+    try:
+        p = Path(path).expanduser().resolve(strict=True)
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return p if p.is_file() and any(p.is_relative_to(r) for r in roots) else None
+
+
 # --- finding the sessions that worked a bead ----------------------------------------------------
 def find_transcript(session_id: str, projects: Path, cwd: str | None = None) -> Path | None:
     """Claude's transcript of `session_id`: ``<projects>/<cwd with / as ->/<id>.jsonl``, else any
-    project folder holding that file name."""
+    project folder holding that file name; None for an id that is not a plain file name, or a
+    file that resolves outside `projects`."""
+    if not valid_session_id(session_id):
+        log.warning("session id %r is not a plain name: no transcript looked up", safe_message(str(session_id))[:80])
+        return None
+    roots = [projects.resolve()]
     if cwd:
         p = projects / cwd.replace("/", "-") / f"{session_id}.jsonl"
         if p.is_file():
-            return p
+            return inside_roots(p, roots)
     if projects.is_dir():
         for p in projects.glob(f"*/{session_id}.jsonl"):
-            return p
+            return inside_roots(p, roots)
     return None
 
 
@@ -219,11 +254,17 @@ def sessions_for_bead(issue: dict[str, Any], town_root: Path | None, projects: P
     meta = issue.get("metadata") if isinstance(issue.get("metadata"), dict) else {}
     for key in ("session_id", "claude_session_id"):
         if meta.get(key):
+            if not valid_session_id(meta[key]):
+                log.warning("bead %s: metadata.%s is not a plain session id: ignored", bead, key)
+                continue
             found.setdefault(meta[key], {"session": meta[key], "actor": issue.get("assignee"), "cwd": None, "role": None})
+    from_meta = None
+    if meta.get("transcript_path"):
+        from_meta = inside_roots(str(meta["transcript_path"]), transcript_roots(projects))
+        if from_meta is None:
+            log.warning("bead %s: metadata.transcript_path is not a file inside the transcript roots: ignored", bead)
     for s in found.values():
-        s["transcript"] = find_transcript(s["session"], projects, s.get("cwd"))
-        if s["transcript"] is None and meta.get("transcript_path") and Path(meta["transcript_path"]).is_file():
-            s["transcript"] = Path(meta["transcript_path"])
+        s["transcript"] = find_transcript(s["session"], projects, s.get("cwd")) or from_meta
     return list(found.values())
 
 
@@ -298,7 +339,16 @@ def _handle_session_stop(ing: Ingestor, ev: dict, projects: Path, report: Proces
     env = ev.get("env") or {}
     sid = payload.get("session_id") or env.get("GT_SESSION_ID")
     tpath = payload.get("transcript_path")
-    path = Path(tpath) if tpath else (find_transcript(sid, projects, ev.get("cwd")) if sid else None)
+    if sid is not None and not valid_session_id(sid):
+        log.warning("session_stop event: session id is not a plain name (no '/', no '..'): not used")
+        sid = None  # never a file name; the transcript's own header or file name gives it
+    if tpath:
+        path = inside_roots(str(tpath), transcript_roots(projects))
+        if path is None:
+            raise GtExtError(f"session_stop event: transcript {safe_message(str(tpath))} is not a file inside the "
+                             "transcript roots (Claude's projects folder, pi's sessions, $GT_EXT_TRANSCRIPT_ROOTS)")
+    else:
+        path = find_transcript(sid, projects, ev.get("cwd")) if sid else None
     if path is None or not path.is_file():
         raise GtExtError(f"session_stop event: transcript {'of session ' + sid if sid else ''} not found")
     actor = env.get("BD_ACTOR") or env.get("GT_ROLE")
@@ -415,6 +465,8 @@ def scan_transcripts(store: Store, projects: Path | None = None, progress: bool 
     report = ProcessReport()
     files = sorted(projects.glob("*/*.jsonl")) if projects.is_dir() else []
     files += pi_session_files(pi_dir)
+    roots = transcript_roots(projects) + ([(pi_dir / "sessions").resolve()] if pi_dir else [])
+    files = [f for f in files if inside_roots(f, roots)]  # a symlink out of the folder is not a session
     started = session_index(town_root)
     with process_lock(store):
         ing = Ingestor(store)

@@ -52,6 +52,7 @@ from gt_ext.corpus.scrub import Scrubber
 from gt_ext.corpus.store import Store, StoredExample
 from gt_ext.digest import sha256_file
 from gt_ext.errors import GtExtError
+from gt_ext.private import DIR_MODE, FILE_MODE
 from gt_ext.roles import TASKS
 
 log = logging.getLogger(__name__)
@@ -313,9 +314,9 @@ def write_shards(store: Store, out: str | os.PathLike, rig: str | None = None, v
                                "conventions": dict(sorted(stale_by.items()))},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        for p in tmp.rglob("*"):
-            os.chmod(p, 0o755 if p.is_dir() else 0o644)
-        os.chmod(tmp, 0o755)
+        for p in tmp.rglob("*"):  # training text: owner only (gt_ext.private)
+            os.chmod(p, DIR_MODE if p.is_dir() else FILE_MODE)
+        os.chmod(tmp, DIR_MODE)
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -26,6 +26,7 @@ from gt_ext.corpus.tags import LINK_FIELDS, Tags
 from gt_ext.errors import GtExtError
 from gt_ext.gastown.town import find_town
 from gt_ext.paths import home_dir
+from gt_ext.private import private_dir, private_file
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS examples(
@@ -130,8 +131,11 @@ class Store:
 
     def __init__(self, root: Path):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "spool").mkdir(exist_ok=True)
+        # Session text (and quarantined examples) lives here: owner only. SQLite gives its -wal and
+        # -shm files the database file's mode, so a 0600 corpus.db keeps them 0600 too.
+        private_dir(self.root)
+        private_dir(self.root / "spool")
+        private_file(self.root / "corpus.db")
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer takes the lock up
         # front instead of failing on upgrade from a read lock.
         self.db = sqlite3.connect(self.root / "corpus.db", timeout=60, isolation_level=None)
