@@ -100,14 +100,20 @@ def list_(status: Annotated[str | None, typer.Option(help="active, quarantined, 
     Console().print(t)
 
 
-def _masked(ex, reveal: bool) -> list[dict[str, str]]:
-    """Messages with uncertain spans masked (they may be secrets) unless `reveal`."""
+def _masked(st, ex, reveal: bool) -> list[dict[str, str]]:
+    """Messages as stored: suspected secrets are sealed (`<SEALED:type:n>` markers); `reveal`
+    decrypts them with the store's quarantine key. Spans of examples stored before sealing
+    existed are masked by a fresh scan unless `reveal`."""
     from gt_ext.corpus.scrub import default_scrubber
+    from gt_ext.corpus.seal import Sealer, unseal
 
+    sealed = st.sealed(ex.id)
     out = []
     for m in ex.messages or []:
         text = m["content"]
-        if not reveal:
+        if reveal and sealed:
+            text = unseal(text, sealed, Sealer(st.root))
+        elif not reveal:
             for f in sorted(default_scrubber().scan(text), key=lambda f: f.start, reverse=True):
                 if f.confidence == "uncertain":
                     text = text[:f.start] + f"[UNCERTAIN:{f.type}]" + text[f.end:]
@@ -120,7 +126,7 @@ def show(example_id: Annotated[str, typer.Argument(help="Example id or unique pr
     """Show one example: tags, provenance, findings and messages (uncertain spans masked)."""
     with _store() as st:
         ex = st.get(example_id)
-    data = ex.summary() | {"provenance": ex.provenance(), "findings": ex.findings, "messages": _masked(ex, False)}
+        data = ex.summary() | {"provenance": ex.provenance(), "findings": ex.findings, "messages": _masked(st, ex, False)}
     if as_json:
         _print_json(data)
         return
@@ -190,12 +196,13 @@ def q_list(as_json: JsonOpt = False) -> None:
 
 
 @quarantine_app.command("show")
-def q_show(example_id: str, reveal: Annotated[bool, typer.Option(help="Show uncertain spans unmasked.")] = False,
+def q_show(example_id: str,
+           reveal: Annotated[bool, typer.Option(help="Decrypt the sealed spans (needs the store's quarantine key).")] = False,
            as_json: JsonOpt = False) -> None:
-    """Show a quarantined example; uncertain spans are masked unless --reveal."""
+    """Show a quarantined example; its suspected secrets are sealed (encrypted) unless --reveal."""
     with _store() as st:
         ex = st.get(example_id)
-    data = ex.summary() | {"findings": ex.findings, "messages": _masked(ex, reveal)}
+        data = ex.summary() | {"findings": ex.findings, "messages": _masked(st, ex, reveal)}
     if as_json:
         _print_json(data)
         return
@@ -221,7 +228,17 @@ def q_release(example_id: str) -> None:
                 ids = release_version(st, ex.id)
             print(f"released {ex.id[:12]}: now the current version of {ex.artifact_key} ({len(ids)} part(s))")
             return
-        st.set_status(ex.id, "active", "released by reviewer")
+        sealed = st.sealed(ex.id)
+        if sealed:
+            # Uncertain spans go back as they were (judged harmless); a rescan's certain hits
+            # become their typed placeholder.
+            from gt_ext.corpus.seal import Sealer, unseal
+
+            sealer = Sealer(st.root)
+            msgs = [{**m, "content": unseal(m["content"], sealed, sealer, reveal_all=False)} for m in ex.messages]
+            st.unseal_into(ex.id, msgs, "active", "released by reviewer")
+        else:
+            st.set_status(ex.id, "active", "released by reviewer")
     print(f"released {ex.id[:12]}")
 
 

@@ -13,7 +13,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from gt_ext.corpus import gates
+from gt_ext.corpus import gates, seal
 from gt_ext.corpus.format import example_id, sha256_text
 from gt_ext.corpus.scrub import Scrubber, default_scrubber
 from gt_ext.corpus.store import Store, StoredExample
@@ -78,6 +78,7 @@ class Ingestor:
         note_detectors(store, self.scrubber)
         self.check_near_dups = check_near_dups
         self.total = IngestResult()
+        self.sealer = seal.Sealer(store.root)  # its key is made on the first suspected secret
 
     def ingest(self, messages: list[dict[str, str]], tags: Tags, source: Source) -> IngestResult:
         """Tag, scrub, gate and store one session (call inside `store.tx()`)."""
@@ -92,6 +93,7 @@ class Ingestor:
             # Same session, new content (a transcript grows with every Stop): the newer replaces it.
             for (eid,) in st.db.execute("SELECT id FROM examples WHERE source_key = ?", (source.key,)).fetchall():
                 st.db.execute("DELETE FROM lsh WHERE example_id = ?", (eid,))
+                st.db.execute("DELETE FROM sealed WHERE example_id = ?", (eid,))
             st.db.execute("DELETE FROM examples WHERE source_key = ?", (source.key,))
         tags = tags.merged(st.link(tags.session) if tags.session else None)
         role = check_role_tag(tags.role)
@@ -111,9 +113,17 @@ class Ingestor:
         st = self.store
         findings: list[dict] = []
         clean = []
+        sealed: list[seal.Sealed] = []
+        counter = seal.counter_from()
         for i, m in enumerate(msgs):
             r = self.scrubber.scrub(m["content"])
-            clean.append({"role": m["role"], "content": r.text})
+            text = r.text
+            if r.quarantine:
+                # A suspected secret is never stored verbatim: its span becomes a marker and its
+                # value is kept encrypted apart, for the reviewer (gt_ext.corpus.seal).
+                text, s = seal.seal_findings(m["content"], r.findings, self.sealer, counter)
+                sealed += s
+            clean.append({"role": m["role"], "content": text})
             findings.extend(f.to_dict() | {"msg": i} for f in r.findings)
         ex_id = example_id(clean)
         if st.db.execute("SELECT 1 FROM examples WHERE id = ?", (ex_id,)).fetchone():
@@ -154,7 +164,8 @@ class Ingestor:
                            id=ex_id, source=source.kind, source_key=source.key, source_hash=source.hash,
                            messages=clean, label=label, status=status, reason=reason, findings=findings,
                            minhash=sig, batch=self.batch, grp=source.group, created=time.time())
-        st.insert(ex)
+        if st.insert(ex) and sealed:
+            st.add_sealed(ex_id, sealed)
         if status == "active":
             st.lsh_add(ex_id, buckets)
         res.add(status, ex_id)

@@ -57,6 +57,9 @@ CREATE TABLE IF NOT EXISTS lsh(band INTEGER NOT NULL, bucket TEXT NOT NULL, exam
 CREATE INDEX IF NOT EXISTS lsh_idx ON lsh(band, bucket);
 CREATE TABLE IF NOT EXISTS batches(batch TEXT PRIMARY KEY, created REAL NOT NULL, stats TEXT NOT NULL, flags TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sealed(                 -- suspected secrets of held-back examples, encrypted (seal.py)
+  example_id TEXT NOT NULL, marker TEXT NOT NULL, token TEXT NOT NULL, placeholder TEXT,
+  PRIMARY KEY(example_id, marker));
 """
 
 @dataclass(kw_only=True)
@@ -220,6 +223,27 @@ class Store:
         with self.tx():
             self.db.execute("DELETE FROM examples WHERE id = ?", (ex_id,))
             self.db.execute("DELETE FROM lsh WHERE example_id = ?", (ex_id,))
+            self.db.execute("DELETE FROM sealed WHERE example_id = ?", (ex_id,))
+
+    # --- sealed spans (gt_ext.corpus.seal) ---------------------------------------------------
+    def add_sealed(self, ex_id: str, sealed: list) -> None:
+        """Keep an example's sealed spans (inside the caller's transaction)."""
+        self.db.executemany("INSERT OR REPLACE INTO sealed VALUES (?, ?, ?, ?)",
+                            [(ex_id, s.marker, s.token, s.placeholder) for s in sealed])
+
+    def sealed(self, ex_id: str) -> dict:
+        """{marker: Sealed} of one example."""
+        from gt_ext.corpus.seal import Sealed
+
+        return {r[0]: Sealed(r[0], r[1], r[2]) for r in self.db.execute(
+            "SELECT marker, token, placeholder FROM sealed WHERE example_id = ?", (ex_id,))}
+
+    def unseal_into(self, ex_id: str, messages: list[dict[str, str]], status: str, reason: str | None) -> None:
+        """Release: store `messages` (markers resolved), set the status, forget the sealed spans."""
+        with self.tx():
+            self.db.execute("UPDATE examples SET messages = ?, status = ?, reason = ? WHERE id = ?",
+                            (json.dumps(messages, ensure_ascii=False), status, reason, ex_id))
+            self.db.execute("DELETE FROM sealed WHERE example_id = ?", (ex_id,))
 
     def stats(self) -> dict[str, Any]:
         """Counts by status, role, task, label, source."""
