@@ -422,6 +422,12 @@ def _process_locked(store: Store, town_root: Path | None, projects: Path | None,
             try:
                 if err:
                     raise GtExtError(err)
+                if (ev.get("stdin") or {}).get("truncated"):
+                    # The hook kept none of an oversized stdin; a bead close still has its id in argv.
+                    msg = (f"{path.name}: the hook's stdin was over {ev['stdin'].get('limit_bytes')} bytes "
+                           "and was not spooled")
+                    report.errors.append(msg)
+                    log.warning("%s", msg)
                 kind = ev.get("kind")
                 if kind == "bead_close":
                     _handle_bead_close(ing, ev, town_root, projects, report)

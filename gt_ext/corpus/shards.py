@@ -231,6 +231,13 @@ def write_shards(store: Store, out: str | os.PathLike, rig: str | None = None, v
     verifier = Scrubber(use_detect_secrets=False)  # last line of defence: no certain secret may leave
 
     examples = [e for e in store.query(status="active", role=role) if e.messages and e.role]
+    # A batch still open (being stored, or left by a killed processor) has not passed the batch
+    # anomaly check yet: none of it leaves before it is judged (the next `corpus process` does it).
+    open_batches = {r[0] for r in store.db.execute("SELECT batch FROM open_batches")}
+    if unjudged := [e for e in examples if e.batch in open_batches]:
+        log.warning("%d example(s) of %d unfinished processing batch(es) left out until judged: run `gt corpus "
+                    "process`", len(unjudged), len({e.batch for e in unjudged}))
+        examples = [e for e in examples if e.batch not in open_batches]
     allowed = scope.allowed(store, {e.rig for e in examples if e.rig})
     in_scope = [e for e in examples if allowed is None or e.rig in allowed]
     if role and examples and not in_scope:

@@ -57,6 +57,8 @@ CREATE TABLE IF NOT EXISTS lsh(band INTEGER NOT NULL, bucket TEXT NOT NULL, exam
 CREATE INDEX IF NOT EXISTS lsh_idx ON lsh(band, bucket);
 CREATE TABLE IF NOT EXISTS batches(batch TEXT PRIMARY KEY, created REAL NOT NULL, stats TEXT NOT NULL, flags TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS open_batches(          -- batches still being stored: not yet judged (ingest.py)
+  batch TEXT PRIMARY KEY, judge INTEGER NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS sealed(                 -- suspected secrets of held-back examples, encrypted (seal.py)
   example_id TEXT NOT NULL, marker TEXT NOT NULL, token TEXT NOT NULL, placeholder TEXT,
   PRIMARY KEY(example_id, marker));

@@ -246,3 +246,45 @@ def test_a_symlink_in_the_projects_folder_does_not_lead_out(tmp_path):
         write_event(st.spool_dir, "session_stop", {"session_id": "linked"})
         process_spool(st, town, projects)
         assert {e.session for e in st.query(status=None)} == {"sess-0"}
+
+
+def test_a_batch_killed_midway_is_still_judged_and_not_exported_before(tmp_path):
+    """Issue #20: kill -9 during `corpus process` let a batch skip the anomaly gate on rerun."""
+    from gt_ext.corpus.ingest import Ingestor, Source, Tags
+    from gt_ext.corpus.scrub import Scrubber
+    from gt_ext.corpus.shards import write_shards
+
+    town = make_town_dirs(tmp_path / "town")
+    projects = tmp_path / "projects"
+    store_dir = town / ".corpus"
+    with Store.open(store_dir) as st:  # a corpus of 60 ordinary sessions
+        ing = Ingestor(st, scrubber=Scrubber(extra_usernames=()))
+        with st.tx():
+            for i in range(60):
+                ing.ingest([{"role": "user", "content": f"Check the polecats of rig demo, round {i}."},
+                            {"role": "assistant", "content": f"Round {i}: every polecat is working, nothing to do."}],
+                           Tags(role="witness", outcome="success"), Source("curated", f"base{i}", f"h{i}"))
+        assert ing.finish() == []
+        for i in range(7):  # then a batch in which every session force-pushes
+            actor, sid = f"demo/polecats/f{i}", f"force-{i}"
+            write_transcript(projects, sid, str(town / actor), f"Ship change {i} to main.",
+                             [(f"Pushing change {i}.", f"git push --force origin main  # change {i}", "forced update")])
+            add_session_events(town, actor, sid, str(town / actor), f"dm-{i}")
+            write_event(st.spool_dir, "bead_close", {"id": f"dm-{i}", "status": "closed", "close_reason": "done",
+                                                     "assignee": actor})
+    env = dict(os.environ, GT_EXT_CORPUS_CRASH_AFTER="6", GT_EXT_CORPUS=str(store_dir))
+    cmd = [sys.executable, "-m", "gt_ext.cli", "corpus", "--town", str(town), "process", "--claude-dir", str(projects)]
+    assert subprocess.run(cmd, env=env, capture_output=True, text=True).returncode == 137  # SIGKILL-like exit
+    with Store.open(store_dir) as st:
+        assert st.count(label="bad") == 6  # six sessions stored, their batch never judged
+        m = write_shards(st, tmp_path / "exp", all_rigs=True, val_pct=0)  # and not exported meanwhile
+        assert "force-" not in "".join(p.read_text() for p in (tmp_path / "exp").rglob("*.jsonl"))
+        assert m["counts"]["sft"]["witness"]
+    env.pop("GT_EXT_CORPUS_CRASH_AFTER")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with Store.open(store_dir) as st:
+        killed = [e for e in st.query(status=None) if (e.session or "").startswith("force-") and e.session != "force-6"]
+        assert len(killed) == 6 and {e.status for e in killed} == {"review"}
+        assert all(e.reason.startswith("batch anomaly: violation_rate") for e in killed)
+        assert st.db.execute("SELECT COUNT(*) FROM open_batches").fetchone()[0] == 0

@@ -26,6 +26,7 @@ def _ingest(store, msgs, key="k1", h="h1", **tags):
     ing = Ingestor(store, scrubber=Scrubber(extra_usernames=()))
     with store.tx():
         r = ing.ingest(msgs, Tags(**tags), Source("claude-jsonl", key, h))
+    ing.finish()
     return r
 
 
