@@ -40,6 +40,10 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
 ) -> None:
     """Train an adapter: `gt-ext train --role R --corpus DIR [--task T] [--config F] [--out RUN_DIR] [k=v ...]`."""
+    if not progress:
+        from gt_ext.quiet import quiet_libraries
+
+        quiet_libraries()  # before the heavy imports: no weight-loading bars, no library warnings
     from gt_ext.train.run import prepare, run_training
 
     prepared = prepare(role, corpus, task, config, list(overrides or []))
