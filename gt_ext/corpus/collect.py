@@ -36,6 +36,7 @@ from gt_ext.corpus.scrub import safe_message
 from gt_ext.corpus.store import Store
 from gt_ext.corpus.tags import (
     attempt_outcome,
+    check_role_tag,
     outcome_from_issue,
     rig_from_actor,
     role_from_actor,
@@ -45,6 +46,7 @@ from gt_ext.digest import sha256_file
 from gt_ext.errors import GtExtError
 from gt_ext.gastown.events import town_events
 from gt_ext.gastown.town import Town
+from gt_ext.roles import ROLES
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,8 @@ class ProcessReport:
     errors: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
     unresolved_beads: list[str] = field(default_factory=list)
+    # `corpus add`: what became of each example ({file, id, status, reason}), duplicates included
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -537,31 +541,61 @@ def capture_panes(store: Store, sessions: list[str] | None = None, tmux: str = "
 
 
 def add_files(store: Store, paths: list[Path], role: str | None = None, task: str | None = None,
-              rig: str | None = None, outcome: str | None = None) -> ProcessReport:
-    """`corpus add`: curated chat JSON/JSONL/markdown (or Claude transcripts) with optional tags.
+              rig: str | None = None, outcome: str | None = None, town_root: Path | None = None) -> ProcessReport:
+    """`corpus add`: curated chat JSON/JSONL/markdown (or Claude/pi transcripts) with optional tags.
 
-    Every file is parsed before anything is stored, so one bad file stores nothing (and says which)."""
+    Every file is parsed, and every example's role settled, before anything is stored, so one bad
+    file stores nothing (and says which). The role is `role`, else the file's own (`role:` in
+    markdown front matter, "role" in JSON), else the gt role of a transcript's work dir inside
+    `town_root`; an example with none is refused: it could never be exported."""
     parsed: list[tuple[Path, list[ParsedSession], str]] = []
     for p in paths:
         p = Path(p)
+        if p.is_dir():
+            raise GtExtError(f"{p}: is a folder; pass the example files (e.g. {p}/*.jsonl)")
         parsed.append((p, parse_chat_file(p), sha256_file(p) if p.is_file() else ""))
+    roles: dict[tuple[int, int], str] = {}
+    missing = []
+    for n, (p, sessions, _h) in enumerate(parsed):
+        for i, s in enumerate(sessions):
+            got = role or s.meta.get("role") or role_from_actor(actor_from_cwd(s.cwd, town_root))
+            if got and check_role_tag(str(got)) is None:
+                raise GtExtError(f"{p}{f' example {i + 1}' if len(sessions) > 1 else ''}: unknown role {got!r} "
+                                 f"(roles: {', '.join(ROLES)})")
+            if not got:
+                missing.append(f"{p}" + (f" (example {i + 1})" if len(sessions) > 1 else ""))
+            else:
+                roles[(n, i)] = check_role_tag(str(got))
+    if missing:
+        raise GtExtError(f"no role for {missing[0]}{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}: "
+                         "pass --role R, or set it in the file (markdown front matter `role: R`, JSON \"role\")")
     report = ProcessReport()
     with process_lock(store):
         ing = Ingestor(store)
         with store.tx():
-            for p, sessions, h in parsed:
+            for n, (p, sessions, h) in enumerate(parsed):
                 for i, s in enumerate(sessions):
                     meta = s.meta
                     kind = "pi-jsonl" if s.format == "pi" else "claude-jsonl" if s.session and not meta and p.suffix == ".jsonl" and len(sessions) == 1 and s.cwd else (
                         "markdown" if p.suffix.lower() in (".md", ".markdown") else "curated")
-                    tags = Tags(role=role or meta.get("role"), task=task or meta.get("task"), rig=rig or meta.get("rig"),
+                    tags = Tags(role=roles[(n, i)], task=task or meta.get("task"), rig=rig or meta.get("rig"),
                                 bead=meta.get("bead"), session=s.session or f"{p.name}#{i}", user=meta.get("user"),
                                 outcome=outcome or meta.get("outcome") or "unknown", time=s.time or None)
                     src = Source(kind, f"file:{h}#{i}", h, group=f"file:{p.name}")
                     r = ing.ingest(s.messages, tags, src)
                     report.sessions += 1
                     report.duplicates += r.duplicates
+                    where = str(p) + (f" (example {i + 1})" if len(sessions) > 1 else "")
                     for st, ids in r.inserted.items():
                         report.stored[st] = report.stored.get(st, 0) + len(ids)
+                        for ex_id in ids:
+                            reason = store.db.execute("SELECT reason FROM examples WHERE id = ?", (ex_id,)).fetchone()[0]
+                            report.outcomes.append({"file": where, "id": ex_id, "status": st, "reason": reason})
+                    if r.unchanged:
+                        report.outcomes.append({"file": where, "id": None, "status": "unchanged",
+                                                "reason": "this file was added before, unchanged"})
+                    for _ in range(r.duplicates):
+                        report.outcomes.append({"file": where, "id": None, "status": "duplicate",
+                                                "reason": "the same example is already in the corpus"})
         report.flags = ing.finish()
     return report

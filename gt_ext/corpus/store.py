@@ -64,6 +64,11 @@ CREATE TABLE IF NOT EXISTS sealed(                 -- suspected secrets of held-
   PRIMARY KEY(example_id, marker));
 """
 
+# What an example can be: exported (active), held for a human (quarantined, review), refused by a
+# gate (rejected), replaced by a newer version of its artifact (superseded).
+STATUSES = ("active", "quarantined", "review", "rejected", "superseded")
+
+
 @dataclass(kw_only=True)
 class StoredExample(Tags):
     """One stored example (SFT chat): the tag fields (`Tags`) plus its source, content and state.
