@@ -168,8 +168,8 @@ def test_gt_help_through_the_shim_lists_our_commands(shim: Path, argv: list[str]
         pytest.skip("the real gt is not installed")
     res = subprocess.run([str(shim), *argv], capture_output=True, text=True, env=_env(GT_REAL_BIN=str(real)))
     assert res.returncode == 0, res.stderr
-    head, ours, flags = res.stdout.partition("Fine-tuning (gastown-finetune")
-    assert "Usage:" in head and "sling" in head  # gt's own help, unchanged before ours
+    head, sep, ours = res.stdout.partition("Fine-tuning (gastown-finetune")
+    assert sep and "Usage:" in head and "sling" in head  # gt's own help, unchanged before ours
     assert "corpus " in ours and "model " in ours and "formula run" in ours and "train-role-model" in ours
     assert ours.index("train-role-model") < ours.index("Flags:")  # listed before gt's Flags section
 
