@@ -263,8 +263,10 @@ class Registry:
                 Journal.end(record)
                 raise
             Journal.end(record)
-        # Eval results found in the folder were not made through the registry: each is recorded only
-        # after its model file hashes are checked against this version's own files.
+        # Eval results found in the folder were not made through the registry: each counts only when
+        # this user's `gt-ext eval run` signed it and its model file hashes are this version's own.
+        from gt_ext.evals import provenance
+
         manifest_files = model_files.read_manifest(path)["files"]
         for ev in sorted(p for p in src.glob("eval-*.json") if p.is_file()):
             try:
@@ -272,7 +274,7 @@ class Registry:
                 if not isinstance(result, dict):
                     raise GtExtError("not an eval result object")
                 self.record_eval(rec.ref, result, source=f"file {ev.name}",
-                                 untrusted=gating.verify_model_files(result, manifest_files))
+                                 untrusted=provenance.check(result) or gating.verify_model_files(result, manifest_files))
             except (GtExtError, json.JSONDecodeError) as e:
                 log.warning("%s: not recorded (%s)", ev, e)
         return self.get(rec.ref)
