@@ -20,7 +20,7 @@ generation session and span, and sends messages on it; each carries msgpack meta
     {"op": "close", "session": ID}
         drop the session now (it would expire after `idle_s` otherwise).
 
-Answers carry {"ok": true, "length": ...} or {"error": CODE, "message": ...} with CODE one of
+Answers carry {"ok": true, "length": ..., "compute_s": ...} or {"error": CODE, "message": ...} with CODE one of
 `replay` (resend the session's inputs), `adapter` (upload it), `full` (no room: try another
 replica), `bad` (a client error). Only a caller without the swarm key gets the stream itself
 refused ("not a member of swarm run ...").
@@ -297,6 +297,7 @@ class StageInference(ServicerBase):
                 x, start = tensors[0], int(meta["start"])
                 session = self.sessions.prepare(str(meta["session"]), start, int(x.shape[1]))
                 stack = self.adapters.use(meta.get("adapters") or [])
+                t0 = time.perf_counter()
                 try:
                     with torch.inference_mode(), self.expert.stage.serving_adapters(stack):
                         out = self.expert.infer(x, start, session.cache, keep=int(meta.get("keep") or 0))
@@ -305,7 +306,8 @@ class StageInference(ServicerBase):
                     raise
                 session.length = start + int(x.shape[1])
                 self.steps += 1
-                return {"ok": True, "length": session.length}, [out]
+                # compute_s: this stage's own time on the step (the client tells it from the transport's)
+                return {"ok": True, "length": session.length, "compute_s": time.perf_counter() - t0}, [out]
             if op == "adapter":
                 self.adapters.put(meta, tensors)
                 return {"ok": True}, []
