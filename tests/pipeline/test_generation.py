@@ -7,6 +7,7 @@ at the usual 0.02 it repeats one token and an equality test could not fail."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -132,8 +133,8 @@ def test_greedy_generation_equals_single_process(gen_pipe):
 
 def test_serving_generator_on_the_pipeline_backend_answers_as_torch(gen_pipe):
     """`Generator(backend="pipeline")` (what `gt-ext serve`, `node0-inference` and the API run with
-    `--backend pipeline`): a chat with the role adapter, the same chat on the base model, and both in
-    one batch give the torch backend's greedy text and token counts."""
+    `--backend pipeline`): a chat with the role adapter, the same chat on the base model, both in one
+    batch, and the API's streamed answer give the torch backend's greedy text and token counts."""
     from gt_ext.serve.generate import GenerationStats, Generator
     from gt_ext.serve.params import SamplingParams
     from gt_ext.serve.pipeline import PipelineTarget
@@ -160,6 +161,20 @@ def test_serving_generator_on_the_pipeline_backend_answers_as_torch(gen_pipe):
             return texts
 
         assert batch(pipe) == batch(ref)
+        # The OpenAI-compatible API on it (`gt-ext serve --backend pipeline`), streamed as SSE.
+        from fastapi.testclient import TestClient
+
+        from gt_ext.models.refs import ResolvedModel
+        from gt_ext.serve.api import create_app
+
+        served = ResolvedModel(ref="tiny-pipe", base_model=str(gen_pipe.model), adapters=[(role, 1.0)])
+        with TestClient(create_app(pipe, served)) as api:
+            r = api.post("/v1/chat/completions", json={"model": "tiny-pipe", "messages": msgs, "max_tokens": 10,
+                                                       "temperature": 0, "stream": True})
+        assert r.status_code == 200, r.text
+        chunks = [json.loads(line[6:]) for line in r.text.splitlines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+        assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == ref.chat(msgs, params)
     finally:
         pipe.close()
 
