@@ -82,21 +82,32 @@ def add(files: Annotated[list[Path], typer.Argument(help="Chat .json/.jsonl, mar
 @app.command("list")
 def list_(status: Annotated[str | None, typer.Option(help="active, quarantined, review, rejected, superseded or all.")] = "active",
           role: Annotated[str | None, typer.Option()] = None, task: Annotated[str | None, typer.Option()] = None,
-          rig: Annotated[str | None, typer.Option()] = None, limit: Annotated[int, typer.Option()] = 50,
+          rig: Annotated[str | None, typer.Option()] = None,
+          source: Annotated[str | None, typer.Option(help="claude, node0, pi (their transcripts) or a provenance "
+                                                          "source: pane, markdown, curated, artifact, gt-prime, sample.")] = None,
+          limit: Annotated[int, typer.Option()] = 50,
           as_json: JsonOpt = False) -> None:
     """List examples (tags only, no content)."""
+    from gt_ext.corpus.ingest import SOURCES
+
+    if source is not None:
+        source = source if source in SOURCES else f"{source}-jsonl"
+        if source not in SOURCES:
+            raise GtExtError(f"--source {source.removesuffix('-jsonl')!r}: expected claude, node0, pi or one of "
+                             + ", ".join(s for s in SOURCES if not s.endswith("-jsonl")))
     with _store() as st:
-        rows = [e.summary() for e in st.query(status=None if status == "all" else status, role=role, task=task, rig=rig, limit=limit)]
+        rows = [e.summary() for e in st.query(status=None if status == "all" else status, role=role, task=task, rig=rig,
+                                              source=source, limit=limit)]
     if as_json:
         _print_json(rows)
         return
     from rich.console import Console
     from rich.table import Table
 
-    t = Table("id", "role", "task", "rig", "bead", "source", "outcome", "label", "status", "turns")
+    t = Table("id", "role", "task", "rig", "bead", "source", "model", "outcome", "label", "status", "turns")
     for r in rows:
         t.add_row(r["id"][:12], r["role"] or "-", r["task"] or "-", r["rig"] or "-", r["bead"] or "-", r["source"],
-                  r["outcome"], r["label"], r["status"], str(r["turns"]))
+                  r["model"] or "-", r["outcome"], r["label"], r["status"], str(r["turns"]))
     Console().print(t)
 
 
@@ -233,9 +244,14 @@ def export(out: Annotated[Path, typer.Option("--out", help="Folder to write (man
            val_pct: Annotated[int, typer.Option(help="Percent of prompts held out for validation.")] = 10,
            overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --out.")] = False,
            if_missing: Annotated[bool, typer.Option(help="Keep an existing export in --out (formulas given a corpus_path).")] = False,
+           self_outputs: Annotated[str, typer.Option(
+               help="Sessions served by this project's own models: drop (default: a model trained on its own "
+                    "unreviewed output gets worse), keep, or weight=W (a fixed share W of them, 0..1).")] = "drop",
            as_json: JsonOpt = False) -> None:
     """Write SFT and DPO shards with a manifest (counts, file hashes, one corpus hash)."""
-    from gt_ext.corpus.shards import MANIFEST, read_manifest, write_shards
+    from gt_ext.corpus.shards import MANIFEST, parse_self_outputs, read_manifest, write_shards
+
+    parse_self_outputs(self_outputs)  # a bad value is an error before anything is read
 
     if if_missing and (out / MANIFEST).is_file():
         m = read_manifest(out)
@@ -246,7 +262,7 @@ def export(out: Annotated[Path, typer.Option("--out", help="Folder to write (man
         return
 
     with _store() as st:
-        m = write_shards(st, out, rig=rig, val_pct=val_pct, overwrite=overwrite)
+        m = write_shards(st, out, rig=rig, val_pct=val_pct, overwrite=overwrite, self_outputs=self_outputs)
     if as_json:
         _print_json(m)
         return

@@ -34,6 +34,7 @@ from typing import Any
 
 from gt_ext.atomic import replace_dir
 from gt_ext.corpus.format import canonical_json, dpo_id
+from gt_ext.corpus.ingest import NODE0_SOURCE
 from gt_ext.corpus.scrub import Scrubber
 from gt_ext.corpus.store import Store, StoredExample
 from gt_ext.digest import sha256_file
@@ -96,15 +97,52 @@ def _dpo_pair(good: StoredExample, bad: StoredExample) -> dict[str, Any] | None:
             "prompt": prompt, "chosen": a[i]["content"], "rejected": b[i]["content"], "provenance": prov}
 
 
+# A model's own outputs: sessions the node0 agent served.
+SELF_SOURCE = NODE0_SOURCE
+# Default: leave them out. Training a model on its own unreviewed output narrows what it does with
+# every round (model collapse: Shumailov et al., Nature 2024; mixing in fresh human/agent data, as a
+# corpus that keeps growing does, slows it but does not make the outputs reviewed). A reviewer who
+# wants them back says so (`--self-outputs keep`, or `weight=W` for a share of them).
+SELF_OUTPUTS_DEFAULT = "drop"
+
+
+def parse_self_outputs(policy: str) -> float:
+    """`keep` | `drop` | `weight=W` (0 <= W <= 1) -> the share of self outputs exported (1.0, 0.0, W)."""
+    p = (policy or "").strip().lower()
+    if p == "keep":
+        return 1.0
+    if p == "drop":
+        return 0.0
+    if p.startswith("weight="):
+        try:
+            w = float(p.split("=", 1)[1])
+        except ValueError:
+            w = -1.0
+        if 0.0 <= w <= 1.0:
+            return w
+    raise GtExtError(f"--self-outputs {policy!r}: expected keep, drop or weight=W with 0 <= W <= 1")
+
+
+def _kept_share(ex_id: str, share: float) -> bool:
+    """Deterministic pick of `share` of the examples by id (the same ones on every export)."""
+    return share >= 1.0 or (share > 0.0 and int(ex_id[:8], 16) / 16**8 < share)
+
+
 def write_shards(store: Store, out: str | os.PathLike, rig: str | None = None, val_pct: int = 10,
-                  overwrite: bool = False) -> dict[str, Any]:
+                 overwrite: bool = False, self_outputs: str = SELF_OUTPUTS_DEFAULT) -> dict[str, Any]:
     """Write the shards and manifest to `out`; return the manifest.
 
     `rig`: export for one rig: its own examples, town-level ones, and those of rigs that opted in
     to sharing. Without it, the whole store.
+    `self_outputs`: what to do with the served models' own sessions (`SELF_SOURCE`): `drop`
+    (default, see `SELF_OUTPUTS_DEFAULT`), `keep`, or `weight=W`: a deterministic share W of them
+    (by example id), so they count W times as much as they would in full. The policy applies to SFT
+    records and to the chosen side of DPO pairs; a served model's failure stays usable as a DPO
+    rejected answer (learning what not to do is not learning from its own output).
     """
     if not 0 <= val_pct < 100:
         raise GtExtError(f"--val-pct must be in 0..99, got {val_pct}")
+    share = parse_self_outputs(self_outputs)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not (out / "manifest.json").is_file():
@@ -126,9 +164,14 @@ def write_shards(store: Store, out: str | os.PathLike, rig: str | None = None, v
             continue
         clean.append(e)
 
+    def usable(e: StoredExample) -> bool:  # as an SFT record or a DPO chosen answer
+        return e.source != SELF_SOURCE or _kept_share(e.id, share)
+
+    n_self = sum(e.source == SELF_SOURCE for e in clean)
+    n_self_kept = sum(e.source == SELF_SOURCE and usable(e) for e in clean)
     sft: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for e in clean:
-        if e.label in ("good", "neutral"):
+        if e.label in ("good", "neutral") and usable(e):
             split = "val" if _is_val(_prompt_key(e.messages), val_pct) else "train"
             sft[(e.role, _task(e), split)].append(
                 {"id": e.id, "role": e.role, "task": _task(e), "messages": e.messages, "provenance": e.provenance()})
@@ -136,7 +179,7 @@ def write_shards(store: Store, out: str | os.PathLike, rig: str | None = None, v
     by_prompt: dict[tuple[str, str], dict[str, list[StoredExample]]] = defaultdict(lambda: {"good": [], "bad": []})
     for e in clean:
         key = (e.role, _prompt_key(e.messages))
-        if e.label == "good":
+        if e.label == "good" and usable(e):
             by_prompt[key]["good"].append(e)
         elif e.label == "bad":
             by_prompt[key]["bad"].append(e)
@@ -171,6 +214,7 @@ def write_shards(store: Store, out: str | os.PathLike, rig: str | None = None, v
             "rig": rig,
             "val_pct": val_pct,
             "excluded_unsafe": excluded,
+            "self_outputs": {"policy": self_outputs, "share": share, "examples": n_self, "kept": n_self_kept},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         for p in tmp.rglob("*"):

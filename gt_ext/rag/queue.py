@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -89,3 +90,8 @@ def ack(paths: list[Path]) -> None:
             p.unlink()
         except FileNotFoundError:
             pass
+
+
+def reindex_trigger_argv(town_root: str | os.PathLike) -> list[str]:
+    """The command a bead hook starts (detached) after queueing: `gt-ext rag reindex --trigger`."""
+    return [sys.executable, "-m", "gt_ext.cli", "rag", "reindex", "--trigger", "--town", str(town_root)]
