@@ -133,11 +133,20 @@ def deploy_cmd(ref: str = typer.Argument(..., metavar="NAME[:VER]"),
                force: str = typer.Option(None, "--force", metavar="REASON",
                                          help="Deploy despite a failed gate / rollout order; REASON is logged."),
                why: str = typer.Option("", "--why", help="Note for the deployment history."),
+               rag: bool = typer.Option(True, "--rag/--no-rag",
+                                        help="Give the agent the town's RAG context with every prompt, within the "
+                                             "role's token budget (default), or not."),
                json_out: bool = JSON_OPT) -> None:
     """Point a role at a model: writes agents["node0-ROLE"] and role_agents[ROLE] in gt settings."""
     with _open() as reg:
         res = reg.deploy(ref, role=role, rig=rig, force_reason=force,
-                         adapters=[a for a in adapters.split(",") if a], reason=why)
+                         adapters=[a for a in adapters.split(",") if a], reason=why, rag=rag)
+        if rag and reg.town is not None:
+            from gt_ext.rag.retrieve import index_exists
+
+            if not index_exists(reg.town.root):  # the agent answers without context until there is one
+                res.warnings.append("the town has no RAG index yet: build it with `gt-ext rag reindex` "
+                                    "(`gt-ext hooks install` keeps it fresh afterwards)")
         if json_out:
             _print_json(res.to_dict())
             return

@@ -249,8 +249,11 @@ class Registry:
         return deploy.Target(self.town, rig or deploy.TOWN_SCOPE)
 
     def deploy(self, ref: str, role: str | None = None, rig: str | None = None, force_reason: str | None = None,
-               adapters: list[str] | None = None, reason: str = "") -> DeployResult:
+               adapters: list[str] | None = None, reason: str = "", rag: bool = True) -> DeployResult:
         """Serve `ref` for `role` (default: the model's role) in town or `rig` settings.
+
+        `rag` (default): the agent prepends the town's RAG context to every prompt, within the
+        role's budget (`gt_ext.rag.retrieve.role_budget`); False deploys without it.
 
         Refused: mayor (always), task adapters as models, a failed eval gate, a model trained for
         another role, or a role whose earlier rollout stages have no model deployed yet — the last
@@ -291,7 +294,12 @@ class Registry:
                 log.warning("forced deploy of %s to %s (%s): %s", rec.ref, role, force_reason, "; ".join(problems))
                 warnings += [f"forced: {p}" for p in problems]
             why = force_reason if problems else (reason or force_reason or "")
-            entry = deploy.write_deploy(self.store, target, role, rec.ref, adapter_refs, why, bool(problems))
+            budget = None
+            if rag:
+                from gt_ext.rag.retrieve import role_budget
+
+                budget = role_budget(role)
+            entry = deploy.write_deploy(self.store, target, role, rec.ref, adapter_refs, why, bool(problems), budget)
         for w in warnings:
             log.warning("%s", w)
         return DeployResult(entry, target.settings().path, warnings)

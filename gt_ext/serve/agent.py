@@ -70,7 +70,8 @@ class Agent:
     """The agent loop over a Generator, a ToolRunner and a Transcript."""
 
     def __init__(self, generator: Any, env: Any, runner: Any, params: Any, limits: Limits,
-                 transcript_factory: Any = None, rag: bool = False, out: TextIO = sys.stdout):
+                 transcript_factory: Any = None, rag: bool = False, out: TextIO = sys.stdout,
+                 rag_budget: int | None = None):
         from gt_ext.serve.rolecard import role_card
 
         self.gen = generator
@@ -79,6 +80,7 @@ class Agent:
         self.params = params
         self.limits = limits
         self.rag = rag
+        self.rag_budget = rag_budget
         self.out = out
         self._transcript_factory = transcript_factory
         self.transcript = None
@@ -100,7 +102,8 @@ class Agent:
         try:
             from gt_ext.rag.retrieve import context_for
 
-            return context_for(prompt, self.env.role, rig=self.env.rig or None, town=self.env.root or None)
+            return context_for(prompt, self.env.role, rig=self.env.rig or None, town=self.env.root or None,
+                               budget_tokens=self.rag_budget)
         except Exception as e:  # RAG is an aid: a missing index must not break the agent
             log.warning("rag context unavailable: %s", e.__class__.__name__)
             return ""
@@ -228,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="registry ref, base:<name>, a run/export folder, or a .gguf file")
     p.add_argument("--adapters", default=None, metavar="A,B=W", help="extra LoRA adapters, each REF[=WEIGHT]")
     p.add_argument("--rag", action="store_true", help="prepend town context from the RAG index to each prompt")
+    p.add_argument("--rag-budget", type=int, default=None, metavar="TOKENS",
+                   help="token budget of that context (default: the role's, see docs/rag.md)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "llama.cpp"])
     p.add_argument("--quantize", default="int8", choices=["int8", "none"],
                    help="PyTorch backend: int8 linears (default; measured fastest) or none (exact fp32)")
@@ -267,6 +272,8 @@ def run(args: argparse.Namespace, stdin_fd: int = 0, out: TextIO = sys.stdout) -
         raise GtExtError(f"--workdir {workdir}: not a folder")
     env = AgentEnv.from_environ(workdir=workdir)
     limits = Limits(args.max_steps, args.turn_timeout, args.tool_timeout, args.max_output)
+    if args.rag_budget is not None and args.rag_budget < 0:
+        raise GtExtError(f"--rag-budget {args.rag_budget}: must be 0 or more tokens")
     if min(limits.max_steps, limits.max_output) < 1 or min(limits.turn_s, limits.tool_s) <= 0:
         raise GtExtError("limits: --max-steps, --max-output, --turn-timeout and --tool-timeout must be positive")
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -296,7 +303,8 @@ def run(args: argparse.Namespace, stdin_fd: int = 0, out: TextIO = sys.stdout) -
                           meta=env.to_meta())
 
     agent = Agent(gen, env, ToolRunner(workdir, limits.tool_s, limits.max_output), params, limits,
-                  transcript_factory=None if args.no_transcript else transcript, rag=args.rag, out=out)
+                  transcript_factory=None if args.no_transcript else transcript, rag=args.rag, out=out,
+                  rag_budget=args.rag_budget)
 
     def on_term(signum: int, _frame: Any) -> None:
         raise _Terminate(signum)
