@@ -3,8 +3,9 @@
 The fields read here are gt's own (`formula`, `description`, `type`, `version`, `[vars.X]` with
 `description`/`required`/`default` or the `X = "default"` shorthand, `[[steps]]` with `id`, `title`,
 `description`, `needs`, `acceptance`) plus two keys of this project that gt ignores:
-`run` (the command line of the step, with `{{var}}` placeholders) and `job_status` (the status the
-training-job bead takes while the step runs).
+`run` (the command line of the step, with `{{var}}` placeholders), `job_status` (the status the
+training-job bead takes while the step runs) and, at the top, `restart_when_done` (a run of a
+formula whose job already finished starts a new job instead of finding nothing left to do).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Formula:
     version: int = 1
     vars: dict[str, Var] = field(default_factory=dict)
     steps: list[Step] = field(default_factory=list)
+    restart_when_done: bool = False
 
     def ordered_steps(self) -> list[Step]:
         """Steps in dependency order; ties keep file order, so the order is deterministic."""
@@ -168,6 +170,7 @@ def load_formula(path: str | Path) -> Formula:
         version=int(data.get("version", 1)),
         vars=vars_,
         steps=steps,
+        restart_when_done=bool(data.get("restart_when_done", False)),
     )
 
 

@@ -4,7 +4,8 @@
 
 Steps: filter (role: the role's own chunks and role-neutral ones; rig: the rig's and town-wide
 ones; beads: only active statuses unless asked), nearest neighbours by cosine, a recency boost
-(newer beads/config edits rank higher), MMR to avoid five near-copies of one bead, then pack the
+(newer beads/config edits rank higher), a staleness boost (files changed since the role's deployed
+model was trained, `gt_ext.rag.boost`), MMR to avoid five near-copies of one bead, then pack the
 chunks into the budget counted in the serving model's tokens (SmolLM2's tokenizer by default). The
 default budget is the role's (`role_budget`: a fifth of what `gt prime` gives that role).
 """
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gt_ext.errors import GtExtError
+from gt_ext.rag.boost import BOOST, boosted
 from gt_ext.rag.chunk import ANY
 from gt_ext.roles import check_role
 
@@ -147,7 +149,9 @@ def retrieve(prompt: str, role: str | None = None, rig: str | None = None, town:
     now = time.time() if now is None else now
     sims = [1.0 - float(d) for d in res["distances"][0]]  # cosine space: distance = 1 - cos
     metas = res["metadatas"][0]
-    scores = [s + recency_boost(float((m or {}).get("updated", 0.0)), now) for s, m in zip(sims, metas, strict=True)]
+    boost = boosted(root, role)  # files changed since the role's deployed model was trained
+    scores = [s + recency_boost(float((m or {}).get("updated", 0.0)), now)
+              + (BOOST if (m or {}).get("source") in boost else 0.0) for s, m in zip(sims, metas, strict=True)]
     order = mmr(scores, res["embeddings"][0], k, lam)
     return [Hit(ids[i], res["documents"][0][i], dict(metas[i] or {}), sims[i], scores[i]) for i in order]
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from gt_ext.errors import GtExtError
 from gt_ext.gastown import settings as gsettings
+from gt_ext.gastown.settings import GT_NEW_TOWN_SETTINGS
 from gt_ext.gastown.town import Town
 from gt_ext.registry.db import Deployment, MetaStore
 from gt_ext.registry.locks import file_lock
@@ -42,8 +43,6 @@ PROVIDER = "node0"
 AGENT_COMMAND = "node0-inference"
 READY_PROMPT = "node0> "  # the serving agent prints exactly this when it is ready for a line
 TOWN_SCOPE = ""  # the `rig` value of a town-level deployment
-GT_NEW_TOWN_SETTINGS = {"type": "town-settings", "version": 1, "default_agent": "claude", "agents": {},
-                        "role_agents": {}}  # gt v1.0.1 config.NewTownSettings()
 TOWN_ROLES = ("mayor", "deacon", "boot", "dog")  # one per town: their agent comes from town settings
 
 

@@ -76,6 +76,13 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     return m.group("name"), int(m.group("ver")) if m.group("ver") else None
 
 
+def _fingerprint_digest(fp: Any) -> str | None:
+    """The digest of run.json's `convention_fingerprint` summary (`gt_ext.loop.fingerprint`)."""
+    if isinstance(fp, dict):
+        return str(fp["digest"]) if fp.get("digest") else None
+    return str(fp) if fp else None
+
+
 @dataclass
 class DeployResult:
     """What a deploy or rollback did."""
@@ -205,7 +212,8 @@ class Registry:
                 hyperparams={**(run.get("config") or {}), **({"lora": lora} if lora else {})}, lora_rank=lora.get("r"),
                 compatible=[str(base)] if task else [],
                 created=datetime.now(UTC).isoformat(timespec="seconds"),
-                convention_fingerprint=run.get("convention_fingerprint") or man.get("convention_fingerprint"),
+                convention_fingerprint=_fingerprint_digest(run.get("convention_fingerprint")
+                                                           or man.get("convention_fingerprint")),
             )
             try:
                 self.store.add_model(rec, f"register {rec.ref} ({role}, base {base})")

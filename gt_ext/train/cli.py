@@ -36,6 +36,9 @@ def train(
     dry_run: bool = typer.Option(False, "--dry-run", help="validate config and data, print token counts, train nothing"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+    fingerprint: bool = typer.Option(True, "--fingerprint/--no-fingerprint",
+                                     help="in a town: record its conventions (docs, formulas, settings, directives, "
+                                          "the role's gt prime) in RUN_DIR/conventions.json, for `gt model stale`"),
 ) -> None:
     """Train an adapter: `gt-ext train --role R --corpus DIR [--task T] [--config F] [--out RUN_DIR] [k=v ...]`."""
     from gt_ext.train.run import prepare, run_training
@@ -60,7 +63,14 @@ def train(
         if resume:
             raise GtExtError("--resume needs --out RUN_DIR")
         out = home_dir() / "runs" / f"{role}{'-' + task if task else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
-    final = run_training(prepared, out, resume=resume, progress=progress)
+    extra = None
+    if fingerprint and not (resume and (out / "conventions.json").is_file()):
+        from gt_ext.train.config import config_to_dict
+        from gt_ext.train.runfolder import check_new_or_resumable
+
+        check_new_or_resumable(out, config_to_dict(prepared.cfg), resume)  # before writing into it
+        extra = _fingerprint(role, out)
+    final = run_training(prepared, out, resume=resume, progress=progress, extra=extra)
     m = final["metrics"]
     if as_json:
         print(json.dumps({"run_dir": str(out), **final}, indent=2))
@@ -70,3 +80,22 @@ def train(
     if final["status"] == "failed":
         print(f"error: {m.get('message', 'training failed')}", file=sys.stderr)
         raise typer.Exit(1)
+
+
+def _fingerprint(role: str, out: Path) -> dict | None:
+    """Take the town's convention fingerprint for `role` into `out` (None outside a town)."""
+    from gt_ext.corpus.store import Store
+    from gt_ext.gastown.town import find_town
+    from gt_ext.loop.fingerprint import summary, take_fingerprint, write_fingerprint
+
+    town = find_town()
+    if town is None:
+        return None
+    with Store.open(town=town.root) as store:
+        fp = take_fingerprint(town.root, role, store=store)
+    out.mkdir(parents=True, exist_ok=True)
+    write_fingerprint(out, fp)
+    bad = [k for k, v in fp["items"].items() if v.get("error")]
+    if bad:
+        print(f"warning: {len(bad)} convention item(s) unreadable, recorded as such: {', '.join(bad[:5])}", file=sys.stderr)
+    return {"convention_fingerprint": summary(fp)}

@@ -105,30 +105,34 @@ def prepare(
     return Prepared(role, task, corpus, corpus_hash, cfg, tok, train, val, tstats, vstats, held_out)
 
 
-def _run_json(p: Prepared, status: str, metrics: dict[str, Any]) -> dict[str, Any]:
+def _run_json(p: Prepared, status: str, metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = p.cfg
     return runfolder.run_record(
         role=p.role, task=p.task, config=config_to_dict(cfg), corpus=p.corpus, corpus_hash=p.corpus_hash,
         examples=len(p.train) if cfg.mode == "sft" else 0, dpo_pairs=len(p.train) if cfg.mode == "dpo" else 0,
         lora={"r": cfg.lora.r, "alpha": cfg.lora.alpha, "targets": list(cfg.lora.targets)},
-        metrics=metrics, status=status, parent=cfg.role_adapter, truncated=p.train_stats.truncated)
+        metrics=metrics, status=status, parent=cfg.role_adapter, truncated=p.train_stats.truncated, **(extra or {}))
 
 
-def run_training(p: Prepared, out: str | Path, resume: bool = False, progress: bool = True, callbacks=None) -> dict[str, Any]:
-    """Train and write the run folder; returns the final run.json content."""
+def run_training(p: Prepared, out: str | Path, resume: bool = False, progress: bool = True, callbacks=None,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train and write the run folder; returns the final run.json content. `extra`: more keys for
+    run.json (e.g. the `convention_fingerprint` summary)."""
     from gt_ext.train.loop import Trainer
     from gt_ext.train.lora import load_base_for_training
 
     out = Path(out)
     runfolder.check_new_or_resumable(out, config_to_dict(p.cfg), resume)
     out.mkdir(parents=True, exist_ok=True)
-    runfolder.write_run_json(out, _run_json(p, "running", {}))
+    if extra is None and resume:  # a resumed run keeps what its first start recorded
+        extra = {k: v for k, v in (runfolder.read_run_json(out) or {}).items() if k == "convention_fingerprint"}
+    runfolder.write_run_json(out, _run_json(p, "running", {}, extra))
     model, _ = load_base_for_training(p.cfg)
     trainer = Trainer(p.cfg, model, p.tokenizer, p.train, p.val, out, progress=progress, callbacks=callbacks)
     try:
         result = trainer.train(resume=resume)
     except BaseException:
-        runfolder.write_run_json(out, _run_json(p, "failed", {"steps": trainer.step}))
+        runfolder.write_run_json(out, _run_json(p, "failed", {"steps": trainer.step}, extra))
         raise
     metrics = {
         "val_loss_start": result.val_loss_start,
@@ -141,6 +145,6 @@ def run_training(p: Prepared, out: str | Path, resume: bool = False, progress: b
     }
     if result.message:
         metrics["message"] = result.message
-    final = _run_json(p, result.status, metrics)
+    final = _run_json(p, result.status, metrics, extra)
     runfolder.write_run_json(out, final)
     return final
