@@ -28,7 +28,7 @@ def test_project_formulas_follow_gt_schema():
         assert f.steps, p
         for s in f.steps:
             assert s.run and s.description and s.title, (p, s.id)
-    assert {"train-role-model", "corpus-collect", "eval-suite"} <= names
+    assert {"train-role-model", "corpus-collect", "eval-suite", "improve-role"} <= names
 
 
 def test_train_role_model_order_and_vars():
