@@ -87,7 +87,6 @@ def shard_batch(batch: dict[str, Any], k: int, n: int) -> dict[str, Any]:
         "input_ids": batch["input_ids"][lo:hi],
         "targets": batch["targets"][lo:hi],
         "position_ids": batch["position_ids"][lo:hi],
-        "attention_mask": batch["attention_mask"][lo:hi],
         "example_index": ex,
         "n_examples": int(ex.max()) + 1 if real.any() else 0,
         "item_ids": [],

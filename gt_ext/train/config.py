@@ -84,8 +84,15 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = Field(2, ge=1)
     max_nonfinite: int = Field(5, ge=1, description="stop after this many NaN/inf steps in a row")
     seed: int = 0
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    device: str = "cpu"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="base weights and compute dtype; auto: bfloat16 on CUDA, float32 on CPU (adapters stay float32)")
+    device: str = Field("auto", description="auto (CUDA when there is one, else CPU), cpu, cuda or cuda:N")
+    attention: Literal["auto", "varlen", "segments", "dense"] = Field(
+        "auto", description="packed attention: varlen (CUDA flash), segments (SDPA per example), dense (T x T mask)")
+    fused: bool = Field(True, description="fused LoRA linears and RMSNorm (same function, fewer kernels)")
+    gradient_checkpointing: bool = Field(False, description="recompute decoder layers in backward (less memory)")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile each decoder layer; auto: on CUDA with varlen attention (falls back to eager on errors)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     role_adapter: str | None = Field(None, description="role LoRA folder a task adapter trains on top of")
     lora: LoraSettings = Field(default_factory=LoraSettings)

@@ -8,6 +8,7 @@ Public API (stable; the swarm loop builds on it):
     BatchLoader(items, batch_size, pack, pack_length, seed, pad_id)  # endless, .state_dict()/.load_state_dict()
     fixed_batches(items, batch_size, pack, pack_length, pad_id) -> list[Batch]   # validation, no shuffle
     collate(rows, pad_id) -> Batch
+    dense_mask(example_index) -> [B, 1, T, T] bool   # block-diagonal causal mask, for plain models
 
 An `Example` holds `input_ids` and already-shifted `targets` (targets[t] is the token to predict
 after position t, -100 where no loss), so packing several examples into one row never makes the
@@ -18,11 +19,15 @@ A `Batch` is a dict of tensors:
     input_ids     [B, T] long    padded with pad_id
     targets       [B, T] long    -100 on prompt, padding and the last token of each example
     position_ids  [B, T] long    restart at 0 for every packed example
-    attention_mask[B, 1, T, T] bool  causal AND same-example (block diagonal); True = may attend
     example_index [B, T] long    index of the example in this batch's flat list, -1 on padding
 plus python values `item_ids` (list[str]), `item_index` (list[int], positions in the item list)
 and `n_examples` (int). Examples are numbered in row
 order, so in a DPO batch example 2k is pair k's chosen answer and 2k+1 its rejected one.
+
+No attention mask is stored: `example_index` says everything. The model side
+(`gt_ext.train.losses.model_inputs`) either runs the real tokens as one flat row with segment
+boundaries (no mask at all, see `gt_ext.train.attention`) or builds the block-diagonal
+`dense_mask(example_index)` [B, 1, T, T] for a plain model.
 """
 
 from __future__ import annotations
@@ -235,23 +240,27 @@ def collate(
             example_index[b, t : t + n] = k
             k += 1
             t += n
-        # Padding positions are irrelevant: the mask below keeps padding out of every example.
+        # Padding positions are irrelevant: no example ever attends to padding.
         position_ids[b, t:] = torch.arange(T - t)
-    # Block-diagonal causal mask [B, 1, T, T]: query q sees key j iff j <= q and same example.
-    # Padding is "example -1": it sees only padding, and nobody sees it.
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    same = example_index[:, :, None] == example_index[:, None, :]
-    mask = (same & causal)[:, None]
     return {
         "input_ids": input_ids,
         "targets": targets,
         "position_ids": position_ids,
-        "attention_mask": mask,
         "example_index": example_index,
         "n_examples": k,
         "item_ids": list(item_ids or []),
         "item_index": list(item_index or []),
     }
+
+
+def dense_mask(example_index: torch.Tensor) -> torch.Tensor:
+    """Block-diagonal causal mask [B, 1, T, T] from example_index [B, T]: query q sees key j iff
+    j <= q and both belong to the same example. Padding is "example -1": it sees only padding, and
+    nobody sees it."""
+    T = example_index.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=example_index.device).tril()
+    same = example_index[:, :, None] == example_index[:, None, :]
+    return (same & causal)[:, None]
 
 
 def plan_rows(items: Sequence[Item], order: Sequence[int], pack: bool, pack_length: int) -> list[list[int]]:

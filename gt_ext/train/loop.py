@@ -51,6 +51,8 @@ class TrainResult:
     val_loss_end: float | None
     tokens_per_s: float
     nonfinite_steps: int = 0
+    peak_memory_mb: float = 0.0
+    peak_memory_kind: str = ""
     message: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -66,6 +68,15 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return f
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """(peak MiB, what was measured): CUDA's peak allocated memory, or this process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"
 
 
 class Trainer:
@@ -93,8 +104,12 @@ class Trainer:
         self.params = trainable_parameters(model)
         if not self.params:
             raise GtExtError("model has no trainable parameters (expected a LoRA adapter)")
+        self.device = self.params[0].device
         o = cfg.optim
-        self.opt = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        # CUDA: the fused AdamW kernel (one launch for all adapter tensors); CPU: the default.
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        self.opt = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
+                                     **fused)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
         self.step = 0
         self.nonfinite_total = 0
@@ -129,26 +144,28 @@ class Trainer:
                 cache[idx] = ref[2 * k : 2 * k + 2]
         self.ref_cache = cache
 
-    def _micro_losses(self, micro: list[dict[str, Any]]) -> tuple[float, dict[str, float]]:
-        """Forward + backward over a step's micro-batches; returns (step loss, extra metrics)."""
-        extra: dict[str, float] = {}
+    def _micro_losses(self, micro: list[dict[str, Any]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward + backward over a step's micro-batches; returns (step loss, extra metrics) as
+        device scalars: nothing here waits for the device (the step reads them once, at its end)."""
+        extra: dict[str, torch.Tensor] = {}
         if self.cfg.mode == "sft":
             # Normalise by the step's total assistant tokens: the sum of micro-batch gradients is
             # then exactly the gradient of the mean over the step (no bias from uneven batches).
+            # Counted on the host batches, so it costs no device sync.
             total = sum(int((b["targets"] != -100).sum()) for b in micro)
-            value = 0.0
+            value = torch.zeros((), device=self.device)
             for b in micro:
                 s, _ = losses.sft_loss_sum(self.model, b)
                 (s / total).backward()
-                value += float(s.detach())
+                value += s.detach()
             return value / total, extra
         pairs = sum(b["n_examples"] // 2 for b in micro)
-        value = 0.0
+        value = torch.zeros((), device=self.device)
         for b in micro:
             loss, m = losses.dpo_batch_loss(self.model, b, self.cfg.dpo.beta, ref=self._ref_for(b))
             w = (b["n_examples"] // 2) / pairs
             (loss * w).backward()
-            value += float(loss.detach()) * w
+            value += loss.detach() * w
             for k, v in m.items():
                 extra[k] = extra.get(k, 0.0) + v * w
         return value, extra
@@ -160,17 +177,17 @@ class Trainer:
             return None
         was_training = self.model.training
         self.model.eval()
-        num, den = 0.0, 0
+        num, den = torch.zeros((), dtype=torch.float64, device=self.device), 0
         for b in self.val_batches:
             if self.cfg.mode == "sft":
                 s, n = losses.sft_loss_sum(self.model, b)
-                num, den = num + float(s), den + n
+                num, den = num + s.double(), den + n
             else:
                 loss, _ = losses.dpo_batch_loss(self.model, b, self.cfg.dpo.beta)
                 n = b["n_examples"] // 2
-                num, den = num + float(loss) * n, den + n
+                num, den = num + loss.double() * n, den + n
         self.model.train(was_training)
-        return num / max(den, 1)
+        return float(num) / max(den, 1)
 
     # -- checkpoints (format: gt_ext.train.checkpoint) --------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -237,9 +254,15 @@ class Trainer:
                 t0 = time.perf_counter()
                 micro = [self.loader.next_batch() for _ in range(cfg.optim.grad_accum)]
                 ntok = sum(batch_tokens(b) for b in micro)
-                loss, extra = self._micro_losses(micro)
+                loss_t, extra_t = self._micro_losses(micro)
                 max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-                gnorm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+                gnorm_t = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+                # The one host sync of the step: loss, gradient norm and extra metrics together.
+                names = list(extra_t)
+                values = torch.stack([loss_t.float(), gnorm_t.float().to(loss_t.device),
+                                      *[torch.as_tensor(extra_t[k], device=loss_t.device).float() for k in names]])
+                loss, gnorm, *rest = values.tolist()
+                extra = dict(zip(names, rest, strict=True))
                 lr = self.sched.get_last_lr()[0]
                 finite = math.isfinite(loss) and math.isfinite(gnorm)
                 if finite:
@@ -304,6 +327,7 @@ class Trainer:
             save_adapter(self.model, self.run_dir / ADAPTER)
         elapsed = time.perf_counter() - started
         self.train_seconds = (elapsed, time.process_time() - cpu_started)
+        peak_mb, peak_kind = peak_memory_mb(self.device)
         vals = [r["val_loss"] for r in history if r.get("val_loss") is not None]
         plot_losses(history, self.run_dir / PLOT)
         return TrainResult(
@@ -315,5 +339,7 @@ class Trainer:
             nonfinite_steps=self.nonfinite_total,
             message=message,
             history=history,
+            peak_memory_mb=peak_mb,
+            peak_memory_kind=peak_kind,
         )
 

@@ -3,6 +3,7 @@
 Public API (stable; the swarm loop builds on it):
 
     load_base_for_training(cfg) -> (model, tokenizer)   # base (+ role adapter merged) with a fresh LoRA
+    lora_for_training(model, cfg, device, dtype) -> PeftModel   # the same for a model already loaded
     add_lora(model, lora_settings) -> PeftModel          # trainable LoRA, everything else frozen
     apply_role_adapter(model, role_adapter_dir) -> model # base + role LoRA merged: a role model
     trainable_parameters(model) -> list[Parameter]
@@ -63,17 +64,30 @@ def apply_role_adapter(model: Any, role_adapter_dir: str | Path) -> Any:
 
 
 def load_base_for_training(cfg: TrainConfig) -> tuple[Any, Any]:
-    """Base model (plus merged role adapter when `cfg.role_adapter`) with a fresh trainable LoRA."""
+    """Base model (plus merged role adapter when `cfg.role_adapter`) with a fresh trainable LoRA,
+    on `cfg.device` in `cfg.dtype`, with the speed settings of `cfg` switched on (`accel.prepare`)."""
     from gt_ext.models import load_model
+    from gt_ext.train import accel
 
+    device = accel.resolve_device(cfg.device)
+    dtype = accel.resolve_dtype(cfg.dtype, device)
     torch.manual_seed(cfg.seed)  # LoRA A init draws from the global RNG
-    model, tok = load_model(cfg.base_model, dtype=cfg.dtype, device=cfg.device)
+    model, tok = load_model(cfg.base_model, dtype=dtype, device=str(device))
     if cfg.role_adapter:
         model = apply_role_adapter(model, cfg.role_adapter)
+    return lora_for_training(model, cfg, device, dtype), tok
+
+
+def lora_for_training(model: Any, cfg: TrainConfig, device: Any, dtype: str) -> Any:
+    """A loaded base model (on `device`, in `dtype`) -> PEFT model with a fresh LoRA (seeded) and
+    the speed settings of `cfg`; `model._gt_setup` says what was switched on."""
+    from gt_ext.train import accel
+
     model.config.use_cache = False
     torch.manual_seed(cfg.seed)
     peft_model = add_lora(model, cfg.lora)
-    return peft_model, tok
+    peft_model._gt_setup = accel.prepare(peft_model, cfg, device, dtype)
+    return peft_model
 
 
 def trainable_parameters(model: Any) -> list[torch.nn.Parameter]:

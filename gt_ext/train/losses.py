@@ -11,18 +11,23 @@ Public API (stable; the swarm loop builds on it):
 
 Logits are computed only where the loss needs them: the decoder runs over all tokens, then the
 LM head (576 x 49152 for SmolLM2, a fifth of the forward FLOPs) only at target positions.
-`model` is a transformers causal LM or a PEFT model wrapping one.
+`model` is a transformers causal LM or a PEFT model wrapping one. How a batch reaches the model
+(flat packed row or padded rows with a dense mask) follows the model's attention backend
+(`gt_ext.train.attention`); `model_inputs` builds it on the host, so a loss never waits for the
+device.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from gt_ext.train.data import IGNORE
+from gt_ext.train.attention import model_backend
+from gt_ext.train.data import IGNORE, dense_mask
 
 
 def split_model(model: Any) -> tuple[Any, Any]:
@@ -32,33 +37,89 @@ def split_model(model: Any) -> tuple[Any, Any]:
     return body, base.get_output_embeddings()
 
 
-def hidden_states(model: Any, batch: dict[str, Any]) -> torch.Tensor:
-    """Last hidden states [B, T, H] under the batch's block-diagonal mask and per-example positions."""
+@dataclass
+class ModelInputs:
+    """A batch laid out for the model on its device (see `model_inputs`)."""
+
+    kwargs: dict[str, Any]  # keyword arguments of the decoder body's call
+    select: torch.Tensor  # [M] long: rows of the flattened hidden states [B*T, H] that carry loss
+    targets: torch.Tensor  # [M] long: the token each selected position predicts
+    examples: torch.Tensor  # [M] long: the example each selected position belongs to
+    n_targets: int
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> device without a sync: pinned memory and a non-blocking copy on CUDA."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def model_inputs(batch: dict[str, Any], device: torch.device, backend: str = "dense") -> ModelInputs:
+    """Lay a batch out for the model. Everything is computed on the host from the batch's CPU
+    tensors and copied once, so nothing waits for the device (no boolean indexing there).
+
+    backend "dense": the padded rows [B, T] with `data.dense_mask` [B, 1, T, T].
+    backend "varlen"/"segments": the real tokens as one flat row [1, N] plus the example
+    boundaries for `gt_ext.train.attention` (no mask, no padding).
+    """
+    ex_index = batch["example_index"]
+    if backend == "dense":
+        ids, pos, tgt, ex = batch["input_ids"], batch["position_ids"], batch["targets"], ex_index
+        kwargs = {"input_ids": _to(ids, device), "position_ids": _to(pos, device),
+                  "attention_mask": _to(dense_mask(ex_index), device)}
+        tgt, ex = tgt.flatten(), ex.flatten()
+    else:
+        real = ex_index >= 0  # [B, T]; examples are numbered in row order, so the flat order keeps them whole
+        ids, pos, tgt, ex = batch["input_ids"][real], batch["position_ids"][real], batch["targets"][real], ex_index[real]
+        lens = torch.bincount(ex, minlength=int(batch["n_examples"]))  # [n_examples] tokens per example
+        cu = torch.zeros(lens.numel() + 1, dtype=torch.int32)
+        cu[1:] = lens.cumsum(0)
+        kwargs = {"input_ids": _to(ids[None], device), "position_ids": _to(pos[None], device),
+                  "gt_backend": backend, "gt_cu_seqlens": _to(cu, device), "gt_max_seqlen": int(lens.max())}
+        if backend == "segments":  # only the per-example loop needs them as Python ints
+            kwargs["gt_seq_lens"] = tuple(lens.tolist())
+    sel = (tgt != IGNORE).nonzero().squeeze(1)  # [M] on the host
+    return ModelInputs(kwargs, _to(sel, device), _to(tgt[sel], device), _to(ex[sel], device), int(sel.numel()))
+
+
+def autocast(model: Any, device: torch.device) -> Any:
+    """bf16 autocast for models whose weights are bf16 (`lora.load_base_for_training` marks them):
+    the fp32 LoRA weights then run their matmuls in bf16 too; log-softmax and the loss stay fp32."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dtype = getattr(base, "_gt_autocast", None)
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def hidden_states(model: Any, batch: dict[str, Any], inputs: ModelInputs | None = None) -> torch.Tensor:
+    """Last hidden states: [B, T, H] (dense rows) or [1, N, H] (flat packed row), per the model's
+    attention backend (`gt_ext.train.attention.install`)."""
     body, _ = split_model(model)
     device = next(body.parameters()).device
-    out = body(
-        input_ids=batch["input_ids"].to(device),
-        position_ids=batch["position_ids"].to(device),
-        attention_mask=batch["attention_mask"].to(device),
-        use_cache=False,
-    )
+    if inputs is None:
+        inputs = model_inputs(batch, device, model_backend(model))
+    with autocast(model, device):
+        out = body(**inputs.kwargs, use_cache=False)
     return out.last_hidden_state
 
 
 def _target_logps(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-target-token log p(target) [N] and the flat positions' example ids [N]."""
-    _, head = split_model(model)
-    h = hidden_states(model, batch)  # [B, T, H]
-    targets = batch["targets"].to(h.device)
-    sel = targets != IGNORE  # [B, T]
-    logits = head(h[sel]).float()  # [N, V]: only the positions that carry loss
-    tgt = targets[sel]  # [N]
-    logp = -F.cross_entropy(logits, tgt, reduction="none")  # [N]
-    return logp, batch["example_index"].to(h.device)[sel]
+    """Per-target-token log p(target) [M] and the example each belongs to [M]."""
+    body, head = split_model(model)
+    device = next(body.parameters()).device
+    inputs = model_inputs(batch, device, model_backend(model))
+    h = hidden_states(model, batch, inputs)  # [B, T, H] or [1, N, H]
+    with autocast(model, device):
+        logits = head(h.flatten(0, 1).index_select(0, inputs.select))  # [M, V]: only positions that carry loss
+    logp = -F.cross_entropy(logits.float(), inputs.targets, reduction="none")  # [M]
+    return logp, inputs.examples
 
 
 def sft_loss_sum(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
-    """Summed NLL over the batch's assistant tokens and their count (for exact accumulation)."""
+    """Summed NLL over the batch's assistant tokens and their count (for exact accumulation).
+    The count comes from the host-side batch: no device sync."""
     logp, _ = _target_logps(model, batch)
     return -logp.sum(), int(logp.numel())
 
@@ -89,7 +150,7 @@ def dpo_loss(
     ref_chosen: torch.Tensor,
     ref_rejected: torch.Tensor,
     beta: float,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Sigmoid DPO: -log sigmoid(beta * ((pc - rc) - (pr - rr))), averaged over pairs."""
     chosen_reward = beta * (policy_chosen - ref_chosen)
     rejected_reward = beta * (policy_rejected - ref_rejected)
@@ -97,17 +158,17 @@ def dpo_loss(
     loss = -F.logsigmoid(margin).mean()
     m, c, r = margin.detach(), chosen_reward.detach(), rejected_reward.detach()
     metrics = {
-        "reward_acc": float((m > 0).float().mean()),
-        "reward_margin": float(m.mean()),
-        "chosen_reward": float(c.mean()),
-        "rejected_reward": float(r.mean()),
-    }
+        "reward_acc": (m > 0).float().mean(),
+        "reward_margin": m.mean(),
+        "chosen_reward": c.mean(),
+        "rejected_reward": r.mean(),
+    }  # device scalars: reading them waits for the device, so the loop reads them once a step
     return loss, metrics
 
 
 def dpo_batch_loss(
     model: Any, batch: dict[str, Any], beta: float, ref: torch.Tensor | None = None
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """DPO loss of a batch of pairs (examples 2k chosen, 2k+1 rejected). `ref`: precomputed
     reference log-probs in the same order, else computed now with adapters disabled."""
     if ref is None:

@@ -142,6 +142,9 @@ def run_training(p: Prepared, out: str | Path, resume: bool = False, progress: b
         "nonfinite_steps": result.nonfinite_steps,
         "train_wall_s": trainer.train_seconds[0],
         "train_cpu_s": trainer.train_seconds[1],
+        "peak_memory_mb": round(result.peak_memory_mb, 1),
+        "peak_memory_kind": result.peak_memory_kind,
+        "setup": getattr(model, "_gt_setup", {}),
     }
     if result.message:
         metrics["message"] = result.message

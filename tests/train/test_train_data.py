@@ -90,10 +90,11 @@ def test_collate_block_diagonal_mask_and_positions():
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9], [8, 9, 0, 0, 0]]
     assert batch["position_ids"][0].tolist() == [0, 1, 2, 0, 1]
     assert batch["example_index"].tolist() == [[0, 0, 0, 1, 1], [2, 2, -1, -1, -1]]
-    m = batch["attention_mask"][0, 0]
+    mask = data.dense_mask(batch["example_index"])  # [B, 1, T, T]
+    m = mask[0, 0]
     assert m[3].tolist() == [False, False, False, True, False]  # b's first token sees only itself
     assert m[2].tolist() == [True, True, True, False, False]
-    assert not batch["attention_mask"][1, 0, :2, 2:].any()  # nobody attends to padding
+    assert not mask[1, 0, :2, 2:].any()  # nobody attends to padding
     assert data.batch_tokens(batch) == 7
 
 
