@@ -88,6 +88,8 @@ def _without_deployments(text: str) -> str:
         obj.pop("role_agents", None)
         if isinstance(obj.get("agents"), dict):
             obj["agents"] = {k: v for k, v in obj["agents"].items() if not str(k).startswith(DEPLOY_AGENT_PREFIX)}
+            if not obj["agents"]:
+                del obj["agents"]  # a deploy into a file without agents adds the key: no convention
     return json.dumps(obj, indent=1, sort_keys=True) + "\n"
 
 

@@ -223,7 +223,7 @@ def check(town_root: str | Path, role: str | None = None, retrain: bool | None =
     from gt_ext.corpus.store import Store
     from gt_ext.gastown.conventions import read_conventions
     from gt_ext.gastown.town import find_town
-    from gt_ext.loop.retrain import close_request, request_retrain
+    from gt_ext.loop.retrain import close_request, open_request, request_retrain
     from gt_ext.rag.boost import set_boost
     from gt_ext.registry import Registry
 
@@ -261,6 +261,9 @@ def check(town_root: str | Path, role: str | None = None, retrain: bool | None =
                 x.retrain = {"skipped": f"fresh candidate {x.candidate} waits for `gt model deploy`", "closed": closed}
             continue
         if not do_retrain:
+            bead = open_request(root, r)
+            for x in stale:
+                x.retrain = {"skipped": "retrain requests are off", "open_bead": bead}
             continue
         req = request_retrain(root, r, [x.reasons[0] for x in stale if x.reasons] or ["stale"],
                               cooldown_s=cfg.cooldown_hours * 3600)
