@@ -128,6 +128,10 @@ def test_real_town_made_by_gt(make_town, monkeypatch):
                     rig="demo", town=tt.root, k=5)
     assert source in [h.source for h in hits], [h.source for h in hits]
     assert reindex(tt.root).added == 0
+    # A gt town's beads live in its Dolt server: their change signal is Dolt's hash of the database.
+    from gt_ext.gastown.bd import beads_fingerprint
+
+    assert (beads_fingerprint(beads, tt.root) or "").startswith("dolt:")
 
 
 def test_bd_hooks_keep_the_index_fresh_for_the_agents_next_prompt(bd_town, tmp_path):
@@ -165,6 +169,9 @@ def test_bd_hooks_keep_the_index_fresh_for_the_agents_next_prompt(bd_town, tmp_p
     assert drained(), (queue.pending(root), load_state(root)["last_run"])
     log_text = (root / ".rag" / "reindex.log").read_text()
     assert "trigger:" in log_text
+    # The hooks named the beads: they were fetched alone (`bd show`), not the whole list again.
+    group = load_state(root)["groups"]["beads:demo/mayor/rig/.beads"]
+    assert group["synced"] > group["full_synced"]
 
     work = root / "demo" / "witness"
     agent = Agent(Generator("tiny-llama"), AgentEnv(role="witness", rig="demo", actor="demo/witness", root=str(root),

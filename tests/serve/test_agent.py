@@ -250,3 +250,29 @@ def test_session_id_and_beacon_from_gt():
     assert bead_from_beacon("[GAS TOWN] deacon <- daemon • 2025-12-30T08:00 • patrol") is None
     assert bead_from_beacon("[GAS TOWN] witness (rig: demo) <- deacon • 2025-12-30T08:00 • cold-start") is None
     assert bead_from_beacon("please look at assigned:gt-1") is None
+
+
+@pytest.mark.integration
+def test_pane_closed_spools_the_stop_event(tmp_path):
+    """SIGHUP (the pane closed) ends the session like EOF and SIGTERM: transcript closed, stop spooled."""
+    from gt_ext.corpus.spool import entries
+
+    (tmp_path / "mayor").mkdir()
+    (tmp_path / "mayor" / "town.json").write_text("{}")
+    p = subprocess.Popen([AGENT_BIN, "--model", "base:tiny-llama", "--max-new-tokens", "4", "--no-register"],
+                         cwd=tmp_path, env=dict(os.environ, GT_EXT_CLAUDE_PROJECTS=str(tmp_path / "projects"),
+                                                GT_ROLE="demo/witness", GT_ROOT=str(tmp_path), GT_SESSION_ID="gt-sid-1",
+                                                GT_EXT_NO_AUTOPROCESS="1"),
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdin.write("!echo hi\n")
+    p.stdin.flush()
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "projects").glob("*/gt-sid-1.jsonl")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGHUP)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 0 and "[terminated]" in out
+    [(_sid, _path, ev, err)] = list(entries(tmp_path / ".corpus" / "spool"))
+    assert err is None and ev["payload"]["reason"] == "hangup" and ev["payload"]["session_id"] == "gt-sid-1"
+    assert ev["env"]["GT_SESSION_ID"] == "gt-sid-1" and ev["env"]["GT_ROLE"] == "demo/witness"
