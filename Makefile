@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test test-fast bench bench-witness lint clean
+.PHONY: install demo test test-fast bench bench-witness bench-patrol lint clean
 
 install:
 	@./install.sh
@@ -22,10 +22,15 @@ test-fast: install
 # Speed benchmarks (ours vs the named baseline, ratio printed). The witness quality run trains for
 # ~30 CPU-minutes, so it has its own target.
 bench: install
-	@for b in bench/*.py; do [ "$$b" = bench/witness_eval.py ] && continue; echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/*.py; do case "$$b" in bench/witness_eval.py|bench/patrol_eval.py) continue;; esac; echo "== $$b"; $(PY) $$b || exit 1; done
 
 bench-witness: install
 	$(PY) bench/witness_eval.py
+
+# Formula patrol models (witness, refinery, deacon, dog): stage evidence with the real tools, train
+# one LoRA per role (one at a time, niced), score base and trained on the held-out patrol suites.
+bench-patrol: install
+	nice -n 5 $(PY) bench/patrol_eval.py
 
 lint: install
 	$(VENV)/bin/ruff check gt_ext tests bench hooks providers node0_patches

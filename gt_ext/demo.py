@@ -219,7 +219,8 @@ class Demo:
 
     def train_job(self) -> None:
         """The user's command, through the gt shim, exactly as typed in a town."""
-        self.run("gt", "formula", "run", "train-role-model", "--set", f"role={ROLE}",
+        # The job's rig: its corpus is that rig's own examples (and those of rigs that share theirs).
+        self.run("gt", "formula", "run", "train-role-model", "--set", f"role={ROLE}", "--set", "rig=webapp",
                  "--set", f"max_seconds={self.train_seconds}", "--set", f"max_steps={TRAIN_STEPS}",
                  "--set", "lora_rank=16", "--set", f"train_args={TRAIN_ARGS}",
                  "--job-dir", str(self.out / "job"))
@@ -235,8 +236,8 @@ class Demo:
         # refuses such a version unless forced, and the reason is logged in the history.
         shown = json.loads(self.run("gt", "model", "show", ROLE, "--json", capture=True))
         passed = isinstance(shown, dict) and shown.get("gate") == "pass"
-        force = [] if passed else ["--force", "make demo: short CPU training run, below the eval gate"]
-        self.run("gt", "model", "deploy", ROLE, *force, "--why", "make demo")
+        reason = "make demo" if passed else "make demo: short CPU training run, below the eval gate"
+        self.run("gt", "model", "deploy", ROLE, *([] if passed else ["--force"]), "--reason", reason)
         self.run("gt", "model", "list")
 
     def ask(self) -> None:

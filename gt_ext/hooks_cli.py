@@ -138,7 +138,9 @@ def default_gt_home() -> Path:
 
 def pi_agent_dir() -> Path:
     """pi's agent folder: $PI_CODING_AGENT_DIR, else ~/.pi/agent."""
-    return Path(os.environ.get("PI_CODING_AGENT_DIR") or Path.home() / ".pi" / "agent")
+    from gt_ext.corpus.collect import pi_agent_dir as agent_dir
+
+    return agent_dir()
 
 
 def install_pi_extension(agent_dir: Path) -> str:

@@ -56,6 +56,30 @@ _FORMAT_SOURCES = {"claude": "claude-jsonl", "node0": NODE0_SOURCE, "pi": "pi-js
 _CRASH_AFTER = int(os.environ.get("GT_EXT_CORPUS_CRASH_AFTER", "0") or 0)
 
 
+def pi_agent_dir() -> Path:
+    """pi's agent folder: $PI_CODING_AGENT_DIR, else ~/.pi/agent (pi keeps sessions in its `sessions/`)."""
+    return Path(os.environ.get("PI_CODING_AGENT_DIR") or Path.home() / ".pi" / "agent").expanduser()
+
+
+def pi_session_files(agent_dir: Path | None = None) -> list[Path]:
+    """pi's session files: `<agent dir>/sessions/--<cwd>--/<time>_<id>.jsonl`."""
+    d = (agent_dir or pi_agent_dir()) / "sessions"
+    return sorted(d.glob("*/*.jsonl")) if d.is_dir() else []
+
+
+def actor_from_cwd(cwd: str | None, town_root: Path | None) -> str | None:
+    """The gt actor a work dir belongs to (`<town>/webapp/polecats/nux` -> `webapp/polecats/nux`,
+    `<town>/mayor` -> `mayor`), or None outside the town."""
+    if not cwd or town_root is None:
+        return None
+    try:
+        rel = Path(cwd).resolve().relative_to(Path(town_root).resolve())
+    except (ValueError, OSError):
+        return None
+    parts = [p for p in rel.parts if p not in ("rig", ".")]
+    return "/".join(parts) or None
+
+
 @dataclass
 class ProcessReport:
     """What one processing run did."""
@@ -243,6 +267,24 @@ def _handle_session_stop(ing: Ingestor, ev: dict, projects: Path, report: Proces
     ingest_transcript(ing, path, tags, report)
 
 
+def _trusted_bead_close(ev: dict, beads_dirs: dict[str, Path]) -> dict:
+    """A bead close from a hook's pending folder, which an agent's commands could also write: only
+    its bead id and beads folder are taken (the folder must be one of the town's), and the issue is
+    read again from bd; any other kind of event from there is refused."""
+    from gt_ext.gastown.bd import Bd
+
+    if ev.get("kind") != "bead_close":
+        raise GtExtError(f"pending hook event of kind {ev.get('kind')!r} refused: only bead closes come from there")
+    known = {str(Path(d).resolve()): Path(d) for d in beads_dirs.values()}
+    folder = known.get(str(Path(str(ev.get("beads_dir") or "")).resolve()))
+    argv = ev.get("argv") or []
+    bead = argv[0] if argv and isinstance(argv[0], str) else None
+    if folder is None or not bead:
+        raise GtExtError("pending bead close without a bead id of one of the town's beads folders: refused")
+    issue = Bd(folder).show(bead).model_dump(exclude_none=True)
+    return {"kind": "bead_close", "payload": issue, "argv": [bead, "close"], "beads_dir": str(folder)}
+
+
 def trigger(store: Store, town_root: Path | None = None, projects: Path | None = None) -> ProcessReport | None:
     """What a hook starts in the background: process the spool unless another processor is at it.
 
@@ -284,7 +326,13 @@ def _process_locked(store: Store, town_root: Path | None, projects: Path | None,
     report = ProcessReport()
     ing = Ingestor(store)
     index = EventIndex(store, town_root)
+    beads_dirs = Town(Path(town_root)).beads_dirs() if town_root is not None else {}
     entries = list(spool.entries(store.spool_dir))
+    # Events bd hooks left next to themselves when they ran inside a sandboxed agent: ids only.
+    for d in beads_dirs.values():
+        entries += [(f"{spool.PENDING_PREFIX}{sid}", p, ev, err)
+                    for sid, p, ev, err in spool.entries(d / "hooks" / spool.PENDING_DIR)]
+    entries.sort(key=lambda e: e[1].name)  # names start with the time: oldest first
     if any(ev and ev.get("kind") == "bead_close" for _s, _p, ev, _e in entries):
         index.sync()  # what gt appended since the last run, no more
     # Claude's Stop fires every turn: only the newest stop event of a session needs parsing.
@@ -308,6 +356,8 @@ def _process_locked(store: Store, town_root: Path | None, projects: Path | None,
                 if err:
                     raise GtExtError(err)
                 kind = ev.get("kind")
+                if spool_id.startswith(spool.PENDING_PREFIX):
+                    ev = _trusted_bead_close(ev, beads_dirs)
                 if kind == "bead_close":
                     _handle_bead_close(ing, ev, index, town_root, projects, report)
                 elif kind in ("session_stop", "session_shutdown"):
@@ -329,15 +379,17 @@ def _process_locked(store: Store, town_root: Path | None, projects: Path | None,
 
 # --- batch collection ----------------------------------------------------------------------------
 def scan_transcripts(store: Store, projects: Path | None = None, progress: bool = False,
-                     town_root: Path | None = None) -> ProcessReport:
-    """Take every Claude (or node0) transcript under `projects` not taken before (wisps, bead-less
-    sessions).
+                     town_root: Path | None = None, pi_dir: Path | None = None) -> ProcessReport:
+    """Take every agent session not taken before (wisps, bead-less sessions): Claude and node0
+    transcripts under `projects` and pi session files under `<pi agent dir>/sessions/`.
 
     Role, rig and actor come from a bead link when one exists, else from the town's
-    `session_start` event of that session."""
+    `session_start` event of that session, else (pi) from the work dir in the session header.
+    A session a hook already spooled is not taken twice (same source key, same content hash)."""
     projects = projects or claude_projects_dir()
     report = ProcessReport()
     files = sorted(projects.glob("*/*.jsonl")) if projects.is_dir() else []
+    files += pi_session_files(pi_dir)
     with process_lock(store):
         index = EventIndex(store, town_root)
         index.sync()
@@ -349,11 +401,13 @@ def scan_transcripts(store: Store, projects: Path | None = None, progress: bool 
 
             it = tqdm(files, desc="transcripts", unit="file")
         for f in it:
+            header = pi_header(f)
+            sid = header["id"] if header is not None else f.stem
             with store.tx():
-                link = store.link(f.stem) or {}
-                ev = started.get(f.stem, {})
-                actor = ev.get("actor")
-                tags = Tags(session=f.stem, role=role_from_actor(ev.get("role")) or role_from_actor(actor),
+                link = store.link(sid) or {}
+                ev = started.get(sid, {})
+                actor = ev.get("actor") or (actor_from_cwd(header.get("cwd"), town_root) if header else None)
+                tags = Tags(session=sid, role=role_from_actor(ev.get("role")) or role_from_actor(actor),
                             rig=rig_from_actor(actor), user=actor).merged(link)
                 ingest_transcript(ing, f, tags, report)
         report.flags = ing.finish()

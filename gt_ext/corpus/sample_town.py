@@ -404,7 +404,8 @@ class _Gen:
                 _t("\n".join(json.dumps({"id": self.bead(rig)}) for _ in cmds)),
                 _a("Convoy and slinging to the rig.", f"gt convoy create \"{rig} batch\" --epic {epic}", f"gt sling {epic} {rig}"),
                 _t("convoy created; slung"), _a("Planned: one epic, three beads, slung to " + rig + ".")]
-        return self.pair("mayor", "planning", rig, epic, "mayor", opening, good, None)
+        # The mayor is town-level: the rig is what it plans for, not where the session ran.
+        return self.pair("mayor", "planning", None, epic, "mayor", opening, good, None)
 
 
 def generate(seed: int = 0, witness: int = 60, per_role: int = 12, reports: int = 1) -> list[SampleSession]:

@@ -308,6 +308,31 @@ class Scrubber:
         return ScrubResult(out, findings)
 
 
+def detectors_fingerprint(scrubber: Scrubber | None = None) -> str:
+    """A hash of everything that decides what the scrubber finds: this module's patterns, lists
+    and thresholds, detect-secrets' version and plugins, and the user names it looks for. Stored
+    with the corpus, so `gt corpus rescan` knows when stored examples were scrubbed by other rules."""
+    import hashlib
+    import sys
+
+    sc = scrubber or default_scrubber()
+    parts: list[str] = []
+    for name, value in sorted(vars(sys.modules[__name__]).items()):
+        if not name.lstrip("_").isupper():
+            continue
+        if isinstance(value, re.Pattern):
+            parts.append(f"{name}={value.pattern}")
+        elif isinstance(value, (str, int, float, frozenset, set, tuple, list, dict)):
+            parts.append(f"{name}={sorted(map(repr, value)) if isinstance(value, (set, frozenset)) else repr(value)}")
+    if sc.use_detect_secrets:
+        from importlib.metadata import version
+
+        parts.append(f"detect-secrets {version('detect-secrets')}: "
+                     + ",".join(sorted(type(p).__name__ for p in _ds_plugins())))
+    parts.append("users=" + ",".join(sorted(sc.usernames)))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 @lru_cache(maxsize=1)
 def default_scrubber() -> Scrubber:
     """A process-wide scrubber with the current user's names."""

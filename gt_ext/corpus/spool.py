@@ -30,6 +30,11 @@ from typing import Any
 # only spools.
 PROCESS_ON_END = ".gt-ext-process-on-end"
 
+# Where a bd hook puts its event when the town's spool cannot be written (bd run by a sandboxed
+# agent): `<beads>/hooks/.gt-ext-pending/`. Processing drains it, taking only the bead id from there.
+PENDING_DIR = ".gt-ext-pending"
+PENDING_PREFIX = "pending:"  # spool ids of those events
+
 # Only these environment variables are kept: they tag the session; nothing else (tokens!) leaves.
 ENV_KEYS = ("GT_ROLE", "GT_RIG", "BD_ACTOR", "GT_SESSION", "GT_SESSION_ID", "GT_ROOT", "GT_TOWN_ROOT",
             "GT_AGENT", "GT_HOOK_SOURCE", "GT_POLECAT", "GT_CREW")

@@ -296,7 +296,7 @@ class SandboxTask:
         self.head0 = _git(repo, env, "rev-parse", "HEAD").strip()
         return [{"role": "user", "content": self._prompt_text()}]
 
-    def grade(self, output: str) -> Sample:
+    def grade(self, output: str, meta: dict[str, Any] | None = None) -> Sample:
         """Run the answer under the guard, then the hidden checks."""
         if self.dir is None:
             raise GtExtError(f"sandbox task {self.id}: grade() before prepare()")

@@ -47,7 +47,7 @@ class Task(Protocol):
     category: str
 
     def prepare(self) -> list[dict[str, str]]: ...
-    def grade(self, output: str) -> Sample: ...
+    def grade(self, output: str, meta: dict[str, Any] | None = None) -> Sample: ...
     def cleanup(self) -> None: ...
     def overlap_text(self) -> str: ...
 
@@ -61,6 +61,7 @@ class PromptfooTask:
     test: promptfoo.TestCase
     prompt: promptfoo.Prompt
     root: Path
+    suite: promptfoo.Suite | None = None  # the promptfoo suite it came from (the real-promptfoo engine runs it)
 
     def rendered(self) -> str:
         """The prompt text with this test's vars filled in."""
@@ -70,10 +71,13 @@ class PromptfooTask:
         """Chat messages for the model."""
         return promptfoo.prompt_messages(self.rendered())
 
-    def grade(self, output: str) -> Sample:
-        """promptfoo's verdict on `output`."""
-        g = promptfoo.grade(self.test, output, prompt=self.rendered(), prompt_label=self.prompt.label, base=self.root)
-        return Sample(passed=g.passed, score=g.score, output=output, reason=g.reason, skipped=g.skipped)
+    def grade(self, output: str, meta: dict[str, Any] | None = None) -> Sample:
+        """promptfoo's verdict on `output`; `meta` brings the call's `latency_ms` and `cost`."""
+        meta = meta or {}
+        g = promptfoo.grade(self.test, output, prompt=self.rendered(), prompt_label=self.prompt.label, base=self.root,
+                            latency_ms=meta.get("latency_ms"), cost=meta.get("cost"))
+        return Sample(passed=g.passed, score=g.score, output=output, reason=g.reason, skipped=g.skipped,
+                      meta={**meta, "engine": "ours"})
 
     @property
     def scenario(self) -> str | None:
@@ -84,10 +88,19 @@ class PromptfooTask:
     def cleanup(self) -> None:
         """Nothing to clean."""
 
+    guard_vars: tuple[str, ...] | None = None  # suite.yaml `guard_vars`: only these vars are case-specific
+    guard_skip_commands: bool = False  # suite.yaml: `$ cmd` lines are the step's own commands, not the case
+
     def overlap_text(self) -> str:
-        """The test-specific text the model sees (string vars the prompt uses), for the contamination guard."""
+        """The test-specific text the model sees (string vars the prompt uses, or only the suite's
+        `guard_vars` when it names them), for the contamination guard."""
         used = promptfoo.template_vars(self.prompt.raw)
-        return "\n".join(str(v) for k, v in self.test.vars.items() if k in used and isinstance(v, str))
+        if self.guard_vars is not None:
+            used = used & set(self.guard_vars)
+        text = "\n".join(str(v) for k, v in self.test.vars.items() if k in used and isinstance(v, str))
+        if self.guard_skip_commands:
+            text = "\n".join(ln for ln in text.splitlines() if not ln.startswith("$ "))
+        return text
 
 
 @dataclass
@@ -173,6 +186,14 @@ def load(spec: str | Path) -> EvalSuite:
         if t.id in seen:
             raise GtExtError(f"{p}: duplicate task id {t.id!r}")
         seen.add(t.id)
+    guard = meta.get("guard_vars")
+    if guard is not None:
+        if not isinstance(guard, list) or not all(isinstance(g, str) for g in guard):
+            raise GtExtError(f"{p / 'suite.yaml'}: guard_vars must be a list of var names")
+        for t in tasks:
+            if isinstance(t, PromptfooTask):
+                t.guard_vars = tuple(guard)
+                t.guard_skip_commands = bool(meta.get("guard_skip_commands"))
     role = meta.get("role")
     return EvalSuite(
         name=str(meta.get("name") or p.name),
@@ -213,5 +234,5 @@ def _pf_tasks(pf: promptfoo.Suite) -> list[PromptfooTask]:
             if any(t.id == tid for t in out):
                 tid = f"{tid}#{test.index + 1}"
             out.append(PromptfooTask(id=tid, category=str(test.metadata.get("category", "general")),
-                                     test=test, prompt=prompt, root=pf.root))
+                                     test=test, prompt=prompt, root=pf.root, suite=pf))
     return out

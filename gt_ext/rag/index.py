@@ -281,7 +281,7 @@ def reindex(town_root: Path, full: bool = False, progress: bool = False, wait: b
     rep = ReindexReport()
     town_root = Path(town_root)
     with indexer_lock(town_root, wait=wait):
-        pending = queue.pending(town_root)
+        pending = queue.pending(town_root, [d for _rig, d in sources.beads_dirs(town_root)])
         events = queue.read_queued(pending)
         rep.events = len(events)
         dirty = _dirty_groups(town_root, events)
@@ -358,13 +358,15 @@ def trigger(town_root: Path, corpus_dir: Path | None = None) -> ReindexReport | 
     No event is left behind: hooks queue before they trigger, and the holder looks at the queue
     again after its run, so an event queued while it worked is either in its run or in the next
     one. Returns the last run's report, or None when another indexer was busy."""
+    from gt_ext.rag.sources import beads_dirs
+
     last: ReindexReport | None = None
     while True:
         try:
             last = reindex(town_root, corpus_dir=corpus_dir)
         except IndexerBusy:
             return last
-        if not queue.pending(town_root):
+        if not queue.pending(town_root, [d for _rig, d in beads_dirs(town_root)]):
             return last
 
 

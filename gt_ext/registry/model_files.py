@@ -91,10 +91,16 @@ def read_run_json(src: Path) -> dict[str, Any]:
     return data
 
 
+def is_eval_file(path: Path) -> bool:
+    """An eval result (`eval-*.json`): metadata about a model, not part of it (the registry records
+    it separately, after checking it against the version's files)."""
+    return path.name.startswith("eval-") and path.suffix == ".json"
+
+
 def _files_to_copy(src: Path, kind: str) -> list[Path]:
-    """Relative paths of the files that make up the version."""
-    tops = [src / n for n in _RUN_KEEP] if kind == "run" else [p for p in src.iterdir() if p.name not in _SKIP_NAMES]
-    tops += [p for p in src.glob("eval-*.json") if p not in tops]
+    """Relative paths of the files that make up the version (eval results are not among them)."""
+    tops = [src / n for n in _RUN_KEEP] if kind == "run" else [
+        p for p in src.iterdir() if p.name not in _SKIP_NAMES and not is_eval_file(p)]
     out: list[Path] = []
     for top in tops:
         if top.is_file():

@@ -4,9 +4,11 @@
 
 It loads the model, prints the ready prompt `node0> `, then for every prompt or nudge typed into
 the pane runs one agent turn: the reply streams into the pane; each tool call in it
-(`<tool_call>{"name": "Bash", ...}</tool_call>`, the corpus format) runs in the work dir under the
-guard, and its output goes back to the model until the model answers without a tool call or a
-limit (steps, time, output size) is hit.
+(`<tool_call>{"name": "Bash", ...}</tool_call>`, the corpus format) runs in the work dir in a
+bubblewrap sandbox after a policy check (`gt_ext.serve.tools`; settings in the town's
+`settings/gt-ext.json`, see `gt_ext.serve.agentcfg`), and its output goes back to the model until
+the model answers without a tool call or a limit (steps, time, output size) is hit. Without a
+working sandbox the agent still answers, but runs no command and says why.
 
 Every session goes back into the corpus: it is written as a tagged transcript in Claude Code's
 format (`gt_ext.serve.transcript`: role, rig, actor, bead, model `name:version`, session id, gt's
@@ -23,7 +25,6 @@ import argparse
 import ctypes
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -38,8 +39,6 @@ from gt_ext.errors import GtExtError
 log = logging.getLogger(__name__)
 
 PROCESS_NAME = "node0-inference"
-# "!command", also behind the "[from <sender>] " prefix that `gt nudge` puts before a message.
-_BANG = re.compile(r"^(?:\[from [^\]]*\]\s*)?!")
 READY_PROMPT = "node0> "  # gt's RuntimeConfig tmux.ready_prompt_prefix (set by the registry's deploy)
 
 
@@ -71,7 +70,8 @@ class Agent:
 
     def __init__(self, generator: Any, env: Any, runner: Any, params: Any, limits: Limits,
                  transcript_factory: Any = None, rag: bool = False, out: TextIO = sys.stdout,
-                 rag_budget: int | None = None):
+                 settings: Any = None, rag_budget: int | None = None):
+        from gt_ext.serve.agentcfg import AgentSettings
         from gt_ext.serve.rolecard import role_card
 
         self.gen = generator
@@ -82,6 +82,7 @@ class Agent:
         self.rag = rag
         self.rag_budget = rag_budget
         self.out = out
+        self.settings = settings or AgentSettings()
         self._transcript_factory = transcript_factory
         self.transcript = None
         self.history: list[dict[str, str]] = [{"role": "system", "content": role_card(env)}]
@@ -100,10 +101,14 @@ class Agent:
         if not self.rag:
             return ""
         try:
-            from gt_ext.rag.retrieve import context_for
+            from gt_ext.rag.retrieve import context_for, decision_budget
 
+            # The prompt, its context and the answer stay within the decision limit (3K tokens);
+            # within that, the budget deploy gave (`--rag-budget`), else the role's.
+            budget = decision_budget(self.env.role, self.gen.count_tokens(prompt), self.params.max_new_tokens,
+                                     cap=self.rag_budget)
             return context_for(prompt, self.env.role, rig=self.env.rig or None, town=self.env.root or None,
-                               budget_tokens=self.rag_budget)
+                               budget_tokens=budget)
         except Exception as e:  # RAG is an aid: a missing index must not break the agent
             log.warning("rag context unavailable: %s", e.__class__.__name__)
             return ""
@@ -111,8 +116,15 @@ class Agent:
     def turn(self, prompt: str) -> str:
         """Run one turn for `prompt`; return the last reply's prose."""
         from gt_ext.corpus.format import parse_tool_calls, render_tool_call, strip_tool_calls
+        from gt_ext.serve.agentcfg import bang_refusal, parse_bang
         from gt_ext.serve.generate import GenerationStats
 
+        bang = parse_bang(prompt)
+        refusal = bang_refusal(bang[0], self.settings) if bang else None
+        if refusal:  # not run, not given to the model: say why in the pane and wait for the next prompt
+            log.info("!command refused: %s", refusal)
+            self._say(f"[refused: {refusal}]\n")
+            return ""
         if self.transcript is None and self._transcript_factory is not None:
             self.transcript = self._transcript_factory()
         if self.transcript:
@@ -127,9 +139,9 @@ class Agent:
         # Stop right after the first complete tool call: run it before the model goes on.
         params = replace(self.params, stop=[*self.params.stop, "</tool_call>"])
         # "!command" (as in Claude Code's bash mode) runs the command as the assistant's first tool
-        # call, written into the turn as if generated; the model then answers from its output.
-        bang = _BANG.match(prompt)
-        forced = render_tool_call("Bash", {"command": prompt[bang.end():].strip()}) if bang else None
+        # call, written into the turn as if generated (so in the same sandbox); the model then
+        # answers from its output.
+        forced = render_tool_call("Bash", {"command": bang[1]}) if bang else None
         reply = ""
         for _step in range(self.limits.max_steps):
             stats = GenerationStats()
@@ -212,6 +224,17 @@ def spool_session_end(transcript: Any, env: Any, reason: str) -> Path | None:
     return path
 
 
+def _sandbox_line(runner: Any) -> str:
+    """One line for the pane: where tool commands may write and connect, or why none will run."""
+    why = runner.unavailable()
+    if why:
+        return f"[sandbox unavailable: {why}; tool commands will be refused]"
+    p = runner.sandbox.policy
+    net = {"loopback": f"loopback port(s) {', '.join(map(str, p.ports)) or 'none'}", "none": "none",
+           "host": "host network"}[p.network]
+    return f"sandbox: bubblewrap | writes: work dir{f' + {len(p.write)} path(s)' if p.write else ''} | network: {net}"
+
+
 def _indent(text: str, lines: int = 20) -> str:
     """Tool output as Claude Code shows it (`  ⎿  first line`, continuation indented)."""
     body = text.rstrip("\n").splitlines() or [""]
@@ -260,9 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, stdin_fd: int = 0, out: TextIO = sys.stdout) -> int:
     """Load the model and serve prompts from `stdin_fd` until EOF or SIGTERM."""
     from gt_ext.gastown.session import register_session, session_id_from_env
+    from gt_ext.serve.agentcfg import build_policy, load_agent_settings
     from gt_ext.serve.loader import load_generator
     from gt_ext.serve.params import SamplingParams
     from gt_ext.serve.rolecard import AgentEnv, measure, role_card
+    from gt_ext.serve.sandbox import Sandbox
     from gt_ext.serve.tools import ToolRunner
     from gt_ext.serve.transcript import Transcript
     from gt_ext.serve.ttyin import PromptReader
@@ -271,6 +296,8 @@ def run(args: argparse.Namespace, stdin_fd: int = 0, out: TextIO = sys.stdout) -
     if not os.path.isdir(workdir):
         raise GtExtError(f"--workdir {workdir}: not a folder")
     env = AgentEnv.from_environ(workdir=workdir)
+    settings = load_agent_settings(env.root or None)
+    runner_sandbox = Sandbox(build_policy(workdir, env, settings))
     limits = Limits(args.max_steps, args.turn_timeout, args.tool_timeout, args.max_output)
     if args.rag_budget is not None and args.rag_budget < 0:
         raise GtExtError(f"--rag-budget {args.rag_budget}: must be 0 or more tokens")
@@ -302,9 +329,9 @@ def run(args: argparse.Namespace, stdin_fd: int = 0, out: TextIO = sys.stdout) -
         return Transcript(workdir, model=model.ref, session_id=session_id, folder=args.transcripts,
                           meta=env.to_meta())
 
-    agent = Agent(gen, env, ToolRunner(workdir, limits.tool_s, limits.max_output), params, limits,
-                  transcript_factory=None if args.no_transcript else transcript, rag=args.rag, out=out,
-                  rag_budget=args.rag_budget)
+    runner = ToolRunner(workdir, limits.tool_s, limits.max_output, sandbox=runner_sandbox)
+    agent = Agent(gen, env, runner, params, limits, transcript_factory=None if args.no_transcript else transcript,
+                  rag=args.rag, out=out, settings=settings, rag_budget=args.rag_budget)
 
     def on_term(signum: int, _frame: Any) -> None:
         raise _Terminate(signum)
@@ -313,6 +340,7 @@ def run(args: argparse.Namespace, stdin_fd: int = 0, out: TextIO = sys.stdout) -
     signal.signal(signal.SIGHUP, on_term)
     out.write(f"node0 {model.ref} on {gen.backend} | role {env.role}"
               f"{' rig ' + env.rig if env.rig else ''} | work dir {workdir}\n")
+    out.write(_sandbox_line(runner) + "\n")
     reader = PromptReader(stdin_fd)
     pending = args.prompt
     reason = "exit"

@@ -105,6 +105,10 @@ def start(
     m = info["metrics"]
     print(f"{info['status']}: {m['steps']} steps, val loss {m['val_loss_start']:.4f} -> {m['val_loss_end']:.4f}, "
           f"adapter in {out / 'adapter'}")
+    if info["status"] == "stopped":
+        from gt_ext.train.cli import EXIT_STOPPED
+
+        raise typer.Exit(EXIT_STOPPED)  # time limit before max_steps: resume from the checkpoint
 
 
 @app.command()

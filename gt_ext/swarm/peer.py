@@ -136,8 +136,10 @@ def _plot(metrics_path: Path, out: Path) -> None:
 class _Metrics:
     """Publishes this peer's metrics in the DHT on a timer and watches for lost peers."""
 
-    def __init__(self, dht: Any, run_id: str, key: SwarmKey | None, settings: SwarmSettings):
+    def __init__(self, dht: Any, run_id: str, key: SwarmKey | None, settings: SwarmSettings,
+                 on_lost: Any = None):
         self.dht, self.run_id, self.key, self.s = dht, run_id, key, settings
+        self.on_lost = on_lost  # called with a peer id when that peer is counted as lost
         self.current: dict[str, Any] = {"state": "starting"}
         self.lost: set[str] = set()
         self.seen: set[str] = set()
@@ -175,6 +177,8 @@ class _Metrics:
             if m.get("state") == "running" and silent > self.s.stale_after_s and pid not in self.lost:
                 log.warning("peer %s… silent for %.0f s: continuing without it (run degraded)", pid[-8:], silent)
                 self.lost.add(pid)
+                if self.on_lost is not None:
+                    self.on_lost(pid)
 
     def wait_for_peers(self, n: int, timeout: float) -> int:
         """Block until `n` peers (self included) are up, so early peers do not train alone."""
@@ -301,6 +305,9 @@ def run_peer(
     metrics = None
     status = "failed"
     info: dict[str, Any] = {}
+    from gt_ext.jobs.bead import StatusReporter
+
+    job = StatusReporter()
     try:
         me = dht.peer_id.to_base58()
         addrs = swarm_dht.visible_addrs(dht)
@@ -361,7 +368,8 @@ def run_peer(
         if not resume and metrics_path.exists():
             metrics_path.unlink()
 
-        metrics = _Metrics(dht, run_id, key, settings)
+        metrics = _Metrics(dht, run_id, key, settings,
+                           on_lost=lambda pid: job.report("degraded", f"swarm {run_id}: lost peer {pid[-8:]}, going on"))
         val_start = _val_loss(model, val_batches)
         metrics.update(state="running", epoch=opt.local_epoch, val_loss=val_start, loss=None,
                        tokens_per_s=0.0, peers=1, rounds=0, nan_skips=0)
@@ -421,6 +429,8 @@ def run_peer(
                 step = opt.local_epoch
                 tps = tokens / max(time.monotonic() - t0, 1e-9)
                 peers = opt.tracker.global_progress.num_peers
+                if peers > 1 and not metrics.lost:
+                    job.report("syncing", f"swarm {run_id}: averaging with {peers - 1} other peer(s)")
                 row: dict[str, Any] = {"step": step, "loss": sum(window_loss) / len(window_loss),
                                        "lr": opt.opt.param_groups[0]["lr"], "tokens_per_s": tps,
                                        "peers": peers, "nan_skips": nan_skips,
@@ -445,9 +455,10 @@ def run_peer(
         _write_checkpoint(run_dir, opt.local_epoch, model, opt, loader, cfg.keep_checkpoints)
         metrics.publish_now()  # last look for lost peers
         lost = sorted(metrics.lost)
-        status = "degraded" if lost else ("done" if opt.local_epoch >= cfg.max_steps else "running")
-        if stop.is_set() or time.monotonic() >= deadline:
+        if opt.local_epoch >= cfg.max_steps:
             status = "degraded" if lost else "done"
+        else:  # cut by max_time_s or a stop request: resumable from the checkpoint just written
+            status = "stopped"
         info["metrics"] = {"val_loss_start": val_start, "val_loss_end": val_end, "steps": opt.local_epoch,
                            "tokens_per_s": tokens / max(elapsed, 1e-9), "local_batches": local_steps,
                            "nan_skips": nan_skips, "catch_ups": catch_ups, "lost_peers": len(lost),
@@ -467,6 +478,7 @@ def run_peer(
             atomic_write_json(run_dir / "run.json", info)
         if metrics is not None:
             metrics.stop()
+        job.close()
         if opt is not None:
             try:
                 opt.shutdown()

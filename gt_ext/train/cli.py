@@ -14,6 +14,8 @@ import typer
 
 from gt_ext.errors import GtExtError
 
+EXIT_STOPPED = 3  # a time limit stopped the run with a checkpoint (not done; --resume continues)
+
 app = typer.Typer(
     help="Train a role LoRA (or a task adapter on top of a role model) on a corpus export.",
     invoke_without_command=True,
@@ -80,6 +82,10 @@ def train(
     if final["status"] == "failed":
         print(f"error: {m.get('message', 'training failed')}", file=sys.stderr)
         raise typer.Exit(1)
+    if final["status"] == "stopped":
+        print(f"stopped: {m.get('message', 'time limit reached')} (gt-ext train ... --out {out} --resume)",
+              file=sys.stderr)
+        raise typer.Exit(EXIT_STOPPED)
 
 
 def _fingerprint(role: str, out: Path) -> dict | None:

@@ -45,7 +45,7 @@ StepCallback = Callable[[int, dict[str, Any]], None]
 class TrainResult:
     """How a run ended."""
 
-    status: str  # "done" | "failed"
+    status: str  # "done" | "stopped" (time limit, resumable) | "failed"
     steps: int
     val_loss_start: float | None
     val_loss_end: float | None
@@ -313,12 +313,16 @@ class Trainer:
                 over_wall = cfg.max_time_s is not None and time.perf_counter() - started > cfg.max_time_s
                 over_cpu = cfg.max_cpu_s is not None and time.process_time() - cpu_started > cfg.max_cpu_s
                 if (over_wall or over_cpu) and not last:
+                    # Not done: the run stops with a checkpoint and resumes from it (--resume).
                     kind = "wall" if over_wall else "CPU"
-                    message = f"{kind} time limit reached at step {self.step}"
+                    status = "stopped"
+                    message = (f"{kind} time limit reached at step {self.step} of {cfg.max_steps}; "
+                               f"checkpoint saved, --resume continues")
                     log.info(message)
                     rec_eval = self.evaluate()
                     history.append({"step": self.step, "val_loss": rec_eval})
                     self.metrics.append({"step": self.step, "val_loss": rec_eval, "time_limit": True})
+                    self.save_checkpoint()
                     break
         finally:
             bar.close()

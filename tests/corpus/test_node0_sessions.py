@@ -128,18 +128,18 @@ def test_export_self_outputs_drop_keep_weight(tmp_path):
         node0_ids = {e.id for e in st.query(source="node0-jsonl")}
         assert len(node0_ids) == 40
 
-        default = write_shards(st, tmp_path / "default")
+        default = write_shards(st, tmp_path / "default", all_rigs=True)
         assert set(_sft_ids(tmp_path / "default")) & node0_ids == set()
-        assert default["self_outputs"] == {"policy": "drop", "share": 0.0, "examples": 40, "kept": 0}
-        write_shards(st, tmp_path / "keep", self_outputs="keep")
+        assert default["self_outputs"] == {"policy": "drop", "examples": 40, "kept": 0}
+        write_shards(st, tmp_path / "keep", self_outputs="keep", all_rigs=True)
         assert node0_ids <= set(_sft_ids(tmp_path / "keep"))
-        half = write_shards(st, tmp_path / "half", self_outputs="weight=0.5")
+        half = write_shards(st, tmp_path / "half", self_outputs="weight=0.5", all_rigs=True)
         kept = set(_sft_ids(tmp_path / "half")) & node0_ids
         assert 0 < len(kept) < 40 and half["self_outputs"]["kept"] == len(kept)
-        write_shards(st, tmp_path / "half2", self_outputs="weight=0.5")
+        write_shards(st, tmp_path / "half2", self_outputs="weight=0.5", all_rigs=True)
         assert set(_sft_ids(tmp_path / "half2")) & node0_ids == kept  # deterministic
         assert read_manifest(tmp_path / "half")["self_outputs"]["policy"] == "weight=0.5"
-    for bad in ("sometimes", "weight=2", "weight=x"):
+    for bad in ("sometimes", "weight=2", "weight=x", "weight=0"):
         with pytest.raises(GtExtError, match="--self-outputs"):
             parse_self_outputs(bad)
 

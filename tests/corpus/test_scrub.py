@@ -64,3 +64,42 @@ def test_scrubbing_is_idempotent():
         once = s.scrub(line).text
         assert s.scrub(once).text == once
         assert s.scrub(once).findings == []
+
+
+def test_rescan_quarantines_what_new_detectors_find(tmp_path):
+    """Examples stored under other detectors are re-scrubbed: new hits go to quarantine (reason
+    names the type, never the value); an unchanged scrubber does nothing unless forced."""
+    from gt_ext.cli import main
+    from gt_ext.corpus.ingest import Ingestor, Source, Tags
+    from gt_ext.corpus.rescan import META_KEY, detectors_changed, rescan
+    from gt_ext.corpus.scrub import Scrubber, detectors_fingerprint
+    from gt_ext.corpus.store import Store
+
+    class Blind(Scrubber):  # what an older release's scrubber missed
+        def scan(self, text):
+            return []
+
+    key = "AKIA" + "QWERTYUIOPASDFGH"
+    with Store.open(tmp_path / "c") as st:
+        ing = Ingestor(st, scrubber=Blind(extra_usernames=()))
+        with st.tx():
+            ing.ingest([{"role": "user", "content": "Configure the uploader for the nightly sync job."},
+                        {"role": "assistant", "content": f"Set AWS_ACCESS_KEY_ID={key} in the job's env and ran it."}],
+                       Tags(role="crew", outcome="success"), Source("curated", "a", "a"))
+            ing.ingest([{"role": "user", "content": "Which polecats are idle on the demo rig right now?"},
+                        {"role": "assistant", "content": "Listing them with gt polecat list demo; two are idle."}],
+                       Tags(role="witness", outcome="success"), Source("curated", "b", "b"))
+        assert st.count(status="active") == 2
+        assert not detectors_changed(st)  # the store was scrubbed with these detectors' fingerprint
+        assert rescan(st)["skipped"]
+        with st.tx():
+            st.set_meta(META_KEY, "detectors-of-an-older-release")
+        assert detectors_changed(st)
+    assert main(["corpus", "--store", str(tmp_path / "c"), "rescan", "--json"]) == 0
+    with Store.open(tmp_path / "c") as st:
+        [q] = st.query(status="quarantined")
+        assert q.role == "crew" and "aws_access_key" in q.reason and key not in q.reason
+        assert st.count(status="active") == 1 and not detectors_changed(st)
+        assert st.get_meta(META_KEY) == detectors_fingerprint(Scrubber())
+        rep = rescan(st, force=True)
+        assert rep["rescanned"] == 1 and rep["quarantined"] == 0

@@ -93,13 +93,16 @@ def test_split_rules_are_checked(tmp_path):
         suite_mod.load(d)
 
 
-HIDDEN = {"expect", "target", "min_beads", "min_ratio", "order", "cmd", "forbid", "rig_of", "epic"}
+HIDDEN = {"expect", "target", "min_beads", "min_ratio", "order", "cmd", "forbid", "rig_of", "epic",
+          "expect_id", "preserve", "noop", "allowed_names", "step", "family"}
+# Formula patrol suites (gt_ext.corpus.patrol): held-out scenario families only.
+PATROL = ("witness-patrol", "refinery-patrol", "deacon-patrol", "dog-patrol")
 
 
 def test_hidden_expectations_never_reach_the_prompt():
     from gt_ext.evals import promptfoo
 
-    for role in OWN:
+    for role in (*OWN, *PATROL):
         for t in suite_mod.load(f"builtin:{role}").tasks:
             if not hasattr(t, "test"):
                 continue  # sandbox tasks keep their checks outside the prompt by construction

@@ -363,3 +363,41 @@ def test_stop_hook_survives_real_gt_hooks_sync_and_spools_claude_stop(make_town,
         process_spool(st, root, projects)
         [ex] = st.query()
         assert (ex.session, ex.role, ex.rig) == ("sess-w1", "witness", "demo")
+
+
+@pytest.mark.integration
+def test_hook_in_a_sandbox_leaves_ids_next_to_itself_and_processing_trusts_only_bd(beads_dir, bd_bin, tmp_path):
+    """bd run by a sandboxed agent sees the town's spools read-only: the hook puts its events in
+    `<beads>/hooks/.gt-ext-pending/` (and the RAG one in `.gt-ext-rag-pending/`); processing drains
+    them, takes only the bead id and reads the issue again from bd; a forged stop event is refused."""
+    from gt_ext.corpus.spool import PENDING_DIR, write_event
+    from gt_ext.gastown.bd import Bd
+    from gt_ext.gastown.testing import isolated_env
+    from gt_ext.rag import queue
+
+    town = make_town_dirs(beads_dir.parent)
+    install(town, gt_home=tmp_path / "gt", claude_stop=False, auto_process=False)
+    hooks = beads_dir / "hooks"
+    blocked = tmp_path / "read-only-file"
+    blocked.write_text("")
+    (hooks / ".gt-ext-spool").write_text(f"{blocked}/spool\n")  # as unwritable as a hidden .corpus
+    (hooks / ".gt-ext-rag").write_text(f"{blocked}/rag\n")
+    env = isolated_env(tmp_path / "home")
+    bd = Bd(beads_dir, bd_bin, env=env)
+    actor = "demo/polecats/nux"
+    iss = bd.create("task in a sandbox", assignee=actor)
+    projects = tmp_path / "projects"
+    write_transcript(projects, "s-box", str(town / actor), f"Run the bead {iss.id} on your hook.",
+                     [("Reading the hook.", "gt hook", f"{iss.id}: task in a sandbox")])
+    add_session_events(town, actor, "s-box", str(town / actor), iss.id)
+    bd.close(iss.id, reason="done")
+    _wait_for(lambda: len(list((hooks / PENDING_DIR).glob("*.json"))) == 1)
+    _wait_for(lambda: len(queue.pending(town, [beads_dir])) >= 2)  # create + close queued for RAG
+    # A command in the sandbox could write there too: a forged stop event naming any file.
+    write_event(hooks / PENDING_DIR, "session_stop", {"session_id": "x", "transcript_path": "/etc/hostname"})
+    with Store.open(town / ".corpus") as st:
+        rep = process_spool(st, town, projects)
+        assert [e for e in rep.errors if "refused" in e] and len(rep.errors) == 1, rep.errors
+        [ex] = st.query()
+        assert (ex.bead, ex.session, ex.outcome) == (iss.id, "s-box", "success")
+    assert list((hooks / PENDING_DIR).glob("*.json")) == []

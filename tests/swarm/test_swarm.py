@@ -57,8 +57,29 @@ def test_three_peers_agree_and_val_loss_falls(tmp_path: Path, corpus: Path, swar
     assert any((tmp_path / "a" / "checkpoints").glob("step-*/adapter/adapter_model.safetensors"))
 
 
+def _job_bead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A real job bead the forked peers report to (GT_EXT_JOB_BEAD), when bd is installed."""
+    from gt_ext.gastown.bd import Bd, init_beads
+    from gt_ext.gastown.binaries import find_bd
+    from gt_ext.gastown.testing import isolated_env
+    from gt_ext.jobs.bead import ensure_statuses
+
+    if find_bd(required=False) is None:
+        return None
+    env = isolated_env(tmp_path / "bdhome")
+    bd = Bd(init_beads(tmp_path / "jobs", "job", env=env), env=env)
+    ensure_statuses(bd)
+    bead = bd.create("swarm job", metadata={"status_history": []})
+    for k in ("HOME", "XDG_CONFIG_HOME", "GIT_CONFIG_NOSYSTEM"):
+        monkeypatch.setenv(k, env[k])
+    monkeypatch.setenv("GT_EXT_JOB_BEAD", bead.id)
+    monkeypatch.setenv("GT_EXT_JOB_BEADS_DIR", str(bd.beads_dir))
+    return bd, bead.id
+
+
 def test_kill9_peer_others_finish_and_late_peer_catches_up(tmp_path: Path, corpus: Path, swarm_key: Path,
-                                                            peers: Peers):
+                                                            peers: Peers, monkeypatch: pytest.MonkeyPatch):
+    job = _job_bead(tmp_path, monkeypatch)  # the peers mark it syncing, then degraded
     steps = 14
     kw = dict(target_batch_size=12, stale_after_s=6.0, averaging_timeout=20.0, group_size=3)
     addrs = _start_first(peers, tmp_path, corpus, swarm_key, steps, min_peers=3, wait_for_peers_s=240, **kw)
@@ -87,6 +108,12 @@ def test_kill9_peer_others_finish_and_late_peer_catches_up(tmp_path: Path, corpu
     assert first >= 3, first
     # ...so its adapter is the swarm's adapter.
     assert rel_diff(adapter(tmp_path / "a"), adapter(tmp_path / "late")) < 0.15
+    if job is not None:  # run as a job step: the bead followed the swarm
+        bd, bead = job
+        issue = bd.show(bead)
+        history = [h["status"] for h in issue.metadata["status_history"]]
+        assert "syncing" in history and issue.status == "degraded", history
+        assert history.index("syncing") < history.index("degraded")
 
 
 def _single_process_curve(corpus: Path, steps: int, batch: int, eval_steps: list[int]) -> dict[int, float]:

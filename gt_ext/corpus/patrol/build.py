@@ -1,0 +1,290 @@
+"""Patrol decisions from staged evidence: the evidence cache, prompts, corpus sessions and suites.
+
+    evidence(role, layouts, reps)      -> cases, staged once per scenario family and cached
+    render(case, wording, r)           -> (prompt, answer): the decision prompt and its JSON answer
+    sessions(role, seed, reps)         -> SampleSessions (success + coherent misreading) for the corpus
+    write_suite(role, out_dir, reps)   -> a promptfoo suite of the held-out families
+
+A scenario family is one step staged in one town layout (`stage.LAYOUTS`: its rig, prefix and
+agent names): families `a` and `b` train, `c` and `r` are held out; `r` also lists the step's
+actions reordered and under other names and wording (`Action.heldout`, `Action.reworded`), so a
+model must read the list it is given. Evidence is staged with the real tools once per family and
+cached under `$GT_EXT_CACHE/patrol-evidence/<code hash>/` (default ~/.cache/gt-ext).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from gt_ext.atomic import atomic_write_json, atomic_write_text
+from gt_ext.corpus.patrol import stage as stage_mod
+from gt_ext.corpus.patrol.steps import ROLES, Step, step, steps_for
+from gt_ext.errors import GtExtError
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+
+
+def code_hash() -> str:
+    """Hash of the staging code (what is staged, what is run, how it is labelled): a change
+    re-stages the evidence. The step texts (`steps.py`) only shape prompts, so they are not in it."""
+    h = hashlib.sha256()
+    for name in ("stage.py",):
+        h.update((HERE / name).read_bytes())
+    h.update((HERE.parent.parent / "gastown" / "scratch.py").read_bytes())
+    return h.hexdigest()[:12]
+
+
+def cache_dir() -> Path:
+    """Where staged evidence is kept: `$GT_EXT_CACHE` (default ~/.cache/gt-ext), by code hash."""
+    root = Path(os.environ.get("GT_EXT_CACHE") or Path.home() / ".cache" / "gt-ext")
+    return root / "patrol-evidence" / code_hash()
+
+
+# ----------------------------------------------------------------------------------- evidence
+def stage_family(key: str, layout: str, reps: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Stage every situation of step `key` `reps` times in layout `layout` with the real tools;
+    each case carries its evidence and the formula's label for it."""
+    from gt_ext.gastown.scratch import ScratchTown
+
+    stage, _, _, situations = stage_mod.SCENARIOS[key]
+    lay = stage_mod.LAYOUTS[layout]
+    r = random.Random(f"{seed}:{key}:{layout}")
+    cases = []
+    with ScratchTown(prefix=lay.prefix, seed=f"{seed}:{key}:{layout}") as t:
+        for rep in range(reps):
+            for sit, want in situations.items():
+                t.reset()
+                ev = stage(t, lay, sit, r)
+                lab = stage_mod.label(key, ev, lay)
+                if lab["action"] != want:
+                    log.warning("%s/%s %s: staged for %s, the evidence reads as %s", key, layout, sit, want, lab["action"])
+                cases.append({"step": key, "family": f"{key}@{layout}", "layout": layout, "situation": sit,
+                              "rep": rep, "evidence": ev, "label": lab})
+    return cases
+
+
+def _family_file(key: str, layout: str, reps: int, seed: int) -> Path:
+    return cache_dir() / f"{key.replace('/', '__')}@{layout}-r{reps}-s{seed}.json"
+
+
+def _stage_and_cache(key: str, layout: str, reps: int, seed: int) -> Path:
+    f = _family_file(key, layout, reps, seed)
+    if not f.is_file():
+        atomic_write_json(f, stage_family(key, layout, reps, seed))
+    return f
+
+
+def workers() -> int:
+    """Families staged at once (`GT_EXT_PATROL_WORKERS`, default 3): bd mostly waits on its
+    embedded database, so a few scratch towns side by side finish sooner even on 2 cores."""
+    try:
+        return max(1, int(os.environ.get("GT_EXT_PATROL_WORKERS", "3")))
+    except ValueError:
+        raise GtExtError("GT_EXT_PATROL_WORKERS must be an integer") from None
+
+
+def evidence(role: str, layouts: tuple[str, ...], reps: int, seed: int = 0, progress: bool = False) -> list[dict[str, Any]]:
+    """Cases of every step of `role` in `layouts`, staged once per family and then read from cache."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    todo = [(s.key, lay) for s in steps_for(role) for lay in layouts]
+    missing = [(k, lay) for k, lay in todo if not _family_file(k, lay, reps, seed).is_file()]
+    if missing:
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(missing), desc=f"staging {role} patrol evidence", unit="family")
+        with ProcessPoolExecutor(max_workers=min(workers(), len(missing))) as pool:
+            futs = [pool.submit(_stage_and_cache, k, lay, reps, seed) for k, lay in missing]
+            for fut in futs:
+                fut.result()
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+    out = []
+    for k, lay in todo:
+        out += json.loads(_family_file(k, lay, reps, seed).read_text())
+    return out
+
+
+# ----------------------------------------------------------------------------------- prompts
+def _header(st: Step, case: dict[str, Any]) -> str:
+    lay = stage_mod.LAYOUTS[case["layout"]]
+    where = f", rig {lay.rig}" if st.role in ("witness", "refinery") else ""
+    return f"Gas Town {st.role}{where}. Formula {st.formula}, step {st.id}: {st.brief}"
+
+
+def allowed(st: Step, wording: str, r: random.Random) -> list[tuple[str, str, str]]:
+    """(action id, listed name, rule) in the order the prompt lists them. `wording`: "train"
+    (usual names mostly, sometimes another training name, shuffled order) or "reworded" (held-out
+    names and rules, an order reversed from the formula's)."""
+    if wording == "reworded":
+        return [(a.id, a.heldout, a.reworded) for a in reversed(st.actions)]
+    acts = list(st.actions)
+    r.shuffle(acts)
+    return [(a.id, a.names[0] if r.random() < 0.6 else r.choice(a.names), a.rule) for a in acts]
+
+
+def answer_format(st: Step) -> str:
+    keys = ", ".join(f'"{k}": ' + {"action": '"<one allowed action>"', "preserve": "true|false",
+                                  "urgency": '"low|medium|high|critical"'}.get(k, '"..."') for k in st.fields)
+    return "Reply with one JSON object: {" + keys + "}"
+
+
+def prompt_vars(case: dict[str, Any], acts: list[tuple[str, str, str]]) -> dict[str, str]:
+    """The four parts of a decision prompt (the suite template joins them the same way)."""
+    st = step(case["step"])
+    return {"header": _header(st, case), "allowed": "\n".join(f"- {n}: {rule}" for _, n, rule in acts),
+            "shell_output": case["evidence"], "answer_format": answer_format(st)}
+
+
+PROMPT_TEMPLATE = "{{ header }}\nAllowed actions:\n{{ allowed }}\nShell output:\n{{ shell_output }}\n{{ answer_format }}"
+
+
+def join_prompt(v: dict[str, str]) -> str:
+    return f"{v['header']}\nAllowed actions:\n{v['allowed']}\nShell output:\n{v['shell_output']}\n{v['answer_format']}"
+
+
+def answer(st: Step, label: dict[str, Any], name_of: dict[str, str]) -> str:
+    """The decision as one JSON object, keys in the step's order (what it read before what it does)."""
+    obj: dict[str, Any] = {}
+    for k in st.fields:
+        obj[k] = name_of[label["action"]] if k == "action" else label.get(k, "" if k != "preserve" else False)
+    return json.dumps(obj)
+
+
+def misreading(st: Step, label: dict[str, Any], r: random.Random) -> dict[str, Any]:
+    """A coherent wrong decision: another allowed action, with that action's own reason."""
+    wrong = r.choice([a for a in st.actions if a.id != label["action"]])
+    return dict(label, action=wrong.id, reason=wrong.rule.split(":")[0].split(",")[0][:60],
+                **({"preserve": not label["preserve"]} if "preserve" in label else {}))
+
+
+# ----------------------------------------------------------------------------------- corpus
+def sessions(role: str, seed: int = 0, reps: int = 3, prompts_per_case: int = 3, progress: bool = False) -> list[Any]:
+    """Training sessions of `role`: every case of the training families, each rendered
+    `prompts_per_case` times (the allowed actions in another order and words), each as a success
+    and a coherent misreading that shares its prompt (DPO material)."""
+    from gt_ext.corpus.sample_town import SampleSession
+
+    cases = evidence(role, stage_mod.TRAIN_LAYOUTS, reps, seed, progress)
+    r = random.Random(f"sessions:{seed}:{role}")
+    out = []
+    for i, case in enumerate(cases):
+        st = step(case["step"])
+        lay = stage_mod.LAYOUTS[case["layout"]]
+        user = {"witness": f"{lay.rig}/witness", "refinery": f"{lay.rig}/refinery", "deacon": "deacon",
+                "dog": f"deacon/dogs/{lay.dogs[0]}"}[role]
+        for k in range(prompts_per_case):
+            acts = allowed(st, "train", r)
+            names = {aid: n for aid, n, _ in acts}
+            prompt = join_prompt(prompt_vars(case, acts))
+            good = answer(st, case["label"], names)
+            bad = answer(st, misreading(st, case["label"], r), names)
+            base = f"patrol-{role}-{seed}-{i:05d}-{k}"
+            t = f"2026-03-{2 + i % 27:02d}T{8 + k:02d}:{i % 60:02d}:00+00:00"
+            msgs = [{"role": "user", "content": prompt}]
+            out.append(SampleSession(role, "patrol", lay.rig if role in ("witness", "refinery") else None, None,
+                                     "failure", f"{base}-f", user, t, msgs + [{"role": "assistant", "content": bad}]))
+            out.append(SampleSession(role, "patrol", lay.rig if role in ("witness", "refinery") else None, None,
+                                     "success", f"{base}-s", user, t, msgs + [{"role": "assistant", "content": good}]))
+    return out
+
+
+# ----------------------------------------------------------------------------------- suites
+def suite_tests(role: str, seed: int = 0, reps: int = 2, progress: bool = False) -> list[dict[str, Any]]:
+    """promptfoo tests of the held-out families of `role` (layouts c and r)."""
+    cases = evidence(role, stage_mod.HELDOUT_LAYOUTS, reps, seed, progress)
+    r = random.Random(f"suite:{seed}:{role}")
+    tests = []
+    for _i, case in enumerate(cases):
+        st = step(case["step"])
+        acts = allowed(st, "reworded" if case["layout"] == "r" else "train", r)
+        names = {aid: n for aid, n, _ in acts}
+        lab = case["label"]
+        v: dict[str, Any] = prompt_vars(case, acts)
+        v.update(step=st.key, family=case["family"], expect=names[lab["action"]], expect_id=lab["action"],
+                 allowed_names="|".join(n for _, n, _ in acts), noop=names[st.noop.id] if st.noop else "")
+        if lab.get("target"):
+            v["target"] = str(lab["target"]).lower()
+        if lab.get("preserve") is True:
+            v["preserve"] = "true"
+        tests.append({"description": f"{case['family']}:{case['situation']}:{case['rep']}",
+                      "metadata": {"category": st.id, "family": case["family"]}, "vars": v})
+    return tests
+
+
+SUITE_YAML = """# Patrol decisions of the {role} at the steps of Gas Town's own patrol formulas, on held-out
+# scenario families (towns never used for training; family `r` lists the actions reworded and
+# reordered). Generated by `gt-ext corpus patrol-suite --role {role}` from evidence staged with the
+# real bd, git, tmux and dolt; do not edit by hand.
+name: {role}-patrol
+role: {role}
+system_prompt: role
+max_new_tokens: 48
+# Only what the tools printed is case-specific: the header, the allowed actions, the answer format
+# and the `$ cmd` lines are the step's own text, shared with training by design. Tool output repeats
+# its own phrasing (git, pytest, tmux), so a task is refused when more than half of its output
+# 8-grams are in the corpus (a copied case shares all of them).
+guard_vars: [shell_output]
+guard_skip_commands: true
+max_overlap: 0.5
+patrol_report: true
+"""
+
+CONFIG_YAML = """description: {role} patrol decisions (gastown-finetune's own suite, held-out families)
+prompts:
+  - file://prompt.txt
+providers:
+  - id: echo   # replaced by the model under test in gt-ext eval
+defaultTest:
+  options:
+    # grade the first balanced {{...}} object of the answer
+    transform: |
+      const s = String(output); const i = s.indexOf('{{');
+      if (i < 0) return s;
+      let depth = 0, inStr = false, esc = false;
+      for (let j = i; j < s.length; j++) {{
+        const c = s[j];
+        if (inStr) {{ if (esc) esc = false; else if (c === '\\\\') esc = true; else if (c === '"') inStr = false; continue; }}
+        if (c === '"') inStr = true;
+        else if (c === '{{') depth++;
+        else if (c === '}}' && --depth === 0) return s.slice(i, j + 1);
+      }}
+      return s.slice(i);
+  assert:
+    - type: is-json
+    - type: javascript
+      value: "String(JSON.parse(output).action || '').toLowerCase().trim() === context.vars.expect"
+    - type: javascript
+      value: "!context.vars.target || String(JSON.parse(output).target || '').toLowerCase().includes(context.vars.target)"
+    - type: javascript
+      value: "!context.vars.preserve || JSON.parse(output).preserve === true || JSON.parse(output).preserve === 'true'"
+tests: file://tests.yaml
+"""
+
+
+def write_suite(role: str, out_dir: Path, seed: int = 0, reps: int = 2, progress: bool = False) -> int:
+    """Write the held-out patrol suite of `role` into `out_dir`; returns the number of tests."""
+    import yaml
+
+    if role not in ROLES:
+        raise GtExtError(f"--role must be one of {', '.join(ROLES)}, got {role!r}")
+    tests = suite_tests(role, seed, reps, progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "prompt.txt", PROMPT_TEMPLATE + "\n")
+    atomic_write_text(out_dir / "suite.yaml", SUITE_YAML.format(role=role))
+    atomic_write_text(out_dir / "promptfooconfig.yaml", CONFIG_YAML.format(role=role))
+    atomic_write_text(out_dir / "tests.yaml", f"# {len(tests)} held-out {role} patrol decisions (generated)\n"
+                      + yaml.safe_dump(tests, sort_keys=False, allow_unicode=True, width=200))
+    return len(tests)

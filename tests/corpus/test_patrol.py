@@ -1,0 +1,86 @@
+"""Formula patrol decisions: the step catalog, staging with the real tools, labels, prompts."""
+
+import json
+import random
+
+import pytest
+
+from gt_ext.corpus.patrol import build, stage
+from gt_ext.corpus.patrol.steps import ROLES, STEPS, steps_for
+
+
+def test_every_step_is_staged_and_its_situations_name_its_actions():
+    assert set(stage.SCENARIOS) == {s.key for s in STEPS}
+    for s in STEPS:
+        ids = {a.id for a in s.actions}
+        situations = stage.SCENARIOS[s.key][3]
+        assert set(situations.values()) == ids, s.key  # every allowed action is some situation's answer
+        assert "action" in s.fields and "reason" in s.fields
+        assert sum(a.noop for a in s.actions) <= 1
+
+
+def test_reworded_names_never_appear_in_training():
+    for s in STEPS:
+        train = {n for a in s.actions for n in a.names}
+        assert not train & {a.heldout for a in s.actions}, s.key
+        assert len(train) == sum(len(a.names) for a in s.actions), f"{s.key}: a name lists two actions"
+
+
+def test_held_out_layouts_share_no_names_with_training():
+    train = {n for k in stage.TRAIN_LAYOUTS for n in (*stage.LAYOUTS[k].polecats, stage.LAYOUTS[k].rig)}
+    held = {n for k in stage.HELDOUT_LAYOUTS for n in (*stage.LAYOUTS[k].polecats, stage.LAYOUTS[k].rig)}
+    assert not train & held
+
+
+def test_prompt_lists_actions_in_the_wording_it_is_given():
+    st = steps_for("witness")[0]
+    case = {"step": st.key, "layout": "r", "evidence": "$ tmux ls\nno server running", "label": {}}
+    acts = build.allowed(st, "reworded", random.Random(0))
+    text = build.join_prompt(build.prompt_vars(case, acts))
+    assert [a for a, _, _ in acts] == [a.id for a in reversed(st.actions)]
+    for a in st.actions:
+        assert f"- {a.heldout}: {a.reworded}" in text
+    assert "Formula mol-witness-patrol, step survey-workers" in text and "rig docsite" in text
+
+
+def test_answer_keeps_the_steps_field_order_and_the_listed_name():
+    st = next(s for s in STEPS if s.id == "process-cleanups")
+    label = {"action": "commit", "target": "nux", "preserve": True, "reason": "uncommitted changes"}
+    out = json.loads(build.answer(st, label, {"commit": "save-work"}))
+    assert list(out) == ["target", "reason", "preserve", "action"] and out["action"] == "save-work"
+    wrong = build.misreading(st, label, random.Random(1))
+    assert wrong["action"] != "commit" and wrong["reason"] == st.action(wrong["action"]).rule.split(":")[0].split(",")[0][:60]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("key", ["witness/process-cleanups", "refinery/merge-push", "dog/cleanup"])
+def test_staged_evidence_reads_as_the_situation_it_stages(key, bd_bin, dolt_bin, tmp_path, monkeypatch):
+    """Real bd/git/tmux/dolt output for every situation of the step; the formula's rule applied to
+    that output gives the situation's action."""
+    monkeypatch.setenv("GT_EXT_HOME", str(tmp_path / "home"))
+    cases = build.stage_family(key, "a", reps=1)
+    want = stage.SCENARIOS[key][3]
+    assert {c["situation"]: c["label"]["action"] for c in cases} == want
+    for c in cases:
+        assert c["evidence"].startswith("$ ") or c["evidence"].startswith("Config:")
+        assert "/tmp/gt-scratch" not in c["evidence"]
+
+
+def test_sessions_pair_each_decision_with_a_misreading(monkeypatch, tmp_path):
+    """Training sessions come from the training families only, success and failure share the prompt."""
+    seen = []
+
+    def fake_evidence(role, layouts, reps, seed=0, progress=False):
+        seen.append(layouts)
+        st = steps_for(role)[0]
+        return [{"step": st.key, "family": f"{st.key}@a", "layout": "a", "situation": "x", "rep": 0,
+                 "evidence": "$ date -u +%H:%M\n10:00", "label": {"action": st.actions[0].id, "target": "nux",
+                                                                 "reason": "r"}}]
+
+    monkeypatch.setattr(build, "evidence", fake_evidence)
+    made = build.sessions("deacon", reps=1, prompts_per_case=2)
+    assert seen == [stage.TRAIN_LAYOUTS] and len(made) == 4
+    fail, ok = made[0], made[1]
+    assert (fail.outcome, ok.outcome) == ("failure", "success")
+    assert fail.messages[0] == ok.messages[0] and fail.messages[1] != ok.messages[1]
+    assert {s.role for s in made} == {"deacon"} and set(ROLES) >= {"deacon"}
