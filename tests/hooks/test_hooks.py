@@ -86,6 +86,8 @@ def test_create_and_update_queue_rag_events_and_a_failing_spool_never_blocks_bd(
     # the chained hook still runs; the hook says what failed on stderr.
     (hooks / ".gt-ext-spool").write_text(str(hooks / "on_create") + "/spool\n")
     (hooks / ".gt-ext-rag").write_text(str(hooks / "on_create") + "/rag\n")
+    (hooks / ".gt-ext-pending").write_text("")  # and no fallback next to the hook either
+    (hooks / ".gt-ext-rag-pending").write_text("")
     (hooks / "on_close.chained").write_text(f"#!/bin/sh\necho closed > {marker}\n")
     (hooks / "on_close.chained").chmod(0o755)
     r = subprocess.run([str(hooks / "on_close"), "hq-7", "close"], input=b'{"id": "hq-7"}', env=env,
