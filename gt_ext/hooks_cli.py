@@ -19,7 +19,6 @@ The hooks only spool (see `gt_ext.corpus.spool`, `gt_ext.rag.queue`); `gt-ext co
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -30,11 +29,11 @@ import typer
 from gt_ext.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from gt_ext.corpus.spool import PROCESS_ON_END, processor_argv
 from gt_ext.errors import GtExtError
+from gt_ext.gastown import hooks
 from gt_ext.rag.queue import queue_dir, reindex_trigger_argv
 
 app = typer.Typer(help="Install the corpus and RAG hooks (bead on_create/on_update/on_close, session shutdown).",
-                  no_args_is_help=True,
-                  add_completion=False)
+                  no_args_is_help=True, add_completion=False)
 
 MARKER = "gt-ext-hook: corpus spool"
 RAG_HOOKS = ("on_create", "on_update")  # on_close queues RAG events too
@@ -72,68 +71,21 @@ def _town(town: Path | None):
     return t
 
 
-def install_bead_hook(beads_dir: Path, spool: Path, processor: list[str] | None = None,
-                      hook: str = "on_close") -> str:
+def install_bead_hook(beads_dir: Path, spool: Path, processor: list[str] | None = None, hook: str = "on_close",
+                      rag_queue: Path | None = None, rag_processor: list[str] | None = None) -> str:
     """Install our script as `hook` (on_close, on_create or on_update) into one beads folder;
     returns installed | updated | chained (a foreign hook of that name now runs as `<hook>.chained`).
 
     `processor`: argv the hook starts (detached) after spooling; None leaves processing to
-    `gt-ext corpus process`."""
-    hooks = Path(beads_dir) / "hooks"
-    hooks.mkdir(parents=True, exist_ok=True)
-    target = hooks / hook
-    state = "installed"
-    if target.exists() or target.is_symlink():
-        try:
-            ours = MARKER in target.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            ours = False
-        if ours:
-            state = "updated"
-        else:
-            chained = hooks / f"{hook}.chained"
-            if chained.exists():
-                raise GtExtError(f"{target} is not ours and {chained} already exists: move one of them away first")
-            os.replace(target, chained)
-            if not os.access(chained, os.X_OK):
-                os.chmod(chained, chained.stat().st_mode | 0o111)
-            state = "chained"
-    atomic_write_text(hooks / ".gt-ext-spool", str(spool) + "\n", mode=0o644)
-    _write_processor(hooks, processor)
-    atomic_write_bytes(target, _script(hook), mode=0o755)
-    return state
+    `gt-ext corpus process`. `rag_queue`: where the bead hooks queue RAG reindex events (None: they
+    queue none), `rag_processor`: what they start for them (`gt-ext rag reindex --trigger`)."""
+    def js(v: list[str] | None) -> bytes | None:
+        return (json.dumps(v) + "\n").encode() if v else None
 
-
-def install_rag_queue(beads_dir: Path, queue: Path | None, processor: list[str] | None) -> None:
-    """Tell the bead hooks of one beads folder where RAG reindex events go (`.gt-ext-rag`) and
-    what to start for them (`.gt-ext-rag-process`); `queue` None removes both (no RAG events)."""
-    hooks = Path(beads_dir) / "hooks"
-    for name, value in ((".gt-ext-rag", queue), (".gt-ext-rag-process", processor if queue else None)):
-        p = hooks / name
-        if value is None:
-            if p.exists():
-                p.unlink()
-        elif isinstance(value, list):
-            atomic_write_json(p, value)
-        else:
-            atomic_write_text(p, str(value) + "\n", mode=0o644)
-
-
-def _write_processor(hooks: Path, processor: list[str] | None) -> None:
-    p = hooks / ".gt-ext-process"
-    if processor:
-        atomic_write_json(p, processor)
-    elif p.exists():
-        p.unlink()
-
-
-def default_gt_home() -> Path:
-    """gt's user folder as gt itself finds it: $GT_EXT_GT_HOME, else `$GT_HOME/.gt`, else ~/.gt."""
-    if os.environ.get("GT_EXT_GT_HOME"):
-        return Path(os.environ["GT_EXT_GT_HOME"])
-    if os.environ.get("GT_HOME"):
-        return Path(os.environ["GT_HOME"]) / ".gt"
-    return Path.home() / ".gt"
+    sidecars = {".gt-ext-spool": (str(spool) + "\n").encode(), ".gt-ext-process": js(processor),
+                ".gt-ext-rag": (str(rag_queue) + "\n").encode() if rag_queue else None,
+                ".gt-ext-rag-process": js(rag_processor) if rag_queue else None}
+    return hooks.install_bead_hook(beads_dir, hook, _script(hook), MARKER, sidecars)
 
 
 def pi_agent_dir() -> Path:
@@ -168,36 +120,8 @@ def install_pi_extension(agent_dir: Path) -> str:
 
 
 def install_stop_override(gt_home: Path, target: str, command: str) -> str:
-    """Add our Stop entry to `<gt_home>/hooks-overrides/<target>.json`, keeping everything else.
-
-    gt refuses an override file with two entries of one matcher, so when a `"*"` Stop entry is
-    already there our command joins its hooks instead of adding a second `"*"` entry."""
-    path = gt_home / "hooks-overrides" / f"{target.replace('/', '__')}.json"
-    data: dict[str, Any] = {}
-    if path.exists():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8") or "{}")
-        except json.JSONDecodeError as e:
-            raise GtExtError(f"{path}:{e.lineno}: invalid JSON, not modified") from None
-        if not isinstance(data, dict):
-            raise GtExtError(f"{path}: expected a JSON object, not modified")
-    entries = data.setdefault("Stop", [])
-    if not isinstance(entries, list):
-        raise GtExtError(f"{path}: Stop must be a list, not modified")
-    for e in entries:
-        for h in (e.get("hooks") or []) if isinstance(e, dict) else []:
-            if isinstance(h, dict) and h.get("command") == command:
-                return "present"
-    ours = {"type": "command", "command": command}
-    shared = next((e for e in entries if isinstance(e, dict) and e.get("matcher") == STOP_MATCHER), None)
-    if shared is not None:
-        if not isinstance(shared.get("hooks"), list):
-            raise GtExtError(f"{path}: Stop entry {STOP_MATCHER!r} has no hooks list, not modified")
-        shared["hooks"].append(ours)
-    else:
-        entries.append({"matcher": STOP_MATCHER, "hooks": [ours]})
-    atomic_write_json(path, data)
-    return "added"
+    """Our Claude `Stop` entry in gt's hooks-override file of `target` (see `gastown.hooks`)."""
+    return hooks.add_hook_override(gt_home, target, "Stop", STOP_MATCHER, command)
 
 
 def install(town: Path | None = None, gt_home: Path | None = None, claude_stop: bool = True,
@@ -225,17 +149,17 @@ def install(town: Path | None = None, gt_home: Path | None = None, claude_stop: 
     rag_processor = reindex_trigger_argv(t.root) if rag and auto_process else None
     report["rag"] = {"queue": str(rag_queue) if rag_queue else None, "hooks": {}}
     for name, d in sorted(dirs.items()):
-        report["beads"][name] = install_bead_hook(d, spool, processor, "on_close")
+        report["beads"][name] = install_bead_hook(d, spool, processor, "on_close", rag_queue, rag_processor)
         if rag:
-            report["rag"]["hooks"][name] = {h: install_bead_hook(d, spool, processor, h) for h in RAG_HOOKS}
-        install_rag_queue(d, rag_queue, rag_processor)
+            report["rag"]["hooks"][name] = {h: install_bead_hook(d, spool, processor, h, rag_queue, rag_processor)
+                                            for h in RAG_HOOKS}
     hooks_dir = store / "hooks"
     hooks_dir.mkdir(parents=True, exist_ok=True)
     shutdown = hooks_dir / "session_shutdown"
     atomic_write_bytes(shutdown, _script("session_shutdown"), mode=0o755)
     atomic_write_text(hooks_dir / ".gt-ext-spool", str(spool) + "\n", mode=0o644)
-    # A node0 session that ends starts the processor itself (serve.agent.PROCESS_ON_END); Claude's
-    # Stop fires every turn, so its hook only spools.
+    # A node0 session that ends starts the processor itself (serve.agent.spool_session_end);
+    # Claude's Stop fires every turn, so its hook only spools.
     on_end = hooks_dir / PROCESS_ON_END
     if processor:
         atomic_write_json(on_end, processor)
@@ -243,7 +167,7 @@ def install(town: Path | None = None, gt_home: Path | None = None, claude_stop: 
         on_end.unlink()
     report["session_shutdown"] = str(shutdown)
     if claude_stop:
-        home = gt_home or default_gt_home()
+        home = gt_home or hooks.default_gt_home()
         for target in OVERRIDE_TARGETS:
             # Claude runs hook commands through a shell: quote a town path with spaces.
             report["overrides"][target] = install_stop_override(home, target, shlex.quote(str(shutdown)))
@@ -261,13 +185,10 @@ def status(town: Path | None = None) -> dict[str, Any]:
     t = _town(town)
     out: dict[str, Any] = {"town": str(t.root), "beads": {}}
     for name, d in sorted(t.beads_dirs().items()):
-        row: dict[str, Any] = {}
-        for h in ("on_close", *RAG_HOOKS):
-            hook = d / "hooks" / h
-            ours = hook.is_file() and MARKER in hook.read_text(encoding="utf-8", errors="replace")
-            row[h] = "ours" if ours else ("foreign" if hook.exists() else "none")
-        row["chained"] = (d / "hooks" / "on_close.chained").exists()
-        row["rag"] = (d / "hooks" / ".gt-ext-rag").is_file()
+        st = hooks.bead_hook_state(d, "on_close", MARKER)
+        row: dict[str, Any] = {"on_close": st["state"]}
+        row |= {h: hooks.bead_hook_state(d, h, MARKER)["state"] for h in RAG_HOOKS}
+        row |= {"chained": st["chained"], "rag": (hooks.bead_hooks_dir(d) / ".gt-ext-rag").is_file()}
         out["beads"][name] = row
     spool = t.root / ".corpus" / "spool"
     out["spool_pending"] = len(list(spool.glob("*.json"))) if spool.is_dir() else 0

@@ -41,9 +41,22 @@ def train(
     fingerprint: bool = typer.Option(True, "--fingerprint/--no-fingerprint",
                                      help="in a town: record its conventions (docs, formulas, settings, directives, "
                                           "the role's gt prime) in RUN_DIR/conventions.json, for `gt model stale`"),
+    backend: str = typer.Option("local", "--backend", help="local (one process) or pipeline (node0 stages, docs/pipeline.md)"),
+    stages: int = typer.Option(None, "--stages", help="pipeline: start this many local stage servers (unless --initial-peers)"),
+    run_name: str = typer.Option(None, "--run", help="pipeline: run name the stages were started with"),
+    initial_peers: list[str] = typer.Option(None, "--initial-peers", help="pipeline: multiaddr of a running stage (repeatable)"),
+    swarm_key: Path = typer.Option(None, "--swarm-key", help="pipeline: swarm key file (or $GT_SWARM_KEY_FILE)"),
+    compression_rate: int = typer.Option(None, "--compression-rate", help="pipeline, local stages: node0 activation compression"),
+    subspace: Path = typer.Option(None, "--subspace", help="pipeline, local stages: subspace file for compression"),
+    node0: Path = typer.Option(None, "--node0", help="pipeline, local stages: node0 checkout (default $NODE0_PATH)"),
 ) -> None:
     """Train an adapter: `gt-ext train --role R --corpus DIR [--task T] [--config F] [--out RUN_DIR] [k=v ...]`."""
     from gt_ext.train.run import prepare, run_training
+
+    if backend not in ("local", "pipeline"):
+        raise GtExtError(f"--backend {backend!r}: use local or pipeline")
+    if backend == "pipeline" and not stages and not initial_peers:
+        raise GtExtError("--backend pipeline needs --stages N (local stage servers) or --initial-peers ADDR (running ones)")
 
     prepared = prepare(role, corpus, task, config, list(overrides or []))
     if dry_run:
@@ -71,8 +84,15 @@ def train(
         from gt_ext.train.runfolder import check_new_or_resumable
 
         check_new_or_resumable(out, config_to_dict(prepared.cfg), resume)  # before writing into it
-        extra = _fingerprint(role, out)
-    final = run_training(prepared, out, resume=resume, progress=progress, extra=extra)
+        extra = _fingerprint(role, out)  # RUN_DIR/conventions.json (both backends); run.json's summary
+    if backend == "pipeline":
+        from gt_ext.pipeline.trainer import pipeline_settings, run_pipeline_training
+
+        settings = pipeline_settings(out, run_name or role, stages, initial_peers or [], swarm_key,
+                                     compression_rate, subspace, node0)
+        final = run_pipeline_training(prepared, out, settings, resume=resume, progress=progress)
+    else:
+        final = run_training(prepared, out, resume=resume, progress=progress, extra=extra)
     m = final["metrics"]
     if as_json:
         print(json.dumps({"run_dir": str(out), **final}, indent=2))
