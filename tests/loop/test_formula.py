@@ -15,9 +15,10 @@ def test_improve_role_steps_in_order_and_gated():
     f = find_formula("improve-role")
     assert f is not None and f.restart_when_done
     steps = [s.id for s in f.ordered_steps()]
-    assert steps == ["collect", "stale-check", "export-corpus", "train", "export", "eval", "register", "report"]
+    assert steps == ["collect", "stale-check", "export-corpus", "validate", "train", "export", "eval", "register",
+                     "report"]
     gated = {s.id for s in f.steps if s.run and s.run.startswith("gt-ext loop when-stale")}
-    assert gated == {"export-corpus", "train", "export", "eval", "register"}  # deploy is not a step
+    assert gated == {"export-corpus", "validate", "train", "export", "eval", "register"}  # deploy is not a step
     assert all("deploy" not in (s.run or "") for s in f.steps)
 
 
