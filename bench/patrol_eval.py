@@ -49,7 +49,6 @@ def _direct(role: str, home: Path, out: Path, suite: str, a: argparse.Namespace)
     """Store -> export -> train -> score, in this process (the formula's steps minus its dry run,
     GGUF export and registry)."""
     from gt_ext.corpus.shards import write_shards
-
     from gt_ext.corpus.store import Store
     from gt_ext.train.run import prepare, run_training
 

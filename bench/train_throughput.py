@@ -157,7 +157,7 @@ def witness_items(tok, max_length: int = 1024):
     with tempfile.TemporaryDirectory() as d:
         st = Store.open(Path(d) / "c")
         ingest_sessions(st, generate(0, witness=60, per_role=2))
-        write_shards(st, Path(d) / "out", val_pct=10)
+        write_shards(st, Path(d) / "out", val_pct=10, all_rigs=True)  # the sample town pools its rigs
         items, _ = load_items(Path(d) / "out", "sft", "witness", None, "train", tok, max_length)
     return items
 

@@ -44,7 +44,7 @@ def build_corpus(out: Path, seed: int) -> Path:
         return corpus
     with Store.open(out / "store") as st:
         ingest_sessions(st, generate(seed=seed, reports=REPORTS))
-        write_shards(st, corpus)
+        write_shards(st, corpus, all_rigs=True)  # the sample town pools its rigs: one witness corpus
     return corpus
 
 

@@ -10,7 +10,8 @@ current one in place. Text longer than one example allows is stored as several p
 version, cut at markdown headings.
 
 Prime output is taken with `gt prime --dry-run` (no identity lock, handoff marker, `bd prime` or
-mail injection: nothing changes for the live agent), without gt's per-run session banner. It
+mail injection: nothing changes for the live agent) in bd's read-only mode (no patrol wisp is
+spawned: the town's beads are left exactly as they were), without gt's per-run session banner. It
 reflects the role's hook at that moment, so it changes when the agent's hooked work does.
 """
 
@@ -27,6 +28,7 @@ from gt_ext.corpus.gates import MAX_TOTAL_CHARS
 from gt_ext.corpus.ingest import Ingestor, Source, Tags
 from gt_ext.corpus.store import Store
 from gt_ext.corpus.tags import role_from_actor
+from gt_ext.gastown.town import STATE_DIRS
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ PRIME_SOURCE = "gt-prime"
 # One example's share of a version: room is left for the system and user turns.
 PART_CHARS = MAX_TOTAL_CHARS - 1_000
 _NAMES = {"CLAUDE.md", "AGENTS.md"}
-_SKIP_DIRS = {".git", "node_modules", ".corpus", ".dolt-data", "embeddeddolt", ".venv", "__pycache__", ".runtime"}
+_SKIP_DIRS = {".git", "node_modules", ".corpus", ".venv", "__pycache__"} | STATE_DIRS
 
 
 def find_artifacts(town_root: Path, max_depth: int = 5) -> list[Path]:
@@ -163,6 +165,23 @@ def _store_version(ing: Ingestor, key: str, text: str, kind: str, question: str,
     return "new"
 
 
+def release_version(store: Store, example_id: str, reason: str = "released by reviewer") -> list[str]:
+    """A reviewer accepts an artifact version held for review (a reversion): every part of it
+    becomes the current version of its artifact (as of now), and the version it replaces is
+    superseded. Returns the ids made active. Call inside `store.tx()`."""
+    row = store.db.execute("SELECT artifact_key, source_hash FROM examples WHERE id = ?", (example_id,)).fetchone()
+    if row is None or row["artifact_key"] is None:
+        raise ValueError(f"{example_id} is not an artifact version")
+    key, h = row["artifact_key"], row["source_hash"]
+    store.db.execute("UPDATE examples SET status = 'superseded', reason = ? WHERE artifact_key = ? AND status = 'active' "
+                     "AND source_hash != ?", (f"superseded: {key} (reviewed reversion)", key, h))
+    ids = [r["id"] for r in store.db.execute("SELECT id FROM examples WHERE artifact_key = ? AND source_hash = ? "
+                                             "AND status IN ('review', 'superseded')", (key, h))]
+    store.db.executemany("UPDATE examples SET status = 'active', reason = ?, created = ? WHERE id = ?",
+                         [(reason, time.time(), i) for i in ids])
+    return ids
+
+
 def ingest_artifact(ing: Ingestor, town_root: Path, path: Path) -> str:
     """Store one artifact version; returns new | unchanged | superseded-old | revert-flagged | skipped."""
     try:
@@ -207,7 +226,8 @@ def collect_prime(store: Store, town_root: Path, env: Mapping[str, str] | None =
     counts: dict[str, int] = {}
     outputs = []
     for t in targets:  # gt first, without the lock: each run takes seconds
-        out = gt_prime(t.role, town_root, t.rig, t.workdir, dry_run=True, timeout=timeout, env=env)
+        # read_only: bd refuses the patrol wisp gt would spawn, so collecting leaves the town unchanged.
+        out = gt_prime(t.role, town_root, t.rig, t.workdir, dry_run=True, read_only=True, timeout=timeout, env=env)
         if out is None:
             counts["failed"] = counts.get("failed", 0) + 1
             continue

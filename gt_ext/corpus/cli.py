@@ -176,16 +176,17 @@ def audit(sample: Annotated[int, typer.Option(help="How many scrubbed examples t
 
 @quarantine_app.command("list")
 def q_list(as_json: JsonOpt = False) -> None:
-    """Examples in quarantine, with the reason."""
+    """The review queue: examples in quarantine (uncertain secrets, parse errors, new detector hits)
+    and under review (reversions of a recent artifact change, odd batches), with the reason."""
     with _store() as st:
-        rows = [e.summary() for e in st.query(status="quarantined")]
+        rows = [e.summary() for e in st.query(status="quarantined") + st.query(status="review")]
     if as_json:
         _print_json(rows)
         return
     for r in rows:
-        print(f"{r['id'][:16]}  {r['source']:<12} {r['role'] or '-':<9} {r['reason']}")
+        print(f"{r['id'][:16]}  {r['status']:<11} {r['source']:<12} {r['role'] or '-':<9} {r['reason']}")
     if not rows:
-        print("quarantine is empty")
+        print("nothing in quarantine or under review")
 
 
 @quarantine_app.command("show")
@@ -212,6 +213,14 @@ def q_release(example_id: str) -> None:
             raise GtExtError(f"example {ex.id[:12]} is {ex.status}, not in quarantine or review")
         if ex.messages is None:
             raise GtExtError(f"example {ex.id[:12]} could not be parsed ({ex.reason}): drop it and fix the source")
+        if ex.status == "review" and ex.artifact_key:
+            # An artifact version held for review (a reversion): releasing it applies it.
+            from gt_ext.corpus.artifacts import release_version
+
+            with st.tx():
+                ids = release_version(st, ex.id)
+            print(f"released {ex.id[:12]}: now the current version of {ex.artifact_key} ({len(ids)} part(s))")
+            return
         st.set_status(ex.id, "active", "released by reviewer")
     print(f"released {ex.id[:12]}")
 
@@ -227,16 +236,48 @@ def q_drop(example_id: str) -> None:
     print(f"dropped {ex.id[:12]}")
 
 
+def _job_rig(rig: str | None) -> str | None:
+    """The rig an export is for: --rig, else GT_RIG (set by gt in a rig's sessions), else the rig
+    whose folder holds the current directory; None = town level."""
+    import os
+
+    if rig:
+        return rig
+    if os.environ.get("GT_RIG"):
+        return os.environ["GT_RIG"]
+    town = _town_root()
+    if town is not None:
+        try:
+            rel = Path.cwd().resolve().relative_to(Path(town).resolve())
+        except ValueError:
+            return None
+        if rel.parts and (Path(town) / rel.parts[0] / "settings").is_dir() and rel.parts[0] != "settings":
+            return rel.parts[0]
+    return None
+
+
 @app.command()
 def export(out: Annotated[Path, typer.Option("--out", help="Folder to write (manifest.json, sft/, dpo/).")],
-           rig: Annotated[str | None, typer.Option(help="Export for one rig (plus rigs that share).")] = None,
+           rig: Annotated[str | None, typer.Option(help="The job's rig: its examples, town-level ones and those of rigs that share "
+                                                        "(default: $GT_RIG, else the rig of the current folder, else town-level only).")] = None,
+           all_rigs: Annotated[bool, typer.Option("--all-rigs", help="Every rig's examples, shared or not (an explicit choice).")] = False,
+           role: Annotated[str | None, typer.Option(help="Only this role's examples.")] = None,
+           stale_sessions: Annotated[str, typer.Option("--stale-sessions", help="Sessions recorded before a convention artifact "
+                                                       "(CLAUDE.md, formula, ...) changed: drop, keep or weight=W (keep a share W).")] = "drop",
            val_pct: Annotated[int, typer.Option(help="Percent of prompts held out for validation.")] = 10,
            overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --out.")] = False,
            if_missing: Annotated[bool, typer.Option(help="Keep an existing export in --out (formulas given a corpus_path).")] = False,
            as_json: JsonOpt = False) -> None:
-    """Write SFT and DPO shards with a manifest (counts, file hashes, one corpus hash)."""
-    from gt_ext.corpus.shards import MANIFEST, read_manifest, write_shards
+    """Write SFT and DPO shards with a manifest (counts, file hashes, one corpus hash).
 
+    Rig-local by default: a rig's examples leave it only when the rig opted in to sharing in its own
+    settings (`<town>/<rig>/settings/gt-ext.json` `{"corpus": {"share": true}}`)."""
+    from gt_ext.corpus.shards import MANIFEST, StalePolicy, read_manifest, write_shards
+    from gt_ext.roles import check_role
+
+    policy = StalePolicy.parse(stale_sessions)
+    if role:
+        check_role(role)
     if if_missing and (out / MANIFEST).is_file():
         m = read_manifest(out)
         if as_json:
@@ -246,13 +287,17 @@ def export(out: Annotated[Path, typer.Option("--out", help="Folder to write (man
         return
 
     with _store() as st:
-        m = write_shards(st, out, rig=rig, val_pct=val_pct, overwrite=overwrite)
+        m = write_shards(st, out, rig=None if all_rigs else _job_rig(rig), val_pct=val_pct, overwrite=overwrite,
+                         all_rigs=all_rigs, role=role, stale=policy)
     if as_json:
         _print_json(m)
         return
     n_sft = sum(v for r in m["counts"]["sft"].values() for t in r.values() for v in t.values())
     n_dpo = sum(v for r in m["counts"]["dpo"].values() for t in r.values() for v in t.values())
-    print(f"wrote {out}: {n_sft} sft examples, {n_dpo} dpo pairs, corpus_hash {m['corpus_hash'][:16]}")
+    st_ = m["stale_sessions"]
+    print(f"wrote {out} ({m['scope']}): {n_sft} sft examples, {n_dpo} dpo pairs, corpus_hash {m['corpus_hash'][:16]}")
+    if st_["stale"]:
+        print(f"  {st_['stale']} session example(s) predate a convention change ({st_['policy']}: {st_['exported']} exported)")
 
 
 @app.command()
@@ -282,6 +327,11 @@ def process(claude_dir: Annotated[Path | None, typer.Option(help="Claude project
             _print_json(rep.to_dict() if rep else {"busy": True})
         return
     with _store() as st:
+        from gt_ext.corpus.rescan import detectors_changed
+
+        if detectors_changed(st):
+            print("warning: the scrubber's detectors changed since this corpus was scrubbed: run `gt corpus rescan`",
+                  file=sys.stderr)
         rep = process_spool(st, town, claude_dir, progress=not as_json and sys.stderr.isatty())
         reports = [rep]
         if scan:
@@ -319,6 +369,28 @@ def process(claude_dir: Annotated[Path | None, typer.Option(help="Claude project
         print(f"  batch flagged for review: {f}")
     if "artifacts" in merged:
         print("  artifacts: " + (", ".join(f"{k}={v}" for k, v in merged["artifacts"].items()) or "none found"))
+
+
+@app.command()
+def rescan(force: Annotated[bool, typer.Option(help="Rescan even when the detectors did not change.")] = False,
+           as_json: JsonOpt = False) -> None:
+    """Re-scrub stored examples with the current detectors; new hits go to quarantine.
+
+    Runs when the scrubber's detectors changed since the examples were stored (a new release), or
+    with --force. Stored text is not rewritten: review the quarantine (`gt corpus quarantine list`)."""
+    from gt_ext.corpus.rescan import rescan as run_rescan
+
+    with _store() as st:
+        rep = run_rescan(st, force=force)
+    if as_json:
+        _print_json(rep)
+        return
+    if rep["skipped"]:
+        print(f"detectors unchanged ({rep['current']}): nothing to rescan (--force rescans anyway)")
+        return
+    print(f"rescanned {rep['rescanned']} example(s) with detectors {rep['current']} (were {rep['previous'] or 'unknown'}): "
+          f"{rep['quarantined']} quarantined" + (f" ({', '.join(f'{k} {v}' for k, v in rep['findings'].items())})"
+                                                  if rep["findings"] else ""))
 
 
 @app.command()

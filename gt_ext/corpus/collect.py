@@ -62,6 +62,30 @@ def claude_projects_dir() -> Path:
     return Path.home() / ".claude" / "projects"
 
 
+def pi_agent_dir() -> Path:
+    """pi's agent folder: $PI_CODING_AGENT_DIR, else ~/.pi/agent (pi keeps sessions in its `sessions/`)."""
+    return Path(os.environ.get("PI_CODING_AGENT_DIR") or Path.home() / ".pi" / "agent").expanduser()
+
+
+def pi_session_files(agent_dir: Path | None = None) -> list[Path]:
+    """pi's session files: `<agent dir>/sessions/--<cwd>--/<time>_<id>.jsonl`."""
+    d = (agent_dir or pi_agent_dir()) / "sessions"
+    return sorted(d.glob("*/*.jsonl")) if d.is_dir() else []
+
+
+def actor_from_cwd(cwd: str | None, town_root: Path | None) -> str | None:
+    """The gt actor a work dir belongs to (`<town>/webapp/polecats/nux` -> `webapp/polecats/nux`,
+    `<town>/mayor` -> `mayor`), or None outside the town."""
+    if not cwd or town_root is None:
+        return None
+    try:
+        rel = Path(cwd).resolve().relative_to(Path(town_root).resolve())
+    except (ValueError, OSError):
+        return None
+    parts = [p for p in rel.parts if p not in ("rig", ".")]
+    return "/".join(parts) or None
+
+
 @dataclass
 class ProcessReport:
     """What one processing run did."""
@@ -380,14 +404,17 @@ def session_index(town_root: Path | None) -> dict[str, dict[str, Any]]:
 
 
 def scan_transcripts(store: Store, projects: Path | None = None, progress: bool = False,
-                     town_root: Path | None = None) -> ProcessReport:
-    """Take every Claude transcript under `projects` not taken before (wisps, bead-less sessions).
+                     town_root: Path | None = None, pi_dir: Path | None = None) -> ProcessReport:
+    """Take every agent session not taken before (wisps, bead-less sessions): Claude transcripts
+    under `projects` and pi session files under `<pi agent dir>/sessions/`.
 
     Role, rig and actor come from a bead link when one exists, else from the town's
-    `session_start` event of that session."""
+    `session_start` event of that session, else (pi) from the work dir in the session header.
+    A session a hook already spooled is not taken twice (same source key, same content hash)."""
     projects = projects or claude_projects_dir()
     report = ProcessReport()
     files = sorted(projects.glob("*/*.jsonl")) if projects.is_dir() else []
+    files += pi_session_files(pi_dir)
     started = session_index(town_root)
     with process_lock(store):
         ing = Ingestor(store)
@@ -397,11 +424,13 @@ def scan_transcripts(store: Store, projects: Path | None = None, progress: bool 
 
             it = tqdm(files, desc="transcripts", unit="file")
         for f in it:
+            header = pi_header(f)
+            sid = header["id"] if header is not None else f.stem
             with store.tx():
-                link = store.link(f.stem) or {}
-                ev = started.get(f.stem, {})
-                actor = ev.get("actor")
-                tags = Tags(session=f.stem, role=role_from_actor(ev.get("role")) or role_from_actor(actor),
+                link = store.link(sid) or {}
+                ev = started.get(sid, {})
+                actor = ev.get("actor") or (actor_from_cwd(header.get("cwd"), town_root) if header else None)
+                tags = Tags(session=sid, role=role_from_actor(ev.get("role")) or role_from_actor(actor),
                             rig=rig_from_actor(actor), user=actor).merged(link)
                 ingest_transcript(ing, f, tags, report)
         report.flags = ing.finish()

@@ -73,6 +73,9 @@ class Ingestor:
         self.store = store
         self.scrubber = scrubber or default_scrubber()
         self.batch = batch or f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
+        from gt_ext.corpus.rescan import note_detectors
+
+        note_detectors(store, self.scrubber)
         self.check_near_dups = check_near_dups
         self.total = IngestResult()
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gt_ext.corpus.format import render_tool_call
+from gt_ext.gastown.events import append_events
 
 RIGS = {"webapp": "wa", "datapipe": "dp", "docsite": "ds", "billing": "bl"}
 POLECATS = ["nux", "slit", "toast", "rictus", "ace", "capable", "dag", "morsov", "keeper", "cheedo"]
@@ -404,7 +405,8 @@ class _Gen:
                 _t("\n".join(json.dumps({"id": self.bead(rig)}) for _ in cmds)),
                 _a("Convoy and slinging to the rig.", f"gt convoy create \"{rig} batch\" --epic {epic}", f"gt sling {epic} {rig}"),
                 _t("convoy created; slung"), _a("Planned: one epic, three beads, slung to " + rig + ".")]
-        return self.pair("mayor", "planning", rig, epic, "mayor", opening, good, None)
+        # The mayor is town-level: the rig is what it plans for, not where the session ran.
+        return self.pair("mayor", "planning", None, epic, "mayor", opening, good, None)
 
 
 def generate(seed: int = 0, witness: int = 60, per_role: int = 12, reports: int = 1) -> list[SampleSession]:
@@ -450,7 +452,7 @@ def claude_transcript(s: SampleSession, cwd: str) -> list[dict[str, Any]]:
 
 def write_history(sessions: list[SampleSession], town_root: Path, projects: Path) -> list[dict[str, Any]]:
     """Write sessions as a town would leave them: Claude transcripts under `projects`, and gt's
-    `sling`, `session_start`, `done` and `session_death` events in `<town>/.events.jsonl`. Returns the beads (issue dicts) the
+    `sling`, `session_start`, `done` and `session_death` events in gt's event log (`gastown.events`). Returns the beads (issue dicts) the
     sessions worked, ready to create with bd or to spool as closes."""
     town_root, projects = Path(town_root), Path(projects)
     events, issues = [], {}
@@ -479,9 +481,7 @@ def write_history(sessions: list[SampleSession], town_root: Path, projects: Path
                            "payload": {"session": f"gt-{s.session[-5:]}", "agent": s.user,
                                        "reason": "crashed with exit code 1", "caller": "witness"},
                            "visibility": "feed"})
-    with open(town_root / ".events.jsonl", "a", encoding="utf-8") as f:
-        for e in events:
-            f.write(json.dumps(e) + "\n")
+    append_events(town_root, events)  # gt's event log: written through the town door
     return list(issues.values())
 
 

@@ -10,6 +10,19 @@ pairs a success with a failure of the same task (same opening prompt). The train
 pure function of the prompt, so it is deterministic and the same task never lands on both sides.
 Files are written to a temp folder and renamed into place.
 
+Scope (`Scope`): an export is rig-local. For rig R it takes R's examples, the town-level ones (no
+rig) and those of rigs that opted in to sharing in their own settings
+(`<town>/<rig>/settings/gt-ext.json` `{"corpus": {"share": true}}`); without a rig, the town-level
+ones and the sharing rigs'. `all_rigs` takes everything (an explicit choice).
+
+Stale sessions (`StalePolicy`): a session recorded while a convention artifact in its scope
+(CLAUDE.md, AGENTS.md, a formula, a spec or plan of the town or its rig, for its role or for all
+roles) had a version that is no longer the current one followed a convention that has since been
+replaced (a reviewed reversion makes the old version current again, and its sessions fresh). `drop` leaves such sessions out, `weight=W` keeps a
+deterministic share W of them (by example id: they count W times as much in expectation), `keep`
+exports them as they are. Artifact examples, curated examples and `gt prime` output (which
+changes with every patrol cycle) are never stale.
+
 Reading (training, the swarm, the contamination guard, RAG's session index, job beads):
 `read_manifest`, `corpus_hash`, `partition_files`, `shard_files`, `iter_records`. One policy for a
 bad line everywhere: a one-line `GtExtError` naming `file:line`. Records end at "\n" only (a
@@ -26,8 +39,9 @@ import logging
 import os
 import shutil
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,27 +52,123 @@ from gt_ext.corpus.scrub import Scrubber
 from gt_ext.corpus.store import Store, StoredExample
 from gt_ext.digest import sha256_file
 from gt_ext.errors import GtExtError
+from gt_ext.jsonl import iter_jsonl
 from gt_ext.roles import TASKS
 
 log = logging.getLogger(__name__)
 
-SETTINGS_FILE = "gt-ext.json"  # this project's own settings file (gt drops unknown keys in its own)
+SESSION_SOURCES = ("claude-jsonl", "pi-jsonl", "pane", "sample")  # recorded sessions (can go stale)
+CONVENTION_SOURCE = "artifact"  # CLAUDE.md, AGENTS.md, formulas, specs/plans (not gt-prime)
 
 
-def shared_rigs(store: Store) -> set[str]:
-    """Rigs that opted in to cross-rig sharing: ``{"corpus": {"share": ["rigA", ...]}}`` in
-    ``<town>/settings/gt-ext.json`` (or ``$GT_EXT_HOME/gt-ext.json`` outside a town)."""
-    for p in (store.root.parent / "settings" / SETTINGS_FILE, store.root.parent / SETTINGS_FILE):
-        if p.is_file():
+def shared_rigs(store: Store, rigs: set[str]) -> set[str]:
+    """Those of `rigs` that opted in to sharing their examples with the town's other rigs, each in
+    its own settings (`<town>/<rig>/settings/gt-ext.json` `{"corpus": {"share": true}}`)."""
+    from gt_ext.gastown.ext_settings import rig_shares_corpus
+
+    town = store.root.parent
+    return {r for r in rigs if rig_shares_corpus(town, r)}
+
+
+@dataclass(frozen=True)
+class StalePolicy:
+    """What export does with sessions recorded under a superseded convention: drop | weight=W | keep."""
+
+    mode: str = "drop"
+    weight: float = 0.0
+
+    @classmethod
+    def parse(cls, spec: str) -> StalePolicy:
+        """`drop`, `keep` or `weight=W` with 0 < W < 1; anything else is a one-line error."""
+        spec = (spec or "").strip()
+        if spec in ("drop", "keep"):
+            return cls(spec, 0.0 if spec == "drop" else 1.0)
+        if spec.startswith("weight="):
             try:
-                cfg = json.loads(p.read_text())
-            except json.JSONDecodeError as e:
-                raise GtExtError(f"{p}:{e.lineno}: invalid JSON") from None
-            share = (cfg.get("corpus") or {}).get("share") or []
-            if not isinstance(share, list):
-                raise GtExtError(f"{p}: corpus.share must be a list of rig names")
-            return {str(x) for x in share}
-    return set()
+                w = float(spec.split("=", 1)[1])
+            except ValueError:
+                w = -1.0
+            if 0.0 < w < 1.0:
+                return cls("weight", w)
+        raise GtExtError(f"--stale-sessions must be drop, keep or weight=W with 0 < W < 1, got {spec!r}")
+
+    def keeps(self, example_id: str) -> bool:
+        """Whether a stale example goes out (weight: a deterministic share, by id)."""
+        if self.mode == "keep":
+            return True
+        if self.mode == "drop":
+            return False
+        return int(hashlib.sha256(example_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < self.weight
+
+    def __str__(self) -> str:
+        return f"weight={self.weight:g}" if self.mode == "weight" else self.mode
+
+
+def _epoch(iso: str | None, fallback: float) -> float:
+    if iso:
+        try:
+            return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            pass
+    return fallback
+
+
+def convention_timelines(store: Store) -> list[dict[str, Any]]:
+    """Convention artifacts that have had more than one version: {key, rig, role, current, events}
+    where `events` are (epoch seconds, version hash) moments a version took effect, oldest first: a
+    version's own time (its file's mtime), and the moment a reviewed reversion made it current again."""
+    rows = store.db.execute("SELECT artifact_key, source_hash, status, role, rig, time, created FROM examples "
+                            "WHERE source = ? AND artifact_key IS NOT NULL", (CONVENTION_SOURCE,)).fetchall()
+    by_key: dict[str, list] = defaultdict(list)
+    for r in rows:
+        by_key[r["artifact_key"]].append(r)
+    out = []
+    for key, versions in sorted(by_key.items()):
+        active = [v for v in versions if v["status"] == "active"]
+        # Versions that were in effect at some time (a reversion under review was, before).
+        known = [v for v in versions if v["status"] in ("active", "superseded", "review")]
+        if not active or len({v["source_hash"] for v in known}) < 2:
+            continue
+        events = {(_epoch(v["time"], v["created"]), v["source_hash"]) for v in known}
+        events |= {(float(v["created"]), v["source_hash"]) for v in active}  # a restored version took effect again then
+        out.append({"key": key, "rig": active[0]["rig"], "role": active[0]["role"],
+                    "current": active[0]["source_hash"], "events": sorted(events)})
+    return out
+
+
+def stale_reason(e: StoredExample, timelines: list[dict[str, Any]]) -> str | None:
+    """The convention artifact whose version in effect when the session was recorded is not the
+    current one, or None (not a session, out of that artifact's scope, or up to date)."""
+    if e.source not in SESSION_SOURCES:
+        return None
+    when = _epoch(e.time, e.created)
+    for c in timelines:
+        if c["rig"] not in (None, e.rig) or c["role"] not in (None, e.role):
+            continue
+        in_effect = c["events"][0][1]
+        for start, version in c["events"]:
+            if start <= when:
+                in_effect = version
+        if in_effect != c["current"]:
+            return c["key"]
+    return None
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Whose examples an export takes (see the module doc)."""
+
+    rig: str | None = None
+    all_rigs: bool = False
+
+    def allowed(self, store: Store, rigs: set[str]) -> set[str | None] | None:
+        """The rig tags that may go out (None in the set = town-level), or None for all."""
+        if self.all_rigs:
+            return None
+        return {None, *([self.rig] if self.rig else []), *shared_rigs(store, rigs - {self.rig})}
+
+    def describe(self) -> str:
+        return "all rigs" if self.all_rigs else (f"rig {self.rig}" if self.rig else "town-level")
 
 
 def _prompt_key(messages: list[dict[str, str]]) -> str:
@@ -97,29 +207,55 @@ def _dpo_pair(good: StoredExample, bad: StoredExample) -> dict[str, Any] | None:
 
 
 def write_shards(store: Store, out: str | os.PathLike, rig: str | None = None, val_pct: int = 10,
-                  overwrite: bool = False) -> dict[str, Any]:
+                 overwrite: bool = False, all_rigs: bool = False, role: str | None = None,
+                 stale: StalePolicy | str = "drop") -> dict[str, Any]:
     """Write the shards and manifest to `out`; return the manifest.
 
-    `rig`: export for one rig: its own examples, town-level ones, and those of rigs that opted in
-    to sharing. Without it, the whole store.
+    Scope (module doc): `rig` R's examples, town-level ones and those of rigs sharing theirs;
+    without `rig`, town-level ones and the sharing rigs'; `all_rigs` everything. `role`: that
+    role only (an error naming where its examples are when the scope holds none). `stale`: what to
+    do with sessions recorded under a superseded convention (StalePolicy).
     """
     if not 0 <= val_pct < 100:
         raise GtExtError(f"--val-pct must be in 0..99, got {val_pct}")
+    if rig and all_rigs:
+        raise GtExtError("--rig and --all-rigs exclude each other")
+    policy = stale if isinstance(stale, StalePolicy) else StalePolicy.parse(stale)
+    scope = Scope(rig=rig or None, all_rigs=all_rigs)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not (out / "manifest.json").is_file():
             raise GtExtError(f"{out} exists and is not a corpus export: refusing to replace it")
         if not overwrite:
             raise GtExtError(f"{out} already holds an export: pass --overwrite to replace it")
-    allowed = None if rig is None else ({rig} | shared_rigs(store))
     verifier = Scrubber(use_detect_secrets=False)  # last line of defence: no certain secret may leave
 
-    examples = [e for e in store.query(status="active") if e.messages and e.role]
-    if allowed is not None:
-        examples = [e for e in examples if e.rig is None or e.rig in allowed]
+    examples = [e for e in store.query(status="active", role=role) if e.messages and e.role]
+    allowed = scope.allowed(store, {e.rig for e in examples if e.rig})
+    in_scope = [e for e in examples if allowed is None or e.rig in allowed]
+    if role and examples and not in_scope:
+        where = ", ".join(f"{r} {n}" for r, n in sorted(Counter(e.rig or "town" for e in examples).items()))
+        raise GtExtError(f"no {role} examples in scope {scope.describe()} (its examples are in: {where}); "
+                         "export for the job's rig with --rig R, let a rig share with "
+                         '{"corpus": {"share": true}} in its settings/gt-ext.json, or pass --all-rigs')
+    timelines = convention_timelines(store)
+    stale_by: Counter[str] = Counter()
+    kept_stale = 0
+    fresh: list[StoredExample] = []
+    for e in in_scope:
+        key = stale_reason(e, timelines)
+        if key is not None:
+            stale_by[key] += 1
+            if not policy.keeps(e.id):
+                continue
+            kept_stale += 1
+        fresh.append(e)
+    if stale_by:
+        log.info("%d session example(s) predate a convention change (%s): %s, %d exported", sum(stale_by.values()),
+                 ", ".join(sorted(stale_by)), policy, kept_stale)
     excluded = 0
     clean: list[StoredExample] = []
-    for e in examples:
+    for e in fresh:
         if any(verifier.scan(m["content"]) for m in e.messages or []):
             excluded += 1
             log.error("example %s still holds a detectable secret after scrubbing: not exported", e.id[:12])
@@ -168,9 +304,14 @@ def write_shards(store: Store, out: str | os.PathLike, rig: str | None = None, v
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "counts": counts,
             "files": dict(sorted(files.items())),
-            "rig": rig,
+            "rig": scope.rig,
+            "scope": scope.describe(),
+            "rigs": sorted({e.rig for e in clean if e.rig}),
+            "role": role,
             "val_pct": val_pct,
             "excluded_unsafe": excluded,
+            "stale_sessions": {"policy": str(policy), "stale": sum(stale_by.values()), "exported": kept_stale,
+                               "conventions": dict(sorted(stale_by.items()))},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         for p in tmp.rglob("*"):
@@ -262,19 +403,8 @@ def iter_records(paths: Sequence[str | os.PathLike]) -> Iterator[dict[str, Any]]
 
     Each record gets `_where` = "file:line" (for the caller's own error messages)."""
     for path in paths:
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):  # binary lines end at b"\n" only
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise GtExtError(f"{path}:{lineno}: not UTF-8 (byte {e.start})") from None
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise GtExtError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                if not isinstance(rec, dict):
-                    raise GtExtError(f"{path}:{lineno}: expected a JSON object")
-                rec["_where"] = f"{path}:{lineno}"
-                yield rec
+        for lineno, rec in iter_jsonl(path, "shard"):
+            if not isinstance(rec, dict):
+                raise GtExtError(f"{path}:{lineno}: expected a JSON object")
+            rec["_where"] = f"{path}:{lineno}"
+            yield rec

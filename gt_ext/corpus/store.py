@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS links(
 CREATE TABLE IF NOT EXISTS lsh(band INTEGER NOT NULL, bucket TEXT NOT NULL, example_id TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS lsh_idx ON lsh(band, bucket);
 CREATE TABLE IF NOT EXISTS batches(batch TEXT PRIMARY KEY, created REAL NOT NULL, stats TEXT NOT NULL, flags TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 @dataclass(kw_only=True)
@@ -237,6 +238,15 @@ class Store:
 
     def mark_spool_done(self, spool_id: str) -> None:
         self.db.execute("INSERT OR IGNORE INTO spool_done VALUES (?, ?)", (spool_id, time.time()))
+
+    def get_meta(self, key: str) -> str | None:
+        """A value of the store's own bookkeeping (e.g. the scrub detectors' fingerprint)."""
+        r = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return r[0] if r else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a bookkeeping value (inside the caller's transaction, or on its own)."""
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def link(self, session: str) -> dict[str, Any] | None:
         r = self.db.execute("SELECT * FROM links WHERE session = ?", (session,)).fetchone()

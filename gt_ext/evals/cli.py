@@ -38,10 +38,15 @@ def run(
     max_overlap: float | None = typer.Option(None, "--max-overlap", help="refuse tasks whose n-gram overlap with the corpus exceeds this share"),
     limit: int | None = typer.Option(None, "--limit", help="only the first N tasks (a smoke run: recorded as partial, never gates)"),
     split: str | None = typer.Option(None, "--split", help="dev, heldout or all (default all); one split is a partial run"),
+    engine: str = typer.Option("auto", "--engine", help="auto: core assertions in process, any other through the real "
+                               "promptfoo against the served model; ours: in process only; promptfoo: every promptfoo test there"),
+    grader: str | None = typer.Option(None, "--grader", help="model for model-graded assertions (llm-rubric, g-eval, ...): "
+                                      "NAME[:VER], base:<model>, a run/export folder, or `base` (the config's default)"),
     no_write: bool = typer.Option(False, "--no-write", help="do not write eval-<suite>.json next to the model"),
     as_json: bool = typer.Option(False, "--json", help="print the full result as JSON"),
     gate_exit: bool = typer.Option(True, "--gate-exit/--no-gate-exit",
-                                   help="exit 1 when the gate says not deployable (pipelines that record the verdict and go on: --no-gate-exit)"),
+                                   help="exit non-zero when the gate says not deployable (pipelines that record the verdict and go on: --no-gate-exit)"),
+    gate_exit_code: int = typer.Option(1, "--gate-exit-code", help="the exit code for a failed gate (formulas tell it from a crash, exit 1)"),
 ) -> None:
     """Score MODEL on SUITE: a table per category, the composite and the gate verdict."""
     from gt_ext.evals.runner import evaluate
@@ -49,14 +54,14 @@ def run(
     if k < 1:
         raise GtExtError(f"--k must be >= 1, got {k}")
     res = evaluate(model, suite, k=k, config=config, corpus=corpus, max_overlap=max_overlap,
-                   limit=limit, split=split, write=not no_write, progress=not as_json)
+                   limit=limit, split=split, write=not no_write, progress=not as_json, engine=engine, grader=grader)
     d = res.to_dict()
     if as_json:
         print(json.dumps(d, indent=2))
         return
     _print_result(d, res.written_to)
     if gate_exit and not res.gate["deployable"]:
-        raise typer.Exit(1)
+        raise typer.Exit(gate_exit_code)
 
 
 def _print_result(d: dict[str, Any], written_to: str | None) -> None:
@@ -64,14 +69,18 @@ def _print_result(d: dict[str, Any], written_to: str | None) -> None:
     _table(f"{d['model']} on {d['suite']} (k={d['k']})", ["category", "passed", "total", "score"], rows)
     pk = d["pass_k"]
     print(f"composite: {d['composite']:.1f}   pass@1: {pk['pass@1']:.1f}   pass^{pk['k']}: {pk['pass^k']:.1f}")
+    run = d.get("run") or {}
     for name, sp in (d.get("splits") or {}).items():
         if len(d["splits"]) > 1:
             print(f"  {name}: composite {sp['composite']:.1f} ({sp['passed']}/{sp['total']} tasks, {sp['scenarios']} scenarios)")
-    run = d.get("run") or {}
     if run and not run.get("full"):
         print(f"partial run ({run.get('run_tasks')} of {run.get('suite_tasks')} tasks): recorded as such, never gates a deploy")
     if d.get("skipped"):
-        print(f"skipped (not graded): {len(d['skipped'])}: {', '.join(d['skipped'][:10])}")
+        print(f"skipped (not graded): {len(d['skipped'])}")
+        for t in [t for t in d["tasks"] if t.get("skipped")][:10]:
+            print(f"  {t['id']}: {t['reason'].removeprefix('skipped: ')}")
+    if run.get("grader"):
+        print(f"model-graded assertions graded by {run['grader']}")
     if d.get("contamination", {}).get("refused"):
         print(f"refused by the contamination guard: {', '.join(d['contamination']['refused'])}")
     if d.get("patrol"):

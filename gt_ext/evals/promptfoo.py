@@ -11,11 +11,13 @@ Supported, as promptfoo defines them:
 - `options.transform` and per-assertion `transform` (JavaScript, run with node);
 - assertions `equals`, `contains`, `icontains`, `contains-any`, `contains-all`, `icontains-any`,
   `icontains-all`, `regex`, `starts-with`, `is-json` (with optional JSON schema), `javascript`,
-  each also as `not-<type>`; `weight`, `threshold` (test and javascript assertion), `metric`.
+  `cost` and `latency` (with the call's own cost and latency, threshold required), each also as
+  `not-<type>`; `weight`, `threshold` (test and javascript assertion), `metric`.
   A test passes when every assertion passes, or, if it sets `threshold`, when the weighted mean
   score reaches it (promptfoo's AssertionsResult rule). Weight-0 assertions never fail a test.
-Anything else (model-graded, python, similar, ...) is reported as skipped: a test with a skipped
-assertion is not counted as passed or failed.
+Anything else (model-graded, python, rouge-n, similar, ...) is graded by the real promptfoo
+(gt_ext.evals.pfengine); a test this grader is asked to grade with one of those is reported as
+skipped: not counted as passed or failed.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 CONFIG_NAMES = ("promptfooconfig.yaml", "promptfooconfig.yml", "promptfooconfig.json")
 SUPPORTED = {
     "equals", "contains", "icontains", "contains-any", "contains-all", "icontains-any",
-    "icontains-all", "regex", "starts-with", "is-json", "javascript",
+    "icontains-all", "regex", "starts-with", "is-json", "javascript", "cost", "latency",
 }
 
 
@@ -63,6 +65,7 @@ class TestCase:
     options: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     threshold: float | None = None
+    raw: dict[str, Any] = field(default_factory=dict)  # the test as the suite wrote it (before defaultTest)
 
     @property
     def name(self) -> str:
@@ -341,6 +344,7 @@ def load_suite(path: str | Path) -> Suite:
                     options=merged["options"],
                     metadata=merged["metadata"],
                     threshold=merged.get("threshold"),
+                    raw=raw,
                 )
             )
     if not tests:
@@ -417,10 +421,26 @@ def _transform_context(test: TestCase, prompt_label: str) -> dict[str, Any]:
     return {"vars": test.vars, "prompt": {"label": prompt_label}}
 
 
-def grade(test: TestCase, output: str, prompt: str = "", prompt_label: str = "", base: Path | None = None) -> Grade:
+def _check_measure(a: dict[str, Any], kind: str, value: float | None) -> tuple[bool, str] | str:
+    """promptfoo's `cost` / `latency`: value <= threshold (inverted for not-). A str result is why
+    it cannot be graded (promptfoo errors the test then)."""
+    if a.get("threshold") is None:
+        return f"{kind} assertion must have a threshold"
+    if value is None:
+        return f"{kind} assertion: the call reported no {kind}"
+    ok = (float(value) <= float(a["threshold"])) != a["_inverse"]
+    unit = "ms" if kind == "latency" else ""
+    shown = f"{value:.0f}{unit}" if kind == "latency" else f"{float(value):.2g}"
+    rel = "less than or equal to" if a["_inverse"] else "greater than"
+    return ok, f"{kind.capitalize()} {shown} is {rel} threshold {a['threshold']}{unit}"
+
+
+def grade(test: TestCase, output: str, prompt: str = "", prompt_label: str = "", base: Path | None = None,
+          latency_ms: float | None = None, cost: float | None = None) -> Grade:
     """Grade one model `output` for `test` exactly as promptfoo would score it.
 
-    `prompt` is the rendered prompt (given to JavaScript as `context.prompt`).
+    `prompt` is the rendered prompt (given to JavaScript as `context.prompt`); `latency_ms` and
+    `cost` are the call's, for `latency` and `cost` assertions.
     """
     asserts = [dict(a) for a in test.asserts]
     for a in asserts:
@@ -470,14 +490,21 @@ def grade(test: TestCase, output: str, prompt: str = "", prompt_label: str = "",
         weight = float(a.get("weight", 1))
         metric = a.get("metric")
         if a["_base"] not in SUPPORTED:
-            results.append(AssertionResult(a["type"], False, 0.0, f"unsupported assertion type {a['type']!r}",
-                                           skipped=True, weight=weight, metric=metric))
+            results.append(AssertionResult(a["type"], False, 0.0, f"assertion {a['type']!r} is graded by the real "
+                                           "promptfoo, not by this grader", skipped=True, weight=weight, metric=metric))
             continue
         sub = js["asserts"][i] if js else {}
         value_out = sub.get("output", transformed) if js else transformed
         if a["_base"] == "javascript":
             r = sub["result"]
             passed, score, reason = bool(r["pass"]), float(r["score"]), r.get("reason", "")
+        elif a["_base"] in ("cost", "latency"):
+            got = _check_measure(a, a["_base"], cost if a["_base"] == "cost" else latency_ms)
+            if isinstance(got, str):
+                results.append(AssertionResult(a["type"], False, 0.0, got, skipped=True, weight=weight, metric=metric))
+                continue
+            passed, why = got
+            score, reason = (1.0 if passed else 0.0), ("Assertion passed" if passed else why)
         else:
             try:
                 ok, why = _check_builtin(a["_base"], _render_value(a.get("value"), test.vars), value_out)

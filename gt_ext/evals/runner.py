@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +23,31 @@ from typing import Any
 from gt_ext.atomic import atomic_write_json
 from gt_ext.digest import sha256_file
 from gt_ext.errors import GtExtError
-from gt_ext.evals import scoring
+from gt_ext.evals import pfengine, scoring
 from gt_ext.evals import suite as suite_mod
 from gt_ext.models.refs import ResolvedModel, resolve
 
 log = logging.getLogger(__name__)
 
 BATCH = 8  # prompts decoded together; 8 short prompts fit easily and keep both cores busy
+ENGINES = ("auto", "ours", "promptfoo")
+
+
+def _unavailable(task: Any, engine: str) -> str | None:
+    """Why a task cannot be graded here at all (None = it can)."""
+    why = getattr(task, "unavailable", lambda: None)()
+    if why or not hasattr(task, "test"):
+        return why
+    why = pfengine.ungradable(task.test)
+    if why:
+        return why
+    beyond = sorted({a["type"] for a in task.test.asserts if pfengine.base_type(str(a["type"])) not in pfengine.CORE})
+    if beyond and engine == "ours":
+        return f"assertion {beyond[0]!r} is graded by the real promptfoo (--engine auto), not by --engine ours"
+    if (beyond or engine == "promptfoo") and pfengine.promptfoo_binary() is None:
+        what = f"assertion {beyond[0]!r}" if beyond else "--engine promptfoo"
+        return f"{what} needs the real promptfoo, which is not installed (./install.sh, or set PROMPTFOO_BIN)"
+    return None
 
 
 @dataclass
@@ -114,22 +133,64 @@ def model_file_hashes(model: ResolvedModel) -> dict[str, str]:
 GenerateFn = Callable[[list[list[dict[str, str]]], list[dict[str, Any]]], list[str]]
 
 
-def make_generate(model: ResolvedModel) -> GenerateFn:
-    """Return `fn(messages_batch, sampling_batch) -> texts` for the model (loaded once)."""
+def make_generator(model: ResolvedModel) -> Any:
+    """The serving Generator for a model (its merged weights, else base + adapter stack), loaded once."""
     from gt_ext.serve.generate import Generator
-    from gt_ext.serve.params import SamplingParams
 
     base, adapters = model.torch_weights()
-    gen = Generator(base, adapters=adapters)
+    return Generator(base, adapters=adapters)
+
+
+def make_generate(model: ResolvedModel, generator: Any = None) -> GenerateFn:
+    """Return `fn(messages_batch, sampling_batch) -> texts` for the model (loaded once).
+
+    After each call `fn.last_meta` holds, per request, its measured `latency_ms` (from the start of
+    the batch to its last token) and its `tokens` (prompt + completion); `fn.generator` is the
+    Generator, for the real-promptfoo engine to serve."""
+    from gt_ext.serve.params import SamplingParams
+
+    gen = generator if generator is not None else make_generator(model)
 
     def run(batch: list[list[dict[str, str]]], params: list[dict[str, Any]]) -> list[str]:
         reqs = [gen.request(m, SamplingParams(**p)) for m, p in zip(batch, params, strict=True)]
         texts = [""] * len(reqs)
+        t0 = time.perf_counter()
+        done = [t0] * len(reqs)
         for i, piece in gen.stream_batch(reqs):
             texts[i] += piece
+            done[i] = time.perf_counter()
+        run.last_meta = [{"latency_ms": round(1000 * (d - t0)), "tokens": r.stats.prompt_tokens + r.stats.completion_tokens}
+                         for d, r in zip(done, reqs, strict=True)]
         return texts
 
+    run.generator = gen
+    run.last_meta = []
     return run
+
+
+class FnGenerator:
+    """A `GenerateFn` seen as a serving Generator (request / stream_batch), so a test's stand-in
+    model can also be served to the real promptfoo. Tokens are counted as words."""
+
+    backend = "function"
+
+    def __init__(self, fn: GenerateFn):
+        self.fn = fn
+
+    def request(self, messages: list[dict[str, str]], params: Any = None, adapters: Any = None) -> Any:
+        from gt_ext.serve.generate import Request, check_messages
+        from gt_ext.serve.params import SamplingParams
+
+        return Request(messages=check_messages(messages), params=(params or SamplingParams()).validate())
+
+    def stream_batch(self, requests: list[Any]) -> Any:
+        params = [{"max_new_tokens": r.params.max_new_tokens, "temperature": r.params.temperature,
+                   "top_p": r.params.top_p, "seed": r.params.seed} for r in requests]
+        for i, (r, text) in enumerate(zip(requests, self.fn([r.messages for r in requests], params), strict=True)):
+            r.stats.prompt_tokens = sum(len(str(m["content"]).split()) for m in r.messages)
+            r.stats.completion_tokens = len(text.split())
+            r.stats.finish_reason = "stop"
+            yield i, text
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -172,6 +233,8 @@ def evaluate(
     split: str | None = None,
     write: bool = True,
     progress: bool = False,
+    engine: str = "auto",
+    grader: str | None = None,
 ) -> EvalResult:
     """Run `suite` on the model `k` times per task, score it and write `eval-<suite>.json`.
 
@@ -179,7 +242,13 @@ def evaluate(
     prompts overlap the corpus more than `max_overlap` are refused and reported); `limit` keeps the
     first N tasks and `split` one split (dev/heldout): both make a partial run, recorded as such
     (`run.full` false, written as `eval-<suite>-partial.json`) and never used by the deploy gate.
+    `engine`: `auto` grades the core promptfoo assertions in process and sends tests with any other
+    assertion through the real promptfoo (gt_ext.evals.pfengine); `ours` grades in process only
+    (other assertions leave their test ungraded); `promptfoo` sends every promptfoo test there.
+    `grader`: the model for model-graded assertions (default: the config's `grader`).
     """
+    if engine not in ENGINES:
+        raise GtExtError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if not isinstance(k, int) or k < 1:
         raise GtExtError(f"--k must be an integer >= 1, got {k!r}")
     if limit is not None and limit < 1:
@@ -211,13 +280,26 @@ def evaluate(
     system = suite_system_prompt(st)
     results = {t.id: scoring.TaskResult(id=t.id, category=t.category, scenario=getattr(t, "scenario", None),
                                         split=st.split_of(t)) for t in tasks}
-    # Tasks that cannot run on this machine (a sandbox without bd) are skipped, not failed.
-    missing = {t.id: why for t in tasks if (why := getattr(t, "unavailable", lambda: None)())}
+    # Tasks that cannot run here (a sandbox without bd, an assertion only an outside service can
+    # grade) are skipped with the reason, never failed.
+    missing = {t.id: why for t in tasks if (why := _unavailable(t, engine))}
     for tid, why in missing.items():
         results[tid].samples = [scoring.Sample(False, 0.0, "", f"skipped: {why}", skipped=True)] * k
         log.warning("task %s skipped: %s", tid, why)
-    tasks_all, tasks = tasks, [t for t in tasks if t.id not in missing]
+    tasks_all = tasks
+    tasks = [t for t in tasks if t.id not in missing]
+    # promptfoo tasks whose assertions our grader does not grade go to the real promptfoo.
+    via_promptfoo = [t for t in tasks if hasattr(t, "test") and (engine == "promptfoo" or pfengine.needs_promptfoo(t.test))]
+    tasks = [t for t in tasks if t not in via_promptfoo]
+    price = float(cfg.get("cost_per_token", 0.0))
     gen = generate or make_generate(model)
+    grader_ref = None
+    if via_promptfoo:
+        generator = getattr(gen, "generator", None) or FnGenerator(gen)
+        got, grader_ref = pfengine.run(via_promptfoo, model, generator, k, system, st.max_new_tokens,
+                                       cfg.get("sampling", {}), price, grader or cfg.get("grader"), make_generator)
+        for t in via_promptfoo:
+            results[t.id].samples = got[t.id]
     samp = cfg.get("sampling", {})
     bar = None
     if progress:
@@ -246,9 +328,15 @@ def evaluate(
                               "top_p": float(samp.get("top_p", 0.95)), "seed": 1000 * s + start + i}
                         for i, _, _ in ready
                     ]
+                    t_batch = time.perf_counter()
                     outs = gen([m for _, _, m in ready], params) if ready else []
-                    for (_, t, _), out in zip(ready, outs, strict=True):
-                        results[t.id].samples.append(t.grade(out))
+                    wall_ms = round(1000 * (time.perf_counter() - t_batch))
+                    metas = list(getattr(gen, "last_meta", None) or [])
+                    for j, ((_, t, _), out) in enumerate(zip(ready, outs, strict=True)):
+                        m = metas[j] if j < len(metas) else {"latency_ms": wall_ms, "tokens": None}
+                        tokens = m.get("tokens")
+                        cost = price * tokens if tokens is not None else (0.0 if price == 0 else None)
+                        results[t.id].samples.append(t.grade(out, {"latency_ms": m.get("latency_ms"), "cost": cost}))
                 finally:
                     for _, t, _ in ready:
                         t.cleanup()
@@ -283,6 +371,9 @@ def evaluate(
         "refused": len(contamination.get("refused", [])) if contamination else 0,
         "model_files": model_file_hashes(model),
     }
+    run["engines"] = dict(Counter(s.meta.get("engine", "none") for t in task_results for s in t.samples))
+    run["grader"] = grader_ref
+    run["cost_per_token"] = price
     res = EvalResult(suite=st.name, model=model.ref, role=role, k=k, tasks=task_results, categories=cats,
                      composite=comp, pass_k=pk, gate=verdict, seconds=time.perf_counter() - t0,
                      contamination=contamination, system_prompt=system, patrol=patrol,

@@ -31,6 +31,7 @@ class Sample:
     output: str
     reason: str = ""
     skipped: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)  # latency_ms, cost, engine
 
 
 @dataclass
@@ -61,7 +62,10 @@ class TaskResult:
         return 100.0 * sum(s.score for s in graded) / len(graded) if graded else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """The per-task entry of the EvalResult (first sample's output; all samples' verdicts)."""
+        """The per-task entry of the EvalResult (first sample's output; all samples' verdicts; the
+        calls' mean latency and total cost, as the grading engine measured them)."""
+        lat = [s.meta["latency_ms"] for s in self.samples if s.meta.get("latency_ms") is not None]
+        costs = [s.meta["cost"] for s in self.samples if s.meta.get("cost") is not None]
         return {
             "id": self.id,
             "category": self.category,
@@ -73,6 +77,9 @@ class TaskResult:
             "output": self.samples[0].output if self.samples else "",
             "reason": self.samples[0].reason if self.samples else "",
             "samples": [s.passed for s in self.samples],
+            "latency_ms": round(sum(lat) / len(lat)) if lat else None,
+            "cost": sum(costs) if costs else None,
+            "engine": self.samples[0].meta.get("engine") if self.samples else None,
         }
 
 
@@ -95,6 +102,11 @@ def load_config(path: str | Path | None = None) -> dict[str, Any]:
             if not isinstance(over[key], dict):
                 raise ConfigError(f"{p}: `{key}` must be a mapping")
             cfg[key] = {**cfg.get(key, {}), **over[key]}
+    for key in ("grader", "cost_per_token"):
+        if key in over:
+            cfg[key] = over[key]
+    if not isinstance(cfg.get("cost_per_token", 0), int | float) or cfg.get("cost_per_token", 0) < 0:
+        raise ConfigError(f"{p}: cost_per_token must be a number >= 0")
     for cat, w in cfg["weights"].items():
         if not isinstance(w, int | float) or w < 0:
             raise ConfigError(f"{p}: weight of {cat!r} must be a number >= 0, got {w!r}")

@@ -47,7 +47,7 @@ class Task(Protocol):
     category: str
 
     def prepare(self) -> list[dict[str, str]]: ...
-    def grade(self, output: str) -> Sample: ...
+    def grade(self, output: str, meta: dict[str, Any] | None = None) -> Sample: ...
     def cleanup(self) -> None: ...
     def overlap_text(self) -> str: ...
 
@@ -61,6 +61,7 @@ class PromptfooTask:
     test: promptfoo.TestCase
     prompt: promptfoo.Prompt
     root: Path
+    suite: promptfoo.Suite | None = None  # the promptfoo suite it came from (the real-promptfoo engine runs it)
 
     def rendered(self) -> str:
         """The prompt text with this test's vars filled in."""
@@ -70,10 +71,13 @@ class PromptfooTask:
         """Chat messages for the model."""
         return promptfoo.prompt_messages(self.rendered())
 
-    def grade(self, output: str) -> Sample:
-        """promptfoo's verdict on `output`."""
-        g = promptfoo.grade(self.test, output, prompt=self.rendered(), prompt_label=self.prompt.label, base=self.root)
-        return Sample(passed=g.passed, score=g.score, output=output, reason=g.reason, skipped=g.skipped)
+    def grade(self, output: str, meta: dict[str, Any] | None = None) -> Sample:
+        """promptfoo's verdict on `output`; `meta` brings the call's `latency_ms` and `cost`."""
+        meta = meta or {}
+        g = promptfoo.grade(self.test, output, prompt=self.rendered(), prompt_label=self.prompt.label, base=self.root,
+                            latency_ms=meta.get("latency_ms"), cost=meta.get("cost"))
+        return Sample(passed=g.passed, score=g.score, output=output, reason=g.reason, skipped=g.skipped,
+                      meta={**meta, "engine": "ours"})
 
     @property
     def scenario(self) -> str | None:
@@ -230,5 +234,5 @@ def _pf_tasks(pf: promptfoo.Suite) -> list[PromptfooTask]:
             if any(t.id == tid for t in out):
                 tid = f"{tid}#{test.index + 1}"
             out.append(PromptfooTask(id=tid, category=str(test.metadata.get("category", "general")),
-                                     test=test, prompt=prompt, root=pf.root))
+                                     test=test, prompt=prompt, root=pf.root, suite=pf))
     return out

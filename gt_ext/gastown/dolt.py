@@ -70,6 +70,26 @@ def town_dolt_port(town_root: str | os.PathLike) -> int:
     return DEFAULT_PORT
 
 
+def dolt_ports(town_root: str | os.PathLike | None, beads_dir: str | os.PathLike | None = None) -> list[int]:
+    """Every loopback port `bd`/`gt` may use to reach a town's Dolt server: the town's port, bd's
+    port variables, and the beads folder's `dolt-server.port` file (bd reads them in that order)."""
+    ports: list[int] = []
+    for var in ("BEADS_DOLT_SERVER_PORT", "BEADS_DOLT_PORT", "GT_DOLT_PORT"):
+        if os.environ.get(var, "").isdigit():
+            ports.append(int(os.environ[var]))
+    if beads_dir is not None:
+        pf = Path(beads_dir) / "dolt-server.port"
+        try:
+            text = pf.read_text().strip()
+        except OSError:
+            text = ""
+        if text.isdigit():
+            ports.append(int(text))
+    if town_root is not None:
+        ports.append(town_dolt_port(town_root))
+    return sorted({p for p in ports if 0 < p < 65536})
+
+
 class DoltClient:
     """A MySQL-protocol connection to a Dolt SQL server (pymysql underneath)."""
 

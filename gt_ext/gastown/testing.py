@@ -96,6 +96,21 @@ class TestTown:
         """A client for the town's Dolt server."""
         return DoltClient(port=self.dolt_port, database=database)
 
+    def beads_state(self) -> dict[str, dict[str, object]]:
+        """Everything bd keeps for this town, as Dolt sees it: per database, the HEAD commit and the
+        hash of every base table in the working set (issues, wisps, events, ...). Two equal states
+        mean nothing was written, committed or not."""
+        state: dict[str, dict[str, object]] = {}
+        with self.dolt() as c:
+            dbs = sorted(r["Database"] for r in c.query("SHOW DATABASES")
+                         if r["Database"] not in ("information_schema", "mysql"))
+        for db in dbs:
+            with self.dolt(db) as c:
+                tables = [list(r.values())[0] for r in c.query("SHOW FULL TABLES") if list(r.values())[1] == "BASE TABLE"]
+                state[db] = {"head": c.query("SELECT HASHOF('HEAD') AS h")[0]["h"],
+                             "tables": {t: c.query("SELECT DOLT_HASHOF_TABLE(%s) AS h", (t,))[0]["h"] for t in tables}}
+        return state
+
     def gt(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run the real gt in the town root with the town's env."""
         gt = find_gt(required=False)
@@ -143,7 +158,8 @@ def _reap_under(root: Path, timeout: float = 10.0) -> None:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     for p in victims:
-        log.info("reaping leftover process %d: %s", p.pid, " ".join(p.cmdline())[:120])
+        # From the listing: a zombie (exited, not yet reaped by its parent) has no cmdline to read.
+        log.info("reaping leftover process %d: %s", p.pid, " ".join(p.info["cmdline"] or [])[:120])
         try:
             p.send_signal(signal.SIGTERM)
         except psutil.NoSuchProcess:

@@ -17,6 +17,9 @@ from typing import Any
 from gt_ext.errors import GtExtError
 
 TOWN_MARKER = Path("mayor") / "town.json"
+# Folders of gt/bd/Dolt state inside a town: a walk for documents (CLAUDE.md, docs) skips them.
+STATE_DIRS = frozenset({".runtime", ".dolt-data", "embeddeddolt"})
+EXT_SETTINGS_FILE = "gt-ext.json"
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,31 @@ def resolve_beads_dir(path: Path, _depth: int = 0) -> Path | None:
         if target:
             return resolve_beads_dir((path.parent / target).resolve(), _depth + 1)
     return path
+
+
+def beads_dir_for(start: str | os.PathLike) -> Path | None:
+    """The beads folder `bd` uses when run in `start`: $BEADS_DIR, else the first `.beads` folder
+    walking up from `start` (its `redirect` followed); None if there is none."""
+    env = os.environ.get("BEADS_DIR")
+    if env:
+        return resolve_beads_dir(Path(env))
+    cur = Path(start).resolve()
+    for d in (cur, *cur.parents):
+        found = resolve_beads_dir(d / ".beads")
+        if found is not None:
+            return found
+    return None
+
+
+def read_ext_settings(town_root: str | os.PathLike | None) -> dict[str, Any]:
+    """This project's own town settings, `<town>/settings/gt-ext.json` (`{}` if absent or no town).
+
+    gt drops unknown keys from its own settings files when it rewrites them, so the project's
+    settings (corpus sharing, the node0 agent's sandbox) live in this file of their own."""
+    if town_root is None:
+        return {}
+    p = Path(town_root) / "settings" / EXT_SETTINGS_FILE
+    return _read_json(p) if p.is_file() else {}
 
 
 def _read_json(path: Path) -> dict[str, Any]:

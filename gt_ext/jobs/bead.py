@@ -70,8 +70,12 @@ class JobBead:
     def failed(self, reason: str) -> None:
         self.set_status("failed", reason, failure=reason)
 
-    def done(self) -> None:
-        self.set_status("done", "all steps finished")
+    def stopped(self, reason: str) -> None:
+        self.set_status("stopped", reason)
+
+    def done(self, status: str = "done", reason: str = "all steps finished") -> None:
+        """The job ran every step: `done`, or a final outcome such as `gate-failed`."""
+        self.set_status(status, reason)
         corpus = self.metadata.get("corpus_bead")
         if corpus:
             try:
@@ -125,8 +129,10 @@ def open_job(formula: Any, given: dict[str, str], job_dir: Path, bd: Bd | None =
     return tracker
 
 
-def mark_from_env(status: str, reason: str) -> bool:
-    """Let a step's own process (e.g. a swarm peer) mark the job, via GT_EXT_JOB_BEAD/_BEADS_DIR."""
+def mark_from_env(status: str, reason: str, keep: tuple[str, ...] = ()) -> bool:
+    """Let a step's own process (e.g. a swarm peer) mark the job, via GT_EXT_JOB_BEAD/_BEADS_DIR,
+    unless the job is already in `status` or in one of `keep`. Returns False (and does nothing)
+    when the process does not run as a job step."""
     import os
 
     bead, beads_dir = os.environ.get("GT_EXT_JOB_BEAD"), os.environ.get("GT_EXT_JOB_BEADS_DIR")
@@ -134,5 +140,47 @@ def mark_from_env(status: str, reason: str) -> bool:
         return False
     bd = Bd(beads_dir)
     issue = bd.show(bead)
+    if issue.status == status or issue.status in keep:
+        return True
     JobBead(bd, bead, Path("."), issue.metadata if isinstance(issue.metadata, dict) else {}).set_status(status, reason)
     return True
+
+
+class StatusReporter:
+    """Marks the job bead from a long-running step (the swarm peer: `syncing`, `degraded`) without
+    ever slowing or breaking it: reports go through one background thread, in order, each status
+    once; a bd failure is logged, never raised. Does nothing outside a job (no GT_EXT_JOB_BEAD)."""
+
+    def __init__(self) -> None:
+        import os
+        import queue
+        import threading
+
+        self.enabled = bool(os.environ.get("GT_EXT_JOB_BEAD") and os.environ.get("GT_EXT_JOB_BEADS_DIR"))
+        self._last: str | None = None
+        self._q: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="job-status", daemon=True) if self.enabled else None
+        if self._thread is not None:
+            self._thread.start()
+
+    # A job that lost a peer stays degraded: another peer's later "syncing" does not hide that.
+    KEEP = {"syncing": ("degraded",)}
+
+    def report(self, status: str, reason: str) -> None:
+        """Queue `status` for the job bead unless it is the one reported last."""
+        if self.enabled and status != self._last:
+            self._last = status
+            self._q.put((status, reason, self.KEEP.get(status, ())))
+
+    def _run(self) -> None:
+        while (item := self._q.get()) is not None:
+            try:
+                mark_from_env(*item)
+            except Exception as e:  # noqa: BLE001 - a status report must never stop training
+                log.warning("job status %s not recorded: %s", item[0], e)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Send what is queued, then stop the thread."""
+        if self._thread is not None:
+            self._q.put(None)
+            self._thread.join(timeout)

@@ -78,4 +78,4 @@ def resume_cmd(job_id: str) -> None:
     tracker = JobBead(bd, issue.id, job_dir, meta)
     env = {"GT_EXT_JOB_BEAD": issue.id, "GT_EXT_JOB_BEADS_DIR": str(bd.beads_dir)}
     res = run_formula(f, declared, job_dir, tracker=tracker, echo=lambda s: print(s, flush=True), env=env)
-    print(f"job {issue.id}: ran {len(res.ran)} step(s), skipped {len(res.skipped)}")
+    print(f"job {issue.id}: ran {len(res.ran)} step(s), skipped {len(res.skipped)}; {res.status}")

@@ -11,6 +11,8 @@ JOB_STATUSES: dict[str, str] = {
     "evaluating": "wip",
     "degraded": "wip",       # swarm lost a peer but goes on
     "done": "done",
+    "gate-failed": "done",   # every step ran; the model is registered but its eval gate failed
+    "stopped": "frozen",     # a time limit stopped training with a checkpoint: rerun to resume
     "failed": "frozen",
 }
 

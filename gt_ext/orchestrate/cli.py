@@ -58,7 +58,8 @@ def show_cmd(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
         print(json.dumps({
             "name": f.name, "path": str(f.path), "type": f.type, "version": f.version,
             "vars": {k: {"required": v.required, "default": v.default, "description": v.description} for k, v in f.vars.items()},
-            "steps": [{"id": s.id, "title": s.title, "needs": list(s.needs), "run": s.run, "job_status": s.job_status} for s in f.ordered_steps()],
+            "steps": [{"id": s.id, "title": s.title, "needs": list(s.needs), "run": s.run, "job_status": s.job_status,
+                       "exit_statuses": {str(c): st for c, st in s.exit_statuses}} for s in f.ordered_steps()],
         }, indent=2))
         return
     print(f"{f.name} ({f.type} v{f.version})  {f.path}")
@@ -104,5 +105,7 @@ def run_cmd(
         env = {"GT_EXT_JOB_BEAD": tracker.bead_id, "GT_EXT_JOB_BEADS_DIR": str(tracker.bd.beads_dir)}
     result = run_formula(f, given, jd, tracker=tracker, echo=lambda s: print(s, flush=True), env=env)
     print(f"formula {f.name}: ran {len(result.ran)} step(s), skipped {len(result.skipped)}; job folder {jd}")
+    if result.status != "done":
+        print(f"job ended {result.status}: {result.reason}")
     if tracker is not None:
-        print(f"job bead: {tracker.bead_id}")
+        print(f"job bead: {tracker.bead_id} ({result.status})")

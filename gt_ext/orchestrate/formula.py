@@ -2,9 +2,12 @@
 
 The fields read here are gt's own (`formula`, `description`, `type`, `version`, `[vars.X]` with
 `description`/`required`/`default` or the `X = "default"` shorthand, `[[steps]]` with `id`, `title`,
-`description`, `needs`, `acceptance`) plus two keys of this project that gt ignores:
-`run` (the command line of the step, with `{{var}}` placeholders) and `job_status` (the status the
-training-job bead takes while the step runs).
+`description`, `needs`, `acceptance`) plus keys of this project that gt ignores:
+`run` (the command line of the step, with `{{var}}` placeholders), `job_status` (the status the
+training-job bead takes while the step runs) and `exit_statuses` (exit codes of the step's command
+that are outcomes rather than failures, each naming the job status it leads to; see
+gt_ext.orchestrate.runner: `stopped` pauses the job there, `gate-failed` lets it go on and end in
+that status).
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ class Step:
     acceptance: str = ""
     run: str | None = None
     job_status: str | None = None
+    exit_statuses: tuple[tuple[int, str], ...] = ()
+
+    def outcome(self, code: int) -> str | None:
+        """The job status a non-zero exit code of this step stands for, if it is a declared outcome."""
+        return dict(self.exit_statuses).get(code)
 
 
 @dataclass
@@ -154,6 +162,7 @@ def load_formula(path: str | Path) -> Formula:
                 acceptance=str(raw.get("acceptance", "")),
                 run=raw.get("run"),
                 job_status=raw.get("job_status"),
+                exit_statuses=_exit_statuses(path, sid, raw.get("exit_statuses")),
             )
         )
     for s in steps:
@@ -169,6 +178,24 @@ def load_formula(path: str | Path) -> Formula:
         vars=vars_,
         steps=steps,
     )
+
+
+def _exit_statuses(path: Path, sid: str, raw: object) -> tuple[tuple[int, str], ...]:
+    """`exit_statuses = {"3" = "stopped"}` -> ((3, "stopped"),); only outcome statuses are allowed."""
+    if raw is None:
+        return ()
+    from gt_ext.orchestrate.runner import OUTCOME_STATUSES
+
+    if not isinstance(raw, dict):
+        raise GtExtError(f"{path}: step {sid!r}: exit_statuses must be a table of exit code = status")
+    out = []
+    for code, status in raw.items():
+        if not str(code).isdigit() or int(code) == 0:
+            raise GtExtError(f"{path}: step {sid!r}: exit_statuses key {code!r} is not a non-zero exit code")
+        if status not in OUTCOME_STATUSES:
+            raise GtExtError(f"{path}: step {sid!r}: exit status {status!r} is not one of {', '.join(OUTCOME_STATUSES)}")
+        out.append((int(code), str(status)))
+    return tuple(sorted(out))
 
 
 def list_formulas() -> list[Path]:

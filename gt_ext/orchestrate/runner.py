@@ -4,6 +4,13 @@ A run lives in a job folder. `formula-state.json` there records the variables an
 finished, so running the same formula with the same variables again skips what is done and goes on
 from the first unfinished step (each step's own command resumes its own work, e.g. `train --resume`).
 A job tracker (a training-job bead, see gt_ext.jobs) is told each step's status as it runs.
+
+A step's exit code is a failure unless the step declares it an outcome (`exit_statuses`):
+- `stopped`: the step stopped by design before finishing (training hit its time limit, with a
+  checkpoint). The run pauses there, the step is not marked finished, the job is `stopped`, and a
+  rerun resumes that step.
+- `gate-failed`: the step finished, with a verdict (the eval gate failed). The run goes on (the
+  model is still registered, for the record) and the job ends `gate-failed` instead of `done`.
 """
 
 from __future__ import annotations
@@ -29,13 +36,21 @@ from gt_ext.roles import check_role
 log = logging.getLogger(__name__)
 
 
+# Exit outcomes a step may declare: the ones that pause the run, and the ones that set how it ends.
+PAUSE_STATUSES = ("stopped",)
+FINAL_STATUSES = ("gate-failed",)
+OUTCOME_STATUSES = PAUSE_STATUSES + FINAL_STATUSES
+EXIT_STOPPED = 3  # exit code of `formula run` / `job resume` when the job paused (resumable)
+
+
 class JobTracker(Protocol):
     """What the runner tells about a job's progress (implemented by gt_ext.jobs.JobBead)."""
 
     def step_started(self, step_id: str, status: str | None) -> None: ...
     def step_finished(self, step_id: str) -> None: ...
     def failed(self, reason: str) -> None: ...
-    def done(self) -> None: ...
+    def stopped(self, reason: str) -> None: ...
+    def done(self, status: str = "done", reason: str = "") -> None: ...
 
 
 @dataclass
@@ -47,6 +62,8 @@ class FormulaRunResult:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    status: str = "done"  # how the job ended: done, or a final outcome such as gate-failed
+    reason: str = ""
 
 
 def job_dir_for(formula: Formula, given: dict[str, str], root: Path) -> Path:
@@ -114,16 +131,27 @@ def run_formula(
         t0 = time.monotonic()
         proc = subprocess.run(argv, env=run_env)
         result.seconds[step.id] = time.monotonic() - t0
-        if proc.returncode != 0:
+        outcome = step.outcome(proc.returncode) if proc.returncode else None
+        if outcome in PAUSE_STATUSES:
+            reason = f"step {step.id} {outcome} (exit code {proc.returncode}); rerun to resume it"
+            if tracker:
+                tracker.stopped(reason)
+            raise GtExtError(f"formula {formula.name}: {reason} (job folder {job_dir})", exit_code=EXIT_STOPPED)
+        if proc.returncode != 0 and outcome is None:
             reason = f"step {step.id} failed with exit code {proc.returncode}"
             if tracker:
                 tracker.failed(reason)
             raise GtExtError(f"formula {formula.name}: {reason} (job folder {job_dir}; rerun to resume)", exit_code=1)
+        if outcome in FINAL_STATUSES:
+            state["final"] = {"status": outcome, "reason": f"step {step.id}: {outcome}"}
+            echo(f"[{i}/{len(steps)}] {step.id}: {outcome}; going on, the job will end {outcome}")
         state["completed"].append(step.id)
         atomic_write_json(state_path, state)
         result.ran.append(step.id)
         if tracker:
             tracker.step_finished(step.id)
+    final = state.get("final") or {"status": "done", "reason": "all steps finished"}
+    result.status, result.reason = final["status"], final["reason"]
     if tracker:
-        tracker.done()
+        tracker.done(result.status, result.reason)
     return result

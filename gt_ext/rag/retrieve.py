@@ -42,6 +42,17 @@ MAX_BUDGET = 2500
 PRIME_FRACTION = 0.18
 
 
+# A patrol decision (gt_ext.corpus.patrol: step, allowed actions, evidence; 340-560 SmolLM2 tokens
+# with the system turn) must fit 3K tokens with its RAG context and its answer.
+DECISION_LIMIT = 3000
+
+
+def decision_budget(role: str, prompt_tokens: int, answer_tokens: int = 64) -> int:
+    """RAG budget for one decision prompt of `prompt_tokens`: the role's budget, cut so that prompt +
+    context + answer stay within DECISION_LIMIT tokens (0 when the prompt alone fills it)."""
+    return max(0, min(role_budget(role), DECISION_LIMIT - int(prompt_tokens) - int(answer_tokens)))
+
+
 def role_budget(role: str) -> int:
     """Default context budget (tokens) for `role`: 18% of its measured `gt prime`, at most 2,500."""
     check_role(role)

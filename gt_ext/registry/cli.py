@@ -42,6 +42,8 @@ def _eval_str(rec) -> str:
 def _status(rec, where: list[str]) -> str:
     if where:
         return "deployed: " + ", ".join(where)
+    if rec.gate is None and rec.eval_runs:
+        return "no gating eval"  # only smoke runs or untrusted results so far
     return {"pass": "ready", "fail": "gate failed"}.get(rec.gate or "", "not evaluated")
 
 
@@ -69,8 +71,10 @@ def show_cmd(ref: str = typer.Argument(..., metavar="NAME[:VER]", help="Model na
         where = reg.deployed_to(rec, reg.live())
         adapters = [a.ref for a in reg.adapters() if rec.base_model in (a.compatible or [a.base_model])
                     and a.role == rec.role]
+        forced = [h for h in reg.history() if h.forced and h.model == rec.ref]
         if json_out:
-            _print_json({**rec.to_dict(), "deployed_to": where, "adapters": adapters, "status": _status(rec, where)})
+            _print_json({**rec.to_dict(), "deployed_to": where, "adapters": adapters, "status": _status(rec, where),
+                         "forced_deploys": [h.to_dict() for h in forced]})
             return
         lora = rec.hyperparams.get("lora") if isinstance(rec.hyperparams.get("lora"), dict) else {}
         cats = ", ".join(f"{c} {v.get('score', '?')}" for c, v in sorted(rec.eval_categories.items()))
@@ -91,6 +95,15 @@ def show_cmd(ref: str = typer.Argument(..., metavar="NAME[:VER]", help="Model na
         ]
         for k, v in lines:
             typer.echo(f"{k + ':':<13}{v}")
+        if rec.eval_runs:
+            typer.echo("Evals:")
+            for e in rec.eval_runs:
+                verdict = "pass" if e.get("deployable") else "fail"
+                kind = "gating" if e.get("gating") else f"not gating: {e.get('why_not_gating')}"
+                typer.echo(f"  {e.get('recorded', '')}  {e.get('suite')}  composite {e.get('composite')}  "
+                           f"{verdict}  ({e.get('source')}; {kind})")
+        for h in forced:
+            typer.echo(f"Forced:      {h.action} to {h.role}@{h.rig or 'town'} at {h.time} by {h.actor}: {h.reason}")
 
 
 @app.command("adapters")
@@ -130,14 +143,23 @@ def deploy_cmd(ref: str = typer.Argument(..., metavar="NAME[:VER]"),
                role: str = typer.Option(None, "--role", help="Role to serve (default: the model's role)."),
                rig: str = typer.Option(None, "--rig", help="Write this rig's settings instead of the town's."),
                adapters: str = typer.Option("", "--adapters", help="Task adapters to load with it: NAME[:VER],..."),
-               force: str = typer.Option(None, "--force", metavar="REASON",
-                                         help="Deploy despite a failed gate / rollout order; REASON is logged."),
-               why: str = typer.Option("", "--why", help="Note for the deployment history."),
+               force: bool = typer.Option(False, "--force",
+                                          help="Deploy without a passing full eval of the role's suite, or out of "
+                                               "rollout order; needs --reason, recorded in the registry."),
+               reason: str = typer.Option("", "--reason", help="Why (required with --force); kept in the "
+                                          "deployment history and shown by `gt model show`."),
                json_out: bool = JSON_OPT) -> None:
-    """Point a role at a model: writes agents["node0-ROLE"] and role_agents[ROLE] in gt settings."""
+    """Point a role at a model: writes agents["node0-ROLE"] and role_agents[ROLE] in gt settings.
+
+    Refused unless the model's newest full run of its role's gating suite (builtin:ROLE) passed
+    the gate: a --limit smoke run, an untrusted eval file or no eval at all does not count."""
+    from gt_ext.errors import GtExtError
+
+    if force and not reason.strip():
+        raise GtExtError("--force needs --reason TEXT (it is recorded in the registry)")
     with _open() as reg:
-        res = reg.deploy(ref, role=role, rig=rig, force_reason=force,
-                         adapters=[a for a in adapters.split(",") if a], reason=why)
+        res = reg.deploy(ref, role=role, rig=rig, force_reason=reason if force else None,
+                         adapters=[a for a in adapters.split(",") if a], reason=reason)
         if json_out:
             _print_json(res.to_dict())
             return

@@ -51,10 +51,13 @@ class ModelRecord:
     lora_rank: int | None = None
     eval_categories: dict[str, Any] = field(default_factory=dict)  # {cat: {"passed","total","score"}}
     eval_composite: float | None = None  # 0-100
-    gate: str | None = None  # "pass" | "fail" | None (not evaluated)
+    gate: str | None = None  # "pass" | "fail" of the newest gating eval; None = none yet
     compatible: list[str] = field(default_factory=list)  # base models a task adapter fits
     created: str = ""  # ISO-8601 UTC
     convention_fingerprint: str | None = None
+    # Every eval recorded for this version, oldest first (gt_ext.registry.gate.eval_entry): suite,
+    # hash, full or partial, trusted or not, gating or not (and why), composite, verdict, time.
+    eval_runs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ref(self) -> str:
@@ -118,8 +121,12 @@ class Deployment:
 
 _MODEL_COLS = ("name", "version", "role", "task", "base_model", "path", "parent", "corpus_hash",
                "examples", "dpo_pairs", "hyperparams", "lora_rank", "eval_categories",
-               "eval_composite", "gate", "compatible", "created", "convention_fingerprint")
-_JSON_MODEL_COLS = {"hyperparams", "eval_categories", "compatible"}
+               "eval_composite", "gate", "compatible", "created", "convention_fingerprint", "eval_runs")
+_JSON_MODEL_COLS = {"hyperparams", "eval_categories", "compatible", "eval_runs"}
+_LIST_COLS = {"compatible", "eval_runs"}
+# Columns added after the first release, with their SQL type per backend: an older table gets them
+# (ALTER TABLE ... ADD COLUMN) when a store opens it.
+_ADDED_COLS = {"eval_runs": {"sqlite": "TEXT", "dolt": "LONGTEXT"}}
 _DEPLOY_COLS = ("action", "role", "rig", "model", "before_state", "after_state", "actor", "time",
                 "reason", "forced")
 
@@ -152,8 +159,9 @@ class MetaStore(ABC):
 
     @abstractmethod
     def update_eval(self, name: str, version: int, categories: dict[str, Any], composite: float | None,
-                    gate: str | None, message: str) -> None:
-        """Record an evaluation result for one version."""
+                    gate: str | None, message: str, eval_runs: list[dict[str, Any]] | None = None) -> None:
+        """Record an evaluation for one version: the gate columns (a gating eval) and/or the list of
+        every eval recorded (`eval_runs`, when given)."""
 
     @abstractmethod
     def delete_model(self, name: str, version: int, message: str) -> None:
@@ -197,7 +205,7 @@ class _SqlStore(MetaStore):
     def _row_to_model(row: dict[str, Any]) -> ModelRecord:
         kw = dict(row)
         for c in _JSON_MODEL_COLS:
-            kw[c] = json.loads(kw[c]) if kw.get(c) else ({} if c != "compatible" else [])
+            kw[c] = json.loads(kw[c]) if kw.get(c) else ([] if c in _LIST_COLS else {})
         kw["path"] = Path(kw["path"])
         kw["version"] = int(kw["version"])
         kw["examples"] = int(kw["examples"] or 0)
@@ -248,11 +256,24 @@ class _SqlStore(MetaStore):
         return int(rows[0]["v"] or 0) if rows else 0
 
     def update_eval(self, name: str, version: int, categories: dict[str, Any], composite: float | None,
-                    gate: str | None, message: str) -> None:
+                    gate: str | None, message: str, eval_runs: list[dict[str, Any]] | None = None) -> None:
+        runs = json.dumps(eval_runs, sort_keys=True) if eval_runs is not None else None
         with self._write(message) as cur:
-            cur.execute(self._sql(f"UPDATE {MODELS_TABLE} SET `eval_categories` = ?, `eval_composite` = ?, `gate` = ? "
-                                  "WHERE `name` = ? AND `version` = ?"),
-                        (json.dumps(categories, sort_keys=True), composite, gate, name, version))
+            if gate is not None:
+                cur.execute(self._sql(f"UPDATE {MODELS_TABLE} SET `eval_categories` = ?, `eval_composite` = ?, `gate` = ? "
+                                      "WHERE `name` = ? AND `version` = ?"),
+                            (json.dumps(categories, sort_keys=True), composite, gate, name, version))
+            if runs is not None:
+                cur.execute(self._sql(f"UPDATE {MODELS_TABLE} SET `eval_runs` = ? WHERE `name` = ? AND `version` = ?"),
+                            (runs, name, version))
+
+    def _add_missing_columns(self, have: set[str]) -> None:
+        """Bring a table made by an earlier release up to date (new columns, empty)."""
+        missing = [c for c in _ADDED_COLS if c not in have]
+        if missing:
+            with self._write(f"gt-ext registry: add columns {', '.join(missing)}") as cur:
+                for c in missing:
+                    cur.execute(f"ALTER TABLE {MODELS_TABLE} ADD COLUMN `{c}` {_ADDED_COLS[c][self.backend]}")
 
     def delete_model(self, name: str, version: int, message: str) -> None:
         with self._write(message) as cur:
@@ -298,6 +319,7 @@ class SqliteStore(_SqlStore):
         with self._write("create tables") as cur:
             for stmt in self._ddl():
                 cur.execute(stmt)
+        self._add_missing_columns({r["name"] for r in self._read(f"PRAGMA table_info({MODELS_TABLE})")})
 
     def _ddl(self) -> list[str]:
         return [
@@ -306,7 +328,7 @@ class SqliteStore(_SqlStore):
                 `base_model` TEXT NOT NULL, `path` TEXT NOT NULL, `parent` TEXT, `corpus_hash` TEXT,
                 `examples` INTEGER, `dpo_pairs` INTEGER, `hyperparams` TEXT, `lora_rank` INTEGER,
                 `eval_categories` TEXT, `eval_composite` REAL, `gate` TEXT, `compatible` TEXT,
-                `created` TEXT NOT NULL, `convention_fingerprint` TEXT,
+                `created` TEXT NOT NULL, `convention_fingerprint` TEXT, `eval_runs` TEXT,
                 PRIMARY KEY (`name`, `version`))""",
             f"""CREATE TABLE IF NOT EXISTS {DEPLOY_TABLE} (
                 `id` INTEGER PRIMARY KEY AUTOINCREMENT, `action` TEXT NOT NULL, `role` TEXT NOT NULL,
@@ -352,6 +374,7 @@ class DoltStore(_SqlStore):
             with self._write("gt-ext registry: create tables") as cur:
                 for stmt in self._ddl():
                     cur.execute(stmt)
+        self._add_missing_columns({next(iter(r.values())) for r in self.client.query(f"SHOW COLUMNS FROM {MODELS_TABLE}")})
 
     def _ddl(self) -> list[str]:
         return [
@@ -361,7 +384,7 @@ class DoltStore(_SqlStore):
                 `parent` VARCHAR(255), `corpus_hash` VARCHAR(128), `examples` INT, `dpo_pairs` INT,
                 `hyperparams` LONGTEXT, `lora_rank` INT, `eval_categories` LONGTEXT, `eval_composite` DOUBLE,
                 `gate` VARCHAR(8), `compatible` LONGTEXT, `created` VARCHAR(40) NOT NULL,
-                `convention_fingerprint` VARCHAR(128), PRIMARY KEY (`name`, `version`))""",
+                `convention_fingerprint` VARCHAR(128), `eval_runs` LONGTEXT, PRIMARY KEY (`name`, `version`))""",
             f"""CREATE TABLE IF NOT EXISTS {DEPLOY_TABLE} (
                 `id` BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, `action` VARCHAR(16) NOT NULL,
                 `role` VARCHAR(32) NOT NULL, `rig` VARCHAR(200) NOT NULL, `model` VARCHAR(255),

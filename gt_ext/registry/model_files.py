@@ -79,22 +79,24 @@ def source_kind(src: Path) -> str:
 
 def read_run_json(src: Path) -> dict[str, Any]:
     """Parse `<src>/run.json` (GtExtError naming it when missing or corrupt)."""
-    p = src / RUN_JSON
-    if not p.is_file():
-        raise GtExtError(f"{p}: missing (the registry needs the run's role and base model)")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise GtExtError(f"{p}: not valid JSON") from None
-    if not isinstance(data, dict):
-        raise GtExtError(f"{p}: expected a JSON object")
+    from gt_ext.train import runfolder
+
+    data = runfolder.read_run_json(src)
+    if data is None:
+        raise GtExtError(f"{src / RUN_JSON}: missing (the registry needs the run's role and base model)")
     return data
 
 
+def is_eval_file(path: Path) -> bool:
+    """An eval result (`eval-*.json`): metadata about a model, not part of it (the registry records
+    it separately, after checking it against the version's files)."""
+    return path.name.startswith("eval-") and path.suffix == ".json"
+
+
 def _files_to_copy(src: Path, kind: str) -> list[Path]:
-    """Relative paths of the files that make up the version."""
-    tops = [src / n for n in _RUN_KEEP] if kind == "run" else [p for p in src.iterdir() if p.name not in _SKIP_NAMES]
-    tops += [p for p in src.glob("eval-*.json") if p not in tops]
+    """Relative paths of the files that make up the version (eval results are not among them)."""
+    tops = [src / n for n in _RUN_KEEP] if kind == "run" else [
+        p for p in src.iterdir() if p.name not in _SKIP_NAMES and not is_eval_file(p)]
     out: list[Path] = []
     for top in tops:
         if top.is_file():

@@ -28,6 +28,7 @@ from gt_ext.errors import GtExtError
 from gt_ext.gastown.town import Town, find_town
 from gt_ext.paths import home_dir
 from gt_ext.registry import deploy, model_files, prune
+from gt_ext.registry import gate as gating
 from gt_ext.registry.db import Deployment, DoltStore, MetaStore, ModelRecord, SqliteStore
 from gt_ext.registry.locks import file_lock
 from gt_ext.roles import ROLES, check_role, check_task
@@ -212,31 +213,48 @@ class Registry:
             except BaseException:
                 self.files.remove(path)
                 raise
-        for ev in sorted(path.glob("eval-*.json")):
+        # Eval results found in the folder were not made through the registry: each is recorded only
+        # after its model file hashes are checked against this version's own files.
+        manifest_files = model_files.read_manifest(path)["files"]
+        for ev in sorted(p for p in src.glob("eval-*.json") if p.is_file()):
             try:
-                self.record_eval(rec.ref, json.loads(ev.read_text()), write_file=False)
+                result = json.loads(ev.read_text())
+                if not isinstance(result, dict):
+                    raise GtExtError("not an eval result object")
+                self.record_eval(rec.ref, result, source=f"file {ev.name}",
+                                 untrusted=gating.verify_model_files(result, manifest_files))
             except (GtExtError, json.JSONDecodeError) as e:
                 log.warning("%s: not recorded (%s)", ev, e)
         return self.get(rec.ref)
 
-    def record_eval(self, ref: str, result: dict[str, Any], write_file: bool = True) -> ModelRecord:
-        """Store an EvalResult dict (`categories`, `composite`, `gate.deployable`) for a version,
-        and write it as `eval-<suite>.json` in the version folder."""
+    def record_eval(self, ref: str, result: dict[str, Any], write_file: bool = True, source: str = "run",
+                    untrusted: str | None = None) -> ModelRecord:
+        """Record an EvalResult dict for a version (gt_ext.registry.gate): append it to the version's
+        `eval_runs`; when it gates (a full, trusted run of the role's gating suite) it also sets the
+        version's gate, composite and categories. Writes it into the version folder (a partial run
+        as `eval-<suite>-partial.json`). `untrusted` = why the result cannot be trusted."""
         rec = self.get(ref)
         try:
             cats = {str(k): dict(v) for k, v in (result.get("categories") or {}).items()}
             comp = result.get("composite")
             comp = None if comp is None else float(comp)
-            gate_ok = (result.get("gate") or {}).get("deployable")
+            deployable = (result.get("gate") or {}).get("deployable")
         except (AttributeError, TypeError, ValueError) as e:
             raise GtExtError(f"eval result for {rec.ref}: malformed ({e})") from None
-        gate = None if gate_ok is None else ("pass" if gate_ok else "fail")
-        self.store.update_eval(rec.name, rec.version, cats, comp, gate,
-                               f"eval {rec.ref}: composite {comp}, gate {gate}")
-        if write_file:
-            from gt_ext.evals.runner import result_filename
+        from gt_ext.evals.runner import result_filename
 
-            atomic_write_json(rec.path / result_filename(result), result)
+        fname = result_filename(result)
+        town_root = self.town.root if self.town is not None else None
+        entry = gating.eval_entry(result, rec, town_root, source, untrusted, fname)
+        gate = ("pass" if deployable else "fail") if entry["gating"] else None
+        if not entry["gating"]:
+            log.warning("eval of %s recorded, not used by the deploy gate: %s", rec.ref, entry["why_not_gating"])
+        self.store.update_eval(rec.name, rec.version, cats, comp, gate,
+                               f"eval {rec.ref}: {result.get('suite')} composite {comp}, "
+                               + (f"gate {gate}" if gate else "not gating"),
+                               eval_runs=[*rec.eval_runs, entry])
+        if write_file:
+            atomic_write_json(rec.path / fname, result)
         return self.get(rec.ref)
 
     def _target(self, rig: str | None, role: str) -> deploy.Target:
@@ -252,9 +270,10 @@ class Registry:
                adapters: list[str] | None = None, reason: str = "") -> DeployResult:
         """Serve `ref` for `role` (default: the model's role) in town or `rig` settings.
 
-        Refused: mayor (always), task adapters as models, a failed eval gate, a model trained for
-        another role, or a role whose earlier rollout stages have no model deployed yet — the last
-        three unless `force_reason` is given (it is logged and recorded in the history).
+        Refused: mayor (always), task adapters as models, a model without a passing full eval of
+        its role's gating suite (`gt_ext.registry.gate`), a model trained for another role, or a
+        role whose earlier rollout stages have no model deployed yet — the last three unless
+        `force_reason` is given (it is logged and recorded in the deployment history).
         """
         rec = self.get(ref)
         role = deploy.check_deployable_role(role or rec.role)
@@ -262,13 +281,9 @@ class Registry:
             raise GtExtError(f"{rec.ref} is a task adapter ({rec.task}); deploy a role model and pass it with --adapters")
         target = self._target(rig, role)
         if force_reason is not None and not force_reason.strip():
-            raise GtExtError("--force needs a reason")
-        problems: list[str] = []
+            raise GtExtError("--force needs --reason TEXT (it is recorded in the registry)")
         warnings: list[str] = []
-        if rec.gate == "fail":
-            problems.append(f"{rec.ref} failed its eval gate (composite {rec.eval_composite})")
-        elif rec.gate is None:
-            warnings.append(f"{rec.ref} has no eval result yet")
+        problems = gating.deploy_problems(rec, self.town.root if self.town is not None else None)
         if rec.role != role:
             problems.append(f"{rec.ref} was trained for role {rec.role}, not {role}")
         adapter_refs = []
@@ -286,7 +301,8 @@ class Registry:
             if blockers:
                 problems.append(f"rollout order: deploy {' then '.join(blockers)} before {role}")
             if problems and force_reason is None:
-                raise GtExtError(f"refusing to deploy {rec.ref} to {role}: {'; '.join(problems)} (override with --force REASON)")
+                raise GtExtError(f"refusing to deploy {rec.ref} to {role}: {'; '.join(problems)} "
+                                 "(override with --force --reason TEXT)")
             if problems:
                 log.warning("forced deploy of %s to %s (%s): %s", rec.ref, role, force_reason, "; ".join(problems))
                 warnings += [f"forced: {p}" for p in problems]

@@ -4,9 +4,11 @@
 
 It loads the model, prints the ready prompt `node0> `, then for every prompt or nudge typed into
 the pane runs one agent turn: the reply streams into the pane; each tool call in it
-(`<tool_call>{"name": "Bash", ...}</tool_call>`, the corpus format) runs in the work dir under the
-guard, and its output goes back to the model until the model answers without a tool call or a
-limit (steps, time, output size) is hit. Every session is written as a Claude Code style JSONL
+(`<tool_call>{"name": "Bash", ...}</tool_call>`, the corpus format) runs in the work dir in a
+bubblewrap sandbox after a policy check (`gt_ext.serve.tools`; settings in the town's
+`settings/gt-ext.json`, see `gt_ext.serve.agentcfg`), and its output goes back to the model until
+the model answers without a tool call or a limit (steps, time, output size) is hit. Without a
+working sandbox the agent still answers, but runs no command and says why. Every session is written as a Claude Code style JSONL
 transcript. EOF (Ctrl-D) and SIGTERM/SIGHUP end it cleanly; Ctrl-C cancels the current turn.
 """
 
@@ -16,7 +18,6 @@ import argparse
 import ctypes
 import logging
 import os
-import re
 import signal
 import sys
 import time
@@ -29,8 +30,6 @@ from gt_ext.errors import GtExtError
 log = logging.getLogger(__name__)
 
 PROCESS_NAME = "node0-inference"
-# "!command", also behind the "[from <sender>] " prefix that `gt nudge` puts before a message.
-_BANG = re.compile(r"^(?:\[from [^\]]*\]\s*)?!")
 READY_PROMPT = "node0> "  # gt's RuntimeConfig tmux.ready_prompt_prefix (set by the registry's deploy)
 
 
@@ -61,7 +60,9 @@ class Agent:
     """The agent loop over a Generator, a ToolRunner and a Transcript."""
 
     def __init__(self, generator: Any, env: Any, runner: Any, params: Any, limits: Limits,
-                 transcript_factory: Any = None, rag: bool = False, out: TextIO = sys.stdout):
+                 transcript_factory: Any = None, rag: bool = False, out: TextIO = sys.stdout,
+                 settings: Any = None):
+        from gt_ext.serve.agentcfg import AgentSettings
         from gt_ext.serve.rolecard import role_card
 
         self.gen = generator
@@ -71,6 +72,7 @@ class Agent:
         self.limits = limits
         self.rag = rag
         self.out = out
+        self.settings = settings or AgentSettings()
         self._transcript_factory = transcript_factory
         self.transcript = None
         self.history: list[dict[str, str]] = [{"role": "system", "content": role_card(env)}]
@@ -89,9 +91,12 @@ class Agent:
         if not self.rag:
             return ""
         try:
-            from gt_ext.rag.retrieve import context_for
+            from gt_ext.rag.retrieve import context_for, decision_budget
 
-            return context_for(prompt, self.env.role, rig=self.env.rig or None, town=self.env.root or None)
+            # The prompt, its context and the answer stay within the decision limit (3K tokens).
+            budget = decision_budget(self.env.role, self.gen.count_tokens(prompt), self.params.max_new_tokens)
+            return context_for(prompt, self.env.role, rig=self.env.rig or None, town=self.env.root or None,
+                               budget_tokens=budget)
         except Exception as e:  # RAG is an aid: a missing index must not break the agent
             log.warning("rag context unavailable: %s", e.__class__.__name__)
             return ""
@@ -99,8 +104,15 @@ class Agent:
     def turn(self, prompt: str) -> str:
         """Run one turn for `prompt`; return the last reply's prose."""
         from gt_ext.corpus.format import parse_tool_calls, render_tool_call, strip_tool_calls
+        from gt_ext.serve.agentcfg import bang_refusal, parse_bang
         from gt_ext.serve.generate import GenerationStats
 
+        bang = parse_bang(prompt)
+        refusal = bang_refusal(bang[0], self.settings) if bang else None
+        if refusal:  # not run, not given to the model: say why in the pane and wait for the next prompt
+            log.info("!command refused: %s", refusal)
+            self._say(f"[refused: {refusal}]\n")
+            return ""
         if self.transcript is None and self._transcript_factory is not None:
             self.transcript = self._transcript_factory()
         if self.transcript:
@@ -112,9 +124,9 @@ class Agent:
         # Stop right after the first complete tool call: run it before the model goes on.
         params = replace(self.params, stop=[*self.params.stop, "</tool_call>"])
         # "!command" (as in Claude Code's bash mode) runs the command as the assistant's first tool
-        # call, written into the turn as if generated; the model then answers from its output.
-        bang = _BANG.match(prompt)
-        forced = render_tool_call("Bash", {"command": prompt[bang.end():].strip()}) if bang else None
+        # call, written into the turn as if generated (so in the same sandbox); the model then
+        # answers from its output.
+        forced = render_tool_call("Bash", {"command": bang[1]}) if bang else None
         reply = ""
         for _step in range(self.limits.max_steps):
             stats = GenerationStats()
@@ -162,6 +174,17 @@ class Agent:
             self.transcript.close()
 
 
+def _sandbox_line(runner: Any) -> str:
+    """One line for the pane: where tool commands may write and connect, or why none will run."""
+    why = runner.unavailable()
+    if why:
+        return f"[sandbox unavailable: {why}; tool commands will be refused]"
+    p = runner.sandbox.policy
+    net = {"loopback": f"loopback port(s) {', '.join(map(str, p.ports)) or 'none'}", "none": "none",
+           "host": "host network"}[p.network]
+    return f"sandbox: bubblewrap | writes: work dir{f' + {len(p.write)} path(s)' if p.write else ''} | network: {net}"
+
+
 def _indent(text: str, lines: int = 20) -> str:
     """Tool output as Claude Code shows it (`  ⎿  first line`, continuation indented)."""
     body = text.rstrip("\n").splitlines() or [""]
@@ -204,9 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, stdin_fd: int = 0, out: TextIO = sys.stdout) -> int:
     """Load the model and serve prompts from `stdin_fd` until EOF or SIGTERM."""
+    from gt_ext.serve.agentcfg import build_policy, load_agent_settings
     from gt_ext.serve.loader import load_generator
     from gt_ext.serve.params import SamplingParams
     from gt_ext.serve.rolecard import AgentEnv, measure, role_card
+    from gt_ext.serve.sandbox import Sandbox
     from gt_ext.serve.tools import ToolRunner
     from gt_ext.serve.transcript import Transcript
     from gt_ext.serve.ttyin import PromptReader
@@ -215,6 +240,8 @@ def run(args: argparse.Namespace, stdin_fd: int = 0, out: TextIO = sys.stdout) -
     if not os.path.isdir(workdir):
         raise GtExtError(f"--workdir {workdir}: not a folder")
     env = AgentEnv.from_environ(workdir=workdir)
+    settings = load_agent_settings(env.root or None)
+    runner_sandbox = Sandbox(build_policy(workdir, env, settings))
     limits = Limits(args.max_steps, args.turn_timeout, args.tool_timeout, args.max_output)
     if min(limits.max_steps, limits.max_output) < 1 or min(limits.turn_s, limits.tool_s) <= 0:
         raise GtExtError("limits: --max-steps, --max-output, --turn-timeout and --tool-timeout must be positive")
@@ -233,8 +260,9 @@ def run(args: argparse.Namespace, stdin_fd: int = 0, out: TextIO = sys.stdout) -
     def transcript() -> Transcript:
         return Transcript(workdir, model=f"node0:{model.ref}", folder=args.transcripts, meta=env.to_meta())
 
-    agent = Agent(gen, env, ToolRunner(workdir, limits.tool_s, limits.max_output), params, limits,
-                  transcript_factory=None if args.no_transcript else transcript, rag=args.rag, out=out)
+    runner = ToolRunner(workdir, limits.tool_s, limits.max_output, sandbox=runner_sandbox)
+    agent = Agent(gen, env, runner, params, limits, transcript_factory=None if args.no_transcript else transcript,
+                  rag=args.rag, out=out, settings=settings)
 
     def on_term(signum: int, _frame: Any) -> None:
         raise _Terminate(signum)
@@ -243,6 +271,7 @@ def run(args: argparse.Namespace, stdin_fd: int = 0, out: TextIO = sys.stdout) -
     signal.signal(signal.SIGHUP, on_term)
     out.write(f"node0 {model.ref} on {gen.backend} | role {env.role}"
               f"{' rig ' + env.rig if env.rig else ''} | work dir {workdir}\n")
+    out.write(_sandbox_line(runner) + "\n")
     reader = PromptReader(stdin_fd)
     pending = args.prompt
     try:

@@ -7,6 +7,14 @@ Extensions to OpenAI's request: `top_k`, `repetition_penalty`, and `adapters` (a
 was started with; `[]` = base model only) to pick the adapter stack per request. A request whose
 `model` names another registry model on the same base is served with that model's adapter, also
 without reloading the base. Bad requests get 4xx with `{"error": {"message", "type", "param"}}`.
+
+Limits (`ApiLimits`), all checked before a request joins a batch, so a bad request fails alone:
+a bearer token (when set) on every route, `/docs` and `/health` included, of at least
+`MIN_TOKEN_CHARS` characters; request bodies of at most `max_body_bytes` (413), read within
+`body_timeout_s` (408); message text of at most `max_prompt_chars`; `max_tokens` within what the
+model's context leaves after the prompt; at most `max_per_client` requests in flight per client
+address (429); stop strings bounded in count and length (`params.MAX_STOPS`, `MAX_STOP_CHARS`)
+and matched in linear time; a request whose client disconnects stops generating.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ import json
 import logging
 import time
 import uuid
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +41,25 @@ from gt_ext.serve.batcher import Batcher, Job
 from gt_ext.serve.params import SamplingParams
 
 log = logging.getLogger(__name__)
+
+MIN_TOKEN_CHARS = 32  # a bearer token shorter than this is refused (e.g. 32 hex digits = 128 bits)
+
+
+@dataclass
+class ApiLimits:
+    """What one client or one request may cost the server."""
+
+    max_body_bytes: int = 1 << 20  # request body
+    body_timeout_s: float = 30.0  # to receive the whole body (slow senders hold a connection)
+    max_prompt_chars: int = 256_000  # characters of message content in one request
+    max_per_client: int = 8  # POST requests in flight per client address (queued or generating): a batch
+
+
+def check_token(token: str | None) -> None:
+    """Refuse a bearer token too short to resist guessing."""
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise GtExtError(f"API token: at least {MIN_TOKEN_CHARS} characters needed, got {len(token)} "
+                         "(make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')")
 
 
 class ChatRequest(BaseModel):
@@ -87,9 +116,9 @@ class ApiState:
         return data
 
     def _registry_records(self) -> list[Any]:
-        try:
-            from gt_ext.registry import Registry
+        from gt_ext.registry import Registry
 
+        try:
             reg = Registry.open()
             try:
                 return [r for r in reg.list() if r.base_model == self.model.base_model and r.adapter_dir]
@@ -125,7 +154,9 @@ class ApiState:
                     weight = float(weight)
                 except (TypeError, ValueError):
                     raise GtExtError(f"adapters[{i}]: weight {weight!r} is not a number") from None
-                stack.extend((p, weight) for p in self._lookup(ref))
+                # An extra adapter is the adapter itself (the stack's last folder): its parent is
+                # the model it is stacked on, not applied a second time.
+                stack.append((self._lookup(ref)[-1], weight))
         return stack
 
 
@@ -145,9 +176,115 @@ def _registry_stack(ref: str, base_model: str) -> list[Path]:
     return [a for a, _ in m.adapters]
 
 
+class _Gate:
+    """ASGI middleware in front of every route: token, per-client concurrency, body size and time.
+
+    Runs before FastAPI reads anything, so an unauthenticated or over-limit request costs no
+    parsing; the body it read is handed on to the app unchanged."""
+
+    def __init__(self, app: Any, token: str | None, limits: ApiLimits):
+        self.app = app
+        self.expected = f"Bearer {token}".encode() if token else None
+        self.limits = limits
+        self.inflight: Counter[str] = Counter()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        if self.expected is not None and not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+            await _send_error(send, 401, "missing or wrong bearer token (Authorization: Bearer <token>)",
+                              "authentication_error")
+            return
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        client = (scope.get("client") or ("unknown",))[0]
+        if self.inflight[client] >= self.limits.max_per_client:
+            await _send_error(send, 429, f"too many requests in flight from {client} (limit "
+                              f"{self.limits.max_per_client}); wait for one to finish", "rate_limit_error")
+            return
+        self.inflight[client] += 1
+        try:
+            declared = headers.get(b"content-length", b"0")
+            if not declared.isdigit() or int(declared) > self.limits.max_body_bytes:
+                await _send_error(send, 413, f"request body larger than {self.limits.max_body_bytes} bytes",
+                                  param="body")
+                return
+            try:
+                body = await asyncio.wait_for(_read_body(receive, self.limits.max_body_bytes),
+                                              self.limits.body_timeout_s)
+            except _BodyTooLarge:
+                await _send_error(send, 413, f"request body larger than {self.limits.max_body_bytes} bytes",
+                                  param="body")
+                return
+            except TimeoutError:
+                await _send_error(send, 408, f"request body not received within {self.limits.body_timeout_s:g} s")
+                return
+            except _ClientGone:
+                return
+            replayed = False
+
+            async def replay() -> dict:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()  # after the body: waits for http.disconnect
+
+            await self.app(scope, replay, send)
+        finally:
+            self.inflight[client] -= 1
+            if self.inflight[client] <= 0:
+                del self.inflight[client]
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _read_body(receive: Any, cap: int) -> bytes:
+    parts, size = [], 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > cap:
+            raise _BodyTooLarge
+        parts.append(chunk)
+        if not msg.get("more_body"):
+            return b"".join(parts)
+
+
+async def _send_error(send: Any, status: int, message: str, etype: str = "invalid_request_error",
+                      param: str | None = None) -> None:
+    """An error answer before the app ran. The connection is closed after it: an unread body (a
+    40 MB one, a trickled one) is then dropped by the kernel instead of parsed by the server."""
+    body = json.dumps({"error": {"message": message, "type": etype, "param": param}}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _wait_disconnect(request: Request) -> None:
+    """Return when the client closes the connection (the body was already read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def create_app(generator: Any, model: Any, token: str | None = None, max_batch: int = 8,
-               max_queue: int = 64, registry_lookup: Any = None) -> FastAPI:
-    """The FastAPI app. With `token`, every /v1 request needs `Authorization: Bearer <token>`."""
+               max_queue: int = 64, registry_lookup: Any = None, limits: ApiLimits | None = None) -> FastAPI:
+    """The FastAPI app. With `token`, every route needs `Authorization: Bearer <token>`."""
+    check_token(token)
+    limits = limits or ApiLimits()
     state = ApiState(generator, model, max_batch=max_batch, max_queue=max_queue, registry_lookup=registry_lookup)
 
     @contextlib.asynccontextmanager
@@ -157,15 +294,7 @@ def create_app(generator: Any, model: Any, token: str | None = None, max_batch: 
 
     app = FastAPI(title="gastown-finetune prompt API", version="1", lifespan=lifespan)
     app.state.api = state
-
-    @app.middleware("http")
-    async def auth(request: Request, call_next):
-        if token and request.url.path.startswith("/v1"):
-            got = request.headers.get("authorization", "")
-            if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
-                return _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
-                              etype="authentication_error")
-        return await call_next(request)
+    app.add_middleware(_Gate, token=token, limits=limits)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request: Request, exc: RequestValidationError):
@@ -182,23 +311,18 @@ def create_app(generator: Any, model: Any, token: str | None = None, max_batch: 
         return {"object": "list", "data": state.models()}
 
     @app.post("/v1/chat/completions")
-    async def chat(req: ChatRequest):
+    async def chat(req: ChatRequest, request: Request):
         try:
-            params = SamplingParams(
-                max_new_tokens=req.max_completion_tokens or req.max_tokens or state.default_max_tokens,
-                temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
-                repetition_penalty=req.repetition_penalty,
-                stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []), seed=req.seed)
-            stack = state.adapters_for(req)
-            greq = generator.request(req.messages, params, stack)
+            greq = await _validated_request(state, req, limits)
         except GtExtError as e:
             msg = str(e)
             status = 404 if "not served here" in msg else 400
-            return _error(status, msg)
+            return _error(status, msg, param=_param_of(msg))
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         job = Job(greq, lambda p: loop.call_soon_threadsafe(q.put_nowait, ("piece", p)),
-                  lambda e: loop.call_soon_threadsafe(q.put_nowait, ("done", e)))
+                  lambda e: loop.call_soon_threadsafe(q.put_nowait, ("done", e)),
+                  client=(request.client.host if request.client else "unknown"))
         try:
             state.batcher.submit(job)
         except GtExtError as e:
@@ -208,17 +332,22 @@ def create_app(generator: Any, model: Any, token: str | None = None, max_batch: 
             include_usage = bool((req.stream_options or {}).get("include_usage"))
             return StreamingResponse(_sse(q, greq, cid, created, req.model, include_usage),
                                      media_type="text/event-stream")
-        text = ""
-        while True:
-            kind, val = await q.get()
-            if kind == "piece":
-                text += val
-            elif val is not None:
-                status = 400 if isinstance(val, GtExtError) else 500
-                return _error(status, str(val) if status == 400 else "generation failed", etype="server_error"
-                              if status == 500 else "invalid_request_error")
-            else:
-                break
+        collect = asyncio.ensure_future(_collect(q))
+        gone = asyncio.ensure_future(_wait_disconnect(request))
+        try:
+            await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not collect.done():  # the client went away (or we are shutting down): stop generating
+                greq.cancel.set()
+                collect.cancel()
+            gone.cancel()
+        if not collect.done() or collect.cancelled():
+            return _error(499, "client closed the request", etype="client_closed")
+        text, err = collect.result()
+        if err is not None:
+            status = 400 if isinstance(err, GtExtError) else 500
+            return _error(status, str(err) if status == 400 else "generation failed", etype="server_error"
+                          if status == 500 else "invalid_request_error")
         st = greq.stats
         return {"id": cid, "object": "chat.completion", "created": created, "model": req.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -226,6 +355,53 @@ def create_app(generator: Any, model: Any, token: str | None = None, max_batch: 
                 "usage": _usage(st)}
 
     return app
+
+
+async def _validated_request(state: ApiState, req: ChatRequest, limits: ApiLimits) -> Any:
+    """The generator Request for `req`, every limit checked (GtExtError naming the field otherwise)."""
+    from gt_ext.serve.generate import check_messages
+
+    gen = state.gen
+    check_messages(req.messages)
+    chars = sum(len(m["content"]) for m in req.messages)
+    if chars > limits.max_prompt_chars:
+        raise GtExtError(f"messages: {chars} characters of content; the limit is {limits.max_prompt_chars}")
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    requested = req.max_completion_tokens or req.max_tokens
+    # Validate the cheap fields before tokenizing (a bad seed or stop list costs nothing).
+    SamplingParams(max_new_tokens=1, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
+                   repetition_penalty=req.repetition_penalty, stop=stop, seed=req.seed)
+    ctx = int(gen.max_context)
+    if requested is not None and requested > ctx:
+        raise GtExtError(f"max_tokens: {requested} exceeds the model's context of {ctx} tokens")
+    prompt_tokens = await asyncio.to_thread(gen.count_tokens, req.messages)
+    room = ctx - prompt_tokens
+    if room < 1:
+        raise GtExtError(f"messages: the prompt is {prompt_tokens} tokens, the model's context is {ctx}")
+    if requested is not None and requested > room:
+        raise GtExtError(f"max_tokens: prompt is {prompt_tokens} tokens; with max_tokens {requested} it exceeds "
+                         f"the model's context of {ctx}")
+    params = SamplingParams(max_new_tokens=requested or min(state.default_max_tokens, room),
+                            temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
+                            repetition_penalty=req.repetition_penalty, stop=stop, seed=req.seed)
+    return gen.request(req.messages, params, state.adapters_for(req))
+
+
+def _param_of(message: str) -> str | None:
+    head, _, rest = message.partition(":")
+    if head == "sampling":  # "sampling: seed must be ..."
+        head = rest.split()[0] if rest.split() else head
+    return head if head.replace("_", "").replace(".", "").replace("[", "").replace("]", "").isalnum() else None
+
+
+async def _collect(q: asyncio.Queue) -> tuple[str, BaseException | None]:
+    text = ""
+    while True:
+        kind, val = await q.get()
+        if kind == "piece":
+            text += val
+        else:
+            return text, val
 
 
 def _usage(st: Any) -> dict[str, int]:
@@ -242,18 +418,24 @@ async def _sse(q: asyncio.Queue, greq: Any, cid: str, created: int, model: str, 
             obj["usage"] = usage
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
-    yield chunk({"role": "assistant", "content": ""})
-    while True:
-        kind, val = await q.get()
-        if kind == "piece":
-            yield chunk({"content": val})
-            continue
-        if val is not None:
-            msg = str(val) if isinstance(val, GtExtError) else "generation failed"
-            yield f"data: {json.dumps({'error': {'message': msg, 'type': 'server_error'}})}\n\n"
-        else:
-            yield chunk({}, greq.stats.finish_reason or "stop")
-            if include_usage:
-                yield chunk({}, usage=_usage(greq.stats))
-        break
-    yield "data: [DONE]\n\n"
+    finished = False
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while True:
+            kind, val = await q.get()
+            if kind == "piece":
+                yield chunk({"content": val})
+                continue
+            finished = True
+            if val is not None:
+                msg = str(val) if isinstance(val, GtExtError) else "generation failed"
+                yield f"data: {json.dumps({'error': {'message': msg, 'type': 'server_error'}})}\n\n"
+            else:
+                yield chunk({}, greq.stats.finish_reason or "stop")
+                if include_usage:
+                    yield chunk({}, usage=_usage(greq.stats))
+            break
+        yield "data: [DONE]\n\n"
+    finally:
+        if not finished:  # the client went away mid-stream: free its batch row
+            greq.cancel.set()

@@ -51,8 +51,12 @@ def read_token(token_file: Path | None) -> str | None:
             raise GtExtError(f"--token-file {token_file}: {e.strerror}") from None
         if not tok:
             raise GtExtError(f"--token-file {token_file}: empty")
-        return tok
-    return os.environ.get("GT_EXT_API_TOKEN") or None
+    else:
+        tok = os.environ.get("GT_EXT_API_TOKEN") or None
+    from gt_ext.serve.api import check_token
+
+    check_token(tok)
+    return tok
 
 
 @app.callback()
@@ -70,6 +74,9 @@ def serve(
     threads: int = typer.Option(1, "--threads", help="CPU threads (1 measured fastest on shared 2-core hosts)."),
     max_batch: int = typer.Option(8, "--max-batch", help="Requests decoded together."),
     max_queue: int = typer.Option(64, "--max-queue", help="Waiting requests before 503."),
+    max_per_client: int = typer.Option(8, "--max-per-client", help="Requests in flight per client address "
+                                       "before 429."),
+    max_body_kb: int = typer.Option(1024, "--max-body-kb", help="Largest request body (KiB) before 413."),
 ) -> None:
     """Run the OpenAI-compatible API (/v1/chat/completions, /v1/models) for --model."""
     if ctx.invoked_subcommand is not None:
@@ -82,17 +89,22 @@ def serve(
                          "(--token-file FILE or GT_EXT_API_TOKEN)")
     if not 0 < port < 65536:
         raise GtExtError(f"serve --port {port}: not a TCP port")
+    if min(max_batch, max_queue, max_per_client, max_body_kb) < 1:
+        raise GtExtError("serve: --max-batch, --max-queue, --max-per-client and --max-body-kb must be >= 1")
     import uvicorn
 
-    from gt_ext.serve.api import create_app
+    from gt_ext.serve.api import ApiLimits, create_app
     from gt_ext.serve.loader import load_generator
 
     gen, resolved = load_generator(model, adapters, backend, None if quantize == "none" else quantize, threads,
                                    purpose="api")
-    api = create_app(gen, resolved, token=token, max_batch=max_batch, max_queue=max_queue)
+    api = create_app(gen, resolved, token=token, max_batch=max_batch, max_queue=max_queue,
+                     limits=ApiLimits(max_body_bytes=max_body_kb * 1024, max_per_client=max_per_client))
     print(f"serving {resolved.ref} ({gen.backend}) on http://{host}:{port}/v1"
           f"{' (bearer token required)' if token else ''}", file=sys.stderr)
-    uvicorn.run(api, host=host, port=port, log_level="warning")
+    # Keep-alive and header limits of uvicorn bound what an idle or slow connection holds.
+    uvicorn.run(api, host=host, port=port, log_level="warning", timeout_keep_alive=5,
+                limit_concurrency=max(64, max_queue * 2))
 
 
 @app.command("chat")

@@ -56,6 +56,7 @@ class Request:
     params: SamplingParams
     adapters: list[tuple[str, float]] = field(default_factory=list)
     stats: GenerationStats = field(default_factory=GenerationStats)
+    cancel: threading.Event = field(default_factory=threading.Event)  # set: stop generating this one
 
 
 def check_messages(messages: Any, where: str = "messages") -> list[Message]:
@@ -270,6 +271,9 @@ class TorchEngine:
                 nxt = torch.full((n, 1), self.pad_id, dtype=torch.long)
                 for i, r in enumerate(requests):
                     if done[i]:
+                        continue
+                    if r.cancel.is_set():  # its client went away: free the row
+                        done[i], r.stats.finish_reason = True, "cancelled"
                         continue
                     tok = next_token(logits[i], r.params, seen[i], gens[i])
                     if step == 0:

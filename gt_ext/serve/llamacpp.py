@@ -80,6 +80,9 @@ class LlamaCppEngine:
         )
         n = 0
         for ch in chunks:
+            if getattr(r, "cancel", None) is not None and r.cancel.is_set():  # its client went away
+                r.stats.finish_reason = "cancelled"
+                break
             choice = ch["choices"][0]
             text = choice.get("text") or ""
             if text:

@@ -7,6 +7,10 @@ from typing import Any
 
 from gt_ext.errors import GtExtError
 
+MAX_STOPS = 16  # stop strings per request
+MAX_STOP_CHARS = 256  # characters per stop string
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+
 
 @dataclass
 class SamplingParams:
@@ -39,8 +43,11 @@ class SamplingParams:
             raise GtExtError(f"sampling: repetition_penalty must be in (0, 10], got {self.repetition_penalty!r}")
         if not all(isinstance(s, str) and s for s in self.stop):
             raise GtExtError("sampling: stop must be a list of non-empty strings")
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise GtExtError(f"sampling: seed must be an integer, got {self.seed!r}")
+        if len(self.stop) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in self.stop):
+            raise GtExtError(f"sampling: stop takes at most {MAX_STOPS} strings of at most {MAX_STOP_CHARS} characters")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
+                                      or not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]):
+            raise GtExtError(f"sampling: seed must be an integer in [-2**63, 2**64-1], got {self.seed!r}")
         return self
 
     @property

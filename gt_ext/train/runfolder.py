@@ -33,7 +33,7 @@ RUN_JSON = "run.json"
 METRICS = "metrics.jsonl"
 PLOT = "loss.png"
 ADAPTER = "adapter"
-STATUSES = ("running", "done", "failed", "degraded")
+STATUSES = ("running", "done", "stopped", "failed", "degraded")  # stopped: a time limit, resumable
 
 
 def run_record(*, role: str, task: str | None, config: dict[str, Any], corpus: str | os.PathLike,

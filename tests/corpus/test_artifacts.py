@@ -159,10 +159,23 @@ def test_real_gt_prime_per_role_is_collected_scrubbed_and_versioned(make_town, t
     if tt.mode != "gt":
         pytest.skip("town made without the real gt")
     roles = {"mayor", "deacon", "boot", "dog", "witness", "refinery", "polecat", "crew"}
+    # Collecting every role's prime leaves bd's state exactly as it was, even where gt's --dry-run
+    # would spawn a patrol wisp (no patrol active yet: deacon, witness, refinery).
+    before = tt.beads_state()
+    with Store.open(tmp_path / "fresh") as st:
+        assert collect_artifacts(st, tt.root, prime=True, env=tt.env)["prime-new"] == len(roles)
+        for role in ("deacon", "witness", "refinery"):
+            text = "".join(e.messages[-1]["content"] for e in st.query(source="gt-prime", role=role))
+            assert "Status: **No active patrol**" in text and "read-only" not in text, role
+            assert "Run `gt formula list` to troubleshoot" not in text and "Created and hooked patrol wisp" not in text
+    assert tt.beads_state() == before
+    assert {"wisps", "issues", "events"} <= set(before["hq"]["tables"])  # the check covers the wisp tables
     # A live town's patrol agents have their patrol wisp hooked (gt prime spawns it on first run).
     for t in prime_targets(tt.root):
         if t.role in ("deacon", "witness", "refinery"):
             gt_prime(t.role, tt.root, t.rig, t.workdir, dry_run=True, env=tt.env)
+    assert tt.beads_state() != before  # without read-only mode the same primes write (the check can fail)
+    live = tt.beads_state()
     with Store.open(tmp_path / "c") as st:
         counts = collect_artifacts(st, tt.root, prime=True, env=tt.env)
         assert counts["prime-new"] == len(roles) and "prime-failed" not in counts, counts
@@ -187,3 +200,44 @@ def test_real_gt_prime_per_role_is_collected_scrubbed_and_versioned(make_town, t
             status = {("Deploy freeze" in "".join(e.messages[-1]["content"] for e in versions if e.status == s)): s
                       for s in {e.status for e in versions}}
             assert status == {True: "active", False: "superseded"}, role
+    assert tt.beads_state() == live
+
+
+def test_reversion_waits_in_the_review_queue_and_release_applies_it(tmp_path, capsys):
+    """A quick revert of a CLAUDE.md goes to the review queue (`gt corpus quarantine list`); releasing
+    it makes the old version current again, so sessions recorded under it are no longer stale and
+    those recorded under the replaced version are."""
+    from gt_ext.cli import main
+    from gt_ext.corpus.shards import convention_timelines, stale_reason
+    from gt_ext.corpus.store import StoredExample as Example
+
+    town = _town(tmp_path)
+    f = town / "demo" / "witness" / "CLAUDE.md"
+    store = town / ".corpus"
+    with Store.open(store) as st:
+        os.utime(f, (1_780_000_000, 1_780_000_000))
+        collect_artifacts(st, town)
+        f.write_text(V2)
+        os.utime(f, (1_781_000_000, 1_781_000_000))
+        collect_artifacts(st, town)
+        f.write_text(V1)
+        assert collect_artifacts(st, town)["revert-flagged"] == 1
+    assert main(["corpus", "--store", str(store), "quarantine", "list", "--json"]) == 0
+    [queued] = json.loads(capsys.readouterr().out)
+    assert queued["status"] == "review" and "reverts a recent change of demo:demo/witness/CLAUDE.md" in queued["reason"]
+
+    def session(when):
+        return Example(id=when, source="claude-jsonl", source_key="k", source_hash="h", messages=[], role="witness",
+                       rig="demo", time=when)
+
+    under_v1, under_v2 = session("2026-05-30T00:00:00Z"), session("2026-06-12T00:00:00Z")
+    with Store.open(store) as st:
+        tl = convention_timelines(st)
+        assert stale_reason(under_v1, tl) == "demo:demo/witness/CLAUDE.md" and stale_reason(under_v2, tl) is None
+    assert main(["corpus", "--store", str(store), "quarantine", "release", queued["id"]]) == 0
+    assert "now the current version of demo:demo/witness/CLAUDE.md" in capsys.readouterr().out
+    with Store.open(store) as st:
+        versions = {e.messages[-1]["content"]: e.status for e in st.query(status=None, role="witness")}
+        assert versions == {V1: "active", V2: "superseded"}
+        tl = convention_timelines(st)
+        assert stale_reason(under_v1, tl) is None and stale_reason(under_v2, tl) == "demo:demo/witness/CLAUDE.md"

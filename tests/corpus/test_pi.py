@@ -265,3 +265,33 @@ def test_spooled_malformed_pi_session_is_quarantined_as_pi(tmp_path):
         [q] = st.query(status="quarantined")
         assert q.source == "pi-jsonl" and q.session == SESSION_ID and q.role == "polecat" and q.rig == "demo"
         assert q.messages is None and q.reason.startswith("parse error") and "hunter2" not in q.reason
+
+
+def test_batch_sweep_takes_pi_sessions_no_hook_spooled(tmp_path, monkeypatch):
+    """`corpus process --scan` reads pi's session folder too (the file pi writes for a session no
+    hook spooled), tags it from the work dir in its header, and never takes a session twice."""
+    from gt_ext.cli import main
+    from gt_ext.corpus.collect import scan_transcripts
+
+    town = make_town_dirs(tmp_path / "town")
+    agent = tmp_path / "pi-agent"
+    header = json.loads(PI_SESSION.read_text().splitlines()[0])
+    body = PI_SESSION.read_text().split("\n", 1)[1]
+    cwd = town / "demo" / "polecats" / "nux"
+    session_file = agent / "sessions" / "--town-demo-polecats-nux--" / f"2026-03-02T09-14-05-120Z_{SESSION_ID}.jsonl"
+    session_file.parent.mkdir(parents=True)
+    session_file.write_text(json.dumps({**header, "cwd": str(cwd)}) + "\n" + body)
+    monkeypatch.setenv("PI_CODING_AGENT_DIR", str(agent))
+    with Store.open(town / ".corpus") as st:
+        rep = scan_transcripts(st, tmp_path / "no-claude", town_root=town)
+        assert rep.errors == [] and rep.sessions == 1 and rep.stored == {"active": 1}
+        [e] = st.query()
+        assert (e.source, e.source_key, e.session) == ("pi-jsonl", f"pi:{SESSION_ID}", SESSION_ID)
+        assert (e.role, e.rig, e.user) == ("polecat", "demo", "demo/polecats/nux")
+        again = scan_transcripts(st, tmp_path / "no-claude", town_root=town)
+        assert again.stored == {} and len(st.query(status=None)) == 1
+    # The CLI sweep (what the corpus-collect formula runs) finds it too, in a fresh store.
+    monkeypatch.setenv("GT_EXT_CLAUDE_PROJECTS", str(tmp_path / "no-claude"))
+    assert main(["corpus", "--store", str(tmp_path / "fresh"), "--town", str(town), "process", "--scan", "--json"]) == 0
+    with Store.open(tmp_path / "fresh") as st:
+        assert [e.source_key for e in st.query()] == [f"pi:{SESSION_ID}"]

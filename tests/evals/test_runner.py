@@ -128,7 +128,12 @@ def test_registry_ref_records_the_result(tmp_path, monkeypatch):
     res = runner.evaluate(rec.ref, _suite(tmp_path), generate=_echo)
     with Registry.open() as reg:
         got = reg.get(rec.ref)
-    assert got.eval_composite == res.composite and got.gate == "fail"
+    # Recorded with the version; a full run, but of a suite that is not the role's gating suite:
+    # it does not set the version's gate.
+    (entry,) = got.eval_runs
+    assert entry["composite"] == res.composite and entry["full"] and entry["source"] == "run"
+    assert not entry["gating"] and "gating suite builtin:witness" in entry["why_not_gating"]
+    assert got.gate is None and got.eval_composite is None
     assert json.loads((got.path / "eval-mini.json").read_text())["composite"] == res.composite
 
 

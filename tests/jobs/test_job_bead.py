@@ -72,3 +72,45 @@ def test_job_bead_moves_through_statuses_with_real_bd(beads_dir, tmp_path):
     custom = bd.config_get("status.custom")
     value = custom.get("value") if isinstance(custom, dict) else custom
     assert "corpus-validating:active" in value and "failed:frozen" in value
+
+
+OUTCOMES = f'''
+formula = "mini-outcomes"
+[vars.role]
+required = true
+[vars.limit]
+default = "1"
+[[steps]]
+id = "train"
+title = "train"
+job_status = "training"
+run = "{sys.executable} -c 'import sys; sys.exit(3 if {{{{limit}}}} else 0)'"
+exit_statuses = {{ "3" = "stopped" }}
+[[steps]]
+id = "eval"
+title = "eval"
+needs = ["train"]
+job_status = "evaluating"
+run = "{sys.executable} -c 'import sys; sys.exit(4)'"
+exit_statuses = {{ "4" = "gate-failed" }}
+'''
+
+
+@pytest.mark.integration
+def test_time_limit_stops_and_failed_gate_ends_the_job_in_their_own_statuses(beads_dir, tmp_path):
+    path = tmp_path / "mini-outcomes.formula.toml"
+    path.write_text(OUTCOMES)
+    f = load_formula(path)
+    bd = Bd(beads_dir)
+    tracker = open_job(f, {"role": "boot"}, tmp_path / "stop", bd=bd)
+    with pytest.raises(GtExtError, match="stopped"):
+        run_formula(f, {"role": "boot"}, tmp_path / "stop", tracker=tracker)
+    assert bd.show(tracker.bead_id).status == "stopped"  # resumable, not done and not failed
+
+    tracker = open_job(f, {"role": "boot", "limit": "0"}, tmp_path / "gate", bd=bd)
+    res = run_formula(f, {"role": "boot", "limit": "0"}, tmp_path / "gate", tracker=tracker)
+    issue = bd.show(tracker.bead_id)
+    assert res.status == issue.status == "gate-failed"
+    assert [h["status"] for h in issue.metadata["status_history"]][-2:] == ["evaluating", "gate-failed"]
+    corpus = bd.show(issue.metadata["corpus_bead"])
+    assert corpus.status == "closed"

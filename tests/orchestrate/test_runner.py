@@ -56,8 +56,11 @@ class Recorder:
     def failed(self, reason):
         self.events.append(("failed", reason))
 
-    def done(self):
-        self.events.append(("done",))
+    def stopped(self, reason):
+        self.events.append(("stopped", reason))
+
+    def done(self, status="done", reason=""):
+        self.events.append(("done",) if status == "done" else ("done", status))
 
 
 def test_runs_in_order_fails_cleanly_and_resumes(tmp_path):
@@ -100,3 +103,63 @@ def test_job_dir_is_deterministic(tmp_path):
     assert a == job_dir_for(f, {"role": "witness"}, tmp_path)
     assert a != job_dir_for(f, {"role": "deacon"}, tmp_path)
     assert a.name.startswith("demo-witness-")
+
+
+def _outcome_formula(tmp_path: Path) -> Path:
+    # Step "train" exits 3 while the marker file exists (a time limit); step "eval" exits 4 (gate).
+    marker = tmp_path / "limit"
+    text = f'''
+formula = "outcomes"
+[[steps]]
+id = "train"
+title = "train"
+run = "{PY} -c 'import os,sys; open(\\"{{{{job_dir}}}}/log.txt\\",\\"a\\").write(\\"train\\\\n\\"); sys.exit(3 if os.path.exists(\\"{marker}\\") else 0)'"
+exit_statuses = {{ "3" = "stopped" }}
+[[steps]]
+id = "eval"
+title = "eval"
+needs = ["train"]
+run = "{PY} -c 'import sys; sys.exit(4)'"
+exit_statuses = {{ "4" = "gate-failed" }}
+[[steps]]
+id = "register"
+title = "register"
+needs = ["eval"]
+run = "{PY} -c 'open(\\"{{{{job_dir}}}}/log.txt\\",\\"a\\").write(\\"register\\\\n\\")'"
+'''
+    marker.write_text("x")
+    p = tmp_path / "outcomes.formula.toml"
+    p.write_text(text)
+    return p
+
+
+def test_declared_exit_codes_pause_or_set_the_ending(tmp_path):
+    """exit 3 = stopped: the run pauses, the step stays unfinished, a rerun resumes it; exit 4 =
+    gate-failed: the run goes on and ends gate-failed, also when a rerun finds every step done."""
+    from gt_ext.orchestrate.runner import EXIT_STOPPED
+
+    f = load_formula(_outcome_formula(tmp_path))
+    assert f.steps[0].outcome(3) == "stopped" and f.steps[0].outcome(1) is None
+    job, rec = tmp_path / "job", Recorder()
+    with pytest.raises(GtExtError, match="step train stopped \\(exit code 3\\); rerun to resume it") as e:
+        run_formula(f, {}, job, tracker=rec)
+    assert e.value.exit_code == EXIT_STOPPED and rec.events[-1][0] == "stopped"
+    assert json.loads((job / "formula-state.json").read_text())["completed"] == []
+    (tmp_path / "limit").unlink()
+    rec = Recorder()
+    res = run_formula(f, {}, job, tracker=rec)
+    assert res.ran == ["train", "eval", "register"] and res.status == "gate-failed"
+    assert (job / "log.txt").read_text() == "train\ntrain\nregister\n"
+    assert rec.events[-1] == ("done", "gate-failed")
+    again = run_formula(f, {}, job, tracker=Recorder())
+    assert again.ran == [] and again.status == "gate-failed"
+
+
+def test_bad_exit_statuses_are_refused(tmp_path):
+    p = tmp_path / "bad.formula.toml"
+    p.write_text('formula = "bad"\n[[steps]]\nid = "a"\ntitle = "a"\nrun = "true"\nexit_statuses = { "3" = "done" }\n')
+    with pytest.raises(GtExtError, match="exit status 'done' is not one of stopped, gate-failed"):
+        load_formula(p)
+    p.write_text('formula = "bad"\n[[steps]]\nid = "a"\ntitle = "a"\nrun = "true"\nexit_statuses = { "0" = "stopped" }\n')
+    with pytest.raises(GtExtError, match="is not a non-zero exit code"):
+        load_formula(p)

@@ -90,9 +90,24 @@ def original_town_settings() -> dict:
     return json.loads(json.dumps(TOWN_SETTINGS))
 
 
+from gate_results import GATE_SUITE, eval_result  # noqa: E402 - helpers beside the tests
+
+
+@pytest.fixture
+def passed(town_dir: Path) -> Callable:
+    """`passed(registry, ref, deployable=True)`: record a full run of the town's gating suite."""
+
+    def record(registry, ref: str, deployable: bool = True, **kw):
+        rec = registry.get(ref)
+        return registry.record_eval(ref, eval_result(town_dir / "suites" / "gate", rec.role, deployable, **kw))
+
+    return record
+
+
 @pytest.fixture
 def town_dir(tmp_path: Path) -> Path:
-    """A town folder tree as gt lays it out (mayor/town.json, rigs.json, settings, rig `demo`)."""
+    """A town folder tree as gt lays it out (mayor/town.json, rigs.json, settings, rig `demo`), whose
+    gt-ext settings name a one-task suite (`suites/gate`) as every role's gating suite."""
     root = tmp_path / "town"
     (root / "mayor").mkdir(parents=True)
     (root / "mayor" / "town.json").write_text(json.dumps({"type": "town", "version": 2, "name": "t"}))
@@ -101,6 +116,12 @@ def town_dir(tmp_path: Path) -> Path:
     (root / "settings" / "config.json").write_text(json.dumps(TOWN_SETTINGS, indent=2) + "\n")
     (root / "demo" / "settings").mkdir(parents=True)
     (root / "demo" / "settings" / "config.json").write_text(json.dumps(RIG_SETTINGS, indent=2) + "\n")
+    (root / "suites" / "gate").mkdir(parents=True)
+    (root / "suites" / "gate" / "promptfooconfig.yaml").write_text(GATE_SUITE)
+    from gt_ext.roles import ROLES
+
+    (root / "settings" / "gt-ext.json").write_text(json.dumps(
+        {"evals": {"gate_suites": {r: "suites/gate" for r in ROLES}}}))
     return root
 
 

@@ -17,7 +17,7 @@ def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def test_cli_end_to_end(registry: Registry, make_export, make_run, town_dir: Path, capsys) -> None:
+def test_cli_end_to_end(registry: Registry, make_export, make_run, town_dir: Path, capsys, passed) -> None:
     code, out, _ = _run(capsys, "register", str(make_export("deacon")), "--json")
     assert code == 0 and json.loads(out)["ref"] == "deacon:1"
     assert _run(capsys, "register", str(make_run("deacon", task="patrol")))[0] == 0
@@ -32,9 +32,16 @@ def test_cli_end_to_end(registry: Registry, make_export, make_run, town_dir: Pat
     assert out.splitlines()[1].split() == ["deacon-patrol", "patrol", "v1", "tiny-llama"]
     assert json.loads(_run(capsys, "adapters", "--json")[1])[0]["task"] == "patrol"
 
-    code, out, err = _run(capsys, "deploy", "deacon", "--adapters", "deacon-patrol", "--why", "first")
+    # No eval yet: refused, one line, naming the way out.
+    code, out, err = _run(capsys, "deploy", "deacon", "--adapters", "deacon-patrol", "--reason", "first")
+    assert code == 2 and "has no full eval of" in err and "--force --reason TEXT" in err
+    code, out, err = _run(capsys, "deploy", "deacon", "--force")
+    assert code == 2 and "--force needs --reason TEXT" in err
+    passed(registry, "deacon:1", limit=3)  # a smoke run is shown but changes nothing
+    code, out, err = _run(capsys, "deploy", "deacon", "--adapters", "deacon-patrol", "--force", "--reason",
+                          "first, before the suite run")
     assert code == 0, err
-    assert "deployed deacon:1 to deacon in town" in out and "warning: deacon:1 has no eval result yet" in err
+    assert "deployed deacon:1 to deacon in town" in out and "warning: forced: deacon:1 has no full eval" in err
 
     code, out, _ = _run(capsys, "show", "deacon")
     fields = dict(line.split(":", 1) for line in out.splitlines())
@@ -43,14 +50,19 @@ def test_cli_end_to_end(registry: Registry, make_export, make_run, town_dir: Pat
         assert key in fields, key
     assert fields["Deployed to"].strip() == "deacon@town" and fields["DPO pairs"].strip() == "7"
     assert fields["Adapters"].strip() == "deacon-patrol:1" and fields["LoRA"].strip() == "r=4 alpha=8"
+    assert "first, before the suite run" in fields["Forced"] and "deploy to deacon@town" in fields["Forced"]
+    assert "not gating: partial run (--limit 3" in out
     shown = json.loads(_run(capsys, "show", "deacon:1", "--json")[1])
     assert shown["deployed_to"] == ["deacon@town"] and shown["status"] == "deployed: deacon@town"
+    assert [h["reason"] for h in shown["forced_deploys"]] == ["first, before the suite run"]
+    assert shown["eval_runs"][0]["full"] is False
 
     listed = json.loads(_run(capsys, "list", "--json")[1])
     assert [m["ref"] for m in listed] == ["deacon:1"] and listed[0]["deployed_to"] == ["deacon@town"]
 
     hist = json.loads(_run(capsys, "history", "--json")[1])
-    assert [(h["action"], h["model"], h["reason"]) for h in hist] == [("deploy", "deacon:1", "first")]
+    assert [(h["action"], h["model"], h["reason"], h["forced"]) for h in hist] == [
+        ("deploy", "deacon:1", "first, before the suite run", True)]
 
     code, out, _ = _run(capsys, "rollback", "deacon", "--json")
     assert code == 0 and json.loads(out)["after"]["role_agent"] is None

@@ -44,9 +44,9 @@ def _state(settings: dict, role: str) -> dict:
 
 
 def test_parallel_deploy_and_rollback(registry: Registry, make_export, town_dir: Path,
-                                      original_town_settings: dict) -> None:
+                                      original_town_settings: dict, passed) -> None:
     for role in ("deacon", "deacon", "boot"):
-        registry.register(make_export(role))
+        passed(registry, registry.register(make_export(role)).ref)
     env = dict(os.environ)  # carries GT_TOWN_ROOT and the backend selection from the fixtures
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), str(OPS)], env=env,

@@ -6,14 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from gate_results import eval_result
 
 from gt_ext.errors import GtExtError
 from gt_ext.registry import READY_PROMPT, Registry
-
-PASS = {"suite": "roles", "composite": 81.5, "categories": {"patrol": {"passed": 4, "total": 5, "score": 80.0}},
-        "gate": {"deployable": True, "threshold": 60, "reasons": []}}
-FAIL = {"suite": "roles", "composite": 20.0, "categories": {"patrol": {"passed": 1, "total": 5, "score": 20.0}},
-        "gate": {"deployable": False, "threshold": 60, "reasons": ["composite below 60"]}}
 
 
 def _settings(town: Path, rig: str | None = None) -> dict:
@@ -75,9 +71,10 @@ def test_register_refuses_failed_run(registry: Registry, make_run) -> None:
 
 
 def test_deploy_writes_gt_settings_keeping_other_keys(registry: Registry, make_export, town_dir: Path,
-                                                      original_town_settings: dict) -> None:
+                                                      original_town_settings: dict, passed) -> None:
     TOWN_SETTINGS = original_town_settings
     registry.register(make_export("deacon"))
+    passed(registry, "deacon:1")
     res = registry.deploy("deacon", reason="first try")
     s = _settings(town_dir)
     assert s["role_agents"] == {"refinery": "opus-46", "deacon": "node0-deacon"}
@@ -94,10 +91,9 @@ def test_deploy_writes_gt_settings_keeping_other_keys(registry: Registry, make_e
     assert registry.deployed_to(registry.get("deacon:1")) == ["deacon@town"]
 
 
-def test_rollback_is_a_stack(registry: Registry, make_export, town_dir: Path) -> None:
-    registry.register(make_export("refinery"))
-    registry.register(make_export("refinery"))
-    registry.register(make_export("deacon"))
+def test_rollback_is_a_stack(registry: Registry, make_export, town_dir: Path, passed) -> None:
+    for role in ("refinery", "refinery", "deacon"):
+        passed(registry, registry.register(make_export(role)).ref)
     registry.deploy("deacon")
     registry.deploy("refinery:1")
     registry.deploy("refinery:2")
@@ -113,37 +109,98 @@ def test_rollback_is_a_stack(registry: Registry, make_export, town_dir: Path) ->
     assert [h.action for h in registry.history(role="refinery")] == ["deploy", "deploy", "rollback", "rollback"]
 
 
-def test_gate_failure_refused_unless_forced(registry: Registry, make_export, town_dir: Path) -> None:
+def test_gate_failure_refused_unless_forced(registry: Registry, make_export, town_dir: Path, passed) -> None:
     registry.register(make_export("deacon"))
-    rec = registry.record_eval("deacon:1", FAIL)
+    rec = passed(registry, "deacon:1", deployable=False, composite=20.0)
     assert (rec.gate, rec.eval_composite) == ("fail", 20.0)
-    assert (rec.path / "eval-roles-partial.json").is_file()  # no run block: not a full run
-    with pytest.raises(GtExtError, match="failed its eval gate"):
+    assert (rec.path / "eval-gate.json").is_file()
+    with pytest.raises(GtExtError, match=r"deacon:1 failed its eval gate on .*suites/gate \(composite 20.0\)"):
         registry.deploy("deacon:1")
     assert "deacon" not in _settings(town_dir)["role_agents"]
-    with pytest.raises(GtExtError, match="needs a reason"):
+    with pytest.raises(GtExtError, match="needs --reason"):
         registry.deploy("deacon:1", force_reason=" ")
     res = registry.deploy("deacon:1", force_reason="hotfix while evals are down")
     assert res.entry.forced and res.entry.reason == "hotfix while evals are down"
     assert registry.history()[-1].forced
 
 
-def test_rollout_order_and_mayor(registry: Registry, make_export) -> None:
-    registry.register(make_export("witness"))
+def test_no_eval_or_only_a_smoke_run_is_refused(registry: Registry, make_export, town_dir: Path, passed) -> None:
     registry.register(make_export("deacon"))
-    registry.register(make_export("mayor"))
+    with pytest.raises(GtExtError, match=r"deacon:1 has no full eval of .*suites/gate; run `gt-ext eval run"):
+        registry.deploy("deacon:1")
+    rec = passed(registry, "deacon:1", limit=2)  # a passing --limit run: recorded, never gates
+    assert rec.gate is None and rec.eval_composite is None
+    (entry,) = rec.eval_runs
+    assert not entry["gating"] and entry["why_not_gating"].startswith("partial run (--limit 2: 2 of 5 tasks)")
+    assert (rec.path / "eval-gate-partial.json").is_file() and not (rec.path / "eval-gate.json").exists()
+    with pytest.raises(GtExtError, match=r"no full eval of .*\(1 other eval\(s\) recorded: partial or untrusted\)"):
+        registry.deploy("deacon:1")
+    # A full run of another suite does not count either: the role's gating suite is the town's.
+    other = town_dir / "suites" / "other"
+    other.mkdir()
+    (other / "promptfooconfig.yaml").write_text("prompts: ['x']\ntests: [{vars: {}, assert: []}]\n")
+    rec = registry.record_eval("deacon:1", eval_result(other, "deacon", suite="other"))
+    assert rec.eval_runs[-1]["why_not_gating"].startswith("not a run of the role's gating suite")
+    with pytest.raises(GtExtError, match="no full eval"):
+        registry.deploy("deacon:1")
+    passed(registry, "deacon:1")
+    assert registry.deploy("deacon:1").entry.model == "deacon:1"
+    # Editing the gating suite afterwards makes that result stale.
+    (town_dir / "suites" / "gate" / "promptfooconfig.yaml").write_text("prompts: ['y']\ntests: [{vars: {}, assert: []}]\n")
+    with pytest.raises(GtExtError, match="scored on an earlier version of"):
+        registry.deploy("deacon:1")
+
+
+def test_eval_file_in_registered_folder_is_checked_against_its_hashes(registry: Registry, make_export,
+                                                                      town_dir: Path) -> None:
+    """An eval-*.json found in an export folder at register time counts only when the model files
+    it names are this version's files, byte for byte."""
+    from gt_ext.digest import sha256_file
+
+    src = make_export("deacon")
+    files = {rel: sha256_file(src / rel) for rel in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json")}
+    good = eval_result(town_dir / "suites" / "gate", "deacon", model_files=files)
+    (src / "eval-gate.json").write_text(json.dumps(good))
+    rec = registry.register(src)
+    assert rec.gate == "pass" and rec.eval_runs[0]["gating"] and rec.eval_runs[0]["source"] == "file eval-gate.json"
+    man = json.loads((rec.path / "manifest.json").read_text())
+    assert not any(k.startswith("eval-") for k in man["files"])  # results are not model files
+    assert registry.deploy("deacon:1").entry.model == "deacon:1"
+
+    for bad, why in ((dict(files, **{"adapter/adapter_model.safetensors": "0" * 64}), "differs from the file it scored"),
+                     ({}, "names no model file hashes"),
+                     ({"merged/model.safetensors": "1" * 64}, "which this version does not have")):
+        src = make_export("deacon")
+        (src / "eval-gate.json").write_text(json.dumps(eval_result(town_dir / "suites" / "gate", "deacon", model_files=bad)))
+        rec = registry.register(src)
+        assert rec.gate is None and not rec.eval_runs[0]["trusted"], rec.eval_runs
+        assert why in rec.eval_runs[0]["why_not_gating"]
+        with pytest.raises(GtExtError, match="no full eval"):
+            registry.deploy(rec.ref)
+
+
+def test_default_gating_suite_is_the_builtin_one(registry: Registry, make_export, town_dir: Path) -> None:
+    (town_dir / "settings" / "gt-ext.json").unlink()
+    registry.register(make_export("deacon"))
+    registry.record_eval("deacon:1", eval_result("builtin:deacon", "deacon", suite="deacon"))
+    assert registry.get("deacon:1").gate == "pass"
+    assert registry.deploy("deacon:1").entry.model == "deacon:1"
+
+
+def test_rollout_order_and_mayor(registry: Registry, make_export, passed) -> None:
+    for role in ("witness", "deacon", "mayor"):
+        passed(registry, registry.register(make_export(role)).ref)
     with pytest.raises(GtExtError, match="rollout order: deploy deacon/boot/dog before witness"):
         registry.deploy("witness")
     with pytest.raises(GtExtError, match="mayor.*refused in this version"):
         registry.deploy("mayor", force_reason="please")
-    registry.record_eval("deacon", PASS)
     registry.deploy("deacon")
     assert registry.deploy("witness").entry.model == "witness:1"
 
 
-def test_role_mismatch_and_rig_settings(registry: Registry, make_export, town_dir: Path) -> None:
-    registry.register(make_export("deacon"))
-    registry.register(make_export("witness"))
+def test_role_mismatch_and_rig_settings(registry: Registry, make_export, town_dir: Path, passed) -> None:
+    passed(registry, registry.register(make_export("deacon")).ref)
+    passed(registry, registry.register(make_export("witness")).ref)
     registry.deploy("deacon")
     with pytest.raises(GtExtError, match="trained for role witness, not polecat"):
         registry.deploy("witness", role="polecat", rig="demo")
@@ -163,10 +220,10 @@ def test_role_mismatch_and_rig_settings(registry: Registry, make_export, town_di
         registry.deploy("witness", rig="demo")
 
 
-def test_missing_town_settings_get_gt_defaults(registry: Registry, make_export, town_dir: Path) -> None:
+def test_missing_town_settings_get_gt_defaults(registry: Registry, make_export, town_dir: Path, passed) -> None:
     # gt reads a missing town settings file as default_agent "claude": keep that meaning.
     (town_dir / "settings" / "config.json").unlink()
-    registry.register(make_export("deacon"))
+    passed(registry, registry.register(make_export("deacon")).ref)
     registry.deploy("deacon")
     s = _settings(town_dir)
     assert (s["default_agent"], s["role_agents"]) == ("claude", {"deacon": "node0-deacon"})
@@ -175,8 +232,9 @@ def test_missing_town_settings_get_gt_defaults(registry: Registry, make_export, 
     assert (s["default_agent"], s["role_agents"], s["agents"]) == ("claude", {}, {})
 
 
-def test_tampered_version_refuses_deploy(registry: Registry, make_export, town_dir: Path) -> None:
+def test_tampered_version_refuses_deploy(registry: Registry, make_export, town_dir: Path, passed) -> None:
     rec = registry.register(make_export("deacon"))
+    passed(registry, rec.ref)
     target = rec.path / "adapter" / "adapter_config.json"
     target.chmod(0o644)
     target.write_text("{}")
@@ -191,10 +249,10 @@ def test_tampered_version_refuses_deploy(registry: Registry, make_export, town_d
     assert registry.history() == []
 
 
-def test_task_adapters(registry: Registry, make_run, make_export, town_dir: Path) -> None:
+def test_task_adapters(registry: Registry, make_run, make_export, town_dir: Path, passed) -> None:
     a = registry.register(make_run("deacon", task="patrol"))
     assert (a.ref, a.task, a.compatible) == ("deacon-patrol:1", "patrol", ["tiny-llama"])
-    registry.register(make_export("deacon"))
+    passed(registry, registry.register(make_export("deacon")).ref)
     assert [r.ref for r in registry.adapters()] == ["deacon-patrol:1"]
     with pytest.raises(GtExtError, match="is a task adapter"):
         registry.deploy("deacon-patrol")
@@ -206,10 +264,10 @@ def test_task_adapters(registry: Registry, make_run, make_export, town_dir: Path
     assert registry.deployed_to(a) == ["deacon@town"]
 
 
-def test_prune_keeps_deployed_and_last_good(registry: Registry, make_export) -> None:
+def test_prune_keeps_deployed_and_last_good(registry: Registry, make_export, passed) -> None:
     recs = [registry.register(make_export("deacon")) for _ in range(5)]
-    registry.record_eval("deacon:2", PASS)
-    registry.record_eval("deacon:4", FAIL)
+    passed(registry, "deacon:2")
+    passed(registry, "deacon:4", deployable=False)
     registry.deploy("deacon:1", force_reason="pin the old one")
     dry = registry.prune(keep=1, dry_run=True)
     assert sorted(r.ref for r in dry.delete) == ["deacon:3", "deacon:4"]
@@ -222,22 +280,49 @@ def test_prune_keeps_deployed_and_last_good(registry: Registry, make_export) -> 
     assert registry.register(make_export("deacon")).version == 6
 
 
-def test_records_survive_reopen(registry: Registry, make_export, town_dir: Path, backend: str) -> None:
+def test_records_survive_reopen(registry: Registry, make_export, town_dir: Path, backend: str, passed) -> None:
     registry.register(make_export("deacon"))
-    registry.record_eval("deacon", PASS)
+    passed(registry, "deacon")
     registry.deploy("deacon")
     with Registry.open(town_dir) as again:
         assert again.store.backend == backend
         rec = again.get("deacon")
         assert (rec.gate, rec.eval_composite, rec.eval_categories["patrol"]["passed"]) == ("pass", 81.5, 4)
+        assert [e["gating"] for e in rec.eval_runs] == [True]
         assert again.deployed_to(rec) == ["deacon@town"]
 
 
-def test_dolt_backend_commits_each_change(registry: Registry, make_export, backend: str) -> None:
+def test_dolt_backend_commits_each_change(registry: Registry, make_export, backend: str, passed) -> None:
     if backend != "dolt":
         pytest.skip("Dolt history only exists on the Dolt backend")
     registry.register(make_export("deacon"))
+    passed(registry, "deacon")
     registry.deploy("deacon")
     msgs = [r["message"] for r in registry.store.history()]
     assert any("register deacon:1" in m for m in msgs)
     assert any("deploy deacon@town: - -> deacon:1" in m for m in msgs)
+
+
+def test_table_from_an_earlier_release_gets_the_new_column(tmp_path: Path) -> None:
+    """A registry.sqlite made before `eval_runs` existed opens, gains the column, and keeps its rows."""
+    import sqlite3
+
+    from gt_ext.registry.db import SqliteStore
+
+    db = tmp_path / "registry.sqlite"
+    con = sqlite3.connect(db)
+    con.execute("""CREATE TABLE gtx_models (`name` TEXT NOT NULL, `version` INTEGER NOT NULL, `role` TEXT NOT NULL,
+        `task` TEXT, `base_model` TEXT NOT NULL, `path` TEXT NOT NULL, `parent` TEXT, `corpus_hash` TEXT,
+        `examples` INTEGER, `dpo_pairs` INTEGER, `hyperparams` TEXT, `lora_rank` INTEGER, `eval_categories` TEXT,
+        `eval_composite` REAL, `gate` TEXT, `compatible` TEXT, `created` TEXT NOT NULL,
+        `convention_fingerprint` TEXT, PRIMARY KEY (`name`, `version`))""")
+    con.execute("INSERT INTO gtx_models (name, version, role, base_model, path, created, gate) "
+                "VALUES ('deacon', 1, 'deacon', 'tiny-llama', '/x', 't', 'pass')")
+    con.commit()
+    con.close()
+    store = SqliteStore(db)
+    rec = store.get_model("deacon", 1)
+    assert rec.eval_runs == [] and rec.gate == "pass"
+    store.update_eval("deacon", 1, {}, None, None, "m", eval_runs=[{"gating": False}])
+    assert store.get_model("deacon", 1).eval_runs == [{"gating": False}]
+    store.close()

@@ -188,10 +188,35 @@ def test_in_tmux_pane_like_gt_starts_it(tmp_path):
         subprocess.run(["tmux", *sock, "kill-server"], capture_output=True)
 
 
-def test_bang_command_behind_gt_nudge_sender_prefix(gen, tmp_path):
-    agent, work, _out = make_agent(gen, tmp_path)
+def test_nudge_command_refused_unless_the_sender_is_allowed(gen, tmp_path):
+    """`[from X] !cmd` used to run cmd for anyone who could `gt nudge` the agent."""
+    from gt_ext.serve.agentcfg import AgentSettings
+
+    agent, work, out = make_agent(gen, tmp_path)
     agent.turn("[from mayor] !touch from-nudge.txt")
-    assert (work / "from-nudge.txt").exists()
+    assert not (work / "from-nudge.txt").exists()
+    assert "may not run commands" in out.getvalue() and len(agent.history) == 1  # the model saw nothing
+
+    agent.settings = AgentSettings.model_validate({"bang_commands": {"allow_from": ["mayor"]}})
+    agent.turn("[from polecat-x] !touch other.txt")
+    assert not (work / "other.txt").exists()
+    agent.turn("[from mayor] !touch from-nudge.txt")
+    assert (work / "from-nudge.txt").exists()  # allowed: it runs, in the same sandbox
+
+    agent.settings = AgentSettings.model_validate({"bang_commands": {"keyboard": False}})
+    agent.turn("!touch typed.txt")
+    assert not (work / "typed.txt").exists()
+
+
+def test_agent_without_a_sandbox_runs_no_command(gen, tmp_path, monkeypatch):
+    from gt_ext.serve.agent import _sandbox_line
+
+    monkeypatch.setenv("GT_EXT_BWRAP", str(tmp_path / "missing-bwrap"))
+    agent, work, out = make_agent(gen, tmp_path)
+    assert "sandbox unavailable" in _sandbox_line(agent.runner) and "refused" in _sandbox_line(agent.runner)
+    agent.turn("!touch ran.txt")
+    assert not (work / "ran.txt").exists()
+    assert "no sandbox" in out.getvalue()
 
 
 def test_role_card_starts_with_the_training_system_turn():

@@ -139,13 +139,13 @@ def test_missing_body_fields(client):
 
 def test_bearer_token(served):
     gen, model, lookup = served
-    with TestClient(create_app(gen, model, token="s3cret-token", registry_lookup=lookup)) as c:
+    with TestClient(create_app(gen, model, token="s3cret-token-0123456789abcdef0123456789", registry_lookup=lookup)) as c:
         assert c.get("/v1/models").status_code == 401
         assert c.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
         r = c.post("/v1/chat/completions", json={"model": "tiny-witness:1", "messages": MSG, "max_tokens": 2})
         assert r.status_code == 401
         assert "s3cret" not in r.text
-        ok = c.get("/v1/models", headers={"Authorization": "Bearer s3cret-token"})
+        ok = c.get("/v1/models", headers={"Authorization": "Bearer s3cret-token-0123456789abcdef0123456789"})
         assert ok.status_code == 200
 
 

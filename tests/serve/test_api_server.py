@@ -27,17 +27,17 @@ def _free_port() -> int:
 def test_served_over_http_with_token_and_concurrent_streams(tmp_path):
     port = _free_port()
     token_file = tmp_path / "token"
-    token_file.write_text("tok-123\n")
+    token_file.write_text("tok-123-" + "x" * 32 + "\n")
     proc = subprocess.Popen([GT_EXT, "serve", "--model", "base:tiny-llama", "--port", str(port),
                              "--token-file", str(token_file), "--backend", "torch"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
     url = f"http://127.0.0.1:{port}"
-    hdr = {"Authorization": "Bearer tok-123"}
+    hdr = {"Authorization": "Bearer tok-123-" + "x" * 32}
     try:
         deadline = time.monotonic() + 300
         while True:
             try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                if httpx.get(f"{url}/health", headers=hdr, timeout=5).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
@@ -49,6 +49,7 @@ def test_served_over_http_with_token_and_concurrent_streams(tmp_path):
         assert f"127.0.0.1:{port}" in out and f"0.0.0.0:{port}" not in out
 
         assert httpx.get(f"{url}/v1/models", timeout=30).status_code == 401
+        assert httpx.get(f"{url}/health", timeout=30).status_code == 401  # every route needs the token
         models = httpx.get(f"{url}/v1/models", headers=hdr, timeout=30).json()
         assert models["data"][0]["id"] == "base:tiny-llama"
 

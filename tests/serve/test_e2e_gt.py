@@ -3,8 +3,10 @@
 the agent loop changing the rig's real beads.
 
 The tiny model will not write a correct bd command by itself, so the nudge uses the agent's
-`!command` path: the command is placed as the assistant's tool call, runs through the same guard,
-tool runner and transcript as a generated one, and the model then answers from its output.
+`!command` path (allowed for the test's sender in the town's settings/gt-ext.json): the command is
+placed as the assistant's tool call, runs through the same policy check, bubblewrap sandbox, tool
+runner and transcript as a generated one (bd inside reaches the town's Dolt server through the
+sandbox's loopback relay and writes the rig's beads), and the model then answers from its output.
 """
 
 from __future__ import annotations
@@ -62,6 +64,11 @@ def test_gt_starts_node0_witness_and_it_acts_on_beads(make_town, gt_bin, bd_bin,
         reg.deploy(rec.ref, role="witness", force_reason="e2e test of the serving agent")
     finally:
         reg.close()
+
+    # `!command` nudges run only for senders the town allows; gt names a sender it cannot place
+    # (this test's shell) "unknown".
+    (tt.root / "settings" / "gt-ext.json").write_text(json.dumps({"agent": {"bang_commands": {
+        "allow_from": ["unknown"]}}}))
 
     sock = f"gtext-e2e-{os.getpid()}"
     env_extra = {"GT_TMUX_SOCKET": sock, "GT_EXT_CLAUDE_PROJECTS": str(tmp_path / "projects")}

@@ -36,6 +36,25 @@ from gt_ext.serve.guard import check
         "rm -rf .",
         "dd if=/dev/zero of=/dev/sda",
         "git reset --hard origin/main",
+        # Found against the old guard (issue #20); the sandbox contains them as well.
+        "git push --forc origin main",
+        "git push --force-w origin main",
+        "git push -uf origin main",
+        "git -c alias.p='push --force' p origin main",
+        "git config alias.fp 'push --force'",
+        "git config alias.zap '!pkill gt'",
+        "nice -n 5 pkill x",
+        "setsid killall x",
+        "flock /tmp/l pkill x",
+        "flock /tmp/l -c 'pkill x'",
+        "if true; then pkill x; fi",
+        "for p in 1; do killall x; done",
+        "bash -lc 'rm -rf /'",
+        "git -C / clean -fdx",
+        "find . -exec rm -rf / \\;",
+        "tmux kill-server",
+        "dd if=/dev/zero of=/etc/passwd",
+        "timeout -s KILL 5 killall x",
     ],
 )
 def test_refused(cmd, tmp_path):
@@ -59,6 +78,11 @@ def test_refused(cmd, tmp_path):
         "python -m pytest -q",
         "echo 'pkill is forbidden'",
         "git reset --hard HEAD~1",
+        "nice -n 5 python -m pytest -q",
+        "find . -name '*.o' -exec rm {} \\;",
+        "dd if=/dev/zero of=blob bs=1 count=1",
+        "git push --follow-tags origin feature-x",
+        "git config user.name witness",
     ],
 )
 def test_allowed(cmd, tmp_path):
@@ -68,3 +92,13 @@ def test_allowed(cmd, tmp_path):
 def test_unparseable_and_empty(tmp_path):
     assert "cannot parse" in check("echo 'unterminated", tmp_path)
     assert check("   ", tmp_path) == "empty command"
+
+
+def test_alias_in_the_repo_config_is_expanded(tmp_path):
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "config", "alias.fp", "push --force"], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "config", "alias.st", "status --short"], check=True)
+    assert "alias 'fp'" in check("git fp origin main", tmp_path)
+    assert check("git st", tmp_path) is None

@@ -43,3 +43,35 @@ def test_streaming_equals_cutting_the_whole(chunks, stops):
     out, stopped = run(chunks, stops)
     assert out == expected
     assert stopped == bool(cuts)
+
+
+@given(st.lists(st.text(alphabet="abX", max_size=5), max_size=20),
+       st.lists(st.text(alphabet="abX", min_size=1, max_size=5), max_size=6))
+def test_many_overlapping_stops_cut_where_the_earliest_starts(chunks, stops):
+    whole = "".join(chunks)
+    cuts = [whole.find(s) for s in stops if s in whole]
+    out, stopped = run(chunks, stops)
+    assert out == (whole[: min(cuts)] if cuts else whole)
+    assert stopped == bool(cuts)
+
+
+def test_matching_is_linear_in_the_text(monkeypatch):
+    """16 stops of 256 characters over 800 tokens: each character is stepped once (was quadratic)."""
+    from gt_ext.serve import stops as mod
+
+    steps = 0
+    real_step = mod._Automaton.step
+
+    def counting(self, s, ch):
+        nonlocal steps
+        steps += 1
+        return real_step(self, s, ch)
+
+    monkeypatch.setattr(mod._Automaton, "step", counting)
+    stops = [("ab" * 128)[i:] + "Z" for i in range(16)]  # long, overlapping, never completed
+    sc, text = StopScanner(stops), ""
+    for i in range(800):
+        text += "ab" if i % 2 else "a b"
+        sc.feed(text)
+    assert not sc.stopped
+    assert steps == len(text)

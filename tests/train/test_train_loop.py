@@ -145,3 +145,28 @@ def test_existing_run_folder_is_refused(tmp_path, small_corpus):
 
     with pytest.raises(GtExtError, match="already has a run"):
         run_training(p, tmp_path / "r", progress=False)
+
+
+
+def test_time_limit_stops_resumably_not_done(tmp_path, small_corpus, capsys):
+    """A run cut by its time budget is `stopped` (checkpoint, no adapter, CLI exit 3), and resuming
+    it budget by budget ends with the same losses as one uninterrupted run."""
+    sets = [*SMALL, "max_steps=3", "eval_every=0"]
+    full = run_training(prepare("witness", small_corpus, "patrol", None, sets), tmp_path / "full", progress=False)
+    args = ["train", "--role", "witness", "--corpus", str(small_corpus), "--task", "patrol",
+            "--out", str(tmp_path / "cut"), "--no-progress", *sets, "max_cpu_s=1e-9"]
+    assert main(args) == 3
+    assert "stopped: CPU time limit reached at step 1 of 3" in capsys.readouterr().err
+    first = json.loads((tmp_path / "cut" / "run.json").read_text())
+    assert first["status"] == "stopped" and first["metrics"]["steps"] == 1
+    assert not (tmp_path / "cut" / "adapter").exists() and (tmp_path / "cut" / "checkpoints" / "step-1").is_dir()
+    limited = prepare("witness", small_corpus, "patrol", None, [*sets, "max_cpu_s=1e-9"])
+    out = run_training(limited, tmp_path / "cut", resume=True, progress=False)
+    assert out["status"] == "stopped" and out["metrics"]["steps"] == 2
+    out = run_training(limited, tmp_path / "cut", resume=True, progress=False)
+    assert out["status"] == "done" and out["metrics"]["steps"] == 3  # the last step is never cut
+    a, b = _losses(tmp_path / "full"), _losses(tmp_path / "cut")
+    assert sorted(b) == [1, 2, 3]
+    for step in range(1, 4):
+        assert a[step] == pytest.approx(b[step], abs=1e-6), step
+    assert (tmp_path / "cut" / "adapter" / "adapter_config.json").is_file() and full["status"] == "done"

@@ -33,9 +33,10 @@ HERE = Path(__file__).resolve().parent
 
 
 def code_hash() -> str:
-    """Hash of the staging and step code: a change re-stages the evidence."""
+    """Hash of the staging code (what is staged, what is run, how it is labelled): a change
+    re-stages the evidence. The step texts (`steps.py`) only shape prompts, so they are not in it."""
     h = hashlib.sha256()
-    for name in ("stage.py", "steps.py"):
+    for name in ("stage.py",):
         h.update((HERE / name).read_bytes())
     h.update((HERE.parent.parent / "gastown" / "scratch.py").read_bytes())
     return h.hexdigest()[:12]

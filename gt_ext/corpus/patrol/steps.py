@@ -108,12 +108,11 @@ STEPS: tuple[Step, ...] = (
          fields=("target", "urgency", "reason", "action")),
     # ------------------------------------------------------------------ refinery: mol-refinery-patrol
     Step("refinery", "mol-refinery-patrol", "process-branch",
-         "Take the next MR: check its branch still exists, then rebase it on the target.",
+         "Take the next MR: check its branch exists, then rebase it on the target.",
          (A("run-tests", "the branch exists and the rebase succeeded: go on to the tests",
             "rebase applied cleanly on a branch that is still there",
             ("run-tests", "test", "proceed"), "verify"),
-          A("conflict-task", "the rebase hit conflicts: abort it, file a conflict-resolution task, keep the "
-                             "branch and the MR open",
+          A("conflict-task", "the rebase conflicts: abort, file a conflict task, keep branch and MR",
             "conflicting rebase: abort, open a task for the polecat, delete nothing",
             ("conflict-task", "file-conflict", "abort-rebase"), "needs-resolution"),
           A("close-mr", "the branch no longer exists on origin: close the MR bead, not a failure",
@@ -121,17 +120,14 @@ STEPS: tuple[Step, ...] = (
             ("close-mr", "drop-mr", "close"), "retire-mr")),
          fields=("target", "reason", "preserve", "action")),
     Step("refinery", "mol-refinery-patrol", "handle-failures",
-         "Decide on the test results of the rebased branch. Never fix code yourself.",
-         (A("merge", "everything passed, or the failure is pre-existing on the target and an open bug "
-                     "already covers it",
+         "Decide on the rebased branch's test results; never fix code yourself.",
+         (A("merge", "all passed, or it fails on the target too and an open bug covers it",
             "green run, or a known target failure that already has an open bug",
             ("merge", "proceed", "merge-push"), "land"),
-          A("fix-needed", "it fails on the branch but passes on the target: the branch caused it; send "
-                          "FIX_NEEDED to the polecat, keep the branch and the MR",
+          A("fix-needed", "fails on the branch, passes on the target: FIX_NEEDED to the polecat, keep branch and MR",
             "the branch broke it (target is green): the polecat must fix it",
             ("fix-needed", "reject", "send-back"), "return-to-author"),
-          A("file-bug", "it also fails on the target (pre-existing or flaky there) and no open bug covers "
-                        "it: file the bug, then merge",
+          A("file-bug", "fails on the target too (pre-existing or flaky), no open bug: file one, then merge",
             "the target fails the same way and no bug is open for it yet",
             ("file-bug", "report-bug", "bug-then-merge"), "log-defect")),
          fields=("target", "reason", "preserve", "action")),
