@@ -173,9 +173,14 @@ class FnGenerator:
     model can also be served to the real promptfoo. Tokens are counted as words."""
 
     backend = "function"
+    max_context = 1 << 20  # a function has no context window; the API's limits still apply
 
     def __init__(self, fn: GenerateFn):
         self.fn = fn
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Prompt size in words (the unit this stand-in counts in)."""
+        return sum(len(str(m["content"]).split()) for m in messages)
 
     def request(self, messages: list[dict[str, str]], params: Any = None, adapters: Any = None) -> Any:
         from gt_ext.serve.generate import Request, check_messages
@@ -187,7 +192,7 @@ class FnGenerator:
         params = [{"max_new_tokens": r.params.max_new_tokens, "temperature": r.params.temperature,
                    "top_p": r.params.top_p, "seed": r.params.seed} for r in requests]
         for i, (r, text) in enumerate(zip(requests, self.fn([r.messages for r in requests], params), strict=True)):
-            r.stats.prompt_tokens = sum(len(str(m["content"]).split()) for m in r.messages)
+            r.stats.prompt_tokens = self.count_tokens(r.messages)
             r.stats.completion_tokens = len(text.split())
             r.stats.finish_reason = "stop"
             yield i, text
