@@ -23,7 +23,7 @@ from typing import Any
 from gt_ext.atomic import atomic_write_json
 from gt_ext.digest import sha256_file
 from gt_ext.errors import GtExtError
-from gt_ext.evals import pfengine, scoring
+from gt_ext.evals import pfengine, provenance, scoring
 from gt_ext.evals import suite as suite_mod
 from gt_ext.models.refs import ResolvedModel, resolve
 
@@ -395,6 +395,7 @@ def evaluate(
         res.written_to = str(Path(rec.path) / result_filename(res.to_dict()))
     elif write and model.results_dir is not None:
         target = Path(model.results_dir) / result_filename(res.to_dict())
-        atomic_write_json(target, res.to_dict())
+        # Signed, so that `gt model register` can tell it from a hand-written file (evals.provenance).
+        atomic_write_json(target, provenance.sign(res.to_dict()))
         res.written_to = str(target)
     return res

@@ -96,8 +96,12 @@ def export_run(run_dir: str | Path, to: str | Path, quantized: tuple[str, ...] |
     for q in quantized:
         if q not in QTYPES:
             raise GtExtError(f"--gguf {q!r}: use one of {', '.join(QTYPES)}")
+    if to.exists() and not to.is_dir():
+        raise GtExtError(f"--to {to}: is a file; the export is a folder (adapter/, merged/, *.gguf, manifest.json)")
     if to.exists() and any(to.iterdir()) and not force:
         raise GtExtError(f"export folder {to} is not empty (use --force to replace it)")
+    if (bad := next((p for p in to.parents if p.exists() and not p.is_dir()), None)) is not None:
+        raise GtExtError(f"--to {to}: {bad} is a file, not a folder")
     to.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{to.name}.", dir=to.parent))
     try:

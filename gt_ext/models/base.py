@@ -147,9 +147,12 @@ def _build_smollm2(out: Path) -> None:
     tok.save_pretrained(out)
 
 
-def build_tiny_llama(out: str | os.PathLike, num_layers: int = 2, seed: int = 0) -> Path:
+def build_tiny_llama(out: str | os.PathLike, num_layers: int = 2, seed: int = 0,
+                     init_std: float | None = None) -> Path:
     """Write a random tiny LLaMA (hidden 64, SmolLM2's tokenizer) with `num_layers` layers to `out`.
-    `tiny-llama` is the 2-layer one; pipeline tests split a deeper one into stages."""
+    `tiny-llama` is the 2-layer one; pipeline tests split a deeper one into stages. `init_std`
+    (transformers' `initializer_range`, 0.02 by default): ~0.3 makes greedy text vary from token to
+    token (at 0.02 the model repeats one token), which generation-equality tests need."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -160,6 +163,7 @@ def build_tiny_llama(out: str | os.PathLike, num_layers: int = 2, seed: int = 0)
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         **{**_TINY_CONFIG, "num_hidden_layers": num_layers},
+        **({"initializer_range": init_std} if init_std is not None else {}),
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
