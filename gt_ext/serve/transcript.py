@@ -19,6 +19,7 @@ from typing import Any
 
 from gt_ext.corpus.parsers import NODE0_ENTRYPOINT, NODE0_META
 from gt_ext.paths import claude_projects_dir
+from gt_ext.private import FILE_MODE, private_dir
 
 
 class Transcript:
@@ -32,9 +33,10 @@ class Transcript:
         self.meta = {k: v for k, v in {**(meta or {}), "model": model}.items() if v and k in NODE0_META}
         base = Path(folder) if folder else claude_projects_dir()
         self.path = base / self.cwd.replace("/", "-") / f"{self.session_id}.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)  # a session's text: owner only, like Claude's own transcripts
         self._parent: str | None = None
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the session
+        self._fh = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE), "a",
+                             encoding="utf-8")  # held for the session
 
     def set_bead(self, bead: str | None) -> None:
         """Tag the entries written from now on with the bead the session works (first one wins)."""
