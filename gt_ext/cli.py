@@ -28,7 +28,8 @@ app = typer.Typer(
 def _root() -> None:
     """Gas Town fine-tuning: corpus, training, evaluation, registry and serving of role models."""
 
-# (name, module, help). A module that is not there yet is skipped, so the CLI grows with the code.
+# (name, module). Every module must import: a missing or broken one fails `gt-ext` loudly (a test
+# checks each of them), never a silently missing subcommand.
 SUBCOMMANDS: list[tuple[str, str]] = [
     ("corpus", "gt_ext.corpus.cli"),
     ("hooks", "gt_ext.hooks_cli"),
@@ -36,6 +37,7 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("train", "gt_ext.train.cli"),
     ("export", "gt_ext.export.cli"),
     ("swarm", "gt_ext.swarm.cli"),
+    ("pipeline", "gt_ext.pipeline.cli"),
     ("eval", "gt_ext.evals.cli"),
     ("model", "gt_ext.registry.cli"),
     ("formula", "gt_ext.orchestrate.cli"),
@@ -43,7 +45,6 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("serve", "gt_ext.serve.cli"),
     ("rag", "gt_ext.rag.cli"),
     ("install-shim", "gt_ext.shim_cli"),
-    ("install", "gt_ext.install_cli"),
 ]
 
 
@@ -57,17 +58,14 @@ def version() -> None:
 
 def _register() -> None:
     for name, module in SUBCOMMANDS:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name and module.startswith(e.name):
-                continue  # concern not built yet
-            raise
+        mod = importlib.import_module(module)
         sub = getattr(mod, "app", None)
         if isinstance(sub, typer.Typer):
             app.add_typer(sub, name=name)
         elif callable(getattr(mod, "command", None)):
             app.command(name=name)(mod.command)
+        else:
+            raise ImportError(f"{module}: defines neither a typer `app` nor a `command` for `gt-ext {name}`")
 
 
 _register()

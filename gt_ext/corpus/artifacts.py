@@ -28,6 +28,7 @@ from gt_ext.corpus.gates import MAX_TOTAL_CHARS
 from gt_ext.corpus.ingest import Ingestor, Source, Tags
 from gt_ext.corpus.store import Store
 from gt_ext.corpus.tags import role_from_actor
+from gt_ext.gastown.town import STATE_DIRS
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ PRIME_SOURCE = "gt-prime"
 # One example's share of a version: room is left for the system and user turns.
 PART_CHARS = MAX_TOTAL_CHARS - 1_000
 _NAMES = {"CLAUDE.md", "AGENTS.md"}
-_SKIP_DIRS = {".git", "node_modules", ".corpus", ".dolt-data", "embeddeddolt", ".venv", "__pycache__", ".runtime"}
+_SKIP_DIRS = {".git", "node_modules", ".corpus", ".venv", "__pycache__"} | STATE_DIRS
 
 
 def find_artifacts(town_root: Path, max_depth: int = 5) -> list[Path]:

@@ -52,6 +52,7 @@ from gt_ext.corpus.scrub import Scrubber
 from gt_ext.corpus.store import Store, StoredExample
 from gt_ext.digest import sha256_file
 from gt_ext.errors import GtExtError
+from gt_ext.jsonl import iter_jsonl
 from gt_ext.roles import TASKS
 
 log = logging.getLogger(__name__)
@@ -402,19 +403,8 @@ def iter_records(paths: Sequence[str | os.PathLike]) -> Iterator[dict[str, Any]]
 
     Each record gets `_where` = "file:line" (for the caller's own error messages)."""
     for path in paths:
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):  # binary lines end at b"\n" only
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise GtExtError(f"{path}:{lineno}: not UTF-8 (byte {e.start})") from None
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise GtExtError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                if not isinstance(rec, dict):
-                    raise GtExtError(f"{path}:{lineno}: expected a JSON object")
-                rec["_where"] = f"{path}:{lineno}"
-                yield rec
+        for lineno, rec in iter_jsonl(path, "shard"):
+            if not isinstance(rec, dict):
+                raise GtExtError(f"{path}:{lineno}: expected a JSON object")
+            rec["_where"] = f"{path}:{lineno}"
+            yield rec

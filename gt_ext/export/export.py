@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 def merge_adapter(base_model: str, adapter_dir: str | Path, parent_adapter: str | Path | None = None) -> tuple[Any, Any]:
-    """Base (+ parent role adapter) + this adapter, merged into plain weights; (model, tokenizer)."""
+    """Base (+ parent role adapter: run.json `parent`, a registry name:ver or a folder) + this adapter,
+    merged into plain weights; (model, tokenizer)."""
     from peft import PeftModel
 
     from gt_ext.models import load_model
@@ -71,13 +72,12 @@ def plain_model(model: Any) -> Any:
 
 
 def _read_run(run_dir: Path) -> dict[str, Any]:
-    rj = run_dir / "run.json"
-    if not rj.is_file():
+    from gt_ext.train.runfolder import RUN_JSON, read_run_json
+
+    rj = run_dir / RUN_JSON
+    run = read_run_json(run_dir)
+    if run is None:
         raise GtExtError(f"{run_dir}: not a run folder (no run.json)")
-    try:
-        run = json.loads(rj.read_text())
-    except json.JSONDecodeError:
-        raise GtExtError(f"{rj}: not valid JSON") from None
     if not (run_dir / "adapter" / "adapter_config.json").is_file():
         raise GtExtError(f"{run_dir}: no adapter/ (has the run finished? status {run.get('status')!r})")
     if not run.get("base_model"):

@@ -153,7 +153,7 @@ class Target:
     @property
     def lock_path(self) -> Path:
         """The lock file next to the settings file."""
-        d = self.town.settings_dir if self.rig == TOWN_SCOPE else self.town.root / self.rig / "settings"
+        d = self.town.settings_dir if self.rig == TOWN_SCOPE else self.town.rig(self.rig).settings_dir
         return d / ".config.json.lock"
 
 

@@ -79,15 +79,11 @@ def source_kind(src: Path) -> str:
 
 def read_run_json(src: Path) -> dict[str, Any]:
     """Parse `<src>/run.json` (GtExtError naming it when missing or corrupt)."""
-    p = src / RUN_JSON
-    if not p.is_file():
-        raise GtExtError(f"{p}: missing (the registry needs the run's role and base model)")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise GtExtError(f"{p}: not valid JSON") from None
-    if not isinstance(data, dict):
-        raise GtExtError(f"{p}: expected a JSON object")
+    from gt_ext.train import runfolder
+
+    data = runfolder.read_run_json(src)
+    if data is None:
+        raise GtExtError(f"{src / RUN_JSON}: missing (the registry needs the run's role and base model)")
     return data
 
 

@@ -4,7 +4,7 @@ Settings live in the town's `settings/gt-ext.json` under `"agent"` (every key op
 key is an error naming it):
 
     {"agent": {
-       "sandbox": {"write": ["{rig}/refinery/rig"], "read": [], "deny": ["~/.secret-notes"],
+       "sandbox": {"write": ["{rig}/refinery/rig"], "read": [], "deny": ["~/.secret-notes"], "unhide": [],
                    "env": ["MY_VAR"], "network": "loopback", "ports": [], "max_procs": 256,
                    "memory_mb": 8192, "file_mb": 1024, "tmp_mb": 256},
        "roles": {"refinery": {"sandbox": {"network": "host"}}},
@@ -12,8 +12,9 @@ key is an error naming it):
 
 A role's `sandbox` adds to the lists of the town-wide one and replaces its scalars. In paths,
 `~` and `{home}` are the home folder, `{town}` the town root, `{rig}` the rig folder, `{workdir}`
-the work dir. Always writable: the work dir and the beads folder `bd` uses from it. Always hidden:
-`DEFAULT_DENY` (credentials, token files, the corpus). Network `loopback` relays only the town's
+the work dir. Always writable: the work dir and the beads folder `bd` uses from it. Hidden:
+`DEFAULT_DENY` (credentials, token files, the corpus) plus `deny`, less what `unhide` names (e.g.
+`~/.ssh` for a role that pushes over SSH with `network: host`). Network `loopback` relays only the town's
 Dolt port(s); `host` opens the host's network, `none` closes everything.
 
 `bang_commands`: a prompt `!command` runs `command` without the model (Claude Code's bash mode).
@@ -65,6 +66,7 @@ class SandboxSettings(BaseModel):
     write: list[str] = Field(default_factory=list)
     read: list[str] = Field(default_factory=list)
     deny: list[str] = Field(default_factory=list)
+    unhide: list[str] = Field(default_factory=list)  # default-denied paths this role may read
     env: list[str] = Field(default_factory=list)
     network: Literal["loopback", "none", "host"] | None = None
     ports: list[int] = Field(default_factory=list)
@@ -166,6 +168,8 @@ def build_policy(workdir: str | os.PathLike, env: AgentEnv, settings: AgentSetti
     if environ.get("GT_EXT_CLAUDE_PROJECTS"):  # session transcripts
         deny.append(Path(environ["GT_EXT_CLAUDE_PROJECTS"]))
     deny.append(Path(environ.get("GT_EXT_HOME") or home / "gt") / "corpus")
+    unhide = {p.resolve() for p in paths(base.unhide + role.unhide, relative_to_home=True)}
+    deny = [d for d in deny if d.resolve() not in unhide]
     network = role.network or base.network or "loopback"
     ports = sorted(set(dolt_ports(town, beads)) | set(base.ports) | set(role.ports))
 

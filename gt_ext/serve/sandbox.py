@@ -143,8 +143,11 @@ class Sandbox:
             if os.path.isdir(d) and not os.path.islink(d):
                 args += ["--size", str(p.tmp_mb * 2**20), "--tmpfs", d] if d == "/tmp" else ["--tmpfs", d]
         hidden = [Path(d) for d in PRIVATE_DIRS]
-        # This package and its Python are needed inside even when installed under /tmp.
-        for r in _existing([*p.read, INIT_SCRIPT.parent, Path(sys.prefix), Path(sys.base_prefix)]):
+        # This package and its Python are needed inside even when installed under /tmp; with the
+        # host's network, so is the resolver config (often a link into /run).
+        extra = [INIT_SCRIPT.parent, Path(sys.prefix), Path(sys.base_prefix)]
+        extra += [Path("/etc/resolv.conf")] if p.network == "host" else []
+        for r in _existing([*p.read, *extra]):
             if any(r == h or h in r.parents for h in hidden):
                 args += ["--ro-bind", str(r), str(r)]
         # Shallow binds first, so a nested write path is bound over its read-only parent.

@@ -165,6 +165,34 @@ def publish_membership(dht: Any, run_id: str, key: SwarmKey, ttl_s: float = 120.
                           expiration_time=get_dht_time() + ttl_s))
 
 
+class Membership:
+    """Checks that a remote peer published a valid membership proof for `run_id` in the DHT
+    (`publish_membership`); verified peers are remembered. With `key=None` everyone is a member."""
+
+    def __init__(self, key: SwarmKey | None, run_id: str):
+        self.key, self.run_id = key, run_id
+        self._verified: set[bytes] = set()
+
+    async def check(self, dht: Any, peer_id: Any, own_peer_id: Any = None) -> bool:
+        """True if `peer_id` (a libp2p PeerID, authenticated by the connection) holds the key."""
+        if self.key is None:
+            return True
+        pid = peer_id.to_bytes()
+        if pid in self._verified or (own_peer_id is not None and pid == own_peer_id.to_bytes()):
+            return True
+        found = await dht.get(members_key(self.run_id), latest=True, return_future=True)
+        records = found.value if found is not None and isinstance(found.value, dict) else {}
+        entry = records.get(pid.hex())
+        proof_hex = getattr(entry, "value", None)
+        try:
+            ok = isinstance(proof_hex, str) and self.key.check_member_proof(pid, bytes.fromhex(proof_hex))
+        except ValueError:
+            ok = False
+        if ok:
+            self._verified.add(pid)
+        return ok
+
+
 class MemberGateMixin:
     """Mixin for hivemind averagers: refuse averaging/download RPCs from peers without a proof.
 
@@ -174,28 +202,12 @@ class MemberGateMixin:
 
     def __init__(self, *args: Any, swarm_key: SwarmKey | None = None, run_id: str = "", **kwargs: Any):
         # Set before super().__init__: with start=True the averager process forks at its end.
-        self._swarm_key = swarm_key
-        self._gate_run_id = run_id
-        self._verified: set[bytes] = set()
+        self._membership = Membership(swarm_key, run_id)
         super().__init__(*args, **kwargs)
 
     async def _is_member(self, peer_id: Any) -> bool:
-        if self._swarm_key is None:
-            return True
-        pid = peer_id.to_bytes()
-        if pid == self.peer_id.to_bytes() or pid in self._verified:
-            return True
-        found = await self.dht.get(members_key(self._gate_run_id), latest=True, return_future=True)
-        records = found.value if found is not None and isinstance(found.value, dict) else {}
-        entry = records.get(pid.hex())
-        proof_hex = getattr(entry, "value", None)
-        try:
-            ok = isinstance(proof_hex, str) and self._swarm_key.check_member_proof(pid, bytes.fromhex(proof_hex))
-        except ValueError:
-            ok = False
-        if ok:
-            self._verified.add(pid)
-        else:
+        ok = await self._membership.check(self.dht, peer_id, self.peer_id)
+        if not ok:
             log.warning("refused averaging request from %s: no valid swarm membership proof", peer_id)
         return ok
 

@@ -25,13 +25,13 @@ import os
 import pickle
 import random
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gt_ext.atomic import atomic_dir
 from gt_ext.errors import GtExtError
 
 log = logging.getLogger(__name__)
@@ -122,19 +122,10 @@ def save(run_dir: str | os.PathLike, model: Any, state: TrainerState, keep: int)
     """Write `checkpoints/step-<state.step>/` atomically (temp folder + rename); keep the newest `keep`."""
     from gt_ext.train.lora import save_adapter
 
-    root = checkpoints_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{state.step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{state.step}.", dir=root))
-    try:
+    final = checkpoints_dir(run_dir) / f"step-{state.step}"
+    with atomic_dir(final) as tmp:
         save_adapter(model, tmp / ADAPTER_DIR)
         torch.save({"format": FORMAT, **asdict(state)}, tmp / STATE_FILE)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     log.info("checkpoint %s", final)

@@ -94,7 +94,8 @@ class TrainConfig(_Strict):
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile each decoder layer; auto: on CUDA with varlen attention (falls back to eager on errors)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
-    role_adapter: str | None = Field(None, description="role LoRA folder a task adapter trains on top of")
+    role_adapter: str | None = Field(
+        None, description="role adapter a task adapter trains on top of: registry name:ver or an adapter/run folder")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     data: DataSettings = Field(default_factory=DataSettings)
     optim: OptimSettings = Field(default_factory=OptimSettings)

@@ -114,3 +114,18 @@ def test_anomalous_batch_goes_to_review(store):
     flags = batch.finish()
     assert flags and "violation_rate" in flags[0]
     assert store.count(status="review") == 8 and store.count(status="active") == 60
+
+
+def test_unquoted_token_and_export_secret_never_reach_a_shard(store, tmp_path):
+    """Issue #20: both were stored active and exported verbatim."""
+    from gt_ext.corpus.shards import write_shards
+
+    tok = "Zp3Kq9Lm2Xv8Rt5Wb1Nc7Hd4Jf6Gs0Ya2Ue9Io3Qw"
+    msgs = _msgs(cmd=f"export MY_SECRET=hunter2x && ./deploy.sh {tok}",
+                 extra=f"The job logged `worker ready, key {tok}`.")
+    [ex_id] = _ingest(store, msgs, role="witness", rig="demo", outcome="success", session="s9").inserted["active"]
+    text = str(store.get(ex_id).messages)
+    assert tok not in text and "hunter2x" not in text
+    write_shards(store, tmp_path / "out", all_rigs=True)
+    shards = "".join(p.read_text() for p in (tmp_path / "out").rglob("*.jsonl"))
+    assert "MY_SECRET=<SECRET:" in shards and tok not in shards and "hunter2x" not in shards

@@ -12,7 +12,8 @@ from gt_ext.cli import main
 from gt_ext.corpus.collect import process_spool
 from gt_ext.corpus.store import Store
 from gt_ext.errors import GtExtError
-from gt_ext.hooks_cli import MARKER, PI_EXTENSION_NAME, PI_MARKER, default_gt_home, install, status
+from gt_ext.gastown.hooks import default_gt_home
+from gt_ext.hooks_cli import MARKER, PI_EXTENSION_NAME, PI_MARKER, install, status
 from tests.corpus.helpers import add_session_events, make_town_dirs, write_transcript
 
 

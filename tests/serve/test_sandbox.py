@@ -265,3 +265,33 @@ def test_memory_and_file_size_limits(box):
     assert "allocated" not in res.output and "MemoryError" in res.output
     res = _raw(box, "head -c 3000000 /dev/zero > big.bin; echo rc=$?")
     assert (box.work / "big.bin").stat().st_size <= 1 << 20 and "rc=0" not in res.output
+
+
+def test_town_settings_shape_the_policy(tmp_path):
+    import json
+
+    from gt_ext.errors import ConfigError
+    from gt_ext.serve.agentcfg import load_agent_settings
+
+    town = tmp_path / "town"
+    (town / "settings").mkdir(parents=True)
+    (town / "demo" / "refinery" / "rig").mkdir(parents=True)
+    work = town / "demo" / "witness"
+    work.mkdir(parents=True)
+    (town / "settings" / "gt-ext.json").write_text(json.dumps({"agent": {
+        "sandbox": {"deny": ["{town}/secrets.txt"], "ports": [4242]},
+        "roles": {"refinery": {"sandbox": {"write": ["{rig}/refinery/rig"], "network": "host", "unhide": [".ssh"],
+                                           "env": ["DEPLOY_KEY_PATH"]}}}}}))
+    settings = load_agent_settings(town)
+    environ = {"HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin", "DEPLOY_KEY_PATH": "/k"}
+    witness = build_policy(work, AgentEnv(role="witness", rig="demo", root=str(town)), settings, environ)
+    refinery = build_policy(work, AgentEnv(role="refinery", rig="demo", root=str(town)), settings, environ)
+    assert witness.network == "loopback" and 4242 in witness.ports
+    assert town / "secrets.txt" in witness.deny and tmp_path / "home" / ".ssh" in witness.deny
+    assert "DEPLOY_KEY_PATH" not in witness.env
+    assert refinery.network == "host" and town / "demo" / "refinery" / "rig" in refinery.write
+    assert tmp_path / "home" / ".ssh" not in refinery.deny and refinery.env["DEPLOY_KEY_PATH"] == "/k"
+
+    (town / "settings" / "gt-ext.json").write_text(json.dumps({"agent": {"sandbox": {"netwrok": "host"}}}))
+    with pytest.raises(ConfigError, match="agent.sandbox.netwrok"):
+        load_agent_settings(town)
