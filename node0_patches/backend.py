@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
 import logging
 import multiprocessing as mp
 import time
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -43,6 +45,19 @@ class StageCounters:
                 "tokens": self.tokens.value, "busy_s": self.busy_s.value, "peers": self.peers.value,
                 "reset_done": self.reset_done.value,
                 "last_error": self.last_error.value.decode(errors="replace")}
+
+
+_KEEP_GRAPHS = 2  # training forwards whose graphs wait for their backward (the trainer sends one at a time)
+
+
+def _inputs_key(inputs: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> bytes:
+    """A digest of a request's tensors: a backward carries the same inputs as its forward."""
+    h = hashlib.blake2b(digest_size=16)
+    for t in inputs:
+        c = t.detach().contiguous()
+        h.update(str((c.dtype, tuple(c.shape))).encode())
+        h.update(c.view(torch.uint8).numpy() if c.numel() else b"")
+    return h.digest()
 
 
 @functools.cache
@@ -86,11 +101,24 @@ def stage_backend_class() -> type:
             # Reads the live adapter in the runtime's process (the handlers hold stale copies).
             self.adapter_pool = pool_cls(self.adapter_snapshot, name=f"{self.name}_adapter", max_batch_size=big)
             self.adapter_names = list(self.module.stage.adapter_state())  # PEFT names, fixed order
+            self._graphs: OrderedDict[bytes, tuple[list[torch.Tensor], torch.Tensor]] = OrderedDict()
 
         def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            """A training forward (LoRA on) keeps its autograd graph, keyed by its inputs, so the
+            backward of the same micro-batch does not re-run the forward (node0 always re-runs it;
+            a backward whose graph is gone still does)."""
             t0 = time.perf_counter()
             try:
-                return super().forward(*inputs)
+                adapter_on = inputs[3]  # every stage's fourth input (node0_patches.experts)
+                if not bool((adapter_on > 0.5).all()):
+                    return super().forward(*inputs)  # DPO reference: no backward will come
+                args = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
+                with torch.enable_grad(), self.optimizer_lock:
+                    out = self.module(*args)
+                self._graphs[_inputs_key(inputs)] = (args, out)
+                while len(self._graphs) > _KEEP_GRAPHS:
+                    self._graphs.popitem(last=False)
+                return (out.detach(),)
             finally:
                 with self.counters.busy_s.get_lock():
                     self.counters.busy_s.value += time.perf_counter() - t0
@@ -98,7 +126,21 @@ def stage_backend_class() -> type:
         def backward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
             t0 = time.perf_counter()
             try:
-                return super().backward(*inputs)
+                n = len(inputs) - 1  # the forward inputs, then d loss / d output
+                found = self._graphs.pop(_inputs_key(inputs[:n]), None)
+                if found is None:
+                    return super().backward(*inputs)  # node0's way: re-run the forward
+                args, out = found
+                try:
+                    with torch.enable_grad(), self.optimizer_lock:
+                        torch.autograd.backward(out, inputs[n].to(out.dtype))
+                except RuntimeError as e:  # e.g. parameters changed since (a step in between)
+                    log.debug("kept graph unusable (%s): re-running the forward", e)
+                    for p in self.module.parameters():
+                        p.grad = None
+                    return super().backward(*inputs)
+                self.on_backward(args[0].shape[0])
+                return tuple(a.grad if a.grad is not None else torch.zeros_like(a) for a in args)
             finally:
                 with self.counters.busy_s.get_lock():
                     self.counters.busy_s.value += time.perf_counter() - t0

@@ -154,6 +154,7 @@ def stage_optimizer_class() -> type:
             gate_run_id: str = "",
             norm_exchange: Callable[[Any], NormExchange] | None = None,
             on_step: Callable[[int], None] | None = None,
+            restore: Callable[[Any], int] | None = None,
             **kwargs: Any,
         ):
             flat = params if params is not None else list(model.parameters())
@@ -166,6 +167,7 @@ def stage_optimizer_class() -> type:
             self._swarm_key, self._gate_run_id = swarm_key, gate_run_id
             self.counters = model.counters
             self._on_step = on_step
+            self._restore = restore
             self._wake = threading.Event()
             self._norm_exchange_factory = norm_exchange
             self.norm_exchange: NormExchange | None = None
@@ -198,6 +200,15 @@ def stage_optimizer_class() -> type:
                 start=True,
                 **kwargs,
             )
+
+        def load_state_from_peers(self, wait_for_end_round: bool = False, **kwargs: Any) -> None:
+            """node0's join (download the state from a live replica); when no replica has any,
+            the stage's own newest checkpoint (`restore`). node0 calls this before the optimizer's
+            thread starts, so nothing steps in between."""
+            super().load_state_from_peers(wait_for_end_round=wait_for_end_round, **kwargs)
+            if self.local_epoch == 0 and self._restore is not None:
+                self._restore(self)
+            self.counters.epoch.value = self.local_epoch
 
         # -- accumulating ---------------------------------------------------------------------------
         def accumulate(self, batch_size: int = 1) -> bool:

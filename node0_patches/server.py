@@ -13,7 +13,7 @@ It builds node0's `Node0Server` (node0's code, imported from the checkout in $NO
   the DHT), node0's subspace download replaced by a local file;
 * our LoRA experts, backend and optimizer (node0_patches.experts/backend/optim);
 * a checkpoint of the stage's adapter and optimizer after every step in `checkpoint_dir`, loaded
-  at start when no live replica has newer state;
+  at start when no live replica has any state to download;
 * an announcement of the stage (span, base-model and settings fingerprints) every 2 s; a stage
   refuses to join a run whose live stages serve another base model or other settings.
 
@@ -168,7 +168,7 @@ class StageCheckpoints:
         ckpts = self.all()
         if not ckpts:
             return 0
-        state = torch.load(ckpts[-1] / "stage.pt", map_location="cpu", weights_only=False)
+        state = torch.load(ckpts[-1] / "stage.pt", map_location="cpu", weights_only=True)  # no pickled code
         with opt.optimizer_lock:
             expert.stage.load_adapter_state(state["adapter"])
             opt.state_averager.optimizer.load_state_dict(state["optimizer"])
@@ -252,8 +252,12 @@ def serve_stage(s: StageSettings, stop: threading.Event | None = None,
     def norm_exchange(dht: Any) -> NormExchange | None:
         return NormExchange(dht, s.run, s.span.first, s.span.last, s.span.total, o.grad_clip) if o.grad_clip > 0 else None
 
+    def restore(opt: Any) -> int:
+        return checkpoints.load_newest(opt.model, opt) if checkpoints is not None else 0
+
     optim_cls = functools.partial(
         stage_optimizer_class(), swarm_key=s.key, gate_run_id=s.run, norm_exchange=norm_exchange, on_step=on_step,
+        restore=restore,
         # The target batch is a handful of micro-batches: refresh progress often, forget a dead
         # replica's progress within seconds.
         tracker_opts=dict(min_refresh_period=0.1, max_refresh_period=0.5, default_refresh_period=0.2,
@@ -300,8 +304,6 @@ def serve_stage(s: StageSettings, stop: threading.Event | None = None,
             publish_membership(dht, s.run, s.key)
         me = {**info, "peer": dht.peer_id.to_base58(), "uid": uid}
         _check_peers(dht, s.run, me)
-        if checkpoints is not None and opt.local_epoch == 0:
-            checkpoints.load_newest(expert, opt)
 
         def record() -> dict[str, Any]:
             c = expert.counters.snapshot()

@@ -116,6 +116,10 @@ class PipelineClient:
                     type(error).__name__)
         self._dead_at[record.peer] = float(self._dht_time())
 
+    def is_dead(self, record: StageRecord) -> bool:
+        """Whether this replica failed a call and has not announced itself since."""
+        return record.peer in self._dead_at
+
     def _dht_time(self) -> float:
         from hivemind.utils.timed_storage import get_dht_time
 

@@ -240,6 +240,9 @@ class PipelineTrainer:
         out = {}
         for replicas in route:
             for r in replicas:
+                if self.client.is_dead(r):
+                    self._lose(r)
+                    continue
                 try:
                     out[r.peer] = int(self.client.stage_info(r)["epoch"])
                 except StageUnreachable:
@@ -464,19 +467,20 @@ class PipelineTrainer:
         runfolder.plot_losses(history, self.run_dir / runfolder.PLOT)
         if status == "done" and self.lost:
             status = "degraded"
+        self.publish(next((r for r in reversed(history) if r.get("loss") is not None), {}), state=status)
         return {"status": status, "message": message, "val_loss_start": val_start,
                 "val_loss_end": vals[-1] if vals else None, "steps": self.step,
                 "tokens_per_s": tokens_seen / elapsed if elapsed > 0 else 0.0,
                 "nonfinite_steps": self.nonfinite_total, "train_wall_s": elapsed,
                 "train_cpu_s": time.process_time() - cpu_started, "lost_replicas": len(self.lost)}
 
-    def publish(self, rec: dict[str, Any]) -> None:
+    def publish(self, rec: dict[str, Any], state: str = "running") -> None:
         """The trainer's line in `gt-ext swarm status` (best effort)."""
         from gt_ext.swarm.dht import publish_metrics
 
         try:
             publish_metrics(self.client.dht, self.s.run, {
-                "role": "trainer", "state": "running", "epoch": self.step, "loss": rec.get("loss"),
+                "role": "trainer", "state": state, "epoch": self.step, "loss": rec.get("loss"),
                 "val_loss": rec.get("val_loss"), "tokens_per_s": rec.get("tokens_per_s"),
                 "peers": sum(rec.get("replicas", [])), "nan_skips": self.nonfinite_total,
                 "updated": time.time()})

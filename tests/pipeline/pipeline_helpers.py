@@ -26,6 +26,8 @@ class Stages:
         self.tmp = Path(tmp)
         self.procs: dict[str, subprocess.Popen] = {}
         self.ready: dict[str, dict] = {}
+        self.ready_files: dict[str, Path] = {}
+        self.argv: dict[str, tuple[list[str], dict[str, str]]] = {}
 
     def start(self, name: str, run: str, layers: str, key: Path | None, overrides: list[str],
               initial_peers: list[str] | None = None, extra: list[str] | None = None) -> None:
@@ -40,8 +42,16 @@ class Stages:
         log = open(self.tmp / f"{name}.log", "w")
         self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                             start_new_session=True, cwd=REPO)
-        self.ready_files = getattr(self, "ready_files", {})
         self.ready_files[name] = ready
+        self.argv[name] = (argv, env)
+
+    def restart(self, name: str) -> None:
+        """Start a (dead) stage again with the same command line."""
+        argv, env = self.argv[name]
+        self.ready_files[name].unlink(missing_ok=True)
+        log = open(self.tmp / f"{name}.log", "a")
+        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True, cwd=REPO)
 
     def wait(self, name: str, timeout: float = 180.0) -> dict:
         """The stage's ready file (addresses), once it serves; fails with its log tail otherwise."""
@@ -57,8 +67,13 @@ class Stages:
         raise AssertionError(f"stage {name} did not come up:\n{self.log_tail(name)}")
 
     def log_tail(self, name: str, n: int = 40) -> str:
+        """The stage log's last lines, without hivemind's per-refresh progress chatter."""
         p = self.tmp / f"{name}.log"
-        return "\n".join(p.read_text(errors="replace").splitlines()[-n:]) if p.is_file() else ""
+        if not p.is_file():
+            return ""
+        noise = ("samples for epoch", "Found no active peers")
+        lines = [line for line in p.read_text(errors="replace").splitlines() if not any(x in line for x in noise)]
+        return "\n".join(lines[-n:])
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Signal a stage's whole process group (kill -9 by default)."""

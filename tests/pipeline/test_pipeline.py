@@ -4,6 +4,7 @@ stages of a 4-layer tiny LLaMA plus a replica of the middle one, shared by the t
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -15,6 +16,7 @@ import pytest
 import torch
 from pipeline_helpers import Stages
 
+from gt_ext.cli import main
 from gt_ext.errors import GtExtError
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -41,7 +43,8 @@ def pipe(tiny4: Path, pipeline_key: Path, tmp_path_factory: pytest.TempPathFacto
     try:
         addrs = visible_addrs(boot)
         for name, layers in (("s0", "0/3"), ("s1", "1/3"), ("s1b", "1/3"), ("s2", "2/3")):
-            stages.start(name, RUN, layers, pipeline_key, overrides, addrs)
+            stages.start(name, RUN, layers, pipeline_key, overrides, addrs,
+                         extra=["--checkpoint-dir", str(tmp / "checkpoints" / name)])
         for name in ("s0", "s1", "s1b", "s2"):
             stages.wait(name)
         yield SimpleNamespace(tmp=tmp, key=key, key_file=pipeline_key, addrs=addrs, stages=stages,
@@ -199,8 +202,6 @@ def test_pipeline_training_equals_single_process_training(pipe, corpus, single, 
     assert statuses == ["syncing"]
     _assert_same_weights(_adapter(out / "checkpoints" / "step-3" / "adapter"),
                          _adapter(single / "checkpoints" / "step-3" / "adapter"))
-    import json
-
     pipe_rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     single_rows = [json.loads(line) for line in (single / "metrics.jsonl").read_text().splitlines()]
     assert pipe_rows[0]["val_loss"] == pytest.approx(single_rows[0]["val_loss"], abs=1e-5)
@@ -210,7 +211,7 @@ def test_pipeline_training_equals_single_process_training(pipe, corpus, single, 
     assert run["backend"] == "pipeline" and run["config"]["max_steps"] == 6
 
 
-def test_replica_killed_during_training_run_continues_degraded(pipe, corpus, single):
+def test_replica_killed_during_training_run_continues_degraded(pipe, corpus, single, capsys):
     """kill -9 of a replica between steps 4 and 5 of the resumed run: the trainer goes on with the
     other replica, the run ends `degraded`, and no committed step is lost (the final adapter is
     still the single-process one)."""
@@ -230,6 +231,13 @@ def test_replica_killed_during_training_run_continues_degraded(pipe, corpus, sin
     assert pipe.stages.procs["s1b"].poll() is not None
     _assert_same_weights(_adapter(pipe.run_dir / "adapter"), _adapter(single / "adapter"))
     assert all(math.isfinite(float(t.abs().sum())) for t in _adapter(pipe.run_dir / "adapter").values())
+    # `gt-ext swarm status` shows the stages (node0's monitor, subclassed) and the trainer.
+    assert main(["swarm", "status", "--run-id", RUN, "--swarm-key", str(pipe.key_file),
+                 "--initial-peers", pipe.addrs[0], "--json"]) == 0
+    peers = json.loads(capsys.readouterr().out)["peers"].values()
+    assert {p.get("layers") for p in peers if p.get("role") == "stage"} == {"0-1", "2-2", "3-3"}
+    trainer = max((p for p in peers if p.get("role") == "trainer"), key=lambda p: p["epoch"])  # this session's
+    assert trainer["epoch"] == 6 and trainer["state"] == "degraded" and math.isfinite(trainer["loss"])
 
 
 def test_missing_stage_names_the_uncovered_layers_within_10s(pipe):
@@ -246,6 +254,11 @@ def test_missing_stage_names_the_uncovered_layers_within_10s(pipe):
                                            torch.zeros(1, 2, dtype=torch.long)])
                 time.sleep(0.2)
         assert time.monotonic() - t0 < 10, err.value
+        # kill -9 lost no committed step: the stage comes back from its --checkpoint-dir at step 6.
+        pipe.stages.restart("s2")
+        pipe.stages.wait("s2")
+        tail = client.wait_for_route(60)[-1]
+        assert [client.stage_info(r)["epoch"] for r in tail] == [6]
     finally:
         client.close()
 
