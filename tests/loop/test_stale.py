@@ -1,11 +1,12 @@
 """`gt model stale` in a real town (real gt, bd, dolt): fresh after training, then stale on new
 examples (with the deployed model's real loss on them), one retrain bead per role with a cooldown,
 a reverted CLAUDE.md in the review queue instead of counting, a changed one boosted in RAG, an
-unreadable file reported per item."""
+unreadable file reported per item; then the improve-role formula on the fresh model."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -127,3 +128,18 @@ def test_stale_check_in_a_real_town(make_town, monkeypatch, tmp_path, capsys):
         store.db.execute("UPDATE examples SET created = 0")
     [r] = _stale(capsys, "--no-loss", "--no-retrain")
     assert r["verdict"] == "fresh" and boosted(root, "witness") == set()
+
+    # The loop's formula on a fresh model (real runner, real subprocesses): collect, stale check,
+    # every training step skipped, the report; no run folder, nothing registered.
+    job = tmp_path / "improve-role-job"
+    res = subprocess.run(["gt-ext", "formula", "run", "improve-role", "--set", "role=witness", "--no-bead",
+                          "--job-dir", str(job)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.stdout.count("skipped (the deployed model is not stale)") == 6, res.stdout
+    assert "verdict FRESH" in res.stdout
+    assert json.loads((job / "stale.json").read_text())["retrain"] is False
+    assert json.loads((job / "formula-state.json").read_text())["completed"] == [
+        "collect", "stale-check", "export-corpus", "validate", "train", "export", "eval", "register", "report"]
+    assert not (job / "run").exists() and not (job / "corpus").exists()
+    with Registry.open(root) as reg:
+        assert [v.ref for v in reg.list()] == [rec.ref]
