@@ -233,11 +233,12 @@ def collect_prime(store: Store, town_root: Path, env: Mapping[str, str] | None =
             continue
         outputs.append((t, stable_text(out)))
     with process_lock(store):
-        ing = Ingestor(store)
+        ing = Ingestor(store, judge=False)  # artifacts are no session batch: not anomaly-checked
         for t, text in outputs:
             with store.tx():
                 r = ingest_prime(ing, t.role, t.rig, text)
             counts[r] = counts.get(r, 0) + 1
+        ing.finish()
     return counts
 
 
@@ -250,11 +251,12 @@ def collect_artifacts(store: Store, town_root: Path, prime: bool = False,
 
     counts: dict[str, int] = {}
     with process_lock(store):
-        ing = Ingestor(store)
+        ing = Ingestor(store, judge=False)  # artifacts are no session batch: not anomaly-checked
         for p in find_artifacts(town_root):
             with store.tx():
                 r = ingest_artifact(ing, Path(town_root), p)
             counts[r] = counts.get(r, 0) + 1
+        ing.finish()
     if prime:
         for k, v in collect_prime(store, Path(town_root), env=env).items():
             counts[f"prime-{k}"] = v

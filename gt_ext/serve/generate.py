@@ -8,7 +8,9 @@
 The PyTorch path runs its own decode loop over the model's forward with a KV cache (prefill once,
 then one token a step, logits only for the last position), so per-request adapters, per-row sampling
 and batches of concurrent requests share one loaded base model. `backend="llama.cpp"` runs the same
-API on a GGUF through llama-cpp-python (see `gt_ext.serve.llamacpp`).
+API on a GGUF through llama-cpp-python (see `gt_ext.serve.llamacpp`); `backend="pipeline"` runs the
+model's layers on node0 stage servers and samples here (see `gt_ext.serve.pipeline`). The torch and
+pipeline loops share the per-row work (sampling, EOS, stop strings, stats): `DecodeRows`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 Message = dict[str, Any]
 AdapterSpec = Sequence[tuple[str | Path, float]]
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
-BACKENDS = ("torch", "llama.cpp")
+BACKENDS = ("torch", "llama.cpp", "pipeline")
 
 
 @dataclass
@@ -92,7 +94,9 @@ class Generator:
         threads: int | None = None,
         decode_threads: int | None = 1,
         device: str = "cpu",
+        pipeline: Any = None,
     ):
+        """`pipeline`: where the stages are (`gt_ext.serve.pipeline.PipelineTarget`), for that backend."""
         if backend not in BACKENDS:
             raise GtExtError(f"unknown backend {backend!r}: backends are {', '.join(BACKENDS)}")
         self.base_model = base_model
@@ -102,11 +106,22 @@ class Generator:
             from gt_ext.serve.llamacpp import LlamaCppEngine
 
             self._engine: Any = LlamaCppEngine(base_model, gguf_path=gguf_path, threads=threads)
+        elif backend == "pipeline":
+            from gt_ext.serve.pipeline import PipelineEngine
+
+            self._engine = PipelineEngine(base_model, pipeline)
         else:
             self._engine = TorchEngine(base_model, quantize=quantize, device=device, prefill_threads=threads,
                                        decode_threads=decode_threads)
         self.tokenizer = self._engine.tokenizer
         self.default_adapters = self.load_adapters(adapters)
+
+    def close(self) -> None:
+        """Release what the engine holds outside this process (the pipeline backend leaves the
+        swarm); the in-process engines need nothing."""
+        close = getattr(self._engine, "close", None)
+        if close is not None:
+            close()
 
     # -- adapters ---------------------------------------------------------------------------
     def load_adapters(self, adapters: AdapterSpec) -> list[tuple[str, float]]:
@@ -236,13 +251,7 @@ class TorchEngine:
         """Prefill all prompts (left-padded), then decode one token per row per step until all stop."""
         t0 = time.perf_counter()
         prompts = [self.tokenizer(render(r.messages), add_special_tokens=False)["input_ids"] for r in requests]
-        for i, (r, ids) in enumerate(zip(requests, prompts, strict=True)):
-            if len(ids) + r.params.max_new_tokens > self.max_context:
-                raise GtExtError(
-                    f"request {i}: prompt is {len(ids)} tokens; with max_new_tokens {r.params.max_new_tokens} "
-                    f"it exceeds the model's context of {self.max_context}"
-                )
-            r.stats.prompt_tokens = len(ids)
+        check_prompt_lengths(requests, prompts, self.max_context)
         n, width = len(requests), max(len(p) for p in prompts)
         input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((n, width), dtype=torch.long)
@@ -250,11 +259,7 @@ class TorchEngine:
             input_ids[i, width - len(ids) :] = torch.tensor(ids)
             mask[i, width - len(ids) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]: left padding does not shift RoPE
-        gens = [_generator(r.params.seed) for r in requests]
-        seen = [torch.tensor(p, dtype=torch.long) for p in prompts]
-        out_ids: list[list[int]] = [[] for _ in requests]
-        scanners = [StopScanner(r.params.stop) for r in requests]
-        done = [False] * n
+        rows = DecodeRows(requests, prompts, self.eos_ids, self._decode, t0)
         self.lora.activate([r.adapters for r in requests])
         saved_threads = torch.get_num_threads()
         if self.prefill_threads:
@@ -269,37 +274,14 @@ class TorchEngine:
             step = 0
             while True:
                 nxt = torch.full((n, 1), self.pad_id, dtype=torch.long)
-                for i, r in enumerate(requests):
-                    if done[i]:
-                        continue
-                    if r.cancel.is_set():  # its client went away: free the row
-                        done[i], r.stats.finish_reason = True, "cancelled"
-                        continue
-                    tok = next_token(logits[i], r.params, seen[i], gens[i])
-                    if step == 0:
-                        r.stats.ttft_s = time.perf_counter() - t0
-                    if tok in self.eos_ids:
-                        done[i] = True
-                        r.stats.finish_reason = "stop"
-                        piece = scanners[i].feed(self._decode(out_ids[i]), final=True)
-                    else:
-                        out_ids[i].append(tok)
+                for i in range(n):
+                    tok, piece = rows.sample(i, logits[i], step)
+                    if tok is not None:
                         nxt[i, 0] = tok
-                        if r.params.repetition_penalty != 1.0:
-                            seen[i] = torch.cat([seen[i], torch.tensor([tok])])
-                        last = len(out_ids[i]) >= r.params.max_new_tokens
-                        piece = scanners[i].feed(self._decode(out_ids[i]), final=last)
-                        if scanners[i].stopped:
-                            done[i], r.stats.finish_reason = True, "stop"
-                        elif last:
-                            done[i], r.stats.finish_reason = True, "length"
-                    r.stats.completion_tokens = len(out_ids[i])
                     if piece:
                         yield i, piece
-                    if done[i]:
-                        r.stats.total_s = time.perf_counter() - t0
                 step += 1
-                if all(done):
+                if all(rows.done):
                     break
                 mask = torch.cat([mask, torch.ones((n, 1), dtype=torch.long)], dim=1)
                 positions = positions[:, -1:] + 1
@@ -322,6 +304,66 @@ class TorchEngine:
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+class DecodeRows:
+    """The per-row side of a decode loop over a batch of requests: sampling, EOS, stop strings,
+    text pieces and stats. The engine computes logits; `sample` turns a row's logits into its next
+    token (None once the row is done) and the text to show now."""
+
+    def __init__(self, requests: list[Request], prompts: list[list[int]], eos_ids: set[int], decode: Any,
+                 t0: float):
+        self.requests, self.eos_ids, self.decode, self.t0 = requests, eos_ids, decode, t0
+        self.gens = [_generator(r.params.seed) for r in requests]
+        self.seen = [torch.tensor(p, dtype=torch.long) for p in prompts]
+        self.out_ids: list[list[int]] = [[] for _ in requests]
+        self.scanners = [StopScanner(r.params.stop) for r in requests]
+        self.done = [False] * len(requests)
+
+    def sample(self, i: int, logits: torch.Tensor, step: int) -> tuple[int | None, str]:
+        """Row i's next token from its next-token logits [V] and the text piece to yield; the token is
+        None when the row is (or just got) done, and a done row is left as it is."""
+        r = self.requests[i]
+        if self.done[i]:
+            return None, ""
+        if r.cancel.is_set():  # its client went away: free the row
+            self.done[i], r.stats.finish_reason = True, "cancelled"
+            return None, ""
+        tok: int | None = next_token(logits, r.params, self.seen[i], self.gens[i])
+        if step == 0:
+            r.stats.ttft_s = time.perf_counter() - self.t0
+        if tok in self.eos_ids:
+            self.done[i], tok = True, None
+            r.stats.finish_reason = "stop"
+            piece = self.scanners[i].feed(self.decode(self.out_ids[i]), final=True)
+        else:
+            self.out_ids[i].append(tok)
+            if r.params.repetition_penalty != 1.0:
+                self.seen[i] = torch.cat([self.seen[i], torch.tensor([tok])])
+            last = len(self.out_ids[i]) >= r.params.max_new_tokens
+            piece = self.scanners[i].feed(self.decode(self.out_ids[i]), final=last)
+            if self.scanners[i].stopped:
+                self.done[i], r.stats.finish_reason = True, "stop"
+            elif last:
+                self.done[i], r.stats.finish_reason = True, "length"
+            if self.done[i]:
+                tok = None
+        r.stats.completion_tokens = len(self.out_ids[i])
+        if self.done[i]:
+            r.stats.total_s = time.perf_counter() - self.t0
+        return tok, piece
+
+
+def check_prompt_lengths(requests: list[Request], prompts: list[list[int]], max_context: int) -> None:
+    """Each prompt plus its max_new_tokens fits the context (else a one-line error naming the request);
+    records the prompt sizes in the stats."""
+    for i, (r, ids) in enumerate(zip(requests, prompts, strict=True)):
+        if len(ids) + r.params.max_new_tokens > max_context:
+            raise GtExtError(
+                f"request {i}: prompt is {len(ids)} tokens; with max_new_tokens {r.params.max_new_tokens} "
+                f"it exceeds the model's context of {max_context}"
+            )
+        r.stats.prompt_tokens = len(ids)
 
 
 def _generator(seed: int | None) -> torch.Generator:

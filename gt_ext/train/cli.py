@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
 
 from gt_ext.errors import GtExtError
 
@@ -26,7 +27,29 @@ app = typer.Typer(
 )
 
 
-@app.callback()
+def _epilog() -> str:
+    from rich.markup import escape
+
+    from gt_ext.train.config import config_help
+
+    return escape("Config keys (KEY=VALUE overrides, or a --config YAML/TOML with the same nesting), with "
+                  "their defaults:\n\n" + config_help())
+
+
+class _TrainCommand(TyperGroup):
+    """`gt-ext train`, whose --help lists the config keys: built only when help is shown, so that
+    every other `gt-ext` / `gt` call does not import the config model."""
+
+    @property
+    def epilog(self) -> str:  # read by typer's help formatter
+        return _epilog()
+
+    @epilog.setter
+    def epilog(self, _value: str | None) -> None:
+        pass
+
+
+@app.callback(cls=_TrainCommand)
 def train(
     overrides: list[str] = typer.Argument(None, metavar="[KEY=VALUE]...", help="config overrides, e.g. optim.lr=1e-4 lora.r=16"),
     role: str = typer.Option(..., "--role", help="Gas Town role, e.g. witness"),
@@ -48,6 +71,10 @@ def train(
     node0: Path = typer.Option(None, "--node0", help="pipeline, local stages: node0 checkout (default $NODE0_PATH)"),
 ) -> None:
     """Train an adapter: `gt-ext train --role R --corpus DIR [--task T] [--config F] [--out RUN_DIR] [k=v ...]`."""
+    if not progress:
+        from gt_ext.quiet import quiet_libraries
+
+        quiet_libraries()  # before the heavy imports: no weight-loading bars, no library warnings
     from gt_ext.train.run import prepare, run_training
 
     if backend not in ("local", "pipeline"):
