@@ -3,6 +3,11 @@
 Prints throughput (lines/s) of both and the ratio, and recall / precision of both on a planted
 set of 42 credential formats and 45 look-alike decoys (git SHAs, UUIDs, hashes, base64 blobs,
 integrity strings, docker digests), mixed into sample-town transcript lines as extra negatives.
+Then per family (`planted.credential_families` / `decoy_families`: unquoted tokens in shell and
+log lines, NAME=value, docker config.json, .npmrc, .pypirc, .netrc, .git-credentials, kubeconfig,
+cloud CLI credential files, .env, private keys, JWTs; decoys: commit ids, hashes, UUIDs,
+placeholders, config values, identifiers, public certificates, data URIs): recall per credential
+family and the share of decoy texts left intact, ours vs detect-secrets alone.
 
     .venv/bin/python bench/scrub.py [--repeat 3] [--sample-lines 4000]
 
@@ -17,7 +22,7 @@ import json
 import random
 import time
 
-from gt_ext.corpus.planted import secrets_and_decoys
+from gt_ext.corpus.planted import credential_families, decoy_families, secrets_and_decoys
 from gt_ext.corpus.sample_town import generate
 from gt_ext.corpus.scrub import Scrubber, _ds_plugins
 
@@ -82,12 +87,41 @@ def main() -> None:
                            "plain_flagged": fp_plain_ds, "lines_per_s": len(lines) / t_ds},
         "speed_ratio_ours_over_detect_secrets": t_ds / t_ours,
     }
+    res["families"] = family_table(scrubber, plugins, seeds=range(3))
     print(json.dumps(res, indent=2))
     o, d = res["ours"], res["detect_secrets"]
     print(f"\nrecall     ours {o['recall']:.3f}   detect-secrets {d['recall']:.3f}   (aim >= 0.99)")
     print(f"precision  ours {o['precision_planted']:.3f}   detect-secrets {d['precision_planted']:.3f}   (planted set; aim >= 0.95)")
     print(f"speed      ours {o['lines_per_s']:.0f} lines/s   detect-secrets {d['lines_per_s']:.0f} lines/s   "
           f"ratio {res['speed_ratio_ours_over_detect_secrets']:.2f}x")
+    print(f"\n{'family':<20} {'kind':<7} {'n':>4}  {'ours':>6}  {'detect-secrets':>14}")
+    for fam, row in res["families"].items():
+        print(f"{fam:<20} {row['kind']:<7} {row['n']:>4}  {row['ours']:>6.2f}  {row['detect_secrets']:>14.2f}")
+    print("(credential rows: recall, share of values removed or quarantined; decoy rows: share of texts left intact)")
+
+
+def family_table(scrubber: Scrubber, plugins, seeds) -> dict[str, dict]:
+    """Per family: recall (credentials) or decoy preservation (decoys), ours vs detect-secrets."""
+    rows: dict[str, dict] = {}
+    for seed in seeds:
+        for fam, text, values in credential_families(seed):
+            r = scrubber.scrub(text)
+            lines = text.splitlines()
+            for v in values:
+                row = rows.setdefault(fam, {"kind": "secret", "n": 0, "ours": 0, "detect_secrets": 0})
+                row["n"] += 1
+                row["ours"] += r.quarantine or v not in r.text
+                row["detect_secrets"] += any(ds_alone(ln, plugins) for ln in lines if v.splitlines()[0] in ln)
+        for fam, text in decoy_families(seed):
+            row = rows.setdefault(f"decoy:{fam}", {"kind": "decoy", "n": 0, "ours": 0, "detect_secrets": 0})
+            row["n"] += 1
+            r = scrubber.scrub(text)
+            row["ours"] += not r.findings and r.text == text
+            row["detect_secrets"] += not any(ds_alone(ln, plugins) for ln in text.splitlines())
+    for row in rows.values():
+        row["ours"] /= row["n"]
+        row["detect_secrets"] /= row["n"]
+    return rows
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +51,6 @@ def replace_dir(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
     Readers see the old folder or the new one: an existing `target` is first renamed aside, then
     removed once the new one is in place. `tmp` must be on the same filesystem (a sibling).
     """
-    import shutil
-
     tmp, target = Path(tmp), Path(target)
     if target.exists():
         old = target.with_name(f".{target.name}.old")
@@ -59,3 +60,18 @@ def replace_dir(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, target)
+
+
+@contextmanager
+def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Fill a new temp folder next to `target`; on a clean exit it replaces `target` (`replace_dir`),
+    on an error it is removed. Readers never see a half-written folder."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -4,8 +4,9 @@
       -> `gt formula run train-role-model --set role=witness` (train, export, eval, register)
       -> eval of the base model -> `gt model deploy` -> one witness question through node0-inference
 
-Every stage is a user-facing command run as a subprocess (the `gt` shim, `gt-ext`, `bd`), so the
-demo exercises exactly what a user types. Progress is kept in `demo-out/state.json`: a killed demo,
+Every stage is a user-facing command run as a subprocess (the `gt` shim for this project's own
+`gt formula` / `gt model` commands, and `gt-ext`), so the demo exercises exactly what a user types;
+Gas Town itself (real `gt`, `bd`) is driven through `gt_ext.gastown`, never the shim on PATH. Progress is kept in `demo-out/state.json`: a killed demo,
 run again, skips the stages it finished and the training job resumes from its last checkpoint.
 """
 
@@ -81,9 +82,11 @@ class Demo:
         env.setdefault("GT_EXT_LOG", "WARNING")
         return env
 
-    def run(self, *argv: str, capture: bool = False, stdin: str | None = None, cwd: str | None = None) -> str:
-        """Run a command of the project or of Gas Town; a failure stops the demo with its output."""
-        console.print(f"[dim]$ {' '.join(argv)}[/dim]")
+    def run(self, *argv: str, capture: bool = False, stdin: str | None = None, cwd: str | None = None,
+            echo: bool = True) -> str:
+        """Run a command of the project; a failure stops the demo with its output."""
+        if echo:
+            console.print(f"[dim]$ {' '.join(argv)}[/dim]")
         res = subprocess.run(list(argv), env=self.env(), cwd=cwd or self.town["root"], text=True,
                              input=stdin, capture_output=capture)
         if res.returncode != 0:
@@ -91,6 +94,17 @@ class Demo:
                 sys.stderr.write((res.stdout or "")[-2000:] + (res.stderr or "")[-2000:])
             raise SystemExit(f"demo: `{' '.join(argv)}` exited {res.returncode}; run `make demo` again to resume")
         return res.stdout or ""
+
+    def shim(self, *args: str, capture: bool = False) -> str:
+        """This project's `gt` front door (the shim in our venv) with `args`, as a user types
+        `gt formula ...` / `gt model ...`; refuses to run if that file is not our shim."""
+        from gt_ext.gastown.binaries import is_shim
+
+        front = self.venv_bin / "gt"
+        if not is_shim(front):
+            raise SystemExit(f"demo: {front} is not the gt-ext shim (run `gt-ext install-shim`)")
+        console.print(f"[dim]$ gt {' '.join(args)}[/dim]")
+        return self.run(str(front), *args, capture=capture, echo=False)
 
     def stage(self, name: str, title: str, fn: Callable[[], None]) -> None:
         """Run one stage unless a previous run finished it."""
@@ -132,33 +146,40 @@ class Demo:
             pass
         root = Path(self.town["root"])
         if self.town["mode"] == "gt":
-            self.run("gt", "dolt", "start", capture=True)
+            self.gt().run("dolt", "start")
         else:
             self._server = DoltServer(root / ".dolt-data", port=self.town["port"], env=self.env(),
                                       log_file=root / "daemon" / "dolt.log").start()
 
     def close_town(self) -> None:
         if self._server is None and "town" in self.state and self.town["mode"] == "gt":
-            subprocess.run(["gt", "dolt", "stop"], env=self.env(), cwd=self.town["root"], capture_output=True)
+            self.gt().run("dolt", "stop", check=False)
         elif self._server is not None:
             (self._server.close if hasattr(self._server, "close") else self._server.stop)()
         self._server = None
 
+    def gt(self) -> Any:
+        """The REAL gt for the demo town (`gt_ext.gastown.gt`: never the shim on PATH)."""
+        from gt_ext.gastown.gt import Gt
+
+        return Gt(self.town["root"], env=self.env())
+
     # -- stages ---------------------------------------------------------------------------------
-    @property
-    def rig_dir(self) -> str:
-        """Folder holding the webapp rig's beads: bd run there works on them (the sample work lives there)."""
+    def bd(self) -> Any:
+        """The real bd on the webapp rig's beads (where the sample work lives), with hooks on."""
+        from gt_ext.gastown.bd import Bd
         from gt_ext.gastown.town import Town
 
         beads = Town(Path(self.town["root"])).rig("webapp").beads_dir
         if beads is None:
             raise SystemExit("demo: the sample town's rig webapp has no beads folder")
-        return str(beads.parent)
+        return Bd(beads, env=self.env())
 
     def bd_batch(self, lines: list[str]) -> list[str]:
         """Run `bd batch` (one transaction) on the rig's beads and return each line's target id."""
-        out = self.run("bd", "batch", "--json", capture=True, stdin="\n".join(lines) + "\n", cwd=self.rig_dir)
-        return [r.get("target", "") for r in json.loads(out)["results"]]
+        console.print(f"[dim]$ bd batch --json  # {len(lines)} commands[/dim]")
+        out = self.bd().run("batch", input="\n".join(lines) + "\n")
+        return [r.get("target", "") for r in out["results"]]
 
     def write_history(self) -> None:
         """Sample sessions as a town leaves them (transcripts, events), working real beads.
@@ -189,7 +210,8 @@ class Demo:
             for label in i.get("labels") or []:
                 by_label.setdefault(label, []).append(i["id"])
         for label, ids in sorted(by_label.items()):
-            self.run("bd", "label", "add", *ids, label, capture=True, cwd=self.rig_dir)
+            console.print(f"[dim]$ bd label add {' '.join(ids)} {label}[/dim]")
+            self.bd().run("label", "add", *ids, label)
         atomic_write_json(self.out / "beads-to-close.json", issues)
         self.state["figures"]["sessions"] = len(sessions)
         self.state["figures"]["beads"] = len(issues)
@@ -203,10 +225,10 @@ class Demo:
         issues = json.loads((self.out / "beads-to-close.json").read_text())
         ok = [i["id"] for i in issues if not i["close_reason"].startswith("failed")]
         failed = [i["id"] for i in issues if i["close_reason"].startswith("failed")]
-        if ok:
-            self.run("bd", "close", *ok, "--reason", "done", capture=True, cwd=self.rig_dir)
-        if failed:
-            self.run("bd", "close", *failed, "--reason", "failed: abandoned", capture=True, cwd=self.rig_dir)
+        for ids, reason in ((ok, "done"), (failed, "failed: abandoned")):
+            if ids:
+                console.print(f"[dim]$ bd close {' '.join(ids)} --reason {reason!r}[/dim]")
+                self.bd().run("close", *ids, "--reason", reason)
 
     def collect(self) -> None:
         """Wait for the hook-started processing, then finish whatever is left and show stats."""
@@ -218,7 +240,7 @@ class Demo:
     def train_job(self) -> None:
         """The user's command, through the gt shim, exactly as typed in a town."""
         # The job's rig: its corpus is that rig's own examples (and those of rigs that share theirs).
-        self.run("gt", "formula", "run", "train-role-model", "--set", f"role={ROLE}", "--set", "rig=webapp",
+        self.shim("formula", "run", "train-role-model", "--set", f"role={ROLE}", "--set", "rig=webapp",
                  "--set", f"max_seconds={self.train_seconds}", "--set", f"max_steps={TRAIN_STEPS}",
                  "--set", "lora_rank=16", "--set", f"train_args={TRAIN_ARGS}",
                  "--job-dir", str(self.out / "job"))
@@ -232,17 +254,18 @@ class Demo:
     def deploy(self) -> None:
         # A few CPU minutes of training do not pass the witness gate (see the eval stage); deploy
         # refuses such a version unless forced, and the reason is logged in the history.
-        shown = json.loads(self.run("gt", "model", "show", ROLE, "--json", capture=True))
+        shown = json.loads(self.shim("model", "show", ROLE, "--json", capture=True))
         passed = isinstance(shown, dict) and shown.get("gate") == "pass"
         reason = "make demo" if passed else "make demo: short CPU training run, below the eval gate"
-        self.run("gt", "model", "deploy", ROLE, *([] if passed else ["--force"]), "--reason", reason)
-        self.run("gt", "model", "list")
+        self.shim("model", "deploy", ROLE, *([] if passed else ["--force"]), "--reason", reason)
+        self.shim("model", "list")
 
     def ask(self) -> None:
         """Ask one witness question through the deployed agent command, as gt would launch it."""
         from gt_ext.gastown import settings
+        from gt_ext.gastown.town import Town
 
-        cfg = settings.load(Path(self.town["root"]) / "settings" / "config.json").data
+        cfg = settings.town_settings(Town(Path(self.town["root"]))).data
         agent_name = cfg["role_agents"][ROLE]
         agent = cfg["agents"][agent_name]
         argv = [agent["command"], *agent.get("args", [])]
@@ -298,10 +321,12 @@ class Demo:
     def collect_figures(self) -> None:
         """Figures for the summary, read from what the stages wrote."""
         f = self.state["figures"]
+        from gt_ext.train.runfolder import read_run_json
+
         job = self.out / "job"
-        run_json = job / "run" / "run.json"
-        if run_json.is_file():
-            m = json.loads(run_json.read_text()).get("metrics", {})
+        run = read_run_json(job / "run")
+        if run is not None:
+            m = run.get("metrics", {})
             if m.get("val_loss_start") is not None and m.get("val_loss_end") is not None:
                 s, e = m["val_loss_start"], m["val_loss_end"]
                 f["metric:val loss"] = f"{s:.3f} -> {e:.3f} ({100 * (s - e) / s:.0f}% lower)"

@@ -16,7 +16,6 @@ The hooks only spool (see `gt_ext.corpus.spool`); `gt-ext corpus process` does t
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -24,8 +23,9 @@ from typing import Annotated, Any
 
 import typer
 
-from gt_ext.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from gt_ext.atomic import atomic_write_bytes, atomic_write_text
 from gt_ext.errors import GtExtError
+from gt_ext.gastown import hooks
 
 app = typer.Typer(help="Install the corpus hooks (bead on_close, session shutdown).", no_args_is_help=True,
                   add_completion=False)
@@ -75,46 +75,9 @@ def install_bead_hook(beads_dir: Path, spool: Path, processor: list[str] | None 
 
     `processor`: argv the hook starts (detached) after spooling; None leaves processing to
     `gt-ext corpus process`."""
-    hooks = Path(beads_dir) / "hooks"
-    hooks.mkdir(parents=True, exist_ok=True)
-    target = hooks / "on_close"
-    state = "installed"
-    if target.exists() or target.is_symlink():
-        try:
-            ours = MARKER in target.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            ours = False
-        if ours:
-            state = "updated"
-        else:
-            chained = hooks / "on_close.chained"
-            if chained.exists():
-                raise GtExtError(f"{target} is not ours and {chained} already exists: move one of them away first")
-            os.replace(target, chained)
-            if not os.access(chained, os.X_OK):
-                os.chmod(chained, chained.stat().st_mode | 0o111)
-            state = "chained"
-    atomic_write_text(hooks / ".gt-ext-spool", str(spool) + "\n", mode=0o644)
-    _write_processor(hooks, processor)
-    atomic_write_bytes(target, _script("on_close"), mode=0o755)
-    return state
-
-
-def _write_processor(hooks: Path, processor: list[str] | None) -> None:
-    p = hooks / ".gt-ext-process"
-    if processor:
-        atomic_write_json(p, processor)
-    elif p.exists():
-        p.unlink()
-
-
-def default_gt_home() -> Path:
-    """gt's user folder as gt itself finds it: $GT_EXT_GT_HOME, else `$GT_HOME/.gt`, else ~/.gt."""
-    if os.environ.get("GT_EXT_GT_HOME"):
-        return Path(os.environ["GT_EXT_GT_HOME"])
-    if os.environ.get("GT_HOME"):
-        return Path(os.environ["GT_HOME"]) / ".gt"
-    return Path.home() / ".gt"
+    sidecars = {".gt-ext-spool": (str(spool) + "\n").encode(),
+                ".gt-ext-process": (json.dumps(processor) + "\n").encode() if processor else None}
+    return hooks.install_bead_hook(beads_dir, "on_close", _script("on_close"), MARKER, sidecars)
 
 
 def pi_agent_dir() -> Path:
@@ -149,36 +112,8 @@ def install_pi_extension(agent_dir: Path) -> str:
 
 
 def install_stop_override(gt_home: Path, target: str, command: str) -> str:
-    """Add our Stop entry to `<gt_home>/hooks-overrides/<target>.json`, keeping everything else.
-
-    gt refuses an override file with two entries of one matcher, so when a `"*"` Stop entry is
-    already there our command joins its hooks instead of adding a second `"*"` entry."""
-    path = gt_home / "hooks-overrides" / f"{target.replace('/', '__')}.json"
-    data: dict[str, Any] = {}
-    if path.exists():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8") or "{}")
-        except json.JSONDecodeError as e:
-            raise GtExtError(f"{path}:{e.lineno}: invalid JSON, not modified") from None
-        if not isinstance(data, dict):
-            raise GtExtError(f"{path}: expected a JSON object, not modified")
-    entries = data.setdefault("Stop", [])
-    if not isinstance(entries, list):
-        raise GtExtError(f"{path}: Stop must be a list, not modified")
-    for e in entries:
-        for h in (e.get("hooks") or []) if isinstance(e, dict) else []:
-            if isinstance(h, dict) and h.get("command") == command:
-                return "present"
-    ours = {"type": "command", "command": command}
-    shared = next((e for e in entries if isinstance(e, dict) and e.get("matcher") == STOP_MATCHER), None)
-    if shared is not None:
-        if not isinstance(shared.get("hooks"), list):
-            raise GtExtError(f"{path}: Stop entry {STOP_MATCHER!r} has no hooks list, not modified")
-        shared["hooks"].append(ours)
-    else:
-        entries.append({"matcher": STOP_MATCHER, "hooks": [ours]})
-    atomic_write_json(path, data)
-    return "added"
+    """Our Claude `Stop` entry in gt's hooks-override file of `target` (see `gastown.hooks`)."""
+    return hooks.add_hook_override(gt_home, target, "Stop", STOP_MATCHER, command)
 
 
 def install(town: Path | None = None, gt_home: Path | None = None, claude_stop: bool = True,
@@ -208,7 +143,7 @@ def install(town: Path | None = None, gt_home: Path | None = None, claude_stop: 
     atomic_write_text(hooks_dir / ".gt-ext-spool", str(spool) + "\n", mode=0o644)
     report["session_shutdown"] = str(shutdown)
     if claude_stop:
-        home = gt_home or default_gt_home()
+        home = gt_home or hooks.default_gt_home()
         for target in OVERRIDE_TARGETS:
             # Claude runs hook commands through a shell: quote a town path with spaces.
             report["overrides"][target] = install_stop_override(home, target, shlex.quote(str(shutdown)))
@@ -226,10 +161,8 @@ def status(town: Path | None = None) -> dict[str, Any]:
     t = _town(town)
     out: dict[str, Any] = {"town": str(t.root), "beads": {}}
     for name, d in sorted(t.beads_dirs().items()):
-        hook = d / "hooks" / "on_close"
-        ours = hook.is_file() and MARKER in hook.read_text(encoding="utf-8", errors="replace")
-        out["beads"][name] = {"on_close": "ours" if ours else ("foreign" if hook.exists() else "none"),
-                              "chained": (d / "hooks" / "on_close.chained").exists()}
+        st = hooks.bead_hook_state(d, "on_close", MARKER)
+        out["beads"][name] = {"on_close": st["state"], "chained": st["chained"]}
     spool = t.root / ".corpus" / "spool"
     out["spool_pending"] = len(list(spool.glob("*.json"))) if spool.is_dir() else 0
     return out

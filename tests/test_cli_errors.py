@@ -23,6 +23,21 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
         assert name in out
 
 
+@pytest.mark.parametrize("name", [name for name, _ in cli.SUBCOMMANDS])
+def test_every_subcommand_is_mounted(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each listed subcommand is there: a module that fails to import breaks `gt-ext` loudly
+    instead of dropping the command."""
+    assert cli.main([name, "--help"]) == 0, capsys.readouterr().err
+    assert "Usage" in capsys.readouterr().out
+
+
+def test_a_missing_subcommand_module_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "app", typer.Typer())  # register into a scratch app, not the real one
+    monkeypatch.setattr(cli, "SUBCOMMANDS", [*cli.SUBCOMMANDS, ("later", "gt_ext.not_built_yet")])
+    with pytest.raises(ModuleNotFoundError, match="gt_ext.not_built_yet"):
+        cli._register()
+
+
 def test_typer_exit_code_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     app = typer.Typer()
 

@@ -28,6 +28,7 @@ from gt_ext.corpus.gates import MAX_TOTAL_CHARS
 from gt_ext.corpus.ingest import Ingestor, Source, Tags
 from gt_ext.corpus.store import Store
 from gt_ext.corpus.tags import role_from_actor
+from gt_ext.gastown.town import STATE_DIRS
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ PRIME_SOURCE = "gt-prime"
 # One example's share of a version: room is left for the system and user turns.
 PART_CHARS = MAX_TOTAL_CHARS - 1_000
 _NAMES = {"CLAUDE.md", "AGENTS.md"}
-_SKIP_DIRS = {".git", "node_modules", ".corpus", ".dolt-data", "embeddeddolt", ".venv", "__pycache__", ".runtime"}
+_SKIP_DIRS = {".git", "node_modules", ".corpus", ".venv", "__pycache__"} | STATE_DIRS
 
 
 def find_artifacts(town_root: Path, max_depth: int = 5) -> list[Path]:
@@ -232,11 +233,12 @@ def collect_prime(store: Store, town_root: Path, env: Mapping[str, str] | None =
             continue
         outputs.append((t, stable_text(out)))
     with process_lock(store):
-        ing = Ingestor(store)
+        ing = Ingestor(store, judge=False)  # artifacts are no session batch: not anomaly-checked
         for t, text in outputs:
             with store.tx():
                 r = ingest_prime(ing, t.role, t.rig, text)
             counts[r] = counts.get(r, 0) + 1
+        ing.finish()
     return counts
 
 
@@ -249,11 +251,12 @@ def collect_artifacts(store: Store, town_root: Path, prime: bool = False,
 
     counts: dict[str, int] = {}
     with process_lock(store):
-        ing = Ingestor(store)
+        ing = Ingestor(store, judge=False)  # artifacts are no session batch: not anomaly-checked
         for p in find_artifacts(town_root):
             with store.tx():
                 r = ingest_artifact(ing, Path(town_root), p)
             counts[r] = counts.get(r, 0) + 1
+        ing.finish()
     if prime:
         for k, v in collect_prime(store, Path(town_root), env=env).items():
             counts[f"prime-{k}"] = v

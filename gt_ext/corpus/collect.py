@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from gt_ext.corpus.scrub import safe_message
 from gt_ext.corpus.store import Store
 from gt_ext.corpus.tags import (
     attempt_outcome,
+    check_role_tag,
     outcome_from_issue,
     rig_from_actor,
     role_from_actor,
@@ -44,6 +46,7 @@ from gt_ext.digest import sha256_file
 from gt_ext.errors import GtExtError
 from gt_ext.gastown.events import town_events
 from gt_ext.gastown.town import Town
+from gt_ext.roles import ROLES
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,8 @@ class ProcessReport:
     errors: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
     unresolved_beads: list[str] = field(default_factory=list)
+    # `corpus add`: what became of each example ({file, id, status, reason}), duplicates included
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -133,17 +138,51 @@ def process_lock(store: Store, wait_s: float = 120.0) -> Iterator[None]:
         os.close(fd)
 
 
+# --- where transcripts may come from -------------------------------------------------------------
+# Session ids name files: no path separators, no "..", nothing a glob would expand.
+_SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+def valid_session_id(session_id: Any) -> bool:
+    """A session id that can only name a file inside a transcript folder (`../x` cannot)."""
+    return isinstance(session_id, str) and bool(_SESSION_ID_RE.match(session_id)) and ".." not in session_id
+
+
+def transcript_roots(projects: Path | None = None) -> list[Path]:
+    """The folders transcripts are read from: Claude's projects folder (node0 sessions are written
+    there too), pi's `sessions/`, and any folder in $GT_EXT_TRANSCRIPT_ROOTS (os.pathsep-separated)."""
+    roots = [projects or claude_projects_dir(), pi_agent_dir() / "sessions"]
+    roots += [Path(p).expanduser() for p in os.environ.get("GT_EXT_TRANSCRIPT_ROOTS", "").split(os.pathsep) if p]
+    return [r.resolve() for r in roots]
+
+
+def inside_roots(path: str | os.PathLike, roots: list[Path]) -> Path | None:
+    """`path` with symlinks resolved when it is a file inside one of `roots`, else None. Bead
+    metadata, session ids and hook payloads are written by agents: a path from them must not pull
+    an arbitrary readable file (`/etc/passwd`, `~/.ssh/id_rsa`) into the corpus."""
+    try:
+        p = Path(path).expanduser().resolve(strict=True)
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return p if p.is_file() and any(p.is_relative_to(r) for r in roots) else None
+
+
 # --- finding the sessions that worked a bead ----------------------------------------------------
 def find_transcript(session_id: str, projects: Path, cwd: str | None = None) -> Path | None:
     """Claude's transcript of `session_id`: ``<projects>/<cwd with / as ->/<id>.jsonl``, else any
-    project folder holding that file name."""
+    project folder holding that file name; None for an id that is not a plain file name, or a
+    file that resolves outside `projects`."""
+    if not valid_session_id(session_id):
+        log.warning("session id %r is not a plain name: no transcript looked up", safe_message(str(session_id))[:80])
+        return None
+    roots = [projects.resolve()]
     if cwd:
         p = projects / cwd.replace("/", "-") / f"{session_id}.jsonl"
         if p.is_file():
-            return p
+            return inside_roots(p, roots)
     if projects.is_dir():
         for p in projects.glob(f"*/{session_id}.jsonl"):
-            return p
+            return inside_roots(p, roots)
     return None
 
 
@@ -219,11 +258,17 @@ def sessions_for_bead(issue: dict[str, Any], town_root: Path | None, projects: P
     meta = issue.get("metadata") if isinstance(issue.get("metadata"), dict) else {}
     for key in ("session_id", "claude_session_id"):
         if meta.get(key):
+            if not valid_session_id(meta[key]):
+                log.warning("bead %s: metadata.%s is not a plain session id: ignored", bead, key)
+                continue
             found.setdefault(meta[key], {"session": meta[key], "actor": issue.get("assignee"), "cwd": None, "role": None})
+    from_meta = None
+    if meta.get("transcript_path"):
+        from_meta = inside_roots(str(meta["transcript_path"]), transcript_roots(projects))
+        if from_meta is None:
+            log.warning("bead %s: metadata.transcript_path is not a file inside the transcript roots: ignored", bead)
     for s in found.values():
-        s["transcript"] = find_transcript(s["session"], projects, s.get("cwd"))
-        if s["transcript"] is None and meta.get("transcript_path") and Path(meta["transcript_path"]).is_file():
-            s["transcript"] = Path(meta["transcript_path"])
+        s["transcript"] = find_transcript(s["session"], projects, s.get("cwd")) or from_meta
     return list(found.values())
 
 
@@ -298,7 +343,16 @@ def _handle_session_stop(ing: Ingestor, ev: dict, projects: Path, report: Proces
     env = ev.get("env") or {}
     sid = payload.get("session_id") or env.get("GT_SESSION_ID")
     tpath = payload.get("transcript_path")
-    path = Path(tpath) if tpath else (find_transcript(sid, projects, ev.get("cwd")) if sid else None)
+    if sid is not None and not valid_session_id(sid):
+        log.warning("session_stop event: session id is not a plain name (no '/', no '..'): not used")
+        sid = None  # never a file name; the transcript's own header or file name gives it
+    if tpath:
+        path = inside_roots(str(tpath), transcript_roots(projects))
+        if path is None:
+            raise GtExtError(f"session_stop event: transcript {safe_message(str(tpath))} is not a file inside the "
+                             "transcript roots (Claude's projects folder, pi's sessions, $GT_EXT_TRANSCRIPT_ROOTS)")
+    else:
+        path = find_transcript(sid, projects, ev.get("cwd")) if sid else None
     if path is None or not path.is_file():
         raise GtExtError(f"session_stop event: transcript {'of session ' + sid if sid else ''} not found")
     actor = env.get("BD_ACTOR") or env.get("GT_ROLE")
@@ -372,6 +426,12 @@ def _process_locked(store: Store, town_root: Path | None, projects: Path | None,
             try:
                 if err:
                     raise GtExtError(err)
+                if (ev.get("stdin") or {}).get("truncated"):
+                    # The hook kept none of an oversized stdin; a bead close still has its id in argv.
+                    msg = (f"{path.name}: the hook's stdin was over {ev['stdin'].get('limit_bytes')} bytes "
+                           "and was not spooled")
+                    report.errors.append(msg)
+                    log.warning("%s", msg)
                 kind = ev.get("kind")
                 if kind == "bead_close":
                     _handle_bead_close(ing, ev, town_root, projects, report)
@@ -415,6 +475,8 @@ def scan_transcripts(store: Store, projects: Path | None = None, progress: bool 
     report = ProcessReport()
     files = sorted(projects.glob("*/*.jsonl")) if projects.is_dir() else []
     files += pi_session_files(pi_dir)
+    roots = transcript_roots(projects) + ([(pi_dir / "sessions").resolve()] if pi_dir else [])
+    files = [f for f in files if inside_roots(f, roots)]  # a symlink out of the folder is not a session
     started = session_index(town_root)
     with process_lock(store):
         ing = Ingestor(store)
@@ -479,31 +541,61 @@ def capture_panes(store: Store, sessions: list[str] | None = None, tmux: str = "
 
 
 def add_files(store: Store, paths: list[Path], role: str | None = None, task: str | None = None,
-              rig: str | None = None, outcome: str | None = None) -> ProcessReport:
-    """`corpus add`: curated chat JSON/JSONL/markdown (or Claude transcripts) with optional tags.
+              rig: str | None = None, outcome: str | None = None, town_root: Path | None = None) -> ProcessReport:
+    """`corpus add`: curated chat JSON/JSONL/markdown (or Claude/pi transcripts) with optional tags.
 
-    Every file is parsed before anything is stored, so one bad file stores nothing (and says which)."""
+    Every file is parsed, and every example's role settled, before anything is stored, so one bad
+    file stores nothing (and says which). The role is `role`, else the file's own (`role:` in
+    markdown front matter, "role" in JSON), else the gt role of a transcript's work dir inside
+    `town_root`; an example with none is refused: it could never be exported."""
     parsed: list[tuple[Path, list[ParsedSession], str]] = []
     for p in paths:
         p = Path(p)
+        if p.is_dir():
+            raise GtExtError(f"{p}: is a folder; pass the example files (e.g. {p}/*.jsonl)")
         parsed.append((p, parse_chat_file(p), sha256_file(p) if p.is_file() else ""))
+    roles: dict[tuple[int, int], str] = {}
+    missing = []
+    for n, (p, sessions, _h) in enumerate(parsed):
+        for i, s in enumerate(sessions):
+            got = role or s.meta.get("role") or role_from_actor(actor_from_cwd(s.cwd, town_root))
+            if got and check_role_tag(str(got)) is None:
+                raise GtExtError(f"{p}{f' example {i + 1}' if len(sessions) > 1 else ''}: unknown role {got!r} "
+                                 f"(roles: {', '.join(ROLES)})")
+            if not got:
+                missing.append(f"{p}" + (f" (example {i + 1})" if len(sessions) > 1 else ""))
+            else:
+                roles[(n, i)] = check_role_tag(str(got))
+    if missing:
+        raise GtExtError(f"no role for {missing[0]}{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}: "
+                         "pass --role R, or set it in the file (markdown front matter `role: R`, JSON \"role\")")
     report = ProcessReport()
     with process_lock(store):
         ing = Ingestor(store)
         with store.tx():
-            for p, sessions, h in parsed:
+            for n, (p, sessions, h) in enumerate(parsed):
                 for i, s in enumerate(sessions):
                     meta = s.meta
                     kind = "pi-jsonl" if s.format == "pi" else "claude-jsonl" if s.session and not meta and p.suffix == ".jsonl" and len(sessions) == 1 and s.cwd else (
                         "markdown" if p.suffix.lower() in (".md", ".markdown") else "curated")
-                    tags = Tags(role=role or meta.get("role"), task=task or meta.get("task"), rig=rig or meta.get("rig"),
+                    tags = Tags(role=roles[(n, i)], task=task or meta.get("task"), rig=rig or meta.get("rig"),
                                 bead=meta.get("bead"), session=s.session or f"{p.name}#{i}", user=meta.get("user"),
                                 outcome=outcome or meta.get("outcome") or "unknown", time=s.time or None)
                     src = Source(kind, f"file:{h}#{i}", h, group=f"file:{p.name}")
                     r = ing.ingest(s.messages, tags, src)
                     report.sessions += 1
                     report.duplicates += r.duplicates
+                    where = str(p) + (f" (example {i + 1})" if len(sessions) > 1 else "")
                     for st, ids in r.inserted.items():
                         report.stored[st] = report.stored.get(st, 0) + len(ids)
+                        for ex_id in ids:
+                            reason = store.db.execute("SELECT reason FROM examples WHERE id = ?", (ex_id,)).fetchone()[0]
+                            report.outcomes.append({"file": where, "id": ex_id, "status": st, "reason": reason})
+                    if r.unchanged:
+                        report.outcomes.append({"file": where, "id": None, "status": "unchanged",
+                                                "reason": "this file was added before, unchanged"})
+                    for _ in range(r.duplicates):
+                        report.outcomes.append({"file": where, "id": None, "status": "duplicate",
+                                                "reason": "the same example is already in the corpus"})
         report.flags = ing.finish()
     return report

@@ -18,6 +18,7 @@ from typing import Any
 
 from gt_ext.corpus.format import CHAT_ROLES, render_tool_call
 from gt_ext.errors import GtExtError
+from gt_ext.jsonl import iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -110,23 +111,7 @@ def content_blocks(content: Any, at: str) -> list[dict[str, Any]]:
 def read_jsonl(path: Path, what: str) -> list[tuple[int, Any]]:
     """(line number, object) for each non-blank line of a JSONL file; a one-line `GtExtError` with
     file:line (never the content) on a missing, non-UTF-8 or invalid file."""
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise GtExtError(f"{path}: {what} not found") from None
-    except UnicodeDecodeError as e:
-        raise GtExtError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    entries = []
-    # Records end at "\n" only: writers (JSON.stringify among them) leave U+2028/U+2029 unescaped
-    # inside strings, and str.splitlines would cut a record there.
-    for i, line in enumerate(raw.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            entries.append((i, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise GtExtError(f"{path}:{i}: invalid JSON ({e.msg} at column {e.colno})") from None
-    return entries
+    return list(iter_jsonl(path, what))
 
 
 def parse_claude_jsonl(path: str | Path) -> ParsedSession:
@@ -432,13 +417,7 @@ def parse_chat_file(path: str | Path) -> list[ParsedSession]:
         return [parse_markdown(raw, str(path))]
     if suffix == ".jsonl":
         out = []
-        for i, line in enumerate(raw.split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise GtExtError(f"{path}:{i}: invalid JSON ({e.msg} at column {e.colno})") from None
+        for i, obj in iter_jsonl(path):
             # Agent transcripts are also JSONL: recognise them by their first entry's shape.
             if not out and isinstance(obj, dict) and obj.get("type") == "session" and "messages" not in obj:
                 return [parse_pi_jsonl(path)]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gt_ext.corpus.format import render_tool_call
+from gt_ext.gastown.events import append_events
 
 RIGS = {"webapp": "wa", "datapipe": "dp", "docsite": "ds", "billing": "bl"}
 POLECATS = ["nux", "slit", "toast", "rictus", "ace", "capable", "dag", "morsov", "keeper", "cheedo"]
@@ -451,7 +452,7 @@ def claude_transcript(s: SampleSession, cwd: str) -> list[dict[str, Any]]:
 
 def write_history(sessions: list[SampleSession], town_root: Path, projects: Path) -> list[dict[str, Any]]:
     """Write sessions as a town would leave them: Claude transcripts under `projects`, and gt's
-    `sling`, `session_start`, `done` and `session_death` events in `<town>/.events.jsonl`. Returns the beads (issue dicts) the
+    `sling`, `session_start`, `done` and `session_death` events in gt's event log (`gastown.events`). Returns the beads (issue dicts) the
     sessions worked, ready to create with bd or to spool as closes."""
     town_root, projects = Path(town_root), Path(projects)
     events, issues = [], {}
@@ -480,14 +481,19 @@ def write_history(sessions: list[SampleSession], town_root: Path, projects: Path
                            "payload": {"session": f"gt-{s.session[-5:]}", "agent": s.user,
                                        "reason": "crashed with exit code 1", "caller": "witness"},
                            "visibility": "feed"})
-    with open(town_root / ".events.jsonl", "a", encoding="utf-8") as f:
-        for e in events:
-            f.write(json.dumps(e) + "\n")
+    append_events(town_root, events)  # gt's event log: written through the town door
     return list(issues.values())
 
 
 def ingest_sessions(store, sessions: list[SampleSession]) -> dict[str, int]:  # noqa: ANN001 - Store
     """Store generated sessions directly (provenance source "sample"). Returns counts by status."""
+    from gt_ext.corpus.collect import process_lock
+
+    with process_lock(store):  # one writer at a time: a batch left open by a kill is judged here
+        return _ingest_locked(store, sessions)
+
+
+def _ingest_locked(store, sessions: list[SampleSession]) -> dict[str, int]:  # noqa: ANN001 - Store
     from gt_ext.corpus.format import canonical_json, sha256_text
     from gt_ext.corpus.ingest import Ingestor, Source, Tags
 

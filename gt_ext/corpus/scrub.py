@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
+from gt_ext.corpus import credentials
+
 log = logging.getLogger(__name__)
 
 CERTAIN = "certain"
@@ -114,6 +116,7 @@ _SECRET_PATTERNS: list[tuple[str, str, int]] = [
     ("secret", r"(?i)(?:\b|_)(?:secret|secret_key|client_secret|api_?key|apikey|access_?token|auth_?token|private_?key|token)[\"']?\s*(?::|=|:=)\s*[\"']?(?![$<*{%])([A-Za-z0-9_\-./+=]{12,})", 1),
 ]
 _SECRET_RES = [(t, re.compile(p), g) for t, p, g in _SECRET_PATTERNS]
+_KEYWORD_TYPES = {"password", "secret"}  # found by a keyword, so the value itself must look like a credential
 
 _EMAIL_RE = re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b")
 _IPV4_RE = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
@@ -141,7 +144,7 @@ _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F
 _BENIGN_CONTEXT_RE = re.compile(
     r"(?i)(sha(?:1|224|256|384|512)[-:]|md5[-:]|integrity|checksum|digest|data:[a-z]+/[a-z0-9.+\-]+;base64,|commit|\brev\b|hash)"
 )
-_PLACEHOLDER_RE = re.compile(r"<(?:SECRET:[a-z0-9_]+|IP|EMAIL|USER|PATH:home)>")
+_PLACEHOLDER_RE = re.compile(r"<(?:SECRET:[a-z0-9_]+|IP|EMAIL|USER|PATH:home|SEALED:[a-z0-9_]+:\d+)>")
 # detect-secrets plugin types that name a specific credential format: when it sees one our regexes
 # missed and we can find its exact value, that is a certain finding.
 _DS_SPECIFIC = {
@@ -208,7 +211,13 @@ class Scrubber:
         for ftype, rx, grp in _SECRET_RES:
             for m in rx.finditer(text):
                 s, e = m.span(grp)
+                if ftype in _KEYWORD_TYPES and not credentials.is_credential_value(text[s:e]):
+                    continue  # `secret: xxxxxxxx`, `secret = settings.SECRET_KEY`: a placeholder or code
                 add(ftype, s, e, CERTAIN, "regex", f"<SECRET:{ftype}>")
+        # Credentials known by their name or layout (NAME=value, config files, flags, netrc) and
+        # unquoted random-looking tokens: after the fixed formats, so those keep their own type.
+        for ftype, s, e in credentials.find(text):
+            add(ftype, s, e, CERTAIN, "regex", f"<SECRET:{ftype}>")
         for m in _EMAIL_RE.finditer(text):
             add("email", *m.span(), CERTAIN, "regex", "<EMAIL>")
         for m in _HOME_RE.finditer(text):
@@ -301,29 +310,36 @@ class Scrubber:
     def scrub(self, text: str) -> ScrubResult:
         """Replace certain findings by placeholders; keep uncertain spans and report them."""
         findings = self.scan(text)
-        out = text
-        for f in sorted(findings, key=lambda f: f.start, reverse=True):
-            if f.confidence == CERTAIN and f.placeholder:
-                out = out[: f.start] + f.placeholder + out[f.end:]
-        return ScrubResult(out, findings)
+        return ScrubResult(replace_certain(text, findings), findings)
+
+
+def replace_certain(text: str, findings: list[Finding]) -> str:
+    """`text` with its certain findings (spans of this very text) replaced by their placeholders."""
+    out = text
+    for f in sorted(findings, key=lambda f: f.start, reverse=True):
+        if f.confidence == CERTAIN and f.placeholder:
+            out = out[: f.start] + f.placeholder + out[f.end:]
+    return out
 
 
 def detectors_fingerprint(scrubber: Scrubber | None = None) -> str:
-    """A hash of everything that decides what the scrubber finds: this module's patterns, lists
-    and thresholds, detect-secrets' version and plugins, and the user names it looks for. Stored
-    with the corpus, so `gt corpus rescan` knows when stored examples were scrubbed by other rules."""
+    """A hash of everything that decides what the scrubber finds: this module's and
+    `credentials`' patterns, lists and thresholds, detect-secrets' version and plugins, and the
+    user names it looks for. Stored with the corpus, so `gt corpus rescan` knows when stored
+    examples were scrubbed by other rules."""
     import hashlib
     import sys
 
     sc = scrubber or default_scrubber()
     parts: list[str] = []
-    for name, value in sorted(vars(sys.modules[__name__]).items()):
-        if not name.lstrip("_").isupper():
-            continue
-        if isinstance(value, re.Pattern):
-            parts.append(f"{name}={value.pattern}")
-        elif isinstance(value, (str, int, float, frozenset, set, tuple, list, dict)):
-            parts.append(f"{name}={sorted(map(repr, value)) if isinstance(value, (set, frozenset)) else repr(value)}")
+    for mod in (sys.modules[__name__], credentials):  # credentials: the name/layout/entropy rules
+        for name, value in sorted(vars(mod).items()):
+            if not name.lstrip("_").isupper():
+                continue
+            if isinstance(value, re.Pattern):
+                parts.append(f"{name}={value.pattern}")
+            elif isinstance(value, (str, int, float, frozenset, set, tuple, list, dict)):
+                parts.append(f"{name}={sorted(map(repr, value)) if isinstance(value, (set, frozenset)) else repr(value)}")
     if sc.use_detect_secrets:
         from importlib.metadata import version
 

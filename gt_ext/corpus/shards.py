@@ -52,6 +52,8 @@ from gt_ext.corpus.scrub import Scrubber
 from gt_ext.corpus.store import Store, StoredExample
 from gt_ext.digest import sha256_file
 from gt_ext.errors import GtExtError
+from gt_ext.jsonl import iter_jsonl
+from gt_ext.private import DIR_MODE, FILE_MODE
 from gt_ext.roles import TASKS
 
 log = logging.getLogger(__name__)
@@ -230,6 +232,13 @@ def write_shards(store: Store, out: str | os.PathLike, rig: str | None = None, v
     verifier = Scrubber(use_detect_secrets=False)  # last line of defence: no certain secret may leave
 
     examples = [e for e in store.query(status="active", role=role) if e.messages and e.role]
+    # A batch still open (being stored, or left by a killed processor) has not passed the batch
+    # anomaly check yet: none of it leaves before it is judged (the next `corpus process` does it).
+    open_batches = {r[0] for r in store.db.execute("SELECT batch FROM open_batches")}
+    if unjudged := [e for e in examples if e.batch in open_batches]:
+        log.warning("%d example(s) of %d unfinished processing batch(es) left out until judged: run `gt corpus "
+                    "process`", len(unjudged), len({e.batch for e in unjudged}))
+        examples = [e for e in examples if e.batch not in open_batches]
     allowed = scope.allowed(store, {e.rig for e in examples if e.rig})
     in_scope = [e for e in examples if allowed is None or e.rig in allowed]
     if role and examples and not in_scope:
@@ -313,9 +322,9 @@ def write_shards(store: Store, out: str | os.PathLike, rig: str | None = None, v
                                "conventions": dict(sorted(stale_by.items()))},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        for p in tmp.rglob("*"):
-            os.chmod(p, 0o755 if p.is_dir() else 0o644)
-        os.chmod(tmp, 0o755)
+        for p in tmp.rglob("*"):  # training text: owner only (gt_ext.private)
+            os.chmod(p, DIR_MODE if p.is_dir() else FILE_MODE)
+        os.chmod(tmp, DIR_MODE)
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -402,19 +411,8 @@ def iter_records(paths: Sequence[str | os.PathLike]) -> Iterator[dict[str, Any]]
 
     Each record gets `_where` = "file:line" (for the caller's own error messages)."""
     for path in paths:
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):  # binary lines end at b"\n" only
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise GtExtError(f"{path}:{lineno}: not UTF-8 (byte {e.start})") from None
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise GtExtError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                if not isinstance(rec, dict):
-                    raise GtExtError(f"{path}:{lineno}: expected a JSON object")
-                rec["_where"] = f"{path}:{lineno}"
-                yield rec
+        for lineno, rec in iter_jsonl(path, "shard"):
+            if not isinstance(rec, dict):
+                raise GtExtError(f"{path}:{lineno}: expected a JSON object")
+            rec["_where"] = f"{path}:{lineno}"
+            yield rec

@@ -32,7 +32,7 @@ def write_event(spool_dir: str | os.PathLike, kind: str, payload: Any, argv: lis
                 env: dict[str, str] | None = None, beads_dir: str | None = None) -> Path:
     """Spool one event atomically and return its path."""
     spool = Path(spool_dir)
-    spool.mkdir(parents=True, exist_ok=True)
+    spool.mkdir(parents=True, exist_ok=True, mode=0o700)  # stdlib only (hooks): gt_ext.private's rule
     env = os.environ if env is None else env
     event = {
         "kind": kind,

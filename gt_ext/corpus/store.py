@@ -26,6 +26,7 @@ from gt_ext.corpus.tags import LINK_FIELDS, Tags
 from gt_ext.errors import GtExtError
 from gt_ext.gastown.town import find_town
 from gt_ext.paths import home_dir
+from gt_ext.private import private_dir, private_file
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS examples(
@@ -56,7 +57,17 @@ CREATE TABLE IF NOT EXISTS lsh(band INTEGER NOT NULL, bucket TEXT NOT NULL, exam
 CREATE INDEX IF NOT EXISTS lsh_idx ON lsh(band, bucket);
 CREATE TABLE IF NOT EXISTS batches(batch TEXT PRIMARY KEY, created REAL NOT NULL, stats TEXT NOT NULL, flags TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS open_batches(          -- batches still being stored: not yet judged (ingest.py)
+  batch TEXT PRIMARY KEY, judge INTEGER NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS sealed(                 -- suspected secrets of held-back examples, encrypted (seal.py)
+  example_id TEXT NOT NULL, marker TEXT NOT NULL, token TEXT NOT NULL, placeholder TEXT,
+  PRIMARY KEY(example_id, marker));
 """
+
+# What an example can be: exported (active), held for a human (quarantined, review), refused by a
+# gate (rejected), replaced by a newer version of its artifact (superseded).
+STATUSES = ("active", "quarantined", "review", "rejected", "superseded")
+
 
 @dataclass(kw_only=True)
 class StoredExample(Tags):
@@ -130,8 +141,11 @@ class Store:
 
     def __init__(self, root: Path):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "spool").mkdir(exist_ok=True)
+        # Session text (and quarantined examples) lives here: owner only. SQLite gives its -wal and
+        # -shm files the database file's mode, so a 0600 corpus.db keeps them 0600 too.
+        private_dir(self.root)
+        private_dir(self.root / "spool")
+        private_file(self.root / "corpus.db")
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer takes the lock up
         # front instead of failing on upgrade from a read lock.
         self.db = sqlite3.connect(self.root / "corpus.db", timeout=60, isolation_level=None)
@@ -216,6 +230,27 @@ class Store:
         with self.tx():
             self.db.execute("DELETE FROM examples WHERE id = ?", (ex_id,))
             self.db.execute("DELETE FROM lsh WHERE example_id = ?", (ex_id,))
+            self.db.execute("DELETE FROM sealed WHERE example_id = ?", (ex_id,))
+
+    # --- sealed spans (gt_ext.corpus.seal) ---------------------------------------------------
+    def add_sealed(self, ex_id: str, sealed: list) -> None:
+        """Keep an example's sealed spans (inside the caller's transaction)."""
+        self.db.executemany("INSERT OR REPLACE INTO sealed VALUES (?, ?, ?, ?)",
+                            [(ex_id, s.marker, s.token, s.placeholder) for s in sealed])
+
+    def sealed(self, ex_id: str) -> dict:
+        """{marker: Sealed} of one example."""
+        from gt_ext.corpus.seal import Sealed
+
+        return {r[0]: Sealed(r[0], r[1], r[2]) for r in self.db.execute(
+            "SELECT marker, token, placeholder FROM sealed WHERE example_id = ?", (ex_id,))}
+
+    def unseal_into(self, ex_id: str, messages: list[dict[str, str]], status: str, reason: str | None) -> None:
+        """Release: store `messages` (markers resolved), set the status, forget the sealed spans."""
+        with self.tx():
+            self.db.execute("UPDATE examples SET messages = ?, status = ?, reason = ? WHERE id = ?",
+                            (json.dumps(messages, ensure_ascii=False), status, reason, ex_id))
+            self.db.execute("DELETE FROM sealed WHERE example_id = ?", (ex_id,))
 
     def stats(self) -> dict[str, Any]:
         """Counts by status, role, task, label, source."""

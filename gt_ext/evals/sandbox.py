@@ -118,16 +118,13 @@ def guard(argv: list[str]) -> Verdict:
 
 def extract_commands(text: str) -> list[str]:
     """Commands proposed in a model answer: tool calls, else fenced blocks, else command-like lines."""
-    cmds: list[str] = []
-    try:
-        from gt_ext.corpus.format import parse_tool_calls
+    from gt_ext.corpus.format import parse_tool_calls
 
-        for call in parse_tool_calls(text):
-            cmd = (call.get("input") or {}).get("command") if isinstance(call, dict) else None
-            if isinstance(cmd, str):
-                cmds.append(cmd)
-    except ImportError:
-        pass
+    cmds: list[str] = []
+    for call in parse_tool_calls(text):
+        cmd = (call.get("input") or {}).get("command") if isinstance(call, dict) else None
+        if isinstance(cmd, str):
+            cmds.append(cmd)
     if cmds:
         return cmds
     blocks = re.findall(r"```[a-zA-Z]*\n(.*?)```", text, flags=re.S)

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 def merge_adapter(base_model: str, adapter_dir: str | Path, parent_adapter: str | Path | None = None) -> tuple[Any, Any]:
-    """Base (+ parent role adapter) + this adapter, merged into plain weights; (model, tokenizer)."""
+    """Base (+ parent role adapter: run.json `parent`, a registry name:ver or a folder) + this adapter,
+    merged into plain weights; (model, tokenizer)."""
     from peft import PeftModel
 
     from gt_ext.models import load_model
@@ -71,13 +72,12 @@ def plain_model(model: Any) -> Any:
 
 
 def _read_run(run_dir: Path) -> dict[str, Any]:
-    rj = run_dir / "run.json"
-    if not rj.is_file():
+    from gt_ext.train.runfolder import RUN_JSON, read_run_json
+
+    rj = run_dir / RUN_JSON
+    run = read_run_json(run_dir)
+    if run is None:
         raise GtExtError(f"{run_dir}: not a run folder (no run.json)")
-    try:
-        run = json.loads(rj.read_text())
-    except json.JSONDecodeError:
-        raise GtExtError(f"{rj}: not valid JSON") from None
     if not (run_dir / "adapter" / "adapter_config.json").is_file():
         raise GtExtError(f"{run_dir}: no adapter/ (has the run finished? status {run.get('status')!r})")
     if not run.get("base_model"):
@@ -95,8 +95,12 @@ def export_run(run_dir: str | Path, to: str | Path, quantized: tuple[str, ...] |
     for q in quantized:
         if q not in QTYPES:
             raise GtExtError(f"--gguf {q!r}: use one of {', '.join(QTYPES)}")
+    if to.exists() and not to.is_dir():
+        raise GtExtError(f"--to {to}: is a file; the export is a folder (adapter/, merged/, *.gguf, manifest.json)")
     if to.exists() and any(to.iterdir()) and not force:
         raise GtExtError(f"export folder {to} is not empty (use --force to replace it)")
+    if (bad := next((p for p in to.parents if p.exists() and not p.is_dir()), None)) is not None:
+        raise GtExtError(f"--to {to}: {bad} is a file, not a folder")
     to.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{to.name}.", dir=to.parent))
     try:

@@ -82,8 +82,9 @@ class Bd:
         self._env = dict(os.environ if env is None else env)
         self._env["BEADS_DIR"] = str(self.beads_dir)
 
-    def run(self, *args: str, json_out: bool = True) -> Any:
-        """Run `bd ARGS [--json]`; return parsed JSON (or stdout text), raise BdError on failure."""
+    def run(self, *args: str, json_out: bool = True, input: str | None = None) -> Any:
+        """Run `bd ARGS [--json]` (with `input` on stdin); return parsed JSON (or stdout text),
+        raise BdError on failure."""
         argv = [self.bin, *args]
         if json_out:
             argv.append("--json")
@@ -92,7 +93,8 @@ class Bd:
         log.debug("bd %s", " ".join(args))
         try:
             res = subprocess.run(argv, cwd=self.beads_dir.parent, env=self._env, capture_output=True,
-                                 text=True, timeout=self.timeout, stdin=subprocess.DEVNULL)
+                                 text=True, timeout=self.timeout, input=input,
+                                 stdin=None if input is not None else subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise BdError(f"timed out after {self.timeout:.0f} s", 124, f"bd {args[0] if args else ''}") from None
         if res.returncode != 0:

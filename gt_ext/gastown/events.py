@@ -34,6 +34,15 @@ class Event(BaseModel):
     line: int = 0  # 1-based line number in the file (not part of gt's record)
 
 
+def append_events(town_root: str | os.PathLike, events: Iterable[dict[str, Any]]) -> Path:
+    """Append events to a town's log, one JSON object a line, as gt does (a sample town's history)."""
+    path = Path(town_root) / EVENTS_FILE
+    with open(path, "a", encoding="utf-8") as f:
+        for e in events:
+            f.write(json.dumps(e) + "\n")
+    return path
+
+
 def town_events(town_root: str | os.PathLike | None) -> list[dict[str, Any]]:
     """Every event of a town's log as plain dicts (file order = time order); [] without a town/log."""
     if town_root is None:

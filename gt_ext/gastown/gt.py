@@ -44,12 +44,14 @@ class Gt:
             self.env["GT_TOWN_ROOT"] = str(self.town_root)
         self.timeout = timeout
 
-    def run(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run `gt ARGS`; raise GtError (gt's message, exit code) when `check` and it fails."""
+    def run(self, *args: str, check: bool = True, input: str | None = None,
+            cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess[str]:
+        """Run `gt ARGS` in `cwd` (default: the town root); raise GtError (gt's message, exit code)
+        when `check` and it fails, and on a timeout."""
         log.debug("gt %s", " ".join(args))
         cmd = f"gt {args[0]}" if args else "gt"
         try:
-            res = subprocess.run([self.bin, *args], cwd=self.town_root, env=self.env, capture_output=True,
+            res = subprocess.run([self.bin, *args], cwd=cwd or self.town_root, env=self.env, capture_output=True,
                                  text=True, timeout=self.timeout, input=input,
                                  stdin=None if input is not None else subprocess.DEVNULL)
         except subprocess.TimeoutExpired:

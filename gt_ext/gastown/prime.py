@@ -1,6 +1,6 @@
 """The real `gt prime`: the role context gt gives an agent at session start.
 
-`gt_prime()` runs the REAL gt (`binaries.find_gt`, never our shim) for one role, the way gt's own
+`gt_prime()` runs the REAL gt (`gastown.gt.Gt`, never our shim) for one role, the way gt's own
 session launch does: `GT_ROLE`, `GT_RIG`, `BD_ACTOR` and `GT_ROOT` in the environment and the
 role's work dir (or the town root, where gt infers no role and takes `GT_ROLE`) as the current
 folder. It returns gt's stdout, or None with the reason logged (gt missing, not a town, timeout,
@@ -25,12 +25,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from gt_ext.gastown.binaries import find_gt
+from gt_ext.gastown.gt import Gt, GtError
 from gt_ext.gastown.town import Town
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,7 @@ def gt_prime(role: str, town_root: str | os.PathLike | None = None, rig: str | N
     `workdir` is the current folder gt runs in (default: `town_root`, else this process's own);
     `actor` becomes `BD_ACTOR` (default: the role); `env` replaces os.environ as the base
     environment (a test town's isolated one)."""
-    gt = find_gt(required=False)
-    if gt is None:
+    if find_gt(required=False) is None:
         log.warning("gt prime %s: the real gt is not installed", role)
         return None
     e = dict(os.environ if env is None else env)
@@ -72,17 +71,16 @@ def gt_prime(role: str, town_root: str | os.PathLike | None = None, rig: str | N
         e["BD_READONLY"] = "true"  # bd refuses every write (gt's patrol-wisp spawn included)
     if town_root:
         e["GT_ROOT"] = str(town_root)
+    gt = Gt(town_root, env=e, timeout=timeout)
     cwd = workdir or town_root or None
-    argv = [gt, "prime", *(["--dry-run"] if dry_run else [])]
     what = f"gt prime {role}{' in rig ' + rig if rig else ''}"
     try:
-        res = subprocess.run(argv, cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout,
-                             stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        log.warning("%s: timed out after %.0f s", what, timeout)
+        res = gt.run("prime", *(["--dry-run"] if dry_run else []), check=False, cwd=cwd)
+    except GtError as err:  # timed out
+        log.warning("%s: %s", what, err.gt_message)
         return None
     except OSError as err:
-        log.warning("%s: could not run %s in %s: %s", what, gt, cwd, err.strerror or err)
+        log.warning("%s: could not run %s in %s: %s", what, gt.bin, cwd, err.strerror or err)
         return None
     if res.returncode != 0:
         lines = [ln.strip() for ln in (res.stderr or res.stdout).splitlines() if ln.strip()]

@@ -214,6 +214,17 @@ def agents_registry(where: Town | Rig | str | os.PathLike) -> SettingsFile:
     return load(_settings_dir(where) / "agents.json", AGENTS_DEFAULT)
 
 
+def settings_files(town: Town) -> list[Path]:
+    """gt's settings files of a town and of each rig that exist (config.json, agents.json), town first."""
+    out = []
+    for where in (town, *town.rigs()):
+        for name in ("config.json", "agents.json"):
+            p = _settings_dir(where) / name
+            if p.is_file():
+                out.append(p)
+    return out
+
+
 def resolve_role_agent(town: Town, role: str, rig: Rig | None = None) -> str:
     """The agent name gt would use for `role`: rig role_agents -> town role_agents -> rig agent ->
     town default_agent -> "claude"."""

@@ -17,6 +17,8 @@ from typing import Any
 from gt_ext.errors import GtExtError
 
 TOWN_MARKER = Path("mayor") / "town.json"
+# Folders of gt/bd/Dolt state inside a town: a walk for documents (CLAUDE.md, docs) skips them.
+STATE_DIRS = frozenset({".runtime", ".dolt-data", "embeddeddolt"})
 EXT_SETTINGS_FILE = "gt-ext.json"
 
 

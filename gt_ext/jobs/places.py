@@ -30,9 +30,9 @@ def job_beads_dir() -> Path:
     """The beads folder job beads go to (created with the real `bd init` if needed)."""
     if os.environ.get("GT_EXT_JOB_BEADS_DIR"):
         return Path(os.environ["GT_EXT_JOB_BEADS_DIR"])
-    town = _town_root()
-    if town and (town / ".beads").is_dir():
-        return town / ".beads"
+    town = find_town()
+    if town is not None and town.beads_dir is not None:
+        return town.beads_dir
     folder = jobs_root()
     beads = folder / ".beads"
     if not beads.is_dir():

@@ -113,7 +113,9 @@ def _build_smollm2(out: Path) -> None:
     tok.save_pretrained(out)
 
 
-def _build_tiny(out: Path) -> None:
+def build_tiny_llama(out: str | os.PathLike, num_layers: int = 2, seed: int = 0) -> Path:
+    """Write a random tiny LLaMA (hidden 64, SmolLM2's tokenizer) with `num_layers` layers to `out`.
+    `tiny-llama` is the 2-layer one; pipeline tests split a deeper one into stages."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -123,12 +125,17 @@ def _build_tiny(out: Path) -> None:
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-        **_TINY_CONFIG,
+        **{**_TINY_CONFIG, "num_hidden_layers": num_layers},
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
+    return Path(out)
+
+
+def _build_tiny(out: Path) -> None:
+    build_tiny_llama(out)
 
 
 def resolve_model_dir(name_or_path: str) -> Path:

@@ -113,21 +113,23 @@ def adapter_stack(ref: str, town: object | None = None) -> list[Path]:
     return [a for a, _ in m.adapters]
 
 
-def resolve_adapter(item: str, town: object | None = None) -> list[tuple[Path, float]]:
-    """`REF[=WEIGHT]` -> its adapter stack, each folder with that weight."""
+def resolve_adapter(item: str, town: object | None = None) -> tuple[Path, float]:
+    """`REF[=WEIGHT]` -> (its own adapter folder, weight). An extra adapter goes on top of the
+    served model, which carries its parent (a task adapter is deployed on its role model), so
+    only the adapter itself is added: its parent is not stacked a second time."""
     ref, _, w = item.strip().partition("=")
     try:
         weight = float(w) if w else 1.0
     except ValueError:
         raise GtExtError(f"--adapters {item}: weight {w!r} is not a number") from None
-    return [(a, weight) for a in adapter_stack(ref, town)]
+    return adapter_stack(ref, town)[-1], weight
 
 
 def parse_adapters(spec: str | None, town: object | None = None) -> list[tuple[Path, float]]:
-    """Comma-separated adapter list -> [(folder, weight)], each entry's stack parent first."""
+    """Comma-separated `REF[=WEIGHT]` list -> [(adapter folder, weight)] (see `resolve_adapter`)."""
     if not spec:
         return []
-    return [a for x in spec.split(",") if x.strip() for a in resolve_adapter(x, town)]
+    return [resolve_adapter(x, town) for x in spec.split(",") if x.strip()]
 
 
 def parent_stack(parent: str | None, where: str, town: object | None = None, _depth: int = 0) -> list[Path]:
@@ -138,7 +140,7 @@ def parent_stack(parent: str | None, where: str, town: object | None = None, _de
     if _depth >= _MAX_PARENT_DEPTH:
         raise GtExtError(f"{where}: parent chain deeper than {_MAX_PARENT_DEPTH} (a loop?) at {parent}")
     p = Path(parent).expanduser()
-    if p.is_absolute() or "/" in parent:
+    if p.is_absolute() or "/" in parent or p.is_dir():
         try:
             return [adapter_folder(p)]
         except GtExtError:
@@ -151,6 +153,23 @@ def parent_stack(parent: str | None, where: str, town: object | None = None, _de
     if rec.adapter_dir is None:
         raise GtExtError(f"{where}: trained on top of {rec.ref}, which has no adapter/")
     return [*parent_stack(rec.parent, f"registry model {rec.ref}", town, _depth + 1), Path(rec.adapter_dir)]
+
+
+def parent_ref(role_adapter: str | None, town: object | None = None) -> str | None:
+    """What run.json `parent` records for a `role_adapter` setting: the registry's `name:ver` for a
+    registry ref (the version it is now, not "newest"), else the absolute adapter folder."""
+    if not role_adapter:
+        return None
+    p = Path(role_adapter).expanduser()
+    if p.is_absolute() or "/" in role_adapter or p.is_dir():
+        try:
+            return str(adapter_folder(p).resolve())
+        except GtExtError:
+            raise GtExtError(f"role_adapter={role_adapter}: no adapter_config.json there (or in its adapter/)") from None
+    try:
+        return _registry_record(role_adapter, town).ref
+    except GtExtError as e:
+        raise GtExtError(f"role_adapter={role_adapter}: not a folder and not in the registry ({e})") from None
 
 
 # ----------------------------------------------------------------------------------------- details
@@ -186,10 +205,13 @@ def _read_json(p: Path) -> dict[str, Any]:
 
 def _from_folder(ref: str, p: Path, town: object | None) -> ResolvedModel:
     # An export folder holds manifest.json and a copy of run.json; a run folder run.json only.
+    from gt_ext.train.runfolder import RUN_JSON, read_run_json
+
     meta: dict[str, Any] = {}
-    described = [p / f for f in ("manifest.json", "run.json") if (p / f).is_file()]
-    for f in described:
-        meta = {**_read_json(f), **meta}
+    described = [p / f for f in ("manifest.json", RUN_JSON) if (p / f).is_file()]
+    if (p / "manifest.json").is_file():
+        meta = _read_json(p / "manifest.json")
+    meta = {**(read_run_json(p) or {}), **meta}  # an export's manifest.json wins over its run.json copy
     if not described:
         if (p / "config.json").is_file():  # a plain HF model folder
             return ResolvedModel(ref=ref, base_model=str(p), results_dir=p)

@@ -11,7 +11,6 @@ settings `<town>/settings/{config,agents}.json` and `<town>/<rig>/settings/...`,
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -21,8 +20,9 @@ from typing import Any
 
 from gt_ext.corpus.shards import iter_records, shard_files
 from gt_ext.errors import GtExtError
+from gt_ext.gastown import settings
 from gt_ext.gastown.bd import Bd
-from gt_ext.gastown.town import Town, is_town, require_town
+from gt_ext.gastown.town import STATE_DIRS, Town, is_town, require_town
 from gt_ext.rag.chunk import (
     ANY,
     Chunk,
@@ -37,8 +37,8 @@ from gt_ext.roles import ROLES
 log = logging.getLogger(__name__)
 
 DOC_NAMES = ("CLAUDE.md", "AGENTS.md")
-# Folders never walked for docs: VCS, our own index, Dolt data, dependency trees.
-SKIP_DIRS = {".git", ".rag", ".dolt-data", "node_modules", ".venv", "__pycache__", "embeddeddolt", ".runtime"}
+# Folders never walked for docs: VCS, our own index, gt/Dolt state, dependency trees.
+SKIP_DIRS = {".git", ".rag", "node_modules", ".venv", "__pycache__"} | STATE_DIRS
 DOC_MAX_DEPTH = 5
 # How many of the newest corpus sessions the index keeps.
 MAX_SESSIONS = 200
@@ -156,11 +156,11 @@ def _file_group(town_root: Path, p: Path, kind: str, rigs: set[str]) -> Group:
         mtime = p.stat().st_mtime
         if kind == "settings":
             try:
-                obj = json.loads(text)
-            except ValueError as e:
-                log.warning("%s: not valid JSON (%s), skipped", rel, e.msg)
+                obj = settings.load(p).data  # gt's settings are read through the town door
+            except GtExtError as e:
+                log.warning("%s, skipped", e)
                 return []
-            return chunk_settings(obj, source=key, group=key, rig=rig, updated=mtime) if isinstance(obj, dict) else []
+            return chunk_settings(obj, source=key, group=key, rig=rig, updated=mtime)
         if kind == "formula":
             try:
                 return chunk_formula(text, source=key, group=key, rig=rig, updated=mtime)
@@ -188,12 +188,9 @@ def file_groups(town_root: Path) -> list[Group]:
     """Settings, docs, directives and formulas of the town and its rigs."""
     rigs = set(rig_names(town_root))
     groups: list[Group] = []
+    groups += [_file_group(town_root, p, "settings", rigs) for p in settings.settings_files(Town(Path(town_root)))]
     homes = [town_root] + [town_root / r for r in sorted(rigs)]
     for home in homes:
-        for name in ("config.json", "agents.json"):
-            p = home / "settings" / name
-            if p.is_file():
-                groups.append(_file_group(town_root, p, "settings", rigs))
         ddir = home / "directives"
         if ddir.is_dir():
             groups += [_file_group(town_root, p, "directive", rigs) for p in sorted(ddir.glob("*.md"))]

@@ -6,9 +6,10 @@ the gate ("gating") only when all of these hold:
 - it is a full run of the suite (`run.full`: no `--limit`, no `--split`), so a smoke run is
   recorded as such and never gates;
 - it was produced by this project for this version: run through the registry ref, or found as an
-  eval file in the registered folder and verified against the version's own file hashes
-  (`verify_model_files`); an eval file whose hashes do not match, or that carries none, is kept
-  as untrusted;
+  eval file in the registered folder, signed by this user's `gt-ext eval run`
+  (`gt_ext.evals.provenance`) and verified against the version's own file hashes
+  (`verify_model_files`); an unsigned or edited file, or one whose hashes do not match or that
+  carries none, is kept as untrusted;
 - it scored the role's gating suite: `builtin:<role>`, or the suite a town names in
   `<town>/settings/gt-ext.json` `{"evals": {"gate_suites": {ROLE: PATH}}}` (PATH relative to the
   town root), identified by the hash of the suite's files, so an edited or foreign suite does not

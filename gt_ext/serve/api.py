@@ -116,9 +116,9 @@ class ApiState:
         return data
 
     def _registry_records(self) -> list[Any]:
-        try:
-            from gt_ext.registry import Registry
+        from gt_ext.registry import Registry
 
+        try:
             reg = Registry.open()
             try:
                 return [r for r in reg.list() if r.base_model == self.model.base_model and r.adapter_dir]
@@ -154,7 +154,9 @@ class ApiState:
                     weight = float(weight)
                 except (TypeError, ValueError):
                     raise GtExtError(f"adapters[{i}]: weight {weight!r} is not a number") from None
-                stack.extend((p, weight) for p in self._lookup(ref))
+                # An extra adapter is the adapter itself (the stack's last folder): its parent is
+                # the model it is stacked on, not applied a second time.
+                stack.append((self._lookup(ref)[-1], weight))
         return stack
 
 

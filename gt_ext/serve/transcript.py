@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gt_ext.private import FILE_MODE, private_dir
+
 
 def projects_dir() -> Path:
     """The folder Claude Code (and the corpus collector) keeps transcripts in."""
@@ -35,9 +37,10 @@ class Transcript:
         self.meta = {k: v for k, v in (meta or {}).items() if v}
         base = Path(folder) if folder else projects_dir()
         self.path = base / self.cwd.replace("/", "-") / f"{self.session_id}.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)  # a session's text: owner only, like Claude's own transcripts
         self._parent: str | None = None
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the session
+        self._fh = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE), "a",
+                             encoding="utf-8")  # held for the session
 
     def _write(self, etype: str, message: dict[str, Any]) -> str:
         uid = str(uuid.uuid4())

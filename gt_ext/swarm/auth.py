@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import os
 import secrets
 import time
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 KEY_ENV = "GT_SWARM_KEY_FILE"
 _TOKEN_TTL_S = 600.0
+_CLOCK_SKEW_S = 60.0  # how far ahead of ours a peer's clock may run
 _MEMBER_DOMAIN = b"gt-ext-swarm-member:"
 _TOKEN_DOMAIN = b"gt-ext-swarm-token:"
 
@@ -137,18 +139,25 @@ class SwarmAuthorizer(TokenAuthorizerBase):
         return token
 
     def is_token_valid(self, access_token: AccessToken) -> bool:
-        """A token is valid when unexpired and signed with the swarm key."""
+        """A token is valid when signed with the swarm key and its expiry is a finite time within
+        one lifetime (plus clock skew) from now: a key holder cannot mint a token that never
+        expires (`nan`, `inf`, year 9999)."""
         try:
             expires = float(access_token.expiration_time)
         except ValueError:
             return False
-        if expires < time.time():
+        now = time.time()
+        if not math.isfinite(expires) or expires < now or expires > now + _TOKEN_TTL_S + _CLOCK_SKEW_S:
             return False
         return hmac.compare_digest(self._sign(access_token), access_token.signature)
 
     def does_token_need_refreshing(self, access_token: AccessToken) -> bool:
-        """Refresh when less than a quarter of the lifetime is left."""
-        return float(access_token.expiration_time) < time.time() + _TOKEN_TTL_S / 4
+        """Refresh when less than a quarter of the lifetime is left (or the expiry is not a time)."""
+        try:
+            expires = float(access_token.expiration_time)
+        except ValueError:
+            return True
+        return not math.isfinite(expires) or expires < time.time() + _TOKEN_TTL_S / 4
 
 
 def members_key(run_id: str) -> str:
@@ -165,6 +174,34 @@ def publish_membership(dht: Any, run_id: str, key: SwarmKey, ttl_s: float = 120.
                           expiration_time=get_dht_time() + ttl_s))
 
 
+class Membership:
+    """Checks that a remote peer published a valid membership proof for `run_id` in the DHT
+    (`publish_membership`); verified peers are remembered. With `key=None` everyone is a member."""
+
+    def __init__(self, key: SwarmKey | None, run_id: str):
+        self.key, self.run_id = key, run_id
+        self._verified: set[bytes] = set()
+
+    async def check(self, dht: Any, peer_id: Any, own_peer_id: Any = None) -> bool:
+        """True if `peer_id` (a libp2p PeerID, authenticated by the connection) holds the key."""
+        if self.key is None:
+            return True
+        pid = peer_id.to_bytes()
+        if pid in self._verified or (own_peer_id is not None and pid == own_peer_id.to_bytes()):
+            return True
+        found = await dht.get(members_key(self.run_id), latest=True, return_future=True)
+        records = found.value if found is not None and isinstance(found.value, dict) else {}
+        entry = records.get(pid.hex())
+        proof_hex = getattr(entry, "value", None)
+        try:
+            ok = isinstance(proof_hex, str) and self.key.check_member_proof(pid, bytes.fromhex(proof_hex))
+        except ValueError:
+            ok = False
+        if ok:
+            self._verified.add(pid)
+        return ok
+
+
 class MemberGateMixin:
     """Mixin for hivemind averagers: refuse averaging/download RPCs from peers without a proof.
 
@@ -174,28 +211,12 @@ class MemberGateMixin:
 
     def __init__(self, *args: Any, swarm_key: SwarmKey | None = None, run_id: str = "", **kwargs: Any):
         # Set before super().__init__: with start=True the averager process forks at its end.
-        self._swarm_key = swarm_key
-        self._gate_run_id = run_id
-        self._verified: set[bytes] = set()
+        self._membership = Membership(swarm_key, run_id)
         super().__init__(*args, **kwargs)
 
     async def _is_member(self, peer_id: Any) -> bool:
-        if self._swarm_key is None:
-            return True
-        pid = peer_id.to_bytes()
-        if pid == self.peer_id.to_bytes() or pid in self._verified:
-            return True
-        found = await self.dht.get(members_key(self._gate_run_id), latest=True, return_future=True)
-        records = found.value if found is not None and isinstance(found.value, dict) else {}
-        entry = records.get(pid.hex())
-        proof_hex = getattr(entry, "value", None)
-        try:
-            ok = isinstance(proof_hex, str) and self._swarm_key.check_member_proof(pid, bytes.fromhex(proof_hex))
-        except ValueError:
-            ok = False
-        if ok:
-            self._verified.add(pid)
-        else:
+        ok = await self._membership.check(self.dht, peer_id, self.peer_id)
+        if not ok:
             log.warning("refused averaging request from %s: no valid swarm membership proof", peer_id)
         return ok
 

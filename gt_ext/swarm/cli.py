@@ -1,9 +1,12 @@
 """`gt-ext swarm`: train one role adapter together with other machines over hivemind.
 
     gt-ext swarm keygen --out swarm.key
-    gt-ext swarm start --role witness --corpus CORPUS --swarm-key swarm.key --out runs/w1
+    gt-ext swarm start --role witness --corpus CORPUS --swarm-key swarm.key --out runs/w1 [KEY=VALUE ...]
     gt-ext swarm start --role witness --corpus CORPUS --swarm-key swarm.key --out runs/w2 \\
         --initial-peers /ip4/127.0.0.1/tcp/PORT/p2p/PEER   # printed by the first peer
+    gt-ext swarm start ... --out runs/w1 --resume          # newest checkpoint in --out (also `gt-ext train`'s)
+
+Config overrides and `--resume` work as in `gt-ext train` (the same TrainConfig keys).
     gt-ext swarm status --run runs/w1 --swarm-key swarm.key
 
 No torch import at module level: the commands import the training stack when they run.
@@ -51,7 +54,7 @@ def keygen(out: Annotated[Path, typer.Option("--out", help="key file to write (m
     print(f"wrote swarm key {out} (fingerprint {key.fingerprint()})")
 
 
-@app.command()
+@app.command(context_settings={"allow_interspersed_args": True})
 def start(
     role: Annotated[str, typer.Option("--role", help="Gas Town role to train (witness, deacon, ...)")],
     corpus: Annotated[Path, typer.Option("--corpus", help="exported corpus folder (gt corpus export --out)")],
@@ -61,7 +64,6 @@ def start(
     listen: Annotated[str | None, typer.Option("--listen", help="HOST:PORT to listen on (default 127.0.0.1, free port)")] = None,
     swarm_key: Annotated[Path | None, typer.Option("--swarm-key", help="swarm key file (or $GT_SWARM_KEY_FILE)")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="training config YAML/TOML")] = None,
-    overrides: Annotated[list[str] | None, typer.Option("--set", help="config override key=value (repeatable)")] = None,
     target_batch_size: Annotated[int | None, typer.Option(help="rows per global step, all peers together")] = None,
     matchmaking_time: Annotated[float, typer.Option(help="seconds to form an averaging group")] = 5.0,
     averaging_timeout: Annotated[float, typer.Option(help="seconds before an averaging round is given up")] = 60.0,
@@ -72,8 +74,9 @@ def start(
     min_peers: Annotated[int, typer.Option(help="wait until this many peers (self included) are up")] = 1,
     group_size: Annotated[int | None, typer.Option(help="averaging group size: rounds start as soon as it is full")] = None,
     join_at_step: Annotated[int, typer.Option(help="load the model, then stand by until the swarm reaches this step")] = 0,
-    resume: Annotated[Path | None, typer.Option("--resume", help="checkpoints/step-N folder to restart from")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the newest checkpoint in --out (a peer's or gt-ext train's)")] = False,
     insecure_open_swarm: Annotated[bool, typer.Option(help="run without a swarm key (anyone who can connect may join)")] = False,
+    overrides: Annotated[list[str] | None, typer.Argument(metavar="[KEY=VALUE]...", help="config overrides, e.g. optim.lr=1e-4 max_steps=100 (as gt-ext train)")] = None,
 ) -> None:
     """Start a peer: DHT node + LoRA training; only adapter gradients are averaged with the others."""
     from gt_ext.roles import check_role
@@ -119,7 +122,8 @@ def status(
     swarm_key: Annotated[Path | None, typer.Option("--swarm-key", help="swarm key file (or $GT_SWARM_KEY_FILE)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Show the live peers of a swarm and their metrics (loss, tokens/s, peers, rounds)."""
+    """Show the live peers of a swarm (or the stages and trainer of a pipeline run) and their metrics
+    (loss, tokens/s, step, replicas, skipped batches)."""
     from gt_ext.swarm import dht as swarm_dht
     from gt_ext.swarm.auth import SwarmKey
 
@@ -146,14 +150,16 @@ def status(
     from rich.table import Table
 
     t = Table(title=f"swarm {run_id}: {len(table)} peer(s)")
-    for col in ("peer", "state", "step", "loss", "val loss", "tokens/s", "peers", "nan skips"):
+    for col in ("peer", "role", "state", "step", "loss", "val loss", "tokens/s", "peers", "nan skips"):
         t.add_column(col)
 
     def fmt(v: object, spec: str = ".4f") -> str:
         return format(v, spec) if isinstance(v, (int, float)) else "-"
 
     for pid, m in sorted(table.items()):
-        t.add_row(pid[-10:], str(m.get("state", "?")), str(m.get("epoch", "-")), fmt(m.get("loss")),
+        # pipeline runs: stages say which layers they hold, the trainer says "trainer"
+        what = f"layers {m['layers']}" if m.get("layers") else str(m.get("role", "peer"))
+        t.add_row(pid[-10:], what, str(m.get("state", "?")), str(m.get("epoch", "-")), fmt(m.get("loss")),
                   fmt(m.get("val_loss")), fmt(m.get("tokens_per_s"), ".1f"), str(m.get("peers", "-")),
                   str(m.get("nan_skips", 0)))
     Console().print(t)

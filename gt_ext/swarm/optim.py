@@ -157,11 +157,11 @@ def make_optimizer(
                           metadata_expiration=20.0),
         verbose=log.isEnabledFor(logging.INFO),  # hivemind then logs each round at INFO
     )
-    _reset_step_counts(opt.opt)
+    reset_step_counts(opt.opt)
     return opt
 
 
-def _reset_step_counts(inner: torch.optim.Optimizer) -> None:
+def reset_step_counts(inner: torch.optim.Optimizer) -> None:
     """Undo the step count of hivemind's virtual zero-gradient step.
 
     hivemind creates the optimizer state with one `step()` on zero gradients (so the state can be

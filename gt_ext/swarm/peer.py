@@ -2,13 +2,17 @@
 
     result = run_peer(corpus, role, out_dir, train_cfg, SwarmSettings(...), key)
 
-The data, loss, LoRA and config come from `gt_ext.train` (`load_items`/`BatchLoader`,
-`sft_loss_sum`, `load_base_for_training`, `TrainConfig`). What is swarm-specific lives here:
+A thin recipe over the training core (`gt_ext.train`): data (`prepare`, `BatchLoader`), loss
+(`sft_loss_sum`), LoRA (`load_base_for_training`), config (`TrainConfig`, `lr_lambda`), validation
+(`validation_loss`), non-finite rule, checkpoints (`gt_ext.train.checkpoint`: the same format, so a
+peer resumes a `gt-ext train` checkpoint and the other way round) and the run folder
+(`gt_ext.train.runfolder`: run.json, metrics.jsonl, loss.png). What is swarm-specific lives here:
 
 * a global step (= `TrainConfig.max_steps` unit) happens when the peers together accumulated
   `target_batch_size` rows; gradients are averaged across the group, weighted by rows;
 * a peer that joins late (or falls behind) downloads adapter + optimizer state from a peer;
-* a non-finite loss or gradient on one peer is skipped there and never sent to anyone;
+* a non-finite loss or gradient on one peer is skipped there and never sent to anyone (and, as in
+  the Trainer, `max_nonfinite` in a row stop the peer with status "failed" and a checkpoint);
 * peers publish metrics in the DHT; a peer that stops publishing without saying "done" is
   counted as lost and the run is marked `degraded` (not failed);
 * the run folder has the same layout as a local run (run.json, adapter/, checkpoints/step-N/,
@@ -17,13 +21,12 @@ The data, loss, LoRA and config come from `gt_ext.train` (`load_items`/`BatchLoa
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +34,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from gt_ext.atomic import atomic_write_json
-from gt_ext.corpus import shards
 from gt_ext.errors import GtExtError
-from gt_ext.roles import check_role, check_task
 from gt_ext.swarm import dht as swarm_dht
 from gt_ext.swarm.auth import SwarmKey, publish_membership
 from gt_ext.swarm.optim import bytes_per_round, make_optimizer
+from gt_ext.train import checkpoint, runfolder
 from gt_ext.train.config import TrainConfig, config_to_dict
-from gt_ext.train.loop import lr_lambda
+from gt_ext.train.loop import StepCallback, lr_lambda, nonfinite_stop_message, pad_id, validation_loss
 
 log = logging.getLogger(__name__)
 
@@ -91,46 +93,6 @@ def shard_batch(batch: dict[str, Any], k: int, n: int) -> dict[str, Any]:
         "n_examples": int(ex.max()) + 1 if real.any() else 0,
         "item_ids": [],
     }
-
-
-def _val_loss(model: Any, batches: list[dict[str, Any]]) -> float:
-    """Token-weighted mean NLL over fixed validation batches."""
-    from gt_ext.train.losses import sft_loss_sum
-
-    was_training = model.training
-    model.eval()
-    total, n = 0.0, 0
-    with torch.no_grad():
-        for b in batches:
-            s, k = sft_loss_sum(model, b)
-            total, n = total + float(s), n + k
-    model.train(was_training)
-    return total / max(n, 1)
-
-
-def _plot(metrics_path: Path, out: Path) -> None:
-    """loss.png from metrics.jsonl (train loss per step, val loss where measured)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    if not rows:
-        return
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train (this peer)")
-    val = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
-    if val:
-        ax.plot(*zip(*val, strict=True), "o-", label="val")
-    ax.set_xlabel("global step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, out)
 
 
 class _Metrics:
@@ -217,42 +179,33 @@ def _wait_for_swarm_step(dht: Any, run_id: str, step: int, timeout: float) -> No
     raise GtExtError(f"swarm {run_id} did not reach step {step} in {timeout:.0f} s")
 
 
-def _write_checkpoint(run_dir: Path, step: int, model: Any, opt: Any, loader: Any, keep: int) -> Path:
-    """checkpoints/step-N/: adapter + optimizer (with epoch) + data position + RNG, written atomically."""
-    from gt_ext.train.lora import save_adapter
+def _batches(items: list[Any], cfg: TrainConfig, settings: SwarmSettings, peer_id: str, pad: int,
+             ckpt: Path | None) -> tuple[Any, Callable[[], dict[str, Any]]]:
+    """(BatchLoader, next_batch) of this peer: its own seeded order, or its rows of a shared batch."""
+    from gt_ext.train.data import BatchLoader
 
-    ckdir = run_dir / "checkpoints"
-    final = ckdir / f"step-{step}"
-    tmp = ckdir / f".step-{step}.tmp"
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    save_adapter(model, tmp / "adapter")
-    torch.save({"optimizer": opt.state_dict(), "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
-    atomic_write_json(tmp / "state.json", {"step": step, "data": loader.state_dict()})
-    import shutil
-
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    old = sorted((p for p in ckdir.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
-    for p in old[:-keep]:
-        shutil.rmtree(p, ignore_errors=True)
-    return final
+    d = cfg.data
+    if settings.shard:
+        k, n = settings.shard
+        # Every shard walks the same global batch order and takes its own rows of it.
+        loader = BatchLoader(items, d.batch_size * n, d.pack, d.pack_length, d.seed, pad)
+        return loader, lambda: shard_batch(loader.next_batch(), k, n)
+    # Different peers should see different batches: offset the seed by the peer id (a resumed peer
+    # keeps the order of its checkpoint, also one `gt-ext train` wrote).
+    seed = d.seed + random.Random(peer_id).randrange(1 << 30)
+    if ckpt is not None:
+        seed = int(checkpoint.read_state(ckpt).data.get("seed", seed))
+    loader = BatchLoader(items, d.batch_size, d.pack, d.pack_length, seed, pad)
+    return loader, loader.next_batch
 
 
-def _load_checkpoint(ckpt: Path, model: Any, opt: Any, loader: Any) -> int:
-    from gt_ext.train.lora import load_adapter_weights
-
-    if not (ckpt / "state.json").is_file():
-        raise GtExtError(f"--resume {ckpt}: not a checkpoint folder (no state.json)")
-    load_adapter_weights(model, ckpt / "adapter")
-    state = torch.load(ckpt / "optimizer.pt", weights_only=False)
-    opt.load_state_dict(state["optimizer"])
-    meta = json.loads((ckpt / "state.json").read_text())
-    loader.load_state_dict(meta["data"])
-    return int(meta["step"])
+def _wire_costs(model: Any, params: list[Any], power_sgd_rank: int | None) -> dict[str, Any]:
+    """What one averaging round sends (run.json `swarm`): LoRA only, vs the full model's gradients."""
+    return {"lora_params": sum(p.numel() for p in params), "total_params": sum(p.numel() for p in model.parameters()),
+            "bytes_per_round_2peers": {
+                "lora": bytes_per_round(params, 2),
+                "lora_powersgd": bytes_per_round(params, 2, power_sgd_rank) if power_sgd_rank else None,
+                "full": bytes_per_round(list(model.parameters()), 2)}}
 
 
 def run_peer(
@@ -263,36 +216,40 @@ def run_peer(
     settings: SwarmSettings,
     key: SwarmKey | None = None,
     task: str | None = None,
-    resume: str | Path | None = None,
+    resume: bool = False,
     stop: threading.Event | None = None,
     progress: bool = False,
+    callbacks: list[StepCallback] | None = None,
 ) -> dict[str, Any]:
-    """Train as one peer until `cfg.max_steps` global steps; write the run folder; return run.json."""
-    from gt_ext.train.data import BatchLoader, batch_tokens, fixed_batches, load_items
+    """Train as one peer until `cfg.max_steps` global steps; write the run folder; return run.json.
+
+    `resume` continues the newest checkpoint in `out_dir` (one a peer or `gt-ext train` wrote);
+    `callbacks` are called `(step, metrics row)` after every global step, as the Trainer's."""
+    from gt_ext.train.data import batch_tokens, fixed_batches
     from gt_ext.train.lora import load_base_for_training, save_adapter, trainable_parameters
     from gt_ext.train.losses import sft_loss_sum
+    from gt_ext.train.run import prepare, run_json_for
 
-    check_role(role)
-    if task is not None:
-        check_task(task)
     if cfg.mode != "sft":
         raise GtExtError(f"swarm training supports mode=sft only (got {cfg.mode!r})")
     run_dir = Path(out_dir)
     run_id = settings.run_id or default_run_id(role, task)
     stop = stop or threading.Event()
+    if settings.shard and not 0 <= settings.shard[0] < settings.shard[1]:
+        raise GtExtError(f"--shard {settings.shard[0]}/{settings.shard[1]}: need 0 <= k < n")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
-    # Data first: a bad corpus fails before any network or model work.
+    # Data and run folder first: a bad corpus or a taken --out fails before any network or model work.
+    prep = prepare(role, corpus, task, cfg=cfg)
+    runfolder.check_new_or_resumable(run_dir, config_to_dict(cfg), resume)
+    ckpt = checkpoint.latest(run_dir) if resume else None
+    if resume and ckpt is None:
+        log.warning("--resume: no checkpoint in %s, starting fresh", checkpoint.checkpoints_dir(run_dir))
     model, tok = load_base_for_training(cfg)
     d = cfg.data
-    train_items, train_stats = load_items(corpus, "sft", role, task, "train", tok, d.max_length, d.max_train_examples)
-    if not train_items:
-        raise GtExtError(f"corpus {corpus}: no sft training examples for role {role!r}" + (f" task {task!r}" if task else ""))
-    val_items, _ = load_items(corpus, "sft", role, task, "val", tok, d.max_length, d.max_val_examples)
-    val_items = val_items or train_items[: max(1, min(len(train_items), 16))]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    val_batches = fixed_batches(val_items, d.batch_size, d.pack, d.pack_length, pad)
+    pad = pad_id(tok)
+    val_batches = fixed_batches(prep.val, d.batch_size, d.pack, d.pack_length, pad)
 
     # hivemind signs progress records with a process-wide RSA key; a peer forked from a process
     # that already made one would share it with its siblings, and their records would overwrite
@@ -303,11 +260,10 @@ def run_peer(
     dht = swarm_dht.start_dht(settings.initial_peers, settings.listen, key, run_id)
     opt = None
     metrics = None
-    status = "failed"
-    info: dict[str, Any] = {}
+    record: dict[str, Any] = {}
     from gt_ext.jobs.bead import StatusReporter
 
-    job = StatusReporter()
+    job = StatusReporter()  # the job bead's status, when a formula job runs this peer
     try:
         me = dht.peer_id.to_base58()
         addrs = swarm_dht.visible_addrs(dht)
@@ -315,21 +271,7 @@ def run_peer(
                                                    "key_fingerprint": key.fingerprint() if key else None})
         log.info("peer %s of swarm %s listening on %s", me, run_id, " ".join(addrs))
 
-        if settings.shard:
-            k, n = settings.shard
-            if not 0 <= k < n:
-                raise GtExtError(f"--shard {k}/{n}: need 0 <= k < n")
-            # Every shard walks the same global batch order and takes its own rows of it.
-            loader = BatchLoader(train_items, d.batch_size * n, d.pack, d.pack_length, d.seed, pad)
-            next_batch = lambda: shard_batch(loader.next_batch(), k, n)  # noqa: E731
-        else:
-            # Different peers should see different batches: offset the seed by the peer id
-            # (a restarted peer keeps the order of the checkpoint it resumes).
-            seed = d.seed + random.Random(me).randrange(1 << 30)
-            if resume and (Path(resume) / "state.json").is_file():
-                seed = int(json.loads((Path(resume) / "state.json").read_text())["data"].get("seed", seed))
-            loader = BatchLoader(train_items, d.batch_size, d.pack, d.pack_length, seed, pad)
-            next_batch = loader.next_batch
+        loader, next_batch = _batches(prep.train, cfg, settings, me, pad, ckpt)
 
         if settings.join_at_step:
             _wait_for_swarm_step(dht, run_id, settings.join_at_step, settings.wait_for_peers_s)
@@ -345,33 +287,46 @@ def run_peer(
             average_state_every=settings.average_state_every, lockstep=settings.lockstep,
             group_size=settings.group_size,
         )
-        resumed_from = _load_checkpoint(Path(resume), model, opt, loader) if resume else None
+        sched = opt.state_averager.scheduler
+        nonfinite_total = nonfinite_run = 0
+        resumed_from = None
+        if ckpt is not None:
+            state = checkpoint.load(ckpt, model)
+            # hivemind's load_state_dict takes the global step from the state's "local_epoch".
+            opt.load_state_dict({**state.optimizer, "state": {**state.optimizer["state"], "local_epoch": state.step}})
+            if sched is not None and state.scheduler is not None:
+                sched.load_state_dict(state.scheduler)
+            loader.load_state_dict(state.data)
+            nonfinite_total, nonfinite_run = state.nonfinite_total, state.nonfinite_run
+            resumed_from = state.step
+            log.info("resumed from %s", ckpt)
 
-        n_total = sum(p.numel() for p in model.parameters())
-        n_lora = sum(p.numel() for p in params)
-        info = {
-            "role": role, "task": task, "base_model": cfg.base_model, "config": config_to_dict(cfg),
-            "corpus_hash": shards.corpus_hash(corpus), "examples": train_stats.items, "dpo_pairs": 0,
-            "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "targets": list(cfg.lora.targets)},
-            "metrics": {}, "status": "running", "parent": None,
-            "swarm": {"run_id": run_id, "peer_id": me, "target_batch_size": target,
+        def save_checkpoint(step: int) -> Path:
+            state = checkpoint.TrainerState(
+                step=step, optimizer=opt.opt.state_dict(), scheduler=sched.state_dict() if sched else None,
+                data=loader.state_dict(), nonfinite_total=nonfinite_total, nonfinite_run=nonfinite_run,
+                extra={"swarm_run_id": run_id, "peer_id": me})
+            return checkpoint.save(run_dir, model, state, cfg.keep_checkpoints)
+
+        swarm_info = {"run_id": run_id, "peer_id": me, "target_batch_size": target,
                       "settings": settings.model_dump(mode="json"), "resumed_from": resumed_from,
-                      "lora_params": n_lora, "total_params": n_total,
-                      "bytes_per_round_2peers": {
-                          "lora": bytes_per_round(params, 2),
-                          "lora_powersgd": bytes_per_round(params, 2, settings.power_sgd_rank)
-                          if settings.power_sgd_rank else None,
-                          "full": bytes_per_round(list(model.parameters()), 2)}},
-        }
-        atomic_write_json(run_dir / "run.json", info)
-        metrics_path = run_dir / "metrics.jsonl"
-        if not resume and metrics_path.exists():
-            metrics_path.unlink()
+                      **_wire_costs(model, params, settings.power_sgd_rank)}
+        record = run_json_for(prep, "running", {}, swarm=swarm_info)
+        runfolder.write_run_json(run_dir, record)
+
+        log_file = runfolder.MetricsLog(run_dir)
+        if ckpt is not None:
+            history = log_file.keep_until(resumed_from)  # steps after the checkpoint run again
+            val_start = next((r["val_loss"] for r in history if r.get("step") == 0 and "val_loss" in r), None)
+            last_val = next((r["val_loss"] for r in reversed(history) if r.get("val_loss") is not None), val_start)
+        else:
+            log_file.reset()
+            val_start = last_val = validation_loss(model, val_batches, cfg)
+            log_file.append({"step": 0, "val_loss": val_start})
 
         metrics = _Metrics(dht, run_id, key, settings,
                            on_lost=lambda pid: job.report("degraded", f"swarm {run_id}: lost peer {pid[-8:]}, going on"))
-        val_start = _val_loss(model, val_batches)
-        metrics.update(state="running", epoch=opt.local_epoch, val_loss=val_start, loss=None,
+        metrics.update(state="running", epoch=opt.local_epoch, val_loss=last_val, loss=None,
                        tokens_per_s=0.0, peers=1, rounds=0, nan_skips=0)
         metrics.publish_now()
         metrics.start()
@@ -379,10 +334,10 @@ def run_peer(
             metrics.wait_for_peers(settings.min_peers, settings.wait_for_peers_s)
 
         model.train()
-        nan_skips = consecutive_bad = local_steps = catch_ups = 0
+        local_steps = catch_ups = 0
         window_loss: list[float] = []
         tokens, t0 = 0, time.monotonic()
-        last_val = val_start
+        status, message = "done", ""
         deadline = (time.monotonic() + cfg.max_time_s) if cfg.max_time_s else math.inf
         bar = None
         if progress:
@@ -397,22 +352,21 @@ def run_peer(
             local_steps += 1
             if settings.inject_nan_every and local_steps % settings.inject_nan_every == 0:
                 loss = loss * float("nan")
-            if not torch.isfinite(loss):
+            finite = bool(torch.isfinite(loss))
+            if finite:
+                loss.backward()
+                finite = all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
+            if not finite:
                 # Skip here, never send it: the others must not see a NaN gradient.
-                nan_skips += 1
-                consecutive_bad += 1
+                nonfinite_total += 1
+                nonfinite_run += 1
                 opt.zero_grad()
-                log.warning("non-finite loss on this peer (step %d): skipping the batch", opt.local_epoch)
-                if consecutive_bad >= cfg.max_nonfinite:
-                    raise GtExtError(f"{consecutive_bad} non-finite losses in a row on this peer: stopping it")
+                log.warning("non-finite loss/gradient on this peer (step %d): batch skipped", opt.local_epoch)
+                if nonfinite_run >= cfg.max_nonfinite:
+                    status, message = "failed", nonfinite_stop_message(nonfinite_run, opt.local_epoch)
+                    break
                 continue
-            loss.backward()
-            if not all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
-                nan_skips += 1
-                consecutive_bad += 1
-                opt.zero_grad()
-                continue
-            consecutive_bad = 0
+            nonfinite_run = 0
             if o.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
             rows = int(batch["input_ids"].shape[0])
@@ -433,49 +387,53 @@ def run_peer(
                     job.report("syncing", f"swarm {run_id}: averaging with {peers - 1} other peer(s)")
                 row: dict[str, Any] = {"step": step, "loss": sum(window_loss) / len(window_loss),
                                        "lr": opt.opt.param_groups[0]["lr"], "tokens_per_s": tps,
-                                       "peers": peers, "nan_skips": nan_skips,
+                                       "peers": peers, "nan_skips": nonfinite_total,
                                        "elapsed_s": time.monotonic() - t0}
                 window_loss = []
-                if cfg.eval_every and step % cfg.eval_every == 0:
-                    last_val = row["val_loss"] = _val_loss(model, val_batches)
-                with open(metrics_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(row) + "\n")
+                if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps:
+                    last_val = row["val_loss"] = validation_loss(model, val_batches, cfg)
+                log_file.append(row)
                 metrics.update(epoch=step, loss=row["loss"], tokens_per_s=tps, peers=peers, rounds=step,
-                               nan_skips=nan_skips, val_loss=last_val)
+                               nan_skips=nonfinite_total, val_loss=last_val)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
-                    _write_checkpoint(run_dir, step, model, opt, loader, cfg.keep_checkpoints)
+                    save_checkpoint(step)
+                for cb in callbacks or []:
+                    cb(step, row)
                 if bar is not None:
                     bar.update(step - bar.n)
         if bar is not None:
             bar.close()
 
-        val_end = _val_loss(model, val_batches)
+        val_end = validation_loss(model, val_batches, cfg)
         elapsed = time.monotonic() - t0
-        save_adapter(model, run_dir / "adapter")
-        _write_checkpoint(run_dir, opt.local_epoch, model, opt, loader, cfg.keep_checkpoints)
+        if status != "failed":
+            save_adapter(model, run_dir / runfolder.ADAPTER)
+        save_checkpoint(opt.local_epoch)
         metrics.publish_now()  # last look for lost peers
         lost = sorted(metrics.lost)
-        if opt.local_epoch >= cfg.max_steps:
-            status = "degraded" if lost else "done"
-        else:  # cut by max_time_s or a stop request: resumable from the checkpoint just written
-            status = "stopped"
-        info["metrics"] = {"val_loss_start": val_start, "val_loss_end": val_end, "steps": opt.local_epoch,
-                           "tokens_per_s": tokens / max(elapsed, 1e-9), "local_batches": local_steps,
-                           "nan_skips": nan_skips, "catch_ups": catch_ups, "lost_peers": len(lost),
-                           "peers_seen": len(metrics.seen) + 1}
-        info["status"] = status
+        if status != "failed":
+            if opt.local_epoch >= cfg.max_steps:
+                status = "degraded" if lost else "done"
+            else:  # cut by max_time_s or a stop request: resumable from the checkpoint just written
+                status = "stopped"
+        run_metrics = {"val_loss_start": val_start, "val_loss_end": val_end, "steps": opt.local_epoch,
+                       "tokens_per_s": tokens / max(elapsed, 1e-9), "nonfinite_steps": nonfinite_total,
+                       "local_batches": local_steps, "nan_skips": nonfinite_total, "catch_ups": catch_ups,
+                       "lost_peers": len(lost), "peers_seen": len(metrics.seen) + 1}
+        if message:
+            run_metrics["message"] = message
+        record = run_json_for(prep, status, run_metrics, swarm=swarm_info)
         metrics.update(state="done", val_loss=val_end, epoch=opt.local_epoch)
         metrics.publish_now()
-        if metrics_path.exists():
-            _plot(metrics_path, run_dir / "loss.png")
-        return info
+        runfolder.plot_losses(log_file.read(), run_dir / runfolder.PLOT)
+        return record
     except BaseException:
-        if info:
-            info["status"] = "failed"
+        if record:
+            record["status"] = "failed"
         raise
     finally:
-        if info:
-            atomic_write_json(run_dir / "run.json", info)
+        if record:
+            runfolder.write_run_json(run_dir, record)
         if metrics is not None:
             metrics.stop()
         job.close()
@@ -485,4 +443,3 @@ def run_peer(
             except Exception as e:  # shutdown of a half-dead averager must not mask the real error
                 log.debug("optimizer shutdown: %s", e)
         dht.shutdown()
-

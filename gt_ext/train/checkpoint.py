@@ -24,14 +24,15 @@ import logging
 import os
 import pickle
 import random
+import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gt_ext.atomic import atomic_dir
 from gt_ext.errors import GtExtError
 
 log = logging.getLogger(__name__)
@@ -122,19 +123,10 @@ def save(run_dir: str | os.PathLike, model: Any, state: TrainerState, keep: int)
     """Write `checkpoints/step-<state.step>/` atomically (temp folder + rename); keep the newest `keep`."""
     from gt_ext.train.lora import save_adapter
 
-    root = checkpoints_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{state.step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{state.step}.", dir=root))
-    try:
+    final = checkpoints_dir(run_dir) / f"step-{state.step}"
+    with atomic_dir(final) as tmp:
         save_adapter(model, tmp / ADAPTER_DIR)
         torch.save({"format": FORMAT, **asdict(state)}, tmp / STATE_FILE)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     log.info("checkpoint %s", final)
@@ -149,8 +141,13 @@ def read_state(path: str | os.PathLike) -> TrainerState:
     try:
         raw = torch.load(f, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise GtExtError(f"{f}: not a checkpoint this version can read safely ({first}); "
+        # torch explains at length (with terminal colour codes) how to load it unsafely; the
+        # user needs what was in the file, on one line.
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+        bad = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        why = (f"it holds pickled code ({bad.group(1)}), which is never run" if bad
+               else " ".join(text.split())[:160] or type(e).__name__)
+        raise GtExtError(f"{f}: not a checkpoint this version can read safely: {why}; "
                          "start the run again without --resume") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise GtExtError(f"{f}: checkpoint format {raw.get('format') if isinstance(raw, dict) else '?'}, "

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
 
 from gt_ext.errors import GtExtError
 
@@ -26,7 +27,29 @@ app = typer.Typer(
 )
 
 
-@app.callback()
+def _epilog() -> str:
+    from rich.markup import escape
+
+    from gt_ext.train.config import config_help
+
+    return escape("Config keys (KEY=VALUE overrides, or a --config YAML/TOML with the same nesting), with "
+                  "their defaults:\n\n" + config_help())
+
+
+class _TrainCommand(TyperGroup):
+    """`gt-ext train`, whose --help lists the config keys: built only when help is shown, so that
+    every other `gt-ext` / `gt` call does not import the config model."""
+
+    @property
+    def epilog(self) -> str:  # read by typer's help formatter
+        return _epilog()
+
+    @epilog.setter
+    def epilog(self, _value: str | None) -> None:
+        pass
+
+
+@app.callback(cls=_TrainCommand)
 def train(
     overrides: list[str] = typer.Argument(None, metavar="[KEY=VALUE]...", help="config overrides, e.g. optim.lr=1e-4 lora.r=16"),
     role: str = typer.Option(..., "--role", help="Gas Town role, e.g. witness"),
@@ -38,9 +61,26 @@ def train(
     dry_run: bool = typer.Option(False, "--dry-run", help="validate config and data, print token counts, train nothing"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+    backend: str = typer.Option("local", "--backend", help="local (one process) or pipeline (node0 stages, docs/pipeline.md)"),
+    stages: int = typer.Option(None, "--stages", help="pipeline: start this many local stage servers (unless --initial-peers)"),
+    run_name: str = typer.Option(None, "--run", help="pipeline: run name the stages were started with"),
+    initial_peers: list[str] = typer.Option(None, "--initial-peers", help="pipeline: multiaddr of a running stage (repeatable)"),
+    swarm_key: Path = typer.Option(None, "--swarm-key", help="pipeline: swarm key file (or $GT_SWARM_KEY_FILE)"),
+    compression_rate: int = typer.Option(None, "--compression-rate", help="pipeline, local stages: node0 activation compression"),
+    subspace: Path = typer.Option(None, "--subspace", help="pipeline, local stages: subspace file for compression"),
+    node0: Path = typer.Option(None, "--node0", help="pipeline, local stages: node0 checkout (default $NODE0_PATH)"),
 ) -> None:
     """Train an adapter: `gt-ext train --role R --corpus DIR [--task T] [--config F] [--out RUN_DIR] [k=v ...]`."""
+    if not progress:
+        from gt_ext.quiet import quiet_libraries
+
+        quiet_libraries()  # before the heavy imports: no weight-loading bars, no library warnings
     from gt_ext.train.run import prepare, run_training
+
+    if backend not in ("local", "pipeline"):
+        raise GtExtError(f"--backend {backend!r}: use local or pipeline")
+    if backend == "pipeline" and not stages and not initial_peers:
+        raise GtExtError("--backend pipeline needs --stages N (local stage servers) or --initial-peers ADDR (running ones)")
 
     prepared = prepare(role, corpus, task, config, list(overrides or []))
     if dry_run:
@@ -62,7 +102,14 @@ def train(
         if resume:
             raise GtExtError("--resume needs --out RUN_DIR")
         out = home_dir() / "runs" / f"{role}{'-' + task if task else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
-    final = run_training(prepared, out, resume=resume, progress=progress)
+    if backend == "pipeline":
+        from gt_ext.pipeline.trainer import pipeline_settings, run_pipeline_training
+
+        settings = pipeline_settings(out, run_name or role, stages, initial_peers or [], swarm_key,
+                                     compression_rate, subspace, node0)
+        final = run_pipeline_training(prepared, out, settings, resume=resume, progress=progress)
+    else:
+        final = run_training(prepared, out, resume=resume, progress=progress)
     m = final["metrics"]
     if as_json:
         print(json.dumps({"run_dir": str(out), **final}, indent=2))

@@ -338,6 +338,16 @@ class BatchLoader:
         self.index += 1
         return _rows_to_batch(self.items, rows, self.pad_id, split_pairs=not self.pack)
 
+    def advance(self, n: int) -> None:
+        """Skip `n` micro-batches without building them (as `n` calls of `next_batch` would)."""
+        for _ in range(n):
+            if self._plan is None:
+                self._plan = self._epoch_plan(self.epoch)
+            if self.index >= len(self._plan):
+                self.epoch, self.index = self.epoch + 1, 0
+                self._plan = self._epoch_plan(self.epoch)
+            self.index += 1
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while True:
             yield self.next_batch()

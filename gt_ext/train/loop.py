@@ -70,6 +70,40 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     return f
 
 
+def pad_id(tokenizer: Any) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its EOS (padding never
+    carries loss, so any id works; EOS keeps it a token the model knows)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+@torch.no_grad()
+def validation_loss(model: Any, batches: list[dict[str, Any]], cfg: TrainConfig) -> float | None:
+    """Token-weighted mean NLL (SFT) or pair-weighted DPO loss over fixed batches; None without any."""
+    if not batches:
+        return None
+    was_training = model.training
+    model.eval()
+    # Accumulate on the model's device (float64): one host sync at the end, not one per batch.
+    device = next(model.parameters()).device
+    num, den = torch.zeros((), dtype=torch.float64, device=device), 0
+    for b in batches:
+        if cfg.mode == "sft":
+            s, n = losses.sft_loss_sum(model, b)
+            num, den = num + s.double(), den + n
+        else:
+            loss, _ = losses.dpo_batch_loss(model, b, cfg.dpo.beta)
+            n = b["n_examples"] // 2
+            num, den = num + loss.double() * n, den + n
+    model.train(was_training)
+    return float(num) / max(den, 1)
+
+
+def nonfinite_stop_message(in_a_row: int, step: int) -> str:
+    """Why a run stopped on non-finite losses (the same words for every trainer)."""
+    return (f"stopped after {in_a_row} non-finite steps in a row at step {step} "
+            f"(lower optim.lr or check the data); checkpoint saved")
+
+
 def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     """(peak MiB, what was measured): CUDA's peak allocated memory, or this process's peak RSS."""
     if device.type == "cuda":
@@ -97,7 +131,10 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.progress = progress
         self.callbacks = list(callbacks or [])
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        # Set (to the signal's name) by run_training's SIGTERM handler: the loop stops after the
+        # step in flight, with a checkpoint, as `stopped`.
+        self.stop_requested: str | None = None
+        pad = pad_id(tokenizer)
         d = cfg.data
         self.loader = BatchLoader(train_items, d.batch_size, d.pack, d.pack_length, d.seed, pad)
         self.val_batches = fixed_batches(val_items, d.batch_size, d.pack, d.pack_length, pad) if val_items else []
@@ -170,24 +207,9 @@ class Trainer:
                 extra[k] = extra.get(k, 0.0) + v * w
         return value, extra
 
-    @torch.no_grad()
     def evaluate(self) -> float | None:
-        """Validation loss: token-weighted mean NLL (SFT) or pair-weighted DPO loss."""
-        if not self.val_batches:
-            return None
-        was_training = self.model.training
-        self.model.eval()
-        num, den = torch.zeros((), dtype=torch.float64, device=self.device), 0
-        for b in self.val_batches:
-            if self.cfg.mode == "sft":
-                s, n = losses.sft_loss_sum(self.model, b)
-                num, den = num + s.double(), den + n
-            else:
-                loss, _ = losses.dpo_batch_loss(self.model, b, self.cfg.dpo.beta)
-                n = b["n_examples"] // 2
-                num, den = num + loss.double() * n, den + n
-        self.model.train(was_training)
-        return float(num) / max(den, 1)
+        """Validation loss over the fixed validation batches (see `validation_loss`)."""
+        return validation_loss(self.model, self.val_batches, self.cfg)
 
     # -- checkpoints (format: gt_ext.train.checkpoint) --------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -302,8 +324,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{ntok / dt:.0f}")
                 if self.nonfinite_run >= cfg.max_nonfinite:
                     status = "failed"
-                    message = (f"stopped after {self.nonfinite_run} non-finite steps in a row at step {self.step} "
-                               f"(lower optim.lr or check the data); checkpoint saved")
+                    message = nonfinite_stop_message(self.nonfinite_run, self.step)
                     self.save_checkpoint()
                     break
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and not last:
@@ -312,6 +333,15 @@ class Trainer:
                     cb(self.step, rec)
                 over_wall = cfg.max_time_s is not None and time.perf_counter() - started > cfg.max_time_s
                 over_cpu = cfg.max_cpu_s is not None and time.process_time() - cpu_started > cfg.max_cpu_s
+                if self.stop_requested and not last:
+                    # Asked to stop (SIGTERM: gt or tmux ending the session): quickly, with a
+                    # checkpoint, as `stopped`; --resume continues.
+                    status = "stopped"
+                    message = (f"stopped by {self.stop_requested} at step {self.step} of {cfg.max_steps}; "
+                               f"checkpoint saved, --resume continues")
+                    log.info(message)
+                    self.save_checkpoint()
+                    break
                 if (over_wall or over_cpu) and not last:
                     # Not done: the run stops with a checkpoint and resumes from it (--resume).
                     kind = "wall" if over_wall else "CPU"

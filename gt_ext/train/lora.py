@@ -4,7 +4,8 @@ Public API (stable; the swarm loop builds on it):
 
     load_base_for_training(cfg) -> (model, tokenizer)   # base (+ role adapter merged) with a fresh LoRA
     lora_for_training(model, cfg, device, dtype) -> PeftModel   # the same for a model already loaded
-    add_lora(model, lora_settings) -> PeftModel          # trainable LoRA, everything else frozen
+    add_lora(model, lora_settings, seed=None) -> PeftModel  # trainable LoRA, everything else frozen
+    init_lora_by_name(model, seed)                       # LoRA A from (seed, module name): split-invariant
     apply_role_adapter(model, role_adapter_dir) -> model # base + role LoRA merged: a role model
     trainable_parameters(model) -> list[Parameter]
     save_adapter(model, folder)                          # PEFT save_pretrained, atomic (temp dir + rename)
@@ -14,11 +15,18 @@ A role model is base + role LoRA. A task adapter trains on top of the role model
 LoRA merged into the frozen weights, and is saved as its own PEFT folder. Because LoRA deltas add
 (W + dW_role + dW_task), serving can stack the two adapter files on the base model and get the
 same function.
+
+With a seed, LoRA A of every adapted module is drawn from a generator seeded by (seed, the module's
+name in the base model, e.g. `model.layers.3.self_attn.q_proj`), not from the global RNG stream.
+The initial adapter is then the same whether one process wraps the whole model or pipeline stages
+each wrap their own layers (gt_ext.pipeline).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -34,8 +42,33 @@ from gt_ext.train.config import LoraSettings, TrainConfig
 log = logging.getLogger(__name__)
 
 
-def add_lora(model: Any, lora: LoraSettings) -> Any:
-    """Wrap `model` with a trainable LoRA adapter; base weights are frozen."""
+def base_module_name(name: str) -> str:
+    """A module's name in the bare base model: PEFT's `base_model.model.` prefix removed."""
+    prefix = "base_model.model."
+    return name[len(prefix):] if name.startswith(prefix) else name
+
+
+def init_lora_by_name(model: Any, seed: int) -> None:
+    """Re-draw every LoRA A (kaiming-uniform, as PEFT does) from a generator seeded by (seed, the
+    module's base-model name), and zero every LoRA B, so the initial adapter does not depend on
+    which other modules the same process wrapped."""
+    for name, module in model.named_modules():
+        lora_a = getattr(module, "lora_A", None)
+        if not isinstance(lora_a, torch.nn.ModuleDict):
+            continue
+        digest = hashlib.sha256(f"{seed}/{base_module_name(name)}".encode()).digest()
+        gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") & (2**63 - 1))
+        with torch.no_grad():
+            for adapter, a in lora_a.items():
+                w = torch.empty(a.weight.shape, dtype=torch.float32)
+                torch.nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=gen)
+                a.weight.copy_(w)
+                module.lora_B[adapter].weight.zero_()
+
+
+def add_lora(model: Any, lora: LoraSettings, seed: int | None = None) -> Any:
+    """Wrap `model` with a trainable LoRA adapter; base weights are frozen. With `seed`, the adapter's
+    initial weights come from `init_lora_by_name` (the same for any split of the model)."""
     from peft import LoraConfig, get_peft_model
 
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
@@ -50,17 +83,24 @@ def add_lora(model: Any, lora: LoraSettings) -> Any:
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, cfg)
+    peft_model = get_peft_model(model, cfg)
+    if seed is not None:
+        init_lora_by_name(peft_model, seed)
+    return peft_model
 
 
-def apply_role_adapter(model: Any, role_adapter_dir: str | Path) -> Any:
-    """Merge a role LoRA folder into `model`'s weights and return the plain (merged) model."""
+def apply_role_adapter(model: Any, role_adapter: str | Path) -> Any:
+    """Merge a role LoRA into `model`'s weights and return the plain (merged) model.
+
+    `role_adapter` is a registry ref `name:ver` or an adapter/run/export folder; its own parent
+    stack (if any) goes in first (`gt_ext.models.refs.parent_stack`)."""
     from peft import PeftModel
 
-    folder = Path(role_adapter_dir)
-    if not (folder / "adapter_config.json").is_file():
-        raise GtExtError(f"role adapter {folder}: no adapter_config.json (expected a PEFT adapter folder)")
-    return PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    from gt_ext.models.refs import parent_stack
+
+    for folder in parent_stack(str(role_adapter), f"role adapter {role_adapter}"):
+        model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    return model
 
 
 def load_base_for_training(cfg: TrainConfig) -> tuple[Any, Any]:
@@ -85,7 +125,7 @@ def lora_for_training(model: Any, cfg: TrainConfig, device: Any, dtype: str) -> 
 
     model.config.use_cache = False
     torch.manual_seed(cfg.seed)
-    peft_model = add_lora(model, cfg.lora)
+    peft_model = add_lora(model, cfg.lora, seed=cfg.seed)
     peft_model._gt_setup = accel.prepare(peft_model, cfg, device, dtype)
     return peft_model
 

@@ -5,6 +5,7 @@ Public API (stable; the swarm loop builds on it):
     sft_loss_sum(model, batch) -> (sum of token NLL [scalar tensor], n_target_tokens: int)
     sft_loss(model, batch) -> mean NLL over assistant tokens
     sequence_logps(model, batch) -> [n_examples] summed log-prob of each example's target tokens
+    per_example_sums(token_logps, example_ids, n) -> [n] the same reduction from given log-probs
     reference_logps(model, batch) -> same, no grad, LoRA adapters disabled (the reference policy)
     dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta) -> (loss, metrics)
     dpo_batch_loss(model, batch, beta, ref=None) -> (loss, metrics)
@@ -130,11 +131,17 @@ def sft_loss(model: Any, batch: dict[str, Any]) -> torch.Tensor:
     return total / max(n, 1)
 
 
+def per_example_sums(logp: torch.Tensor, example_ids: torch.Tensor, n_examples: int) -> torch.Tensor:
+    """Per-token log-probs [N] summed per example id -> [n_examples] (a pipeline's tail gives
+    per-token log-probs; this is the same reduction as `sequence_logps`)."""
+    out = torch.zeros(n_examples, dtype=logp.dtype, device=logp.device)
+    return out.index_add(0, example_ids, logp)
+
+
 def sequence_logps(model: Any, batch: dict[str, Any]) -> torch.Tensor:
     """Summed target log-probs per example, [n_examples] (example order as in the batch)."""
     logp, ex = _target_logps(model, batch)
-    out = torch.zeros(batch["n_examples"], dtype=logp.dtype, device=logp.device)
-    return out.index_add(0, ex, logp)
+    return per_example_sums(logp, ex, batch["n_examples"])
 
 
 def reference_logps(model: Any, batch: dict[str, Any]) -> torch.Tensor:

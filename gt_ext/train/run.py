@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gt_ext.corpus import shards
 from gt_ext.errors import GtExtError
+from gt_ext.models.refs import parent_ref
 from gt_ext.roles import check_role, check_task
 from gt_ext.train import runfolder
 from gt_ext.train.config import TrainConfig, config_to_dict, load_config
@@ -41,6 +46,7 @@ class Prepared:
     train_stats: RenderStats
     val_stats: RenderStats
     val_from_train: bool = False
+    parent: str | None = None  # run.json `parent`: the role adapter as name:ver or absolute folder
 
     def summary(self) -> dict[str, Any]:
         """What `--dry-run` prints: partition, counts, token totals, truncations."""
@@ -69,14 +75,17 @@ def prepare(
     task: str | None = None,
     config_path: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    cfg: TrainConfig | None = None,
 ) -> Prepared:
-    """Validate role/task/config/corpus and render the partition; raise `GtExtError` on bad input."""
+    """Validate role/task/config/corpus and render the partition; raise `GtExtError` on bad input.
+    `cfg` (an already loaded config) replaces `config_path` + `overrides`."""
     from gt_ext.models import load_tokenizer
 
     check_role(role)
     if task is not None:
         check_task(task)
-    cfg = load_config(config_path, overrides)
+    cfg = cfg if cfg is not None else load_config(config_path, overrides)
+    parent = parent_ref(cfg.role_adapter)  # a missing role adapter fails here, before any model loads
     corpus = Path(corpus)
     if not corpus.is_dir():
         raise GtExtError(f"corpus folder {corpus} not found (make one with `gt-ext corpus export --out DIR`)")
@@ -102,16 +111,58 @@ def prepare(
         train = [t for i, t in enumerate(train) if i in keep]
         held_out = True
         log.warning("%s: no val split; holding out %d train examples for validation", part, n)
-    return Prepared(role, task, corpus, corpus_hash, cfg, tok, train, val, tstats, vstats, held_out)
+    return Prepared(role, task, corpus, corpus_hash, cfg, tok, train, val, tstats, vstats, held_out, parent)
 
 
-def _run_json(p: Prepared, status: str, metrics: dict[str, Any]) -> dict[str, Any]:
+def run_json_for(p: Prepared, status: str, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """run.json of a prepared run (any trainer: `extra` adds e.g. the swarm's own keys)."""
     cfg = p.cfg
     return runfolder.run_record(
         role=p.role, task=p.task, config=config_to_dict(cfg), corpus=p.corpus, corpus_hash=p.corpus_hash,
         examples=len(p.train) if cfg.mode == "sft" else 0, dpo_pairs=len(p.train) if cfg.mode == "dpo" else 0,
         lora={"r": cfg.lora.r, "alpha": cfg.lora.alpha, "targets": list(cfg.lora.targets)},
-        metrics=metrics, status=status, parent=cfg.role_adapter, truncated=p.train_stats.truncated)
+        metrics=metrics, status=status, parent=p.parent, truncated=p.train_stats.truncated, **extra)
+
+
+class _StopFlag:
+    """What the SIGTERM handler sets: on the trainer when there is one, else remembered for it."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._trainer: Any = None
+
+    @property
+    def trainer(self) -> Any:
+        return self._trainer
+
+    @trainer.setter
+    def trainer(self, t: Any) -> None:
+        self._trainer = t
+        t.stop_requested = t.stop_requested or self.signal
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[_StopFlag]:
+    """SIGTERM (gt killing a session, `timeout`, a scheduler) stops the run after the step in flight,
+    with a checkpoint and status `stopped`, instead of leaving run.json `running`. A second
+    SIGTERM ends the process at once. Only in the main thread (signal handlers live there)."""
+    flag = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def on_term(signum: int, _frame: Any) -> None:
+        flag.signal = signal.Signals(signum).name
+        if flag.trainer is not None:
+            flag.trainer.stop_requested = flag.signal
+        log.warning("%s: stopping after the current step (send it again to stop at once)", flag.signal)
+        signal.signal(signum, previous)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_training(p: Prepared, out: str | Path, resume: bool = False, progress: bool = True, callbacks=None) -> dict[str, Any]:
@@ -122,14 +173,16 @@ def run_training(p: Prepared, out: str | Path, resume: bool = False, progress: b
     out = Path(out)
     runfolder.check_new_or_resumable(out, config_to_dict(p.cfg), resume)
     out.mkdir(parents=True, exist_ok=True)
-    runfolder.write_run_json(out, _run_json(p, "running", {}))
-    model, _ = load_base_for_training(p.cfg)
-    trainer = Trainer(p.cfg, model, p.tokenizer, p.train, p.val, out, progress=progress, callbacks=callbacks)
-    try:
-        result = trainer.train(resume=resume)
-    except BaseException:
-        runfolder.write_run_json(out, _run_json(p, "failed", {"steps": trainer.step}))
-        raise
+    runfolder.write_run_json(out, run_json_for(p, "running", {}))
+    with stop_on_sigterm() as stop:
+        model, _ = load_base_for_training(p.cfg)
+        trainer = Trainer(p.cfg, model, p.tokenizer, p.train, p.val, out, progress=progress, callbacks=callbacks)
+        stop.trainer = trainer
+        try:
+            result = trainer.train(resume=resume)
+        except BaseException:
+            runfolder.write_run_json(out, run_json_for(p, "failed", {"steps": trainer.step}))
+            raise
     metrics = {
         "val_loss_start": result.val_loss_start,
         "val_loss_end": result.val_loss_end,
@@ -144,6 +197,6 @@ def run_training(p: Prepared, out: str | Path, resume: bool = False, progress: b
     }
     if result.message:
         metrics["message"] = result.message
-    final = _run_json(p, result.status, metrics)
+    final = run_json_for(p, result.status, metrics)
     runfolder.write_run_json(out, final)
     return final

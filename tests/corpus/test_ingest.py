@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from gt_ext.corpus.format import render_tool_call
@@ -24,6 +26,7 @@ def _ingest(store, msgs, key="k1", h="h1", **tags):
     ing = Ingestor(store, scrubber=Scrubber(extra_usernames=()))
     with store.tx():
         r = ing.ingest(msgs, Tags(**tags), Source("claude-jsonl", key, h))
+    ing.finish()
     return r
 
 
@@ -72,6 +75,30 @@ def test_uncertain_finding_quarantines(store):
     assert "high_entropy_string" in store.get(qid).reason
 
 
+def test_quarantined_text_keeps_no_verbatim_secret(store):
+    """Issue #20: a quarantined example kept its suspected secret verbatim in corpus.db."""
+    import stat
+
+    from gt_ext.corpus.seal import Sealer, unseal
+
+    value = "Zm9vYmFyYmF6cXV4cXV1eDEyMzQ1Njc4OTBhYmNkZWZnaGlqaw"
+    r = _ingest(store, _msgs(extra=f'blob = "{value}" and token ghp_{"a1B2" * 9}'), role="witness")
+    [qid] = r.inserted["quarantined"]
+    ex = store.get(qid)
+    text = json.dumps(ex.messages)
+    assert value not in text and "<SEALED:high_entropy_string:0>" in text and "<SECRET:github_token>" in text
+    store.db.execute("PRAGMA wal_checkpoint(FULL)")
+    for f in store.root.glob("corpus.db*"):  # not in the database file, its WAL, anywhere
+        assert value.encode() not in f.read_bytes(), f
+    sealed = store.sealed(qid)
+    assert [s.placeholder for s in sealed.values()] == [None]
+    key = store.root / "quarantine.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert value in unseal(text, sealed, Sealer(store.root))
+    store.delete(qid)
+    assert store.sealed(qid) == {}
+
+
 def test_retag_when_bead_link_arrives_later(store):
     _ingest(store, _msgs(), role="witness", session="s9")
     _ingest(store, _msgs(), role="witness", session="s9", bead="dm-7", outcome="failure")
@@ -114,3 +141,18 @@ def test_anomalous_batch_goes_to_review(store):
     flags = batch.finish()
     assert flags and "violation_rate" in flags[0]
     assert store.count(status="review") == 8 and store.count(status="active") == 60
+
+
+def test_unquoted_token_and_export_secret_never_reach_a_shard(store, tmp_path):
+    """Issue #20: both were stored active and exported verbatim."""
+    from gt_ext.corpus.shards import write_shards
+
+    tok = "Zp3Kq9Lm2Xv8Rt5Wb1Nc7Hd4Jf6Gs0Ya2Ue9Io3Qw"
+    msgs = _msgs(cmd=f"export MY_SECRET=hunter2x && ./deploy.sh {tok}",
+                 extra=f"The job logged `worker ready, key {tok}`.")
+    [ex_id] = _ingest(store, msgs, role="witness", rig="demo", outcome="success", session="s9").inserted["active"]
+    text = str(store.get(ex_id).messages)
+    assert tok not in text and "hunter2x" not in text
+    write_shards(store, tmp_path / "out", all_rigs=True)
+    shards = "".join(p.read_text() for p in (tmp_path / "out").rglob("*.jsonl"))
+    assert "MY_SECRET=<SECRET:" in shards and tok not in shards and "hunter2x" not in shards

@@ -99,7 +99,79 @@ def test_rescan_quarantines_what_new_detectors_find(tmp_path):
     with Store.open(tmp_path / "c") as st:
         [q] = st.query(status="quarantined")
         assert q.role == "crew" and "aws_access_key" in q.reason and key not in q.reason
+        assert key not in json.dumps(q.messages) and "<SEALED:aws_access_key:0>" in json.dumps(q.messages)
         assert st.count(status="active") == 1 and not detectors_changed(st)
         assert st.get_meta(META_KEY) == detectors_fingerprint(Scrubber())
         rep = rescan(st, force=True)
         assert rep["rescanned"] == 1 and rep["quarantined"] == 0
+    # Released, a certain hit goes back as its placeholder, never as the value.
+    assert main(["corpus", "--store", str(tmp_path / "c"), "quarantine", "release", q.id]) == 0
+    with Store.open(tmp_path / "c") as st:
+        text = json.dumps(st.get(q.id).messages)
+        assert key not in text and "AWS_ACCESS_KEY_ID=<SECRET:aws_access_key>" in text
+
+
+# --- issue #20: credentials by name and layout, unquoted tokens ---------------------------------
+import pytest  # noqa: E402
+
+from gt_ext.corpus.planted import credential_families, decoy_families  # noqa: E402
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_credential_family_leaves_no_value(seed):
+    s = Scrubber(extra_usernames=())
+    fams = credential_families(seed)
+    assert {f for f, _t, _v in fams} >= {"shell_log_token", "env_assignment", "docker_config", "npmrc", "pypirc", "netrc",
+                                          "git_credentials", "kubeconfig", "cloud_cli", "dotenv", "private_key", "jwt"}
+    for fam, text, values in fams:
+        r = s.scrub(text)
+        assert not r.quarantine, f"{fam}: certain formats must be replaced, not quarantined: {r.findings}"
+        for v in values:
+            assert v not in r.text, f"{fam}: {v[:6]}... survived:\n{r.text}"
+        assert s.scrub(r.text).text == r.text  # idempotent
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_decoy_families_stay_intact(seed):
+    s = Scrubber(extra_usernames=())
+    for fam, text in decoy_families(seed):
+        r = s.scrub(text)
+        assert r.findings == [], f"{fam}: flagged {[(f.type, text[f.start:f.end]) for f in r.findings]}"
+        assert r.text == text
+
+
+def test_the_reported_leaks_are_replaced():
+    """The two lines from the issue that were stored active and exported."""
+    tok = "Qm8xT2vR9pL4kW7nZ1bY5cH3jD6fG0sAe2uI7oK9x3"  # 42 random characters, no quotes around it
+    assert len(tok) == 42
+    r = scrub_text(f"2026-12-04 10:00:01 INFO connected with {tok} to the queue")
+    assert tok not in r.text and "<SECRET:high_entropy_token>" in r.text and not r.quarantine
+    r = scrub_text("$ export MY_SECRET=value\n$ NAME=alice ./run.sh")
+    assert "MY_SECRET=<SECRET:" in r.text and "value" not in r.text
+    assert "NAME=alice" in r.text  # a name that says nothing secret keeps its value
+
+
+def test_code_and_prose_near_secret_words_are_not_findings():
+    s = Scrubber(extra_usernames=())
+    for line in ("api = create_app(gen, token=token, max_batch=4)", "items.sort(key=lambda r: r.id)",
+                 "key: str", "token = get_token(session)", "the password reset mail goes out hourly",
+                 'META_KEY = "scrub_detectors"', '{"pass": "merge", "fail": "fix-needed"}',
+                 "docker login --password-stdin ghcr.io", "gt-ext train --max-steps 200 --token-budget 4000"):
+        assert s.scan(line) == [], line
+
+
+def test_sample_town_lines_are_not_flagged_by_the_new_rules():
+    from gt_ext.corpus import credentials
+    from gt_ext.corpus.sample_town import generate
+
+    text = "\n".join(m["content"] for sess in generate(0, witness=10, per_role=3) for m in sess.messages)
+    assert list(credentials.find(text)) == []
+
+
+def test_base64_pem_blocks_key_is_secret_certificate_is_not():
+    import base64
+
+    key = base64.b64encode(b"-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAx4\n-----END RSA PRIVATE KEY-----\n").decode()
+    cert = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nMIIDBTCCAe2gAwIBAgIQ\n-----END CERTIFICATE-----\n").decode()
+    r = scrub_text(f"blob {key}\nca {cert}")
+    assert key not in r.text and cert in r.text

@@ -50,7 +50,7 @@ def test_bad_corpus_inputs(tmp_path):
         list(contamination.corpus_texts(tmp_path / "empty"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
-    with pytest.raises(GtExtError, match="bad.jsonl:1: not valid JSON"):
+    with pytest.raises(GtExtError, match="bad.jsonl:1: invalid JSON"):
         list(contamination.corpus_texts(bad))
     with pytest.raises(GtExtError, match="max-overlap"):
         contamination.check_texts({"a": "x"}, ["y"], max_overlap=2)

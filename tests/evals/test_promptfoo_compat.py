@@ -38,13 +38,18 @@ def _ours(engine="auto"):
     return st, res
 
 
+def _expected() -> list[dict]:
+    """promptfoo's own verdicts on the fixture (the counts below all come from this file)."""
+    return json.loads((FIXTURES / "pf_echo" / "expected.json").read_text())["results"]
+
+
 def test_every_verdict_matches_promptfoo():
-    expected = json.loads((FIXTURES / "pf_echo" / "expected.json").read_text())["results"]
+    expected = _expected()
     st, res = _ours()
     ours = {}
     for task, tr in zip(st.tasks, res.tasks, strict=True):
         ours[_key(task.test.description, task.test.vars["answer"])] = tr.samples[0]
-    assert len(ours) == len(expected) == 27
+    assert len(ours) == len(expected) and len(expected) > 0
     for e in expected:
         s = ours[_key(e["description"], e["answer"])]
         if e["error"]:
@@ -58,14 +63,16 @@ def test_every_verdict_matches_promptfoo():
 
 
 def test_skipped_tasks_are_out_of_the_score():
+    """What promptfoo could not run is skipped and out of the totals (saying why); what it passed, we pass."""
+    expected = _expected()
+    errored = sorted({e["description"] for e in expected if e["error"]})
+    ran = [e for e in expected if not e["error"]]
     _, res = _ours(engine="ours")  # in process only: the llm-rubric test cannot be graded, and says why
     d = res.to_dict()
-    assert d["skipped"] == ["unsupported-is-skipped"]
-    assert "assertion 'llm-rubric' is graded by the real promptfoo" in d["tasks"][-1]["reason"] or any(
-        "assertion 'llm-rubric'" in t["reason"] for t in d["tasks"] if t["skipped"])
-    total = sum(c["total"] for c in d["categories"].values())
-    assert total == 26  # 27 tests minus the skipped one
-    assert d["categories"]["general"]["passed"] == 17
+    assert errored and sorted(set(d["skipped"])) == errored
+    assert any("assertion 'llm-rubric'" in t["reason"] for t in d["tasks"] if t["skipped"])
+    assert sum(c["total"] for c in d["categories"].values()) == len(ran)
+    assert sum(c["passed"] for c in d["categories"].values()) == sum(e["pass"] for e in ran)
 
 
 @pytest.mark.integration

@@ -55,6 +55,10 @@ def test_evaluate_writes_contract_json_next_to_model(tmp_path):
     assert [t["id"] for t in d["tasks"]] == ["one", "two", "three"]
     assert {"id", "category", "passed", "score", "output"} <= set(d["tasks"][0])
     assert not list(run.glob(".eval-mini.json.*"))  # atomic write left no temp file
+    from gt_ext.evals import provenance
+
+    assert provenance.check(d) is None  # signed: `gt model register` may trust it
+    assert provenance.check({**d, "composite": 99.0}) == "its signature does not match (written or edited elsewhere)"
 
 
 def test_k_samples_use_distinct_seeds_and_report_pass_k(tmp_path):

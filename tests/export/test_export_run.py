@@ -117,3 +117,18 @@ def test_cli_export(tmp_path, tiny_run, capsys):
     assert rc == 0
     m = json.loads(capsys.readouterr().out)
     assert m["gguf"] == ["model-f16.gguf"] and (tmp_path / "cli" / "model-f16.gguf").is_file()
+
+
+def test_export_to_a_file_is_one_line_and_leaves_it_alone(tmp_path, capsys):
+    """Issue #20: `gt-ext export RUN --to FILE` printed a traceback."""
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "run.json").write_text(json.dumps({"role": "witness", "base_model": "tiny-llama", "status": "done"}))
+    target = tmp_path / "a-file"
+    target.write_text("keep")
+    for to in (target, target / "sub"):
+        assert main(["export", str(run), "--to", str(to)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(target) in err and "is a file" in err, err
+    assert target.read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "run"]

@@ -12,8 +12,11 @@ from gt_ext.cli import main
 from gt_ext.corpus.collect import process_spool
 from gt_ext.corpus.store import Store
 from gt_ext.errors import GtExtError
-from gt_ext.hooks_cli import MARKER, PI_EXTENSION_NAME, PI_MARKER, default_gt_home, install, status
+from gt_ext.gastown.hooks import default_gt_home
+from gt_ext.hooks_cli import MARKER, PI_EXTENSION_NAME, PI_MARKER, install, status
 from tests.corpus.helpers import add_session_events, make_town_dirs, write_transcript
+
+REPO_HOOK = Path(__file__).resolve().parents[2] / "hooks" / "on_close"
 
 
 @pytest.fixture(autouse=True)
@@ -325,3 +328,40 @@ def test_stop_hook_survives_real_gt_hooks_sync_and_spools_claude_stop(make_town,
         process_spool(st, root, projects)
         [ex] = st.query()
         assert (ex.session, ex.role, ex.rig) == ("sess-w1", "witness", "demo")
+
+
+# --- issue #20: the bd hook spooled any stdin size (200 MB became a spool file) ------------------
+def test_hook_caps_stdin_says_so_and_still_feeds_the_chained_hook(tmp_path):
+    hooks = tmp_path / "beads" / "hooks"
+    hooks.mkdir(parents=True)
+    shutil.copy(REPO_HOOK, hooks / "on_close")
+    got = tmp_path / "chained-got"
+    (hooks / "on_close.chained").write_text(f"#!/bin/sh\nwc -c > {got}\n")
+    (hooks / "on_close.chained").chmod(0o755)
+    spool = tmp_path / "spool"
+    big = b'{"id": "dm-1", "description": "' + b"x" * (3 << 20) + b'"}'  # 3 MiB, over the 1 MiB default cap
+    r = subprocess.run([str(hooks / "on_close"), "dm-1", "close"], input=big, capture_output=True, timeout=60,
+                       env={"PATH": os.environ["PATH"], "GT_EXT_SPOOL": str(spool), "GT_EXT_NO_AUTOPROCESS": "1"})
+    assert r.returncode == 0, r.stderr
+    [f] = spool.glob("*.json")
+    assert f.stat().st_size < 4096  # nothing of the oversized stdin is kept
+    ev = json.loads(f.read_text())
+    assert ev["stdin"] == {"truncated": True, "limit_bytes": 1 << 20} and ev["payload"] is None
+    assert int(got.read_text()) == len(big)  # the hook before ours still got all of it
+    # The processor says what happened and still takes the bead id from argv.
+    with Store.open(tmp_path / "corpus") as st:
+        f.rename(st.spool_dir / f.name)
+        rep = process_spool(st, None, tmp_path / "no-projects")
+    assert any("was not spooled" in e for e in rep.errors) and rep.unresolved_beads == ["dm-1"]
+
+
+def test_hook_cap_is_configurable_and_small_stdin_is_kept(tmp_path):
+    spool = tmp_path / "spool"
+    env = {"PATH": os.environ["PATH"], "GT_EXT_SPOOL": str(spool), "GT_EXT_NO_AUTOPROCESS": "1",
+           "GT_EXT_HOOK_MAX_STDIN": "64"}
+    subprocess.run([str(REPO_HOOK), "dm-2", "close"], input=b'{"id": "dm-2"}', env=env, check=True, timeout=60)
+    subprocess.run([str(REPO_HOOK), "dm-3", "close"], input=b'{"id": "dm-3", "d": "' + b"y" * 100 + b'"}', env=env,
+                   check=True, timeout=60)
+    evs = sorted((json.loads(p.read_text()) for p in spool.glob("*.json")), key=lambda e: e["argv"][0])
+    assert evs[0]["payload"] == {"id": "dm-2"} and "stdin" not in evs[0]
+    assert evs[1]["payload"] is None and evs[1]["stdin"]["truncated"]

@@ -114,3 +114,27 @@ def test_time_limit_stops_and_failed_gate_ends_the_job_in_their_own_statuses(bea
     assert [h["status"] for h in issue.metadata["status_history"]][-2:] == ["evaluating", "gate-failed"]
     corpus = bd.show(issue.metadata["corpus_bead"])
     assert corpus.status == "closed"
+
+
+# --- issue #20: `job show|resume` on an unknown id gave bd's text and exit 1; any bead showed as a job
+@pytest.mark.integration
+def test_job_commands_name_the_id_and_refuse_a_bead_that_is_no_job(beads_dir, tmp_path, monkeypatch, capsys):
+    from gt_ext.cli import main
+
+    monkeypatch.setenv("GT_EXT_JOB_BEADS_DIR", str(beads_dir))
+    bd = Bd(beads_dir)
+    plain = bd.create("Fix the login page")
+    path = tmp_path / "mini.formula.toml"
+    path.write_text(FORMULA)
+    job = open_job(load_formula(path), {"role": "witness"}, tmp_path / "job", bd=bd)
+    capsys.readouterr()
+    for argv in (["job", "show", "zz-404"], ["job", "resume", "zz-404"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "no training job 'zz-404'" in err, err
+    for argv in (["job", "show", plain.id], ["job", "resume", plain.id], ["job", "show", plain.id, "--json"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{plain.id} is a bead" in err and "not a training job" in err, err
+    assert main(["job", "show", job.bead_id]) == 0
+    assert job.bead_id in capsys.readouterr().out

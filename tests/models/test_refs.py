@@ -103,8 +103,9 @@ def test_folders_that_are_not_models(tmp_path):
 def test_adapter_list_with_weights(tmp_path):
     a, b = _adapter(tmp_path / "a"), _adapter(tmp_path / "b")
     assert parse_adapters(f"{a}=0.25,{b}") == [(a, 0.25), (b, 1.0)]
+    # An extra adapter is its own folder only: the served model below it carries its parent.
     task = _run(tmp_path / "task", parent=str(a))
-    assert parse_adapters(f"{task}=0.5") == [(a, 0.5), (task / "adapter", 0.5)]
+    assert parse_adapters(f"{a},{task}=0.5") == [(a, 1.0), (task / "adapter", 0.5)]
     with pytest.raises(GtExtError, match="not a number"):
         parse_adapters(f"{a}=lots")
 

@@ -152,26 +152,37 @@ def test_no_eval_or_only_a_smoke_run_is_refused(registry: Registry, make_export,
 
 
 def test_eval_file_in_registered_folder_is_checked_against_its_hashes(registry: Registry, make_export,
-                                                                      town_dir: Path) -> None:
-    """An eval-*.json found in an export folder at register time counts only when the model files
-    it names are this version's files, byte for byte."""
+                                                                      town_dir: Path, monkeypatch) -> None:
+    """An eval-*.json found in an export folder at register time counts only when this user's
+    `gt-ext eval run` signed it and the model files it names are this version's files, byte for byte."""
     from gt_ext.digest import sha256_file
+    from gt_ext.evals import provenance
 
+    monkeypatch.setenv("GT_EXT_HOME", str(town_dir.parent / "home"))
     src = make_export("deacon")
     files = {rel: sha256_file(src / rel) for rel in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json")}
     good = eval_result(town_dir / "suites" / "gate", "deacon", model_files=files)
-    (src / "eval-gate.json").write_text(json.dumps(good))
+    # Hand-written (unsigned) and signed-then-edited results with the right hashes: never trusted.
+    edited = provenance.sign(good)
+    edited["composite"] = 99.0
+    for forged, why in ((good, "not signed by gt-ext eval run"), (edited, "signature does not match")):
+        fsrc = make_export("deacon")
+        (fsrc / "eval-gate.json").write_text(json.dumps(forged))
+        rec = registry.register(fsrc)
+        assert rec.gate is None and not rec.eval_runs[0]["trusted"] and why in rec.eval_runs[0]["why_not_gating"]
+    (src / "eval-gate.json").write_text(json.dumps(provenance.sign(good)))
     rec = registry.register(src)
     assert rec.gate == "pass" and rec.eval_runs[0]["gating"] and rec.eval_runs[0]["source"] == "file eval-gate.json"
     man = json.loads((rec.path / "manifest.json").read_text())
     assert not any(k.startswith("eval-") for k in man["files"])  # results are not model files
-    assert registry.deploy("deacon:1").entry.model == "deacon:1"
+    assert registry.deploy(rec.ref).entry.model == "deacon:3"
 
     for bad, why in ((dict(files, **{"adapter/adapter_model.safetensors": "0" * 64}), "differs from the file it scored"),
                      ({}, "names no model file hashes"),
                      ({"merged/model.safetensors": "1" * 64}, "which this version does not have")):
         src = make_export("deacon")
-        (src / "eval-gate.json").write_text(json.dumps(eval_result(town_dir / "suites" / "gate", "deacon", model_files=bad)))
+        (src / "eval-gate.json").write_text(json.dumps(provenance.sign(
+            eval_result(town_dir / "suites" / "gate", "deacon", model_files=bad))))
         rec = registry.register(src)
         assert rec.gate is None and not rec.eval_runs[0]["trusted"], rec.eval_runs
         assert why in rec.eval_runs[0]["why_not_gating"]

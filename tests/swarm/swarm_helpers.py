@@ -56,11 +56,9 @@ TEST_SETS = [
 def peer_args(corpus: Path, out: Path, key: Path, steps: int, *extra: str, sets: list[str] | None = None) -> list[str]:
     """Command line of one test peer."""
     args = [GT_EXT, "swarm", "start", "--role", "witness", "--corpus", str(corpus), "--out", str(out),
-            "--swarm-key", str(key), "--matchmaking-time", "2", "--averaging-timeout", "20",
-            "--set", f"max_steps={steps}"]
-    for s in TEST_SETS + list(sets or []):
-        args += ["--set", s]
-    return args + list(extra)
+            "--swarm-key", str(key), "--matchmaking-time", "2", "--averaging-timeout", "20"]
+    # Config overrides as `gt-ext train` takes them: KEY=VALUE arguments.
+    return args + list(extra) + [f"max_steps={steps}", *TEST_SETS, *(sets or [])]
 
 
 class Peers:
@@ -78,8 +76,10 @@ class Peers:
         return p
 
     def fork(self, name: str, corpus: Path, out: Path, key_path: Path | None, steps: int,
-             sets: list[str] | None = None, resume: Path | None = None, **settings: object) -> None:
+             sets: list[str] | None = None, resume: bool = False, stop_after: int | None = None,
+             **settings: object) -> None:
         """Fork a peer that runs `run_peer` (the CLI's code path) in its own process group.
+        `stop_after=N` makes it die (exit 1) right after global step N, as a crash would.
 
         Forking the already-imported test process saves the ~1 min torch/transformers import
         per peer on busy machines; the subprocess tests cover the real command line."""
@@ -106,7 +106,11 @@ class Peers:
                 cfg = load_config(None, TEST_SETS + [f"max_steps={steps}"] + list(sets or []))
                 st = SwarmSettings(**{"matchmaking_time": 5.0, "averaging_timeout": 30.0, **settings})
                 key = SwarmKey.load(key_path) if key_path else None
-                info = run_peer(corpus, "witness", out, cfg, st, key, resume=resume)
+                def crash(step: int, _row: dict) -> None:
+                    if stop_after is not None and step >= stop_after:
+                        raise RuntimeError(f"crash drill after step {step}")
+
+                info = run_peer(corpus, "witness", out, cfg, st, key, resume=resume, callbacks=[crash])
                 print("PEER DONE", info["status"], flush=True)
                 code = 0
             except BaseException:

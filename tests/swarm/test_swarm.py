@@ -15,9 +15,13 @@ from swarm_helpers import TEST_SETS, Peers, adapter, rel_diff, run_json
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
 
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+
 def _val_curve(run: Path) -> dict[int, float]:
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return {r["step"]: r["val_loss"] for r in rows if r.get("val_loss") is not None}
+    """Validation loss by global step, after training started (step 0 is the starting point)."""
+    return {r["step"]: r["val_loss"] for r in _rows(run) if r.get("val_loss") is not None and r["step"] > 0}
 
 
 def _start_first(peers: Peers, tmp: Path, corpus: Path, key: Path, steps: int, **kw) -> list[str]:
@@ -104,7 +108,7 @@ def test_kill9_peer_others_finish_and_late_peer_catches_up(tmp_path: Path, corpu
     # The late peer downloaded the swarm's state instead of starting from step 0...
     assert late["metrics"]["steps"] == steps
     assert late["metrics"]["catch_ups"] >= 1, late["metrics"]
-    first = json.loads((tmp_path / "late" / "metrics.jsonl").read_text().splitlines()[0])["step"]
+    first = next(r["step"] for r in _rows(tmp_path / "late") if "loss" in r)
     assert first >= 3, first
     # ...so its adapter is the swarm's adapter.
     assert rel_diff(adapter(tmp_path / "a"), adapter(tmp_path / "late")) < 0.15
@@ -120,10 +124,9 @@ def _single_process_curve(corpus: Path, steps: int, batch: int, eval_steps: list
     """Plain local training with the training core's pieces: batch `batch`, no swarm at all."""
     import torch
 
-    from gt_ext.swarm.peer import _val_loss
     from gt_ext.train.config import load_config
     from gt_ext.train.data import BatchLoader, fixed_batches, load_items
-    from gt_ext.train.loop import lr_lambda
+    from gt_ext.train.loop import lr_lambda, validation_loss
     from gt_ext.train.lora import load_base_for_training, trainable_parameters
     from gt_ext.train.losses import sft_loss
 
@@ -148,7 +151,7 @@ def _single_process_curve(corpus: Path, steps: int, batch: int, eval_steps: list
         sched.step()
         opt.zero_grad()
         if step in eval_steps:
-            curve[step] = _val_loss(model, val_b)
+            curve[step] = validation_loss(model, val_b, cfg)
     return curve
 
 
@@ -171,19 +174,70 @@ def test_two_peers_batch_b_equal_one_process_batch_2b(tmp_path: Path, corpus: Pa
     assert start - swarm[4] > 0.1
 
 
-def test_checkpoint_restart(tmp_path: Path, corpus: Path, swarm_key: Path, peers: Peers):
-    """A peer's checkpoint restarts the swarm at its step, with its adapter and optimizer state."""
-    peers.fork("first", corpus, tmp_path / "first", swarm_key, 3, target_batch_size=4)
-    assert peers.wait("first", 300) == 0, peers.log("first")[-3000:]
-    ckpt = tmp_path / "first" / "checkpoints" / "step-3"
-    assert (ckpt / "adapter" / "adapter_model.safetensors").is_file() and (ckpt / "optimizer.pt").is_file()
-    peers.fork("again", corpus, tmp_path / "again", swarm_key, 5, target_batch_size=4, resume=ckpt)
-    assert peers.wait("again", 300) == 0, peers.log("again")[-3000:]
-    info = run_json(tmp_path / "again")
-    assert info["swarm"]["resumed_from"] == 3
-    assert info["metrics"]["steps"] == 5
-    steps = [json.loads(x)["step"] for x in (tmp_path / "again" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [4, 5]
-    # Restarted from the checkpoint's weights, not from a fresh adapter.
-    first_end = run_json(tmp_path / "first")["metrics"]["val_loss_end"]
-    assert abs(info["metrics"]["val_loss_start"] - first_end) < 1e-6
+class Interrupt(Exception):
+    pass
+
+
+def test_swarm_checkpoint_resumes_with_gt_ext_train(tmp_path: Path, corpus: Path, swarm_key: Path, peers: Peers):
+    """A peer's checkpoint is the training core's: `gt-ext train --resume` restores its adapter,
+    optimizer, schedule and data order and finishes the run where the peer died."""
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from gt_ext.cli import main
+    from gt_ext.train import checkpoint
+    from gt_ext.train.loop import Trainer
+    from gt_ext.train.lora import load_base_for_training
+    from gt_ext.train.run import prepare
+
+    run = tmp_path / "run"
+    peers.fork("peer", corpus, run, swarm_key, 5, target_batch_size=4, stop_after=3)
+    assert peers.wait("peer", 300) == 1, peers.log("peer")[-3000:]  # died after step 3, as a crash
+    assert run_json(run)["status"] == "failed"
+    ckpt = checkpoint.latest(run)
+    state = checkpoint.read_state(ckpt)  # weights-only load: the format is plain tensors and numbers
+    assert (ckpt.name, state.step, state.scheduler["last_epoch"]) == ("step-3", 3, 3)
+    assert state.extra["swarm_run_id"] == "gt-witness"
+
+    # The Trainer's own restore of that checkpoint is exact.
+    p = prepare("witness", corpus, None, None, TEST_SETS + ["max_steps=5"])
+    model, _ = load_base_for_training(p.cfg)
+    tr = Trainer(p.cfg, model, p.tokenizer, p.train, p.val, run, progress=False)
+    tr.load_checkpoint(ckpt)
+    saved = load_file(str(ckpt / "adapter" / "adapter_model.safetensors"))
+    now = get_peft_model_state_dict(model)
+    assert saved.keys() == now.keys() and all(torch.equal(saved[k], now[k]) for k in saved)
+    assert torch.equal(tr.opt.state_dict()["state"][0]["exp_avg"], state.optimizer["state"][0]["exp_avg"])
+    assert (tr.step, tr.sched.last_epoch, tr.loader.state_dict()) == (3, 3, state.data)
+
+    rc = main(["train", "--role", "witness", "--corpus", str(corpus), "--out", str(run), "--resume",
+               "--no-progress", *TEST_SETS, "max_steps=5"])
+    assert rc == 0
+    info = run_json(run)
+    assert info["status"] == "done" and info["metrics"]["steps"] == 5
+    assert [r["step"] for r in _rows(run) if "loss" in r] == [1, 2, 3, 4, 5]
+    assert info["metrics"]["val_loss_start"] == _rows(run)[0]["val_loss"]  # the peer's step 0
+
+
+def test_train_checkpoint_resumes_in_a_swarm_peer(tmp_path: Path, corpus: Path, swarm_key: Path, peers: Peers):
+    """And the other way: a `gt-ext train` checkpoint continues in `gt-ext swarm start --resume`."""
+    from gt_ext.train.run import prepare, run_training
+
+    run = tmp_path / "run"
+    p = prepare("witness", corpus, None, None, TEST_SETS + ["max_steps=5"])
+
+    def stop_at_3(step: int, _row: dict) -> None:
+        if step == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_training(p, run, progress=False, callbacks=[stop_at_3])
+    local_start = _rows(run)[0]["val_loss"]
+    peers.fork("peer", corpus, run, swarm_key, 5, target_batch_size=4, resume=True)
+    assert peers.wait("peer", 300) == 0, peers.log("peer")[-3000:]
+    info = run_json(run)
+    assert info["swarm"]["resumed_from"] == 3 and info["status"] == "done" and info["metrics"]["steps"] == 5
+    assert [r["step"] for r in _rows(run) if "loss" in r] == [1, 2, 3, 4, 5]
+    assert info["metrics"]["val_loss_start"] == local_start
+    assert info["metrics"]["val_loss_end"] < local_start

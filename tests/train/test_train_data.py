@@ -62,7 +62,7 @@ def test_bad_json_line_names_file_and_line(tmp_path, tok):
     p = tmp_path / "c" / "sft" / "witness" / "patrol" / "train.jsonl"
     p.parent.mkdir(parents=True)
     p.write_text(json.dumps({"id": "a", "messages": MSGS}) + "\n{not json\n")
-    with pytest.raises(GtExtError, match=r"train.jsonl:2: not valid JSON"):
+    with pytest.raises(GtExtError, match=r"train.jsonl:2: invalid JSON"):
         data.load_items(tmp_path / "c", "sft", "witness", "patrol", "train", tok, 512)
     p.write_text(json.dumps({"id": "a", "messages": "hi"}) + "\n")
     with pytest.raises(GtExtError, match=r"train.jsonl:1: 'messages'"):

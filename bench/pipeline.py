@@ -1,0 +1,122 @@
+"""Pipeline benchmark: SmolLM2-135M over 3 local node0 stages against one process, same batch.
+
+    .venv/bin/python bench/pipeline.py [--model smollm2-135m-instruct] [--steps 4] [--batch 2]
+                                       [--pack 512] [--rate 100]
+
+Prints, side by side:
+* training tokens/s: one process (`gt-ext train`'s code) vs the pipeline (`gt-ext train --backend
+  pipeline --stages 3`: three real stage servers on 127.0.0.1, their LoRA, the trainer in this
+  process), at the same micro-batch and steps, and the ratio; the first step of each is warm-up and
+  not counted;
+* activation bytes per token per hop as sent (activations + positions + example ids, float32 and
+  int64 as serialized by hivemind), without and with node0's activation compression (rate --rate,
+  on a subspace version of the model: `gt-ext pipeline subspace`), and the ratio;
+* tokens/s with compression.
+
+The stages and the trainer share this machine's cores (one stage computes at a time; each stage
+re-runs its forward in backward). Absolute numbers move with the load of the machine; the ratios are
+what this measures. Decode figures come with generation through the stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_corpus(root: Path, n_train: int = 24, n_val: int = 4) -> Path:
+    """A witness corpus of longer conversations (so packed rows fill up)."""
+    import random
+
+    rng = random.Random(0)
+    verbs, things = ["check", "nudge", "close", "review", "escalate"], ["polecat", "bead", "convoy", "rig", "hook"]
+    d = root / "sft" / "witness" / "patrol"
+    d.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("val", n_val)):
+        with open(d / f"{split}.jsonl", "w") as f:
+            for i in range(n):
+                turns = []
+                for k in range(4):
+                    v, t = rng.choice(verbs), rng.choice(things)
+                    turns += [{"role": "user", "content": f"Patrol {i}.{k}: please {v} the {t} {rng.randint(1, 99)}."},
+                              {"role": "assistant", "content": f"I will {v} the {t}: `gt peek {t}` shows it idle "
+                                                               f"for {rng.randint(2, 90)} minutes, so I {v} it."}]
+                f.write(json.dumps({"id": f"{split}{i}", "role": "witness", "task": "patrol", "messages": turns,
+                                    "provenance": {"source": "sample"}}) + "\n")
+    (root / "manifest.json").write_text(json.dumps({"corpus_hash": "bench", "counts": {}, "files": {}}))
+    return root
+
+
+def steady_tokens_per_s(run_dir: Path) -> tuple[float, float]:
+    """(mean tokens/s of the steps after the first, mean hop bytes per token) from metrics.jsonl."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = [r for r in rows if "tokens_per_s" in r][1:]
+    tokens = sum(r["tokens"] for r in steps)
+    seconds = sum(r["tokens"] / r["tokens_per_s"] for r in steps)
+    hop = [r["hop_bytes_per_token"] for r in steps if "hop_bytes_per_token" in r]
+    return tokens / seconds, (sum(hop) / len(hop) if hop else float("nan"))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--pack", type=int, default=512)
+    ap.add_argument("--rate", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("NODE0_PATH", str(REPO.parent / "shared" / "upstream" / "node0"))
+
+    from gt_ext.models import resolve_model_dir
+    from gt_ext.pipeline.subspace import SUBSPACE_FILE, make_subspace_model
+    from gt_ext.pipeline.trainer import pipeline_settings, run_pipeline_training
+    from gt_ext.train.run import prepare, run_training
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    corpus = write_corpus(tmp / "corpus")
+    base = resolve_model_dir(args.model)
+    sets = [f"max_steps={args.steps}", f"data.batch_size={args.batch}", f"data.pack_length={args.pack}",
+            f"data.max_length={args.pack}", "eval_every=0", "checkpoint_every=0", f"threads={args.threads}",
+            "lora.r=8", "attention=dense"]
+
+    def one_process(model: Path, name: str) -> float:
+        out = tmp / name
+        run_training(prepare("witness", corpus, None, None, [f"base_model={model}", *sets]), out, progress=False)
+        return steady_tokens_per_s(out)[0]
+
+    def pipeline(model: Path, name: str, rate: int | None = None) -> tuple[float, float]:
+        out = tmp / name
+        p = prepare("witness", corpus, None, None, [f"base_model={model}", *sets])
+        s = pipeline_settings(out, f"bench-{name}", 3, [], None, rate, (model / SUBSPACE_FILE) if rate else None,
+                              Path(os.environ["NODE0_PATH"]))
+        t0 = time.monotonic()
+        final = run_pipeline_training(p, out, s, progress=False)
+        print(f"  {name}: {final['status']} in {time.monotonic() - t0:.0f} s (stage start-up included)", file=sys.stderr)
+        return steady_tokens_per_s(out)
+
+    print(f"model {args.model}, {args.steps} steps of {args.batch} x {args.pack}-token rows, 3 stages", file=sys.stderr)
+    single = one_process(base, "single")
+    pipe_tps, pipe_bytes = pipeline(base, "pipe")
+    sub = make_subspace_model(base, tmp / "subspace-model", rate=args.rate)
+    comp_tps, comp_bytes = pipeline(sub, "pipec", rate=args.rate)
+    print(f"training tokens/s   one process {single:8.1f}   pipeline {pipe_tps:8.1f}   ratio {pipe_tps / single:.2f}x"
+          f"   (target >= 0.5x)")
+    print(f"training tokens/s   pipeline with compression (rate {args.rate}) {comp_tps:8.1f}   "
+          f"ratio to one process {comp_tps / single:.2f}x")
+    print(f"activation bytes per token per hop   uncompressed {pipe_bytes:8.1f}   compressed {comp_bytes:8.1f}   "
+          f"ratio {pipe_bytes / comp_bytes:.1f}x smaller")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
