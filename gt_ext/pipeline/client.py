@@ -111,7 +111,8 @@ class PipelineClient:
 
         return self._worker.run_coroutine(bounded())
 
-    def _mark_dead(self, record: StageRecord, error: BaseException) -> None:
+    def mark_dead(self, record: StageRecord, error: BaseException) -> None:
+        """Leave a replica out of routes until it announces itself again (it failed a call)."""
         log.warning("stage %s replica %s unreachable (%s): trying another", record.span_label, record.peer[-8:],
                     type(error).__name__)
         self._dead_at[record.peer] = float(self._dht_time())
@@ -144,10 +145,10 @@ class PipelineClient:
                 msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
                 raise GtExtError(f"stage {rec.span_label} (peer {rec.peer[-8:]}): {msg}") from None
             except TimeoutError as e:
-                self._mark_dead(rec, e)
+                self.mark_dead(rec, e)
                 last = e
             except Exception as e:  # a dead peer surfaces as daemon or connection errors
-                self._mark_dead(rec, e)
+                self.mark_dead(rec, e)
                 last = e
         r = replicas[0]
         raise GtExtError(f"pipeline run {self.run}: no live stage serves {describe_gaps([(r.first, r.last)])} "
@@ -190,7 +191,7 @@ class PipelineClient:
         except P2PHandlerError as e:
             raise GtExtError(f"stage {record.span_label}: {str(e).strip().splitlines()[-1]}") from None
         except Exception as e:
-            self._mark_dead(record, e)
+            self.mark_dead(record, e)
             raise StageUnreachable(record.peer) from e
         return MSGPackSerializer.loads(reply.serialized_info)
 

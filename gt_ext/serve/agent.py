@@ -1,6 +1,7 @@
 """`node0-inference`: the agent command gt launches in a role's tmux pane.
 
     node0-inference --model NAME[:VER] [--adapters a,b=0.5] [--rag] [--backend auto|torch|llama.cpp]
+    node0-inference --model NAME[:VER] --backend pipeline --run RUN --initial-peers ADDR --swarm-key FILE
 
 It loads the model, prints the ready prompt `node0> `, then for every prompt or nudge typed into
 the pane runs one agent turn: the reply streams into the pane; each tool call in it
@@ -204,7 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="registry ref, base:<name>, a run/export folder, or a .gguf file")
     p.add_argument("--adapters", default=None, metavar="A,B=W", help="extra LoRA adapters, each REF[=WEIGHT]")
     p.add_argument("--rag", action="store_true", help="prepend town context from the RAG index to each prompt")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "llama.cpp"])
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "llama.cpp", "pipeline"],
+                   help="pipeline: generate through node0 stage servers (with --run, --initial-peers, --swarm-key)")
+    p.add_argument("--run", default=None, help="--backend pipeline: the pipeline run whose stages serve the model")
+    p.add_argument("--initial-peers", action="append", default=None, metavar="ADDR",
+                   help="--backend pipeline: a stage's multiaddr (repeatable)")
+    p.add_argument("--swarm-key", default=None, metavar="FILE",
+                   help="--backend pipeline: the stages' swarm key file (or $GT_SWARM_KEY_FILE)")
     p.add_argument("--quantize", default="int8", choices=["int8", "none"],
                    help="PyTorch backend: int8 linears (default; measured fastest) or none (exact fp32)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (1 measured fastest on shared 2-core hosts)")
@@ -247,14 +254,19 @@ def run(args: argparse.Namespace, stdin_fd: int = 0, out: TextIO = sys.stdout) -
         raise GtExtError("limits: --max-steps, --max-output, --turn-timeout and --tool-timeout must be positive")
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             top_p=args.top_p, seed=args.seed)
+    from gt_ext.serve.pipeline import PipelineTarget
+
+    target = PipelineTarget.for_backend(args.backend, args.run, args.initial_peers, args.swarm_key)
     gen, model = load_generator(args.model, args.adapters, args.backend,
-                                None if args.quantize in (None, "none") else args.quantize, threads=args.threads)
+                                None if args.quantize in (None, "none") else args.quantize, threads=args.threads,
+                                pipeline=target)
     if args.card:
         print(role_card(env), file=out)
         m = measure(env, gen.tokenizer)
         print(f"role card: {m['role_card_tokens']} tokens; gt prime: "
               f"{m['gt_prime_tokens'] if m['gt_prime_tokens'] is not None else 'n/a (no gt/town here)'} tokens",
               file=out)
+        gen.close()
         return 0
 
     def transcript() -> Transcript:
@@ -299,6 +311,7 @@ def run(args: argparse.Namespace, stdin_fd: int = 0, out: TextIO = sys.stdout) -
         out.write("\n[terminated]\n")
     finally:
         agent.close()
+        gen.close()  # the pipeline backend leaves the swarm
         out.flush()
     return 0
 

@@ -10,7 +10,8 @@ requests join and leave the running batch between decode steps, each with its ow
 stop strings and adapter stack. The PyTorch engine is a lean LLaMA forward over the base model's
 weights (`gt_ext.serve.llama_decoder`: slot KV cache, fused projections, optional int8, LoRA per
 row); `backend="llama.cpp"` runs the same API on a GGUF through llama-cpp-python, one request at a
-time, with adapters as GGUF LoRA (see `gt_ext.serve.llamacpp`).
+time (see `gt_ext.serve.llamacpp`); `backend="pipeline"` runs the model's layers on node0 stage
+servers, one generation session per row (see `gt_ext.serve.pipeline`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 Message = dict[str, Any]
 AdapterSpec = Sequence[tuple[str | Path, float]]
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
-BACKENDS = ("torch", "llama.cpp")
+BACKENDS = ("torch", "llama.cpp", "pipeline")
 
 
 @dataclass
@@ -95,7 +96,9 @@ class Generator:
         decode_threads: int | None = 1,
         device: str = "cpu",
         max_batch: int = 8,
+        pipeline: Any = None,
     ):
+        """`pipeline`: where the stages are (`gt_ext.serve.pipeline.PipelineTarget`), for that backend."""
         if backend not in BACKENDS:
             raise GtExtError(f"unknown backend {backend!r}: backends are {', '.join(BACKENDS)}")
         self.base_model = base_model
@@ -105,14 +108,27 @@ class Generator:
             from gt_ext.serve.llamacpp import LlamaCppEngine
 
             self._engine: Any = LlamaCppEngine(base_model, gguf_path=gguf_path, threads=threads)
+        elif backend == "pipeline":
+            from gt_ext.serve.pipeline import PipelineEngine
+
+            self._engine = PipelineEngine(base_model, pipeline, max_slots=max_batch + 2)
         else:
             # Two rows beyond max_batch: fair admission lets a client with nothing running join a
             # full batch (gt_ext.serve.batcher).
             self._engine = TorchEngine(base_model, quantize=quantize, device=device, prefill_threads=threads,
                                        decode_threads=decode_threads, max_slots=max_batch + 2)
         self.tokenizer = self._engine.tokenizer
-        self.loop = DecodeLoop(self._engine, self.render, max_batch=max_batch)
+        chunk = getattr(self._engine, "prefill_chunk", 256)  # a message-size limit for the pipeline
+        self.loop = DecodeLoop(self._engine, self.render, max_batch=max_batch, prefill_chunk=chunk,
+                               prefill_budget=chunk)
         self.default_adapters = self.load_adapters(adapters)
+
+    def close(self) -> None:
+        """Release what the engine holds outside this process (the pipeline backend leaves the
+        swarm); the in-process engines need nothing."""
+        close = getattr(self._engine, "close", None)
+        if close is not None:
+            close()
 
     # -- adapters ---------------------------------------------------------------------------
     def load_adapters(self, adapters: AdapterSpec) -> list[tuple[str, float]]:

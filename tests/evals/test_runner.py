@@ -141,10 +141,15 @@ def test_registry_ref_records_the_result(tmp_path, monkeypatch):
     assert json.loads((got.path / "eval-mini.json").read_text())["composite"] == res.composite
 
 
-def test_sandbox_tasks_without_bd_are_skipped_not_failed(monkeypatch):
+@pytest.mark.parametrize("missing", ["bd", "bwrap"])
+def test_sandbox_tasks_without_bd_are_skipped_not_failed(monkeypatch, missing):
+    """No bd, or no bubblewrap to jail the model's commands in: the sandbox tasks are skipped."""
     from gt_ext.gastown import binaries
 
-    monkeypatch.setattr(binaries, "find_bd", lambda required=True: None)
+    if missing == "bd":
+        monkeypatch.setattr(binaries, "find_bd", lambda required=True: None)
+    else:
+        monkeypatch.setenv("GT_EXT_BWRAP", "no-such-bwrap")
     calls = []
 
     def gen(batch, params):
