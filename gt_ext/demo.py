@@ -246,7 +246,7 @@ class Demo:
                  "--job-dir", str(self.out / "job"))
 
     def eval_base(self) -> None:
-        out = self.run("gt-ext", "eval", "run", "--model", f"base:{BASE}", "--suite", f"builtin:{ROLE}",
+        out = self.run("gt-ext", "eval", "run", "--model", f"base:{BASE}", "--suite", f"role:{ROLE}",
                        "--no-write", "--json", capture=True)
         r = json.loads(out)
         self.state["figures"]["metric:base eval"] = f"composite {r.get('composite')} gate {r.get('gate', {}).get('deployable')}"
@@ -309,7 +309,7 @@ class Demo:
             self.stage("close", "Close beads (hooks spool and collect)", self.close_beads)
             self.stage("collect", "Collect, scrub and tag the sessions", self.collect)
             self.stage("train", "gt formula run train-role-model --set role=witness", self.train_job)
-            self.stage("eval-base", "Score the base model on the witness suite", self.eval_base)
+            self.stage("eval-base", "Score the base model on the suite that gates the witness", self.eval_base)
             self.stage("deploy", "gt model deploy witness", self.deploy)
             self.stage("ask", "Ask the deployed witness a question", self.ask)
             self.collect_figures()

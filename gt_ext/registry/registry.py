@@ -136,6 +136,8 @@ class Registry:
                 done += self._recover_files()
         except LockBusy:
             log.debug("%s: busy, file recovery left to a later command", self.root)
+        except PermissionError as e:  # a reader without write access: nothing it could repair anyway
+            log.debug("%s: no recovery (%s)", self.root, e)
         return done
 
     def _recover_files(self) -> list[str]:

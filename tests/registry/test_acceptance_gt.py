@@ -41,16 +41,16 @@ def test_deploy_and_rollback_seen_by_real_gt(make_town, make_export, gt_bin, mon
     before = _witness_alias(tt, "demo")
     for role in ("deacon", "witness"):
         assert main(["model", "register", str(make_export(role))]) == 0
-    # deacon: a full run of builtin:deacon passed its gate; witness: none, so only forced, with a reason.
+    # deacon: a full run of its gating suite (builtin:deacon-patrol) passed; witness: none, so only forced, with a reason.
     from gate_results import eval_result
 
     from gt_ext.registry import Registry
 
     with Registry.open(tt.root) as reg:
-        reg.record_eval("deacon:1", eval_result("builtin:deacon", "deacon", suite="deacon"))
+        reg.record_eval("deacon:1", eval_result("builtin:deacon-patrol", "deacon", suite="deacon-patrol"))
     assert main(["model", "deploy", "deacon"]) == 0
     assert main(["model", "deploy", "witness-v1"]) == 2
-    assert "has no full eval of builtin:witness" in capsys.readouterr().err
+    assert "has no full eval of builtin:witness-patrol" in capsys.readouterr().err
     assert main(["model", "deploy", "witness-v1", "--force", "--reason", "acceptance test"]) == 0
     capsys.readouterr()
 

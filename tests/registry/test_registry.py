@@ -190,10 +190,12 @@ def test_eval_file_in_registered_folder_is_checked_against_its_hashes(registry: 
             registry.deploy(rec.ref)
 
 
-def test_default_gating_suite_is_the_builtin_one(registry: Registry, make_export, town_dir: Path) -> None:
+def test_default_gating_suite_is_the_roles_builtin_patrol_suite(registry: Registry, make_export, town_dir: Path) -> None:
     (town_dir / "settings" / "gt-ext.json").unlink()
     registry.register(make_export("deacon"))
     registry.record_eval("deacon:1", eval_result("builtin:deacon", "deacon", suite="deacon"))
+    assert registry.get("deacon:1").gate is None  # the old description-based suite does not gate deacon
+    registry.record_eval("deacon:1", eval_result("builtin:deacon-patrol", "deacon", suite="deacon-patrol"))
     assert registry.get("deacon:1").gate == "pass"
     assert registry.deploy("deacon:1").entry.model == "deacon:1"
 
