@@ -224,7 +224,7 @@ def serve_stage(s: StageSettings, stop: threading.Event | None = None,
     from node0_patches.handler import handler_factory
     from node0_patches.inference import StageInference
     from node0_patches.monitor import stage_monitor_class
-    from node0_patches.optim import NormExchange, gated_averager_classes, stage_optimizer_class
+    from node0_patches.optim import NormExchange, gated_averager_classes, norm_wait_s, stage_optimizer_class
 
     check_run(s.run)
     stop = stop or threading.Event()
@@ -255,7 +255,10 @@ def serve_stage(s: StageSettings, stop: threading.Event | None = None,
             checkpoints.save(epoch, holder["expert"], holder["opt"])
 
     def norm_exchange(dht: Any) -> NormExchange | None:
-        return NormExchange(dht, s.run, s.span.first, s.span.last, s.span.total, o.grad_clip) if o.grad_clip > 0 else None
+        if o.grad_clip <= 0:
+            return None
+        return NormExchange(dht, s.run, s.span.first, s.span.last, s.span.total, o.grad_clip,
+                            timeout=norm_wait_s(s.averaging_timeout, s.matchmaking_time))
 
     def restore(opt: Any) -> int:
         return checkpoints.load_newest(opt.model, opt) if checkpoints is not None else 0

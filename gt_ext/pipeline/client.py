@@ -126,14 +126,16 @@ class PipelineClient:
 
         return get_dht_time()
 
-    def call(self, replicas: list[StageRecord], fn: Any) -> Any:
+    def call(self, replicas: list[StageRecord], fn: Any, prefer: int | None = None) -> Any:
         """Run `fn(record, stub)` (a coroutine) on one live replica of a span, failing over to the
-        others; the error names the span when none answers."""
+        others; the error names the span when none answers. `prefer`: try replica
+        `prefer % len(replicas)` first (else round robin)."""
         from hivemind.p2p import P2PHandlerError
 
         if not replicas:
             raise GtExtError(f"pipeline run {self.run}: no live stage serves the requested layers")
-        start = next(self._rr.setdefault((replicas[0].first, replicas[0].last), itertools.count()))
+        start = prefer if prefer is not None else next(
+            self._rr.setdefault((replicas[0].first, replicas[0].last), itertools.count()))
         order = [replicas[(start + i) % len(replicas)] for i in range(len(replicas))]
         last: BaseException | None = None
         for rec in order:
@@ -154,8 +156,9 @@ class PipelineClient:
         raise GtExtError(f"pipeline run {self.run}: no live stage serves {describe_gaps([(r.first, r.last)])} "
                          f"({len(replicas)} replica(s) failed, last: {type(last).__name__})")
 
-    def forward(self, replicas: list[StageRecord], inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """One forward of a span on one replica."""
+    def forward(self, replicas: list[StageRecord], inputs: Sequence[torch.Tensor],
+                prefer: int | None = None) -> list[torch.Tensor]:
+        """One forward of a span on one replica (see `call` for `prefer`)."""
         from hivemind.moe.client.expert import expert_forward
 
         inputs = [t.detach().cpu() for t in inputs]
@@ -165,10 +168,10 @@ class PipelineClient:
         async def fn(rec: StageRecord, stub: Any) -> list[torch.Tensor]:
             return await expert_forward(rec.uid, inputs, wire, stub)
 
-        return self.call(replicas, fn)
+        return self.call(replicas, fn, prefer)
 
     def backward(self, replicas: list[StageRecord], inputs: Sequence[torch.Tensor],
-                 grad_outputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+                 grad_outputs: Sequence[torch.Tensor], prefer: int | None = None) -> list[torch.Tensor]:
         """Backward of a span (the stage re-runs its forward, accumulates its LoRA gradients and
         returns the gradients of its inputs, zeros for integer inputs)."""
         from hivemind.moe.client.expert import expert_backward
@@ -178,7 +181,7 @@ class PipelineClient:
         async def fn(rec: StageRecord, stub: Any) -> list[torch.Tensor]:
             return await expert_backward(rec.uid, tensors, _serialize(tensors), stub)
 
-        return self.call(replicas, fn)
+        return self.call(replicas, fn, prefer)
 
     def stage_info(self, record: StageRecord) -> dict[str, Any]:
         """Facts and live counters of one replica (raises StageUnreachable if it does not answer)."""

@@ -196,3 +196,10 @@ def test_add_says_what_happened_to_a_near_duplicate(tmp_path, capsys, store):
     assert str(b) in out
     assert main(["corpus", "add", str(a), "--role", "crew"]) == 0
     assert "not stored: this file was added before" in capsys.readouterr().out
+
+
+def test_add_help_shows_the_accepted_formats(capsys, store):
+    assert main(["corpus", "add", "--help"]) == 0
+    out = capsys.readouterr().out
+    for fmt in (".md:", ".json:", ".jsonl", "## User", "role: witness"):
+        assert fmt in out, fmt
