@@ -152,7 +152,8 @@ class SessionStore:
 
 class ServingAdapters:
     """The serving adapters a stage holds, by name (a hash of the adapter's content, chosen by the
-    client), uploaded by clients in parts and dropped least recently used beyond `max_adapters`.
+    client), uploaded by clients in parts and dropped least recently used beyond `max_adapters`
+    (unfinished uploads too: at most `max_adapters`, the oldest dropped).
 
     A stage never reads an adapter from a path a client names: the client resolves the registry ref
     (`gt_ext.models.refs`), reads the PEFT folder and sends each stage only its own layers' A and B.
@@ -171,6 +172,11 @@ class ServingAdapters:
         if len(tensors) != 2 * len(modules) or not 0 <= part < parts:
             raise InferenceError("bad", f"adapter {name}: part {part}/{parts} with {len(tensors)} tensors "
                                  f"for {len(modules)} modules")
+        if name not in self.pending and len(self.pending) >= self.max_adapters:
+            # uploads never finished (a client gone mid-upload): the oldest goes, memory stays bounded
+            dropped = next(iter(self.pending))
+            del self.pending[dropped]
+            log.info("dropped the unfinished upload of serving adapter %s", dropped)
         got = self.pending.setdefault(name, {"parts": set(), "weights": {}, "scale": float(meta["scale"])})
         got["parts"].add(part)
         for i, m in enumerate(modules):
