@@ -184,10 +184,14 @@ class InferenceSession:
             raise GtExtError(f"a generation step takes token ids [1, T], got {tuple(ids.shape)}")
         x, start = ids.long(), self.length
         self.compute_s = 0.0
+        sent = []
         for span in self.spans:
-            sent = x
+            sent.append(x)
             x = await self._span_step(span, x, start)
-            span.inputs.append(sent)
+        # Recorded once every span took the step: a step that failed half-way can be sent again
+        # (the stages rewind to `start`) without doubling any span's history.
+        for span, inputs in zip(self.spans, sent, strict=True):
+            span.inputs.append(inputs)
         self.length += int(ids.shape[1])
         return x[0]
 
