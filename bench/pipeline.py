@@ -11,11 +11,18 @@ Prints, side by side:
 * activation bytes per token per hop as sent (activations + positions + example ids, float32 and
   int64 as serialized by hivemind), without and with node0's activation compression (rate --rate,
   on a subspace version of the model: `gt-ext pipeline subspace`), and the ratio;
-* tokens/s with compression.
+* tokens/s with compression;
+* decode ms/token (greedy, batch 1, after a prompt of --prompt tokens): one process (transformers'
+  model with a KV cache, the computation the stages split) vs generation through the 3 stages
+  (`gt_ext.pipeline.inference`: a stream per stage, KV caches at the stages, sampling here), measured
+  in alternating rounds, the medians, their ratio, and the overhead per hop (pipeline minus one
+  process, divided by the 3 stage round trips; target <= 5 ms on loopback); and the transport per
+  hop: wall time minus the compute time each stage reports for the step, divided by 3 (on a
+  loaded machine the first figure also carries how the OS shares the cores among 1 vs 4 processes).
 
 The stages and the trainer share this machine's cores (one stage computes at a time; each stage
-re-runs its forward in backward). Absolute numbers move with the load of the machine; the ratios are
-what this measures. Decode figures come with generation through the stages.
+re-runs its forward in backward). Absolute numbers move with the load of the machine (printed); the
+ratios are what this measures. `--only decode` or `--only train` runs one half.
 """
 
 from __future__ import annotations
@@ -65,6 +72,77 @@ def steady_tokens_per_s(run_dir: Path) -> tuple[float, float]:
     return tokens / seconds, (sum(hop) / len(hop) if hop else float("nan"))
 
 
+def decode_bench(base: Path, tmp: Path, tokens: int, rounds: int, prompt_len: int) -> dict[str, float]:
+    """Median decode ms/token through 3 local stages and in one process, alternating rounds."""
+    import statistics
+
+    import torch
+    import yaml
+
+    from gt_ext.models import load_model
+    from gt_ext.pipeline.inference import PipelineInference
+    from gt_ext.pipeline.stage import model_fingerprint
+    from gt_ext.pipeline.trainer import LocalStages, PipelineSettings
+    from gt_ext.swarm.auth import SwarmKey
+    from gt_ext.swarm.dht import start_dht, visible_addrs
+    from gt_ext.train.config import config_to_dict, load_config
+
+    torch.set_num_threads(1)  # the stages run one thread each too (threads=1)
+    run, key, key_file = "bench-decode", SwarmKey.generate(), tmp / "decode.key"
+    key.save(key_file)
+    cfg_file = tmp / "decode.yaml"
+    cfg_file.write_text(yaml.safe_dump(config_to_dict(load_config(None, [f"base_model={base}", "threads=1"]))))
+    boot = start_dht([], None, key, run_id=run, username="boot")
+    stages = LocalStages(3, run, tmp / "decode", cfg_file, key_file, visible_addrs(boot),
+                         PipelineSettings(node0=Path(os.environ["NODE0_PATH"])))
+    client = None
+    try:
+        client = PipelineInference(run, visible_addrs(boot), key, base_hash=model_fingerprint(base), route_timeout=600)
+        model, _ = load_model(str(base))
+        model.eval()
+        prompt = torch.randint(100, 20000, (1, prompt_len), generator=torch.Generator().manual_seed(0))
+
+        transport: list[float] = []  # per token: wall time minus the stages' own compute
+
+        def through_stages() -> list[float]:
+            session = client.session()
+            logits, times = client.run(session.step(prompt)), []
+            for _ in range(tokens):
+                t0 = time.perf_counter()
+                logits = client.run(session.step(logits.argmax().view(1, 1)))
+                times.append(time.perf_counter() - t0)
+                transport.append(times[-1] - session.compute_s)
+            client.run(session.close())
+            return times
+
+        @torch.inference_mode()
+        def one_process() -> list[float]:
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=model.config)
+            logits, times = model(prompt, cache=cache, use_cache=True, logits_to_keep=1).logits, []
+            for _ in range(tokens):
+                t0 = time.perf_counter()
+                logits = model(logits[:, -1].argmax(-1, keepdim=True), cache=cache, use_cache=True,
+                               logits_to_keep=1).logits
+                times.append(time.perf_counter() - t0)
+            return times
+
+        through_stages(), one_process()  # warm-up
+        transport.clear()
+        pipe, single = [], []
+        for _ in range(rounds):
+            pipe += through_stages()
+            single += one_process()
+        return {"pipeline_ms": 1e3 * statistics.median(pipe), "single_ms": 1e3 * statistics.median(single),
+                "transport_ms": 1e3 * statistics.median(transport), "hops": len(client.spans)}
+    finally:
+        if client is not None:
+            client.close()
+        stages.close()
+        boot.shutdown()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -73,18 +151,42 @@ def main() -> int:
     ap.add_argument("--pack", type=int, default=512)
     ap.add_argument("--rate", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", choices=["all", "train", "decode"], default="all")
+    ap.add_argument("--decode-tokens", type=int, default=32, help="tokens per decode round")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating decode rounds")
+    ap.add_argument("--prompt", type=int, default=64, help="prompt tokens before decoding")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("NODE0_PATH", str(REPO.parent / "shared" / "upstream" / "node0"))
 
     from gt_ext.models import resolve_model_dir
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    base = resolve_model_dir(args.model)
+    load = os.getloadavg()
+    if args.only in ("all", "decode"):
+        print(f"model {args.model}, decode: {args.rounds} x {args.decode_tokens} tokens after a {args.prompt}-token "
+              "prompt, 3 stages", file=sys.stderr)
+        d = decode_bench(base, tmp, args.decode_tokens, args.rounds, args.prompt)
+        per_hop = (d["pipeline_ms"] - d["single_ms"]) / d["hops"]
+        print(f"decode ms/token   one process {d['single_ms']:7.1f}   pipeline {d['pipeline_ms']:7.1f}   "
+              f"ratio {d['pipeline_ms'] / d['single_ms']:.2f}x   overhead per hop {per_hop:.1f} ms (target <= 5 ms)")
+        print(f"decode transport  {d['transport_ms']:.1f} ms/token outside the stages' compute = "
+              f"{d['transport_ms'] / d['hops']:.1f} ms per hop (messages, event loops, client; no model work)")
+    if args.only in ("all", "train"):
+        train_bench(args, tmp, base)
+    print(f"machine load (1-min average) at start {load[0]:.1f}, at end {os.getloadavg()[0]:.1f}, "
+          f"on {os.cpu_count()} cores")
+    return 0
+
+
+def train_bench(args: argparse.Namespace, tmp: Path, base: Path) -> None:
+    """Training tokens/s and activation bytes per hop, one process vs 3 stages (see module doc)."""
     from gt_ext.pipeline.subspace import SUBSPACE_FILE, make_subspace_model
     from gt_ext.pipeline.trainer import pipeline_settings, run_pipeline_training
     from gt_ext.train.run import prepare, run_training
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     corpus = write_corpus(tmp / "corpus")
-    base = resolve_model_dir(args.model)
     sets = [f"max_steps={args.steps}", f"data.batch_size={args.batch}", f"data.pack_length={args.pack}",
             f"data.max_length={args.pack}", "eval_every=0", "checkpoint_every=0", f"threads={args.threads}",
             "lora.r=8", "attention=dense"]
@@ -115,7 +217,6 @@ def main() -> int:
           f"ratio to one process {comp_tps / single:.2f}x")
     print(f"activation bytes per token per hop   uncompressed {pipe_bytes:8.1f}   compressed {comp_bytes:8.1f}   "
           f"ratio {pipe_bytes / comp_bytes:.1f}x smaller")
-    return 0
 
 
 if __name__ == "__main__":

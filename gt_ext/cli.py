@@ -46,6 +46,7 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("rag", "gt_ext.rag.cli"),
     ("prefs", "gt_ext.prefs.cli"),
     ("runs", "gt_ext.runs.cli"),
+    ("loop", "gt_ext.loop.cli"),
     ("install-shim", "gt_ext.shim_cli"),
 ]
 
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         level=os.environ.get("GT_EXT_LOG", "WARNING").upper(),
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # Called through the `gt` shim: usage lines and errors name `gt corpus ...`, as the user typed.
+    # Popped, so the commands this one starts (formula steps run `gt-ext ...`) say gt-ext again.
+    prog = os.environ.pop("GT_EXT_PROG", None) or "gt-ext"
     try:  # typer >= 0.24 vendors click as typer._click; older ones use click itself
         from typer._click import exceptions as click_exc
     except ImportError:  # pragma: no cover
@@ -90,12 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Not standalone: usage errors come back here and are printed on ONE line (typer would
         # draw a multi-line rich box); `--help` and typer.Exit come back as exit codes.
-        rv = app(args=argv, prog_name="gt-ext", standalone_mode=False)
+        rv = app(args=argv, prog_name=prog, standalone_mode=False)
     except click_exc.NoArgsIsHelpError as e:
         e.show()  # a group called without a subcommand: its help, exit 2
         return e.exit_code
     except click_exc.UsageError as e:
-        where = e.ctx.command_path if e.ctx is not None else "gt-ext"
+        where = e.ctx.command_path if e.ctx is not None else prog
         msg = " ".join(e.format_message().split())
         print(f"error: {where}: {msg} (see '{where} --help')", file=sys.stderr)
         return e.exit_code
@@ -108,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     except GtExtError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        # A file or folder the user named that cannot be used as asked (a folder where a file was
+        # expected, no permission...): one line naming it. The commands check what they can first.
+        logging.getLogger("gt_ext").debug("OS error", exc_info=True)
+        what = f"{e.filename}: " if e.filename else ""
+        print(f"error: {what}{(e.strerror or str(e)).lower()} (GT_EXT_LOG=DEBUG shows where)", file=sys.stderr)
+        return 2
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except KeyboardInterrupt:

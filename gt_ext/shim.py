@@ -2,8 +2,10 @@
 
 Real gt is one static command tree with no plugin lookup, so the shim routes:
 
-    gt corpus ...                    -> gt-ext corpus ...
+    gt corpus ...                    -> gt-ext corpus ...       (usage lines say `gt corpus`)
     gt model ...                     -> gt-ext model ...
+    gt help corpus|model             -> gt-ext corpus|model --help
+    gt, gt --help, gt -h, gt help    -> the real gt's help, with our commands listed
     gt formula run NAME [k=v ...]    -> gt-ext formula run NAME --set k=v ...   (NAME one of ours)
     anything else                    -> exec the real gt, same argv/stdin/stdout/stderr/exit code
 
@@ -47,10 +49,21 @@ MARKER = b"@@MARKER@@"
 OURS = ("corpus", "model")
 
 
+HELP = ([], ["--help"], ["-h"], ["help"])
+OUR_HELP = """
+Fine-tuning (gastown-finetune, through gt-ext):
+  corpus         Training corpus: collect sessions, scrub secrets, review quarantine, export shards
+  model          Model registry: register, list, show, deploy, rollback, prune
+  formula run    This project's formulas: %s
+"""
+
+
 def route(argv):
     """gt-ext argv for commands we own, else None."""
     if argv and argv[0] in OURS:
         return list(argv)
+    if len(argv) >= 2 and argv[0] == "help" and argv[1] in OURS:
+        return [argv[1], "--help"] + list(argv[2:])
     if len(argv) >= 2 and argv[0] == "formula" and argv[1] == "run":
         rest, name, out, i = argv[2:], None, [], 0
         while i < len(rest):
@@ -101,15 +114,39 @@ def real_gt():
     return None
 
 
+def our_formulas():
+    try:
+        return sorted(f[: -len(".formula.toml")] for f in os.listdir(FORMULAS) if f.endswith(".formula.toml"))
+    except OSError:
+        return []
+
+
+def help_with_ours(gt, args):
+    """Real gt's help with our commands listed before its Flags section; gt's exit code."""
+    import subprocess
+
+    res = subprocess.run([gt] + args, stdout=subprocess.PIPE)
+    text = res.stdout.decode("utf-8", "replace")
+    ours = OUR_HELP % (", ".join(our_formulas()) or "none found")
+    at = text.find("\nFlags:")
+    text = text[:at] + "\n" + ours.strip("\n") + "\n" + text[at:] if at >= 0 else text + ours
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    return res.returncode
+
+
 def main():
     args = sys.argv[1:]
     ours = route(args)
     if ours is not None:
+        os.environ["GT_EXT_PROG"] = "gt"  # usage lines and errors then say `gt corpus ...`
         os.execv(GT_EXT, [GT_EXT] + ours)
     gt = real_gt()
     if gt is None:
         sys.stderr.write("error: gt: the real gt is not installed (run ./install.sh, or set GT_REAL_BIN)\n")
         sys.exit(127)
+    if args in HELP:
+        sys.exit(help_with_ours(gt, args))
     try:
         os.execv(gt, ["gt"] + args)
     except OSError as e:

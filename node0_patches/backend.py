@@ -109,12 +109,13 @@ def stage_backend_class() -> type:
             a backward whose graph is gone still does)."""
             t0 = time.perf_counter()
             try:
-                adapter_on = inputs[3]  # every stage's fourth input (node0_patches.experts)
-                if not bool((adapter_on > 0.5).all()):
-                    return super().forward(*inputs)  # DPO reference: no backward will come
-                args = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
-                with torch.enable_grad(), self.optimizer_lock:
-                    out = self.module(*args)
+                with self.module.compute_lock:  # generation shares the module (node0_patches.inference)
+                    adapter_on = inputs[3]  # every stage's fourth input (node0_patches.experts)
+                    if not bool((adapter_on > 0.5).all()):
+                        return super().forward(*inputs)  # DPO reference: no backward will come
+                    args = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
+                    with torch.enable_grad(), self.optimizer_lock:
+                        out = self.module(*args)
                 self._graphs[_inputs_key(inputs)] = (args, out)
                 while len(self._graphs) > _KEEP_GRAPHS:
                     self._graphs.popitem(last=False)
@@ -128,17 +129,18 @@ def stage_backend_class() -> type:
             try:
                 n = len(inputs) - 1  # the forward inputs, then d loss / d output
                 found = self._graphs.pop(_inputs_key(inputs[:n]), None)
-                if found is None:
-                    return super().backward(*inputs)  # node0's way: re-run the forward
-                args, out = found
-                try:
-                    with torch.enable_grad(), self.optimizer_lock:
-                        torch.autograd.backward(out, inputs[n].to(out.dtype))
-                except RuntimeError as e:  # e.g. parameters changed since (a step in between)
-                    log.debug("kept graph unusable (%s): re-running the forward", e)
-                    for p in self.module.parameters():
-                        p.grad = None
-                    return super().backward(*inputs)
+                with self.module.compute_lock:
+                    if found is None:
+                        return super().backward(*inputs)  # node0's way: re-run the forward
+                    args, out = found
+                    try:
+                        with torch.enable_grad(), self.optimizer_lock:
+                            torch.autograd.backward(out, inputs[n].to(out.dtype))
+                    except RuntimeError as e:  # e.g. parameters changed since (a step in between)
+                        log.debug("kept graph unusable (%s): re-running the forward", e)
+                        for p in self.module.parameters():
+                            p.grad = None
+                        return super().backward(*inputs)
                 self.on_backward(args[0].shape[0])
                 return tuple(a.grad if a.grad is not None else torch.zeros_like(a) for a in args)
             finally:

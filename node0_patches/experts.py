@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,9 @@ def _expert_base() -> type:
             self.model_args = model_args
             self.span = model_args.span()
             self.counters = StageCounters()  # shared by the backend, the optimizer and the handlers
+            # Training (the runtime's thread) and generation (node0_patches.inference) share the
+            # module: one computes at a time, and serving adapters are switched only under it.
+            self.compute_lock = threading.RLock()
             self.stage = load_stage(model_args.base_model_path, self.span, model_args.lora(),
                                     seed=model_args.lora_seed, dtype=model_args.dtype)
             if model_args.use_compression:
@@ -189,6 +193,29 @@ def _expert_base() -> type:
             mask = build_mask(example_index)
             with self._autocast(x.device):
                 return self._layers(x, position_ids, mask, adapter_on), tokens
+
+        def infer(self, x: torch.Tensor, start: int, cache: Any, keep: int = 0) -> torch.Tensor:
+            """Generation: run new tokens at absolute positions start.. against this stage's KV
+            `cache` (updated in place). x: ids [1, T] (head) or activations [1, T, D] in the wire
+            format. Returns activations for the next stage (the last `keep` positions when keep > 0)
+            or, at the tail, next-token logits of the last position [1, V] (float32)."""
+            dev = self.stage.model.rotary_emb.inv_freq.device
+            x = x.to(dev)
+            positions = torch.arange(start, start + x.shape[1], device=dev)[None]
+            tokens = None
+            if self.model_args.use_compression:
+                if self.span.head:
+                    tokens = x.unsqueeze(2).float()
+                else:
+                    full = self.decompress_input(x)  # [1, T, H + 1]
+                    x, tokens = full[:, :, :-1], full[:, :, -1:]
+            with self._autocast(dev):
+                h = self.stage(x, positions, None, cache=cache)
+                if self.span.tail:
+                    return self.stage.logits(h[:, -1:])[:, 0].float().cpu()
+            if keep:
+                h, tokens = h[:, -keep:], (tokens[:, -keep:] if tokens is not None else None)
+            return (self.compress_output(torch.cat([h, tokens], dim=-1)) if tokens is not None else h).cpu()
 
         def _autocast(self, device: torch.device) -> Any:
             """bf16 weights (dtype auto on CUDA): the float32 LoRA weights compute in bf16 too."""

@@ -14,8 +14,11 @@ It builds node0's `Node0Server` (node0's code, imported from the checkout in $NO
 * our LoRA experts, backend and optimizer (node0_patches.experts/backend/optim);
 * a checkpoint of the stage's adapter and optimizer after every step in `checkpoint_dir`, loaded
   at start when no live replica has any state to download;
-* an announcement of the stage (span, base-model and settings fingerprints) every 2 s; a stage
-  refuses to join a run whose live stages serve another base model or other settings.
+* an announcement of the stage (span, base-model and settings fingerprints, open generation
+  sessions) every 2 s; a stage refuses to join a run whose live stages serve another base model or
+  other settings;
+* generation sessions (`node0_patches.inference`: per-session KV caches, serving adapters, one
+  members-only stream per session) answered in this process, next to the live weights.
 
 The names node0 looks up at call time are patched for the duration of `Node0Server.create` in
 this process only (see `_node0_patches`).
@@ -75,6 +78,7 @@ class StageSettings:
     announce_period_s: float = 2.0
     keep_checkpoints: int = 2
     ready_file: Path | None = None
+    inference: Any = None  # node0_patches.inference.InferenceLimits (None: the defaults)
 
 
 def _warmup_cosine(optimizer: Any, num_warmup_steps: int, num_training_steps: int, min_lr_ratio: float) -> Any:
@@ -218,8 +222,9 @@ def serve_stage(s: StageSettings, stop: threading.Event | None = None,
     from gt_ext.swarm.dht import check_initial_peers, listen_maddr
     from node0_patches.experts import expert_class, register_stage_experts, stage_arguments
     from node0_patches.handler import handler_factory
+    from node0_patches.inference import StageInference
     from node0_patches.monitor import stage_monitor_class
-    from node0_patches.optim import NormExchange, gated_averager_classes, stage_optimizer_class
+    from node0_patches.optim import NormExchange, gated_averager_classes, norm_wait_s, stage_optimizer_class
 
     check_run(s.run)
     stop = stop or threading.Event()
@@ -250,7 +255,10 @@ def serve_stage(s: StageSettings, stop: threading.Event | None = None,
             checkpoints.save(epoch, holder["expert"], holder["opt"])
 
     def norm_exchange(dht: Any) -> NormExchange | None:
-        return NormExchange(dht, s.run, s.span.first, s.span.last, s.span.total, o.grad_clip) if o.grad_clip > 0 else None
+        if o.grad_clip <= 0:
+            return None
+        return NormExchange(dht, s.run, s.span.first, s.span.last, s.span.total, o.grad_clip,
+                            timeout=norm_wait_s(s.averaging_timeout, s.matchmaking_time))
 
     def restore(opt: Any) -> int:
         return checkpoints.load_newest(opt.model, opt) if checkpoints is not None else 0
@@ -295,6 +303,7 @@ def serve_stage(s: StageSettings, stop: threading.Event | None = None,
             nat_port_map=False,
         )
     monitor = None
+    inference = None
     try:
         uid, backend = next(iter(server.module_backends.items()))
         expert, opt = backend.module, backend.optimizer
@@ -304,11 +313,14 @@ def serve_stage(s: StageSettings, stop: threading.Event | None = None,
             publish_membership(dht, s.run, s.key)
         me = {**info, "peer": dht.peer_id.to_base58(), "uid": uid}
         _check_peers(dht, s.run, me)
+        # Generation sessions, answered in this process next to the live weights.
+        inference = StageInference(expert, uid, dht, s.key, s.run, s.inference)
+        inference.start()
 
         def record() -> dict[str, Any]:
             c = expert.counters.snapshot()
             return {**me, "epoch": opt.local_epoch, "state": "running", "samples": c["samples"],
-                    "peers": c["peers"], "nan_skips": c["nan_skips"], "tokens": c["tokens"],
+                    "peers": c["peers"], "nan_skips": c["nan_skips"], "tokens": c["tokens"], **inference.stats(),
                     "maddrs": [str(a) for a in dht.get_visible_maddrs()]}
 
         last_membership = [time.monotonic()]
@@ -333,9 +345,12 @@ def serve_stage(s: StageSettings, stop: threading.Event | None = None,
             if not server.is_alive():
                 raise GtExtError(f"stage {s.span.label()}: the node0 server stopped")
     finally:
-        # Optimizer first (its tracker and averagers talk through the DHT), then the server.
+        # Generation first, then the optimizer (its tracker and averagers talk through the DHT),
+        # then the server.
         if monitor is not None:
             monitor.stop_event.set()
+        if inference is not None:
+            _bounded(inference.shutdown, 10.0, "inference shutdown")
         opt = holder.get("opt")
         if opt is not None:
             opt.stop_monitoring()

@@ -156,3 +156,36 @@ def test_foreign_formula_reaches_real_gt_unchanged(shim: Path, gt_bin: str, tmp_
     via = subprocess.run([str(shim), *argv], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert real.returncode != 0  # real gt takes one positional only / knows no such formula
     assert (via.returncode, via.stdout, via.stderr) == (real.returncode, real.stdout, real.stderr)
+
+
+# -- issue #20: discoverability through the shim ----------------------------------------------------
+@pytest.mark.parametrize("argv", [["--help"], [], ["help"], ["-h"]])
+def test_gt_help_through_the_shim_lists_our_commands(shim: Path, argv: list[str]) -> None:
+    from gt_ext.gastown.binaries import find_gt
+
+    real = find_gt(required=False)
+    if real is None:
+        pytest.skip("the real gt is not installed")
+    res = subprocess.run([str(shim), *argv], capture_output=True, text=True, env=_env(GT_REAL_BIN=str(real)))
+    assert res.returncode == 0, res.stderr
+    head, sep, ours = res.stdout.partition("Fine-tuning (gastown-finetune")
+    assert sep and "Usage:" in head and "sling" in head  # gt's own help, unchanged before ours
+    assert "corpus " in ours and "model " in ours and "formula run" in ours and "train-role-model" in ours
+    assert ours.index("train-role-model") < ours.index("Flags:")  # listed before gt's Flags section
+
+
+def test_gt_help_keeps_the_real_exit_code(shim: Path, tmp_path: Path) -> None:
+    rec = _recorder(tmp_path / "real" / "gt")
+    res = subprocess.run([str(shim), "--help"], capture_output=True, text=True,
+                         env=_env(GT_REAL_BIN=str(rec), REC_OUT=str(tmp_path / "rec"), REC_CODE="5"))
+    assert res.returncode == 5 and res.stdout.startswith("to stdout\n") and "corpus " in res.stdout
+
+
+def test_usage_lines_and_errors_say_gt_when_called_as_gt(shim: Path) -> None:
+    res = subprocess.run([str(shim), "corpus", "list", "--status", "bogus"], capture_output=True, text=True,
+                         env=_env())
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "gt-ext" not in res.stderr, res.stderr
+    res = subprocess.run([str(shim), "help", "model"], capture_output=True, text=True, env=_env())
+    assert res.returncode == 0 and "Usage: gt model" in res.stdout and "gt-ext" not in res.stdout
+    res = subprocess.run([str(shim), "model", "deploy", "--help"], capture_output=True, text=True, env=_env())
+    assert "Usage: gt model deploy" in res.stdout

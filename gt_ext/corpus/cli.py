@@ -54,9 +54,25 @@ def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 
 
-@app.command()
-def add(files: Annotated[list[Path], typer.Argument(help="Chat .json/.jsonl, markdown .md, or Claude transcript .jsonl.")],
-        role: Annotated[str | None, typer.Option(help="Role tag (mayor, deacon, ..., crew).")] = None,
+_ADD_FORMATS = """Formats (told apart by extension, then content):
+
+.md: sections headed ## User / ## Assistant / ## System / ## Tool, with optional front matter
+between --- lines (role: witness, task: patrol, rig: demo, outcome: success).
+
+.json: {"messages": [{"role": "user", "content": "..."}, ...], "role": "witness", "task": ...},
+or a list of such objects.
+
+.jsonl: one such object a line; or a Claude Code transcript (~/.claude/projects/<dir>/<id>.jsonl);
+or a pi session file. A transcript's role comes from its work dir when that lies inside the town.
+
+Message roles: system, user, assistant, tool. Every example needs a gt role (--role, the file's
+own, or the work dir's); when one has none, nothing is added."""
+
+
+@app.command(epilog=_ADD_FORMATS)
+def add(files: Annotated[list[Path], typer.Argument(help="Example files: .md, .json, .jsonl (see the formats below).")],
+        role: Annotated[str | None, typer.Option(help="Role of every example (mayor, deacon, boot, dog, witness, refinery, "
+                                                      "polecat, crew); else the file's own.")] = None,
         task: Annotated[str | None, typer.Option(help="Task tag (bead-creation, code-review, ...).")] = None,
         rig: Annotated[str | None, typer.Option(help="Rig tag.")] = None,
         outcome: Annotated[str | None, typer.Option(help="success or failure.")] = None,
@@ -72,42 +88,90 @@ def add(files: Annotated[list[Path], typer.Argument(help="Chat .json/.jsonl, mar
     if outcome and outcome not in ("success", "failure"):
         raise GtExtError(f"--outcome must be success or failure, got {outcome!r}")
     with _store() as st:
-        rep = add_files(st, files, role=role, task=task, rig=rig, outcome=outcome)
+        rep = add_files(st, files, role=role, task=task, rig=rig, outcome=outcome, town_root=_town_root())
     if as_json:
         _print_json(rep.to_dict())
-    else:
-        print(f"added {rep.sessions} example(s): {rep.stored or 'nothing new'}; {rep.duplicates} duplicate(s)")
+        return
+    active = rep.stored.get("active", 0)
+    held = {k: v for k, v in rep.stored.items() if k != "active"}
+    print(f"added {active} of {len(rep.outcomes)} example(s) to the corpus"
+          + (" (" + ", ".join(f"{v} {k}" for k, v in sorted(held.items())) + ")" if held else ""))
+    for o in rep.outcomes:
+        if o["status"] != "active":
+            what = {"duplicate": "not stored", "unchanged": "not stored"}.get(o["status"], o["status"])
+            print(f"  {o['file']}: {what}: {o['reason']}" + (f" [{o['id'][:12]}]" if o["id"] else ""))
+
+
+def _check_rig(st, rig: str | None) -> None:
+    """A --rig value must name a rig: one of the town's, or one the corpus has examples of."""
+    if not rig:
+        return
+    known = {r for (r,) in st.db.execute("SELECT DISTINCT rig FROM examples WHERE rig IS NOT NULL")}
+    town = _town_root()
+    if town is not None:
+        from gt_ext.gastown.town import Town
+
+        known |= {r.name for r in Town(Path(town)).rigs()}
+    if rig not in known:
+        raise GtExtError(f"--rig {rig!r}: no such rig in {town or st.root} (rigs: {', '.join(sorted(known)) or 'none'})")
 
 
 @app.command("list")
-def list_(status: Annotated[str | None, typer.Option(help="active, quarantined, review, rejected, superseded or all.")] = "active",
-          role: Annotated[str | None, typer.Option()] = None, task: Annotated[str | None, typer.Option()] = None,
-          rig: Annotated[str | None, typer.Option()] = None, limit: Annotated[int, typer.Option()] = 50,
+def list_(status: Annotated[str, typer.Option(help="active, quarantined, review, rejected, superseded or all.")] = "active",
+          role: Annotated[str | None, typer.Option(help="mayor, deacon, boot, dog, witness, refinery, polecat or crew.")] = None,
+          task: Annotated[str | None, typer.Option(help="A task tag (patrol, code-review, ...).")] = None,
+          rig: Annotated[str | None, typer.Option(help="A rig of the town.")] = None,
+          source: Annotated[str | None, typer.Option(help="claude, node0, pi (their transcripts) or a provenance "
+                                                          "source: pane, markdown, curated, artifact, gt-prime, sample.")] = None,
+          limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 50,
           as_json: JsonOpt = False) -> None:
     """List examples (tags only, no content)."""
+    from gt_ext.corpus.ingest import SOURCES
+    from gt_ext.corpus.store import STATUSES
+    from gt_ext.roles import check_role, check_task
+
+    if status != "all" and status not in STATUSES:
+        raise GtExtError(f"--status {status!r}: expected one of {', '.join(STATUSES)} or all")
+    if role:
+        check_role(role)
+    if task:
+        check_task(task)
+    if source is not None:
+        source = source if source in SOURCES else f"{source}-jsonl"
+        if source not in SOURCES:
+            raise GtExtError(f"--source {source.removesuffix('-jsonl')!r}: expected claude, node0, pi or one of "
+                             + ", ".join(s for s in SOURCES if not s.endswith("-jsonl")))
     with _store() as st:
-        rows = [e.summary() for e in st.query(status=None if status == "all" else status, role=role, task=task, rig=rig, limit=limit)]
+        _check_rig(st, rig)
+        rows = [e.summary() for e in st.query(status=None if status == "all" else status, role=role, task=task, rig=rig,
+                                              source=source, limit=limit)]
     if as_json:
         _print_json(rows)
         return
     from rich.console import Console
     from rich.table import Table
 
-    t = Table("id", "role", "task", "rig", "bead", "source", "outcome", "label", "status", "turns")
+    t = Table("id", "role", "task", "rig", "bead", "source", "model", "outcome", "label", "status", "turns")
     for r in rows:
         t.add_row(r["id"][:12], r["role"] or "-", r["task"] or "-", r["rig"] or "-", r["bead"] or "-", r["source"],
-                  r["outcome"], r["label"], r["status"], str(r["turns"]))
+                  r["model"] or "-", r["outcome"], r["label"], r["status"], str(r["turns"]))
     Console().print(t)
 
 
-def _masked(ex, reveal: bool) -> list[dict[str, str]]:
-    """Messages with uncertain spans masked (they may be secrets) unless `reveal`."""
+def _masked(st, ex, reveal: bool) -> list[dict[str, str]]:
+    """Messages as stored: suspected secrets are sealed (`<SEALED:type:n>` markers); `reveal`
+    decrypts them with the store's quarantine key. Spans of examples stored before sealing
+    existed are masked by a fresh scan unless `reveal`."""
     from gt_ext.corpus.scrub import default_scrubber
+    from gt_ext.corpus.seal import Sealer, unseal
 
+    sealed = st.sealed(ex.id)
     out = []
     for m in ex.messages or []:
         text = m["content"]
-        if not reveal:
+        if reveal and sealed:
+            text = unseal(text, sealed, Sealer(st.root))
+        elif not reveal:
             for f in sorted(default_scrubber().scan(text), key=lambda f: f.start, reverse=True):
                 if f.confidence == "uncertain":
                     text = text[:f.start] + f"[UNCERTAIN:{f.type}]" + text[f.end:]
@@ -120,7 +184,7 @@ def show(example_id: Annotated[str, typer.Argument(help="Example id or unique pr
     """Show one example: tags, provenance, findings and messages (uncertain spans masked)."""
     with _store() as st:
         ex = st.get(example_id)
-    data = ex.summary() | {"provenance": ex.provenance(), "findings": ex.findings, "messages": _masked(ex, False)}
+        data = ex.summary() | {"provenance": ex.provenance(), "findings": ex.findings, "messages": _masked(st, ex, False)}
     if as_json:
         _print_json(data)
         return
@@ -145,7 +209,7 @@ def stats(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def audit(sample: Annotated[int, typer.Option(help="How many scrubbed examples to show for review.")] = 5,
+def audit(sample: Annotated[int, typer.Option(min=0, help="How many scrubbed examples to show for review.")] = 5,
           seed: Annotated[int, typer.Option()] = 0, as_json: JsonOpt = False) -> None:
     """Sample scrubbed examples for review and count findings per detector."""
     import random
@@ -190,12 +254,13 @@ def q_list(as_json: JsonOpt = False) -> None:
 
 
 @quarantine_app.command("show")
-def q_show(example_id: str, reveal: Annotated[bool, typer.Option(help="Show uncertain spans unmasked.")] = False,
+def q_show(example_id: str,
+           reveal: Annotated[bool, typer.Option(help="Decrypt the sealed spans (needs the store's quarantine key).")] = False,
            as_json: JsonOpt = False) -> None:
-    """Show a quarantined example; uncertain spans are masked unless --reveal."""
+    """Show a quarantined example; its suspected secrets are sealed (encrypted) unless --reveal."""
     with _store() as st:
         ex = st.get(example_id)
-    data = ex.summary() | {"findings": ex.findings, "messages": _masked(ex, reveal)}
+        data = ex.summary() | {"findings": ex.findings, "messages": _masked(st, ex, reveal)}
     if as_json:
         _print_json(data)
         return
@@ -221,7 +286,17 @@ def q_release(example_id: str) -> None:
                 ids = release_version(st, ex.id)
             print(f"released {ex.id[:12]}: now the current version of {ex.artifact_key} ({len(ids)} part(s))")
             return
-        st.set_status(ex.id, "active", "released by reviewer")
+        sealed = st.sealed(ex.id)
+        if sealed:
+            # Uncertain spans go back as they were (judged harmless); a rescan's certain hits
+            # become their typed placeholder.
+            from gt_ext.corpus.seal import Sealer, unseal
+
+            sealer = Sealer(st.root)
+            msgs = [{**m, "content": unseal(m["content"], sealed, sealer, reveal_all=False)} for m in ex.messages]
+            st.unseal_into(ex.id, msgs, "active", "released by reviewer")
+        else:
+            st.set_status(ex.id, "active", "released by reviewer")
     print(f"released {ex.id[:12]}")
 
 
@@ -267,17 +342,23 @@ def export(out: Annotated[Path, typer.Option("--out", help="Folder to write (man
            val_pct: Annotated[int, typer.Option(help="Percent of prompts held out for validation.")] = 10,
            overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --out.")] = False,
            if_missing: Annotated[bool, typer.Option(help="Keep an existing export in --out (formulas given a corpus_path).")] = False,
+           self_outputs: Annotated[str, typer.Option(
+               help="Sessions served by this project's own models: drop (default: a model trained on its own "
+                    "unreviewed output gets worse), keep, or weight=W (a fixed share W of them, 0 < W < 1).")] = "drop",
            as_json: JsonOpt = False) -> None:
     """Write SFT and DPO shards with a manifest (counts, file hashes, one corpus hash).
 
     Rig-local by default: a rig's examples leave it only when the rig opted in to sharing in its own
     settings (`<town>/<rig>/settings/gt-ext.json` `{"corpus": {"share": true}}`)."""
-    from gt_ext.corpus.shards import MANIFEST, StalePolicy, read_manifest, write_shards
+    from gt_ext.corpus.shards import MANIFEST, StalePolicy, parse_self_outputs, read_manifest, write_shards
     from gt_ext.roles import check_role
 
     policy = StalePolicy.parse(stale_sessions)
+    own = parse_self_outputs(self_outputs)  # a bad value is an error before anything is read
     if role:
         check_role(role)
+    if out.exists() and not out.is_dir():
+        raise GtExtError(f"--out {out}: is a file; the export is a folder (manifest.json, sft/, dpo/)")
     if if_missing and (out / MANIFEST).is_file():
         m = read_manifest(out)
         if as_json:
@@ -287,8 +368,9 @@ def export(out: Annotated[Path, typer.Option("--out", help="Folder to write (man
         return
 
     with _store() as st:
+        _check_rig(st, rig)
         m = write_shards(st, out, rig=None if all_rigs else _job_rig(rig), val_pct=val_pct, overwrite=overwrite,
-                         all_rigs=all_rigs, role=role, stale=policy)
+                         all_rigs=all_rigs, role=role, stale=policy, self_outputs=own)
     if as_json:
         _print_json(m)
         return
@@ -318,7 +400,9 @@ def process(claude_dir: Annotated[Path | None, typer.Option(help="Claude project
         from gt_ext.corpus.collect import trigger as run_trigger
 
         with _store() as st:
-            handler = logging.FileHandler(st.root / "process.log")
+            from gt_ext.private import private_file
+
+            handler = logging.FileHandler(private_file(st.root / "process.log"))
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             logging.getLogger("gt_ext").addHandler(handler)
             logging.getLogger("gt_ext").setLevel(logging.INFO)
@@ -401,6 +485,8 @@ def scrub(file: Annotated[str, typer.Argument(help="File to scrub, or - for stdi
     if file == "-":
         text = sys.stdin.read()
     else:
+        if Path(file).is_dir():
+            raise GtExtError(f"{file}: is a folder; scrub one file at a time (or - for stdin)")
         try:
             text = Path(file).read_text(encoding="utf-8")
         except FileNotFoundError:

@@ -13,7 +13,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from gt_ext.corpus import gates
+from gt_ext.corpus import gates, seal
 from gt_ext.corpus.format import example_id, sha256_text
 from gt_ext.corpus.scrub import Scrubber, default_scrubber
 from gt_ext.corpus.store import Store, StoredExample
@@ -21,7 +21,9 @@ from gt_ext.corpus.tags import Tags, check_role_tag, system_prompt, task_from_co
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("claude-jsonl", "pi-jsonl", "pane", "markdown", "curated", "artifact", "gt-prime", "sample")
+SOURCES = ("claude-jsonl", "node0-jsonl", "pi-jsonl", "pane", "markdown", "curated", "artifact", "gt-prime", "sample")
+# Sessions served by this project's own models (the node0 agent): a model's own outputs.
+NODE0_SOURCE = "node0-jsonl"
 
 
 @dataclass
@@ -66,10 +68,16 @@ def _chunks(messages: list[dict[str, str]], limit: int) -> list[list[dict[str, s
 
 
 class Ingestor:
-    """Stores examples of one processing batch; `finish()` runs the batch anomaly check."""
+    """Stores examples of one processing batch; `finish()` runs the batch anomaly check.
+
+    The batch is journaled as open (table `open_batches`) before its first example is stored and
+    closed in the same transaction that records its verdict. A processor killed in between leaves
+    it open: the next Ingestor (callers hold the store's processing lock) judges it first, and
+    export leaves open batches out meanwhile, so no batch skips the anomaly gate. `judge=False`
+    (artifacts) records the batch without judging it."""
 
     def __init__(self, store: Store, scrubber: Scrubber | None = None, batch: str | None = None,
-                 check_near_dups: bool = True):
+                 check_near_dups: bool = True, judge: bool = True):
         self.store = store
         self.scrubber = scrubber or default_scrubber()
         self.batch = batch or f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
@@ -77,7 +85,20 @@ class Ingestor:
 
         note_detectors(store, self.scrubber)
         self.check_near_dups = check_near_dups
+        self.judge = judge
         self.total = IngestResult()
+        self.sealer = seal.Sealer(store.root)  # its key is made on the first suspected secret
+        if not store.db.in_transaction:
+            recover_open_batches(store)
+        self._write(lambda: store.db.execute("INSERT OR IGNORE INTO open_batches VALUES (?, ?, ?)",
+                                             (self.batch, int(judge), time.time())))
+
+    def _write(self, fn) -> None:
+        if self.store.db.in_transaction:
+            fn()
+        else:
+            with self.store.tx():
+                fn()
 
     def ingest(self, messages: list[dict[str, str]], tags: Tags, source: Source) -> IngestResult:
         """Tag, scrub, gate and store one session (call inside `store.tx()`)."""
@@ -92,6 +113,7 @@ class Ingestor:
             # Same session, new content (a transcript grows with every Stop): the newer replaces it.
             for (eid,) in st.db.execute("SELECT id FROM examples WHERE source_key = ?", (source.key,)).fetchall():
                 st.db.execute("DELETE FROM lsh WHERE example_id = ?", (eid,))
+                st.db.execute("DELETE FROM sealed WHERE example_id = ?", (eid,))
             st.db.execute("DELETE FROM examples WHERE source_key = ?", (source.key,))
         tags = tags.merged(st.link(tags.session) if tags.session else None)
         role = check_role_tag(tags.role)
@@ -111,9 +133,17 @@ class Ingestor:
         st = self.store
         findings: list[dict] = []
         clean = []
+        sealed: list[seal.Sealed] = []
+        counter = seal.counter_from()
         for i, m in enumerate(msgs):
             r = self.scrubber.scrub(m["content"])
-            clean.append({"role": m["role"], "content": r.text})
+            text = r.text
+            if r.quarantine:
+                # A suspected secret is never stored verbatim: its span becomes a marker and its
+                # value is kept encrypted apart, for the reviewer (gt_ext.corpus.seal).
+                text, s = seal.seal_findings(m["content"], r.findings, self.sealer, counter)
+                sealed += s
+            clean.append({"role": m["role"], "content": text})
             findings.extend(f.to_dict() | {"msg": i} for f in r.findings)
         ex_id = example_id(clean)
         if st.db.execute("SELECT 1 FROM examples WHERE id = ?", (ex_id,)).fetchone():
@@ -154,7 +184,8 @@ class Ingestor:
                            id=ex_id, source=source.kind, source_key=source.key, source_hash=source.hash,
                            messages=clean, label=label, status=status, reason=reason, findings=findings,
                            minhash=sig, batch=self.batch, grp=source.group, created=time.time())
-        st.insert(ex)
+        if st.insert(ex) and sealed:
+            st.add_sealed(ex_id, sealed)
         if status == "active":
             st.lsh_add(ex_id, buckets)
         res.add(status, ex_id)
@@ -197,26 +228,47 @@ class Ingestor:
         return ex_id
 
     def finish(self) -> list[str]:
-        """Compare this batch with the corpus before it; flag the batch for review if it departs."""
-        st = self.store
+        """Compare this batch with the corpus before it; flag the batch for review if it departs.
+        Closes the batch (see the class doc)."""
+        return close_batch(self.store, self.batch, self.judge)
+
+
+def recover_open_batches(store: Store) -> dict[str, list[str]]:
+    """Judge (and close) every batch a killed processor left open; {batch: flags}. Call with the
+    store's processing lock held, or in a process that is the store's only writer."""
+    out = {}
+    for row in store.db.execute("SELECT batch, judge FROM open_batches ORDER BY created").fetchall():
+        log.warning("batch %s was left open by a processor that stopped midway: judging it now", row["batch"])
+        out[row["batch"]] = close_batch(store, row["batch"], bool(row["judge"]))
+    return out
+
+
+def close_batch(store: Store, batch: str, judge: bool = True) -> list[str]:
+    """The batch anomaly check of one batch against the rest of the corpus (when `judge`), its
+    verdict recorded and the batch closed, in one transaction. Returns the flags."""
+    st = store
+    with st.tx():
         rows = st.db.execute(
             "SELECT LENGTH(messages) AS chars, reason, status, outcome FROM examples WHERE batch = ? AND messages IS NOT NULL",
-            (self.batch,)).fetchall()
-        if not rows:
-            return []
-        batch = gates.batch_stats([{"chars": r["chars"] or 0, "violations": (r["reason"] or "").startswith("violations"),
-                                    "quarantined": r["status"] == "quarantined", "outcome": r["outcome"]} for r in rows])
-        c = st.db.execute(
-            "SELECT COUNT(*), AVG(LENGTH(messages)), AVG(reason LIKE 'violations:%'), AVG(status = 'quarantined'), "
-            "AVG(outcome = 'failure') FROM examples WHERE batch != ? AND messages IS NOT NULL", (self.batch,)).fetchone()
-        corpus = {"n": c[0], "mean_chars": c[1] or 0, "violation_rate": c[2] or 0, "quarantine_rate": c[3] or 0,
-                  "failure_rate": c[4] or 0}
-        flags = gates.batch_anomalies(batch, corpus)
-        with st.tx():
+            (batch,)).fetchall()
+        flags: list[str] = []
+        stats: dict = {"n": 0}
+        if rows:
+            stats = gates.batch_stats([{"chars": r["chars"] or 0, "violations": (r["reason"] or "").startswith("violations"),
+                                        "quarantined": r["status"] == "quarantined", "outcome": r["outcome"]} for r in rows])
+        if rows and judge:
+            c = st.db.execute(
+                "SELECT COUNT(*), AVG(LENGTH(messages)), AVG(reason LIKE 'violations:%'), AVG(status = 'quarantined'), "
+                "AVG(outcome = 'failure') FROM examples WHERE batch != ? AND messages IS NOT NULL", (batch,)).fetchone()
+            corpus = {"n": c[0], "mean_chars": c[1] or 0, "violation_rate": c[2] or 0, "quarantine_rate": c[3] or 0,
+                      "failure_rate": c[4] or 0}
+            flags = gates.batch_anomalies(stats, corpus)
             if flags:
                 st.db.execute("UPDATE examples SET status = 'review', reason = ? WHERE batch = ? AND status = 'active'",
-                              ("batch anomaly: " + "; ".join(flags), self.batch))
-                log.warning("batch %s flagged for review: %s", self.batch, "; ".join(flags))
+                              ("batch anomaly: " + "; ".join(flags), batch))
+                log.warning("batch %s flagged for review: %s", batch, "; ".join(flags))
+        if rows:
             st.db.execute("INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?)",
-                          (self.batch, time.time(), json.dumps(batch), json.dumps(flags)))
-        return flags
+                          (batch, time.time(), json.dumps(stats), json.dumps(flags)))
+        st.db.execute("DELETE FROM open_batches WHERE batch = ?", (batch,))
+    return flags

@@ -5,8 +5,9 @@ Examples are scrubbed once, when they are stored. The store remembers which dete
 release adds or tightens a detector, examples stored earlier may hold what it now finds: `rescan`
 runs the current scrubber over every stored example that could still be exported (active, under
 review, superseded) and sends each one with a new finding to quarantine, with the finding types in
-the reason (never the values), for a reviewer to release or drop. Stored text is not rewritten:
-the reviewer decides. Nothing happens when the detectors are the ones the store was scrubbed with,
+the reason (never the values), for a reviewer to release or drop. What was found is sealed
+(`gt_ext.corpus.seal`: encrypted apart, a marker in the text), so quarantine holds no verbatim
+secret; the reviewer decides what goes back. Nothing happens when the detectors are the ones the store was scrubbed with,
 unless forced.
 """
 
@@ -17,6 +18,7 @@ import logging
 from collections import Counter
 from typing import Any
 
+from gt_ext.corpus import seal
 from gt_ext.corpus.scrub import Scrubber, default_scrubber, detectors_fingerprint
 from gt_ext.corpus.store import Store
 
@@ -59,6 +61,7 @@ def rescan(store: Store, scrubber: Scrubber | None = None, force: bool = False) 
         report["skipped"] = True
         return report
     found: Counter[str] = Counter()
+    sealer = seal.Sealer(store.root)
     with process_lock(store):
         rows = [e for status in RESCANNED for e in store.query(status=status) if e.messages]
         with store.tx():
@@ -70,8 +73,19 @@ def rescan(store: Store, scrubber: Scrubber | None = None, force: bool = False) 
                 types = sorted({f"{f.type} ({f.confidence})" for f in hits})
                 found.update(f.type for f in hits)
                 reason = f"rescan with detectors {current}: new finding(s) {', '.join(types)}"
-                store.db.execute("UPDATE examples SET status = 'quarantined', reason = ?, findings = ? WHERE id = ?",
-                                 (reason, json.dumps(e.findings + [f.to_dict() for f in hits]), e.id))
+                # What the new detectors found is sealed (encrypted apart), never kept verbatim in
+                # quarantine; release puts uncertain values back and certain ones as placeholders.
+                counter = seal.counter_from(len(store.sealed(e.id)))
+                msgs, new_findings = [], []
+                for i, m in enumerate(e.messages):
+                    mh = sc.scan(m["content"])
+                    text, s = seal.seal_findings(m["content"], mh, sealer, counter, seal_certain=True)
+                    store.add_sealed(e.id, s)
+                    msgs.append({**m, "content": text})
+                    new_findings += [f.to_dict() | {"msg": i, "rescan": True} for f in mh]
+                store.db.execute("UPDATE examples SET status = 'quarantined', reason = ?, findings = ?, messages = ? "
+                                 "WHERE id = ?", (reason, json.dumps(e.findings + new_findings),
+                                                  json.dumps(msgs, ensure_ascii=False), e.id))
                 report["quarantined"] += 1
             store.set_meta(META_KEY, current)
     report["findings"] = dict(sorted(found.items()))

@@ -487,6 +487,13 @@ def write_history(sessions: list[SampleSession], town_root: Path, projects: Path
 
 def ingest_sessions(store, sessions: list[SampleSession]) -> dict[str, int]:  # noqa: ANN001 - Store
     """Store generated sessions directly (provenance source "sample"). Returns counts by status."""
+    from gt_ext.corpus.collect import process_lock
+
+    with process_lock(store):  # one writer at a time: a batch left open by a kill is judged here
+        return _ingest_locked(store, sessions)
+
+
+def _ingest_locked(store, sessions: list[SampleSession]) -> dict[str, int]:  # noqa: ANN001 - Store
     from gt_ext.corpus.format import canonical_json, sha256_text
     from gt_ext.corpus.ingest import Ingestor, Source, Tags
 

@@ -144,7 +144,7 @@ _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F
 _BENIGN_CONTEXT_RE = re.compile(
     r"(?i)(sha(?:1|224|256|384|512)[-:]|md5[-:]|integrity|checksum|digest|data:[a-z]+/[a-z0-9.+\-]+;base64,|commit|\brev\b|hash)"
 )
-_PLACEHOLDER_RE = re.compile(r"<(?:SECRET:[a-z0-9_]+|IP|EMAIL|USER|PATH:home)>")
+_PLACEHOLDER_RE = re.compile(r"<(?:SECRET:[a-z0-9_]+|IP|EMAIL|USER|PATH:home|SEALED:[a-z0-9_]+:\d+)>")
 # detect-secrets plugin types that name a specific credential format: when it sees one our regexes
 # missed and we can find its exact value, that is a certain finding.
 _DS_SPECIFIC = {
@@ -310,11 +310,16 @@ class Scrubber:
     def scrub(self, text: str) -> ScrubResult:
         """Replace certain findings by placeholders; keep uncertain spans and report them."""
         findings = self.scan(text)
-        out = text
-        for f in sorted(findings, key=lambda f: f.start, reverse=True):
-            if f.confidence == CERTAIN and f.placeholder:
-                out = out[: f.start] + f.placeholder + out[f.end:]
-        return ScrubResult(out, findings)
+        return ScrubResult(replace_certain(text, findings), findings)
+
+
+def replace_certain(text: str, findings: list[Finding]) -> str:
+    """`text` with its certain findings (spans of this very text) replaced by their placeholders."""
+    out = text
+    for f in sorted(findings, key=lambda f: f.start, reverse=True):
+        if f.confidence == CERTAIN and f.placeholder:
+            out = out[: f.start] + f.placeholder + out[f.end:]
+    return out
 
 
 def detectors_fingerprint(scrubber: Scrubber | None = None) -> str:

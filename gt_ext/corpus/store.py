@@ -26,6 +26,7 @@ from gt_ext.corpus.tags import LINK_FIELDS, Tags
 from gt_ext.errors import GtExtError
 from gt_ext.gastown.town import find_town
 from gt_ext.paths import home_dir
+from gt_ext.private import private_dir, private_file
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS examples(
@@ -42,7 +43,8 @@ CREATE TABLE IF NOT EXISTS examples(
   artifact_key TEXT,                         -- rig:relpath for versioned artifacts
   batch TEXT,
   grp TEXT,                                  -- source group (user, curated file) for per-source caps
-  created REAL NOT NULL
+  created REAL NOT NULL,
+  model TEXT                                 -- the model that wrote the assistant turns, when known
 );
 CREATE INDEX IF NOT EXISTS ex_status ON examples(status);
 CREATE INDEX IF NOT EXISTS ex_source ON examples(source_key);
@@ -64,10 +66,22 @@ CREATE TABLE IF NOT EXISTS preferences(            -- task-level DPO pairs picke
   reason TEXT, findings TEXT NOT NULL DEFAULT '[]', created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS open_batches(          -- batches still being stored: not yet judged (ingest.py)
+  batch TEXT PRIMARY KEY, judge INTEGER NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS sealed(                 -- suspected secrets of held-back examples, encrypted (seal.py)
+  example_id TEXT NOT NULL, marker TEXT NOT NULL, token TEXT NOT NULL, placeholder TEXT,
+  PRIMARY KEY(example_id, marker));
 """
 
 PREFERENCE_COLUMNS = ("id", "role", "task", "rig", "bead", "comparison", "prompt", "chosen", "rejected",
                       "provenance", "status", "reason", "findings", "created")
+
+# Columns added after the first release, for stores made before them (name, SQL declaration).
+ADDED_COLUMNS: tuple[tuple[str, str], ...] = (("model", "TEXT"),)
+
+# What an example can be: exported (active), held for a human (quarantined, review), refused by a
+# gate (rejected), replaced by a newer version of its artifact (superseded).
+STATUSES = ("active", "quarantined", "review", "rejected", "superseded")
 
 
 @dataclass(kw_only=True)
@@ -110,12 +124,12 @@ class StoredExample(Tags):
         """The contract's provenance object."""
         return {"source": self.source, "session": self.session or "", "rig": self.rig or "",
                 "bead": self.bead or "", "user": self.user or "", "time": self.time or "",
-                "source_hash": self.source_hash}
+                "model": self.model or "", "source_hash": self.source_hash}
 
     def summary(self) -> dict[str, Any]:
         """Listing form: tags and status, no content."""
         return {k: getattr(self, k) for k in ("id", "role", "task", "rig", "bead", "session", "source",
-                                               "outcome", "label", "status", "reason")} | {
+                                               "model", "outcome", "label", "status", "reason")} | {
             "turns": len(self.messages or []), "findings": len(self.findings)}
 
 
@@ -142,8 +156,11 @@ class Store:
 
     def __init__(self, root: Path):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "spool").mkdir(exist_ok=True)
+        # Session text (and quarantined examples) lives here: owner only. SQLite gives its -wal and
+        # -shm files the database file's mode, so a 0600 corpus.db keeps them 0600 too.
+        private_dir(self.root)
+        private_dir(self.root / "spool")
+        private_file(self.root / "corpus.db")
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer takes the lock up
         # front instead of failing on upgrade from a read lock.
         self.db = sqlite3.connect(self.root / "corpus.db", timeout=60, isolation_level=None)
@@ -155,6 +172,10 @@ class Store:
             for stmt in SCHEMA.split(";"):  # executescript would COMMIT our transaction
                 if stmt.strip():
                     self.db.execute(stmt)
+            have = {r[1] for r in self.db.execute("PRAGMA table_info(examples)")}
+            for col, decl in ADDED_COLUMNS:  # a store made by an older version: add what it lacks
+                if col not in have:
+                    self.db.execute(f"ALTER TABLE examples ADD COLUMN {col} {decl}")
 
     @classmethod
     def open(cls, root: str | os.PathLike | None = None, town: str | os.PathLike | None = None) -> Store:
@@ -228,6 +249,27 @@ class Store:
         with self.tx():
             self.db.execute("DELETE FROM examples WHERE id = ?", (ex_id,))
             self.db.execute("DELETE FROM lsh WHERE example_id = ?", (ex_id,))
+            self.db.execute("DELETE FROM sealed WHERE example_id = ?", (ex_id,))
+
+    # --- sealed spans (gt_ext.corpus.seal) ---------------------------------------------------
+    def add_sealed(self, ex_id: str, sealed: list) -> None:
+        """Keep an example's sealed spans (inside the caller's transaction)."""
+        self.db.executemany("INSERT OR REPLACE INTO sealed VALUES (?, ?, ?, ?)",
+                            [(ex_id, s.marker, s.token, s.placeholder) for s in sealed])
+
+    def sealed(self, ex_id: str) -> dict:
+        """{marker: Sealed} of one example."""
+        from gt_ext.corpus.seal import Sealed
+
+        return {r[0]: Sealed(r[0], r[1], r[2]) for r in self.db.execute(
+            "SELECT marker, token, placeholder FROM sealed WHERE example_id = ?", (ex_id,))}
+
+    def unseal_into(self, ex_id: str, messages: list[dict[str, str]], status: str, reason: str | None) -> None:
+        """Release: store `messages` (markers resolved), set the status, forget the sealed spans."""
+        with self.tx():
+            self.db.execute("UPDATE examples SET messages = ?, status = ?, reason = ? WHERE id = ?",
+                            (json.dumps(messages, ensure_ascii=False), status, reason, ex_id))
+            self.db.execute("DELETE FROM sealed WHERE example_id = ?", (ex_id,))
 
     def stats(self) -> dict[str, Any]:
         """Counts by status, role, task, label, source; task-level preference pairs by role and status."""

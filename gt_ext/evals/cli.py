@@ -36,7 +36,7 @@ def run(
     config: Path | None = typer.Option(None, "--config", help="scoring/gate config YAML laid over the default"),
     corpus: Path | None = typer.Option(None, "--corpus", help="training corpus (export folder or JSONL) for the contamination guard"),
     max_overlap: float | None = typer.Option(None, "--max-overlap", help="refuse tasks whose n-gram overlap with the corpus exceeds this share"),
-    limit: int | None = typer.Option(None, "--limit", help="only the first N tasks (a smoke run: recorded as partial, never gates)"),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="only the first N tasks (a smoke run: recorded as partial, never gates)"),
     split: str | None = typer.Option(None, "--split", help="dev, heldout or all (default all); one split is a partial run"),
     engine: str = typer.Option("auto", "--engine", help="auto: core assertions in process, any other through the real "
                                "promptfoo against the served model; ours: in process only; promptfoo: every promptfoo test there"),

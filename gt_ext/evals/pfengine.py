@@ -341,9 +341,7 @@ def write_run(tasks: list[Any], work: Path, provider: dict[str, Any], grader: di
     the suite's prompts as promptfoo read them, its defaultTest, and each selected test once, with a
     hidden `__gtext_test` var (its index) so results map back to (test, prompt) = our task."""
     pf = tasks[0].suite
-    default = copy.deepcopy(pf.config.get("defaultTest") or {})
-    if isinstance(default, str):
-        default = promptfoo._read_data_file(promptfoo._expand_file_ref(default, work)[0])
+    default = copy.deepcopy(pf.default_test)
     if grader is not None:
         default = _with_grader(default, grader)
     tests, seen = [], set()

@@ -82,6 +82,7 @@ class Suite:
     prompts: list[Prompt]
     tests: list[TestCase]
     config: dict[str, Any]
+    default_test: dict[str, Any] = field(default_factory=dict)  # `defaultTest`, a file:// one read
 
 
 @dataclass
@@ -349,7 +350,8 @@ def load_suite(path: str | Path) -> Suite:
             )
     if not tests:
         raise GtExtError(f"{cfg_path}: suite has no tests")
-    return Suite(root=root, description=config.get("description"), prompts=prompts, tests=tests, config=config)
+    return Suite(root=root, description=config.get("description"), prompts=prompts, tests=tests, config=config,
+                 default_test=default)
 
 
 # ------------------------------------------------------------------------------------- grading

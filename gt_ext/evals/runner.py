@@ -23,7 +23,7 @@ from typing import Any
 from gt_ext.atomic import atomic_write_json
 from gt_ext.digest import sha256_file
 from gt_ext.errors import GtExtError
-from gt_ext.evals import pfengine, scoring
+from gt_ext.evals import pfengine, provenance, scoring
 from gt_ext.evals import suite as suite_mod
 from gt_ext.models.refs import ResolvedModel, resolve
 
@@ -173,9 +173,14 @@ class FnGenerator:
     model can also be served to the real promptfoo. Tokens are counted as words."""
 
     backend = "function"
+    max_context = 1 << 20  # a function has no context window; the API's limits still apply
 
     def __init__(self, fn: GenerateFn):
         self.fn = fn
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Prompt size in words (the unit this stand-in counts in)."""
+        return sum(len(str(m["content"]).split()) for m in messages)
 
     def request(self, messages: list[dict[str, str]], params: Any = None, adapters: Any = None) -> Any:
         from gt_ext.serve.generate import Request, check_messages
@@ -187,7 +192,7 @@ class FnGenerator:
         params = [{"max_new_tokens": r.params.max_new_tokens, "temperature": r.params.temperature,
                    "top_p": r.params.top_p, "seed": r.params.seed} for r in requests]
         for i, (r, text) in enumerate(zip(requests, self.fn([r.messages for r in requests], params), strict=True)):
-            r.stats.prompt_tokens = sum(len(str(m["content"]).split()) for m in r.messages)
+            r.stats.prompt_tokens = self.count_tokens(r.messages)
             r.stats.completion_tokens = len(text.split())
             r.stats.finish_reason = "stop"
             yield i, text
@@ -390,6 +395,7 @@ def evaluate(
         res.written_to = str(Path(rec.path) / result_filename(res.to_dict()))
     elif write and model.results_dir is not None:
         target = Path(model.results_dir) / result_filename(res.to_dict())
-        atomic_write_json(target, res.to_dict())
+        # Signed, so that `gt model register` can tell it from a hand-written file (evals.provenance).
+        atomic_write_json(target, provenance.sign(res.to_dict()))
         res.written_to = str(target)
     return res

@@ -25,6 +25,13 @@ Guard: only `bd`, `git` and `python -m pytest` run; shell operators, `--force` p
 recorded as violations (a violation fails the task unless the task sets `allow_violations`).
 Setup and state checks go through `gt_ext.gastown.bd.Bd`; the model's own commands run here,
 because running them under the guard is this module's job.
+
+Jail: everything that runs model-written code or acts on what the model changed (its commands,
+`run` checks that execute its code, git checks on the repo it touched) runs in the same bubblewrap
+sandbox as the agent's tools (`gt_ext.serve.sandbox`): writes only inside the task's temp folder,
+no network, the environment of `_env` only, no access to other processes. Without bubblewrap the
+tasks are unavailable (skipped, saying why), never run bare. An answer file may not go into `.git`
+or `.beads` (hooks and config there run code on the next git or bd call).
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ import yaml
 
 from gt_ext.errors import GtExtError
 from gt_ext.evals.scoring import Sample
+from gt_ext.serve.sandbox import Sandbox, SandboxPolicy
 
 log = logging.getLogger(__name__)
 
@@ -183,12 +191,31 @@ def _env(repo: Path) -> dict[str, str]:
     return env
 
 
-def _git(repo: Path, env: dict[str, str], *args: str) -> str:
+def _git(repo: Path, env: dict[str, str], *args: str, jail: Sandbox | None = None) -> str:
+    """git in `repo`: our own setup runs it directly; on a repo the model has touched, `jail`
+    runs it sandboxed (its hooks, config and attributes may now be the model's)."""
+    if jail is not None:
+        res_j = jail.run(["sh", "-c", 'exec git "$@" 2>/dev/null', "git", *args], timeout_s=60)
+        if res_j.returncode != 0:
+            raise GtExtError(f"sandbox check: git {' '.join(args)} failed (exit {res_j.returncode})")
+        return res_j.output
     res = subprocess.run(["git", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=60,
                          stdin=subprocess.DEVNULL)
     if res.returncode != 0:
         raise GtExtError(f"sandbox setup: git {' '.join(args)} failed: {res.stderr.strip()[:200]}")
     return res.stdout
+
+
+def _jail(repo: Path, env: dict[str, str]) -> Sandbox:
+    """The bubblewrap sandbox a task's model-driven commands run in: the task folder (repo, its
+    bare origin, HOME) writable, nothing else; no network; only `env`."""
+    return Sandbox(SandboxPolicy(workdir=repo, write=[repo.parent], env=env, network="none"))
+
+
+def jail_unavailable() -> str | None:
+    """Why model-written commands cannot be sandboxed here (then sandbox tasks do not run), or None."""
+    why = Sandbox(SandboxPolicy(workdir=Path(tempfile.gettempdir()), network="none")).unavailable()
+    return f"no sandbox for model-written commands: {why}" if why else None
 
 
 @dataclass
@@ -202,6 +229,7 @@ class SandboxTask:
     dir: Path | None = None
     ids: dict[str, str] = field(default_factory=dict)
     head0: str = ""
+    _jail: Sandbox | None = None  # set while grade() runs its checks
 
     @property
     def scenario(self) -> str | None:
@@ -235,7 +263,7 @@ class SandboxTask:
             return "bd (beads) is not installed"
         if shutil.which("git") is None:
             return "git is not installed"
-        return None
+        return jail_unavailable()
 
     def prepare(self) -> list[dict[str, str]]:
         """Build a fresh sandbox (copy of a bd-initialised repo + this task's setup); return the prompt."""
@@ -298,6 +326,10 @@ class SandboxTask:
         if self.dir is None:
             raise GtExtError(f"sandbox task {self.id}: grade() before prepare()")
         env = _env(self.dir)
+        why = jail_unavailable()
+        if why:
+            raise GtExtError(f"sandbox task {self.id}: {why}")
+        jail = _jail(self.dir, env)
         violations: list[str] = []
         ran: list[dict[str, Any]] = []
         if self.answer.startswith("file:"):
@@ -305,8 +337,10 @@ class SandboxTask:
             if code is None:
                 return Sample(False, 0.0, output, "no code block in the answer")
             target = (self.dir / self.answer[5:]).resolve()
-            if not str(target).startswith(str(self.dir.resolve())):
+            if not target.is_relative_to(self.dir.resolve()):
                 raise GtExtError(f"sandbox task {self.id}: answer path escapes the sandbox")
+            if {".git", ".beads"} & set(target.relative_to(self.dir.resolve()).parts):
+                raise GtExtError(f"sandbox task {self.id}: answer path {self.answer[5:]} is inside .git or .beads")
             target.write_text(code)
         else:
             cmds = extract_commands(output)
@@ -325,13 +359,14 @@ class SandboxTask:
                 if not v.allowed:
                     violations.append(f"{cmd[:60]!r}: {v.reason}")
                     continue
-                try:
-                    res = subprocess.run(argv, cwd=self.dir, env=env, capture_output=True, text=True,
-                                         timeout=COMMAND_TIMEOUT, stdin=subprocess.DEVNULL)
-                    ran.append({"cmd": cmd, "rc": res.returncode})
-                except (subprocess.TimeoutExpired, OSError) as e:
-                    ran.append({"cmd": cmd, "rc": None, "error": e.__class__.__name__})
-        results = [self._check(c, env, ran) for c in self.spec.get("checks", [])]
+                res = jail.run(argv, timeout_s=COMMAND_TIMEOUT)
+                ran.append({"cmd": cmd, "rc": res.returncode} if not res.timed_out
+                           else {"cmd": cmd, "rc": None, "error": "TimeoutExpired"})
+        self._jail = jail
+        try:
+            results = [self._check(c, env, ran) for c in self.spec.get("checks", [])]
+        finally:
+            self._jail = None
         failed = [why for ok, why in results if not ok]
         if violations and not self.spec.get("allow_violations"):
             failed.insert(0, "guard refused: " + "; ".join(violations))
@@ -398,26 +433,26 @@ class SandboxTask:
             ids = {d.get("depends_on_id") or d.get("id") for d in deps if isinstance(d, dict)}
             return (blocker in ids), f"{c['dep']['blocked']} does not depend on {c['dep']['blocker']}"
         if "git_branch_exists" in c:
-            out = _git(self.dir, env, "branch", "--list", c["git_branch_exists"])
+            out = _git(self.dir, env, "branch", "--list", c["git_branch_exists"], jail=self._jail)
             return bool(out.strip()), f"no branch {c['git_branch_exists']}"
         if "git_current_branch" in c:
-            cur = _git(self.dir, env, "rev-parse", "--abbrev-ref", "HEAD").strip()
+            cur = _git(self.dir, env, "rev-parse", "--abbrev-ref", "HEAD", jail=self._jail).strip()
             return cur == c["git_current_branch"], f"on branch {cur}, want {c['git_current_branch']}"
         if "git_new_commits" in c:
-            n = int(_git(self.dir, env, "rev-list", "--count", f"{self.head0}..HEAD").strip() or 0)
+            n = int(_git(self.dir, env, "rev-list", "--count", f"{self.head0}..HEAD", jail=self._jail).strip() or 0)
             want = c["git_new_commits"]
             return (want.get("min", 1) <= n <= want.get("max", 10**9)), f"{n} new commit(s), want {want}"
         if "git_remote_branch" in c:
-            out = _git(self.dir, env, "ls-remote", "--heads", "origin", c["git_remote_branch"])
+            out = _git(self.dir, env, "ls-remote", "--heads", "origin", c["git_remote_branch"], jail=self._jail)
             return bool(out.strip()), f"origin has no branch {c['git_remote_branch']}"
         if "git_log_contains" in c:
-            log_text = _git(self.dir, env, "log", "--format=%s%n%b", f"{self.head0}..HEAD")
+            log_text = _git(self.dir, env, "log", "--format=%s%n%b", f"{self.head0}..HEAD", jail=self._jail)
             return c["git_log_contains"].lower() in log_text.lower(), f"no new commit mentions {c['git_log_contains']!r}"
         if "git_clean" in c:
-            dirty = _git(self.dir, env, "status", "--porcelain").strip()
+            dirty = _git(self.dir, env, "status", "--porcelain", jail=self._jail).strip()
             return (not dirty) == bool(c["git_clean"]), f"worktree {'dirty' if dirty else 'clean'}"
         if "git_head_unchanged" in c:
-            head = _git(self.dir, env, "rev-parse", "HEAD").strip()
+            head = _git(self.dir, env, "rev-parse", "HEAD", jail=self._jail).strip()
             return head == self.head0, "HEAD moved"
         if "file_contains" in c:
             p = self.dir / c["file_contains"]["path"]
@@ -427,8 +462,9 @@ class SandboxTask:
             argv = shlex.split(c["run"])
             if argv[0] in ("python", "python3"):
                 argv[0] = sys.executable
-            res = subprocess.run(argv, cwd=self.dir, env=env, capture_output=True, text=True,
-                                 timeout=COMMAND_TIMEOUT, stdin=subprocess.DEVNULL)
+            if self._jail is None:
+                raise GtExtError(f"sandbox task {self.id}: check {c['run']!r} outside grade()")
+            res = self._jail.run(argv, timeout_s=COMMAND_TIMEOUT)  # runs the model's code
             if c.get("expect_fail"):
                 return res.returncode != 0, f"{c['run']!r} succeeded, want a failure"
             return res.returncode == 0, f"{c['run']!r} exited {res.returncode}"

@@ -142,9 +142,35 @@ def suite_hash(root: str | Path) -> str:
     return h.hexdigest()
 
 
+def role_suite(role: str, town_root: str | Path | None = None) -> str:
+    """The suite that gates `role` (and that `role:ROLE` names): the town's choice in
+    `<town>/settings/gt-ext.json` `{"evals": {"gate_suites": {ROLE: PATH}}}` (PATH relative to the
+    town root, or builtin:NAME), else the role's formula patrol suite `builtin:ROLE-patrol` where
+    there is one (deacon, witness, refinery, dog), else `builtin:ROLE`."""
+    from gt_ext.roles import check_role
+
+    check_role(role)
+    if town_root is not None:
+        from gt_ext.gastown import ext_settings
+
+        path = ext_settings.town_file(town_root)
+        chosen = (ext_settings.section(path, "evals").get("gate_suites") or {}).get(role)
+        if chosen:
+            if not isinstance(chosen, str):
+                raise GtExtError(f"{path}: evals.gate_suites.{role} must be a suite path or builtin:NAME")
+            return chosen if chosen.startswith("builtin:") else str((Path(town_root) / chosen).resolve())
+    return f"builtin:{role}-patrol" if (TASKS_DIR / f"{role}-patrol").is_dir() else f"builtin:{role}"
+
+
 def resolve_suite_dir(spec: str | Path) -> Path:
-    """`builtin:ROLE` -> the packaged suite folder; anything else is a path that must exist."""
+    """`builtin:NAME` -> the packaged suite folder; `role:ROLE` -> the suite that gates ROLE in this
+    town (`role_suite`); anything else is a path that must exist."""
     s = str(spec)
+    if s.startswith("role:"):
+        from gt_ext.gastown.town import find_town
+
+        town = find_town()
+        return resolve_suite_dir(role_suite(s.split(":", 1)[1], town.root if town else None))
     if s.startswith("builtin:"):
         role = s.split(":", 1)[1]
         d = TASKS_DIR / role

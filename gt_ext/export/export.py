@@ -26,6 +26,7 @@ from gt_ext.digest import sha256_file
 from gt_ext.errors import GtExtError
 
 log = logging.getLogger(__name__)
+CONVENTIONS = "conventions.json"  # gt_ext.loop.fingerprint.FILE
 
 
 def merge_adapter(base_model: str, adapter_dir: str | Path, parent_adapter: str | Path | None = None) -> tuple[Any, Any]:
@@ -88,29 +89,39 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
 def export_run(run_dir: str | Path, to: str | Path, quantized: tuple[str, ...] | list[str] = ("q8_0",),
                force: bool = False) -> dict[str, Any]:
     """Write the export folder `to` from `run_dir`; f16 GGUF always, plus each type in `quantized`."""
-    from gt_ext.export.gguf_file import QTYPES, write_gguf
+    from gt_ext.export.convert import QTYPES, write_ggufs
+    from gt_ext.models import resolve_model_dir
 
     run_dir, to = Path(run_dir), Path(to)
     run = _read_run(run_dir)
     for q in quantized:
         if q not in QTYPES:
             raise GtExtError(f"--gguf {q!r}: use one of {', '.join(QTYPES)}")
+    if to.exists() and not to.is_dir():
+        raise GtExtError(f"--to {to}: is a file; the export is a folder (adapter/, merged/, *.gguf, manifest.json)")
     if to.exists() and any(to.iterdir()) and not force:
         raise GtExtError(f"export folder {to} is not empty (use --force to replace it)")
+    if (bad := next((p for p in to.parents if p.exists() and not p.is_dir()), None)) is not None:
+        raise GtExtError(f"--to {to}: {bad} is a file, not a folder")
     to.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{to.name}.", dir=to.parent))
     try:
         shutil.copytree(run_dir / "adapter", tmp / "adapter")
         shutil.copy2(run_dir / "run.json", tmp / "run.json")
+        if (run_dir / CONVENTIONS).is_file():  # the convention fingerprint travels with the model
+            shutil.copy2(run_dir / CONVENTIONS, tmp / CONVENTIONS)
         log.info("merging %s into %s", run_dir / "adapter", run["base_model"])
         model, tok = merge_adapter(run["base_model"], run_dir / "adapter", run.get("parent"))
         model.save_pretrained(str(tmp / "merged"), safe_serialization=True)
         tok.save_pretrained(str(tmp / "merged"))
+        # A SentencePiece base keeps its tokenizer.model: llama.cpp's converter reads scores from it.
+        base_dir = resolve_model_dir(run["base_model"])
+        if (base_dir / "tokenizer.model").is_file() and not (tmp / "merged" / "tokenizer.model").is_file():
+            shutil.copy2(base_dir / "tokenizer.model", tmp / "merged" / "tokenizer.model")
         name = f"gt-{run.get('role', 'model')}" + (f"-{run['task']}" if run.get("task") else "")
-        ggufs = []
-        for q in dict.fromkeys(["f16", *quantized]):
-            ggufs.append(f"model-{q}.gguf")
-            write_gguf(tmp / "merged", tmp / f"model-{q}.gguf", q, name=name)
+        types = list(dict.fromkeys(["f16", *quantized]))
+        write_ggufs(tmp / "merged", {q: tmp / f"model-{q}.gguf" for q in types}, name=name)
+        ggufs = [f"model-{q}.gguf" for q in types]
         files = {
             p.relative_to(tmp).as_posix(): sha256_file(p)
             for p in sorted(tmp.rglob("*"))

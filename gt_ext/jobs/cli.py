@@ -40,11 +40,27 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readabl
         print(f"{r['id']:<14} {r['status']:<18} {r['formula'] or '':<18} {r['role'] or '':<10} {r['created'] or ''}")
 
 
+def _job(bd, job_id: str):
+    """The job bead `job_id`: one line naming the id when there is no such bead, or it is no job."""
+    from gt_ext.gastown.bd import BdError
+    from gt_ext.jobs.bead import JOB_LABEL
+
+    try:
+        issue = bd.show(job_id)
+    except BdError as e:
+        raise GtExtError(f"no training job {job_id!r} in {bd.beads_dir} ({e.bd_message}); `gt-ext job list` shows "
+                         "them") from None
+    meta = issue.metadata if isinstance(issue.metadata, dict) else {}
+    if JOB_LABEL not in (issue.labels or []) or not meta.get("formula") or not meta.get("job_dir"):
+        raise GtExtError(f"{issue.id} is a bead ({issue.issue_type or 'issue'}: {issue.title[:60]!r}) but not a training "
+                         f"job (no {JOB_LABEL} label with a formula and job folder)")
+    return issue, meta
+
+
 @app.command("show")
 def show_cmd(job_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """Show a job: status history, variables, job folder."""
-    issue = _bd().show(job_id)
-    meta = issue.metadata if isinstance(issue.metadata, dict) else {}
+    issue, meta = _job(_bd(), job_id)
     if as_json:
         print(json.dumps(issue.model_dump(), indent=2, default=str))
         return
@@ -65,15 +81,15 @@ def resume_cmd(job_id: str) -> None:
     from gt_ext.orchestrate.runner import run_formula
 
     bd = _bd()
-    issue = bd.show(job_id)
-    meta = issue.metadata if isinstance(issue.metadata, dict) else {}
-    if not meta.get("formula") or not meta.get("job_dir"):
-        raise GtExtError(f"{job_id} is not a training job bead (no formula/job_dir in its metadata)")
+    issue, meta = _job(bd, job_id)
     f = find_formula(meta["formula"])
     if f is None:
         raise GtExtError(f"{job_id}: formula {meta['formula']!r} is not one of this project's formulas")
     job_dir = Path(meta["job_dir"])
-    state = json.loads((job_dir / "formula-state.json").read_text())
+    state_file = job_dir / "formula-state.json"
+    if not state_file.is_file():
+        raise GtExtError(f"{issue.id}: its job folder {job_dir} has no formula-state.json (moved or deleted?)")
+    state = json.loads(state_file.read_text())
     declared = {k: v for k, v in state["vars"].items() if k in f.vars}
     tracker = JobBead(bd, issue.id, job_dir, meta)
     env = {"GT_EXT_JOB_BEAD": issue.id, "GT_EXT_JOB_BEADS_DIR": str(bd.beads_dir)}

@@ -28,7 +28,7 @@ KNOWN_MODELS = {
     TINY: "random 2-layer LLaMA (hidden 64) with SmolLM2's tokenizer, for fast tests",
 }
 # Bump when the way a cached folder is built changes: old caches are then rebuilt.
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 3  # 3: SmolLM2's tokenizer splits digits before the byte-level regex (_tokenizer_from_gguf)
 _TINY_CONFIG = dict(
     hidden_size=64,
     intermediate_size=128,
@@ -98,14 +98,48 @@ def _plain_config(cfg: Any) -> Any:
     return cfg
 
 
+def _hf_pre_tokenizer(pre: str) -> Any:
+    """The tokenizers pre-tokenizer for a llama.cpp pre-tokenizer name, None when the byte-level
+    GPT-2 regex alone (what transformers' GGUF loader builds) is already right."""
+    from tokenizers import Regex, pre_tokenizers
+
+    from gt_ext.models.family import LLAMA3_SPLIT
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+    if pre == "smollm":  # single digits first, as SmolLM2's own tokenizer.json
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    if pre == "llama-bpe":
+        return pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
+    return None
+
+
+def _tokenizer_from_gguf(gguf: Path) -> Any:
+    """The HF tokenizer of a GGUF file, with the pre-tokenizer its `tokenizer.ggml.pre` names.
+
+    transformers' GGUF loader gives every BPE vocabulary the plain GPT-2 regex; SmolLM2's (and
+    LLaMA-3's) split differently, so " 1" would be one pre-token here and two in llama.cpp and in
+    the model's own tokenizer.json."""
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    field = GGUFReader(str(gguf)).fields.get("tokenizer.ggml.pre")
+    pre = _hf_pre_tokenizer(str(field.contents())) if field is not None else None
+    if pre is not None:
+        tok.backend_tokenizer.pre_tokenizer = pre
+    return tok
+
+
 def _build_smollm2(out: Path) -> None:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
     gguf = smollm2_gguf_path()
     log.info("dequantizing %s (one time, ~25 s)", gguf.name)
     src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok = _tokenizer_from_gguf(gguf)
     # save_pretrained refuses GGUF-loaded models: copy the weights into a plain model first.
     plain = LlamaForCausalLM(_plain_config(src.config))
     plain.load_state_dict(src.state_dict())
@@ -113,9 +147,12 @@ def _build_smollm2(out: Path) -> None:
     tok.save_pretrained(out)
 
 
-def build_tiny_llama(out: str | os.PathLike, num_layers: int = 2, seed: int = 0) -> Path:
+def build_tiny_llama(out: str | os.PathLike, num_layers: int = 2, seed: int = 0,
+                     init_std: float | None = None) -> Path:
     """Write a random tiny LLaMA (hidden 64, SmolLM2's tokenizer) with `num_layers` layers to `out`.
-    `tiny-llama` is the 2-layer one; pipeline tests split a deeper one into stages."""
+    `tiny-llama` is the 2-layer one; pipeline tests split a deeper one into stages. `init_std`
+    (transformers' `initializer_range`, 0.02 by default): ~0.3 makes greedy text vary from token to
+    token (at 0.02 the model repeats one token), which generation-equality tests need."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -126,6 +163,7 @@ def build_tiny_llama(out: str | os.PathLike, num_layers: int = 2, seed: int = 0)
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         **{**_TINY_CONFIG, "num_hidden_layers": num_layers},
+        **({"initializer_range": init_std} if init_std is not None else {}),
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
@@ -150,10 +188,20 @@ def resolve_model_dir(name_or_path: str) -> Path:
         build = _build_smollm2 if name_or_path == SMOLLM2 else _build_tiny
         log.info("building base model %s into %s", name_or_path, target)
         return _build_atomically(target, build)
+    from gt_ext.models import registered
+    from gt_ext.models.family import check_architecture
+
+    rec = registered.get(name_or_path) if registered.NAME_RE.fullmatch(name_or_path) else None
+    if rec is not None:
+        folder = Path(rec["path"])
+        if not folder.is_dir():
+            raise GtExtError(f"registered base {name_or_path!r}: its folder {folder} is gone "
+                             f"(gt-ext models add PATH --name {name_or_path} to point it elsewhere)")
+        check_architecture(folder)
+        return folder
     p = Path(name_or_path).expanduser()
     if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise GtExtError(f"{p}: not a model folder (no config.json)")
+        check_architecture(p)
         return p
     if p.is_file() and p.suffix == ".gguf":
         digest = hashlib.sha256(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}".encode()).hexdigest()[:16]
@@ -163,17 +211,18 @@ def resolve_model_dir(name_or_path: str) -> Path:
 
         def build(out: Path) -> None:
             import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+            from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
             src = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32)
             plain = LlamaForCausalLM(_plain_config(src.config))
             plain.load_state_dict(src.state_dict())
             plain.save_pretrained(out, safe_serialization=True)
-            AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name).save_pretrained(out)
+            _tokenizer_from_gguf(p).save_pretrained(out)
 
         return _build_atomically(target, build)
-    known = ", ".join(sorted(KNOWN_MODELS))
-    raise GtExtError(f"unknown base model {name_or_path!r}: known models are {known}, or give an HF folder or .gguf path")
+    known = ", ".join(sorted(KNOWN_MODELS) + sorted(registered.all_bases()))
+    raise GtExtError(f"unknown base model {name_or_path!r}: known models are {known}, or give an HF folder or .gguf path "
+                     "(gt-ext models add PATH registers one)")
 
 
 def load_tokenizer(name_or_path: str) -> Any:
@@ -184,8 +233,7 @@ def load_tokenizer(name_or_path: str) -> Any:
         target = cache_dir() / "models" / f"{SMOLLM2}-v{_CACHE_FORMAT}"
         if not (target / "tokenizer_config.json").is_file():
             # Tokenizer alone is cheap from the GGUF; no need to dequantize the weights for it.
-            gguf = smollm2_gguf_path()
-            return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            return _tokenizer_from_gguf(smollm2_gguf_path())
     tok = AutoTokenizer.from_pretrained(str(resolve_model_dir(name_or_path)))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

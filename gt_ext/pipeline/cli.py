@@ -59,6 +59,10 @@ def stage(
     power_sgd_rank: Annotated[int | None, typer.Option(help="average replicas' LoRA gradients with PowerSGD of this rank")] = None,
     matchmaking_time: Annotated[float, typer.Option(help="seconds replicas of a stage gather before averaging")] = 2.0,
     ready_file: Annotated[Path | None, typer.Option("--ready-file", help="write the stage's addresses here (JSON) once it serves")] = None,
+    max_sessions: Annotated[int, typer.Option(help="generation: sessions holding a KV cache here at once")] = 16,
+    max_cached_tokens: Annotated[int, typer.Option(help="generation: cached tokens over all sessions here")] = 32768,
+    session_idle_s: Annotated[float, typer.Option(help="generation: drop a session unused this many seconds")] = 120.0,
+    max_adapters: Annotated[int, typer.Option(help="generation: serving adapters held at once (LRU)")] = 8,
     node0: Annotated[Path | None, typer.Option("--node0", help="node0 checkout (default $NODE0_PATH)")] = None,
     insecure_open_swarm: Annotated[bool, typer.Option(help="run without a swarm key (anyone who can connect may use the stage)")] = False,
 ) -> None:
@@ -79,14 +83,17 @@ def stage(
     model_dir = resolve_model_dir(cfg.base_model)
     span = parse_span(layers, read_config(model_dir).num_hidden_layers)
     from node0_patches import load_node0
+    from node0_patches.inference import InferenceLimits
     from node0_patches.server import StageSettings, serve_stage
 
     load_node0()
+    limits = InferenceLimits(max_sessions=max_sessions, max_tokens=max_cached_tokens, idle_s=session_idle_s,
+                             max_adapters=max_adapters)
     settings = StageSettings(
         run=run, model_dir=model_dir, span=span, cfg=cfg, key=key, initial_peers=initial_peers or [],
         listen=listen, checkpoint_dir=checkpoint_dir, compression_rate=compression_rate, subspace=subspace,
         vocab_size=len(load_tokenizer(str(model_dir))), power_sgd_rank=power_sgd_rank,
-        matchmaking_time=matchmaking_time, ready_file=ready_file,
+        matchmaking_time=matchmaking_time, ready_file=ready_file, inference=limits,
     )
     import faulthandler
 
@@ -176,5 +183,8 @@ def status(
                           "stages": [r.extra for r in rows]}, indent=2, default=str))
         return
     for r in rows:
-        print(f"{r.span_label:>14}  step {r.epoch:<5} peer {r.peer[-10:]}  base {r.base_hash}  settings {r.settings_hash}")
+        gen = (f"  sessions {r.extra.get('sessions', 0)} ({r.extra.get('cached_tokens', 0)} tokens cached, "
+               f"{r.extra.get('serving_adapters', 0)} serving adapters)") if "sessions" in r.extra else ""
+        print(f"{r.span_label:>14}  step {r.epoch:<5} peer {r.peer[-10:]}  base {r.base_hash}  "
+              f"settings {r.settings_hash}{gen}")
     print("pipeline complete" if problem is None else f"incomplete: {problem}")

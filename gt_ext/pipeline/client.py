@@ -111,7 +111,8 @@ class PipelineClient:
 
         return self._worker.run_coroutine(bounded())
 
-    def _mark_dead(self, record: StageRecord, error: BaseException) -> None:
+    def mark_dead(self, record: StageRecord, error: BaseException) -> None:
+        """Leave a replica out of routes until it announces itself again (it failed a call)."""
         log.warning("stage %s replica %s unreachable (%s): trying another", record.span_label, record.peer[-8:],
                     type(error).__name__)
         self._dead_at[record.peer] = float(self._dht_time())
@@ -125,14 +126,16 @@ class PipelineClient:
 
         return get_dht_time()
 
-    def call(self, replicas: list[StageRecord], fn: Any) -> Any:
+    def call(self, replicas: list[StageRecord], fn: Any, prefer: int | None = None) -> Any:
         """Run `fn(record, stub)` (a coroutine) on one live replica of a span, failing over to the
-        others; the error names the span when none answers."""
+        others; the error names the span when none answers. `prefer`: try replica
+        `prefer % len(replicas)` first (else round robin)."""
         from hivemind.p2p import P2PHandlerError
 
         if not replicas:
             raise GtExtError(f"pipeline run {self.run}: no live stage serves the requested layers")
-        start = next(self._rr.setdefault((replicas[0].first, replicas[0].last), itertools.count()))
+        start = prefer if prefer is not None else next(
+            self._rr.setdefault((replicas[0].first, replicas[0].last), itertools.count()))
         order = [replicas[(start + i) % len(replicas)] for i in range(len(replicas))]
         last: BaseException | None = None
         for rec in order:
@@ -144,17 +147,18 @@ class PipelineClient:
                 msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
                 raise GtExtError(f"stage {rec.span_label} (peer {rec.peer[-8:]}): {msg}") from None
             except TimeoutError as e:
-                self._mark_dead(rec, e)
+                self.mark_dead(rec, e)
                 last = e
             except Exception as e:  # a dead peer surfaces as daemon or connection errors
-                self._mark_dead(rec, e)
+                self.mark_dead(rec, e)
                 last = e
         r = replicas[0]
         raise GtExtError(f"pipeline run {self.run}: no live stage serves {describe_gaps([(r.first, r.last)])} "
                          f"({len(replicas)} replica(s) failed, last: {type(last).__name__})")
 
-    def forward(self, replicas: list[StageRecord], inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """One forward of a span on one replica."""
+    def forward(self, replicas: list[StageRecord], inputs: Sequence[torch.Tensor],
+                prefer: int | None = None) -> list[torch.Tensor]:
+        """One forward of a span on one replica (see `call` for `prefer`)."""
         from hivemind.moe.client.expert import expert_forward
 
         inputs = [t.detach().cpu() for t in inputs]
@@ -164,10 +168,10 @@ class PipelineClient:
         async def fn(rec: StageRecord, stub: Any) -> list[torch.Tensor]:
             return await expert_forward(rec.uid, inputs, wire, stub)
 
-        return self.call(replicas, fn)
+        return self.call(replicas, fn, prefer)
 
     def backward(self, replicas: list[StageRecord], inputs: Sequence[torch.Tensor],
-                 grad_outputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+                 grad_outputs: Sequence[torch.Tensor], prefer: int | None = None) -> list[torch.Tensor]:
         """Backward of a span (the stage re-runs its forward, accumulates its LoRA gradients and
         returns the gradients of its inputs, zeros for integer inputs)."""
         from hivemind.moe.client.expert import expert_backward
@@ -177,7 +181,7 @@ class PipelineClient:
         async def fn(rec: StageRecord, stub: Any) -> list[torch.Tensor]:
             return await expert_backward(rec.uid, tensors, _serialize(tensors), stub)
 
-        return self.call(replicas, fn)
+        return self.call(replicas, fn, prefer)
 
     def stage_info(self, record: StageRecord) -> dict[str, Any]:
         """Facts and live counters of one replica (raises StageUnreachable if it does not answer)."""
@@ -190,7 +194,7 @@ class PipelineClient:
         except P2PHandlerError as e:
             raise GtExtError(f"stage {record.span_label}: {str(e).strip().splitlines()[-1]}") from None
         except Exception as e:
-            self._mark_dead(record, e)
+            self.mark_dead(record, e)
             raise StageUnreachable(record.peer) from e
         return MSGPackSerializer.loads(reply.serialized_info)
 

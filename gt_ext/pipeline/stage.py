@@ -48,6 +48,7 @@ PEFT_PREFIX = "base_model.model."
 # Modules whose output is added to the residual stream (with activation compression their LoRA
 # delta must stay inside the compression subspace).
 RESIDUAL_WRITERS = ("o_proj", "down_proj")
+TRAINED = "default"  # PEFT name of the adapter a stage trains; serving adapters have other names
 
 
 @dataclass(frozen=True)
@@ -363,10 +364,88 @@ class StageModel(nn.Module):
         B <- basis basis^T B. With activation compression this keeps compression lossless."""
         with torch.no_grad():
             for name, m in self.lora_modules():
-                if name.rsplit(".", 1)[-1] in RESIDUAL_WRITERS:
-                    for b in m.lora_B.values():
-                        w = b.weight  # [H, r]
-                        w.copy_(basis @ (basis.T @ w))
+                if name.rsplit(".", 1)[-1] in RESIDUAL_WRITERS and TRAINED in m.lora_B:
+                    w = m.lora_B[TRAINED].weight  # [H, r] (serving adapters are left as trained)
+                    w.copy_(basis @ (basis.T @ w))
+
+    # -- serving adapters (generation) ----------------------------------------------------------------
+    def serving_adapter_names(self) -> list[str]:
+        """Names of the serving adapters this stage holds (see `add_serving_adapter`)."""
+        names: set[str] = set()
+        for _, m in self.lora_modules():
+            names.update(n for n in m.lora_A if n != TRAINED)
+        return sorted(names)
+
+    def add_serving_adapter(self, name: str, scale: float,
+                            weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Hold another LoRA adapter for generation, as a named PEFT adapter next to the trained one.
+
+        weights: {full-model module name (`model.layers.7.self_attn.q_proj`): (A [r, in], B [out, r])}
+        of this stage's layers only; scale: its alpha/r (`LoraAdapter.scale`). The adapter is frozen
+        and inactive except inside `serving_adapters`; the trained adapter (`default`), its
+        optimizer and the training forward are not touched."""
+        from peft import LoraConfig, inject_adapter_in_model
+
+        if not name.isidentifier() or name == TRAINED:
+            raise GtExtError(f"serving adapter name {name!r}: letters, digits and '_', not {TRAINED!r}")
+        if not weights:
+            raise GtExtError(f"serving adapter {name}: no LoRA weights for {self.span.label()}")
+        layers = dict(self.model.layers.named_modules())
+        rel: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for module, (a, b) in weights.items():
+            parts = module.split(".")
+            local = ".".join(parts[2:])  # "7.self_attn.q_proj" inside the layers' ModuleDict
+            if parts[:2] != ["model", "layers"] or local not in layers or not parts[2].isdigit():
+                raise GtExtError(f"serving adapter {name}: {module} is not a linear layer of {self.span.label()}")
+            base = getattr(layers[local], "base_layer", layers[local])
+            if not isinstance(base, nn.Linear) or a.shape[1] != base.in_features or \
+                    b.shape[0] != base.out_features or a.shape[0] != b.shape[1]:
+                raise GtExtError(f"serving adapter {name}: shapes for {module} (A {tuple(a.shape)}, "
+                                 f"B {tuple(b.shape)}) do not fit the base model's layer")
+            rel[local] = (a, b)
+        before = {id(m): list(m.active_adapters) for _, m in self.lora_modules()}
+        ranks = {k: int(a.shape[0]) for k, (a, _) in rel.items()}
+        r0 = next(iter(ranks.values()))
+        # scaling = alpha/r per module; alpha = scale * r gives every module the adapter's scale.
+        cfg = LoraConfig(r=r0, lora_alpha=scale * r0, lora_dropout=0.0, bias="none", target_modules=sorted(rel),
+                         rank_pattern={k: r for k, r in ranks.items() if r != r0},
+                         alpha_pattern={k: scale * r for k, r in ranks.items() if r != r0})
+        inject_adapter_in_model(cfg, self.model.layers, adapter_name=name)
+        with torch.no_grad():
+            for local, (a, b) in rel.items():
+                m = self.model.layers.get_submodule(local)  # the PEFT wrapper now
+                m.lora_A[name].weight.copy_(a)
+                m.lora_B[name].weight.copy_(b)
+        # PEFT makes the new adapter active and trainable everywhere: put the trained one back.
+        for _, m in self.lora_modules():
+            m._active_adapter = before.get(id(m), [TRAINED])
+        for n, p in self.named_parameters():
+            if f".{name}." in n:
+                p.requires_grad_(False)
+
+    def drop_serving_adapter(self, name: str) -> None:
+        """Forget a serving adapter (its layers stay wrapped, holding the other adapters)."""
+        for _, m in self.lora_modules():
+            if name in m.lora_A:
+                m.delete_adapter(name)
+
+    @contextmanager
+    def serving_adapters(self, stack: list[tuple[str, float]]) -> Iterator[None]:
+        """Run with exactly these serving adapters on, each at its weight (`[]`: the base model);
+        the trained adapter is off. Not thread-safe: callers hold the stage's compute lock."""
+        mods = [m for _, m in self.lora_modules()]
+        saved = [(m, m._active_adapter, dict(m.scaling)) for m in mods]
+        try:
+            for m in mods:
+                m._active_adapter = [n for n, _ in stack if n in m.lora_A]
+                for n, w in stack:
+                    m.set_scale(n, w)  # w * alpha / r (ignored where the adapter has no module)
+            yield
+        finally:
+            for m, active, scaling in saved:
+                m._active_adapter = active
+                m.scaling.clear()
+                m.scaling.update(scaling)
 
 
 def add_stage_lora(stage: StageModel, lora: LoraSettings, seed: int) -> StageModel:

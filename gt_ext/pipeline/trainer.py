@@ -144,6 +144,10 @@ class PipelineModel:
 
     def __init__(self, client: PipelineClient):
         self.client = client
+        # Which replica of each span to use (index into its replicas, modulo): the trainer sets it
+        # per step, so one replica holds all of a step's micro-batches (and runs each backward on
+        # the graph its forward kept); None: round robin.
+        self.prefer: int | None = None
         self.hop_bytes = 0  # bytes sent into stages after the head (one hop each), since reset
         self.hop_tokens = 0  # real tokens times hops, same period
 
@@ -157,7 +161,7 @@ class PipelineModel:
             args = stage_inputs(batch, x, on, tail=i == len(route) - 1)
             if keep:
                 kept.append(args)
-            x = self.client.forward(replicas, args)[0]
+            x = self.client.forward(replicas, args, prefer=self.prefer)[0]
             if i > 0:  # a hop: activations from the previous stage, with positions and example ids
                 self.hop_bytes += self.client.last_request_bytes
                 self.hop_tokens += batch_tokens(batch)
@@ -166,7 +170,7 @@ class PipelineModel:
     def backward(self, route: list[list[StageRecord]], kept: list[list[torch.Tensor]], grad: torch.Tensor) -> None:
         """Send d(loss)/d(log p) back through the stages (each accumulates its LoRA gradients)."""
         for replicas, args in zip(reversed(route), reversed(kept), strict=True):
-            grads = self.client.backward(replicas, args, [grad])
+            grads = self.client.backward(replicas, args, [grad], prefer=self.prefer)
             grad = torch.nan_to_num(grads[0], nan=0.0, posinf=0.0, neginf=0.0)
 
 
@@ -211,6 +215,7 @@ class PipelineTrainer:
         self.known: set[str] = set()  # replicas of the last route
         self.epochs: dict[str, int] = {}  # peer -> step, as last asked
         self.replicated = False
+        self.full_route: list[list[StageRecord]] = []  # every announced replica, as of the last route()
         self.metrics = runfolder.MetricsLog(self.run_dir)
 
     # -- stages -----------------------------------------------------------------------------------
@@ -223,7 +228,7 @@ class PipelineTrainer:
     def route(self) -> list[list[StageRecord]]:
         """The stages to use for this step: per span, the replicas already at this step (a lagging
         one is catching up from its peers); notices replicas that came and went."""
-        route = self.client.route()
+        route = self.full_route = self.client.route()
         peers = {r.peer for g in route for r in g}
         gone = self.known - peers
         if gone:
@@ -288,7 +293,8 @@ class PipelineTrainer:
                 ref_tok, _ = self.model.forward(route, batch, adapters=False)
                 ref = sequence_logps(ref_tok, batch)
             pol = sequence_logps(leaf, batch)
-            loss, extra = losses.dpo_loss(pol[0::2], pol[1::2], ref[0::2], ref[1::2], self.cfg.dpo.beta)
+            loss, metrics = losses.dpo_loss(pol[0::2], pol[1::2], ref[0::2], ref[1::2], self.cfg.dpo.beta)
+            extra = {k: float(v) for k, v in metrics.items()}
             value = float(loss.detach())
             (loss * scale).backward()
         grad = leaf.grad
@@ -392,6 +398,11 @@ class PipelineTrainer:
                 t0 = time.perf_counter()
                 self.model.hop_bytes = self.model.hop_tokens = 0
                 route = self.route()
+                # One replica per span takes all of this step's micro-batches (the next one the
+                # next step): each replica then either holds the whole step or none of it, so a
+                # replica that misses the averaging round still ends at the exact update
+                # (node0_patches.optim).
+                self.model.prefer = self.step
                 G = cfg.optim.grad_accum
                 micro = [self.loader.next_batch() for _ in range(G)]
                 ntok = sum(batch_tokens(b) for b in micro)
@@ -409,7 +420,9 @@ class PipelineTrainer:
                     for k, x in m.items():
                         extra[k] = extra.get(k, 0.0) + x * scale / G
                 self.step += 1
-                self.wait_for_step(route, self.step)
+                # Every announced replica, not only this step's: one that died since is noticed
+                # here (its announcement outlives it by seconds), whichever replica took the step.
+                self.wait_for_step(self.full_route, self.step)
                 if finite:
                     self.nonfinite_run = 0
                 else:

@@ -3,7 +3,8 @@
 Deploy writes exactly what gt reads (gt v1.0.1 `TownSettings` / `RigSettings`):
 
     agents["node0-<role>"] = {"provider": "node0", "command": "node0-inference",
-                              "args": ["--model", "NAME:VER", "--adapters", "a:1,b:2"],
+                              "args": ["--model", "NAME:VER", "--adapters", "a:1,b:2",
+                                       "--rag", "--rag-budget", "<role budget>"],
                               "tmux": {"process_names": ["node0-inference"],
                                        "ready_prompt_prefix": "node0> "}}
     role_agents[<role>]    = "node0-<role>"
@@ -15,6 +16,12 @@ restores the settings state recorded before it.
 All of it runs under an exclusive flock on `<settings dir>/.config.json.lock`, so concurrent
 deploys and rollbacks of one settings file are serialized end to end (read settings, write
 settings, append history).
+
+Crash safety: before the settings file is written, an intent record (`gt_ext.registry.journal`)
+holds the states before and after and how many history entries the role had; it is deleted once
+the history entry is appended. A kill -9 in between leaves it behind, and the next registry
+command (`recover_deploys`) makes settings and history agree again: an entry appended means the
+command finished (settings are written first); otherwise settings go back to the state before.
 """
 
 from __future__ import annotations
@@ -30,8 +37,10 @@ from typing import Any
 
 from gt_ext.errors import GtExtError
 from gt_ext.gastown import settings as gsettings
+from gt_ext.gastown.settings import GT_NEW_TOWN_SETTINGS
 from gt_ext.gastown.town import Town
 from gt_ext.registry.db import Deployment, MetaStore
+from gt_ext.registry.journal import Journal
 from gt_ext.registry.locks import file_lock
 from gt_ext.roles import NOT_YET_DEPLOYABLE, ROLLOUT_ORDER, check_role
 
@@ -41,8 +50,6 @@ PROVIDER = "node0"
 AGENT_COMMAND = "node0-inference"
 READY_PROMPT = "node0> "  # the serving agent prints exactly this when it is ready for a line
 TOWN_SCOPE = ""  # the `rig` value of a town-level deployment
-GT_NEW_TOWN_SETTINGS = {"type": "town-settings", "version": 1, "default_agent": "claude", "agents": {},
-                        "role_agents": {}}  # gt v1.0.1 config.NewTownSettings()
 TOWN_ROLES = ("mayor", "deacon", "boot", "dog")  # one per town: their agent comes from town settings
 
 
@@ -51,16 +58,19 @@ def agent_name(role: str) -> str:
     return f"{PROVIDER}-{role}"
 
 
-def runtime_config(model_ref: str, adapters: list[str]) -> dict[str, Any]:
-    """The gt RuntimeConfig for serving `model_ref` (NAME:VER) with task adapters (NAME:VER each)."""
+def runtime_config(model_ref: str, adapters: list[str], rag_budget: int | None = None) -> dict[str, Any]:
+    """The gt RuntimeConfig for serving `model_ref` (NAME:VER) with task adapters (NAME:VER each);
+    `rag_budget` (tokens) turns on the town's RAG context for every prompt, None leaves it off."""
     args = ["--model", model_ref]
     if adapters:
         args += ["--adapters", ",".join(adapters)]
+    if rag_budget is not None:
+        args += ["--rag", "--rag-budget", str(int(rag_budget))]
     return {"provider": PROVIDER, "command": AGENT_COMMAND, "args": args,
             "tmux": {"process_names": [AGENT_COMMAND], "ready_prompt_prefix": READY_PROMPT}}
 
 
-def _model_from_config(cfg: dict[str, Any] | None) -> tuple[str | None, list[str]]:
+def model_from_config(cfg: dict[str, Any] | None) -> tuple[str | None, list[str]]:
     """(model ref, adapters) read back from a node0 RuntimeConfig's args."""
     if not isinstance(cfg, dict):
         return None, []
@@ -74,7 +84,7 @@ def read_state(sf: gsettings.SettingsFile, role: str) -> dict[str, Any]:
     """The part of a settings file a deployment of `role` owns, as a history state dict."""
     role_agent = (sf.data.get("role_agents") or {}).get(role)
     cfg = (sf.data.get("agents") or {}).get(agent_name(role))
-    model, adapters = _model_from_config(cfg) if role_agent == agent_name(role) else (None, [])
+    model, adapters = model_from_config(cfg) if role_agent == agent_name(role) else (None, [])
     return {"role_agent": role_agent, "agent_config": cfg, "model": model, "adapters": adapters}
 
 
@@ -179,17 +189,17 @@ def check_deployable_role(role: str) -> str:
 
 
 def write_deploy(store: MetaStore, target: Target, role: str, model_ref: str, adapters: list[str],
-                 reason: str, forced: bool) -> Deployment:
+                 reason: str, forced: bool, journal: Journal, rag_budget: int | None = None) -> Deployment:
     """Write settings for `role` to serve `model_ref` and append the history entry (under the lock)."""
     with file_lock(target.lock_path):
         sf = target.settings()
         before = read_state(sf, role)
-        cfg = runtime_config(model_ref, adapters)
+        cfg = runtime_config(model_ref, adapters, rag_budget)
         after = {"role_agent": agent_name(role), "agent_config": cfg, "model": model_ref, "adapters": adapters}
-        return _commit(store, target, sf, role, "deploy", before, after, reason, forced)
+        return _commit(store, target, sf, role, "deploy", before, after, reason, forced, journal)
 
 
-def write_rollback(store: MetaStore, target: Target, role: str, reason: str = "") -> Deployment:
+def write_rollback(store: MetaStore, target: Target, role: str, journal: Journal, reason: str = "") -> Deployment:
     """Undo the newest live deploy of `role` at `target`: restore the state recorded before it."""
     with file_lock(target.lock_path):
         stack = replay(store.deployments(role=role, rig=target.rig))
@@ -202,12 +212,20 @@ def write_rollback(store: MetaStore, target: Target, role: str, reason: str = ""
             log.warning("%s: %s settings were changed outside the registry since deployment #%d; "
                         "restoring the state before it anyway", sf.path, role, top.id)
         return _commit(store, target, sf, role, "rollback", before, dict(top.before),
-                       reason or f"rollback of deployment #{top.id} ({top.model})", False)
+                       reason or f"rollback of deployment #{top.id} ({top.model})", False, journal)
+
+
+def _same_state(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a.get("role_agent") == b.get("role_agent") and a.get("agent_config") == b.get("agent_config")
 
 
 def _commit(store: MetaStore, target: Target, sf: gsettings.SettingsFile, role: str, action: str,
-            before: dict[str, Any], after: dict[str, Any], reason: str, forced: bool) -> Deployment:
-    """Save settings, then append history; if the append fails, put the settings back."""
+            before: dict[str, Any], after: dict[str, Any], reason: str, forced: bool,
+            journal: Journal) -> Deployment:
+    """Journal the intent, save settings, append history, forget the intent; if the append fails,
+    put the settings back. A kill -9 anywhere is repaired by `recover_deploys`."""
+    record = journal.begin("deploy", {"action": action, "role": role, "rig": target.rig, "before": before,
+                                      "after": after, "history": len(store.deployments(role=role, rig=target.rig))})
     apply_state(sf, role, after)
     sf.save(backup=True)
     dep = Deployment(id=0, action=action, role=role, rig=target.rig, model=after.get("model"),
@@ -218,6 +236,40 @@ def _commit(store: MetaStore, target: Target, sf: gsettings.SettingsFile, role: 
     except BaseException:
         apply_state(sf, role, before)
         sf.save(backup=False)
+        journal.end(record)
         raise
+    journal.end(record)
     log.info("%s %s in %s: %s -> %s", action, role, target.label, before.get("role_agent"), after.get("role_agent"))
     return dep
+
+
+def recover_deploys(store: MetaStore, town: Town, journal: Journal) -> list[str]:
+    """Finish or undo deploys and rollbacks that a kill interrupted; returns what was done.
+
+    Under the settings lock (a running deploy holds it, so its own record is never touched): if
+    the role's history grew past the recorded length, the entry was appended and the command had
+    finished; otherwise its settings write (if it happened) is undone.
+    """
+    done = []
+    for path, rec in journal.pending("deploy"):
+        target = Target(town, str(rec.get("rig", TOWN_SCOPE)))
+        role = str(rec.get("role"))
+        try:
+            with file_lock(target.lock_path):
+                if not path.exists():  # finished or recovered by another process meanwhile
+                    continue
+                if len(store.deployments(role=role, rig=target.rig)) > int(rec.get("history", 0)):
+                    Journal.end(path)
+                    continue
+                sf = target.settings()
+                if _same_state(read_state(sf, role), rec.get("after") or {}):
+                    apply_state(sf, role, rec.get("before") or {})
+                    sf.save(backup=False)
+                    what = (f"interrupted {rec.get('action')} of {role} in {target.label} undone: "
+                            f"settings restored to {(rec.get('before') or {}).get('model') or (rec.get('before') or {}).get('role_agent') or 'no agent'}")
+                    log.warning("%s", what)
+                    done.append(what)
+                Journal.end(path)
+        except GtExtError as e:  # e.g. the rig is gone: keep the record, say why
+            log.warning("%s: cannot recover the interrupted %s yet: %s", path, rec.get("action"), e)
+    return done

@@ -6,13 +6,14 @@ the gate ("gating") only when all of these hold:
 - it is a full run of the suite (`run.full`: no `--limit`, no `--split`), so a smoke run is
   recorded as such and never gates;
 - it was produced by this project for this version: run through the registry ref, or found as an
-  eval file in the registered folder and verified against the version's own file hashes
-  (`verify_model_files`); an eval file whose hashes do not match, or that carries none, is kept
-  as untrusted;
-- it scored the role's gating suite: `builtin:<role>`, or the suite a town names in
-  `<town>/settings/gt-ext.json` `{"evals": {"gate_suites": {ROLE: PATH}}}` (PATH relative to the
-  town root), identified by the hash of the suite's files, so an edited or foreign suite does not
-  count.
+  eval file in the registered folder, signed by this user's `gt-ext eval run`
+  (`gt_ext.evals.provenance`) and verified against the version's own file hashes
+  (`verify_model_files`); an unsigned or edited file, or one whose hashes do not match or that
+  carries none, is kept as untrusted;
+- it scored the role's gating suite (`gt_ext.evals.suite.role_suite`: the town's choice in
+  `<town>/settings/gt-ext.json` `{"evals": {"gate_suites": {ROLE: PATH}}}`, else the role's formula
+  patrol suite `builtin:ROLE-patrol`, else `builtin:ROLE`), identified by the hash of the suite's
+  files, so an edited or foreign suite does not count.
 
 `deploy_problems` is what `gt model deploy` checks: the newest gating eval must pass its gate, on
 the suite as it is today. `--force --reason TEXT` overrides it (recorded in the deployment history).
@@ -29,17 +30,10 @@ from gt_ext.registry.db import ModelRecord
 
 
 def gating_suite(role: str, town_root: Path | None) -> str:
-    """The suite spec whose full run gates `role`: the town's choice, else `builtin:<role>`."""
-    if town_root is not None:
-        from gt_ext.gastown import ext_settings
+    """The suite spec whose full run gates `role` (gt_ext.evals.suite.role_suite)."""
+    from gt_ext.evals.suite import role_suite
 
-        path = ext_settings.town_file(town_root)
-        chosen = (ext_settings.section(path, "evals").get("gate_suites") or {}).get(role)
-        if chosen:
-            if not isinstance(chosen, str):
-                raise GtExtError(f"{path}: evals.gate_suites.{role} must be a suite path or builtin:NAME")
-            return chosen if chosen.startswith("builtin:") else str((Path(town_root) / chosen).resolve())
-    return f"builtin:{role}"
+    return role_suite(role, town_root)
 
 
 def suite_hash_of(spec: str) -> str | None:

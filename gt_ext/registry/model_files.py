@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 RUN_JSON = "run.json"
 # From a run folder only the trained result travels; checkpoints (optimizer state) stay behind.
-_RUN_KEEP = ("adapter", RUN_JSON, "metrics.jsonl", "loss.png")
+_RUN_KEEP = ("adapter", RUN_JSON, "metrics.jsonl", "loss.png", "conventions.json")
 _SKIP_NAMES = {MANIFEST, "checkpoints"}
 
 
@@ -94,15 +94,24 @@ def is_eval_file(path: Path) -> bool:
 
 
 def _files_to_copy(src: Path, kind: str) -> list[Path]:
-    """Relative paths of the files that make up the version (eval results are not among them)."""
+    """Relative paths of the files that make up the version (eval results are not among them).
+    A symbolic link anywhere in them is refused: the registry copies only what is in the folder."""
     tops = [src / n for n in _RUN_KEEP] if kind == "run" else [
         p for p in src.iterdir() if p.name not in _SKIP_NAMES and not is_eval_file(p)]
     out: list[Path] = []
     for top in tops:
+        if top.is_symlink():
+            raise GtExtError(f"{top}: a symbolic link; the registry copies only regular files inside the folder")
         if top.is_file():
             out.append(top.relative_to(src))
         elif top.is_dir():
-            out += [f.relative_to(src) for f in sorted(top.rglob("*")) if f.is_file()]
+            for dirpath, dirnames, filenames in os.walk(top):  # never follows links
+                for n in sorted(dirnames + filenames):
+                    f = Path(dirpath) / n
+                    if f.is_symlink():
+                        raise GtExtError(f"{f}: a symbolic link; the registry copies only regular files inside the folder")
+                    if n in filenames and f.is_file():
+                        out.append(f.relative_to(src))
     return sorted(set(out))
 
 
@@ -139,11 +148,11 @@ class ArtifactStore:
         """
         src = Path(src)
         kind = source_kind(src)
+        rels = _files_to_copy(src, kind)  # refuses symbolic links before anything is read through one
         src_manifest: dict[str, Any] = verify(src) if kind == "export" else {}
         target = self.version_dir(name, version)
         if target.exists():
             raise GtExtError(f"{target}: version folder already exists (registered versions are immutable)")
-        rels = _files_to_copy(src, kind)
         if not rels:
             raise GtExtError(f"{src}: no model files to register")
         total = sum((src / r).stat().st_size for r in rels)
@@ -155,7 +164,7 @@ class ArtifactStore:
             for rel in rels:
                 dst = tmp / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src / rel, dst)
+                shutil.copyfile(src / rel, dst, follow_symlinks=False)
                 files[rel.as_posix()] = sha256_file(dst)
                 done += dst.stat().st_size
                 if progress:
@@ -171,6 +180,15 @@ class ArtifactStore:
             raise
         log.info("registered files of %s:%d at %s (%d files)", name, version, target, len(files))
         return target
+
+    def leftovers(self) -> list[Path]:
+        """Temp folders of installs and trash of removals that a killed command left behind
+        (`<name>/.v<N>.*.tmp`, `<name>/.trash-*`). Only safe to delete under the exclusive lock."""
+        out = []
+        for d in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            out += [p for p in sorted(d.iterdir()) if p.is_dir() and not p.is_symlink()
+                    and ((p.name.startswith(".v") and p.name.endswith(".tmp")) or p.name.startswith(".trash-"))]
+        return out
 
     def remove(self, folder: str | os.PathLike) -> None:
         """Delete a version folder: rename it aside first (atomic), then remove the files."""

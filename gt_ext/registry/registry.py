@@ -30,7 +30,8 @@ from gt_ext.paths import home_dir
 from gt_ext.registry import deploy, model_files, prune
 from gt_ext.registry import gate as gating
 from gt_ext.registry.db import Deployment, DoltStore, MetaStore, ModelRecord, SqliteStore
-from gt_ext.registry.locks import file_lock
+from gt_ext.registry.journal import Journal
+from gt_ext.registry.locks import LockBusy, file_lock
 from gt_ext.roles import ROLES, check_role, check_task
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,13 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     return m.group("name"), int(m.group("ver")) if m.group("ver") else None
 
 
+def _fingerprint_digest(fp: Any) -> str | None:
+    """The digest of run.json's `convention_fingerprint` summary (`gt_ext.loop.fingerprint`)."""
+    if isinstance(fp, dict):
+        return str(fp["digest"]) if fp.get("digest") else None
+    return str(fp) if fp else None
+
+
 @dataclass
 class DeployResult:
     """What a deploy or rollback did."""
@@ -98,6 +106,7 @@ class Registry:
         self.files = model_files.ArtifactStore(root)
         self.root = root
         self.town = town
+        self.journal = Journal(root)
 
     @classmethod
     def open(cls, town: Town | str | os.PathLike | None = None, root: str | os.PathLike | None = None,
@@ -113,7 +122,52 @@ class Registry:
             town = find_town()
         root_path = Path(root) if root else models_root(town)
         root_path.mkdir(parents=True, exist_ok=True)
-        return cls(open_store(town, root_path, backend), root_path, town)
+        reg = cls(open_store(town, root_path, backend), root_path, town)
+        try:
+            reg.recover()
+        except BaseException:
+            reg.close()
+            raise
+        return reg
+
+    def recover(self) -> list[str]:
+        """Bring files, metadata and settings back into agreement after a command was killed
+        (`gt_ext.registry.journal`): interrupted registers are undone, interrupted prunes finished,
+        interrupted deploys/rollbacks finished or undone, and temp and trash folders removed.
+        Runs on every open; the file part is skipped while another command holds the registry."""
+        done: list[str] = []
+        if self.town is not None:
+            done += deploy.recover_deploys(self.store, self.town, self.journal)
+        try:
+            with file_lock(self._root_lock, blocking=False):
+                done += self._recover_files()
+        except LockBusy:
+            log.debug("%s: busy, file recovery left to a later command", self.root)
+        except PermissionError as e:  # a reader without write access: nothing it could repair anyway
+            log.debug("%s: no recovery (%s)", self.root, e)
+        return done
+
+    def _recover_files(self) -> list[str]:
+        """Under the exclusive root lock: journals of register and prune, then leftover folders."""
+        done = []
+        for path, rec in self.journal.pending("register"):
+            name, version = str(rec["name"]), int(rec["version"])
+            if self.store.get_model(name, version) is None:
+                self.files.remove(self.files.version_dir(name, version))
+                done.append(f"interrupted register of {name}:{version} undone")
+            Journal.end(path)
+        for path, rec in self.journal.pending("prune"):
+            name, version = str(rec["name"]), int(rec["version"])
+            if self.store.get_model(name, version) is None:
+                self.files.remove(self.files.version_dir(name, version))
+                done.append(f"interrupted prune of {name}:{version} finished")
+            Journal.end(path)
+        for leftover in self.files.leftovers():
+            model_files.ArtifactStore._rmtree(leftover)
+            done.append(f"removed leftover {leftover}")
+        for what in done:
+            log.warning("registry recovery: %s", what)
+        return done
 
     def close(self) -> None:
         """Release the metadata connection."""
@@ -252,6 +306,9 @@ class Registry:
             parent = on_weights_of or self.ref_for_path(run.get("parent")) or run.get("parent")
         with file_lock(self._root_lock):
             version = max([self.store.max_version(name), *self.files.versions_on_disk(name)]) + 1
+            # A kill after the folder is in place but before its record is written is undone by
+            # the next command (`recover`); one during the copy leaves only a temp folder it removes.
+            record = self.journal.begin("register", {"name": name, "version": version})
             path = self.files.install(src, name, version, progress=progress)
             rec = ModelRecord(
                 name=name, version=version, role=str(role), task=task, base_model=str(base), path=path,
@@ -260,15 +317,20 @@ class Registry:
                 hyperparams={**(run.get("config") or {}), **({"lora": lora} if lora else {})}, lora_rank=lora.get("r"),
                 compatible=[str(base)] if task else [],
                 created=datetime.now(UTC).isoformat(timespec="seconds"),
-                convention_fingerprint=run.get("convention_fingerprint") or man.get("convention_fingerprint"),
+                convention_fingerprint=_fingerprint_digest(run.get("convention_fingerprint")
+                                                           or man.get("convention_fingerprint")),
             )
             try:
                 self.store.add_model(rec, f"register {rec.ref} ({role}, base {base})")
             except BaseException:
                 self.files.remove(path)
+                Journal.end(record)
                 raise
-        # Eval results found in the folder were not made through the registry: each is recorded only
-        # after its model file hashes are checked against this version's own files.
+            Journal.end(record)
+        # Eval results found in the folder were not made through the registry: each counts only when
+        # this user's `gt-ext eval run` signed it and its model file hashes are this version's own.
+        from gt_ext.evals import provenance
+
         manifest_files = model_files.read_manifest(path)["files"]
         for ev in sorted(p for p in src.glob("eval-*.json") if p.is_file()):
             try:
@@ -276,7 +338,7 @@ class Registry:
                 if not isinstance(result, dict):
                     raise GtExtError("not an eval result object")
                 self.record_eval(rec.ref, result, source=f"file {ev.name}",
-                                 untrusted=gating.verify_model_files(result, manifest_files))
+                                 untrusted=provenance.check(result) or gating.verify_model_files(result, manifest_files))
             except (GtExtError, json.JSONDecodeError) as e:
                 log.warning("%s: not recorded (%s)", ev, e)
         return self.get(rec.ref)
@@ -321,8 +383,11 @@ class Registry:
         return deploy.Target(self.town, rig or deploy.TOWN_SCOPE)
 
     def deploy(self, ref: str, role: str | None = None, rig: str | None = None, force_reason: str | None = None,
-               adapters: list[str] | None = None, reason: str = "") -> DeployResult:
+               adapters: list[str] | None = None, reason: str = "", rag: bool = True) -> DeployResult:
         """Serve `ref` for `role` (default: the model's role) in town or `rig` settings.
+
+        `rag` (default): the agent prepends the town's RAG context to every prompt, within the
+        role's budget (`gt_ext.rag.retrieve.role_budget`); False deploys without it.
 
         Refused: mayor (always), task adapters as models, a model without a passing full eval of
         its role's gating suite (`gt_ext.registry.gate`), a model trained for another role, or a
@@ -361,7 +426,13 @@ class Registry:
                 log.warning("forced deploy of %s to %s (%s): %s", rec.ref, role, force_reason, "; ".join(problems))
                 warnings += [f"forced: {p}" for p in problems]
             why = force_reason if problems else (reason or force_reason or "")
-            entry = deploy.write_deploy(self.store, target, role, rec.ref, adapter_refs, why, bool(problems))
+            budget = None
+            if rag:
+                from gt_ext.rag.retrieve import role_budget
+
+                budget = role_budget(role)
+            entry = deploy.write_deploy(self.store, target, role, rec.ref, adapter_refs, why, bool(problems),
+                                        self.journal, budget)
         for w in warnings:
             log.warning("%s", w)
         return DeployResult(entry, target.settings().path, warnings)
@@ -371,7 +442,7 @@ class Registry:
         check_role(role)
         target = self._target(rig, role)
         with file_lock(self._root_lock, shared=True):
-            entry = deploy.write_rollback(self.store, target, role, reason)
+            entry = deploy.write_rollback(self.store, target, role, self.journal, reason)
         return DeployResult(entry, target.settings().path, [])
 
     def prune(self, keep: int = 3, dry_run: bool = False) -> prune.PrunePlan:
@@ -379,11 +450,15 @@ class Registry:
         if keep < 0:
             raise GtExtError(f"--keep {keep}: must be 0 or more")
         with file_lock(self._root_lock):  # exclusive: no deploy or register meanwhile
-            p = prune.plan(self.list(), self.store.deployments(), keep)
+            launched = prune.launched_refs(self.town) if self.town is not None else set()
+            p = prune.plan(self.list(), self.store.deployments(), keep, launched)
             if not dry_run:
                 for rec in p.delete:
+                    # Record first, then files; a kill in between is finished by `recover`.
+                    record = self.journal.begin("prune", {"name": rec.name, "version": rec.version})
                     self.store.delete_model(rec.name, rec.version, f"prune {rec.ref}")
                     self.files.remove(rec.path)
+                    Journal.end(record)
         return p
 
 

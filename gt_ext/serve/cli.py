@@ -3,6 +3,7 @@
     gt-ext serve --model witness:3                 # OpenAI-compatible API on 127.0.0.1:8000
     gt-ext serve --model base:smollm2-135m-instruct --host 0.0.0.0 --token-file ~/.gt-api-token
     gt-ext serve chat --model base:smollm2-135m-instruct "What is 2+2?"
+    gt-ext serve --model witness:3 --backend pipeline --run serve --initial-peers ADDR --swarm-key swarm.key
     gt-ext serve card --role witness --json
 
 No torch import at module level: the heavy modules load inside the commands.
@@ -29,7 +30,12 @@ app = typer.Typer(
 
 MODEL_HELP = "Model: registry NAME[:VER], base:<name>, a run/export folder, or a .gguf file."
 ADAPTERS_HELP = "Extra LoRA adapters, comma-separated REF[=WEIGHT] (registry refs or adapter folders)."
-BACKEND_HELP = "auto (chosen by measurement), torch, or llama.cpp."
+BACKEND_HELP = ("auto (chosen by measurement), torch, llama.cpp, or pipeline (through node0 stage servers: "
+                "--run, --initial-peers, --swarm-key).")
+RUN_HELP = "--backend pipeline: the pipeline run whose stages serve the base model."
+PEERS_HELP = "--backend pipeline: a stage's multiaddr (repeatable), as `gt-ext pipeline stage` prints it."
+KEY_HELP = "--backend pipeline: the stages' swarm key file (or $GT_SWARM_KEY_FILE)."
+
 
 
 def is_loopback(host: str) -> bool:
@@ -77,6 +83,9 @@ def serve(
     max_per_client: int = typer.Option(8, "--max-per-client", help="Requests in flight per client address "
                                        "before 429."),
     max_body_kb: int = typer.Option(1024, "--max-body-kb", help="Largest request body (KiB) before 413."),
+    run: str = typer.Option(None, "--run", help=RUN_HELP),
+    initial_peers: list[str] = typer.Option(None, "--initial-peers", help=PEERS_HELP),
+    swarm_key: Path = typer.Option(None, "--swarm-key", help=KEY_HELP),
 ) -> None:
     """Run the OpenAI-compatible API (/v1/chat/completions, /v1/models) for --model."""
     if ctx.invoked_subcommand is not None:
@@ -91,20 +100,26 @@ def serve(
         raise GtExtError(f"serve --port {port}: not a TCP port")
     if min(max_batch, max_queue, max_per_client, max_body_kb) < 1:
         raise GtExtError("serve: --max-batch, --max-queue, --max-per-client and --max-body-kb must be >= 1")
+    from gt_ext.serve.pipeline import PipelineTarget
+
+    target = PipelineTarget.for_backend(backend, run, initial_peers, swarm_key)
     import uvicorn
 
     from gt_ext.serve.api import ApiLimits, create_app
     from gt_ext.serve.loader import load_generator
 
     gen, resolved = load_generator(model, adapters, backend, None if quantize == "none" else quantize, threads,
-                                   purpose="api")
+                                   purpose="api", pipeline=target)
     api = create_app(gen, resolved, token=token, max_batch=max_batch, max_queue=max_queue,
                      limits=ApiLimits(max_body_bytes=max_body_kb * 1024, max_per_client=max_per_client))
     print(f"serving {resolved.ref} ({gen.backend}) on http://{host}:{port}/v1"
           f"{' (bearer token required)' if token else ''}", file=sys.stderr)
     # Keep-alive and header limits of uvicorn bound what an idle or slow connection holds.
-    uvicorn.run(api, host=host, port=port, log_level="warning", timeout_keep_alive=5,
-                limit_concurrency=max(64, max_queue * 2))
+    try:
+        uvicorn.run(api, host=host, port=port, log_level="warning", timeout_keep_alive=5,
+                    limit_concurrency=max(64, max_queue * 2))
+    finally:
+        gen.close()
 
 
 @app.command("chat")
@@ -117,16 +132,24 @@ def chat_cmd(
     temperature: float = typer.Option(0.0, "--temperature"),
     seed: int = typer.Option(None, "--seed"),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+    run: str = typer.Option(None, "--run", help=RUN_HELP),
+    initial_peers: list[str] = typer.Option(None, "--initial-peers", help=PEERS_HELP),
+    swarm_key: Path = typer.Option(None, "--swarm-key", help=KEY_HELP),
 ) -> None:
     """Answer one prompt, streaming the reply to stdout."""
     from gt_ext.serve.loader import load_generator
     from gt_ext.serve.params import SamplingParams
+    from gt_ext.serve.pipeline import PipelineTarget
 
-    gen, _ = load_generator(model, adapters, backend)
+    target = PipelineTarget.for_backend(backend, run, initial_peers, swarm_key)
+    gen, _ = load_generator(model, adapters, backend, pipeline=target)
     msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    for piece in gen.stream(msgs, SamplingParams(max_new_tokens=max_tokens, temperature=temperature, seed=seed)):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+    try:
+        for piece in gen.stream(msgs, SamplingParams(max_new_tokens=max_tokens, temperature=temperature, seed=seed)):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    finally:
+        gen.close()
     sys.stdout.write("\n")
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
+from typing import Any
 
 from gt_ext.errors import GtExtError
 from gt_ext.models.refs import ResolvedModel, parse_adapters, resolve
 
 log = logging.getLogger(__name__)
-BACKEND_CHOICES = ("auto", "torch", "llama.cpp")
+BACKEND_CHOICES = ("auto", "torch", "llama.cpp", "pipeline")
 
 
 def llama_cpp_available() -> bool:
@@ -34,6 +35,8 @@ def choose_backend(model: ResolvedModel, extra_adapters: list, requested: str = 
     """
     if requested not in BACKEND_CHOICES:
         raise GtExtError(f"--backend {requested}: choose one of {', '.join(BACKEND_CHOICES)}")
+    if requested == "pipeline":  # only when asked: the stages must be running (docs/pipeline.md)
+        return "pipeline"
     # An export's GGUF is merged (adapter already inside): the adapter must not be applied again.
     gguf_has_all = model.gguf_path is not None and not extra_adapters and (
         not model.adapters or model.merged_dir is not None)
@@ -52,11 +55,15 @@ def choose_backend(model: ResolvedModel, extra_adapters: list, requested: str = 
 
 
 def load_generator(model_ref: str, adapters: str | None = None, backend: str = "auto",
-                   quantize: str | None = "int8", threads: int | None = 1, purpose: str = "agent"):
+                   quantize: str | None = "int8", threads: int | None = 1, purpose: str = "agent",
+                   pipeline: Any = None):
     """(Generator, ResolvedModel) for a model reference; adapters = `a,b=0.5` (see `gt_ext.models.refs`).
 
     Serving defaults, from bench/serve.py on the 2-core machines here: int8 linears and one thread
     for prefill and decode (a second intra-op thread made steps 4x slower under load).
+    `backend="pipeline"` generates through node0 stage servers (`pipeline`: a
+    `gt_ext.serve.pipeline.PipelineTarget`): the base model's layers there, the model's adapter
+    stack (never a merged copy) and the extra adapters applied per request at every stage.
     """
     from gt_ext.serve.generate import Generator
 
@@ -64,7 +71,9 @@ def load_generator(model_ref: str, adapters: str | None = None, backend: str = "
     extra = parse_adapters(adapters)
     chosen = choose_backend(model, extra, backend, purpose)
     log.info("serving %s on %s", model.ref, chosen)
-    if chosen == "llama.cpp":
+    if chosen == "pipeline":
+        gen = Generator(model.base_model, list(model.adapters) + extra, backend="pipeline", pipeline=pipeline)
+    elif chosen == "llama.cpp":
         gen = Generator(model.base_model, backend="llama.cpp", gguf_path=Path(model.gguf_path), threads=threads)
     else:
         base, stack = model.torch_weights()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import os
 import secrets
 import time
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 KEY_ENV = "GT_SWARM_KEY_FILE"
 _TOKEN_TTL_S = 600.0
+_CLOCK_SKEW_S = 60.0  # how far ahead of ours a peer's clock may run
 _MEMBER_DOMAIN = b"gt-ext-swarm-member:"
 _TOKEN_DOMAIN = b"gt-ext-swarm-token:"
 
@@ -137,18 +139,25 @@ class SwarmAuthorizer(TokenAuthorizerBase):
         return token
 
     def is_token_valid(self, access_token: AccessToken) -> bool:
-        """A token is valid when unexpired and signed with the swarm key."""
+        """A token is valid when signed with the swarm key and its expiry is a finite time within
+        one lifetime (plus clock skew) from now: a key holder cannot mint a token that never
+        expires (`nan`, `inf`, year 9999)."""
         try:
             expires = float(access_token.expiration_time)
         except ValueError:
             return False
-        if expires < time.time():
+        now = time.time()
+        if not math.isfinite(expires) or expires < now or expires > now + _TOKEN_TTL_S + _CLOCK_SKEW_S:
             return False
         return hmac.compare_digest(self._sign(access_token), access_token.signature)
 
     def does_token_need_refreshing(self, access_token: AccessToken) -> bool:
-        """Refresh when less than a quarter of the lifetime is left."""
-        return float(access_token.expiration_time) < time.time() + _TOKEN_TTL_S / 4
+        """Refresh when less than a quarter of the lifetime is left (or the expiry is not a time)."""
+        try:
+            expires = float(access_token.expiration_time)
+        except ValueError:
+            return True
+        return not math.isfinite(expires) or expires < time.time() + _TOKEN_TTL_S / 4
 
 
 def members_key(run_id: str) -> str:

@@ -24,6 +24,7 @@ import logging
 import os
 import pickle
 import random
+import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -140,8 +141,13 @@ def read_state(path: str | os.PathLike) -> TrainerState:
     try:
         raw = torch.load(f, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise GtExtError(f"{f}: not a checkpoint this version can read safely ({first}); "
+        # torch explains at length (with terminal colour codes) how to load it unsafely; the
+        # user needs what was in the file, on one line.
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+        bad = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        why = (f"it holds pickled code ({bad.group(1)}), which is never run" if bad
+               else " ".join(text.split())[:160] or type(e).__name__)
+        raise GtExtError(f"{f}: not a checkpoint this version can read safely: {why}; "
                          "start the run again without --resume") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise GtExtError(f"{f}: checkpoint format {raw.get('format') if isinstance(raw, dict) else '?'}, "

@@ -31,10 +31,11 @@ class _Strict(BaseModel):
 class LoraSettings(_Strict):
     """LoRA adapter shape (PEFT `LoraConfig`)."""
 
-    r: int = Field(8, ge=1, le=1024)
-    alpha: float = Field(16.0, gt=0)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    r: int = Field(8, ge=1, le=1024, description="LoRA rank")
+    alpha: float = Field(16.0, gt=0, description="LoRA scale numerator (scale = alpha / r)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the LoRA input")
+    targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+                               description="linear layers that get an adapter")
 
 
 class DataSettings(_Strict):
@@ -44,36 +45,36 @@ class DataSettings(_Strict):
     pack: bool = Field(True, description="pack several examples into one row (block-diagonal attention)")
     pack_length: int = Field(1024, ge=16, description="row length when packing")
     batch_size: int = Field(4, ge=1, description="rows (packed) or examples (unpacked) per micro-batch")
-    seed: int = 0
-    max_train_examples: int | None = Field(None, ge=1)
-    max_val_examples: int | None = Field(256, ge=1)
+    seed: int = Field(0, description="shuffle order of the batches")
+    max_train_examples: int | None = Field(None, ge=1, description="use at most this many training examples")
+    max_val_examples: int | None = Field(256, ge=1, description="validate on at most this many examples")
 
 
 class OptimSettings(_Strict):
     """AdamW + warmup/cosine schedule + accumulation + clipping."""
 
-    lr: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
-    warmup_steps: int = Field(10, ge=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    warmup_steps: int = Field(10, ge=0, description="linear warmup steps, then cosine decay")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="the cosine ends at lr * this")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 disables clipping")
 
 
 class DpoSettings(_Strict):
     """DPO (sigmoid loss); reference log-probs come from the same model with adapters disabled."""
 
-    beta: float = Field(0.1, gt=0)
+    beta: float = Field(0.1, gt=0, description="DPO temperature (strength of the preference)")
     precompute_ref: bool = Field(False, description="compute reference log-probs once before training")
 
 
 class TrainConfig(_Strict):
     """Everything a training run needs besides the corpus path and the output folder."""
 
-    base_model: str = "smollm2-135m-instruct"
-    mode: Literal["sft", "dpo"] = "sft"
+    base_model: str = Field("smollm2-135m-instruct", description="smollm2-135m-instruct, tiny-llama, an HF folder or a .gguf")
+    mode: Literal["sft", "dpo"] = Field("sft", description="sft (chat examples) or dpo (preference pairs)")
     max_steps: int = Field(200, ge=1, description="optimizer steps")
     max_time_s: float | None = Field(None, gt=0, description="stop (with a checkpoint) after this many wall seconds")
     max_cpu_s: float | None = Field(
@@ -81,9 +82,9 @@ class TrainConfig(_Strict):
     )
     eval_every: int = Field(50, ge=0, description="validation loss every N steps (0: only start and end)")
     checkpoint_every: int = Field(50, ge=0, description="checkpoint every N steps (0: only at the end)")
-    keep_checkpoints: int = Field(2, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
     max_nonfinite: int = Field(5, ge=1, description="stop after this many NaN/inf steps in a row")
-    seed: int = 0
+    seed: int = Field(0, description="torch / Python RNG seed")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="base weights and compute dtype; auto: bfloat16 on CUDA, float32 on CPU (adapters stay float32)")
     device: str = Field("auto", description="auto (CUDA when there is one, else CPU), cpu, cuda or cuda:N")
@@ -180,6 +181,35 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         return TrainConfig.model_validate(merged)
     except ValidationError as e:
         raise ConfigError(_validation_message(e, "overrides")) from None
+
+
+def config_keys() -> list[tuple[str, Any, str]]:
+    """Every config key as (dotted.key, default, description), sections flattened, in model order."""
+    out: list[tuple[str, Any, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, f in model.model_fields.items():
+            ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            default = f.get_default(call_default_factory=True)
+            out.append((prefix + name, default, f.description or ""))
+
+    walk(TrainConfig, "")
+    return out
+
+
+def config_help() -> str:
+    """The config keys with their defaults, one a line (for `gt-ext train --help`)."""
+    def show(v: Any) -> str:
+        if isinstance(v, (list, tuple)):
+            return "[" + ",".join(str(x) for x in v) + "]"
+        return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+    rows = [(f"{k}={show(d)}", desc) for k, d, desc in config_keys()]
+    width = max(len(a) for a, _ in rows)
+    return "\n".join(f"{a:<{width}}  {desc}".rstrip() for a, desc in rows)
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:

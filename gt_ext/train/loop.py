@@ -131,6 +131,9 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.progress = progress
         self.callbacks = list(callbacks or [])
+        # Set (to the signal's name) by run_training's SIGTERM handler: the loop stops after the
+        # step in flight, with a checkpoint, as `stopped`.
+        self.stop_requested: str | None = None
         pad = pad_id(tokenizer)
         d = cfg.data
         self.loader = BatchLoader(train_items, d.batch_size, d.pack, d.pack_length, d.seed, pad)
@@ -330,6 +333,15 @@ class Trainer:
                     cb(self.step, rec)
                 over_wall = cfg.max_time_s is not None and time.perf_counter() - started > cfg.max_time_s
                 over_cpu = cfg.max_cpu_s is not None and time.process_time() - cpu_started > cfg.max_cpu_s
+                if self.stop_requested and not last:
+                    # Asked to stop (SIGTERM: gt or tmux ending the session): quickly, with a
+                    # checkpoint, as `stopped`; --resume continues.
+                    status = "stopped"
+                    message = (f"stopped by {self.stop_requested} at step {self.step} of {cfg.max_steps}; "
+                               f"checkpoint saved, --resume continues")
+                    log.info(message)
+                    self.save_checkpoint()
+                    break
                 if (over_wall or over_cpu) and not last:
                     # Not done: the run stops with a checkpoint and resumes from it (--resume).
                     kind = "wall" if over_wall else "CPU"

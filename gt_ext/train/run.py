@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,22 +124,70 @@ def run_json_for(p: Prepared, status: str, metrics: dict[str, Any], **extra: Any
         metrics=metrics, status=status, parent=p.parent, truncated=p.train_stats.truncated, **extra)
 
 
-def run_training(p: Prepared, out: str | Path, resume: bool = False, progress: bool = True, callbacks=None) -> dict[str, Any]:
-    """Train and write the run folder; returns the final run.json content."""
+class _StopFlag:
+    """What the SIGTERM handler sets: on the trainer when there is one, else remembered for it."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._trainer: Any = None
+
+    @property
+    def trainer(self) -> Any:
+        return self._trainer
+
+    @trainer.setter
+    def trainer(self, t: Any) -> None:
+        self._trainer = t
+        t.stop_requested = t.stop_requested or self.signal
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[_StopFlag]:
+    """SIGTERM (gt killing a session, `timeout`, a scheduler) stops the run after the step in flight,
+    with a checkpoint and status `stopped`, instead of leaving run.json `running`. A second
+    SIGTERM ends the process at once. Only in the main thread (signal handlers live there)."""
+    flag = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def on_term(signum: int, _frame: Any) -> None:
+        flag.signal = signal.Signals(signum).name
+        if flag.trainer is not None:
+            flag.trainer.stop_requested = flag.signal
+        log.warning("%s: stopping after the current step (send it again to stop at once)", flag.signal)
+        signal.signal(signum, previous)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_training(p: Prepared, out: str | Path, resume: bool = False, progress: bool = True, callbacks=None,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train and write the run folder; returns the final run.json content. `extra`: more keys for
+    run.json (e.g. the `convention_fingerprint` summary)."""
     from gt_ext.train.loop import Trainer
     from gt_ext.train.lora import load_base_for_training
 
     out = Path(out)
     runfolder.check_new_or_resumable(out, config_to_dict(p.cfg), resume)
     out.mkdir(parents=True, exist_ok=True)
-    runfolder.write_run_json(out, run_json_for(p, "running", {}))
-    model, _ = load_base_for_training(p.cfg)
-    trainer = Trainer(p.cfg, model, p.tokenizer, p.train, p.val, out, progress=progress, callbacks=callbacks)
-    try:
-        result = trainer.train(resume=resume)
-    except BaseException:
-        runfolder.write_run_json(out, run_json_for(p, "failed", {"steps": trainer.step}))
-        raise
+    if extra is None and resume:  # a resumed run keeps what its first start recorded
+        extra = {k: v for k, v in (runfolder.read_run_json(out) or {}).items() if k == "convention_fingerprint"}
+    extra = extra or {}
+    runfolder.write_run_json(out, run_json_for(p, "running", {}, **extra))
+    with stop_on_sigterm() as stop:
+        model, _ = load_base_for_training(p.cfg)
+        trainer = Trainer(p.cfg, model, p.tokenizer, p.train, p.val, out, progress=progress, callbacks=callbacks)
+        stop.trainer = trainer
+        try:
+            result = trainer.train(resume=resume)
+        except BaseException:
+            runfolder.write_run_json(out, run_json_for(p, "failed", {"steps": trainer.step}, **extra))
+            raise
     metrics = {
         "val_loss_start": result.val_loss_start,
         "val_loss_end": result.val_loss_end,
@@ -150,6 +202,6 @@ def run_training(p: Prepared, out: str | Path, resume: bool = False, progress: b
     }
     if result.message:
         metrics["message"] = result.message
-    final = run_json_for(p, result.status, metrics)
+    final = run_json_for(p, result.status, metrics, **extra)
     runfolder.write_run_json(out, final)
     return final

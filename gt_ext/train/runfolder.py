@@ -79,15 +79,30 @@ def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     return rec
 
 
+# Settings a resumed run may change: how long it goes on and how often it reports, not what it
+# learns from or how. A longer max_steps stretches the cosine schedule from the current step on.
+RESUME_CHANGEABLE = ("max_steps", "max_time_s", "max_cpu_s", "eval_every", "checkpoint_every", "keep_checkpoints")
+
+
 def check_new_or_resumable(run_dir: str | os.PathLike, config: dict[str, Any], resume: bool) -> None:
-    """Refuse to overwrite a run without `resume`, and to resume one with another config."""
+    """Refuse to overwrite a run without `resume`, and to resume one with another config (only the
+    RESUME_CHANGEABLE keys may differ; max_steps not below the newest checkpoint's step)."""
     prev = read_run_json(run_dir)
     if prev is None:
         return
     if not resume:
         raise GtExtError(f"run folder {run_dir} already has a run; pass --resume to continue it or choose another --out")
-    if prev.get("config") != config:
-        raise GtExtError(f"--resume: config differs from the one in {Path(run_dir) / RUN_JSON}; resume with the same config")
+    old = prev.get("config") or {}
+    differ = sorted(k for k in set(old) | set(config) if k not in RESUME_CHANGEABLE and old.get(k) != config.get(k))
+    if differ:
+        raise GtExtError(f"--resume: {', '.join(differ)} differ from {Path(run_dir) / RUN_JSON}; a resumed run may "
+                         f"change only {', '.join(RESUME_CHANGEABLE)}")
+    from gt_ext.train import checkpoint
+
+    ck = checkpoint.latest(run_dir)
+    done = int(ck.name.split("-", 1)[1]) if ck is not None else 0
+    if config.get("max_steps") is not None and config["max_steps"] < done:
+        raise GtExtError(f"--resume: max_steps={config['max_steps']} is below the {done} steps {run_dir} has done")
 
 
 class MetricsLog:

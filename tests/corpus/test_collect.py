@@ -180,3 +180,111 @@ def test_errors_do_not_leak_user_names(tmp_path, monkeypatch):
         assert len(rep.errors) == 1 and "<PATH:home>" in rep.errors[0] and "wilhelmina" not in rep.errors[0]
         [q] = st.query(status="quarantined")
         assert "wilhelmina" not in q.reason
+
+
+# --- issue #20: paths from beads, session ids and hook payloads stay inside the transcript roots ---
+def _outside_transcript(tmp_path, name="private"):
+    """A readable file outside every transcript root, shaped like a transcript so it would parse."""
+    return write_transcript(tmp_path / "elsewhere", name, "/srv/x", "Here are the deploy credentials.",
+                            [("Reading the vault file.", "cat vault.txt", "OUTSIDE-ROOT-CONTENT")])
+
+
+def test_bead_metadata_transcript_path_outside_the_roots_is_ignored(tmp_path):
+    town, projects, _ = _town(tmp_path, 0)
+    outside = _outside_transcript(tmp_path)
+    issue = {"id": "dm-9", "status": "closed", "close_reason": "done", "assignee": "demo/polecats/p9",
+             "metadata": {"session_id": "nosuch", "transcript_path": str(outside)}}
+    with Store.open(town / ".corpus") as st:
+        _spool_via_hook(st.spool_dir, issue)
+        process_spool(st, town, projects)
+        assert st.count() == 0
+        assert "OUTSIDE-ROOT-CONTENT" not in json.dumps([e.messages for e in st.query(status=None)])
+
+
+def test_bead_metadata_transcript_path_inside_the_roots_is_taken(tmp_path):
+    town, projects, _ = _town(tmp_path, 0)
+    inside = write_transcript(projects, "any-name", "/srv/y", "Run the bead on your hook.",
+                              [("Reading the hook.", "gt hook", "dm-8: fix the login page")])
+    issue = {"id": "dm-8", "status": "closed", "close_reason": "done", "assignee": "demo/polecats/p8",
+             "metadata": {"session_id": "s-8", "transcript_path": str(inside)}}
+    with Store.open(town / ".corpus") as st:
+        _spool_via_hook(st.spool_dir, issue)
+        process_spool(st, town, projects)
+        assert [e.bead for e in st.query()] == ["dm-8"]
+
+
+@pytest.mark.parametrize("sid", ["../../elsewhere/-srv-x/private", "../elsewhere/*/private", "/abs/private"])
+def test_session_ids_that_walk_out_of_the_roots_find_nothing(tmp_path, sid):
+    town, projects, _ = _town(tmp_path, 0)
+    _outside_transcript(tmp_path)
+    (projects / "p").mkdir(parents=True)
+    with Store.open(town / ".corpus") as st:
+        _spool_via_hook(st.spool_dir, {"id": "dm-7", "status": "closed", "assignee": "demo/polecats/p7",
+                                       "metadata": {"session_id": sid}})
+        write_event(st.spool_dir, "session_stop", {"session_id": sid})
+        process_spool(st, town, projects)
+        assert st.count() == 0
+
+
+def test_stop_event_transcript_path_outside_the_roots_is_refused(tmp_path):
+    town, projects, _ = _town(tmp_path, 1)
+    outside = _outside_transcript(tmp_path)
+    with Store.open(town / ".corpus") as st:
+        write_event(st.spool_dir, "session_stop", {"session_id": "sess-x", "transcript_path": str(outside)})
+        rep = process_spool(st, town, projects)
+        assert st.count() == 0 and len(rep.errors) == 1 and "transcript roots" in rep.errors[0]
+
+
+def test_a_symlink_in_the_projects_folder_does_not_lead_out(tmp_path):
+    town, projects, _ = _town(tmp_path, 1)
+    outside = _outside_transcript(tmp_path)
+    link = projects / "-srv-z" / "linked.jsonl"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(outside)
+    with Store.open(town / ".corpus") as st:
+        scan_transcripts(st, projects)
+        write_event(st.spool_dir, "session_stop", {"session_id": "linked"})
+        process_spool(st, town, projects)
+        assert {e.session for e in st.query(status=None)} == {"sess-0"}
+
+
+def test_a_batch_killed_midway_is_still_judged_and_not_exported_before(tmp_path):
+    """Issue #20: kill -9 during `corpus process` let a batch skip the anomaly gate on rerun."""
+    from gt_ext.corpus.ingest import Ingestor, Source, Tags
+    from gt_ext.corpus.scrub import Scrubber
+    from gt_ext.corpus.shards import write_shards
+
+    town = make_town_dirs(tmp_path / "town")
+    projects = tmp_path / "projects"
+    store_dir = town / ".corpus"
+    with Store.open(store_dir) as st:  # a corpus of 60 ordinary sessions
+        ing = Ingestor(st, scrubber=Scrubber(extra_usernames=()))
+        with st.tx():
+            for i in range(60):
+                ing.ingest([{"role": "user", "content": f"Check the polecats of rig demo, round {i}."},
+                            {"role": "assistant", "content": f"Round {i}: every polecat is working, nothing to do."}],
+                           Tags(role="witness", outcome="success"), Source("curated", f"base{i}", f"h{i}"))
+        assert ing.finish() == []
+        for i in range(7):  # then a batch in which every session force-pushes
+            actor, sid = f"demo/polecats/f{i}", f"force-{i}"
+            write_transcript(projects, sid, str(town / actor), f"Ship change {i} to main.",
+                             [(f"Pushing change {i}.", f"git push --force origin main  # change {i}", "forced update")])
+            add_session_events(town, actor, sid, str(town / actor), f"dm-{i}")
+            write_event(st.spool_dir, "bead_close", {"id": f"dm-{i}", "status": "closed", "close_reason": "done",
+                                                     "assignee": actor})
+    env = dict(os.environ, GT_EXT_CORPUS_CRASH_AFTER="6", GT_EXT_CORPUS=str(store_dir))
+    cmd = [sys.executable, "-m", "gt_ext.cli", "corpus", "--town", str(town), "process", "--claude-dir", str(projects)]
+    assert subprocess.run(cmd, env=env, capture_output=True, text=True).returncode == 137  # SIGKILL-like exit
+    with Store.open(store_dir) as st:
+        assert st.count(label="bad") == 6  # six sessions stored, their batch never judged
+        m = write_shards(st, tmp_path / "exp", all_rigs=True, val_pct=0)  # and not exported meanwhile
+        assert "force-" not in "".join(p.read_text() for p in (tmp_path / "exp").rglob("*.jsonl"))
+        assert m["counts"]["sft"]["witness"]
+    env.pop("GT_EXT_CORPUS_CRASH_AFTER")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with Store.open(store_dir) as st:
+        killed = [e for e in st.query(status=None) if (e.session or "").startswith("force-") and e.session != "force-6"]
+        assert len(killed) == 6 and {e.status for e in killed} == {"review"}
+        assert all(e.reason.startswith("batch anomaly: violation_rate") for e in killed)
+        assert st.db.execute("SELECT COUNT(*) FROM open_batches").fetchone()[0] == 0

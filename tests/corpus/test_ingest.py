@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from gt_ext.corpus.format import render_tool_call
@@ -24,6 +26,7 @@ def _ingest(store, msgs, key="k1", h="h1", **tags):
     ing = Ingestor(store, scrubber=Scrubber(extra_usernames=()))
     with store.tx():
         r = ing.ingest(msgs, Tags(**tags), Source("claude-jsonl", key, h))
+    ing.finish()
     return r
 
 
@@ -70,6 +73,30 @@ def test_uncertain_finding_quarantines(store):
     r = _ingest(store, _msgs(extra='blob = "Zm9vYmFyYmF6cXV4cXV1eDEyMzQ1Njc4OTBhYmNkZWZnaGlqaw"'), role="witness")
     [qid] = r.inserted["quarantined"]
     assert "high_entropy_string" in store.get(qid).reason
+
+
+def test_quarantined_text_keeps_no_verbatim_secret(store):
+    """Issue #20: a quarantined example kept its suspected secret verbatim in corpus.db."""
+    import stat
+
+    from gt_ext.corpus.seal import Sealer, unseal
+
+    value = "Zm9vYmFyYmF6cXV4cXV1eDEyMzQ1Njc4OTBhYmNkZWZnaGlqaw"
+    r = _ingest(store, _msgs(extra=f'blob = "{value}" and token ghp_{"a1B2" * 9}'), role="witness")
+    [qid] = r.inserted["quarantined"]
+    ex = store.get(qid)
+    text = json.dumps(ex.messages)
+    assert value not in text and "<SEALED:high_entropy_string:0>" in text and "<SECRET:github_token>" in text
+    store.db.execute("PRAGMA wal_checkpoint(FULL)")
+    for f in store.root.glob("corpus.db*"):  # not in the database file, its WAL, anywhere
+        assert value.encode() not in f.read_bytes(), f
+    sealed = store.sealed(qid)
+    assert [s.placeholder for s in sealed.values()] == [None]
+    key = store.root / "quarantine.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert value in unseal(text, sealed, Sealer(store.root))
+    store.delete(qid)
+    assert store.sealed(qid) == {}
 
 
 def test_retag_when_bead_link_arrives_later(store):

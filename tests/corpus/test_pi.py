@@ -220,7 +220,8 @@ def _spool_pi_shutdown(hook: Path, spool: Path, session_file: Path) -> None:
     subprocess.run([str(hook), str(session_file)], env=env, check=True, stdin=subprocess.PIPE, timeout=60)
 
 
-def test_spooled_pi_session_is_stored_tagged_from_env(tmp_path):
+def test_spooled_pi_session_is_stored_tagged_from_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("PI_CODING_AGENT_DIR", str(tmp_path / "pi-agent"))  # its sessions/ is a transcript root
     town = make_town_dirs(tmp_path / "town")
     sessions = tmp_path / "pi-agent" / "sessions" / "--srv-gt-demo-polecats-nux--"
     session_file = sessions / f"2026-03-02T09-14-05-120Z_{SESSION_ID}.jsonl"
@@ -253,7 +254,8 @@ def test_spooled_pi_session_is_stored_tagged_from_env(tmp_path):
         assert e.time == "2026-03-02T10:00:09.000Z" and "CHANGELOG.md under Fixed" in json.dumps(e.messages)
 
 
-def test_spooled_malformed_pi_session_is_quarantined_as_pi(tmp_path):
+def test_spooled_malformed_pi_session_is_quarantined_as_pi(tmp_path, monkeypatch):
+    monkeypatch.setenv("PI_CODING_AGENT_DIR", str(tmp_path))  # pi's sessions/ folder: a transcript root
     town = make_town_dirs(tmp_path / "town")
     bad = tmp_path / "sessions" / f"2026-03-02T09-14-05-120Z_{SESSION_ID}.jsonl"
     bad.parent.mkdir(parents=True)

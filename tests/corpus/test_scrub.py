@@ -99,10 +99,16 @@ def test_rescan_quarantines_what_new_detectors_find(tmp_path):
     with Store.open(tmp_path / "c") as st:
         [q] = st.query(status="quarantined")
         assert q.role == "crew" and "aws_access_key" in q.reason and key not in q.reason
+        assert key not in json.dumps(q.messages) and "<SEALED:aws_access_key:0>" in json.dumps(q.messages)
         assert st.count(status="active") == 1 and not detectors_changed(st)
         assert st.get_meta(META_KEY) == detectors_fingerprint(Scrubber())
         rep = rescan(st, force=True)
         assert rep["rescanned"] == 1 and rep["quarantined"] == 0
+    # Released, a certain hit goes back as its placeholder, never as the value.
+    assert main(["corpus", "--store", str(tmp_path / "c"), "quarantine", "release", q.id]) == 0
+    with Store.open(tmp_path / "c") as st:
+        text = json.dumps(st.get(q.id).messages)
+        assert key not in text and "AWS_ACCESS_KEY_ID=<SECRET:aws_access_key>" in text
 
 
 # --- issue #20: credentials by name and layout, unquoted tokens ---------------------------------

@@ -72,6 +72,7 @@ def test_planted_secrets_never_reach_an_export(tmp_path):
                     {"role": "tool", "content": f"$ cat .env\n{line}\nok"},
                     {"role": "assistant", "content": f"The {kind} setting is in place and the check passed."}]
             ing.ingest(msgs, Tags(role="crew", outcome="success", session=f"s{i}"), Source("curated", f"k{i}", f"h{i}"))
+    ing.finish()  # a batch is exported once judged
     out = tmp_path / "out"
     write_shards(st, out, val_pct=0)
     text = _all_text(out)
@@ -89,6 +90,7 @@ def _rig_store(tmp_path):
             ing.ingest([{"role": "user", "content": f"Patrol {where} please, check every polecat."},
                         {"role": "assistant", "content": f"All polecats of {where} are working; nothing to do."}],
                        Tags(role="witness", rig=rig, outcome="success"), Source("curated", str(rig), str(rig)))
+    ing.finish()
     return st
 
 
@@ -129,6 +131,7 @@ def test_role_out_of_scope_says_where_its_examples_are(tmp_path):
         ing.ingest([{"role": "user", "content": "Merge the queue of alpha now please."},
                     {"role": "assistant", "content": "Rebased and merged the two waiting branches of alpha."}],
                    Tags(role="refinery", rig="alpha", outcome="success"), Source("curated", "r", "r"))
+    ing.finish()
     with pytest.raises(GtExtError, match=r"no refinery examples in scope town-level \(its examples are in: alpha 1\)"):
         write_shards(st, tmp_path / "o", role="refinery")
     m = write_shards(st, tmp_path / "o", role="refinery", rig="alpha", val_pct=0)
@@ -169,6 +172,7 @@ def test_sessions_under_a_superseded_convention(tmp_path, monkeypatch):
         _session(ing, 100, "2026-05-29T10:00:00Z", rig="beta")  # another rig: its conventions did not change
         _session(ing, 101, "2026-05-29T10:00:00Z", role="polecat")  # a role the rules are not for
         _session(ing, 102, "2026-06-10T10:00:00Z")  # recorded after the change
+    ing.finish()  # the batch is judged: exportable
     # No version was replaced yet: nothing is stale.
     assert write_shards(st, tmp_path / "o", rig="alpha", all_rigs=False, val_pct=0)["stale_sessions"]["stale"] == 0
     monkeypatch.setattr(artifacts, "REVERT_WINDOW_S", 0)

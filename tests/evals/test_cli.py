@@ -88,3 +88,11 @@ def test_run_table_gate_exit_code(tmp_path, capsys):
     assert main(args) == 1
     assert "NOT deployable" in capsys.readouterr().out
     assert main([*args, "--no-gate-exit"]) == 0
+
+
+@pytest.mark.parametrize("limit", ["0", "-2"])
+def test_limit_below_one_is_refused(limit, capsys):
+    """Issue #20: --limit 0 ran 42 tasks, --limit -2 ran 40."""
+    assert main(["eval", "run", "--model", "base:tiny-llama", "--suite", "builtin:witness", "--limit", limit]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--limit" in err and "greater than or equal to 1" in err

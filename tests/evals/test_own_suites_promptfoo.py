@@ -29,6 +29,12 @@ _POLECAT = [
 
 def _canned(task, i: int) -> str:
     v = task.test.vars
+    if task.id[:2] in ("b-", "m-", "c-"):  # boot, mayor, crew: their reference answers, every other one wrong
+        from test_role_suites import CREW, MAYOR, _boot_answer
+
+        if task.id.startswith("b-"):
+            return _boot_answer(task, right=i % 2 == 0)
+        return (MAYOR if task.id.startswith("m-") else CREW)[task.id] if i % 2 == 0 else "echo done"
     if "expect" not in v:
         return _POLECAT[i % len(_POLECAT)]
     acts = v["expect"].split("|")
@@ -39,7 +45,7 @@ def _canned(task, i: int) -> str:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("role", ["witness", "deacon", "polecat"])
+@pytest.mark.parametrize("role", ["witness", "deacon", "polecat", "boot", "mayor", "crew"])
 def test_promptfoo_agrees_on_own_suite(role, tmp_path):
     binary = os.environ.get("PROMPTFOO_BIN")
     if not binary or not shutil.which(binary):

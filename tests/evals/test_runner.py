@@ -55,6 +55,10 @@ def test_evaluate_writes_contract_json_next_to_model(tmp_path):
     assert [t["id"] for t in d["tasks"]] == ["one", "two", "three"]
     assert {"id", "category", "passed", "score", "output"} <= set(d["tasks"][0])
     assert not list(run.glob(".eval-mini.json.*"))  # atomic write left no temp file
+    from gt_ext.evals import provenance
+
+    assert provenance.check(d) is None  # signed: `gt model register` may trust it
+    assert provenance.check({**d, "composite": 99.0}) == "its signature does not match (written or edited elsewhere)"
 
 
 def test_k_samples_use_distinct_seeds_and_report_pass_k(tmp_path):
@@ -137,10 +141,15 @@ def test_registry_ref_records_the_result(tmp_path, monkeypatch):
     assert json.loads((got.path / "eval-mini.json").read_text())["composite"] == res.composite
 
 
-def test_sandbox_tasks_without_bd_are_skipped_not_failed(monkeypatch):
+@pytest.mark.parametrize("missing", ["bd", "bwrap"])
+def test_sandbox_tasks_without_bd_are_skipped_not_failed(monkeypatch, missing):
+    """No bd, or no bubblewrap to jail the model's commands in: the sandbox tasks are skipped."""
     from gt_ext.gastown import binaries
 
-    monkeypatch.setattr(binaries, "find_bd", lambda required=True: None)
+    if missing == "bd":
+        monkeypatch.setattr(binaries, "find_bd", lambda required=True: None)
+    else:
+        monkeypatch.setenv("GT_EXT_BWRAP", "no-such-bwrap")
     calls = []
 
     def gen(batch, params):

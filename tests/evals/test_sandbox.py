@@ -120,3 +120,36 @@ def test_code_task_runs_hidden_tests():
     assert _run(t, lambda t: fixed).passed
     assert not _run(t, lambda t: "```python\ndef dedupe(items):\n    return sorted(set(items))\n```").passed
     assert not _run(t, lambda t: "no code here").passed
+
+
+@pytest.mark.integration
+def test_model_code_runs_jailed(tmp_path, monkeypatch):
+    """The model's answer file is executed by the hidden tests inside bubblewrap: it cannot write
+    outside the task folder, read files beside it, or see this process's environment (#20)."""
+    _needs_bd()
+    if sandbox.jail_unavailable():
+        pytest.skip(sandbox.jail_unavailable())
+    monkeypatch.setenv("GT_EVAL_SECRET_TOKEN", "s3cret-token")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private")
+    escaped = tmp_path / "escaped.txt"
+    code = ("import os, pathlib\n"
+            f"try:\n    pathlib.Path({str(escaped)!r}).write_text('x')\nexcept OSError:\n    pass\n"
+            f"try:\n    seen = pathlib.Path({str(secret)!r}).read_text()\nexcept OSError:\n    seen = 'unreadable'\n"
+            "pathlib.Path('leak.txt').write_text(os.environ.get('GT_EVAL_SECRET_TOKEN', 'no token') + '|' + seen)\n"
+            "def dedupe(items):\n    return list(dict.fromkeys(items))\n")
+    t = {t.id: t for t in sandbox.load_tasks(POLECAT)}["p-sb-code-06-dedupe"]
+    t.prepare()
+    try:
+        assert t.grade(f"```python\n{code}```").passed  # it ran: the tests passed
+        assert (t.dir / "leak.txt").read_text() == "no token|unreadable"
+    finally:
+        t.cleanup()
+    assert not escaped.exists()
+    t.prepare()
+    try:
+        t.spec = {**t.spec, "answer": "file:.git/hooks/pre-commit"}
+        with pytest.raises(GtExtError, match="inside .git or .beads"):
+            t.grade("```python\nimport os\n```")
+    finally:
+        t.cleanup()

@@ -125,3 +125,28 @@ def test_suites_do_not_overlap_the_sample_town():
     for role in OWN:
         rep = contamination.check_tasks(suite_mod.load(f"builtin:{role}").tasks, texts)
         assert rep.refused == [], (role, {t: rep.examples[t] for t in rep.refused})
+
+
+def test_the_suite_that_gates_each_role(tmp_path, monkeypatch):
+    """role:ROLE names the suite that gates ROLE: the formula patrol suite where there is one, the
+    role's own builtin suite otherwise, or the town's choice in its gt-ext settings."""
+    import json
+
+    from gt_ext.roles import ROLES
+
+    specs = {r: suite_mod.role_suite(r) for r in ROLES}
+    assert specs == {"mayor": "builtin:mayor", "deacon": "builtin:deacon-patrol", "boot": "builtin:boot",
+                     "dog": "builtin:dog-patrol", "witness": "builtin:witness-patrol",
+                     "refinery": "builtin:refinery-patrol", "polecat": "builtin:polecat", "crew": "builtin:crew"}
+    for spec in specs.values():
+        assert suite_mod.resolve_suite_dir(spec).is_dir(), spec  # every role has one
+    town = tmp_path / "town"
+    (town / "mayor").mkdir(parents=True)
+    (town / "mayor" / "town.json").write_text("{}")
+    (town / "settings").mkdir()
+    (town / "settings" / "gt-ext.json").write_text(json.dumps({"evals": {"gate_suites": {"boot": "suites/boot"}}}))
+    assert suite_mod.role_suite("boot", town) == str((town / "suites" / "boot").resolve())
+    assert suite_mod.role_suite("crew", town) == "builtin:crew"
+    monkeypatch.setenv("GT_TOWN_ROOT", str(town))
+    (town / "suites" / "boot").mkdir(parents=True)
+    assert suite_mod.resolve_suite_dir("role:boot") == (town / "suites" / "boot").resolve()

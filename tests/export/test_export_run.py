@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from export_fixtures import make_run
 
 from gt_ext.cli import main
 from gt_ext.errors import GtExtError
+from gt_ext.export.convert import write_ggufs
 from gt_ext.export.export import export_run, verify_export
-from gt_ext.export.gguf_file import permute_rope, write_gguf
 
 PROMPT = [{"role": "user", "content": "Polecat nux has been idle for 40 minutes. What do you do?"}]
 
@@ -91,11 +90,6 @@ def test_gguf_tokenizer_metadata_matches_smollm2_release(exported):
         assert ours.fields[key].contents() == theirs.fields[key].contents(), key
 
 
-def test_permute_rope_interleaves_halves():
-    w = np.arange(8)[:, None].astype(np.float32)  # 2 heads x head_dim 4
-    assert permute_rope(w, 2)[:, 0].tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
-
-
 def test_bad_inputs(tmp_path, tiny_run):
     with pytest.raises(GtExtError, match="no run.json"):
         export_run(tmp_path, tmp_path / "o")
@@ -106,7 +100,7 @@ def test_bad_inputs(tmp_path, tiny_run):
     with pytest.raises(GtExtError, match="not empty"):
         export_run(tiny_run, tmp_path / "busy")
     with pytest.raises(GtExtError, match="not supported"):
-        write_gguf(tiny_run, tmp_path / "x.gguf", "q2")
+        write_ggufs(tiny_run, {"q2": tmp_path / "x.gguf"})
     assert main(["export", str(tmp_path / "nope"), "--to", str(tmp_path / "o2")]) == 2
     assert not (tmp_path / "o").exists() and not (tmp_path / "o2").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp leftovers
@@ -117,3 +111,18 @@ def test_cli_export(tmp_path, tiny_run, capsys):
     assert rc == 0
     m = json.loads(capsys.readouterr().out)
     assert m["gguf"] == ["model-f16.gguf"] and (tmp_path / "cli" / "model-f16.gguf").is_file()
+
+
+def test_export_to_a_file_is_one_line_and_leaves_it_alone(tmp_path, capsys):
+    """Issue #20: `gt-ext export RUN --to FILE` printed a traceback."""
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "run.json").write_text(json.dumps({"role": "witness", "base_model": "tiny-llama", "status": "done"}))
+    target = tmp_path / "a-file"
+    target.write_text("keep")
+    for to in (target, target / "sub"):
+        assert main(["export", str(run), "--to", str(to)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(target) in err and "is a file" in err, err
+    assert target.read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "run"]

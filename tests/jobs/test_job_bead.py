@@ -114,3 +114,53 @@ def test_time_limit_stops_and_failed_gate_ends_the_job_in_their_own_statuses(bea
     assert [h["status"] for h in issue.metadata["status_history"]][-2:] == ["evaluating", "gate-failed"]
     corpus = bd.show(issue.metadata["corpus_bead"])
     assert corpus.status == "closed"
+
+
+@pytest.mark.integration
+def test_swarm_status_reports_reach_the_job_bead_in_order(beads_dir, monkeypatch):
+    """What a swarm peer run as a job step reports (gt_ext.swarm.peer uses StatusReporter): each
+    status once, in order, through a background thread; a lost peer's `degraded` is not undone by
+    another peer's later `syncing`; outside a job nothing happens."""
+    from gt_ext.jobs.bead import StatusReporter, ensure_statuses
+
+    monkeypatch.delenv("GT_EXT_JOB_BEAD", raising=False)
+    assert not StatusReporter().enabled
+    bd = Bd(beads_dir)
+    ensure_statuses(bd)
+    bead = bd.create("swarm job", metadata={"status_history": []})
+    monkeypatch.setenv("GT_EXT_JOB_BEAD", bead.id)
+    monkeypatch.setenv("GT_EXT_JOB_BEADS_DIR", str(beads_dir))
+    rep = StatusReporter()
+    for status in ("syncing", "syncing", "degraded"):
+        rep.report(status, f"peer says {status}")
+    rep.close()
+    late = StatusReporter()  # another peer, still thinking the swarm is healthy
+    late.report("syncing", "late peer averaging")
+    late.close()
+    issue = bd.show(bead.id)
+    assert [h["status"] for h in issue.metadata["status_history"]] == ["syncing", "degraded"]
+    assert issue.status == "degraded"
+
+
+# --- issue #20: `job show|resume` on an unknown id gave bd's text and exit 1; any bead showed as a job
+@pytest.mark.integration
+def test_job_commands_name_the_id_and_refuse_a_bead_that_is_no_job(beads_dir, tmp_path, monkeypatch, capsys):
+    from gt_ext.cli import main
+
+    monkeypatch.setenv("GT_EXT_JOB_BEADS_DIR", str(beads_dir))
+    bd = Bd(beads_dir)
+    plain = bd.create("Fix the login page")
+    path = tmp_path / "mini.formula.toml"
+    path.write_text(FORMULA)
+    job = open_job(load_formula(path), {"role": "witness"}, tmp_path / "job", bd=bd)
+    capsys.readouterr()
+    for argv in (["job", "show", "zz-404"], ["job", "resume", "zz-404"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "no training job 'zz-404'" in err, err
+    for argv in (["job", "show", plain.id], ["job", "resume", plain.id], ["job", "show", plain.id, "--json"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{plain.id} is a bead" in err and "not a training job" in err, err
+    assert main(["job", "show", job.bead_id]) == 0
+    assert job.bead_id in capsys.readouterr().out

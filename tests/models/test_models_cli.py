@@ -12,7 +12,8 @@ import pytest
 from gt_ext.cli import main
 
 
-def test_list_json(capsys: pytest.CaptureFixture[str]) -> None:
+def test_list_json(capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GT_EXT_HOME", str(tmp_path))  # no registered bases
     assert main(["models", "list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["name"] for r in rows} == {"smollm2-135m-instruct", "tiny-llama"}

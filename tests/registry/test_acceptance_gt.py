@@ -41,23 +41,23 @@ def test_deploy_and_rollback_seen_by_real_gt(make_town, make_export, gt_bin, mon
     before = _witness_alias(tt, "demo")
     for role in ("deacon", "witness"):
         assert main(["model", "register", str(make_export(role))]) == 0
-    # deacon: a full run of builtin:deacon passed its gate; witness: none, so only forced, with a reason.
+    # deacon: a full run of its gating suite (builtin:deacon-patrol) passed; witness: none, so only forced, with a reason.
     from gate_results import eval_result
 
     from gt_ext.registry import Registry
 
     with Registry.open(tt.root) as reg:
-        reg.record_eval("deacon:1", eval_result("builtin:deacon", "deacon", suite="deacon"))
+        reg.record_eval("deacon:1", eval_result("builtin:deacon-patrol", "deacon", suite="deacon-patrol"))
     assert main(["model", "deploy", "deacon"]) == 0
     assert main(["model", "deploy", "witness-v1"]) == 2
-    assert "has no full eval of builtin:witness" in capsys.readouterr().err
+    assert "has no full eval of builtin:witness-patrol" in capsys.readouterr().err
     assert main(["model", "deploy", "witness-v1", "--force", "--reason", "acceptance test"]) == 0
     capsys.readouterr()
 
     assert _witness_alias(tt, "demo") == "node0-witness"
     agents = json.loads(tt.gt("config", "agent", "list", "--json").stdout)
     node0 = {a["name"]: a for a in agents}["node0-witness"]
-    assert node0["command"] == "node0-inference" and node0["args"] == "--model witness:1"
+    assert node0["command"] == "node0-inference" and node0["args"].startswith("--model witness:1 --rag --rag-budget ")
 
     # The metadata went to the town's HQ Dolt database, one Dolt commit per change.
     with tt.dolt("hq") as c:

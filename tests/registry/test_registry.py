@@ -9,6 +9,7 @@ import pytest
 from gate_results import eval_result
 
 from gt_ext.errors import GtExtError
+from gt_ext.rag.retrieve import role_budget
 from gt_ext.registry import READY_PROMPT, Registry
 
 
@@ -79,7 +80,8 @@ def test_deploy_writes_gt_settings_keeping_other_keys(registry: Registry, make_e
     s = _settings(town_dir)
     assert s["role_agents"] == {"refinery": "opus-46", "deacon": "node0-deacon"}
     assert s["agents"]["node0-deacon"] == {
-        "provider": "node0", "command": "node0-inference", "args": ["--model", "deacon:1"],
+        "provider": "node0", "command": "node0-inference",
+        "args": ["--model", "deacon:1", "--rag", "--rag-budget", str(role_budget("deacon"))],
         "tmux": {"process_names": ["node0-inference"], "ready_prompt_prefix": READY_PROMPT}}
     for k in ("cli_theme", "x_unknown", "default_agent", "type", "version"):
         assert s[k] == TOWN_SETTINGS[k]
@@ -95,11 +97,11 @@ def test_rollback_is_a_stack(registry: Registry, make_export, town_dir: Path, pa
     for role in ("refinery", "refinery", "deacon"):
         passed(registry, registry.register(make_export(role)).ref)
     registry.deploy("deacon")
-    registry.deploy("refinery:1")
+    registry.deploy("refinery:1", rag=False)
     registry.deploy("refinery:2")
-    assert _settings(town_dir)["agents"]["node0-refinery"]["args"] == ["--model", "refinery:2"]
+    assert _settings(town_dir)["agents"]["node0-refinery"]["args"][:3] == ["--model", "refinery:2", "--rag"]
     assert registry.rollback("refinery").entry.after["model"] == "refinery:1"
-    assert _settings(town_dir)["agents"]["node0-refinery"]["args"] == ["--model", "refinery:1"]
+    assert _settings(town_dir)["agents"]["node0-refinery"]["args"] == ["--model", "refinery:1"]  # --no-rag
     registry.rollback("refinery")
     s = _settings(town_dir)
     assert s["role_agents"]["refinery"] == "opus-46"  # the agent gt had before any deployment
@@ -152,26 +154,37 @@ def test_no_eval_or_only_a_smoke_run_is_refused(registry: Registry, make_export,
 
 
 def test_eval_file_in_registered_folder_is_checked_against_its_hashes(registry: Registry, make_export,
-                                                                      town_dir: Path) -> None:
-    """An eval-*.json found in an export folder at register time counts only when the model files
-    it names are this version's files, byte for byte."""
+                                                                      town_dir: Path, monkeypatch) -> None:
+    """An eval-*.json found in an export folder at register time counts only when this user's
+    `gt-ext eval run` signed it and the model files it names are this version's files, byte for byte."""
     from gt_ext.digest import sha256_file
+    from gt_ext.evals import provenance
 
+    monkeypatch.setenv("GT_EXT_HOME", str(town_dir.parent / "home"))
     src = make_export("deacon")
     files = {rel: sha256_file(src / rel) for rel in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json")}
     good = eval_result(town_dir / "suites" / "gate", "deacon", model_files=files)
-    (src / "eval-gate.json").write_text(json.dumps(good))
+    # Hand-written (unsigned) and signed-then-edited results with the right hashes: never trusted.
+    edited = provenance.sign(good)
+    edited["composite"] = 99.0
+    for forged, why in ((good, "not signed by gt-ext eval run"), (edited, "signature does not match")):
+        fsrc = make_export("deacon")
+        (fsrc / "eval-gate.json").write_text(json.dumps(forged))
+        rec = registry.register(fsrc)
+        assert rec.gate is None and not rec.eval_runs[0]["trusted"] and why in rec.eval_runs[0]["why_not_gating"]
+    (src / "eval-gate.json").write_text(json.dumps(provenance.sign(good)))
     rec = registry.register(src)
     assert rec.gate == "pass" and rec.eval_runs[0]["gating"] and rec.eval_runs[0]["source"] == "file eval-gate.json"
     man = json.loads((rec.path / "manifest.json").read_text())
     assert not any(k.startswith("eval-") for k in man["files"])  # results are not model files
-    assert registry.deploy("deacon:1").entry.model == "deacon:1"
+    assert registry.deploy(rec.ref).entry.model == "deacon:3"
 
     for bad, why in ((dict(files, **{"adapter/adapter_model.safetensors": "0" * 64}), "differs from the file it scored"),
                      ({}, "names no model file hashes"),
                      ({"merged/model.safetensors": "1" * 64}, "which this version does not have")):
         src = make_export("deacon")
-        (src / "eval-gate.json").write_text(json.dumps(eval_result(town_dir / "suites" / "gate", "deacon", model_files=bad)))
+        (src / "eval-gate.json").write_text(json.dumps(provenance.sign(
+            eval_result(town_dir / "suites" / "gate", "deacon", model_files=bad))))
         rec = registry.register(src)
         assert rec.gate is None and not rec.eval_runs[0]["trusted"], rec.eval_runs
         assert why in rec.eval_runs[0]["why_not_gating"]
@@ -179,10 +192,12 @@ def test_eval_file_in_registered_folder_is_checked_against_its_hashes(registry: 
             registry.deploy(rec.ref)
 
 
-def test_default_gating_suite_is_the_builtin_one(registry: Registry, make_export, town_dir: Path) -> None:
+def test_default_gating_suite_is_the_roles_builtin_patrol_suite(registry: Registry, make_export, town_dir: Path) -> None:
     (town_dir / "settings" / "gt-ext.json").unlink()
     registry.register(make_export("deacon"))
     registry.record_eval("deacon:1", eval_result("builtin:deacon", "deacon", suite="deacon"))
+    assert registry.get("deacon:1").gate is None  # the old description-based suite does not gate deacon
+    registry.record_eval("deacon:1", eval_result("builtin:deacon-patrol", "deacon", suite="deacon-patrol"))
     assert registry.get("deacon:1").gate == "pass"
     assert registry.deploy("deacon:1").entry.model == "deacon:1"
 
@@ -260,7 +275,7 @@ def test_task_adapters(registry: Registry, make_run, make_export, town_dir: Path
         registry.deploy("deacon", adapters=["deacon:1"])
     registry.deploy("deacon", adapters=["deacon-patrol"])
     args = _settings(town_dir)["agents"]["node0-deacon"]["args"]
-    assert args == ["--model", "deacon:1", "--adapters", "deacon-patrol:1"]
+    assert args[:4] == ["--model", "deacon:1", "--adapters", "deacon-patrol:1"]
     assert registry.deployed_to(a) == ["deacon@town"]
 
 

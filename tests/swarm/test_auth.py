@@ -169,3 +169,30 @@ def test_intruder_cannot_read_dht_nor_join_averaging():
                 o.shutdown()
             except Exception:
                 pass
+
+
+@pytest.mark.parametrize("expiry", ["nan", "inf", "1e308", "253402300799", "+inf", "NaN"])
+def test_a_key_holder_cannot_mint_a_token_that_never_expires(expiry):
+    """Issue #20: tokens with expiry nan/inf were accepted for ever."""
+    k = SwarmKey.generate()
+    auth = SwarmAuthorizer(k)
+    token = asyncio.run(auth.get_token())
+    token.expiration_time = expiry
+    token.signature = auth._sign(token)  # correctly signed: the holder has the key
+    assert not auth.is_token_valid(token)
+    if "n" in expiry.lower():  # nan / inf: not a time at all
+        assert auth.does_token_need_refreshing(token)
+
+
+def test_token_expiry_is_bounded_to_one_lifetime():
+    import time
+
+    from gt_ext.swarm import auth as auth_mod
+
+    auth = SwarmAuthorizer(SwarmKey.generate())
+    token = asyncio.run(auth.get_token())
+    assert auth.is_token_valid(token)
+    for ahead, ok in ((auth_mod._TOKEN_TTL_S, True), (auth_mod._TOKEN_TTL_S + auth_mod._CLOCK_SKEW_S + 120, False)):
+        token.expiration_time = f"{time.time() + ahead:.3f}"
+        token.signature = auth._sign(token)
+        assert auth.is_token_valid(token) is ok, ahead

@@ -67,3 +67,19 @@ def test_missing_and_unparsable_files(tmp_path):
     p.write_text("max_steps = = 3")
     with pytest.raises(ConfigError, match="cannot parse"):
         load_config(p)
+
+
+def test_train_help_lists_every_config_key_with_its_default(capsys, monkeypatch):
+    """Issue #20: the training config keys were documented nowhere a user looks."""
+    from gt_ext.cli import main
+    from gt_ext.train.config import config_keys
+
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    keys = config_keys()
+    assert len(keys) > 30
+    for key, _default, _desc in keys:
+        assert f" {key}=" in out, key
+    for shown in ("max_steps=200", "lora.r=8", "optim.lr=0.0002", "data.pack=true", "lora.targets=[q_proj,k_proj,v_proj,o_proj]"):
+        assert shown in out, shown

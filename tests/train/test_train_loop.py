@@ -170,3 +170,55 @@ def test_time_limit_stops_resumably_not_done(tmp_path, small_corpus, capsys):
     for step in range(1, 4):
         assert a[step] == pytest.approx(b[step], abs=1e-6), step
     assert (tmp_path / "cut" / "adapter" / "adapter_config.json").is_file() and full["status"] == "done"
+
+
+# --- issue #20: SIGTERM left a run `running`; --resume could not raise max_steps ------------------
+def test_sigterm_stops_the_run_with_a_checkpoint(tmp_path, small_corpus):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "gt_ext.cli", "train", "--role", "witness", "--corpus", str(small_corpus),
+           "--task", "patrol", "--out", str(run), "--no-progress", *SMALL, "max_steps=100000", "eval_every=0",
+           "checkpoint_every=0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 600  # bounded wait for the first step (not a timing assertion)
+        while not (run / "metrics.jsonl").is_file() or len((run / "metrics.jsonl").read_text().splitlines()) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 3, err
+    rec = json.loads((run / "run.json").read_text())
+    steps = rec["metrics"]["steps"]
+    assert rec["status"] == "stopped" and "stopped by SIGTERM" in rec["metrics"]["message"] and steps >= 1
+    assert (run / "checkpoints" / f"step-{steps}").is_dir() and "--resume" in err
+    # It resumes from there (a lower max_steps than the steps done is refused, naming both).
+    assert main(["train", "--role", "witness", "--corpus", str(small_corpus), "--task", "patrol", "--out", str(run),
+                 "--resume", "--no-progress", *SMALL, f"max_steps={steps + 1}", "eval_every=0",
+                 "checkpoint_every=0"]) == 0
+    assert json.loads((run / "run.json").read_text())["metrics"]["steps"] == steps + 1
+
+
+def test_resume_can_raise_max_steps_but_not_change_what_is_learnt(tmp_path, small_corpus, capsys):
+    sets = [*SMALL, "max_steps=2"]
+    assert run_training(prepare("witness", small_corpus, "patrol", None, sets), tmp_path / "r",
+                        progress=False)["status"] == "done"
+    more = run_training(prepare("witness", small_corpus, "patrol", None, [*SMALL, "max_steps=4"]), tmp_path / "r",
+                        resume=True, progress=False)
+    assert more["status"] == "done" and more["metrics"]["steps"] == 4
+    assert sorted(_losses(tmp_path / "r")) == [1, 2, 3, 4]
+    args = ["train", "--role", "witness", "--corpus", str(small_corpus), "--task", "patrol", "--out",
+            str(tmp_path / "r"), "--resume", "--no-progress", *SMALL]
+    assert main([*args, "max_steps=6", "optim.lr=1e-3"]) == 2
+    assert "optim differ" in capsys.readouterr().err
+    assert main([*args, "max_steps=3"]) == 2
+    assert "max_steps=3 is below the 4 steps" in capsys.readouterr().err
