@@ -19,8 +19,8 @@ Prints, side by side:
   in alternating rounds, the medians, their ratio, and the overhead per hop (pipeline minus one
   process, divided by the 3 stage round trips; target <= 5 ms on loopback).
 
-The stages and the trainer share this machine's cores (one stage computes at a time; each stage
-re-runs its forward in backward). Absolute numbers move with the load of the machine (printed); the
+The stages and the trainer share this machine's cores (one stage computes at a time; a stage's
+backward uses the graph its forward kept). Absolute numbers move with the load of the machine (printed); the
 ratios are what this measures. `--only decode` or `--only train` runs one half.
 """
 
