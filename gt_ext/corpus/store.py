@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS examples(
   artifact_key TEXT,                         -- rig:relpath for versioned artifacts
   batch TEXT,
   grp TEXT,                                  -- source group (user, curated file) for per-source caps
-  created REAL NOT NULL
+  created REAL NOT NULL,
+  model TEXT                                 -- the model that wrote the assistant turns, when known
 );
 CREATE INDEX IF NOT EXISTS ex_status ON examples(status);
 CREATE INDEX IF NOT EXISTS ex_source ON examples(source_key);
@@ -63,6 +64,9 @@ CREATE TABLE IF NOT EXISTS sealed(                 -- suspected secrets of held-
   example_id TEXT NOT NULL, marker TEXT NOT NULL, token TEXT NOT NULL, placeholder TEXT,
   PRIMARY KEY(example_id, marker));
 """
+
+# Columns added after the first release, for stores made before them (name, SQL declaration).
+ADDED_COLUMNS: tuple[tuple[str, str], ...] = (("model", "TEXT"),)
 
 # What an example can be: exported (active), held for a human (quarantined, review), refused by a
 # gate (rejected), replaced by a newer version of its artifact (superseded).
@@ -109,12 +113,12 @@ class StoredExample(Tags):
         """The contract's provenance object."""
         return {"source": self.source, "session": self.session or "", "rig": self.rig or "",
                 "bead": self.bead or "", "user": self.user or "", "time": self.time or "",
-                "source_hash": self.source_hash}
+                "model": self.model or "", "source_hash": self.source_hash}
 
     def summary(self) -> dict[str, Any]:
         """Listing form: tags and status, no content."""
         return {k: getattr(self, k) for k in ("id", "role", "task", "rig", "bead", "session", "source",
-                                               "outcome", "label", "status", "reason")} | {
+                                               "model", "outcome", "label", "status", "reason")} | {
             "turns": len(self.messages or []), "findings": len(self.findings)}
 
 
@@ -157,6 +161,10 @@ class Store:
             for stmt in SCHEMA.split(";"):  # executescript would COMMIT our transaction
                 if stmt.strip():
                     self.db.execute(stmt)
+            have = {r[1] for r in self.db.execute("PRAGMA table_info(examples)")}
+            for col, decl in ADDED_COLUMNS:  # a store made by an older version: add what it lacks
+                if col not in have:
+                    self.db.execute(f"ALTER TABLE examples ADD COLUMN {col} {decl}")
 
     @classmethod
     def open(cls, root: str | os.PathLike | None = None, town: str | os.PathLike | None = None) -> Store:

@@ -7,7 +7,8 @@ The fields read here are gt's own (`formula`, `description`, `type`, `version`, 
 training-job bead takes while the step runs) and `exit_statuses` (exit codes of the step's command
 that are outcomes rather than failures, each naming the job status it leads to; see
 gt_ext.orchestrate.runner: `stopped` pauses the job there, `gate-failed` lets it go on and end in
-that status).
+that status) and, at the top, `restart_when_done` (a run of a formula whose job already finished
+starts a new job instead of finding nothing left to do).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Formula:
     version: int = 1
     vars: dict[str, Var] = field(default_factory=dict)
     steps: list[Step] = field(default_factory=list)
+    restart_when_done: bool = False
 
     def ordered_steps(self) -> list[Step]:
         """Steps in dependency order; ties keep file order, so the order is deterministic."""
@@ -177,6 +179,7 @@ def load_formula(path: str | Path) -> Formula:
         version=int(data.get("version", 1)),
         vars=vars_,
         steps=steps,
+        restart_when_done=bool(data.get("restart_when_done", False)),
     )
 
 

@@ -74,6 +74,25 @@ def job_dir_for(formula: Formula, given: dict[str, str], root: Path) -> Path:
     return root / f"{formula.name}{'-' + label if label else ''}-{digest}"
 
 
+def next_job_dir(formula: Formula, job_dir: Path) -> Path:
+    """`job_dir`, or for a `restart_when_done` formula whose job there finished every step, the
+    first `<job_dir>-N` that did not: the same request then starts the next round, not nothing."""
+    if not formula.restart_when_done:
+        return job_dir
+    steps = {s.id for s in formula.steps}
+    cand, n = Path(job_dir), 1
+    while True:
+        state = cand / "formula-state.json"
+        try:
+            done = set(json.loads(state.read_text()).get("completed") or [])
+        except (OSError, ValueError):
+            return cand
+        if not steps <= done:
+            return cand
+        n += 1
+        cand = Path(f"{job_dir}-{n}")
+
+
 def to_argv(command: str) -> list[str]:
     """Split a step command; `gt-ext` runs as this interpreter's module so the venv is always used."""
     argv = shlex.split(command)

@@ -78,6 +78,13 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     return m.group("name"), int(m.group("ver")) if m.group("ver") else None
 
 
+def _fingerprint_digest(fp: Any) -> str | None:
+    """The digest of run.json's `convention_fingerprint` summary (`gt_ext.loop.fingerprint`)."""
+    if isinstance(fp, dict):
+        return str(fp["digest"]) if fp.get("digest") else None
+    return str(fp) if fp else None
+
+
 @dataclass
 class DeployResult:
     """What a deploy or rollback did."""
@@ -256,7 +263,8 @@ class Registry:
                 hyperparams={**(run.get("config") or {}), **({"lora": lora} if lora else {})}, lora_rank=lora.get("r"),
                 compatible=[str(base)] if task else [],
                 created=datetime.now(UTC).isoformat(timespec="seconds"),
-                convention_fingerprint=run.get("convention_fingerprint") or man.get("convention_fingerprint"),
+                convention_fingerprint=_fingerprint_digest(run.get("convention_fingerprint")
+                                                           or man.get("convention_fingerprint")),
             )
             try:
                 self.store.add_model(rec, f"register {rec.ref} ({role}, base {base})")
@@ -321,8 +329,11 @@ class Registry:
         return deploy.Target(self.town, rig or deploy.TOWN_SCOPE)
 
     def deploy(self, ref: str, role: str | None = None, rig: str | None = None, force_reason: str | None = None,
-               adapters: list[str] | None = None, reason: str = "") -> DeployResult:
+               adapters: list[str] | None = None, reason: str = "", rag: bool = True) -> DeployResult:
         """Serve `ref` for `role` (default: the model's role) in town or `rig` settings.
+
+        `rag` (default): the agent prepends the town's RAG context to every prompt, within the
+        role's budget (`gt_ext.rag.retrieve.role_budget`); False deploys without it.
 
         Refused: mayor (always), task adapters as models, a model without a passing full eval of
         its role's gating suite (`gt_ext.registry.gate`), a model trained for another role, or a
@@ -361,8 +372,13 @@ class Registry:
                 log.warning("forced deploy of %s to %s (%s): %s", rec.ref, role, force_reason, "; ".join(problems))
                 warnings += [f"forced: {p}" for p in problems]
             why = force_reason if problems else (reason or force_reason or "")
+            budget = None
+            if rag:
+                from gt_ext.rag.retrieve import role_budget
+
+                budget = role_budget(role)
             entry = deploy.write_deploy(self.store, target, role, rec.ref, adapter_refs, why, bool(problems),
-                                        self.journal)
+                                        self.journal, budget)
         for w in warnings:
             log.warning("%s", w)
         return DeployResult(entry, target.settings().path, warnings)

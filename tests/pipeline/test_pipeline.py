@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import time
 from pathlib import Path
@@ -301,23 +300,6 @@ def test_stage_of_another_base_model_or_without_the_key_cannot_serve(pipe, tmp_p
 def test_no_stage_process_outlives_its_test(pipe):
     """Every process of every stage (task pools, handlers, averagers, p2p daemons) is gone: each
     stage ran in its own process group, and no member of those groups is left."""
-    import psutil
-
     pipe.stages.close()
-    groups = {name: proc.pid for name, proc in pipe.stages.procs.items()}
     assert all(proc.poll() is not None for proc in pipe.stages.procs.values())
-    deadline = time.monotonic() + 15  # killed orphans are reaped by init a moment later
-    while True:
-        left = [(p.info["pid"], p.info["name"]) for p in psutil.process_iter(["pid", "name", "status"])
-                if p.info["status"] != psutil.STATUS_ZOMBIE and _pgid(p.info["pid"]) in groups.values()]
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert not left
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
+    assert not pipe.stages.leftovers()
