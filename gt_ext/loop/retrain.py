@@ -9,7 +9,8 @@ says why and what to run: `gt formula run improve-role --set role=<role>`. Whoev
 (the mayor, the deacon's patrol, a person) picks it up; deploying the result stays deliberate.
 `<town>/.models/retrain.json` remembers the last request per role (bead id, time), under a file
 lock, so two checks at once open one bead, and a burst of edits opens one bead per cooldown.
-Any trigger can call this: the staleness check does; a "new DPO pairs" trigger can too.
+Any trigger can call this: the staleness check does, and so does a pick that brings a role's new
+task-level preference pairs to the DPO threshold (`gt_ext.prefs.trigger.request_dpo`).
 """
 
 from __future__ import annotations
@@ -81,9 +82,10 @@ def open_request(town_root: str | os.PathLike, role: str, beads_dir: Path | None
 
 def request_retrain(town_root: str | os.PathLike, role: str, reasons: list[str],
                     cooldown_s: float = DEFAULT_COOLDOWN_S, beads_dir: Path | None = None,
-                    now: float | None = None) -> RetrainRequest:
+                    now: float | None = None, run: str | None = None) -> RetrainRequest:
     """Open a retrain job bead for `role` unless one is open or the last was opened within
-    `cooldown_s`; see the module docstring."""
+    `cooldown_s`; see the module docstring. `run`: the command the bead names (default: the
+    improve-role formula; a new-DPO-pairs trigger names train-role-model with mode=dpo)."""
     from gt_ext.registry.locks import file_lock
 
     root = Path(town_root)
@@ -105,7 +107,9 @@ def request_retrain(town_root: str | os.PathLike, role: str, reasons: list[str],
             description=(f"The deployed {role} model has gone stale:\n{why}\n\n"
                          f"Run: gt formula run improve-role --set role={role}\n"
                          "(collect -> stale check -> train -> eval -> register). Deploying the new "
-                         "version stays a deliberate `gt model deploy`."),
+                         "version stays a deliberate `gt model deploy`." if run is None else
+                         f"The {role} model has new training data:\n{why}\n\nRun: {run}\n"
+                         "Deploying the new version stays a deliberate `gt model deploy`."),
             issue_type="task", priority=2, labels=["gt-ext", LABEL, f"role:{role}"])
         state[role] = {"bead": issue.id, "time": now, "reasons": reasons}
         atomic_write_json(path, state)

@@ -158,22 +158,27 @@ def show_cmd(task: str = typer.Argument(..., metavar="TASK"), json_out: bool = J
 
 @app.command("due")
 def due_cmd(role: str = typer.Option("polecat", "--role"),
+            rig: str = typer.Option(None, "--rig", help="Count the pairs this rig's DPO job trains on (its own, "
+                                    "town-level, shared rigs'; default: $GT_RIG, else the current folder's rig, "
+                                    "else town-level), as the formula's corpus export does."),
             threshold: int = typer.Option(None, "--threshold", help="New pairs that make a DPO run due "
                                           "(default: prefs.dpo_threshold in settings/gt-ext.json, else 20)."),
             run: bool = typer.Option(False, "--run", help="Start `train-role-model --set mode=dpo` when due."),
             json_out: bool = JSON_OPT) -> None:
     """Is a DPO run of ROLE due: new task-level pairs since its last DPO model, against the threshold."""
+    from gt_ext.corpus.cli import _job_rig
     from gt_ext.gastown.town import find_town
     from gt_ext.prefs.trigger import dpo_due, start_dpo
 
     town = find_town()
-    d = dpo_due(role, town.root if town else None, threshold)
+    rig = _job_rig(rig)
+    d = dpo_due(role, town.root if town else None, threshold, rig)
     if json_out:
         _print_json(d.to_dict())
     else:
-        print(f"{role}: {d.new_pairs} new pair(s) of {d.total_pairs} since {d.last_dpo or 'no DPO model yet'}; "
+        print(f"{role} ({f'rig {rig}' if rig else 'town-level'}): {d.new_pairs} new pair(s) of {d.total_pairs} since {d.last_dpo or 'no DPO model yet'}; "
               f"threshold {d.threshold}: {'due' if d.due else 'not due'}")
     if run and d.due:
-        res = start_dpo(role)
+        res = start_dpo(role, rig=rig)
         if res.returncode != 0:
             raise GtExtError(f"DPO formula for {role} exited {res.returncode}", exit_code=1)

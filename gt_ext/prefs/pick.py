@@ -157,10 +157,32 @@ def pick(town: Town, task: str, winner: str | None = None, auto: bool = False, w
         decision.merge = {"git": git_res.to_dict(), "dolt": dolt_res.to_dict()}
         decision.merge["dropped"] = _remove_branches(cmp, db, repo, (lo.label, w.label))
         cmp.decision, cmp.status = decision, "decided"
+        if stored:
+            _request_dpo_if_due(town, cmp, echo)
         prefs.save(cmp)
         echo(f"{cmp.id}: {w.label} ({w.model}) won ({decision.by}{', ' + decision.rule if decision.rule != 'manual' else ''}); "
              f"{note}; merged git {w.git_branch} -> {into}, beads {w.dolt_branch} -> {MAIN}")
         return cmp
+
+
+def _request_dpo_if_due(town: Town, cmp: Comparison, echo: Callable[[str], None]) -> None:
+    """A stored pair may bring the role's new pairs to the DPO threshold: then open its retrain job
+    bead (gt_ext.prefs.trigger.request_dpo). The pick stands whatever happens here."""
+    from gt_ext.prefs.trigger import dpo_due, request_dpo
+
+    try:
+        due = dpo_due(cmp.role, town.root, rig=cmp.rig)
+        if not due.due:
+            return
+        req = request_dpo(town.root, due)
+    except GtExtError as e:
+        log.warning("comparison %s: could not check or request a DPO run: %s", cmp.id, e)
+        return
+    if req is None:
+        return
+    cmp.history.append({"time": cmp.updated, "event": "dpo due", "result": due.to_dict() | req.to_dict()})
+    echo(f"DPO due for {cmp.role} ({due.new_pairs} new pairs, threshold {due.threshold}): "
+         + (f"retrain job {req.bead} opened" if req.bead else f"no new retrain job ({req.skipped})"))
 
 
 def drop(town: Town, task: str, env: dict[str, str] | None = None) -> Comparison:

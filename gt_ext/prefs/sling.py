@@ -35,7 +35,7 @@ from typing import Any
 from gt_ext.errors import GtExtError
 from gt_ext.gastown.branches import BeadsDatabase, branch_beads_dir, branch_env
 from gt_ext.gastown.branchproxy import BranchProxy
-from gt_ext.gastown.town import Town
+from gt_ext.gastown.town import STATE_DIRS, Town
 from gt_ext.gastown.worktree import RigRepo
 from gt_ext.prefs import outcome as measure
 from gt_ext.prefs.record import LABELS, Comparison, Outcome, PrefsStore
@@ -342,7 +342,9 @@ def _measure(o: Outcome, side: _Side, cmp: Comparison, db: BeadsDatabase, repo: 
     o.head_branch = repo.current_branch(side.worktree) if fetched else None
     # Commits HEAD pointed at in the clone that its branch does not hold: made on another branch.
     o.stray_commits = [c for c in repo.head_reflog(side.worktree) if not repo.contains(o.git_branch, c)]
-    o.dirty = repo.dirty(side.worktree)
+    # gt's own state in a work dir (`.runtime/session_id`, written when the agent registers its
+    # session with `gt prime --hook`) is not the agent's work.
+    o.dirty = [p for p in repo.dirty(side.worktree) if p.strip("/").split("/")[0] not in STATE_DIRS]
     if test_cmd:
         rc, out = run_tests(test_cmd, side.worktree, env, opts.test_timeout_s)
         o.tests = {"cmd": test_cmd, "base_rc": base_rc, "rc": rc, "output": out}

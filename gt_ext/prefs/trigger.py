@@ -1,13 +1,21 @@
 """When to train DPO again: enough new task-level pairs since the role's last DPO model.
 
-    due = dpo_due("polecat")            # DpoDue(due, new_pairs, threshold, last_dpo, ...)
+    due = dpo_due("polecat", rig="demo")   # DpoDue(due, new_pairs, threshold, last_dpo, ...)
     if due.due:
-        start_dpo("polecat")             # gt formula run train-role-model --set role=polecat --set mode=dpo
+        start_dpo("polecat", rig="demo")    # gt formula run train-role-model --set role=polecat --set mode=dpo --set rig=demo
 
 `dpo_due` only reads (corpus store and registry); `start_dpo` runs the formula as a subprocess in a
 fresh job folder. The threshold is `prefs.dpo_threshold` in `<town>/settings/gt-ext.json` (this
-project's own settings file), else DEFAULT_DPO_THRESHOLD. A staleness / retrain mechanism calls
-these two functions; nothing here runs on its own.
+project's own settings file), else DEFAULT_DPO_THRESHOLD.
+
+The trigger is the town's retrain mechanism (`gt_ext.loop.retrain`): when a pick stores a pair and
+the role's new pairs reach the threshold, `request_dpo` opens ONE retrain job bead for the role
+(none while one is open, none within the cooldown of `stale.cooldown_hours`, none with
+`stale.retrain` false) naming `gt formula run train-role-model --set role=R --set mode=dpo
+--set rig=RIG`. `gt-ext prefs due --run` starts that run at once.
+
+Pairs are counted in the scope the formula's corpus export takes for the same rig (the rig's own
+pairs, town-level ones, those of rigs that share theirs), so a due run always has them to train on.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ class DpoDue:
     """Whether a DPO run of `role` is due, and the figures behind the verdict."""
 
     role: str
+    rig: str | None  # the export scope the pairs were counted in (None: town-level)
     due: bool
     new_pairs: int
     threshold: int
@@ -73,8 +82,10 @@ def last_dpo_model(registry: Any, role: str) -> Any | None:
     return max(dpo, key=lambda r: (r.created, r.version)) if dpo else None
 
 
-def dpo_due(role: str, town_root: Path | None = None, threshold: int | None = None) -> DpoDue:
-    """Count the active pairs of `role` stored after its last DPO model was registered."""
+def dpo_due(role: str, town_root: Path | None = None, threshold: int | None = None, rig: str | None = None) -> DpoDue:
+    """Count the active pairs of `role` in rig `rig`'s export scope stored after its last DPO model
+    was registered."""
+    from gt_ext.corpus.shards import Scope
     from gt_ext.corpus.store import Store
     from gt_ext.registry import Registry
 
@@ -86,26 +97,50 @@ def dpo_due(role: str, town_root: Path | None = None, threshold: int | None = No
         last = last_dpo_model(reg, role)
     since = _epoch(last.created) if last else None
     with Store.open(os.environ.get("GT_EXT_CORPUS") or None, town=town_root) as st:
-        total = len(st.preferences(status="active", role=role))
-        new = len(st.preferences(status="active", role=role, since=since))
-    return DpoDue(role=role, due=new >= threshold, new_pairs=new, threshold=threshold, total_pairs=total,
+        pairs = st.preferences(status="active", role=role)
+        allowed = Scope(rig=rig).allowed(st, {p["rig"] for p in pairs if p.get("rig")})
+        pairs = [p for p in pairs if allowed is None or (p.get("rig") or None) in allowed]
+    total = len(pairs)
+    new = sum(1 for p in pairs if since is None or p["created"] > since)
+    return DpoDue(role=role, rig=rig, due=new >= threshold, new_pairs=new, threshold=threshold, total_pairs=total,
                   last_dpo=last.ref if last else None, last_dpo_created=last.created if last else None)
 
 
-def dpo_formula_argv(role: str, job_dir: Path, extra: dict[str, str] | None = None) -> list[str]:
-    """The command that trains DPO for `role` on top of its current model, in `job_dir`."""
-    sets = {"role": role, "mode": "dpo", **(extra or {})}
+def dpo_command(role: str, rig: str | None) -> str:
+    """The command line a person (or the mayor) runs to train DPO for `role` on rig `rig`'s pairs."""
+    return f"gt formula run train-role-model --set role={role} --set mode=dpo" + (f" --set rig={rig}" if rig else "")
+
+
+def request_dpo(town_root: Path, due: DpoDue) -> Any:
+    """Open the role's retrain job bead for a due DPO run (a `RetrainRequest`; None when the town's
+    `stale.retrain` setting turns requests off)."""
+    from gt_ext.loop.retrain import request_retrain
+    from gt_ext.loop.stale import load_config
+
+    cfg = load_config(town_root)
+    if not cfg.retrain:
+        return None
+    since = f"since {due.last_dpo}" if due.last_dpo else "and no DPO model yet"
+    reason = f"{due.new_pairs} new task-level preference pairs {since} (threshold {due.threshold})"
+    return request_retrain(town_root, due.role, [reason], cooldown_s=cfg.cooldown_hours * 3600,
+                           run=dpo_command(due.role, due.rig))
+
+
+def dpo_formula_argv(role: str, job_dir: Path, extra: dict[str, str] | None = None, rig: str | None = None) -> list[str]:
+    """The command that trains DPO for `role` (on rig `rig`'s pairs) on top of its current model, in `job_dir`."""
+    sets = {"role": role, "mode": "dpo", **({"rig": rig} if rig else {}), **(extra or {})}
     argv = [sys.executable, "-m", "gt_ext.cli", "formula", "run", "train-role-model"]
     for k, v in sets.items():
         argv += ["--set", f"{k}={v}"]
     return [*argv, "--job-dir", str(job_dir)]
 
 
-def start_dpo(role: str, extra: dict[str, str] | None = None, job_dir: Path | None = None) -> subprocess.CompletedProcess:
+def start_dpo(role: str, extra: dict[str, str] | None = None, job_dir: Path | None = None,
+              rig: str | None = None) -> subprocess.CompletedProcess:
     """Run the DPO formula now (a fresh job folder each time: new pairs make a new job)."""
     from gt_ext.jobs.places import jobs_root
 
     job_dir = job_dir or jobs_root() / f"train-role-model-{role}-dpo-{time.strftime('%Y%m%d-%H%M%S')}"
-    argv = dpo_formula_argv(role, job_dir, extra)
+    argv = dpo_formula_argv(role, job_dir, extra, rig)
     log.info("starting DPO for %s: %s", role, " ".join(argv))
     return subprocess.run(argv, check=False)

@@ -1,8 +1,9 @@
 """The whole preference loop on the tiny model, through the CLI, in a real town (gt, bd, dolt, git):
 
     two registered models -> prefs sling (two real node0-inference agents, each in its own Dolt
-    branch and git worktree) -> prefs pick --auto -> DPO pair in the corpus -> dpo_due ->
-    train-role-model --set mode=dpo -> registered child whose parent is the SFT model
+    branch and git worktree) -> prefs pick --auto -> DPO pair in the corpus -> the threshold's
+    retrain job bead, dpo_due -> train-role-model --set mode=dpo -> registered child whose parent
+    is the SFT model
 
 Model A (`polecat`) is the tiny model trained a few steps on one plain answer, A_ANSWER: it answers
 words (an untrained random model may answer only blank lines, which leave no assistant turn to
@@ -207,22 +208,36 @@ def test_sling_pick_pair_dpo_child(town_env: TestTown, models: dict[str, str], t
     assert main(["prefs", "pick", "dm-running-1", "--winner", "a"]) == 2
     assert "running" in _err(capsys)
 
-    # -- comparison 3, picked by a person: the second pair
+    # -- comparison 3, picked by a person: the second pair, which reaches the town's DPO threshold (2)
+    from gt_ext.gastown import ext_settings
+
+    settings = ext_settings.town_file(tt.root)
+    ext_settings.write(settings, ext_settings.read(settings) | {"prefs": {"dpo_threshold": 2}})
     bead3 = _bead(tt, "third task")
     assert main(["prefs", "sling", bead3, "--models", pair_models, "--json", *SLING]) == 0
     c3 = _json(capsys)
     assert main(["prefs", "pick", c3["id"], "--winner", models["a"], "--why", "no skipped hooks", "--by", "mayor",
                  "--json"]) == 0
-    d3 = _json(capsys)["decision"]
+    picked3 = _json(capsys)
+    d3 = picked3["decision"]
     assert (d3["winner"], d3["by"], d3["why"]) == ("a", "person:mayor", "no skipped hooks")
+    # ... so the pick opened the role's retrain job bead, naming the DPO run of rig demo's pairs
+    due_event = picked3["history"][-1]
+    assert due_event["event"] == "dpo due" and due_event["result"]["new_pairs"] == 2, due_event
+    town_beads = tt.town.beads_dir
+    assert town_beads is not None
+    job = Bd(town_beads, env=tt.env).show(due_event["result"]["bead"])
+    assert job.status == "open" and "train-role-model --set role=polecat --set mode=dpo --set rig=demo" in job.description
     assert main(["prefs", "list", "--json"]) == 0
     listed = {r["id"]: r["status"] for r in _json(capsys)}
     assert listed == {c1["id"]: "decided", c2["id"]: "dropped", c3["id"]: "decided", "dm-running-1": "running"}
 
-    # -- two new pairs: a DPO run is due at threshold 2
-    assert main(["prefs", "due", "--role", "polecat", "--threshold", "2", "--json"]) == 0
+    # -- two new pairs of rig demo: a DPO run is due at threshold 2; none in the town-level scope
+    assert main(["prefs", "due", "--role", "polecat", "--rig", "demo", "--threshold", "2", "--json"]) == 0
     due = _json(capsys)
     assert due["due"] and due["new_pairs"] == 2 and due["last_dpo"] is None
+    assert main(["prefs", "due", "--role", "polecat", "--threshold", "2", "--json"]) == 0
+    assert _json(capsys)["total_pairs"] == 0
 
     # -- DPO on top of polecat:1, through the formula
     corpus = tmp_path / "corpus"
@@ -245,7 +260,7 @@ def test_sling_pick_pair_dpo_child(town_env: TestTown, models: dict[str, str], t
     child = _json(capsys)
     assert child["parent"] == "polecat:1" and child["lineage"] == ["polecat:1", "polecat:2"]
     assert child["hyperparams"]["mode"] == "dpo" and child["run"] == str(job / "run")
-    assert main(["prefs", "due", "--role", "polecat", "--threshold", "2", "--json"]) == 0
+    assert main(["prefs", "due", "--role", "polecat", "--rig", "demo", "--threshold", "2", "--json"]) == 0
     assert _json(capsys) | {"last_dpo_created": None} == {
-        "role": "polecat", "due": False, "new_pairs": 0, "threshold": 2, "total_pairs": 2,
+        "role": "polecat", "rig": "demo", "due": False, "new_pairs": 0, "threshold": 2, "total_pairs": 2,
         "last_dpo": "polecat:2", "last_dpo_created": None}
