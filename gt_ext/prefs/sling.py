@@ -247,7 +247,10 @@ def _run_agents(cmp: Comparison, sides: dict[str, _Side], town: Town, rig: str, 
                     "--workdir", str(side.worktree), "--transcripts", str(side.transcripts),
                     "--max-steps", str(opts.max_steps), "--turn-timeout", str(opts.timeout_s),
                     "--max-new-tokens", str(opts.max_new_tokens), "--backend", opts.backend,
-                    "--quantize", opts.quantize, cmp.prompt]
+                    "--quantize", opts.quantize,
+                    # Not a session gt launched: registering it (gt prime --hook) would log it in
+                    # the town's events and let gt record this side's proxy port as the town's Dolt port.
+                    "--no-register", cmp.prompt]
             with open(side.pane_log, "wb") as pane:
                 side.proc = subprocess.Popen(argv, cwd=side.worktree, stdin=subprocess.DEVNULL, stdout=pane,
                                              stderr=subprocess.STDOUT, start_new_session=True,
