@@ -20,8 +20,8 @@ Prints, side by side:
   hop: wall time minus the compute time each stage reports for the step, divided by 3 (on a
   loaded machine the first figure also carries how the OS shares the cores among 1 vs 4 processes).
 
-The stages and the trainer share this machine's cores (one stage computes at a time; each stage
-re-runs its forward in backward). Absolute numbers move with the load of the machine (printed); the
+The stages and the trainer share this machine's cores (one stage computes at a time; a stage's
+backward uses the graph its forward kept). Absolute numbers move with the load of the machine (printed); the
 ratios are what this measures. `--only decode` or `--only train` runs one half.
 """
 

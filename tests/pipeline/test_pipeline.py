@@ -290,6 +290,8 @@ def test_stage_of_another_base_model_or_without_the_key_cannot_serve(pipe, tmp_p
             assert extra.procs[name].wait(timeout=240) != 0, extra.log_tail(name)
         assert "no initial peer of run ptest answered" in extra.log_tail("wrong-key")
         assert "refusing to join" in extra.log_tail("wrong-base") and "base model" in extra.log_tail("wrong-base")
+        # It refused before node0 built its averagers: it never took the run's state.
+        assert "Downloading parameters" not in extra.log_tail("wrong-base", n=1000)
         assert not (tmp_path / "wrong-base.ready.json").exists() and not (tmp_path / "wrong-key.ready.json").exists()
     finally:
         extra.close()
