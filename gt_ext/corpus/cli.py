@@ -196,7 +196,7 @@ def show(example_id: Annotated[str, typer.Argument(help="Example id or unique pr
 
 @app.command()
 def stats(as_json: JsonOpt = False) -> None:
-    """Counts by status, role, task, label, source and outcome."""
+    """Counts by status, role, task, label, source and outcome; task-level preference pairs (DPO)."""
     with _store() as st:
         s = st.stats()
         s["spool_pending"] = len(list(st.spool_dir.glob("*.json")))
@@ -204,7 +204,7 @@ def stats(as_json: JsonOpt = False) -> None:
         _print_json(s)
         return
     print(f"total: {s['total']}   spool pending: {s['spool_pending']}")
-    for k in ("status", "role", "task", "label", "source", "outcome"):
+    for k in ("status", "role", "task", "label", "source", "outcome", "preferences"):
         print(f"{k}: " + ", ".join(f"{a}={b}" for a, b in s[k].items()))
 
 

@@ -6,7 +6,8 @@
 
 Writing (`gt corpus export`): `write_shards(store, out)`. Only active examples go out; SFT takes
 those labelled good or neutral (never one with a convention violation or a failed outcome); DPO
-pairs a success with a failure of the same task (same opening prompt). The train/val split is a
+pairs a success with a failure of the same task (same opening prompt), plus the task-level
+preference pairs picked from A/B runs (`gt-ext prefs pick`). The train/val split is a
 pure function of the prompt, so it is deterministic and the same task never lands on both sides.
 Files are written to a temp folder and renamed into place.
 
@@ -191,9 +192,11 @@ def _task(ex: StoredExample) -> str:
     return ex.task if ex.task in TASKS else "general"
 
 
-def _dpo_pair(good: StoredExample, bad: StoredExample) -> dict[str, Any] | None:
-    """Prompt = shared prefix; chosen/rejected = the first assistant turns where they part."""
-    a, b = good.messages or [], bad.messages or []
+def split_at_divergence(chosen: list[dict[str, str]], rejected: list[dict[str, str]]
+                        ) -> tuple[list[dict[str, str]], str, str] | None:
+    """(shared prefix, chosen turn, rejected turn): the first assistant turns where two chats part
+    after a common opening that holds a user turn; None when they never part that way."""
+    a, b = chosen, rejected
     i = 0
     while i < min(len(a), len(b)) and a[i] == b[i]:
         i += 1
@@ -201,11 +204,19 @@ def _dpo_pair(good: StoredExample, bad: StoredExample) -> dict[str, Any] | None:
         return None
     if not any(m["role"] == "user" for m in a[:i]):
         return None
-    prompt = a[:i]
+    return a[:i], a[i]["content"], b[i]["content"]
+
+
+def _dpo_pair(good: StoredExample, bad: StoredExample) -> dict[str, Any] | None:
+    """Prompt = shared prefix; chosen/rejected = the first assistant turns where they part."""
+    split = split_at_divergence(good.messages or [], bad.messages or [])
+    if split is None:
+        return None
+    prompt, chosen, rejected = split
     prov = good.provenance() | {"rejected_session": bad.session or "", "rejected_bead": bad.bead or "",
                                 "rejected_source_hash": bad.source_hash}
-    return {"id": dpo_id(prompt, a[i]["content"], b[i]["content"]), "role": good.role, "task": _task(good),
-            "prompt": prompt, "chosen": a[i]["content"], "rejected": b[i]["content"], "provenance": prov}
+    return {"id": dpo_id(prompt, chosen, rejected), "role": good.role, "task": _task(good),
+            "prompt": prompt, "chosen": chosen, "rejected": rejected, "provenance": prov}
 
 
 # A model's own outputs: sessions the node0 agent served.
@@ -318,6 +329,22 @@ def write_shards(store: Store, out: str | os.PathLike, rig: str | None = None, v
                 split = "val" if _is_val(pkey, val_pct) else "train"
                 dpo[(pair["role"], pair["task"], split)].append(pair)
 
+    # Task-level preference pairs (gt_ext.prefs): picked by a person or a rule from two models'
+    # outcomes of one bead; stored scrubbed, exported as they are.
+    # Same scope as the examples: a rig's pairs go out with that rig (or when it shares).
+    n_prefs = 0
+    prefs = store.preferences(status="active", role=role)
+    prefs_allowed = scope.allowed(store, {p["rig"] for p in prefs if p.get("rig")})
+    for p in prefs:
+        if prefs_allowed is not None and (p.get("rig") or None) not in prefs_allowed:
+            continue
+        task = p["task"] if p["task"] in TASKS else "general"
+        split = "val" if _is_val(_prompt_key(p["prompt"]), val_pct) else "train"
+        dpo[(p["role"], task, split)].append({"id": p["id"], "role": p["role"], "task": task, "prompt": p["prompt"],
+                                              "chosen": p["chosen"], "rejected": p["rejected"],
+                                              "provenance": p["provenance"]})
+        n_prefs += 1
+
     out.parent.mkdir(parents=True, exist_ok=True)  # the temp folder must be a sibling for the rename
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -343,6 +370,7 @@ def write_shards(store: Store, out: str | os.PathLike, rig: str | None = None, v
             "role": role,
             "val_pct": val_pct,
             "excluded_unsafe": excluded,
+            "preference_pairs": n_prefs,
             "stale_sessions": {"policy": str(policy), "stale": sum(stale_by.values()), "exported": kept_stale,
                                "conventions": dict(sorted(stale_by.items()))},
             "self_outputs": {"policy": str(own), "examples": n_self, "kept": n_self_kept},

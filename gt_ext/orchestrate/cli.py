@@ -94,6 +94,10 @@ def run_cmd(
     jd = job_dir or next_job_dir(f, job_dir_for(f, given, jobs_root()))
     values = f.resolve_vars(given, {"job_dir": str(jd), "formula": f.name})
     validate_vars(values)  # before any side effect: a bad role is a one-line error, nothing written
+    if dry_run or not (jd / "formula-state.json").exists():
+        from gt_ext.orchestrate.resolvers import resolve_extra
+
+        values = resolve_extra(f, values)  # e.g. mode=dpo with no role model to start from: nothing written
     if dry_run:
         for s in f.ordered_steps():
             print(f"{s.id}: {substitute(s.run or '', values)}")

@@ -31,6 +31,7 @@ from typing import Protocol
 from gt_ext.atomic import atomic_write_json
 from gt_ext.errors import GtExtError
 from gt_ext.orchestrate.formula import Formula, substitute
+from gt_ext.orchestrate.resolvers import resolve_extra
 from gt_ext.roles import check_role
 
 log = logging.getLogger(__name__)
@@ -126,12 +127,16 @@ def run_formula(
         raise GtExtError(f"{formula.path}: step {missing[0]!r} has no 'run' command, so it cannot run here")
 
     state_path = job_dir / "formula-state.json"
-    state = {"formula": formula.name, "vars": values, "completed": []}
     if state_path.exists():
         prev = json.loads(state_path.read_text())
-        if prev.get("vars") != values:
+        # Resolved values (resolvers.py) are taken from the first run, so a resume uses the same ones.
+        if {k: (prev.get("vars") or {}).get(k) for k in values} != values:
             raise GtExtError(f"{job_dir}: holds a run with other variables; use another job folder")
         state = prev
+        values = dict(prev["vars"])
+    else:
+        values = resolve_extra(formula, values)
+        state = {"formula": formula.name, "vars": values, "completed": []}
     job_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(state_path, state)
 

@@ -20,7 +20,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -86,10 +86,14 @@ class PipelineClient:
             self._last_membership = time.monotonic()
         return plan_route(self.records(), self.run, self.base_hash, self.settings_hash)
 
-    def wait_for_route(self, timeout: float, poll_s: float = 0.5) -> list[list[StageRecord]]:
-        """`route()` once the stages have come up (or the last error after `timeout`)."""
+    def wait_for_route(self, timeout: float, poll_s: float = 0.5,
+                       check: Callable[[], None] | None = None) -> list[list[StageRecord]]:
+        """`route()` once the stages have come up (or the last error after `timeout`); `check()`
+        runs on every poll and may raise (e.g. a stage the caller started has exited)."""
         deadline = time.monotonic() + timeout
         while True:
+            if check is not None:
+                check()
             try:
                 return self.route()
             except GtExtError:

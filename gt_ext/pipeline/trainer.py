@@ -80,7 +80,7 @@ class LocalStages:
     def __init__(self, n: int, run: str, run_dir: Path, cfg_file: Path, key_file: Path | None,
                  bootstrap: list[str], s: PipelineSettings):
         self.procs: list[subprocess.Popen] = []
-        logs = run_dir / "stages"
+        self.logs = logs = run_dir / "stages"
         logs.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         if s.node0 is not None:
@@ -100,10 +100,16 @@ class LocalStages:
                                                start_new_session=True))
 
     def check(self) -> None:
-        """Fail if a local stage exited."""
+        """Fail if a local stage exited, with the error line of its log."""
         for k, p in enumerate(self.procs):
             if p.poll() is not None:
-                raise GtExtError(f"local stage {k} exited with code {p.returncode} (see its log in stages/)")
+                raise GtExtError(f"local stage {k} exited with code {p.returncode}: {self._last_error(k)}")
+
+    def _last_error(self, k: int) -> str:
+        log_file = self.logs / f"stage-{k}.log"
+        lines = log_file.read_text(errors="replace").splitlines() if log_file.is_file() else []
+        errors = [line.strip() for line in lines if line.startswith("error:")]
+        return errors[-1].removeprefix("error:").strip() if errors else f"see {log_file}"
 
     def close(self) -> None:
         for p in self.procs:
@@ -196,8 +202,11 @@ class PipelineTrainer:
 
     def __init__(self, prepared: Any, run_dir: Path, client: PipelineClient, s: PipelineSettings,
                  progress: bool = True, on_status: Callable[[str, str], None] | None = None,
-                 on_step: Callable[[int, dict[str, Any]], None] | None = None):
+                 on_step: Callable[[int, dict[str, Any]], None] | None = None,
+                 check_stages: Callable[[], None] | None = None):
         self.p, self.cfg, self.run_dir, self.client, self.s = prepared, prepared.cfg, Path(run_dir), client, s
+        # Raises when a stage this trainer started has exited (checked while waiting on stages).
+        self.check_stages = check_stages or (lambda: None)
         self.model = PipelineModel(client)
         self.progress = progress
         self.on_status = on_status or (lambda status, why: None)
@@ -265,6 +274,7 @@ class PipelineTrainer:
         of the route until then)."""
         t0 = time.monotonic()
         while True:
+            self.check_stages()
             self.epochs = epochs = self.stage_epochs(route)
             spans_done = all(any(epochs.get(r.peer, -1) >= step for r in g) for g in route)
             if spans_done and (all(e >= step for e in epochs.values()) or time.monotonic() - t0 > grace_s):
@@ -357,7 +367,7 @@ class PipelineTrainer:
         from tqdm import tqdm
 
         cfg = self.cfg
-        route = self.client.wait_for_route(self.s.route_timeout)
+        route = self.client.wait_for_route(self.s.route_timeout, check=self.check_stages)
         self.known = {r.peer for g in route for r in g}
         self.epochs = epochs = self.stage_epochs(route)
         at = min(epochs.values()) if epochs else 0
@@ -552,6 +562,10 @@ def run_pipeline_training(prepared: Any, out: str | Path, s: PipelineSettings, r
     from gt_ext.pipeline.stage import model_fingerprint
 
     check_run(s.run)
+    if s.stages and not s.initial_peers:
+        from node0_patches import resolve_checkout
+
+        resolve_checkout(s.node0)  # the local stages run node0: say so now, not after a timeout
     p, cfg = prepared, prepared.cfg
     out = Path(out)
     config = config_to_dict(cfg)
@@ -587,7 +601,7 @@ def run_pipeline_training(prepared: Any, out: str | Path, s: PipelineSettings, r
             addrs = [str(a) for a in client.dht.get_visible_maddrs()]
             local = LocalStages(int(s.stages), s.run, out, cfg_file, s.key_file, addrs, s)
         trainer = PipelineTrainer(p, out, client, s, progress=progress, on_status=on_status or _mark_job,
-                                  on_step=on_step)
+                                  on_step=on_step, check_stages=local.check if local is not None else None)
         metrics = trainer.train(resume=resume)
     except BaseException:
         runfolder.write_run_json(out, record("failed", {"steps": trainer.step if trainer else 0}))

@@ -4,6 +4,7 @@ deploy, rollback, prune, history. Every command takes `--json`."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -71,10 +72,13 @@ def show_cmd(ref: str = typer.Argument(..., metavar="NAME[:VER]", help="Model na
         where = reg.deployed_to(rec, reg.live())
         adapters = [a.ref for a in reg.adapters() if rec.base_model in (a.compatible or [a.base_model])
                     and a.role == rec.role]
+        lineage = reg.lineage(rec)
+        run = run_of(rec)
         forced = [h for h in reg.history() if h.forced and h.model == rec.ref]
         if json_out:
             _print_json({**rec.to_dict(), "deployed_to": where, "adapters": adapters, "status": _status(rec, where),
-                         "forced_deploys": [h.to_dict() for h in forced]})
+                         "forced_deploys": [h.to_dict() for h in forced], "lineage": lineage,
+                         "run": str(run) if run else None})
             return
         lora = rec.hyperparams.get("lora") if isinstance(rec.hyperparams.get("lora"), dict) else {}
         cats = ", ".join(f"{c} {v.get('score', '?')}" for c, v in sorted(rec.eval_categories.items()))
@@ -84,7 +88,10 @@ def show_cmd(ref: str = typer.Argument(..., metavar="NAME[:VER]", help="Model na
             ("Base", rec.base_model),
             ("LoRA", f"r={rec.lora_rank}" + (f" alpha={lora.get('alpha')}" if lora.get("alpha") else "")
              if rec.lora_rank else "-"),
-            ("Trained", rec.created + (f" from {rec.parent}" if rec.parent else "")),
+            ("Trained", rec.created + (f" from {rec.parent}" if rec.parent else "")
+             + (f"  ({rec.hyperparams.get('mode')})" if rec.hyperparams.get("mode") else "")),
+            ("Lineage", " -> ".join(lineage) if len(lineage) > 1 else "-"),
+            ("Run", f"{run}  (gt-ext runs show {rec.ref})" if run else "-"),
             ("Corpus", f"{(rec.corpus_hash or '-')[:16]}  {rec.examples} examples"),
             ("Eval score", f"{_eval_str(rec)}" + (f"  ({cats})" if cats else "") + (f"  gate {rec.gate}" if rec.gate else "")),
             ("DPO pairs", str(rec.dpo_pairs)),
@@ -106,6 +113,18 @@ def show_cmd(ref: str = typer.Argument(..., metavar="NAME[:VER]", help="Model na
             typer.echo(f"Forced:      {h.action} to {h.role}@{h.rig or 'town'} at {h.time} by {h.actor}: {h.reason}")
 
 
+def run_of(rec) -> Path | None:  # noqa: ANN001 - ModelRecord
+    """The training run a version came from: the run folder an export names (`source_run`) when it
+    is still there, else the version folder itself (it holds the run's run.json)."""
+    try:
+        src = json.loads((rec.path / "manifest.json").read_text()).get("source_run")
+    except (OSError, json.JSONDecodeError):
+        src = None
+    if src and (Path(src) / "run.json").is_file():
+        return Path(src)
+    return rec.path if (rec.path / "run.json").is_file() else None
+
+
 @app.command("adapters")
 def adapters_cmd(json_out: bool = JSON_OPT) -> None:
     """List task adapters: NAME TASK VER COMPATIBLE WITH."""
@@ -121,6 +140,9 @@ def adapters_cmd(json_out: bool = JSON_OPT) -> None:
 @app.command("register")
 def register_cmd(src: str = typer.Argument(..., metavar="RUN_OR_EXPORT_DIR", help="A run folder or an export folder."),
                  name: str = typer.Option(None, "--name", help="Model name (default: the role, or ROLE-TASK)."),
+                 parent: str = typer.Option(None, "--parent", metavar="NAME:VER",
+                                            help="The registered model it was trained on top of (lineage; "
+                                                 "default: found from the run)."),
                  json_out: bool = JSON_OPT) -> None:
     """Register a run or export folder as the next version of a model."""
     from tqdm import tqdm
@@ -131,7 +153,7 @@ def register_cmd(src: str = typer.Argument(..., metavar="RUN_OR_EXPORT_DIR", hel
             bar.total = total
             bar.update(done - bar.n)
 
-        rec = reg.register(src, name=name, progress=progress)
+        rec = reg.register(src, name=name, progress=progress, parent=(parent or "").strip() or None)
         if json_out:
             _print_json(rec.to_dict())
         else:

@@ -56,7 +56,7 @@ def test_train_backend_pipeline_dpo_with_a_local_stage_then_export(tiny4: Path, 
     assert (tmp_path / "export" / "merged" / "config.json").is_file()
 
 
-def test_pipeline_backend_bad_options_are_one_line_errors(tmp_path: Path, capsys):
+def test_pipeline_backend_bad_options_are_one_line_errors(tmp_path: Path, capsys, monkeypatch):
     from train_corpus import write_corpus
 
     corpus = write_corpus(tmp_path / "corpus", n_train=4, n_val=2)
@@ -67,3 +67,8 @@ def test_pipeline_backend_bad_options_are_one_line_errors(tmp_path: Path, capsys
     assert "--backend 'nope'" in capsys.readouterr().err
     assert main([*base, "--backend", "pipeline", "--stages", "2", "--run", "a_b"]) == 2
     assert "run name 'a_b'" in capsys.readouterr().err
+    # Local stages run node0: without a checkout the command says so at once (not after waiting
+    # for stages that exited).
+    monkeypatch.delenv("NODE0_PATH", raising=False)
+    assert main([*base, "--backend", "pipeline", "--stages", "1", "base_model=tiny-llama"]) == 2
+    assert "no node0 checkout: set NODE0_PATH" in capsys.readouterr().err

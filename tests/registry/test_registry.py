@@ -341,3 +341,25 @@ def test_table_from_an_earlier_release_gets_the_new_column(tmp_path: Path) -> No
     store.update_eval("deacon", 1, {}, None, None, "m", eval_runs=[{"gating": False}])
     assert store.get_model("deacon", 1).eval_runs == [{"gating": False}]
     store.close()
+
+
+def test_lineage_of_a_child_trained_on_registered_weights(registry: Registry, make_export, make_run) -> None:
+    """A DPO run's base is a registered version's merged weights: the child's base is that version's
+    base, its parent that version; `current`, `lineage` and an explicit `--parent` agree."""
+    sft = registry.register(make_export(role="witness"))
+    assert registry.current("witness").ref == sft.ref and registry.current("deacon") is None
+    child_run = make_run(role="witness")
+    run = json.loads((child_run / "run.json").read_text())
+    run["base_model"] = str(sft.path / "merged")
+    run["config"] = {"mode": "dpo", "base_model": run["base_model"]}
+    (child_run / "run.json").write_text(json.dumps(run))
+    child = registry.register(child_run)
+    assert (child.parent, child.base_model) == (sft.ref, sft.base_model)
+    assert registry.lineage(child) == [sft.ref, child.ref] and registry.lineage(sft) == [sft.ref]
+    assert registry.current("witness").ref == child.ref
+    assert registry.ref_for_path(child.path / "adapter") == child.ref and registry.ref_for_path("tiny-llama") is None
+    with pytest.raises(GtExtError, match="trained on the weights of"):
+        registry.register(child_run, parent=child.ref)
+    with pytest.raises(GtExtError, match="no model 'nope:3'"):
+        registry.register(child_run, parent="nope:3")
+    assert [r.ref for r in registry.list() if r.name == "witness"] == [sft.ref, child.ref]  # nothing half-made
