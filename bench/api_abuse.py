@@ -24,8 +24,8 @@ Prints the honest client's median and p90 latency in both phases, their ratio (t
 the ratio from one run is the result.
 
 A client that keeps requests of the full context length in flight is not in the mix: it is load,
-not abuse, and an honest request then waits for a whole batch (the engine decodes fixed batches;
-see docs/serve.md).
+not abuse. (With continuous batching an honest request joins the running batch at the next step,
+on a spare row if the batch is full: docs/serve.md.)
 """
 
 from __future__ import annotations
@@ -256,8 +256,9 @@ def main() -> int:
     }
     res["ratio_median"] = res["abuse_median_s"] / res["idle_median_s"]
     res["ratio_p90"] = res["abuse_p90_s"] / res["idle_p90_s"]
-    # With int8 linears, activation scales are taken over the whole batch: greedy text can change
-    # with the batch-mates. Shown, since answers of other lengths take other times.
+    # Shown, since answers of other lengths take other times. The decoder's int8 scales are per
+    # row, but attention over batch-mates of other lengths can differ in the last bits, which int8
+    # rounding can turn into another greedy token: under abuse the honest text may vary.
     res["honest_answers"] = {f"{n_tok} tokens: {text[:40]!r}": k for (text, n_tok), k in HONEST_ANSWERS.items()}
     if args.json:
         print(json.dumps(res))

@@ -11,16 +11,17 @@ Prints, side by side:
 * activation bytes per token per hop as sent (activations + positions + example ids, float32 and
   int64 as serialized by hivemind), without and with node0's activation compression (rate --rate,
   on a subspace version of the model: `gt-ext pipeline subspace`), and the ratio;
-* tokens/s with compression.
-
+* tokens/s with compression;
 * decode ms/token (greedy, batch 1, after a prompt of --prompt tokens): one process (transformers'
   model with a KV cache, the computation the stages split) vs generation through the 3 stages
   (`gt_ext.pipeline.inference`: a stream per stage, KV caches at the stages, sampling here), measured
   in alternating rounds, the medians, their ratio, and the overhead per hop (pipeline minus one
-  process, divided by the 3 stage round trips; target <= 5 ms on loopback).
+  process, divided by the 3 stage round trips; target <= 5 ms on loopback); and the transport per
+  hop: wall time minus the compute time each stage reports for the step, divided by 3 (on a
+  loaded machine the first figure also carries how the OS shares the cores among 1 vs 4 processes).
 
-The stages and the trainer share this machine's cores (one stage computes at a time; each stage
-re-runs its forward in backward). Absolute numbers move with the load of the machine (printed); the
+The stages and the trainer share this machine's cores (one stage computes at a time; a stage's
+backward uses the graph its forward kept). Absolute numbers move with the load of the machine (printed); the
 ratios are what this measures. `--only decode` or `--only train` runs one half.
 """
 
@@ -101,6 +102,8 @@ def decode_bench(base: Path, tmp: Path, tokens: int, rounds: int, prompt_len: in
         model.eval()
         prompt = torch.randint(100, 20000, (1, prompt_len), generator=torch.Generator().manual_seed(0))
 
+        transport: list[float] = []  # per token: wall time minus the stages' own compute
+
         def through_stages() -> list[float]:
             session = client.session()
             logits, times = client.run(session.step(prompt)), []
@@ -108,6 +111,7 @@ def decode_bench(base: Path, tmp: Path, tokens: int, rounds: int, prompt_len: in
                 t0 = time.perf_counter()
                 logits = client.run(session.step(logits.argmax().view(1, 1)))
                 times.append(time.perf_counter() - t0)
+                transport.append(times[-1] - session.compute_s)
             client.run(session.close())
             return times
 
@@ -125,12 +129,13 @@ def decode_bench(base: Path, tmp: Path, tokens: int, rounds: int, prompt_len: in
             return times
 
         through_stages(), one_process()  # warm-up
+        transport.clear()
         pipe, single = [], []
         for _ in range(rounds):
             pipe += through_stages()
             single += one_process()
         return {"pipeline_ms": 1e3 * statistics.median(pipe), "single_ms": 1e3 * statistics.median(single),
-                "hops": len(client.spans)}
+                "transport_ms": 1e3 * statistics.median(transport), "hops": len(client.spans)}
     finally:
         if client is not None:
             client.close()
@@ -166,6 +171,8 @@ def main() -> int:
         per_hop = (d["pipeline_ms"] - d["single_ms"]) / d["hops"]
         print(f"decode ms/token   one process {d['single_ms']:7.1f}   pipeline {d['pipeline_ms']:7.1f}   "
               f"ratio {d['pipeline_ms'] / d['single_ms']:.2f}x   overhead per hop {per_hop:.1f} ms (target <= 5 ms)")
+        print(f"decode transport  {d['transport_ms']:.1f} ms/token outside the stages' compute = "
+              f"{d['transport_ms'] / d['hops']:.1f} ms per hop (messages, event loops, client; no model work)")
     if args.only in ("all", "train"):
         train_bench(args, tmp, base)
     print(f"machine load (1-min average) at start {load[0]:.1f}, at end {os.getloadavg()[0]:.1f}, "

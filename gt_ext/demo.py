@@ -3,6 +3,8 @@
     sample town (real gt/bd/dolt) -> hooks -> bead closes -> corpus (scrubbed) -> export
       -> `gt formula run train-role-model --set role=witness` (train, export, eval, register)
       -> eval of the base model -> `gt model deploy` -> one witness question through node0-inference
+      -> the loop: that witness session back in the corpus (tagged, its model named)
+      -> `gt model stale witness`: fresh; the demo edits CLAUDE.md; stale, one retrain job bead
 
 Every stage is a user-facing command run as a subprocess (the `gt` shim for this project's own
 `gt formula` / `gt model` commands, and `gt-ext`), so the demo exercises exactly what a user types;
@@ -225,10 +227,16 @@ class Demo:
         issues = json.loads((self.out / "beads-to-close.json").read_text())
         ok = [i["id"] for i in issues if not i["close_reason"].startswith("failed")]
         failed = [i["id"] for i in issues if i["close_reason"].startswith("failed")]
+        bd = self.bd()
         for ids, reason in ((ok, "done"), (failed, "failed: abandoned")):
-            if ids:
-                console.print(f"[dim]$ bd close {' '.join(ids)} --reason {reason!r}[/dim]")
-                self.bd().run("close", *ids, "--reason", reason)
+            # In batches: each close is a Dolt commit, and a few hundred in one bd call can outlast
+            # bd's command timeout on a busy machine. A resumed demo skips the ones already closed.
+            still_open = {i.id for i in bd.list(all=True) if i.status != "closed"} if ids else set()
+            ids = [i for i in ids if i in still_open]
+            for start in range(0, len(ids), 50):
+                batch = ids[start:start + 50]
+                console.print(f"[dim]$ bd close {' '.join(batch)} --reason {reason!r}[/dim]")
+                bd.run("close", *batch, "--reason", reason)
 
     def collect(self) -> None:
         """Wait for the hook-started processing, then finish whatever is left and show stats."""
@@ -278,6 +286,56 @@ class Demo:
         if res.returncode != 0:
             raise SystemExit(f"demo: the deployed agent exited {res.returncode}: {res.stderr[-800:]}")
 
+    # -- the loop ------------------------------------------------------------------------------------
+    def own_session(self) -> None:
+        """The deployed witness's own session, back in the corpus: its stop event was spooled when
+        it exited, and the hooks started the processor; finish what is left and show it."""
+        self.run("gt-ext", "corpus", "process")
+        rows = json.loads(self.run("gt", "corpus", "list", "--source", "node0", "--status", "all", "--json",
+                                   capture=True))
+        if not rows:
+            raise SystemExit("demo: the deployed witness's session did not reach the corpus")
+        t = Table(title="node0 sessions in the corpus (gt corpus list --source node0)")
+        for col in ("id", "role", "rig", "model", "session", "task", "status"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(r["id"][:12], r["role"] or "-", r["rig"] or "-", r["model"] or "-", (r["session"] or "-")[:13],
+                      r["task"] or "-", r["status"])
+        console.print(t)
+        r = rows[0]
+        self.state["figures"]["own session"] = (f"{len(rows)} example(s), role {r['role']}, model {r['model']}, "
+                                                f"session {r['session']}, {r['status']}")
+        if r["role"] != ROLE or not r["model"]:
+            raise SystemExit(f"demo: the node0 session is not tagged as the {ROLE} model's: {r}")
+
+    def _stale(self, expect: set[str], key: str) -> dict[str, Any]:
+        self.run("gt", "model", "stale", ROLE)
+        [r] = json.loads(self.run("gt", "model", "stale", ROLE, "--json", "--no-retrain", capture=True))
+        changed = ", ".join(c["key"] for c in r["changed"]) or "nothing"
+        self.state["figures"][key] = f"{r['verdict']} (score {r['score']}; changed: {changed})"
+        if r["verdict"] not in expect:
+            raise SystemExit(f"demo: expected the {ROLE} model {' or '.join(sorted(expect))}, got {r['verdict']}: "
+                             f"{r['reasons']}")
+        return r
+
+    def stale_fresh(self) -> None:
+        """Right after training and deploying: the model knows the town's conventions."""
+        self._stale({"fresh"}, "stale check after deploy")
+
+    def edit_conventions(self) -> None:
+        """A town convention changes after training: a new rule in the town's CLAUDE.md."""
+        path = Path(self.town["root"]) / "CLAUDE.md"
+        with open(path, "a", encoding="utf-8") as f:
+            f.write("\n## Patrol\n\nNudge an idle polecat once before you escalate it to the mayor.\n")
+        console.print(f"appended a patrol rule to {path}")
+
+    def stale_after_edit(self) -> None:
+        """Now the deployed model is stale: the check says what changed and opens one retrain job bead."""
+        r = self._stale({"stale"}, "stale check after CLAUDE.md edit")
+        bead = r["retrain"].get("open_bead") or r["retrain"].get("bead")
+        if bead:
+            self.state["figures"]["retrain job bead"] = f"{bead} (gt formula run improve-role --set role={ROLE})"
+
     # -- summary --------------------------------------------------------------------------------
     def summary(self) -> None:
         t = Table(title="gastown-finetune demo", show_lines=False)
@@ -293,6 +351,9 @@ class Demo:
             if k.startswith("metric:"):
                 t.add_row(k.removeprefix("metric:"), str(v))
         t.add_row("answer", (f.get("answer") or "")[:200])
+        for k in ("own session", "stale check after deploy", "stale check after CLAUDE.md edit", "retrain job bead"):
+            if k in f:
+                t.add_row(k, str(f[k]))
         total = sum(self.state["timings"].values())
         t.add_row("time", ", ".join(f"{k} {v:.0f}s" for k, v in self.state["timings"].items()) + f"; total {total:.0f}s")
         console.print(t)
@@ -312,6 +373,10 @@ class Demo:
             self.stage("eval-base", "Score the base model on the suite that gates the witness", self.eval_base)
             self.stage("deploy", "gt model deploy witness", self.deploy)
             self.stage("ask", "Ask the deployed witness a question", self.ask)
+            self.stage("own-session", "The loop: the witness's own session back in the corpus", self.own_session)
+            self.stage("stale-fresh", "gt model stale witness (just trained: fresh)", self.stale_fresh)
+            self.stage("edit", "Change a town convention: CLAUDE.md", self.edit_conventions)
+            self.stage("stale-after", "gt model stale witness (after the edit: stale)", self.stale_after_edit)
             self.collect_figures()
             self.summary()
         finally:

@@ -16,3 +16,13 @@ def cache_dir() -> Path:
 def home_dir() -> Path:
     """Per-user state outside a town (corpus, registry): $GT_EXT_HOME or ~/gt."""
     return Path(os.environ.get("GT_EXT_HOME", Path.home() / "gt"))
+
+
+def claude_projects_dir() -> Path:
+    """Where Claude Code keeps session transcripts (and the node0 agent writes its own):
+    $GT_EXT_CLAUDE_PROJECTS, else $CLAUDE_CONFIG_DIR/projects, else ~/.claude/projects."""
+    if os.environ.get("GT_EXT_CLAUDE_PROJECTS"):
+        return Path(os.environ["GT_EXT_CLAUDE_PROJECTS"])
+    if os.environ.get("CLAUDE_CONFIG_DIR"):
+        return Path(os.environ["CLAUDE_CONFIG_DIR"]) / "projects"
+    return Path.home() / ".claude" / "projects"

@@ -48,14 +48,19 @@ def _hivemind_compat() -> None:
         hivemind.utils.use_hivemind_log_handler = hm_logging.use_hivemind_log_handler
 
 
-def load_node0(path: str | os.PathLike | None = None) -> ModuleType:
-    """Import node0 from a checkout (argument or $NODE0_PATH); one-line error when it is missing."""
+def resolve_checkout(path: str | os.PathLike | None = None) -> Path:
+    """The node0 checkout (argument or $NODE0_PATH), checked; one-line error when it is missing."""
     root = Path(path).expanduser() if path else node0_checkout()
     if root is None:
         raise GtExtError(f"no node0 checkout: set {ENV} to a clone of github.com/PluralisResearch/node0")
-    src = root / "src"
-    if not (src / "node0" / "__init__.py").is_file():
+    if not (root / "src" / "node0" / "__init__.py").is_file():
         raise GtExtError(f"{ENV}={root}: not a node0 checkout (no src/node0/__init__.py)")
+    return root
+
+
+def load_node0(path: str | os.PathLike | None = None) -> ModuleType:
+    """Import node0 from a checkout (argument or $NODE0_PATH); one-line error when it is missing."""
+    src = resolve_checkout(path) / "src"
     if str(src) not in sys.path:
         sys.path.insert(0, str(src))
     _hivemind_compat()

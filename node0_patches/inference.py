@@ -20,7 +20,7 @@ generation session and span, and sends messages on it; each carries msgpack meta
     {"op": "close", "session": ID}
         drop the session now (it would expire after `idle_s` otherwise).
 
-Answers carry {"ok": true, "length": ...} or {"error": CODE, "message": ...} with CODE one of
+Answers carry {"ok": true, "length": ..., "compute_s": ...} or {"error": CODE, "message": ...} with CODE one of
 `replay` (resend the session's inputs), `adapter` (upload it), `full` (no room: try another
 replica), `bad` (a client error). Only a caller without the swarm key gets the stream itself
 refused ("not a member of swarm run ...").
@@ -152,7 +152,8 @@ class SessionStore:
 
 class ServingAdapters:
     """The serving adapters a stage holds, by name (a hash of the adapter's content, chosen by the
-    client), uploaded by clients in parts and dropped least recently used beyond `max_adapters`.
+    client), uploaded by clients in parts and dropped least recently used beyond `max_adapters`
+    (unfinished uploads too: at most `max_adapters`, the oldest dropped).
 
     A stage never reads an adapter from a path a client names: the client resolves the registry ref
     (`gt_ext.models.refs`), reads the PEFT folder and sends each stage only its own layers' A and B.
@@ -171,6 +172,11 @@ class ServingAdapters:
         if len(tensors) != 2 * len(modules) or not 0 <= part < parts:
             raise InferenceError("bad", f"adapter {name}: part {part}/{parts} with {len(tensors)} tensors "
                                  f"for {len(modules)} modules")
+        if name not in self.pending and len(self.pending) >= self.max_adapters:
+            # uploads never finished (a client gone mid-upload): the oldest goes, memory stays bounded
+            dropped = next(iter(self.pending))
+            del self.pending[dropped]
+            log.info("dropped the unfinished upload of serving adapter %s", dropped)
         got = self.pending.setdefault(name, {"parts": set(), "weights": {}, "scale": float(meta["scale"])})
         got["parts"].add(part)
         for i, m in enumerate(modules):
@@ -204,8 +210,12 @@ class StageInference(ServicerBase):
     and one compute thread in the stage server's process."""
 
     def __init__(self, expert: Any, uid: str, dht: Any, key: SwarmKey | None, run: str,
-                 limits: InferenceLimits | None = None):
+                 limits: InferenceLimits | None = None, optimizer_lock: Any = None):
         self.expert, self.uid, self.dht, self.run = expert, uid, dht, run
+        # Adding or dropping a serving adapter changes the stage's modules: the optimizer's thread
+        # (its step, the subspace projection) must not walk them meanwhile. Taken after the compute
+        # lock, the order the backend's forward takes them in.
+        self.optimizer_lock = optimizer_lock if optimizer_lock is not None else threading.Lock()
         self.limits = limits or InferenceLimits()
         self.membership = Membership(key, run)
         max_length = int(getattr(expert.stage.config, "max_position_embeddings", 2048))
@@ -297,6 +307,7 @@ class StageInference(ServicerBase):
                 x, start = tensors[0], int(meta["start"])
                 session = self.sessions.prepare(str(meta["session"]), start, int(x.shape[1]))
                 stack = self.adapters.use(meta.get("adapters") or [])
+                t0 = time.perf_counter()
                 try:
                     with torch.inference_mode(), self.expert.stage.serving_adapters(stack):
                         out = self.expert.infer(x, start, session.cache, keep=int(meta.get("keep") or 0))
@@ -305,9 +316,11 @@ class StageInference(ServicerBase):
                     raise
                 session.length = start + int(x.shape[1])
                 self.steps += 1
-                return {"ok": True, "length": session.length}, [out]
+                # compute_s: this stage's own time on the step (the client tells it from the transport's)
+                return {"ok": True, "length": session.length, "compute_s": time.perf_counter() - t0}, [out]
             if op == "adapter":
-                self.adapters.put(meta, tensors)
+                with self.optimizer_lock:
+                    self.adapters.put(meta, tensors)
                 return {"ok": True}, []
             if op == "close":
                 self.sessions.close(str(meta["session"]))

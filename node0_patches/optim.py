@@ -11,6 +11,13 @@ What changes against node0's optimizer, and why:
   only after every stage has stepped.
 * A non-finite gradient drops that micro-batch (logged, counted, accumulated as zero so the count
   of micro-batches stays right) instead of node0's `os.killpg`.
+* The trainer sends all of a step's micro-batches to one replica per span: that replica steps on
+  its own gradients (the exact update, whatever node0's matchmaking does: it forms a group with
+  whoever joined within `matchmaking_time`, so a replica a moment late would average alone), and
+  the replicas that received none download its state instead of stepping on a zero gradient.
+  Micro-batches split over replicas (after a failover) are averaged in a round weighted by counts;
+  replicas count as live when announced and answering a DHT ping (an announcement outlives a
+  killed replica by seconds).
 * Before the update, the averaged gradient is clipped by the norm of the WHOLE adapter: every stage
   publishes its gradients' norms for the step in the DHT and waits (bounded) for the others, so the
   update equals single-process `clip_grad_norm_` over all adapter parameters. node0's own fixed
@@ -43,6 +50,13 @@ def trainable_parameters(model: Any) -> list[Any]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def norm_wait_s(averaging_timeout: float, matchmaking_time: float) -> float:
+    """How long a stage waits for the other stages' gradient norms: an averaging round that finds
+    no group ends after `averaging_timeout` (then the stage steps on its local gradients), one that
+    found its group has `averaging_timeout` for the all-reduce, after a matchmaking window."""
+    return 2 * averaging_timeout + matchmaking_time + 10.0
+
+
 class NormExchange:
     """Global gradient-norm clipping across the stages of one pipeline, through the DHT.
 
@@ -51,7 +65,12 @@ class NormExchange:
     sees cover every layer. The norms of all spans, in layer order, are the per-parameter norms a
     single process would see, in its order, so the total norm and the clipping are computed by
     torch's own `get_total_norm` / `clip_grads_with_norm_` exactly as `clip_grad_norm_` does.
-    Replicas of a stage hold the same averaged gradient and store the same value."""
+    Replicas of a stage hold the same averaged gradient and store the same value.
+
+    `timeout` must exceed the longest time another stage can legitimately take from its last
+    micro-batch to its clipping (`norm_wait_s`): a stage whose averaging round fails (a replica
+    killed mid-step) only clips after `averaging_timeout`, and clipping without its norms would
+    silently give every other stage a different update than one process would."""
 
     def __init__(self, dht: Any, run: str, first: int, last: int, total: int, max_norm: float,
                  timeout: float = 30.0, poll_s: float = 0.02):
@@ -100,6 +119,27 @@ class NormExchange:
         total = torch.nn.utils.get_total_norm(norms, 2.0)
         torch.nn.utils.clip_grads_with_norm_(params, self.max_norm, total)
         return float(total)
+
+
+def answering_peers(dht: Any, peers: list[str], attempts: int = 2) -> set[str]:
+    """The peers (base58 ids) that answer a DHT ping, each asked up to `attempts` times (a live but
+    busy peer is not dropped for one late answer; a killed one refuses the connection at once)."""
+    return set(dht.run_coroutine(functools.partial(_ping_peers, list(peers), attempts)))
+
+
+async def _ping_peers(peers: list[str], attempts: int, dht: Any, node: Any) -> list[str]:
+    import asyncio
+
+    from hivemind.p2p import PeerID
+
+    async def answers(peer: str) -> bool:
+        for _ in range(attempts):
+            if await node.protocol.call_ping(PeerID.from_base58(peer)) is not None:
+                return True
+        return False
+
+    found = await asyncio.gather(*(answers(p) for p in peers))
+    return [p for p, ok in zip(peers, found, strict=True) if ok]
 
 
 @functools.cache
@@ -172,6 +212,7 @@ def stage_optimizer_class() -> type:
             self._norm_exchange_factory = norm_exchange
             self.norm_exchange: NormExchange | None = None
             self.last_grad_norm: float | None = None
+            self._waiting_for = -1  # the epoch this (idle) replica last waited to download
             super().__init__(model, optimizer_lock, *args, params=trainable, **kwargs)
             # hivemind made the optimizer state with one step on zero gradients: undo its count so
             # AdamW's bias correction matches a local AdamW (gt_ext.swarm.optim).
@@ -277,6 +318,15 @@ def stage_optimizer_class() -> type:
                 if not self.ready_to_update_epoch:
                     return
                 t = self.tracker
+                if self.grad_averager.local_samples_accumulated == 0 and t.global_epoch <= self.local_epoch:
+                    # The step's micro-batches went to another replica: it steps, and this one
+                    # downloads its state once it has (`_resync_state`, on a later pass). It never
+                    # steps on a zero gradient, and never waits for an averaging round.
+                    if self._waiting_for != self.local_epoch:
+                        self._waiting_for = self.local_epoch
+                        log.info("step %d: no micro-batch here; taking the step from the replica that has them",
+                                 self.local_epoch)
+                    return
                 log.info("step %d: %d of %d micro-batches (%d here), global step %d", self.local_epoch,
                          t.global_progress.samples_accumulated, t.target_batch_size,
                          self.grad_averager.local_samples_accumulated, t.global_epoch)
@@ -297,39 +347,51 @@ def stage_optimizer_class() -> type:
                 self._on_step(self.local_epoch)
 
         def live_replicas(self) -> int:
-            """Replicas of this stage's span announced in the run (this one included)."""
+            """Replicas of this stage's span that are announced in the run AND answer a DHT ping
+            (this one included). An announcement outlives a killed replica by a few seconds; a
+            round that counted it would wait `averaging_timeout` for a peer that never comes."""
             from gt_ext.pipeline.records import read_stage_records
 
             span = self.model.span
+            me = self.dht.peer_id.to_base58()
             try:
                 found = read_stage_records(self.dht, self._gate_run_id)
+                others = sorted({r.peer for r in found if (r.first, r.last) == (span.first, span.last)} - {me})
+                alive = answering_peers(self.dht, others) if others else set()
             except Exception as e:  # the DHT is shutting down
                 log.debug("reading stage records: %s", e)
                 return 1
-            return max(1, sum(1 for r in found if (r.first, r.last) == (span.first, span.last)))
+            if len(alive) < len(others):
+                log.info("%d announced replica(s) of %s do not answer: averaging without them",
+                         len(others) - len(alive), span.label())
+            return 1 + len(alive)
 
         def _begin_averaging_gradients(self, grad_scaler: Any) -> bool:
-            # hivemind averages only when its progress tracker lists more than one peer, and a
-            # replica that received no micro-batch this step never reports progress, so it would
-            # step alone on a zero gradient. Replicas are known from the stages' announcements:
-            # average whenever there are others, with this replica's micro-batch count as weight
-            # (0 for one that got none: it just receives the average).
+            # Replicas are known from the stages' announcements (hivemind's progress tracker
+            # does not list a replica that got no micro-batch). A replica that holds all of the
+            # step's micro-batches (the trainer sends a step to one replica per span) steps on
+            # them: that IS the average, and no averaging round (node0's matchmaking forms a group
+            # with whoever joined within `matchmaking_time`) can make it wrong; the others download
+            # its state. Only micro-batches split over replicas are averaged, each weighted by its
+            # count (hivemind's fallback to local gradients if the round fails).
             self.counters.peers.value = n = self.live_replicas()
-            if n > 1:
+            local, target = self.grad_averager.local_samples_accumulated, self.tracker.target_batch_size
+            if n > 1 and local < target:
                 c = self.scheduled_grads
                 if c is not None and (c.triggered or c.done()):
                     self.scheduled_grads = None
                 try:
                     # Accumulators are kept until the step ends (hivemind resets them then): if the
-                    # round fails, the fallback to local gradients still has them.
+                    # round fails, the fallback to local gradients still has them. The search is
+                    # bounded (hivemind's default deadline is infinite).
                     self.scheduled_grads = self.grad_averager.step(
-                        control=self.scheduled_grads, reset_accumulators=False, wait=False)
+                        control=self.scheduled_grads, reset_accumulators=False, wait=False,
+                        timeout=self.averaging_timeout)
                     return True
                 except Exception as e:
                     log.warning("could not start averaging with the other replicas: %s", e)
-            # Alone (or averaging could not start): hivemind would leave the accumulated gradients
-            # in its averager and step on whatever is in .grad; load them, divided by the number
-            # of micro-batches, as its own fallback path does.
+            # hivemind would leave the accumulated gradients in its averager and step on whatever is
+            # in .grad; load them, divided by the number of micro-batches, as its own fallback does.
             self._load_local_gradients_into_optimizer()
             self._clip_loaded_gradients()
             return False

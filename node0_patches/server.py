@@ -104,10 +104,12 @@ def load_subspace(path: str) -> dict[str, torch.Tensor]:
 
 
 @contextlib.contextmanager
-def _node0_patches(s: StageSettings, handler: Any) -> Iterator[None]:
+def _node0_patches(s: StageSettings, handler: Any, on_dht: Callable[[Any], None] | None = None) -> Iterator[None]:
     """Replace, for the duration of Node0Server.create, the names node0 and hivemind look up at
     call time: the run-parameter store, the subspace download, the module backend class, the
-    connection handler class, and the DHT RPC counter (which needs node0's log level)."""
+    connection handler class, and the DHT RPC counter (which needs node0's log level).
+    `on_dht(dht)` runs where node0 reads its run parameters: its DHT is up, and no expert,
+    optimizer or averager exists yet (nothing joined the run, nothing was downloaded)."""
     import hivemind.moe.server.server as hm_server
     import node0.server.node0_server as n0
 
@@ -122,7 +124,12 @@ def _node0_patches(s: StageSettings, handler: Any) -> Iterator[None]:
              (n0, "ModuleCollab"): n0.ModuleCollab,
              (n0, "patch_dht_protocol_logging"): n0.patch_dht_protocol_logging,
              (hm_server, "ConnectionHandler"): hm_server.ConnectionHandler}
-    n0.get_parameter_store = lambda dht, prefix: params
+    def parameter_store(dht: Any, prefix: str) -> tuple[Any, ...]:
+        if on_dht is not None:
+            on_dht(dht)
+        return params
+
+    n0.get_parameter_store = parameter_store
     n0.load_ss_components = load_subspace
     n0.ModuleCollab = stage_backend_class()
     n0.patch_dht_protocol_logging = lambda: None
@@ -153,7 +160,9 @@ class StageCheckpoints:
         final = self.dir / f"step-{step}"
         tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.", dir=self.dir))
         try:
-            state = {"step": step, "adapter": expert.stage.adapter_state(),
+            with expert.compute_lock:  # generation may be adding a serving adapter's modules
+                adapter = expert.stage.adapter_state()
+            state = {"step": step, "adapter": adapter,
                      "optimizer": opt.state_averager.optimizer.state_dict(),
                      "scheduler": opt.state_averager.scheduler.state_dict() if opt.state_averager.scheduler else None}
             torch.save(state, tmp / "stage.pt")
@@ -224,7 +233,7 @@ def serve_stage(s: StageSettings, stop: threading.Event | None = None,
     from node0_patches.handler import handler_factory
     from node0_patches.inference import StageInference
     from node0_patches.monitor import stage_monitor_class
-    from node0_patches.optim import NormExchange, gated_averager_classes, stage_optimizer_class
+    from node0_patches.optim import NormExchange, gated_averager_classes, norm_wait_s, stage_optimizer_class
 
     check_run(s.run)
     stop = stop or threading.Event()
@@ -255,7 +264,10 @@ def serve_stage(s: StageSettings, stop: threading.Event | None = None,
             checkpoints.save(epoch, holder["expert"], holder["opt"])
 
     def norm_exchange(dht: Any) -> NormExchange | None:
-        return NormExchange(dht, s.run, s.span.first, s.span.last, s.span.total, o.grad_clip) if o.grad_clip > 0 else None
+        if o.grad_clip <= 0:
+            return None
+        return NormExchange(dht, s.run, s.span.first, s.span.last, s.span.total, o.grad_clip,
+                            timeout=norm_wait_s(s.averaging_timeout, s.matchmaking_time))
 
     def restore(opt: Any) -> int:
         return checkpoints.load_newest(opt.model, opt) if checkpoints is not None else 0
@@ -270,7 +282,16 @@ def serve_stage(s: StageSettings, stop: threading.Event | None = None,
     )
     monitor_cls = stage_monitor_class()
     handler = handler_factory(s.key, s.run, info)
-    with _node0_patches(s, handler), _bootstrap_error(s):
+    def refuse_foreign_run(dht: Any) -> None:
+        # Before node0 builds the expert and its averagers: a stage of another base model or other
+        # settings must not download the run's state or take part in its averaging rounds.
+        try:
+            _check_peers(dht, s.run, {**info, "peer": dht.peer_id.to_base58()})
+        except GtExtError:
+            dht.shutdown()
+            raise
+
+    with _node0_patches(s, handler, on_dht=refuse_foreign_run), _bootstrap_error(s):
         server = Node0Server.create(
             num_experts=1,
             expert_pattern=f"{prefix}.0.[0:1000000]",
@@ -311,7 +332,8 @@ def serve_stage(s: StageSettings, stop: threading.Event | None = None,
         me = {**info, "peer": dht.peer_id.to_base58(), "uid": uid}
         _check_peers(dht, s.run, me)
         # Generation sessions, answered in this process next to the live weights.
-        inference = StageInference(expert, uid, dht, s.key, s.run, s.inference)
+        inference = StageInference(expert, uid, dht, s.key, s.run, s.inference,
+                                   optimizer_lock=backend.optimizer_lock)
         inference.start()
 
         def record() -> dict[str, Any]:

@@ -12,6 +12,7 @@
   break it; use `make_town` for a private one. `town.env` runs tools against it;
   `town.activate(monkeypatch)` points this process at it (GT_TOWN_ROOT, GT_DOLT_PORT).
 - `make_town`: factory for private towns, each torn down after the test.
+- `prefs_town`: a second session town (real gt) whose rig's beads and code get branched and merged.
 Every process these fixtures start is stopped at teardown.
 """
 
@@ -112,6 +113,20 @@ def make_town(bd_bin: str, dolt_bin: str, tmp_path_factory: pytest.TempPathFacto
     finally:
         for tt in made:
             tt.close()
+
+
+@pytest.fixture(scope="session")
+def prefs_town(bd_bin: str, dolt_bin: str, gt_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A real town (gt install + rig `demo`, prefix `dm`, beads on the town's dolt sql-server) for the
+    tests that branch and merge a rig's beads and code (gastown branches, prefs). Apart from `town`,
+    whose rig main other tests read."""
+    from gt_ext.gastown.testing import make_town as _make
+
+    tt = _make(tmp_path_factory.mktemp("prefs-town"), rig="demo", prefix="dm")
+    try:
+        yield tt
+    finally:
+        tt.close()
 
 
 @pytest.fixture(scope="session")

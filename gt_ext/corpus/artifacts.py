@@ -261,3 +261,21 @@ def collect_artifacts(store: Store, town_root: Path, prime: bool = False,
         for k, v in collect_prime(store, Path(town_root), env=env).items():
             counts[f"prime-{k}"] = v
     return counts
+
+
+def flag_reversion(store: Store, key: str, sha256: str) -> bool:
+    """True when artifact `key` at content hash `sha256` is an EARLIER version the corpus holds
+    (superseded, or already in review) rather than its current one: a reversion. Its stored
+    version is then put in the review queue (status `review`), so it does not silently become the
+    convention again; a reviewer releases it (`gt corpus quarantine release`) or drops it."""
+    rows = store.db.execute("SELECT id, source_hash, status FROM examples WHERE artifact_key = ?", (key,)).fetchall()
+    if not rows:
+        return False
+    current = {r["source_hash"] for r in rows if r["status"] == "active"}
+    earlier = [r for r in rows if r["source_hash"] == sha256 and r["status"] in ("superseded", "review")]
+    if sha256 in current or not earlier:
+        return False
+    with store.tx():
+        store.db.executemany("UPDATE examples SET status = 'review', reason = ? WHERE id = ? AND status = 'superseded'",
+                             [(f"reverts {key} to an earlier version: review before it counts", r["id"]) for r in earlier])
+    return True

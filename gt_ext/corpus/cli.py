@@ -121,9 +121,12 @@ def list_(status: Annotated[str, typer.Option(help="active, quarantined, review,
           role: Annotated[str | None, typer.Option(help="mayor, deacon, boot, dog, witness, refinery, polecat or crew.")] = None,
           task: Annotated[str | None, typer.Option(help="A task tag (patrol, code-review, ...).")] = None,
           rig: Annotated[str | None, typer.Option(help="A rig of the town.")] = None,
+          source: Annotated[str | None, typer.Option(help="claude, node0, pi (their transcripts) or a provenance "
+                                                          "source: pane, markdown, curated, artifact, gt-prime, sample.")] = None,
           limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 50,
           as_json: JsonOpt = False) -> None:
     """List examples (tags only, no content)."""
+    from gt_ext.corpus.ingest import SOURCES
     from gt_ext.corpus.store import STATUSES
     from gt_ext.roles import check_role, check_task
 
@@ -133,19 +136,25 @@ def list_(status: Annotated[str, typer.Option(help="active, quarantined, review,
         check_role(role)
     if task:
         check_task(task)
+    if source is not None:
+        source = source if source in SOURCES else f"{source}-jsonl"
+        if source not in SOURCES:
+            raise GtExtError(f"--source {source.removesuffix('-jsonl')!r}: expected claude, node0, pi or one of "
+                             + ", ".join(s for s in SOURCES if not s.endswith("-jsonl")))
     with _store() as st:
         _check_rig(st, rig)
-        rows = [e.summary() for e in st.query(status=None if status == "all" else status, role=role, task=task, rig=rig, limit=limit)]
+        rows = [e.summary() for e in st.query(status=None if status == "all" else status, role=role, task=task, rig=rig,
+                                              source=source, limit=limit)]
     if as_json:
         _print_json(rows)
         return
     from rich.console import Console
     from rich.table import Table
 
-    t = Table("id", "role", "task", "rig", "bead", "source", "outcome", "label", "status", "turns")
+    t = Table("id", "role", "task", "rig", "bead", "source", "model", "outcome", "label", "status", "turns")
     for r in rows:
         t.add_row(r["id"][:12], r["role"] or "-", r["task"] or "-", r["rig"] or "-", r["bead"] or "-", r["source"],
-                  r["outcome"], r["label"], r["status"], str(r["turns"]))
+                  r["model"] or "-", r["outcome"], r["label"], r["status"], str(r["turns"]))
     Console().print(t)
 
 
@@ -187,7 +196,7 @@ def show(example_id: Annotated[str, typer.Argument(help="Example id or unique pr
 
 @app.command()
 def stats(as_json: JsonOpt = False) -> None:
-    """Counts by status, role, task, label, source and outcome."""
+    """Counts by status, role, task, label, source and outcome; task-level preference pairs (DPO)."""
     with _store() as st:
         s = st.stats()
         s["spool_pending"] = len(list(st.spool_dir.glob("*.json")))
@@ -195,7 +204,7 @@ def stats(as_json: JsonOpt = False) -> None:
         _print_json(s)
         return
     print(f"total: {s['total']}   spool pending: {s['spool_pending']}")
-    for k in ("status", "role", "task", "label", "source", "outcome"):
+    for k in ("status", "role", "task", "label", "source", "outcome", "preferences"):
         print(f"{k}: " + ", ".join(f"{a}={b}" for a, b in s[k].items()))
 
 
@@ -333,15 +342,19 @@ def export(out: Annotated[Path, typer.Option("--out", help="Folder to write (man
            val_pct: Annotated[int, typer.Option(help="Percent of prompts held out for validation.")] = 10,
            overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --out.")] = False,
            if_missing: Annotated[bool, typer.Option(help="Keep an existing export in --out (formulas given a corpus_path).")] = False,
+           self_outputs: Annotated[str, typer.Option(
+               help="Sessions served by this project's own models: drop (default: a model trained on its own "
+                    "unreviewed output gets worse), keep, or weight=W (a fixed share W of them, 0 < W < 1).")] = "drop",
            as_json: JsonOpt = False) -> None:
     """Write SFT and DPO shards with a manifest (counts, file hashes, one corpus hash).
 
     Rig-local by default: a rig's examples leave it only when the rig opted in to sharing in its own
     settings (`<town>/<rig>/settings/gt-ext.json` `{"corpus": {"share": true}}`)."""
-    from gt_ext.corpus.shards import MANIFEST, StalePolicy, read_manifest, write_shards
+    from gt_ext.corpus.shards import MANIFEST, StalePolicy, parse_self_outputs, read_manifest, write_shards
     from gt_ext.roles import check_role
 
     policy = StalePolicy.parse(stale_sessions)
+    own = parse_self_outputs(self_outputs)  # a bad value is an error before anything is read
     if role:
         check_role(role)
     if out.exists() and not out.is_dir():
@@ -357,7 +370,7 @@ def export(out: Annotated[Path, typer.Option("--out", help="Folder to write (man
     with _store() as st:
         _check_rig(st, rig)
         m = write_shards(st, out, rig=None if all_rigs else _job_rig(rig), val_pct=val_pct, overwrite=overwrite,
-                         all_rigs=all_rigs, role=role, stale=policy)
+                         all_rigs=all_rigs, role=role, stale=policy, self_outputs=own)
     if as_json:
         _print_json(m)
         return

@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from gt_ext.corpus import spool
-from gt_ext.corpus.ingest import Ingestor, Source, Tags
+from gt_ext.corpus.eventindex import EventIndex
+from gt_ext.corpus.ingest import NODE0_SOURCE, Ingestor, Source, Tags
 from gt_ext.corpus.parsers import (
     ParsedSession,
+    is_node0_transcript,
     parse_chat_file,
     parse_claude_jsonl,
     parse_pane_text,
@@ -44,25 +46,17 @@ from gt_ext.corpus.tags import (
 )
 from gt_ext.digest import sha256_file
 from gt_ext.errors import GtExtError
-from gt_ext.gastown.events import town_events
 from gt_ext.gastown.town import Town
+from gt_ext.paths import claude_projects_dir
 from gt_ext.roles import ROLES
 
 log = logging.getLogger(__name__)
 
+_FORMAT_SOURCES = {"claude": "claude-jsonl", "node0": NODE0_SOURCE, "pi": "pi-jsonl"}
+
 # Tests set this to kill processing at the worst moment (entry committed, spool file not yet
 # removed) and check that a rerun neither loses nor duplicates anything.
 _CRASH_AFTER = int(os.environ.get("GT_EXT_CORPUS_CRASH_AFTER", "0") or 0)
-
-
-def claude_projects_dir() -> Path:
-    """Where Claude Code keeps transcripts: $GT_EXT_CLAUDE_PROJECTS, $CLAUDE_CONFIG_DIR/projects,
-    or ~/.claude/projects."""
-    if os.environ.get("GT_EXT_CLAUDE_PROJECTS"):
-        return Path(os.environ["GT_EXT_CLAUDE_PROJECTS"])
-    if os.environ.get("CLAUDE_CONFIG_DIR"):
-        return Path(os.environ["CLAUDE_CONFIG_DIR"]) / "projects"
-    return Path.home() / ".claude" / "projects"
 
 
 def pi_agent_dir() -> Path:
@@ -186,73 +180,24 @@ def find_transcript(session_id: str, projects: Path, cwd: str | None = None) -> 
     return None
 
 
-def _session_window(events: list[dict], start: int) -> list[dict]:
-    """The actor's events from its `session_start` at index `start` up to its next session_start
-    (the log is append-only, so file order is time order)."""
-    actor = events[start].get("actor")
-    out = []
-    for e in events[start + 1:]:
-        if e.get("actor") != actor:
-            continue
-        if e.get("type") == "session_start":
-            break
-        out.append(e)
-    return out
-
-
-def _bead_span(events: list[dict], actor: str, bead: str) -> tuple[int, int]:
-    """(lo, hi): `actor`'s sessions starting strictly between these log indexes worked `bead`.
-
-    An agent works one hooked bead at a time, so its attempts at a bead run from the bead's
-    sling/hook to it (or else from the actor's `done` of its previous bead) up to its `done` of
-    this bead (or the end of the log). Without that bound every session the actor ever ran would be
-    linked to every bead it closed."""
-    def about(e: dict, types: tuple[str, ...]) -> bool:
-        p = e.get("payload") if isinstance(e.get("payload"), dict) else {}
-        return e.get("type") in types and p.get("bead") == bead
-
-    hi = len(events)
-    for i in range(len(events) - 1, -1, -1):
-        if events[i].get("actor") == actor and about(events[i], ("done",)):
-            hi = i + 1
-            break
-    for i in range(hi - 1, -1, -1):
-        e = events[i]
-        p = e.get("payload") if isinstance(e.get("payload"), dict) else {}
-        if about(e, ("sling", "hook")) and actor in (p.get("target"), p.get("actor")):
-            return i, hi
-        if e.get("actor") == actor and e.get("type") == "done" and p.get("bead") != bead:
-            return i, hi
-    return -1, hi
-
-
-def sessions_for_bead(issue: dict[str, Any], town_root: Path | None, projects: Path) -> list[dict[str, Any]]:
+def sessions_for_bead(issue: dict[str, Any], index: EventIndex, town_root: Path | None,
+                      projects: Path) -> list[dict[str, Any]]:
     """Sessions that worked a bead: from gt's event log (`done`/`sling` name the actor, and the
-    actor's `session_start` gives session id and cwd), the assignee's `.runtime/session_id`, and
-    session ids the bead itself records in metadata. Each: {session, actor, cwd, role, attempt,
-    transcript}; `attempt` is that session's own outcome when the events tell it (`attempt_outcome`)."""
-    bead = issue.get("id")
-    actors = {a for a in (issue.get("assignee"),) if a}
-    events = town_events(town_root)
-    for e in events:
-        p = e.get("payload") or {}
-        if p.get("bead") == bead and e.get("type") in ("sling", "hook"):
-            actors.add(p.get("target") or p.get("actor"))  # the event's actor is the one who slung it
-        elif p.get("bead") == bead and e.get("type") in ("done", "merged", "merge_failed"):
-            actors.add(e.get("actor") or p.get("actor"))
-    actors.discard(None)
-    spans = {a: _bead_span(events, a, str(bead)) for a in actors}
+    actor's `session_start` gives session id and cwd) through the store's `EventIndex` (the
+    caller syncs it), the assignee's `.runtime/session_id`, and session ids the bead itself
+    records in metadata. Each: {session, actor, cwd, role, attempt, transcript}; `attempt` is that
+    session's own outcome when the events tell it (`attempt_outcome`)."""
+    bead = str(issue.get("id"))
+    actors = {a for a in (issue.get("assignee"),) if a} | index.actors_for_bead(bead)
     found: dict[str, dict[str, Any]] = {}
-    for i, e in enumerate(events):
-        p = e.get("payload") or {}
-        a = e.get("actor")
-        if e.get("type") == "session_start" and a in spans and p.get("session_id") and spans[a][0] < i < spans[a][1]:
-            found[p["session_id"]] = {"session": p["session_id"], "actor": a, "cwd": p.get("cwd"),
-                                      "role": p.get("role"),
-                                      "attempt": attempt_outcome(_session_window(events, i), str(bead))}
+    for a in sorted(actors):
+        lo, hi = index.bead_span(a, bead)
+        for s in index.session_starts(a, lo, hi):
+            found[s["session"]] = {"session": s["session"], "actor": a, "cwd": s["cwd"], "role": s["role"],
+                                   "attempt": attempt_outcome(index.window(a, s["pos"]), bead)}
     if town_root is not None:
         town = Town(Path(town_root))
-        for a in actors:
+        for a in sorted(actors):
             if sid := town.session_id_of(a):
                 found.setdefault(sid, {"session": sid, "actor": a, "cwd": str(town_root / a), "role": None})
     meta = issue.get("metadata") if isinstance(issue.get("metadata"), dict) else {}
@@ -284,18 +229,22 @@ def _rig_of_beads_dir(beads_dir: str | None, town_root: Path | None) -> str | No
 
 
 # --- ingesting one transcript --------------------------------------------------------------------
+def transcript_source(path: Path, tags: Tags, h: str) -> tuple[Source, Any]:
+    """(source, parser) for an agent transcript, told apart by its first line: pi's starts with its
+    session header, the node0 agent's entries name it as their `entrypoint`, else Claude Code's."""
+    group = tags.user or tags.rig
+    if (header := pi_header(path)) is not None:
+        return Source("pi-jsonl", f"pi:{tags.session or header['id']}", h, group=group), parse_pi_jsonl
+    if is_node0_transcript(path):
+        return Source(NODE0_SOURCE, f"node0:{tags.session or path.stem}", h, group=group), parse_claude_jsonl
+    return Source("claude-jsonl", f"claude:{tags.session or path.stem}", h, group=group), parse_claude_jsonl
+
+
 def ingest_transcript(ing: Ingestor, path: Path, tags: Tags, report: ProcessReport) -> None:
-    """Parse and store one agent transcript, a Claude Code transcript or a pi session file (told
-    apart by the first line: pi's starts with its session header); a malformed one is quarantined
-    with its error."""
-    h = sha256_file(path)
-    header = pi_header(path)
-    if header is not None:
-        src = Source("pi-jsonl", f"pi:{tags.session or header['id']}", h, group=tags.user or tags.rig)
-        parse = parse_pi_jsonl
-    else:
-        src = Source("claude-jsonl", f"claude:{tags.session or path.stem}", h, group=tags.user or tags.rig)
-        parse = parse_claude_jsonl
+    """Parse and store one agent transcript (Claude Code's, the node0 agent's or a pi session
+    file); a malformed one is quarantined with its error. What the transcript says about itself
+    (the node0 agent's role, rig, actor, bead and model; Claude's model) fills tags left blank."""
+    src, parse = transcript_source(path, tags, sha256_file(path))
     try:
         parsed = parse(path)
     except GtExtError as e:
@@ -304,8 +253,14 @@ def ingest_transcript(ing: Ingestor, path: Path, tags: Tags, report: ProcessRepo
         log.error("%s", msg)
         ing.record_failure(src, f"parse error: {msg}", tags)
         return
+    meta = parsed.meta
     tags.session = tags.session or parsed.session
     tags.time = tags.time or parsed.time
+    tags.role = tags.role or role_from_actor(meta.get("role")) or role_from_actor(meta.get("actor"))
+    tags.rig = tags.rig or meta.get("rig")
+    tags.bead = tags.bead or meta.get("bead")
+    tags.user = tags.user or meta.get("actor")
+    tags.model = tags.model or meta.get("model")
     r = ing.ingest(parsed.messages, tags, src)
     report.sessions += 1
     report.duplicates += r.duplicates
@@ -313,7 +268,8 @@ def ingest_transcript(ing: Ingestor, path: Path, tags: Tags, report: ProcessRepo
         report.stored[st] = report.stored.get(st, 0) + len(ids)
 
 
-def _handle_bead_close(ing: Ingestor, ev: dict, town_root: Path | None, projects: Path, report: ProcessReport) -> None:
+def _handle_bead_close(ing: Ingestor, ev: dict, index: EventIndex, town_root: Path | None, projects: Path,
+                       report: ProcessReport) -> None:
     payload = ev.get("payload")
     issue = payload[0] if isinstance(payload, list) and payload else payload
     if not isinstance(issue, dict) or not issue.get("id"):
@@ -323,7 +279,7 @@ def _handle_bead_close(ing: Ingestor, ev: dict, town_root: Path | None, projects
         raise GtExtError("bead_close event without an issue id")
     rig = _rig_of_beads_dir(ev.get("beads_dir"), town_root) or rig_from_actor(issue.get("assignee"))
     outcome = outcome_from_issue(issue) if issue.get("status") else "success"
-    sessions = sessions_for_bead(issue, town_root, projects)
+    sessions = sessions_for_bead(issue, index, town_root, projects)
     if not sessions:
         report.unresolved_beads.append(issue["id"])
         log.warning("bead %s: no session found (assignee, events, .runtime)", issue["id"])
@@ -363,6 +319,24 @@ def _handle_session_stop(ing: Ingestor, ev: dict, projects: Path, report: Proces
     tags = Tags(role=role_from_actor(env.get("GT_ROLE")) or role_from_actor(actor), rig=env.get("GT_RIG"),
                 session=sid, user=actor)
     ingest_transcript(ing, path, tags, report)
+
+
+def _trusted_bead_close(ev: dict, beads_dirs: dict[str, Path]) -> dict:
+    """A bead close from a hook's pending folder, which an agent's commands could also write: only
+    its bead id and beads folder are taken (the folder must be one of the town's), and the issue is
+    read again from bd; any other kind of event from there is refused."""
+    from gt_ext.gastown.bd import Bd
+
+    if ev.get("kind") != "bead_close":
+        raise GtExtError(f"pending hook event of kind {ev.get('kind')!r} refused: only bead closes come from there")
+    known = {str(Path(d).resolve()): Path(d) for d in beads_dirs.values()}
+    folder = known.get(str(Path(str(ev.get("beads_dir") or "")).resolve()))
+    argv = ev.get("argv") or []
+    bead = argv[0] if argv and isinstance(argv[0], str) else None
+    if folder is None or not bead:
+        raise GtExtError("pending bead close without a bead id of one of the town's beads folders: refused")
+    issue = Bd(folder).show(bead).model_dump(exclude_none=True)
+    return {"kind": "bead_close", "payload": issue, "argv": [bead, "close"], "beads_dir": str(folder)}
 
 
 def trigger(store: Store, town_root: Path | None = None, projects: Path | None = None) -> ProcessReport | None:
@@ -405,7 +379,16 @@ def _process_locked(store: Store, town_root: Path | None, projects: Path | None,
     projects = projects or claude_projects_dir()
     report = ProcessReport()
     ing = Ingestor(store)
+    index = EventIndex(store, town_root)
+    beads_dirs = Town(Path(town_root)).beads_dirs() if town_root is not None else {}
     entries = list(spool.entries(store.spool_dir))
+    # Events bd hooks left next to themselves when they ran inside a sandboxed agent: ids only.
+    for d in beads_dirs.values():
+        entries += [(f"{spool.PENDING_PREFIX}{sid}", p, ev, err)
+                    for sid, p, ev, err in spool.entries(d / "hooks" / spool.PENDING_DIR)]
+    entries.sort(key=lambda e: e[1].name)  # names start with the time: oldest first
+    if any(ev and ev.get("kind") == "bead_close" for _s, _p, ev, _e in entries):
+        index.sync()  # what gt appended since the last run, no more
     # Claude's Stop fires every turn: only the newest stop event of a session needs parsing.
     last_stop: dict[str, str] = {}
     for sid, _p, ev, _err in entries:
@@ -433,8 +416,10 @@ def _process_locked(store: Store, town_root: Path | None, projects: Path | None,
                     report.errors.append(msg)
                     log.warning("%s", msg)
                 kind = ev.get("kind")
+                if spool_id.startswith(spool.PENDING_PREFIX):
+                    ev = _trusted_bead_close(ev, beads_dirs)
                 if kind == "bead_close":
-                    _handle_bead_close(ing, ev, town_root, projects, report)
+                    _handle_bead_close(ing, ev, index, town_root, projects, report)
                 elif kind in ("session_stop", "session_shutdown"):
                     k = (ev.get("payload") or {}).get("transcript_path") or (ev.get("payload") or {}).get("session_id") or spool_id
                     if last_stop.get(str(k)) == spool_id:
@@ -453,20 +438,10 @@ def _process_locked(store: Store, town_root: Path | None, projects: Path | None,
 
 
 # --- batch collection ----------------------------------------------------------------------------
-def session_index(town_root: Path | None) -> dict[str, dict[str, Any]]:
-    """session id -> {actor, role, cwd} from the town's `session_start` events."""
-    out: dict[str, dict[str, Any]] = {}
-    for e in town_events(town_root):
-        p = e.get("payload") or {}
-        if e.get("type") == "session_start" and p.get("session_id"):
-            out[p["session_id"]] = {"actor": e.get("actor"), "role": p.get("role"), "cwd": p.get("cwd")}
-    return out
-
-
 def scan_transcripts(store: Store, projects: Path | None = None, progress: bool = False,
                      town_root: Path | None = None, pi_dir: Path | None = None) -> ProcessReport:
-    """Take every agent session not taken before (wisps, bead-less sessions): Claude transcripts
-    under `projects` and pi session files under `<pi agent dir>/sessions/`.
+    """Take every agent session not taken before (wisps, bead-less sessions): Claude and node0
+    transcripts under `projects` and pi session files under `<pi agent dir>/sessions/`.
 
     Role, rig and actor come from a bead link when one exists, else from the town's
     `session_start` event of that session, else (pi) from the work dir in the session header.
@@ -477,8 +452,10 @@ def scan_transcripts(store: Store, projects: Path | None = None, progress: bool 
     files += pi_session_files(pi_dir)
     roots = transcript_roots(projects) + ([(pi_dir / "sessions").resolve()] if pi_dir else [])
     files = [f for f in files if inside_roots(f, roots)]  # a symlink out of the folder is not a session
-    started = session_index(town_root)
     with process_lock(store):
+        index = EventIndex(store, town_root)
+        index.sync()
+        started = index.all_session_starts()
         ing = Ingestor(store)
         it = files
         if progress:
@@ -576,10 +553,11 @@ def add_files(store: Store, paths: list[Path], role: str | None = None, task: st
             for n, (p, sessions, h) in enumerate(parsed):
                 for i, s in enumerate(sessions):
                     meta = s.meta
-                    kind = "pi-jsonl" if s.format == "pi" else "claude-jsonl" if s.session and not meta and p.suffix == ".jsonl" and len(sessions) == 1 and s.cwd else (
+                    kind = _FORMAT_SOURCES.get(s.format) or (
                         "markdown" if p.suffix.lower() in (".md", ".markdown") else "curated")
                     tags = Tags(role=roles[(n, i)], task=task or meta.get("task"), rig=rig or meta.get("rig"),
-                                bead=meta.get("bead"), session=s.session or f"{p.name}#{i}", user=meta.get("user"),
+                                bead=meta.get("bead"), session=s.session or f"{p.name}#{i}",
+                                user=meta.get("user") or meta.get("actor"), model=meta.get("model"),
                                 outcome=outcome or meta.get("outcome") or "unknown", time=s.time or None)
                     src = Source(kind, f"file:{h}#{i}", h, group=f"file:{p.name}")
                     r = ing.ingest(s.messages, tags, src)

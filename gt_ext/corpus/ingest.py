@@ -21,7 +21,9 @@ from gt_ext.corpus.tags import Tags, check_role_tag, system_prompt, task_from_co
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("claude-jsonl", "pi-jsonl", "pane", "markdown", "curated", "artifact", "gt-prime", "sample")
+SOURCES = ("claude-jsonl", "node0-jsonl", "pi-jsonl", "pane", "markdown", "curated", "artifact", "gt-prime", "sample")
+# Sessions served by this project's own models (the node0 agent): a model's own outputs.
+NODE0_SOURCE = "node0-jsonl"
 
 
 @dataclass

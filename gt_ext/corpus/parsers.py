@@ -23,6 +23,12 @@ from gt_ext.jsonl import iter_jsonl
 log = logging.getLogger(__name__)
 
 
+# The node0 agent (gt_ext.serve.transcript) writes Claude Code's transcript format with this
+# `entrypoint` and its tags in a `gt` object on each entry.
+NODE0_ENTRYPOINT = "node0-inference"
+NODE0_META = ("role", "rig", "actor", "bead", "model", "session", "town")
+
+
 @dataclass
 class ParsedSession:
     """Messages of one session or curated example, plus what the source said about itself."""
@@ -32,7 +38,7 @@ class ParsedSession:
     cwd: str = ""
     time: str = ""  # ISO-8601 of the last entry
     meta: dict[str, Any] = field(default_factory=dict)  # role/task/rig/... given by the source
-    format: str = ""  # agent transcripts: "claude" or "pi"
+    format: str = ""  # agent transcripts: "claude", "node0" or "pi"
 
 
 def _append(messages: list[dict[str, str]], role: str, content: str) -> None:
@@ -66,6 +72,8 @@ def parse_claude_entries(entries: list[tuple[int, Any]], where: str) -> ParsedSe
     """Turn decoded Claude Code transcript entries ``(line_no, obj)`` into a session."""
     msgs: list[dict[str, str]] = []
     session = cwd = ts = ""
+    meta: dict[str, Any] = {}
+    node0 = False
     for line_no, e in entries:
         if not isinstance(e, dict):
             raise GtExtError(f"{where}:{line_no}: transcript entry is not a JSON object")
@@ -73,11 +81,16 @@ def parse_claude_entries(entries: list[tuple[int, Any]], where: str) -> ParsedSe
         session = e.get("sessionId") or session
         cwd = e.get("cwd") or cwd
         ts = e.get("timestamp") or ts
+        node0 = node0 or e.get("entrypoint") == NODE0_ENTRYPOINT
+        if isinstance(e.get("gt"), dict):  # the node0 agent's tags (role, rig, actor, bead, model)
+            meta.update({k: str(v) for k, v in e["gt"].items() if k in NODE0_META and v})
         if etype not in ("user", "assistant") or e.get("isMeta"):
             continue  # summary, system, file-history snapshots: not conversation
         msg = e.get("message")
         if not isinstance(msg, dict):
             raise GtExtError(f"{where}:{line_no}: {etype} entry has no message object")
+        if etype == "assistant" and isinstance(msg.get("model"), str) and msg["model"] and "model" not in meta:
+            meta["model"] = msg["model"]  # Claude names its model on every reply
         for b in content_blocks(msg.get("content"), f"{where}:{line_no}"):
             bt = b.get("type")
             if bt == "text":
@@ -92,7 +105,8 @@ def parse_claude_entries(entries: list[tuple[int, Any]], where: str) -> ParsedSe
                 text = _tool_result_text(b.get("content"))
                 msgs.append({"role": "tool", "content": text})
             # thinking, redacted_thinking, image: dropped
-    return ParsedSession(messages=msgs, session=session, cwd=cwd, time=ts)
+    return ParsedSession(messages=msgs, session=session, cwd=cwd, time=ts, meta=meta,
+                         format="node0" if node0 else "claude")
 
 
 def content_blocks(content: Any, at: str) -> list[dict[str, Any]]:
@@ -115,13 +129,26 @@ def read_jsonl(path: Path, what: str) -> list[tuple[int, Any]]:
 
 
 def parse_claude_jsonl(path: str | Path) -> ParsedSession:
-    """Parse one Claude Code transcript file (``~/.claude/projects/*/<session>.jsonl``)."""
+    """Parse one Claude Code transcript file (``~/.claude/projects/*/<session>.jsonl``), or a
+    node0 agent's (same format, `entrypoint` "node0-inference", tags in each entry's `gt`)."""
     path = Path(path)
     s = parse_claude_entries(read_jsonl(path, "transcript"), str(path))
     if not s.session:
         s.session = path.stem
-    s.format = "claude"
     return s
+
+
+def is_node0_transcript(path: str | Path) -> bool:
+    """True when the first entry of a JSONL file was written by the node0 agent (reads one line)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    obj = json.loads(line)
+                    return isinstance(obj, dict) and obj.get("entrypoint") == NODE0_ENTRYPOINT
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return False
 
 
 # --- pi (github.com/badlogic/pi-mono, packages/coding-agent/docs/session.md) ---------------------

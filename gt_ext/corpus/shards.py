@@ -6,7 +6,8 @@
 
 Writing (`gt corpus export`): `write_shards(store, out)`. Only active examples go out; SFT takes
 those labelled good or neutral (never one with a convention violation or a failed outcome); DPO
-pairs a success with a failure of the same task (same opening prompt). The train/val split is a
+pairs a success with a failure of the same task (same opening prompt), plus the task-level
+preference pairs picked from A/B runs (`gt-ext prefs pick`). The train/val split is a
 pure function of the prompt, so it is deterministic and the same task never lands on both sides.
 Files are written to a temp folder and renamed into place.
 
@@ -48,6 +49,7 @@ from typing import Any
 
 from gt_ext.atomic import replace_dir
 from gt_ext.corpus.format import canonical_json, dpo_id
+from gt_ext.corpus.ingest import NODE0_SOURCE
 from gt_ext.corpus.scrub import Scrubber
 from gt_ext.corpus.store import Store, StoredExample
 from gt_ext.digest import sha256_file
@@ -58,7 +60,7 @@ from gt_ext.roles import TASKS
 
 log = logging.getLogger(__name__)
 
-SESSION_SOURCES = ("claude-jsonl", "pi-jsonl", "pane", "sample")  # recorded sessions (can go stale)
+SESSION_SOURCES = ("claude-jsonl", "node0-jsonl", "pi-jsonl", "pane", "sample")  # recorded sessions (can go stale)
 CONVENTION_SOURCE = "artifact"  # CLAUDE.md, AGENTS.md, formulas, specs/plans (not gt-prime)
 
 
@@ -79,8 +81,8 @@ class StalePolicy:
     weight: float = 0.0
 
     @classmethod
-    def parse(cls, spec: str) -> StalePolicy:
-        """`drop`, `keep` or `weight=W` with 0 < W < 1; anything else is a one-line error."""
+    def parse(cls, spec: str, option: str = "--stale-sessions") -> StalePolicy:
+        """`drop`, `keep` or `weight=W` with 0 < W < 1; anything else is a one-line error naming `option`."""
         spec = (spec or "").strip()
         if spec in ("drop", "keep"):
             return cls(spec, 0.0 if spec == "drop" else 1.0)
@@ -91,7 +93,7 @@ class StalePolicy:
                 w = -1.0
             if 0.0 < w < 1.0:
                 return cls("weight", w)
-        raise GtExtError(f"--stale-sessions must be drop, keep or weight=W with 0 < W < 1, got {spec!r}")
+        raise GtExtError(f"{option} must be drop, keep or weight=W with 0 < W < 1, got {spec!r}")
 
     def keeps(self, example_id: str) -> bool:
         """Whether a stale example goes out (weight: a deterministic share, by id)."""
@@ -190,9 +192,11 @@ def _task(ex: StoredExample) -> str:
     return ex.task if ex.task in TASKS else "general"
 
 
-def _dpo_pair(good: StoredExample, bad: StoredExample) -> dict[str, Any] | None:
-    """Prompt = shared prefix; chosen/rejected = the first assistant turns where they part."""
-    a, b = good.messages or [], bad.messages or []
+def split_at_divergence(chosen: list[dict[str, str]], rejected: list[dict[str, str]]
+                        ) -> tuple[list[dict[str, str]], str, str] | None:
+    """(shared prefix, chosen turn, rejected turn): the first assistant turns where two chats part
+    after a common opening that holds a user turn; None when they never part that way."""
+    a, b = chosen, rejected
     i = 0
     while i < min(len(a), len(b)) and a[i] == b[i]:
         i += 1
@@ -200,28 +204,55 @@ def _dpo_pair(good: StoredExample, bad: StoredExample) -> dict[str, Any] | None:
         return None
     if not any(m["role"] == "user" for m in a[:i]):
         return None
-    prompt = a[:i]
+    return a[:i], a[i]["content"], b[i]["content"]
+
+
+def _dpo_pair(good: StoredExample, bad: StoredExample) -> dict[str, Any] | None:
+    """Prompt = shared prefix; chosen/rejected = the first assistant turns where they part."""
+    split = split_at_divergence(good.messages or [], bad.messages or [])
+    if split is None:
+        return None
+    prompt, chosen, rejected = split
     prov = good.provenance() | {"rejected_session": bad.session or "", "rejected_bead": bad.bead or "",
                                 "rejected_source_hash": bad.source_hash}
-    return {"id": dpo_id(prompt, a[i]["content"], b[i]["content"]), "role": good.role, "task": _task(good),
-            "prompt": prompt, "chosen": a[i]["content"], "rejected": b[i]["content"], "provenance": prov}
+    return {"id": dpo_id(prompt, chosen, rejected), "role": good.role, "task": _task(good),
+            "prompt": prompt, "chosen": chosen, "rejected": rejected, "provenance": prov}
+
+
+# A model's own outputs: sessions the node0 agent served.
+SELF_SOURCE = NODE0_SOURCE
+# Default: leave them out. Training a model on its own unreviewed output narrows what it does with
+# every round (model collapse: Shumailov et al., Nature 2024; mixing in fresh human/agent data, as a
+# corpus that keeps growing does, slows it but does not make the outputs reviewed). A reviewer who
+# wants them back says so (`--self-outputs keep`, or `weight=W` for a share of them).
+SELF_OUTPUTS_DEFAULT = "drop"
+
+
+def parse_self_outputs(spec: str) -> StalePolicy:
+    """`--self-outputs drop | keep | weight=W`: the same kind of policy as for stale sessions."""
+    return StalePolicy.parse(spec, option="--self-outputs")
 
 
 def write_shards(store: Store, out: str | os.PathLike, rig: str | None = None, val_pct: int = 10,
                  overwrite: bool = False, all_rigs: bool = False, role: str | None = None,
-                 stale: StalePolicy | str = "drop") -> dict[str, Any]:
+                 stale: StalePolicy | str = "drop", self_outputs: StalePolicy | str = SELF_OUTPUTS_DEFAULT) -> dict[str, Any]:
     """Write the shards and manifest to `out`; return the manifest.
 
     Scope (module doc): `rig` R's examples, town-level ones and those of rigs sharing theirs;
     without `rig`, town-level ones and the sharing rigs'; `all_rigs` everything. `role`: that
     role only (an error naming where its examples are when the scope holds none). `stale`: what to
-    do with sessions recorded under a superseded convention (StalePolicy).
+    do with sessions recorded under a superseded convention (StalePolicy). `self_outputs`: what to
+    do with the served models' own sessions (`SELF_SOURCE`): `drop` (default, see
+    `SELF_OUTPUTS_DEFAULT`), `keep`, or `weight=W` (a deterministic share W of them, by example id).
+    It applies to SFT records and to the chosen side of DPO pairs; a served model's failure stays
+    usable as a DPO rejected answer (learning what not to do is not learning from its own output).
     """
     if not 0 <= val_pct < 100:
         raise GtExtError(f"--val-pct must be in 0..99, got {val_pct}")
     if rig and all_rigs:
         raise GtExtError("--rig and --all-rigs exclude each other")
     policy = stale if isinstance(stale, StalePolicy) else StalePolicy.parse(stale)
+    own = self_outputs if isinstance(self_outputs, StalePolicy) else parse_self_outputs(self_outputs)
     scope = Scope(rig=rig or None, all_rigs=all_rigs)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -270,9 +301,14 @@ def write_shards(store: Store, out: str | os.PathLike, rig: str | None = None, v
             continue
         clean.append(e)
 
+    def usable(e: StoredExample) -> bool:  # as an SFT record or a DPO chosen answer
+        return e.source != SELF_SOURCE or own.keeps(e.id)
+
+    n_self = sum(e.source == SELF_SOURCE for e in clean)
+    n_self_kept = sum(e.source == SELF_SOURCE and usable(e) for e in clean)
     sft: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for e in clean:
-        if e.label in ("good", "neutral"):
+        if e.label in ("good", "neutral") and usable(e):
             split = "val" if _is_val(_prompt_key(e.messages), val_pct) else "train"
             sft[(e.role, _task(e), split)].append(
                 {"id": e.id, "role": e.role, "task": _task(e), "messages": e.messages, "provenance": e.provenance()})
@@ -280,7 +316,7 @@ def write_shards(store: Store, out: str | os.PathLike, rig: str | None = None, v
     by_prompt: dict[tuple[str, str], dict[str, list[StoredExample]]] = defaultdict(lambda: {"good": [], "bad": []})
     for e in clean:
         key = (e.role, _prompt_key(e.messages))
-        if e.label == "good":
+        if e.label == "good" and usable(e):
             by_prompt[key]["good"].append(e)
         elif e.label == "bad":
             by_prompt[key]["bad"].append(e)
@@ -292,6 +328,22 @@ def write_shards(store: Store, out: str | os.PathLike, rig: str | None = None, v
             if (pair := _dpo_pair(g, b)) is not None:
                 split = "val" if _is_val(pkey, val_pct) else "train"
                 dpo[(pair["role"], pair["task"], split)].append(pair)
+
+    # Task-level preference pairs (gt_ext.prefs): picked by a person or a rule from two models'
+    # outcomes of one bead; stored scrubbed, exported as they are.
+    # Same scope as the examples: a rig's pairs go out with that rig (or when it shares).
+    n_prefs = 0
+    prefs = store.preferences(status="active", role=role)
+    prefs_allowed = scope.allowed(store, {p["rig"] for p in prefs if p.get("rig")})
+    for p in prefs:
+        if prefs_allowed is not None and (p.get("rig") or None) not in prefs_allowed:
+            continue
+        task = p["task"] if p["task"] in TASKS else "general"
+        split = "val" if _is_val(_prompt_key(p["prompt"]), val_pct) else "train"
+        dpo[(p["role"], task, split)].append({"id": p["id"], "role": p["role"], "task": task, "prompt": p["prompt"],
+                                              "chosen": p["chosen"], "rejected": p["rejected"],
+                                              "provenance": p["provenance"]})
+        n_prefs += 1
 
     out.parent.mkdir(parents=True, exist_ok=True)  # the temp folder must be a sibling for the rename
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -318,8 +370,10 @@ def write_shards(store: Store, out: str | os.PathLike, rig: str | None = None, v
             "role": role,
             "val_pct": val_pct,
             "excluded_unsafe": excluded,
+            "preference_pairs": n_prefs,
             "stale_sessions": {"policy": str(policy), "stale": sum(stale_by.values()), "exported": kept_stale,
                                "conventions": dict(sorted(stale_by.items()))},
+            "self_outputs": {"policy": str(own), "examples": n_self, "kept": n_self_kept},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         for p in tmp.rglob("*"):  # training text: owner only (gt_ext.private)

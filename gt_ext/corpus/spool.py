@@ -17,11 +17,23 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+# Written by `gt-ext hooks install` (auto-processing on) into `<store>/hooks/`: the processor argv a
+# finished node0 session starts (gt_ext.serve.agent). Claude's Stop hook fires every turn, so it
+# only spools.
+PROCESS_ON_END = ".gt-ext-process-on-end"
+
+# Where a bd hook puts its event when the town's spool cannot be written (bd run by a sandboxed
+# agent): `<beads>/hooks/.gt-ext-pending/`. Processing drains it, taking only the bead id from there.
+PENDING_DIR = ".gt-ext-pending"
+PENDING_PREFIX = "pending:"  # spool ids of those events
 
 # Only these environment variables are kept: they tag the session; nothing else (tokens!) leaves.
 ENV_KEYS = ("GT_ROLE", "GT_RIG", "BD_ACTOR", "GT_SESSION", "GT_SESSION_ID", "GT_ROOT", "GT_TOWN_ROOT",
@@ -75,3 +87,20 @@ def entries(spool_dir: str | os.PathLike) -> Iterator[tuple[str, Path, dict | No
             yield p.stem, p, ev, None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             yield p.stem, p, None, f"{p}: unreadable spool entry ({type(e).__name__})"
+
+
+def processor_argv(store: str | os.PathLike, town: str | os.PathLike) -> list[str]:
+    """The command that processes a store's spool in the background (`corpus process --trigger`)."""
+    return [sys.executable, "-m", "gt_ext.cli", "corpus", "--store", str(store), "--town", str(town),
+            "process", "--trigger"]
+
+
+def start_detached(argv: list[str]) -> bool:
+    """Start `argv` in its own session with no terminal, so no kill of the caller's process group
+    (bd's after 10 s, tmux's when a pane closes) reaches it. False when it could not start."""
+    try:
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True, close_fds=True)
+        return True
+    except OSError:
+        return False

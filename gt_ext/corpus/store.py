@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS examples(
   artifact_key TEXT,                         -- rig:relpath for versioned artifacts
   batch TEXT,
   grp TEXT,                                  -- source group (user, curated file) for per-source caps
-  created REAL NOT NULL
+  created REAL NOT NULL,
+  model TEXT                                 -- the model that wrote the assistant turns, when known
 );
 CREATE INDEX IF NOT EXISTS ex_status ON examples(status);
 CREATE INDEX IF NOT EXISTS ex_source ON examples(source_key);
@@ -56,6 +57,14 @@ CREATE TABLE IF NOT EXISTS links(
 CREATE TABLE IF NOT EXISTS lsh(band INTEGER NOT NULL, bucket TEXT NOT NULL, example_id TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS lsh_idx ON lsh(band, bucket);
 CREATE TABLE IF NOT EXISTS batches(batch TEXT PRIMARY KEY, created REAL NOT NULL, stats TEXT NOT NULL, flags TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS preferences(            -- task-level DPO pairs picked from A/B runs (gt_ext.prefs)
+  id TEXT PRIMARY KEY,                             -- format.dpo_id(prompt, chosen, rejected)
+  role TEXT NOT NULL, task TEXT NOT NULL, rig TEXT, bead TEXT, comparison TEXT,
+  prompt TEXT NOT NULL, chosen TEXT NOT NULL, rejected TEXT NOT NULL,
+  provenance TEXT NOT NULL,                        -- JSON: comparison, models, who or which rule picked, why
+  status TEXT NOT NULL DEFAULT 'active',           -- active | quarantined
+  reason TEXT, findings TEXT NOT NULL DEFAULT '[]', created REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS open_batches(          -- batches still being stored: not yet judged (ingest.py)
   batch TEXT PRIMARY KEY, judge INTEGER NOT NULL, created REAL NOT NULL);
@@ -63,6 +72,12 @@ CREATE TABLE IF NOT EXISTS sealed(                 -- suspected secrets of held-
   example_id TEXT NOT NULL, marker TEXT NOT NULL, token TEXT NOT NULL, placeholder TEXT,
   PRIMARY KEY(example_id, marker));
 """
+
+PREFERENCE_COLUMNS = ("id", "role", "task", "rig", "bead", "comparison", "prompt", "chosen", "rejected",
+                      "provenance", "status", "reason", "findings", "created")
+
+# Columns added after the first release, for stores made before them (name, SQL declaration).
+ADDED_COLUMNS: tuple[tuple[str, str], ...] = (("model", "TEXT"),)
 
 # What an example can be: exported (active), held for a human (quarantined, review), refused by a
 # gate (rejected), replaced by a newer version of its artifact (superseded).
@@ -109,12 +124,12 @@ class StoredExample(Tags):
         """The contract's provenance object."""
         return {"source": self.source, "session": self.session or "", "rig": self.rig or "",
                 "bead": self.bead or "", "user": self.user or "", "time": self.time or "",
-                "source_hash": self.source_hash}
+                "model": self.model or "", "source_hash": self.source_hash}
 
     def summary(self) -> dict[str, Any]:
         """Listing form: tags and status, no content."""
         return {k: getattr(self, k) for k in ("id", "role", "task", "rig", "bead", "session", "source",
-                                               "outcome", "label", "status", "reason")} | {
+                                               "model", "outcome", "label", "status", "reason")} | {
             "turns": len(self.messages or []), "findings": len(self.findings)}
 
 
@@ -157,6 +172,10 @@ class Store:
             for stmt in SCHEMA.split(";"):  # executescript would COMMIT our transaction
                 if stmt.strip():
                     self.db.execute(stmt)
+            have = {r[1] for r in self.db.execute("PRAGMA table_info(examples)")}
+            for col, decl in ADDED_COLUMNS:  # a store made by an older version: add what it lacks
+                if col not in have:
+                    self.db.execute(f"ALTER TABLE examples ADD COLUMN {col} {decl}")
 
     @classmethod
     def open(cls, root: str | os.PathLike | None = None, town: str | os.PathLike | None = None) -> Store:
@@ -253,11 +272,13 @@ class Store:
             self.db.execute("DELETE FROM sealed WHERE example_id = ?", (ex_id,))
 
     def stats(self) -> dict[str, Any]:
-        """Counts by status, role, task, label, source."""
+        """Counts by status, role, task, label, source; task-level preference pairs by role and status."""
         out: dict[str, Any] = {"total": self.count()}
         for col in ("status", "role", "task", "label", "source", "outcome"):
             out[col] = {(k if k is not None else "-"): n for k, n in self.db.execute(
                 f"SELECT {col}, COUNT(*) FROM examples GROUP BY {col} ORDER BY {col}")}
+        out["preferences"] = {f"{role}/{status}": n for role, status, n in self.db.execute(
+            "SELECT role, status, COUNT(*) FROM preferences GROUP BY role, status ORDER BY role, status")}
         return out
 
     # --- sources, links, spool bookkeeping -------------------------------------------------
@@ -294,6 +315,47 @@ class Store:
         self.db.execute(f"INSERT OR REPLACE INTO links(session, {', '.join(LINK_FIELDS)}, updated) "
                         f"VALUES (?, {', '.join('?' * len(LINK_FIELDS))}, ?)",
                         (session, *(new[k] for k in LINK_FIELDS), time.time()))
+
+    # --- task-level preference pairs ----------------------------------------------------------
+    def add_preference(self, rec: dict[str, Any]) -> bool:
+        """Store one DPO pair record (CONTRACTS.md DPO record + status/reason/findings) in its own
+        transaction; False when a pair with that id is already stored."""
+        row = {**rec, "prompt": json.dumps(rec["prompt"], ensure_ascii=False),
+               "provenance": json.dumps(rec.get("provenance") or {}, ensure_ascii=False, sort_keys=True),
+               "findings": json.dumps(rec.get("findings") or []), "status": rec.get("status") or "active",
+               "created": rec.get("created") or time.time()}
+        with self.tx():
+            cur = self.db.execute(
+                f"INSERT OR IGNORE INTO preferences({','.join(PREFERENCE_COLUMNS)}) "
+                f"VALUES ({','.join('?' * len(PREFERENCE_COLUMNS))})",
+                tuple(row.get(c) for c in PREFERENCE_COLUMNS))
+        return cur.rowcount == 1
+
+    def preferences(self, status: str | None = "active", role: str | None = None,
+                    since: float | None = None) -> list[dict[str, Any]]:
+        """Stored pairs (oldest first) as DPO records plus status, comparison and `created`."""
+        where, args = [], []
+        for col, val in (("status", status), ("role", role)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        if since is not None:
+            where.append("created > ?")
+            args.append(since)
+        sql = "SELECT * FROM preferences" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created, id"
+        out = []
+        for r in self.db.execute(sql, args):
+            d = dict(r)
+            d["prompt"] = json.loads(d["prompt"])
+            d["provenance"] = json.loads(d["provenance"])
+            d["findings"] = json.loads(d["findings"] or "[]")
+            out.append(d)
+        return out
+
+    def delete_preference(self, pair_id: str) -> None:
+        """Remove one pair (a pick that could not complete takes its pair back)."""
+        with self.tx():
+            self.db.execute("DELETE FROM preferences WHERE id = ?", (pair_id,))
 
     # --- near-duplicate index ----------------------------------------------------------------
     def lsh_candidates(self, buckets: list[str]) -> set[str]:

@@ -36,6 +36,7 @@ class Tags:
     time: str | None = None
     outcome: str = "unknown"
     artifact_key: str | None = None
+    model: str | None = None  # what wrote the assistant turns: "witness:3" (node0), "claude-opus-4-5"...
 
     def to_dict(self) -> dict[str, Any]:
         """The tag fields only (also of a subclass instance)."""

@@ -26,6 +26,7 @@ from gt_ext.digest import sha256_file
 from gt_ext.errors import GtExtError
 
 log = logging.getLogger(__name__)
+CONVENTIONS = "conventions.json"  # gt_ext.loop.fingerprint.FILE
 
 
 def merge_adapter(base_model: str, adapter_dir: str | Path, parent_adapter: str | Path | None = None) -> tuple[Any, Any]:
@@ -107,6 +108,8 @@ def export_run(run_dir: str | Path, to: str | Path, quantized: tuple[str, ...] |
     try:
         shutil.copytree(run_dir / "adapter", tmp / "adapter")
         shutil.copy2(run_dir / "run.json", tmp / "run.json")
+        if (run_dir / CONVENTIONS).is_file():  # the convention fingerprint travels with the model
+            shutil.copy2(run_dir / CONVENTIONS, tmp / CONVENTIONS)
         log.info("merging %s into %s", run_dir / "adapter", run["base_model"])
         model, tok = merge_adapter(run["base_model"], run_dir / "adapter", run.get("parent"))
         model.save_pretrained(str(tmp / "merged"), safe_serialization=True)

@@ -149,6 +149,22 @@ class Bd:
             raise BdError(f"no issue {issue_id}", 1, "bd show")
         return _issue(items[0])
 
+    def show_many(self, issue_ids: list[str]) -> dict[str, Issue | None]:
+        """`bd show ID...` in one call -> {id: Issue, or None when bd has no such issue (deleted)}."""
+        if not issue_ids:
+            return {}
+        try:
+            got = {i.id: i for i in (_issue(x) for x in _as_list(self.run("show", *issue_ids)))}
+        except BdError:  # one unknown id fails the whole call: ask one by one
+            got = {}
+            for i in issue_ids:
+                try:
+                    got[i] = self.show(i)
+                except BdError as e:
+                    if e.bd_exit_code == 124:
+                        raise
+        return {i: got.get(i) for i in issue_ids}
+
     def update(self, issue_id: str, status: str | None = None, assignee: str | None = None,
                title: str | None = None, notes: str | None = None, extra: list[str] | None = None) -> Issue:
         """`bd update ID ...` -> the changed Issue."""
@@ -215,3 +231,46 @@ def init_beads(folder: str | os.PathLike, prefix: str, bd_bin: str | None = None
     if not beads.is_dir():
         raise GtExtError(f"bd init in {folder} made no .beads folder")
     return beads
+
+
+def beads_fingerprint(beads_dir: str | os.PathLike, town_root: str | os.PathLike | None = None) -> str | None:
+    """A cheap signal that a beads database changed, without asking bd: for an embedded-Dolt beads
+    folder the newest mtime and file count under `embeddeddolt/`; for a server-mode one (a gt town)
+    Dolt's hash of the database's working set (`DOLT_HASHOF_DB()`) on the server `metadata.json`
+    names (its port, else the town's). None when neither can be read (then the caller re-lists)."""
+    beads = Path(beads_dir)
+    data = beads / "embeddeddolt"
+    if data.is_dir():
+        newest, count = 0, 0
+        for root, _dirs, files in os.walk(data):
+            for f in files:
+                try:
+                    st = os.stat(os.path.join(root, f))
+                except FileNotFoundError:
+                    continue
+                newest = max(newest, st.st_mtime_ns)
+                count += 1
+        return f"tree:{newest}:{count}"
+    try:
+        meta = json.loads((beads / "metadata.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("dolt_mode") != "server" or not meta.get("dolt_database"):
+        return None
+    from gt_ext.gastown.dolt import DoltClient
+
+    port = meta.get("dolt_server_port")
+    try:
+        if isinstance(port, int) and port > 0:
+            client = DoltClient(host=str(meta.get("dolt_server_host") or "127.0.0.1"), port=port,
+                                database=str(meta["dolt_database"]))
+        elif town_root is not None:
+            client = DoltClient.for_town(town_root, database=str(meta["dolt_database"]))
+        else:
+            return None
+        with client as c:
+            rows = c.query("SELECT DOLT_HASHOF_DB() AS h")
+    except Exception as e:  # noqa: BLE001 - no server, old Dolt, lost connection: re-list instead
+        log.debug("%s: no Dolt hash (%s)", beads, type(e).__name__)
+        return None
+    return f"dolt:{rows[0]['h']}" if rows and rows[0].get("h") else None

@@ -100,6 +100,24 @@ def stable_text(output: str) -> str:
     return text.strip("\n") + "\n"
 
 
+# Where `gt prime` stops describing the role and starts describing the moment (gt v1.0.1,
+# internal/cmd/prime*.go): hooked work, its formula, the current step, a handoff or checkpoint,
+# patrol status, pending escalations, the startup protocol. What follows the first of these
+# changes as work comes and goes.
+_MOMENT = re.compile(r"^(?:## (?:🚨 AUTONOMOUS WORK MODE|Hooked Work|🧬 ATTACHED FORMULA|RALPH LOOP MODE|"
+                     r"🚨 PENDING ESCALATIONS|🎬 CURRENT STEP|🤝 Handoff from Previous Session|"
+                     r"📌 Previous Session Checkpoint|.*Patrol Status)|\*\*STARTUP PROTOCOL\*\*)", re.MULTILINE)
+
+
+def role_context(output: str) -> str:
+    """The part of `gt prime` output that describes the role (its template, the town's and rig's
+    directives, its context file), without the parts about the moment (`_MOMENT`): what a role
+    model is trained on, stable while work comes and goes."""
+    m = _MOMENT.search(output)
+    head = output[: m.start()] if m else output
+    return head.rstrip().removesuffix("---").rstrip() + "\n"
+
+
 def prime_targets(town_root: str | os.PathLike) -> list[PrimeTarget]:
     """One target per role of a town: mayor, deacon, boot and dog at town level, and witness,
     refinery, polecat and crew per rig, each with the work dir gt gives that role.
@@ -125,4 +143,4 @@ def prime_targets(town_root: str | os.PathLike) -> list[PrimeTarget]:
     return out
 
 
-__all__ = ["PrimeTarget", "gt_prime", "prime_targets", "stable_text"]
+__all__ = ["PrimeTarget", "gt_prime", "prime_targets", "role_context", "stable_text"]

@@ -32,6 +32,9 @@ from gt_ext.gastown.town import Rig, Town
 log = logging.getLogger(__name__)
 
 TOWN_SETTINGS_DEFAULT = {"type": "town-settings", "version": 1}
+# What gt v1.0.1 uses when the town has no settings file (config.NewTownSettings()).
+GT_NEW_TOWN_SETTINGS: dict[str, Any] = {"type": "town-settings", "version": 1, "default_agent": "claude",
+                                        "agents": {}, "role_agents": {}}
 RIG_SETTINGS_DEFAULT = {"type": "rig-settings", "version": 1}
 AGENTS_DEFAULT: dict[str, Any] = {"version": 1, "agents": {}}
 
@@ -235,3 +238,22 @@ def resolve_role_agent(town: Town, role: str, rig: Rig | None = None) -> str:
         if cand:
             return str(cand)
     return "claude"
+
+
+PROJECT_SETTINGS = "gt-ext.json"  # this project's own settings file: gt drops unknown keys in its own
+
+
+def project_settings(town_root: str | os.PathLike) -> dict[str, Any]:
+    """`<town>/settings/gt-ext.json` ({} when absent); a one-line error naming file:line when broken."""
+    p = Path(town_root) / "settings" / PROJECT_SETTINGS
+    if not p.is_file():
+        return {}
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: unreadable ({type(e).__name__})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a JSON object")
+    return data

@@ -82,10 +82,12 @@ class Town:
         return self.root / ".events.jsonl"  # gastown.events.EVENTS_FILE
 
     def session_id_of(self, actor: str) -> str | None:
-        """The session id gt recorded for an agent (`<town>/<actor>/.runtime/session_id`), or None."""
+        """The session id gt recorded for an agent (`<town>/<actor>/.runtime/session_id`), or None.
+
+        gt writes the id on the first line and the time on the second."""
         p = self.root / actor / ".runtime" / "session_id"
         try:
-            sid = p.read_text(encoding="utf-8").strip()
+            sid = p.read_text(encoding="utf-8").split("\n", 1)[0].strip()
         except (OSError, UnicodeDecodeError):
             return None
         return sid or None

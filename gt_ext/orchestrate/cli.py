@@ -9,7 +9,8 @@ import typer
 
 from gt_ext.errors import GtExtError
 
-app = typer.Typer(help="Run this project's formulas (train-role-model, corpus-collect, eval-suite).", no_args_is_help=True)
+app = typer.Typer(help="Run this project's formulas (improve-role, train-role-model, corpus-collect, eval-suite).",
+                  no_args_is_help=True)
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, str]:
@@ -84,15 +85,19 @@ def run_cmd(
 ) -> None:
     """Run a formula's steps in dependency order; rerunning the same request resumes it."""
     from gt_ext.orchestrate.formula import substitute
-    from gt_ext.orchestrate.runner import job_dir_for, run_formula, validate_vars
+    from gt_ext.orchestrate.runner import job_dir_for, next_job_dir, run_formula, validate_vars
 
     f = _load(name)
     given = {**parse_assignments(assignments or []), **parse_assignments(set_ or [])}
     from gt_ext.jobs.places import jobs_root
 
-    jd = job_dir or job_dir_for(f, given, jobs_root())
+    jd = job_dir or next_job_dir(f, job_dir_for(f, given, jobs_root()))
     values = f.resolve_vars(given, {"job_dir": str(jd), "formula": f.name})
     validate_vars(values)  # before any side effect: a bad role is a one-line error, nothing written
+    if dry_run or not (jd / "formula-state.json").exists():
+        from gt_ext.orchestrate.resolvers import resolve_extra
+
+        values = resolve_extra(f, values)  # e.g. mode=dpo with no role model to start from: nothing written
     if dry_run:
         for s in f.ordered_steps():
             print(f"{s.id}: {substitute(s.run or '', values)}")

@@ -4,10 +4,12 @@ The fields read here are gt's own (`formula`, `description`, `type`, `version`, 
 `description`/`required`/`default` or the `X = "default"` shorthand, `[[steps]]` with `id`, `title`,
 `description`, `needs`, `acceptance`) plus keys of this project that gt ignores:
 `run` (the command line of the step, with `{{var}}` placeholders), `job_status` (the status the
-training-job bead takes while the step runs) and `exit_statuses` (exit codes of the step's command
+training-job bead takes while the step runs), `exit_statuses` (exit codes of the step's command
 that are outcomes rather than failures, each naming the job status it leads to; see
 gt_ext.orchestrate.runner: `stopped` pauses the job there, `gate-failed` lets it go on and end in
-that status).
+that status), at the top, `restart_when_done` (a run of a formula whose job already finished
+starts a new job instead of finding nothing left to do) and, on a variable, `resolve` (a resolver
+in `gt_ext.orchestrate.resolvers` that turns the variable into values the steps use).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Var:
     description: str = ""
     required: bool = False
     default: str | None = None
+    resolve: str | None = None  # this project's key: a resolver (gt_ext.orchestrate.resolvers) run before the steps
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class Formula:
     version: int = 1
     vars: dict[str, Var] = field(default_factory=dict)
     steps: list[Step] = field(default_factory=list)
+    restart_when_done: bool = False
 
     def ordered_steps(self) -> list[Step]:
         """Steps in dependency order; ties keep file order, so the order is deterministic."""
@@ -141,6 +145,7 @@ def load_formula(path: str | Path) -> Formula:
                 description=str(spec.get("description", "")),
                 required=bool(spec.get("required", False)),
                 default=None if default is None else str(default),
+                resolve=None if spec.get("resolve") is None else str(spec["resolve"]),
             )
         else:
             raise GtExtError(f"{path}: vars.{vname} must be a string or a table")
@@ -177,6 +182,7 @@ def load_formula(path: str | Path) -> Formula:
         version=int(data.get("version", 1)),
         vars=vars_,
         steps=steps,
+        restart_when_done=bool(data.get("restart_when_done", False)),
     )
 
 

@@ -31,6 +31,7 @@ from typing import Protocol
 from gt_ext.atomic import atomic_write_json
 from gt_ext.errors import GtExtError
 from gt_ext.orchestrate.formula import Formula, substitute
+from gt_ext.orchestrate.resolvers import resolve_extra
 from gt_ext.roles import check_role
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,25 @@ def job_dir_for(formula: Formula, given: dict[str, str], root: Path) -> Path:
     return root / f"{formula.name}{'-' + label if label else ''}-{digest}"
 
 
+def next_job_dir(formula: Formula, job_dir: Path) -> Path:
+    """`job_dir`, or for a `restart_when_done` formula whose job there finished every step, the
+    first `<job_dir>-N` that did not: the same request then starts the next round, not nothing."""
+    if not formula.restart_when_done:
+        return job_dir
+    steps = {s.id for s in formula.steps}
+    cand, n = Path(job_dir), 1
+    while True:
+        state = cand / "formula-state.json"
+        try:
+            done = set(json.loads(state.read_text()).get("completed") or [])
+        except (OSError, ValueError):
+            return cand
+        if not steps <= done:
+            return cand
+        n += 1
+        cand = Path(f"{job_dir}-{n}")
+
+
 def to_argv(command: str) -> list[str]:
     """Split a step command; `gt-ext` runs as this interpreter's module so the venv is always used."""
     argv = shlex.split(command)
@@ -107,12 +127,16 @@ def run_formula(
         raise GtExtError(f"{formula.path}: step {missing[0]!r} has no 'run' command, so it cannot run here")
 
     state_path = job_dir / "formula-state.json"
-    state = {"formula": formula.name, "vars": values, "completed": []}
     if state_path.exists():
         prev = json.loads(state_path.read_text())
-        if prev.get("vars") != values:
+        # Resolved values (resolvers.py) are taken from the first run, so a resume uses the same ones.
+        if {k: (prev.get("vars") or {}).get(k) for k in values} != values:
             raise GtExtError(f"{job_dir}: holds a run with other variables; use another job folder")
         state = prev
+        values = dict(prev["vars"])
+    else:
+        values = resolve_extra(formula, values)
+        state = {"formula": formula.name, "vars": values, "completed": []}
     job_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(state_path, state)
 

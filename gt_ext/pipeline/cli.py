@@ -106,14 +106,16 @@ def stage(
         print(f"stage {span.label()} of run {run} serves (peer {info['peer']}); other stages and the "
               f"trainer join with:\n  --initial-peers {info['addrs'][0]}", file=sys.stderr, flush=True)
 
-    code = 1
+    code, error = 1, None
     try:
         serve_stage(settings, stop, on_ready=announce)
         code = 0
     except GtExtError as e:
-        print(f"error: {e}", file=sys.stderr)
-        code = e.exit_code
+        error, code = str(e), e.exit_code
     finally:
+        # Printed last: hivemind objects freed with the exception's frames complain on the way out.
+        if error is not None:
+            print(f"error: {error}", file=sys.stderr)
         _exit_reaping_children(code)
 
 

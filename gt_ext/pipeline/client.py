@@ -20,7 +20,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -86,10 +86,14 @@ class PipelineClient:
             self._last_membership = time.monotonic()
         return plan_route(self.records(), self.run, self.base_hash, self.settings_hash)
 
-    def wait_for_route(self, timeout: float, poll_s: float = 0.5) -> list[list[StageRecord]]:
-        """`route()` once the stages have come up (or the last error after `timeout`)."""
+    def wait_for_route(self, timeout: float, poll_s: float = 0.5,
+                       check: Callable[[], None] | None = None) -> list[list[StageRecord]]:
+        """`route()` once the stages have come up (or the last error after `timeout`); `check()`
+        runs on every poll and may raise (e.g. a stage the caller started has exited)."""
         deadline = time.monotonic() + timeout
         while True:
+            if check is not None:
+                check()
             try:
                 return self.route()
             except GtExtError:
@@ -126,14 +130,16 @@ class PipelineClient:
 
         return get_dht_time()
 
-    def call(self, replicas: list[StageRecord], fn: Any) -> Any:
+    def call(self, replicas: list[StageRecord], fn: Any, prefer: int | None = None) -> Any:
         """Run `fn(record, stub)` (a coroutine) on one live replica of a span, failing over to the
-        others; the error names the span when none answers."""
+        others; the error names the span when none answers. `prefer`: try replica
+        `prefer % len(replicas)` first (else round robin)."""
         from hivemind.p2p import P2PHandlerError
 
         if not replicas:
             raise GtExtError(f"pipeline run {self.run}: no live stage serves the requested layers")
-        start = next(self._rr.setdefault((replicas[0].first, replicas[0].last), itertools.count()))
+        start = prefer if prefer is not None else next(
+            self._rr.setdefault((replicas[0].first, replicas[0].last), itertools.count()))
         order = [replicas[(start + i) % len(replicas)] for i in range(len(replicas))]
         last: BaseException | None = None
         for rec in order:
@@ -154,8 +160,9 @@ class PipelineClient:
         raise GtExtError(f"pipeline run {self.run}: no live stage serves {describe_gaps([(r.first, r.last)])} "
                          f"({len(replicas)} replica(s) failed, last: {type(last).__name__})")
 
-    def forward(self, replicas: list[StageRecord], inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """One forward of a span on one replica."""
+    def forward(self, replicas: list[StageRecord], inputs: Sequence[torch.Tensor],
+                prefer: int | None = None) -> list[torch.Tensor]:
+        """One forward of a span on one replica (see `call` for `prefer`)."""
         from hivemind.moe.client.expert import expert_forward
 
         inputs = [t.detach().cpu() for t in inputs]
@@ -165,10 +172,10 @@ class PipelineClient:
         async def fn(rec: StageRecord, stub: Any) -> list[torch.Tensor]:
             return await expert_forward(rec.uid, inputs, wire, stub)
 
-        return self.call(replicas, fn)
+        return self.call(replicas, fn, prefer)
 
     def backward(self, replicas: list[StageRecord], inputs: Sequence[torch.Tensor],
-                 grad_outputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+                 grad_outputs: Sequence[torch.Tensor], prefer: int | None = None) -> list[torch.Tensor]:
         """Backward of a span (the stage re-runs its forward, accumulates its LoRA gradients and
         returns the gradients of its inputs, zeros for integer inputs)."""
         from hivemind.moe.client.expert import expert_backward
@@ -178,7 +185,7 @@ class PipelineClient:
         async def fn(rec: StageRecord, stub: Any) -> list[torch.Tensor]:
             return await expert_backward(rec.uid, tensors, _serialize(tensors), stub)
 
-        return self.call(replicas, fn)
+        return self.call(replicas, fn, prefer)
 
     def stage_info(self, record: StageRecord) -> dict[str, Any]:
         """Facts and live counters of one replica (raises StageUnreachable if it does not answer)."""

@@ -172,6 +172,7 @@ class InferenceSession:
         self.adapters = [(blob, float(w)) for blob, w in adapters if float(w) != 0.0]
         self.length = 0  # positions every span's cache holds
         self.failovers = 0  # replicas replaced during this session
+        self.compute_s = 0.0  # the stages' own compute time on the last step (the rest is transport)
 
     def replicas(self) -> list[str | None]:
         """The peer serving each span now (None before the first step or after a failure)."""
@@ -182,10 +183,15 @@ class InferenceSession:
         if ids.dim() != 2 or ids.shape[0] != 1:
             raise GtExtError(f"a generation step takes token ids [1, T], got {tuple(ids.shape)}")
         x, start = ids.long(), self.length
+        self.compute_s = 0.0
+        sent = []
         for span in self.spans:
-            sent = x
+            sent.append(x)
             x = await self._span_step(span, x, start)
-            span.inputs.append(sent)
+        # Recorded once every span took the step: a step that failed half-way can be sent again
+        # (the stages rewind to `start`) without doubling any span's history.
+        for span, inputs in zip(self.spans, sent, strict=True):
+            span.inputs.append(inputs)
         self.length += int(ids.shape[1])
         return x[0]
 
@@ -214,6 +220,7 @@ class InferenceSession:
                 continue
             code = reply.get("error")
             if code is None:
+                self.compute_s += float(reply.get("compute_s") or 0.0)
                 return out[0]
             last_problem = f"{reply.get('message')}"
             if code == "replay":  # the stage lost this session (expired, evicted, restarted)

@@ -80,7 +80,7 @@ class LocalStages:
     def __init__(self, n: int, run: str, run_dir: Path, cfg_file: Path, key_file: Path | None,
                  bootstrap: list[str], s: PipelineSettings):
         self.procs: list[subprocess.Popen] = []
-        logs = run_dir / "stages"
+        self.logs = logs = run_dir / "stages"
         logs.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         if s.node0 is not None:
@@ -100,10 +100,16 @@ class LocalStages:
                                                start_new_session=True))
 
     def check(self) -> None:
-        """Fail if a local stage exited."""
+        """Fail if a local stage exited, with the error line of its log."""
         for k, p in enumerate(self.procs):
             if p.poll() is not None:
-                raise GtExtError(f"local stage {k} exited with code {p.returncode} (see its log in stages/)")
+                raise GtExtError(f"local stage {k} exited with code {p.returncode}: {self._last_error(k)}")
+
+    def _last_error(self, k: int) -> str:
+        log_file = self.logs / f"stage-{k}.log"
+        lines = log_file.read_text(errors="replace").splitlines() if log_file.is_file() else []
+        errors = [line.strip() for line in lines if line.startswith("error:")]
+        return errors[-1].removeprefix("error:").strip() if errors else f"see {log_file}"
 
     def close(self) -> None:
         for p in self.procs:
@@ -144,6 +150,10 @@ class PipelineModel:
 
     def __init__(self, client: PipelineClient):
         self.client = client
+        # Which replica of each span to use (index into its replicas, modulo): the trainer sets it
+        # per step, so one replica holds all of a step's micro-batches (and runs each backward on
+        # the graph its forward kept); None: round robin.
+        self.prefer: int | None = None
         self.hop_bytes = 0  # bytes sent into stages after the head (one hop each), since reset
         self.hop_tokens = 0  # real tokens times hops, same period
 
@@ -157,7 +167,7 @@ class PipelineModel:
             args = stage_inputs(batch, x, on, tail=i == len(route) - 1)
             if keep:
                 kept.append(args)
-            x = self.client.forward(replicas, args)[0]
+            x = self.client.forward(replicas, args, prefer=self.prefer)[0]
             if i > 0:  # a hop: activations from the previous stage, with positions and example ids
                 self.hop_bytes += self.client.last_request_bytes
                 self.hop_tokens += batch_tokens(batch)
@@ -166,7 +176,7 @@ class PipelineModel:
     def backward(self, route: list[list[StageRecord]], kept: list[list[torch.Tensor]], grad: torch.Tensor) -> None:
         """Send d(loss)/d(log p) back through the stages (each accumulates its LoRA gradients)."""
         for replicas, args in zip(reversed(route), reversed(kept), strict=True):
-            grads = self.client.backward(replicas, args, [grad])
+            grads = self.client.backward(replicas, args, [grad], prefer=self.prefer)
             grad = torch.nan_to_num(grads[0], nan=0.0, posinf=0.0, neginf=0.0)
 
 
@@ -192,8 +202,11 @@ class PipelineTrainer:
 
     def __init__(self, prepared: Any, run_dir: Path, client: PipelineClient, s: PipelineSettings,
                  progress: bool = True, on_status: Callable[[str, str], None] | None = None,
-                 on_step: Callable[[int, dict[str, Any]], None] | None = None):
+                 on_step: Callable[[int, dict[str, Any]], None] | None = None,
+                 check_stages: Callable[[], None] | None = None):
         self.p, self.cfg, self.run_dir, self.client, self.s = prepared, prepared.cfg, Path(run_dir), client, s
+        # Raises when a stage this trainer started has exited (checked while waiting on stages).
+        self.check_stages = check_stages or (lambda: None)
         self.model = PipelineModel(client)
         self.progress = progress
         self.on_status = on_status or (lambda status, why: None)
@@ -211,6 +224,7 @@ class PipelineTrainer:
         self.known: set[str] = set()  # replicas of the last route
         self.epochs: dict[str, int] = {}  # peer -> step, as last asked
         self.replicated = False
+        self.full_route: list[list[StageRecord]] = []  # every announced replica, as of the last route()
         self.metrics = runfolder.MetricsLog(self.run_dir)
 
     # -- stages -----------------------------------------------------------------------------------
@@ -223,7 +237,7 @@ class PipelineTrainer:
     def route(self) -> list[list[StageRecord]]:
         """The stages to use for this step: per span, the replicas already at this step (a lagging
         one is catching up from its peers); notices replicas that came and went."""
-        route = self.client.route()
+        route = self.full_route = self.client.route()
         peers = {r.peer for g in route for r in g}
         gone = self.known - peers
         if gone:
@@ -260,6 +274,7 @@ class PipelineTrainer:
         of the route until then)."""
         t0 = time.monotonic()
         while True:
+            self.check_stages()
             self.epochs = epochs = self.stage_epochs(route)
             spans_done = all(any(epochs.get(r.peer, -1) >= step for r in g) for g in route)
             if spans_done and (all(e >= step for e in epochs.values()) or time.monotonic() - t0 > grace_s):
@@ -288,7 +303,8 @@ class PipelineTrainer:
                 ref_tok, _ = self.model.forward(route, batch, adapters=False)
                 ref = sequence_logps(ref_tok, batch)
             pol = sequence_logps(leaf, batch)
-            loss, extra = losses.dpo_loss(pol[0::2], pol[1::2], ref[0::2], ref[1::2], self.cfg.dpo.beta)
+            loss, metrics = losses.dpo_loss(pol[0::2], pol[1::2], ref[0::2], ref[1::2], self.cfg.dpo.beta)
+            extra = {k: float(v) for k, v in metrics.items()}
             value = float(loss.detach())
             (loss * scale).backward()
         grad = leaf.grad
@@ -351,7 +367,7 @@ class PipelineTrainer:
         from tqdm import tqdm
 
         cfg = self.cfg
-        route = self.client.wait_for_route(self.s.route_timeout)
+        route = self.client.wait_for_route(self.s.route_timeout, check=self.check_stages)
         self.known = {r.peer for g in route for r in g}
         self.epochs = epochs = self.stage_epochs(route)
         at = min(epochs.values()) if epochs else 0
@@ -392,6 +408,11 @@ class PipelineTrainer:
                 t0 = time.perf_counter()
                 self.model.hop_bytes = self.model.hop_tokens = 0
                 route = self.route()
+                # One replica per span takes all of this step's micro-batches (the next one the
+                # next step): each replica then either holds the whole step or none of it, so a
+                # replica that misses the averaging round still ends at the exact update
+                # (node0_patches.optim).
+                self.model.prefer = self.step
                 G = cfg.optim.grad_accum
                 micro = [self.loader.next_batch() for _ in range(G)]
                 ntok = sum(batch_tokens(b) for b in micro)
@@ -409,7 +430,9 @@ class PipelineTrainer:
                     for k, x in m.items():
                         extra[k] = extra.get(k, 0.0) + x * scale / G
                 self.step += 1
-                self.wait_for_step(route, self.step)
+                # Every announced replica, not only this step's: one that died since is noticed
+                # here (its announcement outlives it by seconds), whichever replica took the step.
+                self.wait_for_step(self.full_route, self.step)
                 if finite:
                     self.nonfinite_run = 0
                 else:
@@ -539,6 +562,10 @@ def run_pipeline_training(prepared: Any, out: str | Path, s: PipelineSettings, r
     from gt_ext.pipeline.stage import model_fingerprint
 
     check_run(s.run)
+    if s.stages and not s.initial_peers:
+        from node0_patches import resolve_checkout
+
+        resolve_checkout(s.node0)  # the local stages run node0: say so now, not after a timeout
     p, cfg = prepared, prepared.cfg
     out = Path(out)
     config = config_to_dict(cfg)
@@ -574,7 +601,7 @@ def run_pipeline_training(prepared: Any, out: str | Path, s: PipelineSettings, r
             addrs = [str(a) for a in client.dht.get_visible_maddrs()]
             local = LocalStages(int(s.stages), s.run, out, cfg_file, s.key_file, addrs, s)
         trainer = PipelineTrainer(p, out, client, s, progress=progress, on_status=on_status or _mark_job,
-                                  on_step=on_step)
+                                  on_step=on_step, check_stages=local.check if local is not None else None)
         metrics = trainer.train(resume=resume)
     except BaseException:
         runfolder.write_run_json(out, record("failed", {"steps": trainer.step if trainer else 0}))

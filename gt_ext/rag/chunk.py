@@ -123,10 +123,15 @@ def bead_text(bead: dict[str, Any], rig: str) -> str:
     return "\n".join(lines)
 
 
+def bead_source(rig: str, bead_id: str) -> str:
+    """The source key of a bead's chunks: `bead:<rig>:<id>` (rig "*" for town beads)."""
+    return f"bead:{rig}:{bead_id}"
+
+
 def chunk_bead(bead: dict[str, Any], *, rig: str, group: str) -> list[Chunk]:
     """One chunk per bead (split only if its text is very long); status and time go in metadata."""
     bid = str(bead.get("id", ""))
-    source = f"bead:{rig}:{bid}"
+    source = bead_source(rig, bid)
     text = bead_text(bead, rig)
     updated = parse_time(bead.get("updated_at")) or parse_time(bead.get("created_at"))
     role = _role_from_labels(bead.get("labels") or [])

@@ -18,6 +18,8 @@ def reindex(
     town: Path | None = TOWN_OPT,
     wait: bool = typer.Option(False, "--wait", help="Wait for a running indexer instead of failing."),
     sessions: Path | None = typer.Option(None, "--sessions", help="Exported corpus folder whose newest sessions to index (default $GT_EXT_RAG_SESSIONS)."),
+    trigger: bool = typer.Option(False, "--trigger", help="Hook mode: quiet, return at once if another indexer runs "
+                                 "(it picks up queued events), log to <town>/.rag/reindex.log."),
     as_json: bool = typer.Option(False, "--json", help="Print the run report as JSON."),
 ) -> None:
     """Bring `<town>/.rag/` in line with the town's beads, settings, docs, formulas and sessions."""
@@ -27,7 +29,24 @@ def reindex(
 
     if sessions is not None and not sessions.is_dir():
         raise GtExtError(f"--sessions {sessions}: no such folder")
-    rep = run(resolve_town(town), full=full, progress=not as_json, wait=wait, corpus_dir=sessions)
+    root = resolve_town(town)
+    if trigger:
+        import logging
+
+        from gt_ext.rag.index import rag_dir
+        from gt_ext.rag.index import trigger as run_trigger
+
+        rag_dir(root).mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(rag_dir(root) / "reindex.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("gt_ext").addHandler(handler)
+        logging.getLogger("gt_ext").setLevel(logging.INFO)
+        last = run_trigger(root, corpus_dir=sessions)
+        logging.getLogger("gt_ext.rag").info("trigger: %s", json.dumps(last.to_dict()) if last else "busy")
+        if as_json:
+            print(json.dumps(last.to_dict() if last else {"busy": True}, indent=2))
+        return
+    rep = run(root, full=full, progress=not as_json, wait=wait, corpus_dir=sessions)
     if as_json:
         print(json.dumps(rep.to_dict(), indent=2))
         return

@@ -5,8 +5,10 @@ Chroma is not process-safe, so every write happens inside `reindex()`, which hol
 never write here: they `queue.enqueue` events, and the indexer drains them.
 
 A run: scan the sources into groups (a beads dir, a file, the session folder); for each group that
-changed (fingerprint differs, a spool event names it, or `full`), load its chunks and diff their
-ids against what the index holds for that group: add the new ids, delete the missing ones. Ids are
+changed (fingerprint differs, a queued event names it, or `full`), load its chunks and diff their
+ids against what the index holds for that group: add the new ids, delete the missing ones. A file's
+fingerprint is its content hash, read only when its mtime or size moved; a beads dir's is Dolt's
+hash of its database; queued bd hook events name the beads to fetch alone. Ids are
 content hashes, so an unchanged chunk is never re-embedded and nothing is ever duplicated. Groups
 that no longer exist are deleted. A run killed midway leaves the state file un-updated for the
 group it was in, so the next run re-diffs that group and converges.
@@ -34,6 +36,10 @@ log = logging.getLogger(__name__)
 
 COLLECTION = "town"
 BATCH = 64  # chunks embedded and written per Chroma call
+
+
+class IndexerBusy(GtExtError):
+    """Another process holds the town's indexer lock."""
 
 
 def rag_dir(town_root: Path) -> Path:
@@ -118,7 +124,7 @@ def indexer_lock(town_root: Path, wait: bool = False):
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise GtExtError(f"RAG indexer already running for {town_root} (pid {holder}); try again when it ends") from None
+            raise IndexerBusy(f"RAG indexer already running for {town_root} (pid {holder}); try again when it ends") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
@@ -149,7 +155,8 @@ def _state_path(town_root: Path) -> Path:
 
 
 def load_state(town_root: Path) -> dict[str, Any]:
-    """The indexer's bookkeeping: `{"groups": {key: {"fingerprint", "chunks", "synced"}}, "last_run": {...}}`."""
+    """The indexer's bookkeeping: `{"groups": {key: {"fingerprint", "quick", "chunks", "synced",
+    "full_synced"}}, "last_run": {...}}`."""
     p = _state_path(town_root)
     if not p.is_file():
         return {"groups": {}, "last_run": None}
@@ -182,9 +189,10 @@ class ReindexReport:
         return asdict(self)
 
 
-def _dirty_groups(town_root: Path, events: list[dict[str, Any]]) -> set[str]:
-    """Group keys named by spool events (a bead event dirties its beads dir, a file event its file)."""
-    out: set[str] = set()
+def _dirty_groups(town_root: Path, events: list[dict[str, Any]]) -> dict[str, set[str] | None]:
+    """Group keys named by queued events -> the bead ids they name (a bead event dirties its beads
+    dir), or None when the whole group must be re-read (a file event, a bead event without an id)."""
+    out: dict[str, set[str] | None] = {}
     for ev in events:
         for field_ in ("beads_dir", "path"):
             v = ev.get(field_)
@@ -194,13 +202,21 @@ def _dirty_groups(town_root: Path, events: list[dict[str, Any]]) -> set[str]:
                     rel = p.resolve().relative_to(Path(town_root).resolve()).as_posix()
                 except ValueError:
                     rel = p.as_posix()
-                out.add(("beads:" if field_ == "beads_dir" else "file:") + rel)
+                key = ("beads:" if field_ == "beads_dir" else "file:") + rel
+                bead = ev.get("id") if field_ == "beads_dir" else None
+                if bead and (key not in out or out[key] is not None):
+                    out.setdefault(key, set()).add(str(bead))  # type: ignore[union-attr]
+                else:
+                    out[key] = None
     return out
 
 
-def sync_chunks(col: Any, group: str, chunks: list[Chunk], progress: Any = None) -> tuple[int, int, int]:
-    """Make the collection hold exactly `chunks` for `group`: returns (added, deleted, unchanged)."""
-    existing = set(col.get(where={"group": group}, include=[])["ids"])
+def sync_chunks(col: Any, group: str, chunks: list[Chunk], progress: Any = None,
+                source: str | None = None) -> tuple[int, int, int]:
+    """Make the collection hold exactly `chunks` for `group` (or for one `source` of it):
+    returns (added, deleted, unchanged)."""
+    where = {"group": group} if source is None else {"$and": [{"group": group}, {"source": source}]}
+    existing = set(col.get(where=where, include=[])["ids"])
     want = {c.id: c for c in chunks}
     # Shortest first: each embedding batch holds texts of similar length, so little is padding.
     new = sorted((c for cid, c in want.items() if cid not in existing), key=lambda c: (len(c.text), c.id))
@@ -244,9 +260,19 @@ def _all_groups(col: Any) -> Counter:
     return counts
 
 
+# A sync of only the beads hooks named trusts that nothing else changed the beads database; a full
+# re-list at least this often bounds how long a change made without hooks (BD_NO_HOOKS, a `bd dolt
+# pull` from another clone) can stay unseen.
+FULL_RELIST_S = 600.0
+
+
 def reindex(town_root: Path, full: bool = False, progress: bool = False, wait: bool = False,
             corpus_dir: Path | None = None) -> ReindexReport:
-    """Bring `<town>/.rag/` in line with the town (see module docstring); the one writer entry point."""
+    """Bring `<town>/.rag/` in line with the town (see module docstring); the one writer entry point.
+
+    Work is proportional to what changed: a file whose mtime and size are the same is not read; one
+    whose content hash is the same is not re-chunked; a beads database whose fingerprint is the
+    same is not listed; beads named by queued bd hook events are fetched alone (`bd show`)."""
     from tqdm import tqdm
 
     from gt_ext.rag import sources
@@ -255,7 +281,7 @@ def reindex(town_root: Path, full: bool = False, progress: bool = False, wait: b
     rep = ReindexReport()
     town_root = Path(town_root)
     with indexer_lock(town_root, wait=wait):
-        pending = queue.pending(town_root)
+        pending = queue.pending(town_root, [d for _rig, d in sources.beads_dirs(town_root)])
         events = queue.read_queued(pending)
         rep.events = len(events)
         dirty = _dirty_groups(town_root, events)
@@ -268,23 +294,43 @@ def reindex(town_root: Path, full: bool = False, progress: bool = False, wait: b
         for g in groups:
             bar.update(1)
             prev = state["groups"].get(g.key, {})
-            if (not full and g.fingerprint is not None and prev.get("fingerprint") == g.fingerprint
-                    and g.key not in dirty):
+            named = g.key in dirty
+            if not full and not named and g.quick is not None and prev.get("quick") == g.quick:
                 rep.unchanged += int(prev.get("chunks", 0))
                 continue
+            fp = g.fingerprint()
+            if not full and not named and fp is not None and prev.get("fingerprint") == fp:
+                rep.unchanged += int(prev.get("chunks", 0))
+                if g.quick is not None and prev.get("quick") != g.quick:  # touched, same content
+                    state["groups"][g.key] = {**prev, "quick": g.quick}
+                    atomic_write_json(_state_path(town_root), state)
+                continue
+            ids = dirty.get(g.key)
+            partial = (not full and ids and g.load_beads is not None and prev.get("fingerprint") is not None
+                       and time.time() - float(prev.get("full_synced", 0)) < FULL_RELIST_S)
             try:
-                chunks = g.load()
+                if partial:
+                    added = deleted = same = 0
+                    for source, chunks in g.load_beads(ids).items():
+                        a, d, u = sync_chunks(col, g.key, chunks, progress=emb, source=source)
+                        added, deleted, same = added + a, deleted + d, same + u
+                    count = int(prev.get("chunks", 0)) + added - deleted
+                else:
+                    chunks = g.load()
+                    added, deleted, same = sync_chunks(col, g.key, chunks, progress=emb)
+                    count = len(chunks)
             except GtExtError as e:
                 # Keep what the index has for this group; say which source failed, not its content.
                 rep.errors.append(str(e))
                 log.warning("rag: %s", e)
                 continue
-            added, deleted, same = sync_chunks(col, g.key, chunks, progress=emb)
             rep.added += added
             rep.deleted += deleted
             rep.unchanged += same
             rep.groups_synced += 1
-            state["groups"][g.key] = {"fingerprint": g.fingerprint, "chunks": len(chunks), "synced": time.time()}
+            now = time.time()
+            state["groups"][g.key] = {"fingerprint": fp, "quick": g.quick, "chunks": count, "synced": now,
+                                      "full_synced": prev.get("full_synced", 0) if partial else now}
             atomic_write_json(_state_path(town_root), state)
         bar.close()
         emb.close()
@@ -304,6 +350,24 @@ def reindex(town_root: Path, full: bool = False, progress: bool = False, wait: b
         atomic_write_json(_state_path(town_root), state)
         queue.ack(pending)  # only now: a crash before this re-processes the events (idempotent)
     return rep
+
+
+def trigger(town_root: Path, corpus_dir: Path | None = None) -> ReindexReport | None:
+    """What a bd hook starts in the background: reindex unless another indexer is at it.
+
+    No event is left behind: hooks queue before they trigger, and the holder looks at the queue
+    again after its run, so an event queued while it worked is either in its run or in the next
+    one. Returns the last run's report, or None when another indexer was busy."""
+    from gt_ext.rag.sources import beads_dirs
+
+    last: ReindexReport | None = None
+    while True:
+        try:
+            last = reindex(town_root, corpus_dir=corpus_dir)
+        except IndexerBusy:
+            return last
+        if not queue.pending(town_root, [d for _rig, d in beads_dirs(town_root)]):
+            return last
 
 
 def status(town_root: Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -60,12 +61,19 @@ def _next() -> int:
     return _counter
 
 
-def pending(town_root: str | os.PathLike) -> list[Path]:
-    """Event files waiting in the spool, oldest first (temp files of writers in flight are skipped)."""
-    d = queue_dir(town_root)
-    if not d.is_dir():
-        return []
-    return sorted(p for p in d.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
+# Where a bd hook queues when the town's queue cannot be written (bd run by a sandboxed agent):
+# `<beads>/hooks/.gt-ext-rag-pending/`; the indexer drains it too (events only name what to re-read).
+PENDING_DIR = ".gt-ext-rag-pending"
+
+
+def pending(town_root: str | os.PathLike, beads_dirs: list[Path] | tuple[Path, ...] = ()) -> list[Path]:
+    """Event files waiting in the queue (and in the pending folders of `beads_dirs`), oldest first
+    (temp files of writers in flight are skipped)."""
+    out = []
+    for d in (queue_dir(town_root), *(Path(b) / "hooks" / PENDING_DIR for b in beads_dirs)):
+        if d.is_dir():
+            out += [p for p in d.iterdir() if p.suffix == ".json" and not p.name.startswith(".")]
+    return sorted(out, key=lambda p: p.name)
 
 
 def read_queued(paths: list[Path]) -> list[dict[str, Any]]:
@@ -89,3 +97,8 @@ def ack(paths: list[Path]) -> None:
             p.unlink()
         except FileNotFoundError:
             pass
+
+
+def reindex_trigger_argv(town_root: str | os.PathLike) -> list[str]:
+    """The command a bead hook starts (detached) after queueing: `gt-ext rag reindex --trigger`."""
+    return [sys.executable, "-m", "gt_ext.cli", "rag", "reindex", "--trigger", "--town", str(town_root)]

@@ -4,7 +4,8 @@
 
 Steps: filter (role: the role's own chunks and role-neutral ones; rig: the rig's and town-wide
 ones; beads: only active statuses unless asked), nearest neighbours by cosine, a recency boost
-(newer beads/config edits rank higher), MMR to avoid five near-copies of one bead, then pack the
+(newer beads/config edits rank higher), a staleness boost (files changed since the role's deployed
+model was trained, `gt_ext.rag.boost`), MMR to avoid five near-copies of one bead, then pack the
 chunks into the budget counted in the serving model's tokens (SmolLM2's tokenizer by default). The
 default budget is the role's (`role_budget`: a fifth of what `gt prime` gives that role).
 """
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gt_ext.errors import GtExtError
+from gt_ext.rag.boost import BOOST, boosted
 from gt_ext.rag.chunk import ANY
 from gt_ext.roles import check_role
 
@@ -47,10 +49,12 @@ PRIME_FRACTION = 0.18
 DECISION_LIMIT = 3000
 
 
-def decision_budget(role: str, prompt_tokens: int, answer_tokens: int = 64) -> int:
-    """RAG budget for one decision prompt of `prompt_tokens`: the role's budget, cut so that prompt +
-    context + answer stay within DECISION_LIMIT tokens (0 when the prompt alone fills it)."""
-    return max(0, min(role_budget(role), DECISION_LIMIT - int(prompt_tokens) - int(answer_tokens)))
+def decision_budget(role: str, prompt_tokens: int, answer_tokens: int = 64, cap: int | None = None) -> int:
+    """RAG budget for one decision prompt of `prompt_tokens`: the role's budget (or `cap`, the one a
+    deployment gave), cut so that prompt + context + answer stay within DECISION_LIMIT tokens (0
+    when the prompt alone fills it)."""
+    limit = role_budget(role) if cap is None else cap
+    return max(0, min(limit, DECISION_LIMIT - int(prompt_tokens) - int(answer_tokens)))
 
 
 def role_budget(role: str) -> int:
@@ -158,7 +162,9 @@ def retrieve(prompt: str, role: str | None = None, rig: str | None = None, town:
     now = time.time() if now is None else now
     sims = [1.0 - float(d) for d in res["distances"][0]]  # cosine space: distance = 1 - cos
     metas = res["metadatas"][0]
-    scores = [s + recency_boost(float((m or {}).get("updated", 0.0)), now) for s, m in zip(sims, metas, strict=True)]
+    boost = boosted(root, role)  # files changed since the role's deployed model was trained
+    scores = [s + recency_boost(float((m or {}).get("updated", 0.0)), now)
+              + (BOOST if (m or {}).get("source") in boost else 0.0) for s, m in zip(sims, metas, strict=True)]
     order = mmr(scores, res["embeddings"][0], k, lam)
     return [Hit(ids[i], res["documents"][0][i], dict(metas[i] or {}), sims[i], scores[i]) for i in order]
 

@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from gt_ext.corpus.shards import iter_records, shard_files
+from gt_ext.digest import sha256_file
 from gt_ext.errors import GtExtError
 from gt_ext.gastown import settings
-from gt_ext.gastown.bd import Bd
+from gt_ext.gastown.bd import Bd, beads_fingerprint
 from gt_ext.gastown.town import STATE_DIRS, Town, is_town, require_town
 from gt_ext.rag.chunk import (
     ANY,
     Chunk,
+    bead_source,
     chunk_bead,
     chunk_formula,
     chunk_markdown,
@@ -50,12 +52,20 @@ _PATH_ROLES = {"mayor": "mayor", "deacon": "deacon", "boot": "boot", "dogs": "do
 
 @dataclass
 class Group:
-    """A unit of sync. `fingerprint` None means "always reload" (nothing cheap tells us it changed)."""
+    """A unit of sync.
+
+    `fingerprint()` says whether the group changed since the last sync (same value = unchanged);
+    None means "always reload" (nothing cheap tells). `quick` is a cheaper signal checked first
+    (a file's mtime and size): when it is the same, the group is not even read. `load()` gives all
+    its chunks; `load_beads(ids)` (beads groups) only those of some beads, {source: chunks}, for a
+    sync of just what bd hooks named."""
 
     key: str
-    fingerprint: str | None
+    fingerprint: Callable[[], str | None]
     load: Callable[[], list[Chunk]]
     beads_dir: Path | None = None
+    quick: str | None = None
+    load_beads: Callable[[set[str]], dict[str, list[Chunk]]] | None = None
 
 
 # ------------------------------------------------------------------------------------------ town
@@ -87,23 +97,6 @@ def list_beads(beads_dir: Path) -> list[dict[str, Any]]:
     return [i.model_dump(exclude_none=True) for i in Bd(beads_dir).list(all=True, limit=0)]
 
 
-def _tree_fingerprint(d: Path) -> str | None:
-    """A cheap change signal for an embedded-Dolt beads dir: newest mtime + file count."""
-    data = d / "embeddeddolt"
-    if not data.is_dir():
-        return None  # server mode: data lives elsewhere, always re-list
-    newest, count = 0, 0
-    for root, _dirs, files in os.walk(data):
-        for f in files:
-            try:
-                st = os.stat(os.path.join(root, f))
-            except FileNotFoundError:
-                continue
-            newest = max(newest, st.st_mtime_ns)
-            count += 1
-    return f"{newest}:{count}"
-
-
 def _beads_group(town_root: Path, rig: str, d: Path) -> Group:
     key = f"beads:{_rel(town_root, d)}"
 
@@ -113,7 +106,12 @@ def _beads_group(town_root: Path, rig: str, d: Path) -> Group:
             chunks.extend(chunk_bead(bead, rig=rig, group=key))
         return chunks
 
-    return Group(key, _tree_fingerprint(d), load, beads_dir=d)
+    def load_beads(ids: set[str]) -> dict[str, list[Chunk]]:
+        found = Bd(d).show_many(sorted(ids))
+        return {bead_source(rig, i): [] if b is None else chunk_bead(b.model_dump(exclude_none=True), rig=rig, group=key)
+                for i, b in found.items()}
+
+    return Group(key, lambda: beads_fingerprint(d, town_root), load, beads_dir=d, load_beads=load_beads)
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -128,6 +126,16 @@ def _rel(root: Path, p: Path) -> str:
 def _file_fp(p: Path) -> str:
     st = p.stat()
     return f"{st.st_mtime_ns}:{st.st_size}"
+
+
+def _content_fp(p: Path) -> Callable[[], str | None]:
+    """A file's fingerprint is its content hash: a touch or a save of the same text is no change."""
+    def fp() -> str | None:
+        try:
+            return sha256_file(p)
+        except OSError:
+            return None
+    return fp
 
 
 def _path_context(town_root: Path, p: Path, rigs: set[str]) -> tuple[str, str]:
@@ -171,7 +179,7 @@ def _file_group(town_root: Path, p: Path, kind: str, rigs: set[str]) -> Group:
             return chunk_markdown(text, source=key, group=key, kind=kind, rig=rig, role=p.stem, updated=mtime)
         return chunk_markdown(text, source=key, group=key, kind=kind, rig=rig, role=role, updated=mtime)
 
-    return Group(key, _file_fp(p), load)
+    return Group(key, _content_fp(p), load, quick=_file_fp(p))
 
 
 def _walk_docs(town_root: Path) -> Iterator[Path]:
@@ -226,7 +234,7 @@ def session_group(corpus_dir: Path, limit: int = MAX_SESSIONS) -> Group | None:
             out += chunk_session(r, source=f"session:{r.get('id', '?')}", group=key)
         return out
 
-    return Group(key, fp, load)
+    return Group(key, lambda: fp, load)
 
 
 def store_group(town_root: Path, limit: int = MAX_SESSIONS) -> Group | None:
@@ -250,7 +258,7 @@ def store_group(town_root: Path, limit: int = MAX_SESSIONS) -> Group | None:
             out += chunk_session(rec, source=f"session:{e.id}", group=key)
         return out
 
-    return Group(key, fp, load)
+    return Group(key, lambda: fp, load)
 
 
 def scan(town_root: Path, corpus_dir: Path | None = None) -> list[Group]:

@@ -4,6 +4,7 @@ deploy, rollback, prune, history. Every command takes `--json`."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -71,10 +72,13 @@ def show_cmd(ref: str = typer.Argument(..., metavar="NAME[:VER]", help="Model na
         where = reg.deployed_to(rec, reg.live())
         adapters = [a.ref for a in reg.adapters() if rec.base_model in (a.compatible or [a.base_model])
                     and a.role == rec.role]
+        lineage = reg.lineage(rec)
+        run = run_of(rec)
         forced = [h for h in reg.history() if h.forced and h.model == rec.ref]
         if json_out:
             _print_json({**rec.to_dict(), "deployed_to": where, "adapters": adapters, "status": _status(rec, where),
-                         "forced_deploys": [h.to_dict() for h in forced]})
+                         "forced_deploys": [h.to_dict() for h in forced], "lineage": lineage,
+                         "run": str(run) if run else None})
             return
         lora = rec.hyperparams.get("lora") if isinstance(rec.hyperparams.get("lora"), dict) else {}
         cats = ", ".join(f"{c} {v.get('score', '?')}" for c, v in sorted(rec.eval_categories.items()))
@@ -84,7 +88,10 @@ def show_cmd(ref: str = typer.Argument(..., metavar="NAME[:VER]", help="Model na
             ("Base", rec.base_model),
             ("LoRA", f"r={rec.lora_rank}" + (f" alpha={lora.get('alpha')}" if lora.get("alpha") else "")
              if rec.lora_rank else "-"),
-            ("Trained", rec.created + (f" from {rec.parent}" if rec.parent else "")),
+            ("Trained", rec.created + (f" from {rec.parent}" if rec.parent else "")
+             + (f"  ({rec.hyperparams.get('mode')})" if rec.hyperparams.get("mode") else "")),
+            ("Lineage", " -> ".join(lineage) if len(lineage) > 1 else "-"),
+            ("Run", f"{run}  (gt-ext runs show {rec.ref})" if run else "-"),
             ("Corpus", f"{(rec.corpus_hash or '-')[:16]}  {rec.examples} examples"),
             ("Eval score", f"{_eval_str(rec)}" + (f"  ({cats})" if cats else "") + (f"  gate {rec.gate}" if rec.gate else "")),
             ("DPO pairs", str(rec.dpo_pairs)),
@@ -106,6 +113,18 @@ def show_cmd(ref: str = typer.Argument(..., metavar="NAME[:VER]", help="Model na
             typer.echo(f"Forced:      {h.action} to {h.role}@{h.rig or 'town'} at {h.time} by {h.actor}: {h.reason}")
 
 
+def run_of(rec) -> Path | None:  # noqa: ANN001 - ModelRecord
+    """The training run a version came from: the run folder an export names (`source_run`) when it
+    is still there, else the version folder itself (it holds the run's run.json)."""
+    try:
+        src = json.loads((rec.path / "manifest.json").read_text()).get("source_run")
+    except (OSError, json.JSONDecodeError):
+        src = None
+    if src and (Path(src) / "run.json").is_file():
+        return Path(src)
+    return rec.path if (rec.path / "run.json").is_file() else None
+
+
 @app.command("adapters")
 def adapters_cmd(json_out: bool = JSON_OPT) -> None:
     """List task adapters: NAME TASK VER COMPATIBLE WITH."""
@@ -121,6 +140,9 @@ def adapters_cmd(json_out: bool = JSON_OPT) -> None:
 @app.command("register")
 def register_cmd(src: str = typer.Argument(..., metavar="RUN_OR_EXPORT_DIR", help="A run folder or an export folder."),
                  name: str = typer.Option(None, "--name", help="Model name (default: the role, or ROLE-TASK)."),
+                 parent: str = typer.Option(None, "--parent", metavar="NAME:VER",
+                                            help="The registered model it was trained on top of (lineage; "
+                                                 "default: found from the run)."),
                  json_out: bool = JSON_OPT) -> None:
     """Register a run or export folder as the next version of a model."""
     from tqdm import tqdm
@@ -131,7 +153,7 @@ def register_cmd(src: str = typer.Argument(..., metavar="RUN_OR_EXPORT_DIR", hel
             bar.total = total
             bar.update(done - bar.n)
 
-        rec = reg.register(src, name=name, progress=progress)
+        rec = reg.register(src, name=name, progress=progress, parent=(parent or "").strip() or None)
         if json_out:
             _print_json(rec.to_dict())
         else:
@@ -148,6 +170,9 @@ def deploy_cmd(ref: str = typer.Argument(..., metavar="NAME[:VER]"),
                                                "rollout order; needs --reason, recorded in the registry."),
                reason: str = typer.Option("", "--reason", help="Why (required with --force); kept in the "
                                           "deployment history and shown by `gt model show`."),
+               rag: bool = typer.Option(True, "--rag/--no-rag",
+                                        help="Give the agent the town's RAG context with every prompt, within the "
+                                             "role's token budget (default), or not."),
                json_out: bool = JSON_OPT) -> None:
     """Point a role at a model: writes agents["node0-ROLE"] and role_agents[ROLE] in gt settings.
 
@@ -159,7 +184,13 @@ def deploy_cmd(ref: str = typer.Argument(..., metavar="NAME[:VER]"),
         raise GtExtError("--force needs --reason TEXT (it is recorded in the registry)")
     with _open() as reg:
         res = reg.deploy(ref, role=role, rig=rig, force_reason=reason if force else None,
-                         adapters=[a for a in adapters.split(",") if a], reason=reason)
+                         adapters=[a for a in adapters.split(",") if a], reason=reason, rag=rag)
+        if rag and reg.town is not None:
+            from gt_ext.rag.retrieve import index_exists
+
+            if not index_exists(reg.town.root):  # the agent answers without context until there is one
+                res.warnings.append("the town has no RAG index yet: build it with `gt-ext rag reindex` "
+                                    "(`gt-ext hooks install` keeps it fresh afterwards)")
         if json_out:
             _print_json(res.to_dict())
             return
@@ -219,3 +250,84 @@ def history_cmd(role: str = typer.Option(None, "--role"), rig: str = typer.Optio
                  h.after.get("model") or h.after.get("role_agent") or "-", h.reason or ""] for h in hist]
         typer.echo(_table(["ID", "WHEN", "WHO", "ACTION", "ROLE", "WHERE", "FROM", "TO", "WHY"], rows)
                    if rows else "no deployments yet")
+
+
+@app.command("stale")
+def stale_cmd(role: str = typer.Argument(None, metavar="[ROLE]", help="Only this role's deployed models."),
+              retrain: bool = typer.Option(None, "--retrain/--no-retrain", show_default=False,
+                                           help="Open a retrain job bead for a stale model (default: as the town's "
+                                                "settings say, on unless \"stale\": {\"retrain\": false})."),
+              loss: bool = typer.Option(True, "--loss/--no-loss",
+                                        help="Measure the deployed model's loss on the new corpus examples."),
+              decision: str = typer.Option(None, "--decision", metavar="FILE",
+                                           help="Also write {\"retrain\": bool, ...} to FILE (the improve-role formula reads it)."),
+              json_out: bool = JSON_OPT) -> None:
+    """Is each deployed model still trained on the town's conventions? Changed items with a diff
+    summary, new corpus examples, loss on them vs validation loss, a verdict; a stale model gets
+    one retrain job bead per role (with a cooldown). Thresholds: settings/gt-ext.json "stale"."""
+    from pathlib import Path
+
+    from gt_ext.gastown.town import require_town
+    from gt_ext.loop.stale import NothingDeployed, check, needs_retrain
+
+    if role:
+        from gt_ext.roles import check_role
+
+        check_role(role)
+    town = require_town()
+    try:
+        reports = check(town.root, role, retrain=retrain, loss=loss)
+    except NothingDeployed as e:
+        if not decision:
+            raise
+        from gt_ext.atomic import atomic_write_json
+
+        atomic_write_json(Path(decision), {"retrain": True, "role": role, "reason": str(e), "reports": []})
+        typer.echo(f"{e}: a first model is trained")
+        return
+    rows = [r.to_dict() for r in reports]
+    if decision:
+        from gt_ext.atomic import atomic_write_json
+
+        atomic_write_json(Path(decision), {"retrain": needs_retrain(reports), "role": role, "reports": rows})
+    if json_out:
+        _print_json(rows)
+        return
+    for r in reports:
+        where = f"{r.role}@{r.rig or 'town'}"
+        head = f"{where}  model {r.model}  trained {_age(r.trained)}  verdict {r.verdict.upper()}"
+        if r.verdict != "unknown":
+            head += f" (score {r.score:g}, threshold {r.threshold:g})"
+        typer.echo(head)
+        if r.verdict == "unknown":
+            for why in r.reasons:
+                typer.echo(f"  {why}")
+        for c in r.changed:
+            typer.echo(f"  {c['change']}: {c['key']}  {c.get('summary', '')}")
+        for c in r.reverted:
+            typer.echo(f"  reverted: {c['key']}  {c.get('summary', '')}")
+        for c in r.unreadable:
+            typer.echo(f"  unreadable: {c['key']}  {c.get('summary', '')}")
+        if r.verdict != "unknown":
+            own = f" (+{r.new_self_outputs} served by node0 models, not counted)" if r.new_self_outputs else ""
+            typer.echo(f"  corpus: {r.new_examples} new examples since training{own}; {r.trained_examples} trained on")
+            lo = r.loss or {}
+            if lo.get("new") is not None:
+                typer.echo(f"  loss on {lo['examples']} new examples: {lo['new']:.4f} vs validation {lo['val']:.4f} "
+                           f"({lo['ratio']:.2f}x)")
+        if r.candidate:
+            typer.echo(f"  candidate: {r.candidate} is registered and fresh: `gt model deploy {r.candidate}`")
+        if r.retrain.get("bead"):
+            typer.echo(f"  retrain: opened job bead {r.retrain['bead']} (`gt formula run improve-role --set role={r.role}`)")
+        elif r.retrain.get("skipped"):
+            typer.echo(f"  retrain: {r.retrain['skipped']}")
+
+
+def _age(t: float | None) -> str:
+    """'3.2 h ago' / '5 days ago' for an epoch time; '?' when unknown."""
+    import time
+
+    if not t:
+        return "?"
+    h = (time.time() - t) / 3600
+    return f"{h:.1f} h ago" if h < 48 else f"{h / 24:.0f} days ago"

@@ -3,7 +3,8 @@
 Deploy writes exactly what gt reads (gt v1.0.1 `TownSettings` / `RigSettings`):
 
     agents["node0-<role>"] = {"provider": "node0", "command": "node0-inference",
-                              "args": ["--model", "NAME:VER", "--adapters", "a:1,b:2"],
+                              "args": ["--model", "NAME:VER", "--adapters", "a:1,b:2",
+                                       "--rag", "--rag-budget", "<role budget>"],
                               "tmux": {"process_names": ["node0-inference"],
                                        "ready_prompt_prefix": "node0> "}}
     role_agents[<role>]    = "node0-<role>"
@@ -36,6 +37,7 @@ from typing import Any
 
 from gt_ext.errors import GtExtError
 from gt_ext.gastown import settings as gsettings
+from gt_ext.gastown.settings import GT_NEW_TOWN_SETTINGS
 from gt_ext.gastown.town import Town
 from gt_ext.registry.db import Deployment, MetaStore
 from gt_ext.registry.journal import Journal
@@ -48,8 +50,6 @@ PROVIDER = "node0"
 AGENT_COMMAND = "node0-inference"
 READY_PROMPT = "node0> "  # the serving agent prints exactly this when it is ready for a line
 TOWN_SCOPE = ""  # the `rig` value of a town-level deployment
-GT_NEW_TOWN_SETTINGS = {"type": "town-settings", "version": 1, "default_agent": "claude", "agents": {},
-                        "role_agents": {}}  # gt v1.0.1 config.NewTownSettings()
 TOWN_ROLES = ("mayor", "deacon", "boot", "dog")  # one per town: their agent comes from town settings
 
 
@@ -58,11 +58,14 @@ def agent_name(role: str) -> str:
     return f"{PROVIDER}-{role}"
 
 
-def runtime_config(model_ref: str, adapters: list[str]) -> dict[str, Any]:
-    """The gt RuntimeConfig for serving `model_ref` (NAME:VER) with task adapters (NAME:VER each)."""
+def runtime_config(model_ref: str, adapters: list[str], rag_budget: int | None = None) -> dict[str, Any]:
+    """The gt RuntimeConfig for serving `model_ref` (NAME:VER) with task adapters (NAME:VER each);
+    `rag_budget` (tokens) turns on the town's RAG context for every prompt, None leaves it off."""
     args = ["--model", model_ref]
     if adapters:
         args += ["--adapters", ",".join(adapters)]
+    if rag_budget is not None:
+        args += ["--rag", "--rag-budget", str(int(rag_budget))]
     return {"provider": PROVIDER, "command": AGENT_COMMAND, "args": args,
             "tmux": {"process_names": [AGENT_COMMAND], "ready_prompt_prefix": READY_PROMPT}}
 
@@ -186,12 +189,12 @@ def check_deployable_role(role: str) -> str:
 
 
 def write_deploy(store: MetaStore, target: Target, role: str, model_ref: str, adapters: list[str],
-                 reason: str, forced: bool, journal: Journal) -> Deployment:
+                 reason: str, forced: bool, journal: Journal, rag_budget: int | None = None) -> Deployment:
     """Write settings for `role` to serve `model_ref` and append the history entry (under the lock)."""
     with file_lock(target.lock_path):
         sf = target.settings()
         before = read_state(sf, role)
-        cfg = runtime_config(model_ref, adapters)
+        cfg = runtime_config(model_ref, adapters, rag_budget)
         after = {"role_agent": agent_name(role), "agent_config": cfg, "model": model_ref, "adapters": adapters}
         return _commit(store, target, sf, role, "deploy", before, after, reason, forced, journal)
 

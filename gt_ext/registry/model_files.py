@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 RUN_JSON = "run.json"
 # From a run folder only the trained result travels; checkpoints (optimizer state) stay behind.
-_RUN_KEEP = ("adapter", RUN_JSON, "metrics.jsonl", "loss.png")
+_RUN_KEEP = ("adapter", RUN_JSON, "metrics.jsonl", "loss.png", "conventions.json")
 _SKIP_NAMES = {MANIFEST, "checkpoints"}
 
 

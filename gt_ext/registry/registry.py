@@ -78,6 +78,13 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     return m.group("name"), int(m.group("ver")) if m.group("ver") else None
 
 
+def _fingerprint_digest(fp: Any) -> str | None:
+    """The digest of run.json's `convention_fingerprint` summary (`gt_ext.loop.fingerprint`)."""
+    if isinstance(fp, dict):
+        return str(fp["digest"]) if fp.get("digest") else None
+    return str(fp) if fp else None
+
+
 @dataclass
 class DeployResult:
     """What a deploy or rollback did."""
@@ -216,12 +223,54 @@ class Registry:
         return self.store.deployments(role=role, rig=rig)
 
     # -- writing ---------------------------------------------------------------------------------
+    def current(self, role: str) -> ModelRecord | None:
+        """The role's current model: the one deployed to the role in town settings (else in any
+        rig), else the newest version named after the role, else the newest role model of it."""
+        live = self.live()
+        for (r, _rig), d in sorted(live.items(), key=lambda kv: kv[0][1] != ""):
+            if r == role and d.after.get("model"):
+                try:
+                    return self.get(d.after["model"])
+                except GtExtError:
+                    continue
+        mine = [rec for rec in self.list() if rec.role == role and not rec.task]
+        named = [rec for rec in mine if rec.name == role]
+        pool = named or mine
+        return max(pool, key=lambda rec: (rec.created, rec.version)) if pool else None
+
+    def ref_for_path(self, path: str | os.PathLike | None) -> str | None:
+        """`name:ver` of the registered version whose folder holds `path` (None if none does)."""
+        if not path or not Path(path).is_absolute():
+            return None
+        try:
+            rel = Path(path).resolve().relative_to(self.root.resolve())
+        except (ValueError, OSError):
+            return None
+        m = re.match(r"^v(\d+)$", rel.parts[1]) if len(rel.parts) > 1 else None
+        return f"{rel.parts[0]}:{int(m.group(1))}" if m else None
+
+    def lineage(self, rec: ModelRecord, limit: int = 20) -> list[str]:
+        """Refs from the oldest known ancestor to `rec` (parents that are not registry refs end it)."""
+        chain = [rec.ref]
+        cur = rec
+        for _ in range(limit):
+            if not cur.parent or ":" not in cur.parent or "/" in cur.parent:
+                break
+            try:
+                cur = self.get(cur.parent)
+            except GtExtError:
+                chain.insert(0, f"{cur.parent} (gone)")
+                break
+            chain.insert(0, cur.ref)
+        return chain
+
     def register(self, src: str | os.PathLike, name: str | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> ModelRecord:
+                 progress: Callable[[int, int], None] | None = None, parent: str | None = None) -> ModelRecord:
         """Copy a run or export folder into the next version of `name` and record it.
 
         Default name: the run's role, or `<role>-<task>` for a task adapter. `progress(done,
-        total)` gets the bytes copied so far.
+        total)` gets the bytes copied so far. `parent`: the registered model it was trained on top
+        of; by default found from the run (base weights or a role adapter inside this registry).
         """
         src = Path(src)
         kind = model_files.source_kind(src)
@@ -243,6 +292,18 @@ class Registry:
         if not _NAME_RE.match(name):
             raise GtExtError(f"bad model name {name!r}: lowercase letters, digits, '.', '_', '-' (no ':')")
         lora = run.get("lora") or {}
+        # Trained on a registered version's merged weights (DPO on top of the role model): the
+        # record is that version's stack plus this adapter, so its base is the version's base and
+        # the version is its parent (gt_ext.models.refs stacks parent adapters under this one).
+        on_weights_of = self.ref_for_path(base)
+        if on_weights_of is not None:
+            base = self.get(on_weights_of).base_model
+        if parent:
+            parent = self.get(parent).ref  # an unknown parent is a one-line error, nothing copied
+            if on_weights_of is not None and parent != on_weights_of:
+                raise GtExtError(f"--parent {parent}: {src} was trained on the weights of {on_weights_of}")
+        else:
+            parent = on_weights_of or self.ref_for_path(run.get("parent")) or run.get("parent")
         with file_lock(self._root_lock):
             version = max([self.store.max_version(name), *self.files.versions_on_disk(name)]) + 1
             # A kill after the folder is in place but before its record is written is undone by
@@ -251,12 +312,13 @@ class Registry:
             path = self.files.install(src, name, version, progress=progress)
             rec = ModelRecord(
                 name=name, version=version, role=str(role), task=task, base_model=str(base), path=path,
-                parent=run.get("parent"), corpus_hash=run.get("corpus_hash"),
+                parent=parent, corpus_hash=run.get("corpus_hash"),
                 examples=int(run.get("examples") or 0), dpo_pairs=int(run.get("dpo_pairs") or 0),
                 hyperparams={**(run.get("config") or {}), **({"lora": lora} if lora else {})}, lora_rank=lora.get("r"),
                 compatible=[str(base)] if task else [],
                 created=datetime.now(UTC).isoformat(timespec="seconds"),
-                convention_fingerprint=run.get("convention_fingerprint") or man.get("convention_fingerprint"),
+                convention_fingerprint=_fingerprint_digest(run.get("convention_fingerprint")
+                                                           or man.get("convention_fingerprint")),
             )
             try:
                 self.store.add_model(rec, f"register {rec.ref} ({role}, base {base})")
@@ -321,8 +383,11 @@ class Registry:
         return deploy.Target(self.town, rig or deploy.TOWN_SCOPE)
 
     def deploy(self, ref: str, role: str | None = None, rig: str | None = None, force_reason: str | None = None,
-               adapters: list[str] | None = None, reason: str = "") -> DeployResult:
+               adapters: list[str] | None = None, reason: str = "", rag: bool = True) -> DeployResult:
         """Serve `ref` for `role` (default: the model's role) in town or `rig` settings.
+
+        `rag` (default): the agent prepends the town's RAG context to every prompt, within the
+        role's budget (`gt_ext.rag.retrieve.role_budget`); False deploys without it.
 
         Refused: mayor (always), task adapters as models, a model without a passing full eval of
         its role's gating suite (`gt_ext.registry.gate`), a model trained for another role, or a
@@ -361,8 +426,13 @@ class Registry:
                 log.warning("forced deploy of %s to %s (%s): %s", rec.ref, role, force_reason, "; ".join(problems))
                 warnings += [f"forced: {p}" for p in problems]
             why = force_reason if problems else (reason or force_reason or "")
+            budget = None
+            if rag:
+                from gt_ext.rag.retrieve import role_budget
+
+                budget = role_budget(role)
             entry = deploy.write_deploy(self.store, target, role, rec.ref, adapter_refs, why, bool(problems),
-                                        self.journal)
+                                        self.journal, budget)
         for w in warnings:
             log.warning("%s", w)
         return DeployResult(entry, target.settings().path, warnings)

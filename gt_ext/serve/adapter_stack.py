@@ -1,13 +1,16 @@
 """Stackable LoRA adapters applied at run time, with a weight each, chosen per batch row.
 
 The base model is loaded once. Each adapter (a PEFT `save_pretrained` folder) is read into plain
-tensors; a forward hook on every targeted `nn.Linear` adds
+tensors. A decoder that fuses projections sharing an input (q/k/v, gate/up) describes its fused
+linears as a `Layout`; for the adapters a batch uses, `AdapterBank` concatenates every adapter's
+A matrices of a fused linear into one [in, R] matrix and places the B matrices into one [R, out]
+matrix, so the decoder adds, for each row b of the batch,
 
-    out[b] += sum_i  w[b, i] * scale_i * (x[b] @ A_i.T) @ B_i.T
+    out[b] += ((x[b] @ A_cat) * s[b]) @ B_cat      s[b, slot] = w[b, i] * scale_i for adapter i's slots
 
-where `w[b, i]` is the weight row `b` of the batch gives adapter `i` (0 when unused). Switching
-adapters is therefore a change of a small weight matrix, never a reload, and one batch can mix
-requests that use different adapters.
+with `w[b, i]` the weight row b gives adapter i (0 when unused): two small matmuls per fused
+linear whatever the number of adapters. Switching adapters is a change of `s`, never a reload, and
+one batch mixes requests that use different adapter stacks.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import logging
 import math
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,103 +94,112 @@ class LoraAdapter:
         )
 
 
-class LoraRuntime:
-    """Owns the hooks on a model and the loaded adapters; `activate(rows)` picks weights per batch row."""
 
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
+@dataclass(frozen=True)
+class Target:
+    """Where an adapted module sits in the decoder: its fused linear, output offset and shape."""
+
+    fused: str  # the fused linear's name, e.g. "model.layers.3.qkv"
+    offset: int  # first output column of this module in the fused output
+    out_features: int
+    in_features: int
+
+
+Layout = dict[str, Target]  # HF module name ("model.layers.3.self_attn.k_proj") -> Target
+
+
+@dataclass
+class FusedLora:
+    """The adapters of one batch on one fused linear: out += ((x @ a) * scales[row]) @ b."""
+
+    a: torch.Tensor  # [in, R]: every used adapter's A^T side by side
+    b: torch.Tensor  # [R, out_fused]: each adapter's B^T at its module's output columns
+    scales: torch.Tensor  # [rows, R]: weight * alpha/r of the adapter owning each rank slot, per row
+
+
+class AdapterBank:
+    """The loaded adapters of one decoder, and the fused matrices for the adapter sets in use."""
+
+    def __init__(self, layout: Layout, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                 cached_sets: int = 8):
+        self.layout = layout
+        self._width: dict[str, int] = {}  # fused linear -> its output width
+        for t in layout.values():
+            self._width[t.fused] = max(self._width.get(t.fused, 0), t.offset + t.out_features)
+        self.dtype, self.device = dtype, device
         self.adapters: dict[str, LoraAdapter] = {}
-        self._linears = {name: m for name, m in model.named_modules() if _is_linear(m)}
-        self._hooked: dict[str, torch.utils.hooks.RemovableHandle] = {}
-        # Per forward: module name -> (A_cat [R, in], B_cat [out, R]) and row scales [B, R].
-        self._active: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.cached_sets = cached_sets
+        # sorted adapter keys -> fused name -> (a, b, slot's adapter index [R], slot's alpha/r [R])
+        self._sets: OrderedDict[tuple[str, ...], dict[str, tuple[torch.Tensor, ...]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def add(self, path: str | Path) -> str:
-        """Load an adapter once (keyed by its resolved folder) and hook the modules it targets."""
+        """Load an adapter once (keyed by its resolved folder); raise if it does not fit the model."""
         key = str(adapter_folder(path).resolve())
         if key in self.adapters:
             return key
-        ad = LoraAdapter.load(key, dtype=_param_dtype(self.model))
+        ad = LoraAdapter.load(key, dtype=self.dtype)
         for module, (a, b) in ad.weights.items():
-            lin = self._linears.get(module)
-            if lin is None:
-                raise GtExtError(f"{ad.path}: adapter targets {module}, which the base model does not have")
-            in_f, out_f = _linear_shape(lin)
-            if a.shape[1] != in_f or b.shape[0] != out_f or a.shape[0] != b.shape[1]:
+            t = self.layout.get(module)
+            if t is None:
+                raise GtExtError(f"{ad.path}: adapter targets {module}, which the serving decoder cannot adapt "
+                                 "(LoRA on attention and MLP projections only)")
+            if a.shape[1] != t.in_features or b.shape[0] != t.out_features or a.shape[0] != b.shape[1]:
                 raise GtExtError(
                     f"{ad.path}: adapter shapes for {module} (A {tuple(a.shape)}, B {tuple(b.shape)}) "
-                    f"do not fit the base model's ({out_f}x{in_f})"
+                    f"do not fit the base model's ({t.out_features}x{t.in_features})"
                 )
-        for module in ad.weights:
-            if module not in self._hooked:
-                self._hooked[module] = self._linears[module].register_forward_hook(self._make_hook(module))
-        self.adapters[key] = ad
+        with self._lock:
+            self.adapters[key] = ad
         log.info("loaded adapter %s (r=%d, %d modules)", ad.path, ad.rank, len(ad.weights))
         return key
 
-    def activate(self, rows: list[list[tuple[str, float]]]) -> None:
-        """Set the adapters for the next forwards: `rows[b]` is [(adapter key, weight), ...] for row b."""
-        used = sorted({k for row in rows for k, w in row if w != 0.0})
-        self._active = {}
+    def batch(self, rows: list[list[tuple[str, float]]]) -> dict[str, FusedLora]:
+        """The fused LoRA of every adapted linear for a batch; `rows[b]` is row b's [(key, weight)].
+        Empty when no row uses an adapter."""
+        used = tuple(sorted({k for row in rows for k, w in row if w != 0.0}))
         if not used:
-            return
-        ranks = [self.adapters[k].rank for k in used]
-        offsets = [sum(ranks[:i]) for i in range(len(used))]
-        total = sum(ranks)
-        dtype = _param_dtype(self.model)
-        scales = torch.zeros(len(rows), total, dtype=dtype)  # [B, R]: weight*scale for each rank slot
-        for b, row in enumerate(rows):
+            return {}
+        fused = self._fused(used)
+        weights = torch.zeros(len(rows), len(used), dtype=self.dtype)  # [rows, adapters]
+        for r, row in enumerate(rows):
             for k, w in row:
-                if w == 0.0:
-                    continue
-                i = used.index(k)
-                scales[b, offsets[i] : offsets[i] + ranks[i]] += w * self.adapters[k].scale
-        modules = {m for k in used for m in self.adapters[k].weights}
-        for m in modules:
-            a_parts, b_parts, idx = [], [], []
-            for i, k in enumerate(used):
-                ab = self.adapters[k].weights.get(m)
-                if ab is None:
-                    continue
-                a_parts.append(ab[0])
-                b_parts.append(ab[1])
-                idx.extend(range(offsets[i], offsets[i] + ranks[i]))
-            a_cat = torch.cat(a_parts, 0)  # [R_m, in]
-            b_cat = torch.cat(b_parts, 1)  # [out, R_m]
-            self._active[m] = (a_cat, b_cat, scales[:, idx].contiguous())
+                if w != 0.0:
+                    weights[r, used.index(k)] += w
+        weights = weights.to(self.device)
+        return {name: FusedLora(a, b, weights[:, idx] * scale) for name, (a, b, idx, scale) in fused.items()}
 
-    def deactivate(self) -> None:
-        """No adapter on the next forwards (the hooks then cost one dict lookup each)."""
-        self._active = {}
-
-    def _make_hook(self, module: str):
-        def hook(_mod: torch.nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
-            act = self._active.get(module)
-            if act is None:
-                return out
-            a_cat, b_cat, scales = act
-            x = inputs[0]  # [B, T, in]
-            h = x.to(a_cat.dtype) @ a_cat.T  # [B, T, R]
-            h = h * scales[: x.shape[0], None, :]  # per-row weight*scale for each rank slot
-            return out + (h @ b_cat.T).to(out.dtype)  # [B, T, out]
-
-        return hook
-
-
-def _is_linear(m: torch.nn.Module) -> bool:
-    if isinstance(m, torch.nn.Linear):
-        return True
-    # Dynamically quantized linears (int8 backend) keep in/out features but are not nn.Linear.
-    return type(m).__name__ == "Linear" and hasattr(m, "in_features") and hasattr(m, "out_features")
-
-
-def _linear_shape(m: torch.nn.Module) -> tuple[int, int]:
-    return int(m.in_features), int(m.out_features)
-
-
-def _param_dtype(model: torch.nn.Module) -> torch.dtype:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32
+    def _fused(self, used: tuple[str, ...]) -> dict[str, tuple[torch.Tensor, ...]]:
+        with self._lock:
+            if used in self._sets:
+                self._sets.move_to_end(used)
+                return self._sets[used]
+            ads = [self.adapters[k] for k in used]
+        parts: dict[str, list[tuple[int, LoraAdapter, Target, torch.Tensor, torch.Tensor]]] = {}
+        for i, ad in enumerate(ads):
+            for module, (a, b) in ad.weights.items():
+                t = self.layout[module]
+                parts.setdefault(t.fused, []).append((i, ad, t, a, b))
+        fused: dict[str, tuple[torch.Tensor, ...]] = {}
+        for name, items in parts.items():
+            in_f = items[0][2].in_features
+            out_f = self._width[name]
+            rank = sum(a.shape[0] for _, _, _, a, _ in items)
+            a_cat = torch.zeros(in_f, rank, dtype=self.dtype)
+            b_cat = torch.zeros(rank, out_f, dtype=self.dtype)
+            idx = torch.zeros(rank, dtype=torch.long)
+            scale = torch.zeros(rank, dtype=self.dtype)
+            at = 0
+            for i, ad, t, a, b in items:
+                r = a.shape[0]
+                a_cat[:, at : at + r] = a.T
+                b_cat[at : at + r, t.offset : t.offset + t.out_features] = b.T
+                idx[at : at + r] = i
+                scale[at : at + r] = ad.scale
+                at += r
+            fused[name] = (a_cat.to(self.device), b_cat.to(self.device), idx.to(self.device), scale.to(self.device))
+        with self._lock:
+            self._sets[used] = fused
+            while len(self._sets) > self.cached_sets:
+                self._sets.popitem(last=False)
+        return fused

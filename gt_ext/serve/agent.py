@@ -9,8 +9,15 @@ the pane runs one agent turn: the reply streams into the pane; each tool call in
 bubblewrap sandbox after a policy check (`gt_ext.serve.tools`; settings in the town's
 `settings/gt-ext.json`, see `gt_ext.serve.agentcfg`), and its output goes back to the model until
 the model answers without a tool call or a limit (steps, time, output size) is hit. Without a
-working sandbox the agent still answers, but runs no command and says why. Every session is written as a Claude Code style JSONL
-transcript. EOF (Ctrl-D) and SIGTERM/SIGHUP end it cleanly; Ctrl-C cancels the current turn.
+working sandbox the agent still answers, but runs no command and says why.
+
+Every session goes back into the corpus: it is written as a tagged transcript in Claude Code's
+format (`gt_ext.serve.transcript`: role, rig, actor, bead, model `name:version`, session id, gt's
+own when gt gave one), registered with gt at start (`gt prime --hook`, which logs the
+`session_start` bead closes link by), and ends with a `session_stop` event in the corpus spool.
+EOF (Ctrl-D), SIGTERM (gt's kill) and SIGHUP (pane closed) end it cleanly that way; Ctrl-C cancels
+the current turn; only a SIGKILL skips the stop event (then a bead close or `gt corpus process
+--scan` still finds the transcript).
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TextIO
 
 from gt_ext.errors import GtExtError
@@ -62,7 +71,7 @@ class Agent:
 
     def __init__(self, generator: Any, env: Any, runner: Any, params: Any, limits: Limits,
                  transcript_factory: Any = None, rag: bool = False, out: TextIO = sys.stdout,
-                 settings: Any = None):
+                 settings: Any = None, rag_budget: int | None = None):
         from gt_ext.serve.agentcfg import AgentSettings
         from gt_ext.serve.rolecard import role_card
 
@@ -72,6 +81,7 @@ class Agent:
         self.params = params
         self.limits = limits
         self.rag = rag
+        self.rag_budget = rag_budget
         self.out = out
         self.settings = settings or AgentSettings()
         self._transcript_factory = transcript_factory
@@ -94,8 +104,10 @@ class Agent:
         try:
             from gt_ext.rag.retrieve import context_for, decision_budget
 
-            # The prompt, its context and the answer stay within the decision limit (3K tokens).
-            budget = decision_budget(self.env.role, self.gen.count_tokens(prompt), self.params.max_new_tokens)
+            # The prompt, its context and the answer stay within the decision limit (3K tokens);
+            # within that, the budget deploy gave (`--rag-budget`), else the role's.
+            budget = decision_budget(self.env.role, self.gen.count_tokens(prompt), self.params.max_new_tokens,
+                                     cap=self.rag_budget)
             return context_for(prompt, self.env.role, rig=self.env.rig or None, town=self.env.root or None,
                                budget_tokens=budget)
         except Exception as e:  # RAG is an aid: a missing index must not break the agent
@@ -117,6 +129,9 @@ class Agent:
         if self.transcript is None and self._transcript_factory is not None:
             self.transcript = self._transcript_factory()
         if self.transcript:
+            from gt_ext.gastown.session import bead_from_beacon
+
+            self.transcript.set_bead(bead_from_beacon(prompt))  # gt's startup beacon names the work
             self.transcript.user(prompt)
         self._say("⏺ ")  # at once: gt checks that the pane changed right after its Enter
         ctx = self._context(prompt)
@@ -169,10 +184,45 @@ class Agent:
         self._say(f"[turn stopped: step limit of {self.limits.max_steps}]\n")
         return strip_tool_calls(reply)
 
-    def close(self) -> None:
-        """End the session: close the transcript."""
+    def close(self, reason: str = "exit") -> None:
+        """End the session: close the transcript and spool its stop event for the corpus."""
         if self.transcript:
             self.transcript.close()
+            if self.transcript.written:
+                spool_session_end(self.transcript, self.env, reason)
+
+
+
+def spool_session_end(transcript: Any, env: Any, reason: str) -> Path | None:
+    """Spool a `session_stop` event for a finished node0 session, as Claude's Stop hook does for
+    Claude's, and start the corpus processor when the town's hooks were installed with
+    auto-processing. The spool is `$GT_EXT_SPOOL`, else the town's corpus store's; outside a town
+    there is none (as for the hooks), and `gt corpus process --scan` takes the transcript later.
+    Never raises: a session must end even when its town is gone; the reason is logged."""
+    import json
+
+    from gt_ext.corpus import spool
+    from gt_ext.corpus.store import default_store_dir
+
+    if not (env.root or os.environ.get("GT_EXT_SPOOL")):
+        return None
+    try:
+        store = default_store_dir(env.root or None)
+        spool_dir = Path(os.environ.get("GT_EXT_SPOOL") or store / "spool")
+        payload = {"session_id": transcript.session_id, "transcript_path": str(transcript.path),
+                   "hook_event_name": "SessionEnd", "source": PROCESS_NAME, "reason": reason}
+        path = spool.write_event(spool_dir, "session_stop", payload)
+    except (OSError, GtExtError) as e:
+        log.warning("session %s: stop event not spooled (%s): `gt corpus process --scan` will find "
+                    "its transcript", transcript.session_id, e)
+        return None
+    marker = store / "hooks" / spool.PROCESS_ON_END
+    if not os.environ.get("GT_EXT_NO_AUTOPROCESS") and marker.is_file():
+        try:
+            spool.start_detached(json.loads(marker.read_text()))
+        except (OSError, ValueError) as e:
+            log.warning("%s: corpus processor not started (%s)", marker, type(e).__name__)
+    return path
 
 
 def _sandbox_line(runner: Any) -> str:
@@ -205,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="registry ref, base:<name>, a run/export folder, or a .gguf file")
     p.add_argument("--adapters", default=None, metavar="A,B=W", help="extra LoRA adapters, each REF[=WEIGHT]")
     p.add_argument("--rag", action="store_true", help="prepend town context from the RAG index to each prompt")
+    p.add_argument("--rag-budget", type=int, default=None, metavar="TOKENS",
+                   help="token budget of that context (default: the role's, see docs/rag.md)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "llama.cpp", "pipeline"],
                    help="pipeline: generate through node0 stage servers (with --run, --initial-peers, --swarm-key)")
     p.add_argument("--run", default=None, help="--backend pipeline: the pipeline run whose stages serve the model")
@@ -225,7 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--transcripts", default=None, help="transcript folder (default: Claude's projects dir)")
-    p.add_argument("--no-transcript", action="store_true", help="do not write a session transcript")
+    p.add_argument("--no-transcript", action="store_true",
+                   help="do not write a session transcript (nor spool its stop event for the corpus)")
+    p.add_argument("--no-register", action="store_true",
+                   help="do not run gt's session-start hook (`gt prime --hook`) for this session")
     p.add_argument("--card", action="store_true",
                    help="print the role card and its token count next to `gt prime`'s, then exit")
     p.add_argument("prompt", nargs="?", default=None, help="a first prompt (gt's prompt_mode=arg)")
@@ -234,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, stdin_fd: int = 0, out: TextIO = sys.stdout) -> int:
     """Load the model and serve prompts from `stdin_fd` until EOF or SIGTERM."""
+    from gt_ext.gastown.session import register_session, session_id_from_env
     from gt_ext.serve.agentcfg import build_policy, load_agent_settings
     from gt_ext.serve.loader import load_generator
     from gt_ext.serve.params import SamplingParams
@@ -250,6 +306,8 @@ def run(args: argparse.Namespace, stdin_fd: int = 0, out: TextIO = sys.stdout) -
     settings = load_agent_settings(env.root or None)
     runner_sandbox = Sandbox(build_policy(workdir, env, settings))
     limits = Limits(args.max_steps, args.turn_timeout, args.tool_timeout, args.max_output)
+    if args.rag_budget is not None and args.rag_budget < 0:
+        raise GtExtError(f"--rag-budget {args.rag_budget}: must be 0 or more tokens")
     if min(limits.max_steps, limits.max_output) < 1 or min(limits.turn_s, limits.tool_s) <= 0:
         raise GtExtError("limits: --max-steps, --max-output, --turn-timeout and --tool-timeout must be positive")
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -269,12 +327,23 @@ def run(args: argparse.Namespace, stdin_fd: int = 0, out: TextIO = sys.stdout) -
         gen.close()
         return 0
 
+    # gt's own session id when it gave one; exported so the tools the model runs (gt prime, gt
+    # done, bd) see the same id.
+    session_id = session_id_from_env(os.environ) or str(uuid.uuid4())
+    os.environ["GT_SESSION_ID"] = session_id
+    if env.root and not args.no_register and not args.no_transcript:
+        # Tell gt about the session (it logs session_start, which bead closes link by), in the
+        # background: gt prime takes seconds and the pane must show the ready prompt at once.
+        threading.Thread(target=register_session, args=(session_id, env.root, workdir), daemon=True,
+                         name="gt-session-start").start()
+
     def transcript() -> Transcript:
-        return Transcript(workdir, model=f"node0:{model.ref}", folder=args.transcripts, meta=env.to_meta())
+        return Transcript(workdir, model=model.ref, session_id=session_id, folder=args.transcripts,
+                          meta=env.to_meta())
 
     runner = ToolRunner(workdir, limits.tool_s, limits.max_output, sandbox=runner_sandbox)
     agent = Agent(gen, env, runner, params, limits, transcript_factory=None if args.no_transcript else transcript,
-                  rag=args.rag, out=out, settings=settings)
+                  rag=args.rag, out=out, settings=settings, rag_budget=args.rag_budget)
 
     def on_term(signum: int, _frame: Any) -> None:
         raise _Terminate(signum)
@@ -286,6 +355,7 @@ def run(args: argparse.Namespace, stdin_fd: int = 0, out: TextIO = sys.stdout) -
     out.write(_sandbox_line(runner) + "\n")
     reader = PromptReader(stdin_fd)
     pending = args.prompt
+    reason = "exit"
     try:
         while True:
             if pending is None:
@@ -307,10 +377,11 @@ def run(args: argparse.Namespace, stdin_fd: int = 0, out: TextIO = sys.stdout) -
             except GtExtError as e:  # e.g. prompt longer than the context: say it, stay alive
                 out.write(f"\n[error: {e}]\n")
             pending = None
-    except _Terminate:
+    except _Terminate as t:
         out.write("\n[terminated]\n")
+        reason = "hangup" if t.args and t.args[0] == signal.SIGHUP else "terminated"
     finally:
-        agent.close()
+        agent.close(reason)
         gen.close()  # the pipeline backend leaves the swarm
         out.flush()
     return 0

@@ -5,20 +5,21 @@
     for piece in g.stream(messages, SamplingParams(temperature=0.7, seed=1), adapters=[]):  # base only
         ...
 
-The PyTorch path runs its own decode loop over the model's forward with a KV cache (prefill once,
-then one token a step, logits only for the last position), so per-request adapters, per-row sampling
-and batches of concurrent requests share one loaded base model. `backend="llama.cpp"` runs the same
-API on a GGUF through llama-cpp-python (see `gt_ext.serve.llamacpp`); `backend="pipeline"` runs the
-model's layers on node0 stage servers and samples here (see `gt_ext.serve.pipeline`). The torch and
-pipeline loops share the per-row work (sampling, EOS, stop strings, stats): `DecodeRows`.
+Every backend runs under one continuous-batching loop (`gt_ext.serve.scheduler.DecodeLoop`):
+requests join and leave the running batch between decode steps, each with its own sampling,
+stop strings and adapter stack. The PyTorch engine is a lean LLaMA forward over the base model's
+weights (`gt_ext.serve.llama_decoder`: slot KV cache, fused projections, optional int8, LoRA per
+row); `backend="llama.cpp"` runs the same API on a GGUF through llama-cpp-python, one request at a
+time (see `gt_ext.serve.llamacpp`); `backend="pipeline"` runs the model's layers on node0 stage
+servers, one generation session per row (see `gt_ext.serve.pipeline`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-import time
-import warnings
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +29,7 @@ import torch
 
 from gt_ext.errors import GtExtError
 from gt_ext.serve.params import SamplingParams
-from gt_ext.serve.sampling import next_token
-from gt_ext.serve.stops import StopScanner
+from gt_ext.serve.scheduler import DecodeLoop
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,9 @@ class Generator:
     """A loaded base model that answers chats, with stackable adapters chosen per call.
 
     `adapters` given here are the default for every call; `chat`/`stream` take `adapters=` to use a
-    different stack for one request (`[]` = base model only). Calls are serialised by a lock; use
-    `stream_batch` (or the API server, which batches) to decode several requests in one pass.
+    different stack for one request (`[]` = base model only). All calls share one decode loop
+    (`self.loop`, stepped under `self.lock`): `stream_batch` decodes several requests together, and
+    requests from other threads (the API's batcher) join the same running batch.
     """
 
     def __init__(
@@ -94,6 +95,7 @@ class Generator:
         threads: int | None = None,
         decode_threads: int | None = 1,
         device: str = "cpu",
+        max_batch: int = 8,
         pipeline: Any = None,
     ):
         """`pipeline`: where the stages are (`gt_ext.serve.pipeline.PipelineTarget`), for that backend."""
@@ -101,7 +103,7 @@ class Generator:
             raise GtExtError(f"unknown backend {backend!r}: backends are {', '.join(BACKENDS)}")
         self.base_model = base_model
         self.backend = backend
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         if backend == "llama.cpp":
             from gt_ext.serve.llamacpp import LlamaCppEngine
 
@@ -109,11 +111,16 @@ class Generator:
         elif backend == "pipeline":
             from gt_ext.serve.pipeline import PipelineEngine
 
-            self._engine = PipelineEngine(base_model, pipeline)
+            self._engine = PipelineEngine(base_model, pipeline, max_slots=max_batch + 2)
         else:
+            # Two rows beyond max_batch: fair admission lets a client with nothing running join a
+            # full batch (gt_ext.serve.batcher).
             self._engine = TorchEngine(base_model, quantize=quantize, device=device, prefill_threads=threads,
-                                       decode_threads=decode_threads)
+                                       decode_threads=decode_threads, max_slots=max_batch + 2)
         self.tokenizer = self._engine.tokenizer
+        chunk = getattr(self._engine, "prefill_chunk", 256)  # a message-size limit for the pipeline
+        self.loop = DecodeLoop(self._engine, self.render, max_batch=max_batch, prefill_chunk=chunk,
+                               prefill_budget=chunk)
         self.default_adapters = self.load_adapters(adapters)
 
     def close(self) -> None:
@@ -135,9 +142,7 @@ class Generator:
                 raise GtExtError(f"adapter {item!r}: expected (path, weight)") from None
             known = self._known_key(path)
             if known is None:
-                # Hooks must not be added while a batch is running forward: wait for it.
-                with self._lock:
-                    known = self._engine.add_adapter(path)
+                known = self._engine.add_adapter(path)
             out.append((known, weight))
         return out
 
@@ -206,173 +211,123 @@ class Generator:
         return Request(messages=messages, params=params, adapters=list(ads))
 
     def stream_batch(self, requests: list[Request]) -> Iterator[tuple[int, str]]:
-        """Decode several requests together; yield (index, text piece). Each request's stats are filled."""
-        with self._lock:
-            yield from self._engine.run(requests, self.render)
+        """Decode several requests together; yield (index, text piece). Each request's stats are filled.
+
+        They join the generator's running batch (with any other thread's requests) and the loop is
+        stepped here until all of them are done; a bad request raises before anything runs."""
+        out: deque[tuple[int, str]] = deque()
+        errors: list[BaseException | None] = [None] * len(requests)
+        done = [False] * len(requests)
+
+        def sink(i: int):
+            def on_done(err: BaseException | None) -> None:
+                done[i], errors[i] = True, err
+            return (lambda piece: out.append((i, piece))), on_done
+
+        with self.lock:
+            added: list[Request] = []
+            try:
+                for i, r in enumerate(requests):
+                    self.loop.add(r, *sink(i))
+                    added.append(r)
+                while not all(done):
+                    self.loop.step()
+                    while out:
+                        yield out.popleft()
+                while out:
+                    yield out.popleft()
+            finally:
+                for r, d in zip(requests, done, strict=False):
+                    if r in added and not d:  # abandoned (or failed): leave the batch at the next step
+                        r.cancel.set()
+        failed = next((e for e in errors if e is not None), None)
+        if failed is not None:
+            raise failed
 
 
 class TorchEngine:
-    """The PyTorch backend: transformers' model forward + our KV-cached decode loop + LoRA hooks."""
+    """The PyTorch backend: `LlamaDecoder` (slot KV cache, fused projections, LoRA per row) driven
+    by the `DecodeLoop`'s start / prefill / decode / finish calls."""
 
     def __init__(self, base_model: str, quantize: str | None = None, device: str = "cpu",
-                 prefill_threads: int | None = None, decode_threads: int | None = 1):
+                 prefill_threads: int | None = None, decode_threads: int | None = 1, max_slots: int = 10):
         from gt_ext.models import load_model
-        from gt_ext.serve.adapter_stack import LoraRuntime
+        from gt_ext.serve.llama_decoder import LlamaDecoder
 
-        # Decode steps are tiny ops (B rows x 1 token): on CPU, intra-op threads mostly wait for each
-        # other, and on a busy machine a second thread made a step 4x slower (bench/serve.py,
+        # Decode steps are small ops (a few rows x 1 token): on CPU, intra-op threads mostly wait for
+        # each other, and on a busy machine a second thread made a step 4x slower (bench/serve.py,
         # docs/serve.md). prefill_threads None = torch's count; decode_threads None = the same.
         self.decode_threads = decode_threads
         self.prefill_threads = prefill_threads
-
-        self.model, self.tokenizer = load_model(base_model, device=device)
-        self.device = device
-        if quantize == "int8":
-            # Dynamic int8 linears: a quarter of the fp32 weight traffic per token on CPU.
-            with warnings.catch_warnings():  # torch.ao's own deprecation notice, once per load
-                warnings.simplefilter("ignore", category=UserWarning)
-                warnings.simplefilter("ignore", category=DeprecationWarning)
-                self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
-        elif quantize not in (None, "", "none"):
-            raise GtExtError(f"unknown quantize mode {quantize!r}: use int8 or none")
-        self.lora = LoraRuntime(self.model)
-        self.max_context = int(getattr(self.model.config, "max_position_embeddings", 2048))
-        self.eos_ids = _eos_ids(self.model, self.tokenizer)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
+        model, self.tokenizer = load_model(base_model, device=device)
+        self.decoder = LlamaDecoder(model, quantize=None if quantize in ("", "none") else quantize,
+                                    max_slots=max_slots, device=device)
+        self.config = model.config
+        self.eos_ids = _eos_ids(model, self.tokenizer)
+        del model  # the decoder holds its own (fused, maybe int8) copy of the weights
+        self.max_context = self.decoder.max_len
+        self.max_slots = max_slots
+        self._by_slot: dict[int, Any] = {}  # slot -> its Sequence
+        self._lora_rows: tuple = ()
+        self._lora: dict = {}
 
     def add_adapter(self, path: str | Path) -> str:
-        return self.lora.add(path)
+        return self.decoder.adapters.add(path)
 
     def adapter_keys(self) -> list[str]:
-        return list(self.lora.adapters)
+        return list(self.decoder.adapters.adapters)
 
-    @torch.inference_mode()
-    def run(self, requests: list[Request], render) -> Iterator[tuple[int, str]]:
-        """Prefill all prompts (left-padded), then decode one token per row per step until all stop."""
-        t0 = time.perf_counter()
-        prompts = [self.tokenizer(render(r.messages), add_special_tokens=False)["input_ids"] for r in requests]
-        check_prompt_lengths(requests, prompts, self.max_context)
-        n, width = len(requests), max(len(p) for p in prompts)
-        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for i, ids in enumerate(prompts):
-            input_ids[i, width - len(ids) :] = torch.tensor(ids)
-            mask[i, width - len(ids) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]: left padding does not shift RoPE
-        rows = DecodeRows(requests, prompts, self.eos_ids, self._decode, t0)
-        self.lora.activate([r.adapters for r in requests])
-        saved_threads = torch.get_num_threads()
-        if self.prefill_threads:
-            torch.set_num_threads(self.prefill_threads)
-        try:
-            from transformers import DynamicCache
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-            cache = DynamicCache()
-            logits = self._forward(input_ids, mask, positions, cache)  # [B, V]
-            if self.decode_threads:
-                torch.set_num_threads(self.decode_threads)
-            step = 0
-            while True:
-                nxt = torch.full((n, 1), self.pad_id, dtype=torch.long)
-                for i in range(n):
-                    tok, piece = rows.sample(i, logits[i], step)
-                    if tok is not None:
-                        nxt[i, 0] = tok
-                    if piece:
-                        yield i, piece
-                step += 1
-                if all(rows.done):
-                    break
-                mask = torch.cat([mask, torch.ones((n, 1), dtype=torch.long)], dim=1)
-                positions = positions[:, -1:] + 1
-                logits = self._forward(nxt, mask, positions, cache)
-        finally:
-            torch.set_num_threads(saved_threads)
-            self.lora.deactivate()
+    def start(self, seq: Any) -> None:
+        seq.slot = self.decoder.cache.claim()
+        self._by_slot[seq.slot] = seq
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
-        # A single row never has padding: skipping the mask saves building a 4-D mask every step.
-        out = self.model(
-            input_ids=ids.to(self.device),
-            attention_mask=mask.to(self.device) if ids.shape[0] > 1 else None,
-            position_ids=positions.to(self.device),
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,  # lm_head only on the last position: [B, 1, V]
-        )
-        return out.logits[:, -1, :].float().cpu()
+    def prefill(self, seq: Any, ids: list[int]) -> torch.Tensor:
+        lora = self.decoder.adapters.batch([seq.request.adapters])
+        with _threads(self.prefill_threads):
+            return self.decoder.prefill(seq.slot, ids, lora)
 
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+    def decode(self, seqs: list[Any], ids: list[int]) -> torch.Tensor:
+        order = sorted(range(len(seqs)), key=lambda i: seqs[i].slot)  # slots 0..n-1 read as views
+        rows = tuple((seqs[i].slot, id(seqs[i])) for i in order)
+        if rows != self._lora_rows:  # the batch changed: the rows' adapter weights change
+            self._lora_rows = rows
+            self._lora = self.decoder.adapters.batch([seqs[i].request.adapters for i in order])
+        with _threads(self.decode_threads):
+            logits = self.decoder.decode([seqs[i].slot for i in order], [ids[i] for i in order], self._lora)
+        if order == sorted(order):
+            return logits
+        back = torch.empty_like(logits)
+        back[torch.tensor(order)] = logits
+        return back
+
+    def finish(self, seq: Any) -> None:
+        if seq.slot is None:
+            return
+        moved = self.decoder.cache.release(seq.slot)
+        del self._by_slot[seq.slot]
+        if moved is not None:  # the last slot's sequence now lives in the freed one
+            other = self._by_slot.pop(moved)
+            other.slot = seq.slot
+            self._by_slot[seq.slot] = other
+        seq.slot = None
+        self._lora_rows = ()
 
 
-class DecodeRows:
-    """The per-row side of a decode loop over a batch of requests: sampling, EOS, stop strings,
-    text pieces and stats. The engine computes logits; `sample` turns a row's logits into its next
-    token (None once the row is done) and the text to show now."""
-
-    def __init__(self, requests: list[Request], prompts: list[list[int]], eos_ids: set[int], decode: Any,
-                 t0: float):
-        self.requests, self.eos_ids, self.decode, self.t0 = requests, eos_ids, decode, t0
-        self.gens = [_generator(r.params.seed) for r in requests]
-        self.seen = [torch.tensor(p, dtype=torch.long) for p in prompts]
-        self.out_ids: list[list[int]] = [[] for _ in requests]
-        self.scanners = [StopScanner(r.params.stop) for r in requests]
-        self.done = [False] * len(requests)
-
-    def sample(self, i: int, logits: torch.Tensor, step: int) -> tuple[int | None, str]:
-        """Row i's next token from its next-token logits [V] and the text piece to yield; the token is
-        None when the row is (or just got) done, and a done row is left as it is."""
-        r = self.requests[i]
-        if self.done[i]:
-            return None, ""
-        if r.cancel.is_set():  # its client went away: free the row
-            self.done[i], r.stats.finish_reason = True, "cancelled"
-            return None, ""
-        tok: int | None = next_token(logits, r.params, self.seen[i], self.gens[i])
-        if step == 0:
-            r.stats.ttft_s = time.perf_counter() - self.t0
-        if tok in self.eos_ids:
-            self.done[i], tok = True, None
-            r.stats.finish_reason = "stop"
-            piece = self.scanners[i].feed(self.decode(self.out_ids[i]), final=True)
-        else:
-            self.out_ids[i].append(tok)
-            if r.params.repetition_penalty != 1.0:
-                self.seen[i] = torch.cat([self.seen[i], torch.tensor([tok])])
-            last = len(self.out_ids[i]) >= r.params.max_new_tokens
-            piece = self.scanners[i].feed(self.decode(self.out_ids[i]), final=last)
-            if self.scanners[i].stopped:
-                self.done[i], r.stats.finish_reason = True, "stop"
-            elif last:
-                self.done[i], r.stats.finish_reason = True, "length"
-            if self.done[i]:
-                tok = None
-        r.stats.completion_tokens = len(self.out_ids[i])
-        if self.done[i]:
-            r.stats.total_s = time.perf_counter() - self.t0
-        return tok, piece
-
-
-def check_prompt_lengths(requests: list[Request], prompts: list[list[int]], max_context: int) -> None:
-    """Each prompt plus its max_new_tokens fits the context (else a one-line error naming the request);
-    records the prompt sizes in the stats."""
-    for i, (r, ids) in enumerate(zip(requests, prompts, strict=True)):
-        if len(ids) + r.params.max_new_tokens > max_context:
-            raise GtExtError(
-                f"request {i}: prompt is {len(ids)} tokens; with max_new_tokens {r.params.max_new_tokens} "
-                f"it exceeds the model's context of {max_context}"
-            )
-        r.stats.prompt_tokens = len(ids)
-
-
-def _generator(seed: int | None) -> torch.Generator:
-    g = torch.Generator()
-    if seed is None:
-        g.seed()
-    else:
-        g.manual_seed(int(seed))
-    return g
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """torch's intra-op thread count set to `n` for a block (unchanged when None)."""
+    if not n:
+        yield
+        return
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def _eos_ids(model: Any, tok: Any) -> set[int]:

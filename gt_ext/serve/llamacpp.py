@@ -1,22 +1,30 @@
 """The llama.cpp backend: the Generator API over llama-cpp-python on a GGUF file.
 
 Prompts are rendered with the same chat template (the HF tokenizer of the base model) as the
-PyTorch path, then completed by llama.cpp. Adapters cannot be stacked per request here: serve an
-export's merged GGUF, or use the PyTorch backend for run-time adapters. Requests of a batch run
-one after the other (llama-cpp-python's high-level API holds one sequence).
+PyTorch path and tokenized by llama.cpp; llama.cpp computes the logits, and the shared decode loop
+(`gt_ext.serve.scheduler`) samples, detokenizes and cuts stop strings exactly as for PyTorch (so
+sampling options mean the same on both backends). One request runs at a time (llama-cpp-python's
+`Llama` holds one sequence); waiting requests join when it finishes.
 
-Sampling differences to know: llama.cpp applies the repetition penalty over the last 64 tokens
-(the PyTorch path over the whole context), and min_p is switched off to match the PyTorch path.
+Adapters: a PEFT LoRA folder is converted once to a GGUF LoRA by llama.cpp's own
+`convert_lora_to_gguf.py` (`gt_ext.export.lora_gguf`, cached by content), loaded with
+`llama_adapter_lora_init`, and each request's stack is set with `llama_set_adapters_lora` when it
+starts (a weight per adapter; switching stacks costs no reload). The GGUF must hold the base
+weights the adapter was trained on (the base model's GGUF, not an export's merged one).
 """
 
 from __future__ import annotations
 
+import ctypes
+import json
 import logging
+import math
 import os
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 from gt_ext.errors import GtExtError
 
@@ -34,63 +42,101 @@ def _tokenizer_for(base_model: str, gguf: Path) -> Any:
 
 
 class LlamaCppEngine:
-    """Runs requests on llama.cpp; same `run(requests, render)` contract as the PyTorch engine."""
+    """llama.cpp logits for the `DecodeLoop`: start / prefill / decode / finish, one row at a time."""
+
+    max_slots = 1
 
     def __init__(self, base_model: str, gguf_path: str | Path | None = None, threads: int | None = None,
                  n_ctx: int = 4096):
         try:
+            import llama_cpp
             from llama_cpp import Llama
         except ImportError:
             raise GtExtError("backend llama.cpp: llama-cpp-python is not installed (run ./install.sh)") from None
         gguf = Path(gguf_path or base_model)
         if not gguf.is_file() or gguf.suffix != ".gguf":
             raise GtExtError(f"backend llama.cpp: {gguf} is not a .gguf file")
+        self._lc = llama_cpp
         self.gguf = gguf
         nt = threads or os.cpu_count()
         self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=nt, n_threads_batch=nt, n_batch=512,
                          verbose=False)
         self.tokenizer = _tokenizer_for(base_model, gguf)
         self.max_context = n_ctx
+        self.n_vocab = self.llm.n_vocab()
+        vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
+        # End-of-generation tokens as llama.cpp itself decides them (EOS, EOT, <|im_end|>, ...).
+        self.eos_ids = {t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)}
+        self.base_model = base_model
+        self._adapters: dict[str, tuple[Any, float]] = {}  # key -> (llama.cpp adapter, scale correction)
+        self._active: tuple = ()  # the stack set in the context now
 
+    # -- adapters ---------------------------------------------------------------------------
     def add_adapter(self, path: str | Path) -> str:
-        raise GtExtError(f"adapter {path}: the llama.cpp backend serves merged GGUFs only; "
-                         "use --backend torch to stack adapters at run time")
+        """Convert (cached) and load a PEFT LoRA folder; returns its key (the resolved folder)."""
+        from gt_ext.export.lora_gguf import lora_gguf
+        from gt_ext.models.refs import adapter_folder
+        from gt_ext.serve.adapter_stack import LoraAdapter
+
+        folder = adapter_folder(path).resolve()
+        key = str(folder)
+        if key in self._adapters:
+            return key
+        ad = LoraAdapter.load(folder)  # the PyTorch path's checks (LoRA only, no DoRA, ...)
+        gguf = lora_gguf(folder, self.base_model)
+        handle = self._lc.llama_adapter_lora_init(self.llm._model.model, str(gguf).encode())
+        if not handle:
+            raise GtExtError(f"adapter {folder}: llama.cpp refused its GGUF LoRA {gguf} (does it fit {self.gguf.name}?)")
+        # llama.cpp scales by alpha/r; an rsLoRA adapter wants alpha/sqrt(r): corrected through the weight.
+        correction = math.sqrt(ad.rank) if _rslora(folder) else 1.0
+        self._adapters[key] = (handle, correction)
+        log.info("loaded adapter %s into llama.cpp (%s)", folder, gguf.name)
+        return key
 
     def adapter_keys(self) -> list[str]:
-        return []
+        return list(self._adapters)
 
-    def run(self, requests: list, render) -> Iterator[tuple[int, str]]:
-        for i, r in enumerate(requests):
-            yield from ((i, piece) for piece in self._one(r, render))
+    def _set_adapters(self, stack: list[tuple[str, float]]) -> None:
+        stack = [(k, w) for k, w in stack if w != 0.0]
+        if tuple(stack) == self._active:
+            return
+        n = len(stack)
+        handles = (self._lc.llama_adapter_lora_p_ctypes * n)(*[self._adapters[k][0] for k, _ in stack])
+        scales = (ctypes.c_float * n)(*[w * self._adapters[k][1] for k, w in stack])
+        if self._lc.llama_set_adapters_lora(self.llm._ctx.ctx, handles if n else None, n, scales if n else None):
+            raise GtExtError("llama.cpp: setting the request's LoRA adapters failed")
+        self._active = tuple(stack)
 
-    def _one(self, r: Any, render) -> Iterator[str]:
-        t0 = time.perf_counter()
-        prompt = render(r.messages)
-        ids = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-        p = r.params
-        if len(ids) + p.max_new_tokens > self.max_context:
-            raise GtExtError(f"prompt is {len(ids)} tokens; with max_new_tokens {p.max_new_tokens} it exceeds "
-                             f"the llama.cpp context of {self.max_context}")
-        r.stats.prompt_tokens = len(ids)
-        self.llm.reset()  # a new sequence; llama-cpp-python would otherwise reuse a common prefix
-        chunks = self.llm.create_completion(
-            ids, max_tokens=p.max_new_tokens, temperature=float(p.temperature), top_p=float(p.top_p),
-            top_k=int(p.top_k), min_p=0.0, typical_p=1.0, repeat_penalty=float(p.repetition_penalty),
-            stop=list(p.stop) or None, seed=p.seed if p.seed is not None else -1, stream=True,
-        )
-        n = 0
-        for ch in chunks:
-            if getattr(r, "cancel", None) is not None and r.cancel.is_set():  # its client went away
-                r.stats.finish_reason = "cancelled"
-                break
-            choice = ch["choices"][0]
-            text = choice.get("text") or ""
-            if text:
-                n += 1
-                if n == 1:
-                    r.stats.ttft_s = time.perf_counter() - t0
-                yield text
-            if choice.get("finish_reason"):
-                r.stats.finish_reason = choice["finish_reason"]
-        r.stats.completion_tokens = n
-        r.stats.total_s = time.perf_counter() - t0
+    # -- the decode loop's engine calls ------------------------------------------------------
+    def tokenize(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def start(self, seq: Any) -> None:
+        self.llm.reset()  # a new sequence (llama-cpp-python would otherwise reuse a common prefix)
+        self._set_adapters(list(seq.request.adapters))
+        seq.slot = 0
+
+    def prefill(self, seq: Any, ids: list[int]) -> torch.Tensor:
+        self.llm.eval(ids)
+        return self._last_logits()
+
+    def decode(self, seqs: list[Any], ids: list[int]) -> torch.Tensor:
+        if len(seqs) != 1:
+            raise GtExtError(f"llama.cpp engine: one sequence at a time, got {len(seqs)}")
+        self.llm.eval([ids[0]])
+        return self._last_logits()[None]
+
+    def finish(self, seq: Any) -> None:
+        seq.slot = None
+
+    def _last_logits(self) -> torch.Tensor:
+        ptr = self._lc.llama_get_logits_ith(self.llm._ctx.ctx, -1)
+        return torch.from_numpy(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy())
+
+
+
+def _rslora(folder: Path) -> bool:
+    try:
+        return bool(json.loads((folder / "adapter_config.json").read_text()).get("use_rslora"))
+    except (OSError, ValueError):
+        return False

@@ -3,10 +3,10 @@
     engine = PipelineEngine("smollm2-135m-instruct", PipelineTarget.from_options("serve", [ADDR], key_file))
     gen = Generator("smollm2-135m-instruct", backend="pipeline", pipeline=target)   # the usual API
 
-The engine runs the serving decode loop like the torch engine (`Generator` calls `run` with a batch
-of requests): each row is one generation session through the stages (`gt_ext.pipeline.inference`),
-holding one server session per span; sampling, stop strings and stats are the serving loop's own
-(`gt_ext.serve.generate.DecodeRows`), and so are streaming and the API. Rows decode concurrently:
+The engine is driven by the serving decode loop like the torch engine (`gt_ext.serve.scheduler.
+DecodeLoop`: start / prefill / decode / finish): each row is one generation session through the
+stages (`gt_ext.pipeline.inference`), holding one server session per span; sampling, stop strings
+and stats are the loop's own, and so are continuous batching, streaming and the API. Rows decode concurrently:
 while one session's token is in the tail, another's can be in the head. Adapters are read here (PEFT folders
 the model reference resolved, `gt_ext.models.refs`) and sent to the stages by content.
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +69,7 @@ class PipelineTarget:
 class PipelineEngine:
     """Serving engine over pipeline stages (see module docstring)."""
 
-    def __init__(self, base_model: str, target: PipelineTarget | None):
+    def __init__(self, base_model: str, target: PipelineTarget | None, max_slots: int = 10):
         from transformers import GenerationConfig
 
         from gt_ext.models import load_tokenizer, resolve_model_dir
@@ -101,6 +100,8 @@ class PipelineEngine:
             raise GtExtError(f"pipeline run {target.run}: its stages serve {self.inference.total_layers} layers, "
                              f"{base_model} has {self.config.num_hidden_layers}")
         self.adapters: dict[str, Any] = {}  # resolved folder -> AdapterBlob
+        self.max_slots = max_slots  # concurrent generation sessions (rows of the decode loop)
+        self.prefill_chunk = PREFILL_CHUNK  # the loop sends prompts in chunks of this size
         log.info("serving %s through pipeline run %s (%d spans)", base_model, target.run, len(self.inference.spans))
 
     # -- adapters -----------------------------------------------------------------------------------
@@ -126,61 +127,34 @@ class PipelineEngine:
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+    # One generation session through the stages per row (`seq.slot`). The loop prefills prompts in
+    # chunks of at most PREFILL_CHUNK tokens; a decode step sends every running row's token at once,
+    # so while one session's token is in the tail, another's is in the head.
+    def start(self, seq: Any) -> None:
+        seq.slot = self.inference.session([(self.adapters[k], w) for k, w in seq.request.adapters])
 
-    def run(self, requests: list[Any], render: Any) -> Any:
-        """Generator's engine call: yield (row, text piece) for a batch of requests. Each row is one
-        generation session through the stages with its own adapters; its prompt goes in chunks of
-        PREFILL_CHUNK tokens, then one token a step, every running row's step in flight together
-        (while one row's token is in the tail, another's is in the head)."""
+    def prefill(self, seq: Any, ids: list[int]) -> Any:
         import torch
 
-        from gt_ext.serve.generate import DecodeRows, check_prompt_lengths
+        return self.inference.run(seq.slot.step(torch.tensor([ids], dtype=torch.long)))
 
-        t0 = time.perf_counter()
-        prompts = [self.tokenize(render(r.messages)) for r in requests]
-        check_prompt_lengths(requests, prompts, self.max_context)
-        rows = DecodeRows(requests, prompts, self.eos_ids, self._decode, t0)
-        sessions = [self.inference.session([(self.adapters[k], w) for k, w in r.adapters]) for r in requests]
+    def decode(self, seqs: list[Any], ids: list[int]) -> Any:
+        import torch
 
-        async def prefill(session: Any, ids: list[int]) -> Any:
-            logits = None
-            for at in range(0, len(ids), PREFILL_CHUNK):
-                logits = await session.step(torch.tensor([ids[at:at + PREFILL_CHUNK]], dtype=torch.long))
-            return logits
+        async def steps() -> list[Any]:
+            return await asyncio.gather(*(s.slot.step(torch.tensor([[t]], dtype=torch.long))
+                                          for s, t in zip(seqs, ids, strict=True)))
 
-        async def prefill_all() -> list[Any]:
-            return await asyncio.gather(*(prefill(s, p) for s, p in zip(sessions, prompts, strict=True)))
+        return torch.stack(self.inference.run(steps()))  # [n, V]
 
-        async def steps(todo: dict[int, int]) -> list[Any]:
-            return await asyncio.gather(*(sessions[i].step(torch.tensor([[t]], dtype=torch.long))
-                                          for i, t in todo.items()))
-
-        async def close_all() -> None:
-            await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
-
+    def finish(self, seq: Any) -> None:
+        if seq.slot is None:
+            return
         try:
-            outs = self.inference.run(prefill_all())
-            logits = dict(enumerate(outs))  # row -> next-token logits [V]
-            step = 0
-            while True:
-                todo: dict[int, int] = {}
-                for i in list(logits):
-                    tok, piece = rows.sample(i, logits[i], step)
-                    if tok is not None:
-                        todo[i] = tok
-                    if piece:
-                        yield i, piece
-                step += 1
-                if not todo:
-                    break
-                logits = dict(zip(todo, self.inference.run(steps(todo)), strict=True))
-        finally:
-            try:
-                self.inference.run(close_all())  # the stages' sessions would expire on their own
-            except Exception as e:
-                log.debug("closing generation sessions: %s", e)
+            self.inference.run(seq.slot.close())  # the stages' sessions would expire on their own
+        except Exception as e:
+            log.debug("closing a generation session: %s", e)
+        seq.slot = None
 
     def close(self) -> None:
         """Leave the swarm."""

@@ -61,6 +61,9 @@ def train(
     dry_run: bool = typer.Option(False, "--dry-run", help="validate config and data, print token counts, train nothing"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+    fingerprint: bool = typer.Option(True, "--fingerprint/--no-fingerprint",
+                                     help="in a town: record its conventions (docs, formulas, settings, directives, "
+                                          "the role's gt prime) in RUN_DIR/conventions.json, for `gt model stale`"),
     backend: str = typer.Option("local", "--backend", help="local (one process) or pipeline (node0 stages, docs/pipeline.md)"),
     stages: int = typer.Option(None, "--stages", help="pipeline: start this many local stage servers (unless --initial-peers)"),
     run_name: str = typer.Option(None, "--run", help="pipeline: run name the stages were started with"),
@@ -102,6 +105,13 @@ def train(
         if resume:
             raise GtExtError("--resume needs --out RUN_DIR")
         out = home_dir() / "runs" / f"{role}{'-' + task if task else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
+    extra = None
+    if fingerprint and not (resume and (out / "conventions.json").is_file()):
+        from gt_ext.train.config import config_to_dict
+        from gt_ext.train.runfolder import check_new_or_resumable
+
+        check_new_or_resumable(out, config_to_dict(prepared.cfg), resume)  # before writing into it
+        extra = _fingerprint(role, out)  # RUN_DIR/conventions.json (both backends); run.json's summary
     if backend == "pipeline":
         from gt_ext.pipeline.trainer import pipeline_settings, run_pipeline_training
 
@@ -109,7 +119,7 @@ def train(
                                      compression_rate, subspace, node0)
         final = run_pipeline_training(prepared, out, settings, resume=resume, progress=progress)
     else:
-        final = run_training(prepared, out, resume=resume, progress=progress)
+        final = run_training(prepared, out, resume=resume, progress=progress, extra=extra)
     m = final["metrics"]
     if as_json:
         print(json.dumps({"run_dir": str(out), **final}, indent=2))
@@ -123,3 +133,22 @@ def train(
         print(f"stopped: {m.get('message', 'time limit reached')} (gt-ext train ... --out {out} --resume)",
               file=sys.stderr)
         raise typer.Exit(EXIT_STOPPED)
+
+
+def _fingerprint(role: str, out: Path) -> dict | None:
+    """Take the town's convention fingerprint for `role` into `out` (None outside a town)."""
+    from gt_ext.corpus.store import Store
+    from gt_ext.gastown.town import find_town
+    from gt_ext.loop.fingerprint import summary, take_fingerprint, write_fingerprint
+
+    town = find_town()
+    if town is None:
+        return None
+    with Store.open(town=town.root) as store:
+        fp = take_fingerprint(town.root, role, store=store)
+    out.mkdir(parents=True, exist_ok=True)
+    write_fingerprint(out, fp)
+    bad = [k for k, v in fp["items"].items() if v.get("error")]
+    if bad:
+        print(f"warning: {len(bad)} convention item(s) unreadable, recorded as such: {', '.join(bad[:5])}", file=sys.stderr)
+    return {"convention_fingerprint": summary(fp)}

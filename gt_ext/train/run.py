@@ -165,15 +165,20 @@ def stop_on_sigterm() -> Iterator[_StopFlag]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_training(p: Prepared, out: str | Path, resume: bool = False, progress: bool = True, callbacks=None) -> dict[str, Any]:
-    """Train and write the run folder; returns the final run.json content."""
+def run_training(p: Prepared, out: str | Path, resume: bool = False, progress: bool = True, callbacks=None,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train and write the run folder; returns the final run.json content. `extra`: more keys for
+    run.json (e.g. the `convention_fingerprint` summary)."""
     from gt_ext.train.loop import Trainer
     from gt_ext.train.lora import load_base_for_training
 
     out = Path(out)
     runfolder.check_new_or_resumable(out, config_to_dict(p.cfg), resume)
     out.mkdir(parents=True, exist_ok=True)
-    runfolder.write_run_json(out, run_json_for(p, "running", {}))
+    if extra is None and resume:  # a resumed run keeps what its first start recorded
+        extra = {k: v for k, v in (runfolder.read_run_json(out) or {}).items() if k == "convention_fingerprint"}
+    extra = extra or {}
+    runfolder.write_run_json(out, run_json_for(p, "running", {}, **extra))
     with stop_on_sigterm() as stop:
         model, _ = load_base_for_training(p.cfg)
         trainer = Trainer(p.cfg, model, p.tokenizer, p.train, p.val, out, progress=progress, callbacks=callbacks)
@@ -181,7 +186,7 @@ def run_training(p: Prepared, out: str | Path, resume: bool = False, progress: b
         try:
             result = trainer.train(resume=resume)
         except BaseException:
-            runfolder.write_run_json(out, run_json_for(p, "failed", {"steps": trainer.step}))
+            runfolder.write_run_json(out, run_json_for(p, "failed", {"steps": trainer.step}, **extra))
             raise
     metrics = {
         "val_loss_start": result.val_loss_start,
@@ -197,6 +202,6 @@ def run_training(p: Prepared, out: str | Path, resume: bool = False, progress: b
     }
     if result.message:
         metrics["message"] = result.message
-    final = run_json_for(p, result.status, metrics)
+    final = run_json_for(p, result.status, metrics, **extra)
     runfolder.write_run_json(out, final)
     return final

@@ -1,6 +1,8 @@
 """Per-session attempt outcome and bead spans from gt's event log."""
 
 from gt_ext.corpus.collect import sessions_for_bead
+from gt_ext.corpus.eventindex import EventIndex
+from gt_ext.corpus.store import Store
 from gt_ext.corpus.tags import attempt_outcome
 
 
@@ -38,5 +40,8 @@ def test_sessions_for_bead_takes_only_the_actor_sessions_on_that_bead(tmp_path):
     import json
 
     (tmp_path / ".events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
-    got = {s["session"]: s["attempt"] for s in sessions_for_bead({"id": "gt-1", "assignee": nux}, tmp_path, tmp_path)}
+    with Store.open(tmp_path / "corpus") as st:
+        index = EventIndex(st, tmp_path)
+        assert index.sync() == len(log)
+        got = {s["session"]: s["attempt"] for s in sessions_for_bead({"id": "gt-1", "assignee": nux}, index, tmp_path, tmp_path)}
     assert got == {"s1": "failure", "s2": "success"}

@@ -98,3 +98,15 @@ def test_role_card_measures_real_gt_prime(make_town, monkeypatch: pytest.MonkeyP
     assert text is not None and "# Witness Context" in text and "role:demo/witness" in text
     assert gt_prime_text(AgentEnv(role="witness", rig="demo", workdir=str(tt.root.parent))) is None
 
+
+
+def test_role_context_drops_what_describes_the_moment():
+    from gt_ext.gastown.prime import role_context
+
+    role = ("# Witness Context\n\n## Startup Protocol: Propulsion\n\nRun the patrol.\n\n"
+            "## Town Directives (operator policy — overrides formula where they conflict)\n\nBe brief.\n\n"
+            "Your mail address: demo/witness\n")
+    idle = role + "\n## 🦉 Witness Patrol Status\n\nStatus: **No active patrol**\n\n---\n\n**STARTUP PROTOCOL**: You are the Witness.\n"
+    busy = role + "\n## 🚨 AUTONOMOUS WORK MODE 🚨\n\nWork is on your hook.\n\n## Hooked Work\n\n  Bead ID: hq-wisp-1\n"
+    assert role_context(idle) == role_context(busy) == role.rstrip() + "\n"
+    assert "Be brief." in role_context(idle) and "Startup Protocol: Propulsion" in role_context(idle)

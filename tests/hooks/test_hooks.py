@@ -59,7 +59,47 @@ def test_install_into_town_and_rig_beads_and_chain(tmp_path):
     ev = json.loads(spooled.read_text())
     assert ev["kind"] == "bead_close" and ev["payload"] == issue and ev["argv"] == ["dm-1", "close"]
     assert ev["beads_dir"] == str(rig_hooks.parent)
-    assert status(town)["beads"]["demo"] == {"on_close": "ours", "chained": True}
+    assert status(town)["beads"]["demo"] == {"on_close": "ours", "on_create": "ours", "on_update": "ours",
+                                             "chained": True, "rag": True}
+    # ... and queued a RAG reindex of the bead (ids and paths only).
+    [rag_ev] = [json.loads(p.read_text()) for p in (town / ".rag" / "spool").glob("*.json")]
+    assert {k: rag_ev[k] for k in ("kind", "op", "id", "beads_dir")} == {
+        "kind": "bead", "op": "close", "id": "dm-1", "beads_dir": str(rig_hooks.parent)}
+
+
+def test_create_and_update_queue_rag_events_and_a_failing_spool_never_blocks_bd(tmp_path):
+    from gt_ext.rag.queue import pending, read_queued
+
+    town = _file_town(tmp_path)
+    hooks = town / ".beads" / "hooks"
+    hooks.mkdir()
+    marker = tmp_path / "foreign-update-ran"
+    (hooks / "on_update").write_text(f"#!/bin/sh\necho \"$@\" > {marker}\n")
+    (hooks / "on_update").chmod(0o755)
+    rep = install(town, gt_home=tmp_path / "gt", claude_stop=False)
+    assert rep["rag"]["hooks"]["hq"] == {"on_create": "installed", "on_update": "chained"}
+    env = {"PATH": os.environ["PATH"], "GT_EXT_NO_AUTOPROCESS": "1"}
+    for hook, op in (("on_create", "create"), ("on_update", "update")):
+        r = subprocess.run([str(hooks / hook), "hq-7", op], input=b'{"id": "hq-7", "title": "t"}', env=env)
+        assert r.returncode == 0
+    assert [(e["op"], e["id"]) for e in read_queued(pending(town))] == [("create", "hq-7"), ("update", "hq-7")]
+    assert marker.read_text().strip() == "hq-7 update"  # the foreign hook still runs
+    assert not (town / ".corpus" / "spool").exists() or not list((town / ".corpus" / "spool").glob("*.json"))
+    # A broken corpus spool (its folder is a file) and a broken RAG queue: bd still gets exit 0 and
+    # the chained hook still runs; the hook says what failed on stderr.
+    (hooks / ".gt-ext-spool").write_text(str(hooks / "on_create") + "/spool\n")
+    (hooks / ".gt-ext-rag").write_text(str(hooks / "on_create") + "/rag\n")
+    (hooks / ".gt-ext-pending").write_text("")  # and no fallback next to the hook either
+    (hooks / ".gt-ext-rag-pending").write_text("")
+    (hooks / "on_close.chained").write_text(f"#!/bin/sh\necho closed > {marker}\n")
+    (hooks / "on_close.chained").chmod(0o755)
+    r = subprocess.run([str(hooks / "on_close"), "hq-7", "close"], input=b'{"id": "hq-7"}', env=env,
+                       capture_output=True)
+    assert r.returncode == 0 and marker.read_text().strip() == "closed"
+    assert b"could not spool" in r.stderr and b"could not queue a RAG reindex" in r.stderr
+    # --no-rag: no RAG events from bd hooks.
+    install(town, gt_home=tmp_path / "gt", claude_stop=False, rag=False)
+    assert not (hooks / ".gt-ext-rag").exists() and status(town)["beads"]["hq"]["rag"] is False
 
 
 def test_claude_stop_override_keeps_other_entries(tmp_path):
@@ -330,6 +370,44 @@ def test_stop_hook_survives_real_gt_hooks_sync_and_spools_claude_stop(make_town,
         assert (ex.session, ex.role, ex.rig) == ("sess-w1", "witness", "demo")
 
 
+@pytest.mark.integration
+def test_hook_in_a_sandbox_leaves_ids_next_to_itself_and_processing_trusts_only_bd(beads_dir, bd_bin, tmp_path):
+    """bd run by a sandboxed agent sees the town's spools read-only: the hook puts its events in
+    `<beads>/hooks/.gt-ext-pending/` (and the RAG one in `.gt-ext-rag-pending/`); processing drains
+    them, takes only the bead id and reads the issue again from bd; a forged stop event is refused."""
+    from gt_ext.corpus.spool import PENDING_DIR, write_event
+    from gt_ext.gastown.bd import Bd
+    from gt_ext.gastown.testing import isolated_env
+    from gt_ext.rag import queue
+
+    town = make_town_dirs(beads_dir.parent)
+    install(town, gt_home=tmp_path / "gt", claude_stop=False, auto_process=False)
+    hooks = beads_dir / "hooks"
+    blocked = tmp_path / "read-only-file"
+    blocked.write_text("")
+    (hooks / ".gt-ext-spool").write_text(f"{blocked}/spool\n")  # as unwritable as a hidden .corpus
+    (hooks / ".gt-ext-rag").write_text(f"{blocked}/rag\n")
+    env = isolated_env(tmp_path / "home")
+    bd = Bd(beads_dir, bd_bin, env=env)
+    actor = "demo/polecats/nux"
+    iss = bd.create("task in a sandbox", assignee=actor)
+    projects = tmp_path / "projects"
+    write_transcript(projects, "s-box", str(town / actor), f"Run the bead {iss.id} on your hook.",
+                     [("Reading the hook.", "gt hook", f"{iss.id}: task in a sandbox")])
+    add_session_events(town, actor, "s-box", str(town / actor), iss.id)
+    bd.close(iss.id, reason="done")
+    _wait_for(lambda: len(list((hooks / PENDING_DIR).glob("*.json"))) == 1)
+    _wait_for(lambda: len(queue.pending(town, [beads_dir])) >= 2)  # create + close queued for RAG
+    # A command in the sandbox could write there too: a forged stop event naming any file.
+    write_event(hooks / PENDING_DIR, "session_stop", {"session_id": "x", "transcript_path": "/etc/hostname"})
+    with Store.open(town / ".corpus") as st:
+        rep = process_spool(st, town, projects)
+        assert [e for e in rep.errors if "refused" in e] and len(rep.errors) == 1, rep.errors
+        [ex] = st.query()
+        assert (ex.bead, ex.session, ex.outcome) == (iss.id, "s-box", "success")
+    assert list((hooks / PENDING_DIR).glob("*.json")) == []
+
+
 # --- issue #20: the bd hook spooled any stdin size (200 MB became a spool file) ------------------
 def test_hook_caps_stdin_says_so_and_still_feeds_the_chained_hook(tmp_path):
     hooks = tmp_path / "beads" / "hooks"
@@ -365,3 +443,37 @@ def test_hook_cap_is_configurable_and_small_stdin_is_kept(tmp_path):
     evs = sorted((json.loads(p.read_text()) for p in spool.glob("*.json")), key=lambda e: e["argv"][0])
     assert evs[0]["payload"] == {"id": "dm-2"} and "stdin" not in evs[0]
     assert evs[1]["payload"] is None and evs[1]["stdin"]["truncated"]
+
+
+def test_hook_starts_no_processor_while_one_runs(tmp_path):
+    """A processor holding its lock looks at its queue again when it ends: the hook queues its
+    event and starts none (a `bd close` of hundreds of beads would start hundreds); once the lock is
+    free it starts one again."""
+    import fcntl
+
+    hooks = tmp_path / "beads" / "hooks"
+    hooks.mkdir(parents=True)
+    shutil.copy(REPO_HOOK, hooks / "on_close")
+    started = {"corpus": tmp_path / "corpus-started", "rag": tmp_path / "rag-started"}
+    for what, sidecar in (("corpus", ".gt-ext-process"), ("rag", ".gt-ext-rag-process")):
+        (hooks / sidecar).write_text(json.dumps([sys.executable, "-c", f"open({str(started[what])!r}, 'a').write('x')"]))
+    (hooks / ".gt-ext-spool").write_text(f"{tmp_path / 'corpus' / 'spool'}\n")
+    (hooks / ".gt-ext-rag").write_text(f"{tmp_path / 'rag' / 'spool'}\n")
+    locks = [tmp_path / "corpus" / "process.lock", tmp_path / "rag" / "indexer.lock"]
+    fds = []
+    for p in locks:
+        p.parent.mkdir(parents=True)
+        fds.append(os.open(p, os.O_RDWR | os.O_CREAT))
+        fcntl.flock(fds[-1], fcntl.LOCK_EX)  # "a processor runs"
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    run = lambda bead: subprocess.run([str(hooks / "on_close"), bead, "close"], input=b'{"id": "%s"}' % bead.encode(),  # noqa: E731
+                                      env=env, timeout=60, check=True)
+    run("dm-1")
+    for fd in fds:
+        os.close(fd)
+    assert len(list((tmp_path / "corpus" / "spool").glob("*.json"))) == 1  # queued all the same
+    assert len(list((tmp_path / "rag" / "spool").glob("*.json"))) == 1
+    run("dm-2")  # the locks are free: both processors start
+    _wait_for(lambda: all(p.exists() for p in started.values()))
+    time.sleep(1.0)  # a processor the first hook had started would have written by now
+    assert {k: p.read_text() for k, p in started.items()} == {"corpus": "x", "rag": "x"}

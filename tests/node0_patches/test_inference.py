@@ -115,6 +115,13 @@ def test_serving_adapters_arrive_in_parts_and_the_least_recently_used_goes():
     put("g3", 0, 1, ["m0"])
     assert stage.dropped == ["g2"] and list(held.held) == ["g1", "g3"]
     assert _code(lambda: put("g4", 0, 1, ["bad"])) == "bad"
+    # Unfinished uploads are bounded too: a third one pushes out the oldest (its first part is lost).
+    put("p1", 0, 2, ["m0"])
+    put("p2", 0, 2, ["m0"])
+    put("p3", 0, 2, ["m0"])
+    assert list(held.pending) == ["p2", "p3"]
+    put("p1", 1, 2, ["m1"])  # p1 starts over: one part of two, not added
+    assert "p1" not in stage.added and "p1" in held.pending
 
 
 def test_expert_infer_with_a_kv_cache_equals_the_whole_model(tmp_path):

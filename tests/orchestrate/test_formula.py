@@ -28,7 +28,7 @@ def test_project_formulas_follow_gt_schema():
         assert f.steps, p
         for s in f.steps:
             assert s.run and s.description and s.title, (p, s.id)
-    assert {"train-role-model", "corpus-collect", "eval-suite"} <= names
+    assert {"train-role-model", "corpus-collect", "eval-suite", "improve-role"} <= names
 
 
 def test_train_role_model_order_and_vars():
@@ -36,7 +36,7 @@ def test_train_role_model_order_and_vars():
     assert [s.id for s in f.ordered_steps()] == ["export-corpus", "validate", "train", "export", "eval", "register"]
     values = f.resolve_vars({"role": "witness"}, {"job_dir": "/j"})
     assert values["corpus_path"] == "/j/corpus"
-    assert values["suite"] == "builtin:witness"
+    assert values["suite"] == "role:witness"
     assert values["lora_rank"] == "64"
     with pytest.raises(GtExtError, match="missing required variable 'role'"):
         f.resolve_vars({}, {"job_dir": "/j"})

@@ -85,6 +85,21 @@ class Stages:
         if sig == signal.SIGKILL:
             proc.wait(timeout=30)
 
+    def leftovers(self, timeout: float = 15.0) -> list[tuple[int, str]]:
+        """(pid, name) of live processes still in a stage's process group (each stage runs in its
+        own: task pools, handlers, averagers, p2p daemons), waiting up to `timeout` for them to go
+        (killed orphans are reaped by init a moment later)."""
+        import psutil
+
+        groups = {proc.pid for proc in self.procs.values()}
+        deadline = time.monotonic() + timeout
+        while True:
+            left = [(p.info["pid"], p.info["name"]) for p in psutil.process_iter(["pid", "name", "status"])
+                    if p.info["status"] != psutil.STATUS_ZOMBIE and _pgid(p.info["pid"]) in groups]
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.2)
+
     def close(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
@@ -103,3 +118,10 @@ class Stages:
             except ProcessLookupError:
                 pass
             proc.wait(timeout=30)
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None

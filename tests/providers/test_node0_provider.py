@@ -31,10 +31,12 @@ def test_same_contract_as_registry_deploy():
 
     assert READY_PROMPT == AGENT_READY
     assert AGENT_COMMAND == PROCESS_NAME
-    cfg = runtime_config("witness:3", ["witness-patrol:1", "witness-review:2"])
+    cfg = runtime_config("witness:3", ["witness-patrol:1", "witness-review:2"], rag_budget=800)
     # The agent's own parser accepts exactly the args deploy writes.
     ns = build_parser().parse_args(cfg["args"])
     assert ns.model == "witness:3" and ns.adapters == "witness-patrol:1,witness-review:2"
+    assert ns.rag and ns.rag_budget == 800
+    assert not build_parser().parse_args(runtime_config("witness:3", [])["args"]).rag
 
 
 def test_wrapper_execs_the_venv_agent():

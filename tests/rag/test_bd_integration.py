@@ -128,3 +128,57 @@ def test_real_town_made_by_gt(make_town, monkeypatch):
                     rig="demo", town=tt.root, k=5)
     assert source in [h.source for h in hits], [h.source for h in hits]
     assert reindex(tt.root).added == 0
+    # A gt town's beads live in its Dolt server: their change signal is Dolt's hash of the database.
+    from gt_ext.gastown.bd import beads_fingerprint
+
+    assert (beads_fingerprint(beads, tt.root) or "").startswith("dolt:")
+
+
+def test_bd_hooks_keep_the_index_fresh_for_the_agents_next_prompt(bd_town, tmp_path):
+    """`gt-ext hooks install`, then real bd create/update/close: the hooks queue reindex events and
+    start the indexer, and after that one processing cycle a deployed agent's next prompt (its RAG
+    context) holds the new bead with its update, and no longer the closed one."""
+    import io
+
+    from gt_ext.hooks_cli import install
+    from gt_ext.rag.index import load_state, lock_holder
+    from gt_ext.serve.agent import Agent, Limits
+    from gt_ext.serve.generate import Generator
+    from gt_ext.serve.params import SamplingParams
+    from gt_ext.serve.rolecard import AgentEnv
+    from gt_ext.serve.tools import ToolRunner
+
+    root, env, _ = bd_town
+    install(root, gt_home=tmp_path / "gt", claude_stop=False, pi=False)
+    hook_env = {k: v for k, v in env.items() if k != "BD_NO_HOOKS"}
+    bd = Bd(root / "demo" / "mayor" / "rig" / ".beads", env=hook_env)
+    t0 = time.time()
+    gone = bd.create("Billing callback answers 502 from the gateway",
+                     description="The payment gateway callback gets a 502 from our edge proxy.")
+    new = bd.create("Witness: polecat slit stalls on lint", description="Polecat slit has been waiting on the linter.",
+                    labels=["role:witness"])
+    bd.update(new.id, title="Witness: polecat slit stalls on the lint step for an hour")
+    bd.close(gone.id, reason="proxy timeout raised")
+
+    def drained() -> bool:
+        last = load_state(root)["last_run"] or {}
+        return not queue.pending(root) and lock_holder(root) is None and last.get("time", 0) > t0
+    deadline = time.monotonic() + 300  # bd runs hooks in the background; the indexer they start embeds
+    while not drained() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert drained(), (queue.pending(root), load_state(root)["last_run"])
+    log_text = (root / ".rag" / "reindex.log").read_text()
+    assert "trigger:" in log_text
+    # The hooks named the beads: they were fetched alone (`bd show`), not the whole list again.
+    group = load_state(root)["groups"]["beads:demo/mayor/rig/.beads"]
+    assert group["synced"] > group["full_synced"]
+
+    work = root / "demo" / "witness"
+    agent = Agent(Generator("tiny-llama"), AgentEnv(role="witness", rig="demo", actor="demo/witness", root=str(root),
+                                                   workdir=str(work)),
+                  ToolRunner(work, 30, 500), SamplingParams(max_new_tokens=2), Limits(max_steps=1), rag=True,
+                  out=io.StringIO())
+    agent.turn("Which polecat is stalled on lint?")
+    prompt = agent.history[1]["content"]
+    assert f"bead {new.id} [open]" in prompt and "lint step for an hour" in prompt
+    assert gone.id not in prompt

@@ -102,6 +102,41 @@ def test_edit_and_delete_are_reflected_without_duplicates(town):
     assert sorted(ids) == sorted(expected_ids(town)) and len(ids) == len(set(ids))
 
 
+def test_unchanged_content_is_not_reread_and_a_touch_is_no_change(town):
+    """O(changed): same mtime and size -> not read; same content hash after a touch -> not re-chunked."""
+    import time as _time
+
+    assert reindex(town).groups_synced == 0
+    doc = town / "CLAUDE.md"
+    text = doc.read_text()
+    doc.write_text(text)  # a save of the same text: new mtime, same content
+    os.utime(doc, (_time.time() + 5, _time.time() + 5))
+    rep = reindex(town)
+    assert (rep.groups_synced, rep.added, rep.deleted) == (0, 0, 0)
+    doc.write_text(text.replace("imperative mood", "present tense"))
+    rep = reindex(town)
+    assert rep.groups_synced == 1 and (rep.added, rep.deleted) == (1, 1)
+    doc.write_text(text)
+    assert reindex(town).groups_synced == 1
+
+
+def test_boosted_sources_rank_higher_for_their_role_only(town):
+    from gt_ext.rag.boost import BOOST, set_boost
+
+    def score(role: str) -> float:
+        hits = retrieve("how should commit messages be written?", role=role, town=town, k=24)
+        return next(h.score for h in hits if h.source == "file:CLAUDE.md")
+
+    before, other = score("witness"), score("polecat")
+    set_boost(town, "witness", ["file:CLAUDE.md"], reason="test")
+    try:
+        assert score("witness") == pytest.approx(before + BOOST, abs=1e-6)
+        assert score("polecat") == pytest.approx(other, abs=1e-6)
+    finally:
+        set_boost(town, "witness", [])
+    assert score("witness") == pytest.approx(before, abs=1e-6)
+
+
 def test_spooled_event_is_drained(town):
     queue.enqueue(town, {"kind": "file", "path": str(town / "CLAUDE.md")})
     assert status(town)["pending_events"] == 1

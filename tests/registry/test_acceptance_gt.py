@@ -57,7 +57,7 @@ def test_deploy_and_rollback_seen_by_real_gt(make_town, make_export, gt_bin, mon
     assert _witness_alias(tt, "demo") == "node0-witness"
     agents = json.loads(tt.gt("config", "agent", "list", "--json").stdout)
     node0 = {a["name"]: a for a in agents}["node0-witness"]
-    assert node0["command"] == "node0-inference" and node0["args"] == "--model witness:1"
+    assert node0["command"] == "node0-inference" and node0["args"].startswith("--model witness:1 --rag --rag-budget ")
 
     # The metadata went to the town's HQ Dolt database, one Dolt commit per change.
     with tt.dolt("hq") as c:

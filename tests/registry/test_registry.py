@@ -9,6 +9,7 @@ import pytest
 from gate_results import eval_result
 
 from gt_ext.errors import GtExtError
+from gt_ext.rag.retrieve import role_budget
 from gt_ext.registry import READY_PROMPT, Registry
 
 
@@ -79,7 +80,8 @@ def test_deploy_writes_gt_settings_keeping_other_keys(registry: Registry, make_e
     s = _settings(town_dir)
     assert s["role_agents"] == {"refinery": "opus-46", "deacon": "node0-deacon"}
     assert s["agents"]["node0-deacon"] == {
-        "provider": "node0", "command": "node0-inference", "args": ["--model", "deacon:1"],
+        "provider": "node0", "command": "node0-inference",
+        "args": ["--model", "deacon:1", "--rag", "--rag-budget", str(role_budget("deacon"))],
         "tmux": {"process_names": ["node0-inference"], "ready_prompt_prefix": READY_PROMPT}}
     for k in ("cli_theme", "x_unknown", "default_agent", "type", "version"):
         assert s[k] == TOWN_SETTINGS[k]
@@ -95,11 +97,11 @@ def test_rollback_is_a_stack(registry: Registry, make_export, town_dir: Path, pa
     for role in ("refinery", "refinery", "deacon"):
         passed(registry, registry.register(make_export(role)).ref)
     registry.deploy("deacon")
-    registry.deploy("refinery:1")
+    registry.deploy("refinery:1", rag=False)
     registry.deploy("refinery:2")
-    assert _settings(town_dir)["agents"]["node0-refinery"]["args"] == ["--model", "refinery:2"]
+    assert _settings(town_dir)["agents"]["node0-refinery"]["args"][:3] == ["--model", "refinery:2", "--rag"]
     assert registry.rollback("refinery").entry.after["model"] == "refinery:1"
-    assert _settings(town_dir)["agents"]["node0-refinery"]["args"] == ["--model", "refinery:1"]
+    assert _settings(town_dir)["agents"]["node0-refinery"]["args"] == ["--model", "refinery:1"]  # --no-rag
     registry.rollback("refinery")
     s = _settings(town_dir)
     assert s["role_agents"]["refinery"] == "opus-46"  # the agent gt had before any deployment
@@ -273,7 +275,7 @@ def test_task_adapters(registry: Registry, make_run, make_export, town_dir: Path
         registry.deploy("deacon", adapters=["deacon:1"])
     registry.deploy("deacon", adapters=["deacon-patrol"])
     args = _settings(town_dir)["agents"]["node0-deacon"]["args"]
-    assert args == ["--model", "deacon:1", "--adapters", "deacon-patrol:1"]
+    assert args[:4] == ["--model", "deacon:1", "--adapters", "deacon-patrol:1"]
     assert registry.deployed_to(a) == ["deacon@town"]
 
 
@@ -339,3 +341,25 @@ def test_table_from_an_earlier_release_gets_the_new_column(tmp_path: Path) -> No
     store.update_eval("deacon", 1, {}, None, None, "m", eval_runs=[{"gating": False}])
     assert store.get_model("deacon", 1).eval_runs == [{"gating": False}]
     store.close()
+
+
+def test_lineage_of_a_child_trained_on_registered_weights(registry: Registry, make_export, make_run) -> None:
+    """A DPO run's base is a registered version's merged weights: the child's base is that version's
+    base, its parent that version; `current`, `lineage` and an explicit `--parent` agree."""
+    sft = registry.register(make_export(role="witness"))
+    assert registry.current("witness").ref == sft.ref and registry.current("deacon") is None
+    child_run = make_run(role="witness")
+    run = json.loads((child_run / "run.json").read_text())
+    run["base_model"] = str(sft.path / "merged")
+    run["config"] = {"mode": "dpo", "base_model": run["base_model"]}
+    (child_run / "run.json").write_text(json.dumps(run))
+    child = registry.register(child_run)
+    assert (child.parent, child.base_model) == (sft.ref, sft.base_model)
+    assert registry.lineage(child) == [sft.ref, child.ref] and registry.lineage(sft) == [sft.ref]
+    assert registry.current("witness").ref == child.ref
+    assert registry.ref_for_path(child.path / "adapter") == child.ref and registry.ref_for_path("tiny-llama") is None
+    with pytest.raises(GtExtError, match="trained on the weights of"):
+        registry.register(child_run, parent=child.ref)
+    with pytest.raises(GtExtError, match="no model 'nope:3'"):
+        registry.register(child_run, parent="nope:3")
+    assert [r.ref for r in registry.list() if r.name == "witness"] == [sft.ref, child.ref]  # nothing half-made

@@ -226,3 +226,78 @@ def test_role_card_starts_with_the_training_system_turn():
     env = AgentEnv(role="witness", rig="demo", actor="demo/witness", root="/town", workdir="/town/demo")
     assert role_card(env).splitlines()[0] == system_prompt("witness", "demo")
     assert role_card(AgentEnv(role="unknown-role")).startswith("You are a Gas Town agent (unknown-role)")
+
+
+def test_session_end_spools_a_stop_event_with_the_session_tags(gen, tmp_path):
+    """Closing a session (EOF, SIGTERM, SIGHUP) spools `session_stop` into the town's corpus spool,
+    and the transcript carries the bead gt's startup beacon named."""
+    from gt_ext.corpus.spool import PROCESS_ON_END, entries
+
+    agent, _work, _out = make_agent(gen, tmp_path)
+    hooks = tmp_path / ".corpus" / "hooks"
+    hooks.mkdir(parents=True)
+    marker = tmp_path / "processor-ran"
+    (hooks / PROCESS_ON_END).write_text(json.dumps([sys.executable, "-c", f"open({str(marker)!r}, 'w')"]))
+    agent.turn("[GAS TOWN] witness (rig: demo) <- deacon • 2026-12-04T10:00 • patrol:dm-wisp-7x\n\n!echo hi")
+    agent.close("terminated")
+    [(_sid, _p, ev, err)] = list(entries(tmp_path / ".corpus" / "spool"))
+    assert err is None and ev["kind"] == "session_stop"
+    assert ev["payload"]["transcript_path"] == str(agent.transcript.path)
+    assert ev["payload"]["reason"] == "terminated" and ev["payload"]["session_id"] == agent.transcript.session_id
+    entry = json.loads(agent.transcript.path.read_text().splitlines()[0])
+    assert entry["gt"]["bead"] == "dm-wisp-7x" and entry["entrypoint"] == "node0-inference"
+    deadline = time.monotonic() + 60  # the processor argv install wrote runs detached
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.exists()
+
+
+def test_no_town_no_stop_event(gen, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    env = AgentEnv(role="witness", workdir=str(work))
+    agent = Agent(gen, env, ToolRunner(work, 30, 500), SamplingParams(max_new_tokens=4), Limits(max_steps=1),
+                  transcript_factory=lambda: Transcript(work, "m:1", folder=tmp_path / "projects"), out=io.StringIO())
+    agent.turn("!true")
+    agent.close()
+    assert agent.transcript.written and not list(tmp_path.rglob("spool"))
+
+
+def test_session_id_and_beacon_from_gt():
+    from gt_ext.gastown.session import bead_from_beacon, session_id_from_env
+
+    assert session_id_from_env({"GT_SESSION_ID": "abc"}) == "abc"
+    assert session_id_from_env({"GT_SESSION_ID_ENV": "NODE0_SESSION_ID", "NODE0_SESSION_ID": "x-1"}) == "x-1"
+    assert session_id_from_env({"GT_SESSION_ID_ENV": "NODE0_SESSION_ID"}) is None
+    assert session_id_from_env({}) is None
+    beacon = "[GAS TOWN] polecat rust (rig: gastown) <- mayor • 2026-12-04T10:00 • assigned:gt-abc12"
+    assert bead_from_beacon(beacon + "\n\nRun `gt prime --hook` and begin work on your hook.") == "gt-abc12"
+    assert bead_from_beacon("[GAS TOWN] deacon <- daemon • 2025-12-30T08:00 • patrol") is None
+    assert bead_from_beacon("[GAS TOWN] witness (rig: demo) <- deacon • 2025-12-30T08:00 • cold-start") is None
+    assert bead_from_beacon("please look at assigned:gt-1") is None
+
+
+@pytest.mark.integration
+def test_pane_closed_spools_the_stop_event(tmp_path):
+    """SIGHUP (the pane closed) ends the session like EOF and SIGTERM: transcript closed, stop spooled."""
+    from gt_ext.corpus.spool import entries
+
+    (tmp_path / "mayor").mkdir()
+    (tmp_path / "mayor" / "town.json").write_text("{}")
+    p = subprocess.Popen([AGENT_BIN, "--model", "base:tiny-llama", "--max-new-tokens", "4", "--no-register"],
+                         cwd=tmp_path, env=dict(os.environ, GT_EXT_CLAUDE_PROJECTS=str(tmp_path / "projects"),
+                                                GT_ROLE="demo/witness", GT_ROOT=str(tmp_path), GT_SESSION_ID="gt-sid-1",
+                                                GT_EXT_NO_AUTOPROCESS="1"),
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdin.write("!echo hi\n")
+    p.stdin.flush()
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "projects").glob("*/gt-sid-1.jsonl")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGHUP)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 0 and "[terminated]" in out
+    [(_sid, _path, ev, err)] = list(entries(tmp_path / ".corpus" / "spool"))
+    assert err is None and ev["payload"]["reason"] == "hangup" and ev["payload"]["session_id"] == "gt-sid-1"
+    assert ev["env"]["GT_SESSION_ID"] == "gt-sid-1" and ev["env"]["GT_ROLE"] == "demo/witness"

@@ -162,7 +162,7 @@ def test_queue_full_is_503(served):
     app = create_app(gen, model, registry_lookup=lookup, max_batch=1, max_queue=1)
     with TestClient(app) as c:
         state = app.state.api
-        with gen._lock:  # hold the model: the worker blocks on the first job, the queue fills
+        with gen.lock:  # hold the model: the worker blocks on the first job, the queue fills
             import threading
 
             results = []

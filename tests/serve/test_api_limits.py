@@ -43,7 +43,7 @@ def client(gen):
 def _held(gen, fn, n):
     """Run `fn` n times in threads while the model is held, so their requests meet in one batch."""
     results: list = [None] * n
-    with gen._lock:
+    with gen.lock:
         ts = [threading.Thread(target=lambda i=i: results.__setitem__(i, fn(i))) for i in range(n)]
         for t in ts:
             t.start()
@@ -62,11 +62,11 @@ def test_a_bad_request_fails_alone(gen, client):
     assert "seed" in res[2].json()["error"]["message"] and res[2].json()["error"]["param"] == "seed"
 
 
-def test_batch_failing_before_output_reruns_each_alone(gen):
+def test_request_slipping_past_validation_fails_alone(gen):
     """Defence in depth: a request that slips past validation only fails itself."""
     good = gen.request(MSG, SamplingParams(max_new_tokens=3))
-    bad = gen.request(MSG, SamplingParams(max_new_tokens=3))
-    bad.params.seed = 10**30  # bypasses validate(): torch refuses it inside the batch
+    bad = gen.request(MSG, SamplingParams(max_new_tokens=3, temperature=1.0))
+    bad.params.seed = 10**30  # bypasses validate(): torch refuses it when the request joins
     outcome: dict[str, object] = {}
     batcher = Batcher(gen, max_batch=4)
     done = threading.Event()
@@ -78,7 +78,7 @@ def test_batch_failing_before_output_reruns_each_alone(gen):
                 done.set()
         return on_done
 
-    with batcher._cv:  # both queued before the worker looks: one batch
+    with batcher._cv:  # both queued before the worker looks: they join the batch together
         batcher.submit(Job(good, lambda p: None, finish("good")))
         batcher.submit(Job(bad, lambda p: None, finish("bad")))
     assert done.wait(120)

@@ -1,6 +1,9 @@
 """End to end with the real gt: a model registered and deployed for the witness role, started by
 `gt witness start`, ready prompt in its tmux pane, a nudge answered there, and a bd command run by
-the agent loop changing the rig's real beads.
+the agent loop changing the rig's real beads. Then the loop closes: the agent closes a bead
+assigned to it (bd's on_close hook spools it), `gt witness stop` ends the session (its stop event
+is spooled), and the session is in the corpus as a node0 source, tagged witness, with its model,
+and linked to the bead it closed.
 
 The tiny model will not write a correct bd command by itself, so the nudge uses the agent's
 `!command` path (allowed for the test's sender in the town's settings/gt-ext.json): the command is
@@ -72,6 +75,9 @@ def test_gt_starts_node0_witness_and_it_acts_on_beads(make_town, gt_bin, bd_bin,
 
     sock = f"gtext-e2e-{os.getpid()}"
     env_extra = {"GT_TMUX_SOCKET": sock, "GT_EXT_CLAUDE_PROJECTS": str(tmp_path / "projects")}
+    from gt_ext.hooks_cli import install
+
+    install(tt.root, gt_home=Path(tt.env["HOME"]) / ".gt", pi=False)  # bd hooks spool, processing auto
     tt.env.update(env_extra)
     for k, v in env_extra.items():
         monkeypatch.setenv(k, v)
@@ -120,6 +126,36 @@ def test_gt_starts_node0_witness_and_it_acts_on_beads(make_town, gt_bin, bd_bin,
         transcripts = list((tmp_path / "projects").glob("*/*.jsonl"))
         assert transcripts, "the session wrote no transcript"
         assert any(title in p.read_text() for p in transcripts)
+
+        # The witness closes a bead assigned to it, then gt stops it.
+        mine = bd.create("patrol: check polecat liveness", assignee="demo/witness")
+        tt.gt("nudge", "demo/witness", "--mode=immediate", f"!bd close {mine.id} --reason done", timeout=120)
+        assert _wait(lambda: bd.show(mine.id).status == "closed", 300, 2.0), pane()
+        assert _wait(lambda: pane().rstrip().endswith("node0>"), 300), pane()
+        tt.gt("witness", "stop", "demo", timeout=120)
+
+        def node0_rows() -> list[dict]:
+            # --status all: the random tiny model's replies are gibberish, which the corpus gates
+            # rightly reject; the session is there, tagged, whatever its status.
+            res = subprocess.run(["gt", "corpus", "--store", str(tt.root / ".corpus"), "list", "--source", "node0",
+                                  "--status", "all", "--json"], capture_output=True, text=True, env=tt.env, cwd=tt.root)
+            assert res.returncode == 0, res.stderr
+            return json.loads(res.stdout)
+
+        def stored() -> bool:  # both the bead close and the stop event processed (spool empty)
+            rows = node0_rows()
+            return bool(rows) and not list((tt.root / ".corpus" / "spool").glob("*.json")) \
+                and all(r["bead"] for r in rows)
+
+        assert _wait(stored, 300, 2.0), (node0_rows(), (tt.root / ".corpus" / "process.log").read_text()[-3000:])
+        rows = node0_rows()
+        print(f"node0 session in the corpus: {[(r['id'][:12], r['status'], r['reason']) for r in rows]}")
+        assert {(r["role"], r["rig"], r["model"], r["bead"]) for r in rows} == {("witness", "demo", rec.ref, mine.id)}
+        session_id = rows[0]["session"]
+        # gt knows the session: `gt prime --hook` logged its start for the witness.
+        events = [json.loads(x) for x in (tt.root / ".events.jsonl").read_text().splitlines() if x.strip()]
+        assert any(e.get("type") == "session_start" and e.get("actor") == "demo/witness"
+                   and e["payload"].get("session_id") == session_id for e in events)
     finally:
         tt.gt("witness", "stop", "demo", check=False, timeout=120)
         tmux("kill-server")

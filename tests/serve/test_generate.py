@@ -12,18 +12,26 @@ from gt_ext.serve.params import SamplingParams
 MSG = [{"role": "user", "content": "Say something about beads and rigs."}]
 
 
-def hf_greedy(gen: Generator, messages, n: int) -> str:
-    model, tok = gen._engine.model, gen.tokenizer
+@pytest.fixture(scope="module")
+def hf_model():
+    """The transformers model the Generator's decoder was built from (the reference)."""
+    from gt_ext.models import load_model
+
+    return load_model("tiny-llama")[0].eval()
+
+
+def hf_greedy(gen: Generator, model, messages, n: int) -> str:
+    tok = gen.tokenizer
     enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=n, do_sample=False, eos_token_id=sorted(gen._engine.eos_ids),
-                             pad_token_id=gen._engine.pad_id)
+                             pad_token_id=tok.pad_token_id)
     return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def test_greedy_matches_transformers_generate(gen):
+def test_greedy_matches_transformers_generate(gen, hf_model):
     ours = gen.chat(MSG, SamplingParams(max_new_tokens=24))
-    assert ours == hf_greedy(gen, MSG, 24)
+    assert ours == hf_greedy(gen, hf_model, MSG, 24)
     assert ours  # the random model does produce text
 
 
@@ -79,65 +87,68 @@ def test_stop_string_cuts_output_and_is_never_streamed(gen):
 def test_adapter_changes_output_per_request_without_reload(gen, adapters):
     base = gen.chat(MSG, SamplingParams(max_new_tokens=12))
     with_a = gen.chat(MSG, SamplingParams(max_new_tokens=12), adapters=[(adapters["a"], 1.0)])
-    model_id = id(gen._engine.model)
+    decoder = id(gen._engine.decoder)
     assert with_a != base
     assert gen.chat(MSG, SamplingParams(max_new_tokens=12), adapters=[]) == base  # switched back
     assert gen.chat(MSG, SamplingParams(max_new_tokens=12), adapters=[(adapters["a"], 0.0)]) == base
-    assert id(gen._engine.model) == model_id
+    assert id(gen._engine.decoder) == decoder
 
 
-def _merged_logits(gen, stack, ids):
+def decoder_logits(gen, keys, ids: list[int]) -> torch.Tensor:
+    """The serving decoder's logits [V] for the last of `ids`, with adapter stack `keys`."""
+    dec = gen._engine.decoder
+    slot = dec.cache.claim()
+    try:
+        return dec.prefill(slot, ids, dec.adapters.batch([keys]))
+    finally:
+        dec.cache.release(slot)
+
+
+def _merged_logits(hf_model, stack, ids):
     """Reference: the base model with each adapter's weight*scale*B@A added into its weights."""
     import copy
 
     from gt_ext.serve.adapter_stack import LoraAdapter
 
-    model = copy.deepcopy(gen._engine.model)
+    model = copy.deepcopy(hf_model)
     mods = dict(model.named_modules())
     with torch.no_grad():
         for path, w in stack:
             ad = LoraAdapter.load(path)
             for name, (a, b) in ad.weights.items():
                 mods[name].weight += w * ad.scale * (b @ a)
-        hooks_free = model(input_ids=ids).logits
-    return hooks_free
+        return model(input_ids=torch.tensor([ids])).logits[0, -1]
 
 
-def test_weighted_adapter_stack_equals_merged_weights(gen, adapters):
+def test_decoder_logits_equal_transformers(gen, hf_model):
+    ids = [1, 5, 9, 200, 31, 7]
+    with torch.no_grad():
+        ref = hf_model(input_ids=torch.tensor([ids])).logits[0, -1]
+    torch.testing.assert_close(decoder_logits(gen, [], ids), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_weighted_adapter_stack_equals_merged_weights(gen, adapters, hf_model):
     stack = [(adapters["a"], 0.7), (adapters["b"], -1.3)]
     keys = gen.load_adapters(stack)
-    ids = torch.tensor([[1, 5, 9, 200, 31, 7]])
-    gen._engine.lora.activate([keys])
-    try:
-        with torch.no_grad():
-            ours = gen._engine.model(input_ids=ids).logits
-    finally:
-        gen._engine.lora.deactivate()
-    with torch.no_grad():
-        base = gen._engine.model(input_ids=ids).logits
-    ref = _merged_logits(gen, stack, ids)
+    ids = [1, 5, 9, 200, 31, 7]
+    ours = decoder_logits(gen, keys, ids)
+    base = decoder_logits(gen, [], ids)
+    ref = _merged_logits(hf_model, stack, ids)
     assert not torch.allclose(base, ref, atol=1e-3)
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
 
 
-def test_adapter_matches_peft(gen, adapters):
+def test_adapter_matches_peft(gen, adapters, hf_model):
+    import copy
+
     from peft import PeftModel
 
-    from gt_ext.models import load_model
-
-    model, _ = load_model("tiny-llama")
-    peft_model = PeftModel.from_pretrained(model, str(adapters["b"])).eval()
-    ids = torch.tensor([[1, 17, 400, 3, 88]])
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(hf_model), str(adapters["b"])).eval()
+    ids = [1, 17, 400, 3, 88]
     keys = gen.load_adapters([(adapters["b"], 1.0)])
-    gen._engine.lora.activate([keys])
-    try:
-        with torch.no_grad():
-            ours = gen._engine.model(input_ids=ids).logits
-    finally:
-        gen._engine.lora.deactivate()
     with torch.no_grad():
-        ref = peft_model(input_ids=ids).logits
-    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+        ref = peft_model(input_ids=torch.tensor([ids])).logits[0, -1]
+    torch.testing.assert_close(decoder_logits(gen, keys, ids), ref, atol=1e-4, rtol=1e-4)
 
 
 def test_batch_with_mixed_adapters_equals_single_requests(gen, adapters):
