@@ -72,13 +72,14 @@ fi
 
 # ---------------------------------------------------------------- llama.cpp's HF -> GGUF converter
 # `gt-ext export` writes GGUF with llama.cpp's own convert_hf_to_gguf.py (it knows every tokenizer
-# family). It ships in the same llama-cpp-python sdist as the runtime above: take the converter,
-# its conversion/ package and the matching gguf-py from the pinned sdist (sha256 checked) into the
-# cache, once. Never committed.
+# family); the llama.cpp serving backend turns PEFT adapters into GGUF LoRAs with its
+# convert_lora_to_gguf.py. They ship in the same llama-cpp-python sdist as the runtime above: take
+# both converters, their conversion/ package and the matching gguf-py from the pinned sdist (sha256
+# checked) into the cache, once. Never committed.
 LLAMA_CPP_SDIST_URL="https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/llama_cpp_python-$LLAMA_CPP_VERSION.tar.gz"
 LLAMA_CPP_SDIST_SHA256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 CONVERT_DIR="$CACHE/llama.cpp-convert-$LLAMA_CPP_VERSION"
-if [ "${GT_EXT_SKIP_LLAMACPP:-0}" != "1" ] && [ ! -f "$CONVERT_DIR/convert_hf_to_gguf.py" ]; then
+if [ "${GT_EXT_SKIP_LLAMACPP:-0}" != "1" ] && { [ ! -f "$CONVERT_DIR/convert_hf_to_gguf.py" ] || [ ! -f "$CONVERT_DIR/convert_lora_to_gguf.py" ]; }; then
   say "fetching llama.cpp's GGUF converter from the llama-cpp-python $LLAMA_CPP_VERSION sdist"
   "$VENV/bin/python" - "$LLAMA_CPP_SDIST_URL" "$LLAMA_CPP_SDIST_SHA256" "$CONVERT_DIR" <<'PY' || say "WARNING: GGUF converter not fetched; gt-ext export will refuse GGUF"
 import hashlib, os, shutil, sys, tarfile, tempfile, urllib.request
@@ -92,7 +93,7 @@ try:
     h = hashlib.sha256(open(sdist, "rb").read()).hexdigest()
     if h != sha:
         sys.exit(f"sha256 mismatch for {url}: {h}")
-    keep = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
+    keep = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
     out = os.path.join(tmp, "out")
     with tarfile.open(sdist) as t:
         for m in t.getmembers():
@@ -100,6 +101,8 @@ try:
             if len(parts) == 2 and parts[1].startswith(keep) and (m.isfile() or m.isdir()):
                 m.name = parts[1]
                 t.extract(m, out, filter="data")
+    if os.path.isdir(dest):  # an older unpacking (without the LoRA converter)
+        shutil.rmtree(dest)
     os.replace(out, dest)
 finally:
     shutil.rmtree(tmp, ignore_errors=True)

@@ -256,8 +256,9 @@ def main() -> int:
     }
     res["ratio_median"] = res["abuse_median_s"] / res["idle_median_s"]
     res["ratio_p90"] = res["abuse_p90_s"] / res["idle_p90_s"]
-    # Shown, since answers of other lengths take other times (with the serving decoder's per-row
-    # int8 scales, greedy text no longer changes with the batch-mates: one answer is expected).
+    # Shown, since answers of other lengths take other times. The decoder's int8 scales are per
+    # row, but attention over batch-mates of other lengths can differ in the last bits, which int8
+    # rounding can turn into another greedy token: under abuse the honest text may vary.
     res["honest_answers"] = {f"{n_tok} tokens: {text[:40]!r}": k for (text, n_tok), k in HONEST_ANSWERS.items()}
     if args.json:
         print(json.dumps(res))

@@ -8,6 +8,10 @@ GGUF's own values); our int8 engine quantizes those linears dynamically. Every c
 greedily with the same prompts and a fixed number of new tokens (EOS ignored via min tokens where the
 engine allows; otherwise only generated tokens are counted).
 
+With `--lora R` (default 16) the PyTorch int8 engine and our llama.cpp backend also run with a
+random LoRA adapter of rank R on every projection (q/k/v/o, gate/up/down) applied at run time
+(the agent's case: a role adapter on the base model; llama.cpp takes it as a GGUF LoRA).
+
 Figures: TTFT (s), decode tokens/s of one stream (tokens after the first / time after the first),
 aggregate tokens/s of `--streams` concurrent requests (all generated tokens / wall time). Ratios
 printed at the end are ours / baseline; goals: >= 3x transformers single-stream, >= 0.8x llama.cpp
@@ -62,6 +66,24 @@ def ours_batch(gen, n: int, streams: int) -> dict:
     wall = time.perf_counter() - t0
     toks = sum(r.stats.completion_tokens for r in reqs)
     return {"agg_tokens": toks, "agg_wall_s": round(wall, 2), "aggregate_tok_s": round(toks / wall, 2)}
+
+
+def make_adapter(base: str, rank: int) -> Path:
+    """A random PEFT LoRA of `rank` on every projection of `base` (non-zero B: it changes outputs)."""
+    import tempfile
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from gt_ext.models import load_model
+
+    model, _ = load_model(base)
+    torch.manual_seed(0)
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, init_lora_weights=False,
+                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    out = Path(tempfile.mkdtemp(prefix="bench-serve-lora-"))
+    get_peft_model(model, cfg).save_pretrained(out)
+    return out
 
 
 def _fig(ttft: float, total: float, toks: int) -> dict:
@@ -148,6 +170,7 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=48, help="new tokens per request")
     ap.add_argument("--streams", type=int, default=8, help="concurrent requests for the aggregate figure")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for every engine")
+    ap.add_argument("--lora", type=int, default=16, help="rank of the run-time adapter rows (0: none)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = ap.parse_args()
 
@@ -174,8 +197,12 @@ def main() -> int:
     print("transformers-1thread", res["transformers-1thread"], flush=True)
     del model
 
-    for name, quant in (("ours-torch-fp32", None), ("ours-torch-int8", "int8")):
-        gen = Generator(SMOLLM2, quantize=quant, threads=1)  # the serving defaults (loader.load_generator)
+    adapter = make_adapter(SMOLLM2, args.lora) if args.lora else None
+    torch_rows = [("ours-torch-fp32", None, []), ("ours-torch-int8", "int8", [])]
+    if adapter:
+        torch_rows.append(("ours-torch-int8+lora", "int8", [(adapter, 1.0)]))
+    for name, quant, stack in torch_rows:
+        gen = Generator(SMOLLM2, stack, quantize=quant, threads=1)  # the serving defaults (loader.load_generator)
         # Ignore EOS so every config produces exactly n tokens (same work as min_new_tokens).
         gen._engine.eos_ids = set()
         ours_single(gen, 2)  # warm-up
@@ -198,9 +225,12 @@ def main() -> int:
                 best = r
             del llm
         res["llama.cpp"] = best
-        gen = Generator(SMOLLM2, backend="llama.cpp", gguf_path=smollm2_gguf_path(), threads=best["threads"])
-        res["ours-llama.cpp"] = {**ours_single(gen, n), **ours_batch(gen, n, s)}
-        print("ours-llama.cpp", res["ours-llama.cpp"], flush=True)
+        for name, stack in [("ours-llama.cpp", [])] + ([("ours-llama.cpp+lora", [(adapter, 1.0)])] if adapter else []):
+            gen = Generator(SMOLLM2, stack, backend="llama.cpp", gguf_path=smollm2_gguf_path(), threads=best["threads"])
+            gen._engine.eos_ids = set()
+            ours_single(gen, 2)  # warm-up
+            res[name] = {**ours_single(gen, n), **ours_batch(gen, n, s)}
+            print(name, res[name], flush=True)
     else:
         print("llama.cpp: llama-cpp-python not installed; its columns are skipped", flush=True)
 
@@ -221,6 +251,10 @@ def main() -> int:
         print(line)
     if args.json:
         print(json.dumps(res))
+    if adapter:
+        import shutil
+
+        shutil.rmtree(adapter, ignore_errors=True)
     return 0
 
 

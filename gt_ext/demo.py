@@ -227,10 +227,16 @@ class Demo:
         issues = json.loads((self.out / "beads-to-close.json").read_text())
         ok = [i["id"] for i in issues if not i["close_reason"].startswith("failed")]
         failed = [i["id"] for i in issues if i["close_reason"].startswith("failed")]
+        bd = self.bd()
         for ids, reason in ((ok, "done"), (failed, "failed: abandoned")):
-            if ids:
-                console.print(f"[dim]$ bd close {' '.join(ids)} --reason {reason!r}[/dim]")
-                self.bd().run("close", *ids, "--reason", reason)
+            # In batches: each close is a Dolt commit, and a few hundred in one bd call can outlast
+            # bd's command timeout on a busy machine. A resumed demo skips the ones already closed.
+            still_open = {i.id for i in bd.list(all=True) if i.status != "closed"} if ids else set()
+            ids = [i for i in ids if i in still_open]
+            for start in range(0, len(ids), 50):
+                batch = ids[start:start + 50]
+                console.print(f"[dim]$ bd close {' '.join(batch)} --reason {reason!r}[/dim]")
+                bd.run("close", *batch, "--reason", reason)
 
     def collect(self) -> None:
         """Wait for the hook-started processing, then finish whatever is left and show stats."""

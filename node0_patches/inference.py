@@ -210,8 +210,12 @@ class StageInference(ServicerBase):
     and one compute thread in the stage server's process."""
 
     def __init__(self, expert: Any, uid: str, dht: Any, key: SwarmKey | None, run: str,
-                 limits: InferenceLimits | None = None):
+                 limits: InferenceLimits | None = None, optimizer_lock: Any = None):
         self.expert, self.uid, self.dht, self.run = expert, uid, dht, run
+        # Adding or dropping a serving adapter changes the stage's modules: the optimizer's thread
+        # (its step, the subspace projection) must not walk them meanwhile. Taken after the compute
+        # lock, the order the backend's forward takes them in.
+        self.optimizer_lock = optimizer_lock if optimizer_lock is not None else threading.Lock()
         self.limits = limits or InferenceLimits()
         self.membership = Membership(key, run)
         max_length = int(getattr(expert.stage.config, "max_position_embeddings", 2048))
@@ -315,7 +319,8 @@ class StageInference(ServicerBase):
                 # compute_s: this stage's own time on the step (the client tells it from the transport's)
                 return {"ok": True, "length": session.length, "compute_s": time.perf_counter() - t0}, [out]
             if op == "adapter":
-                self.adapters.put(meta, tensors)
+                with self.optimizer_lock:
+                    self.adapters.put(meta, tensors)
                 return {"ok": True}, []
             if op == "close":
                 self.sessions.close(str(meta["session"]))

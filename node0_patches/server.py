@@ -160,7 +160,9 @@ class StageCheckpoints:
         final = self.dir / f"step-{step}"
         tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.", dir=self.dir))
         try:
-            state = {"step": step, "adapter": expert.stage.adapter_state(),
+            with expert.compute_lock:  # generation may be adding a serving adapter's modules
+                adapter = expert.stage.adapter_state()
+            state = {"step": step, "adapter": adapter,
                      "optimizer": opt.state_averager.optimizer.state_dict(),
                      "scheduler": opt.state_averager.scheduler.state_dict() if opt.state_averager.scheduler else None}
             torch.save(state, tmp / "stage.pt")
@@ -330,7 +332,8 @@ def serve_stage(s: StageSettings, stop: threading.Event | None = None,
         me = {**info, "peer": dht.peer_id.to_base58(), "uid": uid}
         _check_peers(dht, s.run, me)
         # Generation sessions, answered in this process next to the live weights.
-        inference = StageInference(expert, uid, dht, s.key, s.run, s.inference)
+        inference = StageInference(expert, uid, dht, s.key, s.run, s.inference,
+                                   optimizer_lock=backend.optimizer_lock)
         inference.start()
 
         def record() -> dict[str, Any]:

@@ -79,7 +79,7 @@ def resolve(ref: str, town: object | None = None) -> ResolvedModel:
         name = ref[len("base:"):] if ref.startswith("base:") else ref
         if not name:
             raise GtExtError("--model base:<name>: the base model name is missing")
-        return ResolvedModel(ref=f"base:{name}", base_model=name, gguf_path=_base_gguf(name),
+        return ResolvedModel(ref=f"base:{name}", base_model=name, gguf_path=base_gguf(name),
                              results_dir=_results_dir_for(name))
     p = Path(ref).expanduser()
     if p.is_file() and p.suffix == ".gguf":
@@ -180,7 +180,9 @@ def _results_dir_for(name: str) -> Path:
     return home_dir() / "evals" / f"base-{slug}"
 
 
-def _base_gguf(name: str) -> Path | None:
+def base_gguf(name: str) -> Path | None:
+    """The GGUF holding base model `name`'s own weights (a known base's, or `name` itself when it is a
+    .gguf file), or None."""
     if name == "smollm2-135m-instruct":
         from gt_ext.models.base import smollm2_gguf_path
 

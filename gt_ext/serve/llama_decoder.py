@@ -18,8 +18,9 @@ adapters share one batch, and join or leave it between steps.
 
 `quantize="int8"`: weights int8 per output channel, activations int8 per row (per token), integer
 matmul (`torch._int_mm`, exact int32 sums), rescaled in fp32. Every row is quantized on its own, so
-a row's result never depends on which other rows share its batch (torch's dynamic quantization
-takes one activation scale for the whole batch: greedy text then changed with the batch-mates).
+a row's linears never depend on which other rows share its batch (torch's dynamic quantization
+takes one activation scale for the whole batch). Attention over batch-mates of other lengths may
+still round differently in the last bits, which an int8 rounding can carry into the text.
 LoRA runs in fp32 on the unquantized activations (`gt_ext.serve.adapter_stack`).
 """
 

@@ -6,13 +6,19 @@ PyTorch path and tokenized by llama.cpp; llama.cpp computes the logits, and the 
 sampling options mean the same on both backends). One request runs at a time (llama-cpp-python's
 `Llama` holds one sequence); waiting requests join when it finishes.
 
-Adapters cannot be stacked per request here: serve an export's merged GGUF, or use the PyTorch
-backend for run-time adapters.
+Adapters: a PEFT LoRA folder is converted once to a GGUF LoRA by llama.cpp's own
+`convert_lora_to_gguf.py` (`gt_ext.export.lora_gguf`, cached by content), loaded with
+`llama_adapter_lora_init`, and each request's stack is set with `llama_set_adapters_lora` when it
+starts (a weight per adapter; switching stacks costs no reload). The GGUF must hold the base
+weights the adapter was trained on (the base model's GGUF, not an export's merged one).
 """
 
 from __future__ import annotations
 
+import ctypes
+import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -61,13 +67,45 @@ class LlamaCppEngine:
         vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
         # End-of-generation tokens as llama.cpp itself decides them (EOS, EOT, <|im_end|>, ...).
         self.eos_ids = {t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)}
+        self.base_model = base_model
+        self._adapters: dict[str, tuple[Any, float]] = {}  # key -> (llama.cpp adapter, scale correction)
+        self._active: tuple = ()  # the stack set in the context now
 
+    # -- adapters ---------------------------------------------------------------------------
     def add_adapter(self, path: str | Path) -> str:
-        raise GtExtError(f"adapter {path}: the llama.cpp backend serves merged GGUFs only; "
-                         "use --backend torch to stack adapters at run time")
+        """Convert (cached) and load a PEFT LoRA folder; returns its key (the resolved folder)."""
+        from gt_ext.export.lora_gguf import lora_gguf
+        from gt_ext.models.refs import adapter_folder
+        from gt_ext.serve.adapter_stack import LoraAdapter
+
+        folder = adapter_folder(path).resolve()
+        key = str(folder)
+        if key in self._adapters:
+            return key
+        ad = LoraAdapter.load(folder)  # the PyTorch path's checks (LoRA only, no DoRA, ...)
+        gguf = lora_gguf(folder, self.base_model)
+        handle = self._lc.llama_adapter_lora_init(self.llm._model.model, str(gguf).encode())
+        if not handle:
+            raise GtExtError(f"adapter {folder}: llama.cpp refused its GGUF LoRA {gguf} (does it fit {self.gguf.name}?)")
+        # llama.cpp scales by alpha/r; an rsLoRA adapter wants alpha/sqrt(r): corrected through the weight.
+        correction = math.sqrt(ad.rank) if _rslora(folder) else 1.0
+        self._adapters[key] = (handle, correction)
+        log.info("loaded adapter %s into llama.cpp (%s)", folder, gguf.name)
+        return key
 
     def adapter_keys(self) -> list[str]:
-        return []
+        return list(self._adapters)
+
+    def _set_adapters(self, stack: list[tuple[str, float]]) -> None:
+        stack = [(k, w) for k, w in stack if w != 0.0]
+        if tuple(stack) == self._active:
+            return
+        n = len(stack)
+        handles = (self._lc.llama_adapter_lora_p_ctypes * n)(*[self._adapters[k][0] for k, _ in stack])
+        scales = (ctypes.c_float * n)(*[w * self._adapters[k][1] for k, w in stack])
+        if self._lc.llama_set_adapters_lora(self.llm._ctx.ctx, handles if n else None, n, scales if n else None):
+            raise GtExtError("llama.cpp: setting the request's LoRA adapters failed")
+        self._active = tuple(stack)
 
     # -- the decode loop's engine calls ------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
@@ -75,6 +113,7 @@ class LlamaCppEngine:
 
     def start(self, seq: Any) -> None:
         self.llm.reset()  # a new sequence (llama-cpp-python would otherwise reuse a common prefix)
+        self._set_adapters(list(seq.request.adapters))
         seq.slot = 0
 
     def prefill(self, seq: Any, ids: list[int]) -> torch.Tensor:
@@ -94,3 +133,10 @@ class LlamaCppEngine:
         ptr = self._lc.llama_get_logits_ith(self.llm._ctx.ctx, -1)
         return torch.from_numpy(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy())
 
+
+
+def _rslora(folder: Path) -> bool:
+    try:
+        return bool(json.loads((folder / "adapter_config.json").read_text()).get("use_rslora"))
+    except (OSError, ValueError):
+        return False

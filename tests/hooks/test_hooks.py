@@ -443,3 +443,37 @@ def test_hook_cap_is_configurable_and_small_stdin_is_kept(tmp_path):
     evs = sorted((json.loads(p.read_text()) for p in spool.glob("*.json")), key=lambda e: e["argv"][0])
     assert evs[0]["payload"] == {"id": "dm-2"} and "stdin" not in evs[0]
     assert evs[1]["payload"] is None and evs[1]["stdin"]["truncated"]
+
+
+def test_hook_starts_no_processor_while_one_runs(tmp_path):
+    """A processor holding its lock looks at its queue again when it ends: the hook queues its
+    event and starts none (a `bd close` of hundreds of beads would start hundreds); once the lock is
+    free it starts one again."""
+    import fcntl
+
+    hooks = tmp_path / "beads" / "hooks"
+    hooks.mkdir(parents=True)
+    shutil.copy(REPO_HOOK, hooks / "on_close")
+    started = {"corpus": tmp_path / "corpus-started", "rag": tmp_path / "rag-started"}
+    for what, sidecar in (("corpus", ".gt-ext-process"), ("rag", ".gt-ext-rag-process")):
+        (hooks / sidecar).write_text(json.dumps([sys.executable, "-c", f"open({str(started[what])!r}, 'a').write('x')"]))
+    (hooks / ".gt-ext-spool").write_text(f"{tmp_path / 'corpus' / 'spool'}\n")
+    (hooks / ".gt-ext-rag").write_text(f"{tmp_path / 'rag' / 'spool'}\n")
+    locks = [tmp_path / "corpus" / "process.lock", tmp_path / "rag" / "indexer.lock"]
+    fds = []
+    for p in locks:
+        p.parent.mkdir(parents=True)
+        fds.append(os.open(p, os.O_RDWR | os.O_CREAT))
+        fcntl.flock(fds[-1], fcntl.LOCK_EX)  # "a processor runs"
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    run = lambda bead: subprocess.run([str(hooks / "on_close"), bead, "close"], input=b'{"id": "%s"}' % bead.encode(),  # noqa: E731
+                                      env=env, timeout=60, check=True)
+    run("dm-1")
+    for fd in fds:
+        os.close(fd)
+    assert len(list((tmp_path / "corpus" / "spool").glob("*.json"))) == 1  # queued all the same
+    assert len(list((tmp_path / "rag" / "spool").glob("*.json"))) == 1
+    run("dm-2")  # the locks are free: both processors start
+    _wait_for(lambda: all(p.exists() for p in started.values()))
+    time.sleep(1.0)  # a processor the first hook had started would have written by now
+    assert {k: p.read_text() for k, p in started.items()} == {"corpus": "x", "rag": "x"}

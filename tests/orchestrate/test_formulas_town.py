@@ -7,7 +7,9 @@ in a real town (real gt, bd and dolt) holding a small sample history:
 - train-role-model for all 8 roles: the role's rig-local corpus, dry run, training (tiny LLaMA, one
   step), export (adapter, merged, GGUF), a full run of a small suite, registration in the town's
   Dolt registry; the job bead ends `done` where the gate passed and `gate-failed` where it did not,
-  and deploy follows the gate.
+  and deploy follows the gate;
+- improve-role: after a CLAUDE.md edit the deployed witness is stale: collect, stale check, then
+  the training steps run and a fresh candidate is registered (not deployed).
 """
 
 from __future__ import annotations
@@ -162,6 +164,23 @@ def test_every_formula_step_runs_in_a_real_town(town) -> None:
     assert res.returncode == 2 and "failed its eval gate" in res.stderr
     assert gt(env, tt.root, "model", "deploy", "witness", "--force", "--reason", "formula test").returncode == 0
     assert "formula test" in gt(env, tt.root, "model", "show", "witness").stdout
+
+    # -- improve-role: the town's CLAUDE.md changes after training, so the deployed witness is stale
+    # and the loop retrains, scores and registers it (deploy stays deliberate) --------------------
+    with open(tt.root / "CLAUDE.md", "a", encoding="utf-8") as f:
+        f.write("\nNudge an idle polecat once before escalating it to the mayor.\n")
+    sets = {"role": "witness", "rig": "demo", "base_model": "tiny-llama", "max_steps": "1", "lora_rank": "2",
+            "max_seconds": "900", "train_args": TRAIN_ARGS, "suite": str(base / "suites" / "witness")}
+    res = gt(env, tt.root, "formula", "run", "improve-role", *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")],
+             timeout=1200)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    steps = [s.id for s in load_formula(next(p for p in list_formulas() if p.name.startswith("improve-role"))).steps]
+    ran["improve-role"] = {s for s in steps if f"] {s}:" in res.stdout}
+    assert "not stale" not in res.stdout and "(gate-failed)" in res.stdout.splitlines()[-1], res.stdout[-3000:]
+    decision = json.loads(next((base / "jobs").glob("improve-role-witness-*/stale.json")).read_text())
+    assert decision["retrain"] and any(c["key"] == "town:CLAUDE.md" for c in decision["reports"][0]["changed"])
+    assert "candidate: witness:2" in res.stdout  # the report: trained on today's CLAUDE.md, not deployed
+    assert json.loads(gt(env, tt.root, "model", "show", "witness:2", "--json").stdout)["convention_fingerprint"]
 
     # Every step of every formula in formulas/ ran.
     for path in list_formulas():

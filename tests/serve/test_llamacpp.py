@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from gt_ext.errors import GtExtError
 from gt_ext.serve.params import SamplingParams
 
 pytestmark = pytest.mark.integration
@@ -40,11 +39,6 @@ def test_stop_and_stats(lgen):
     cut = "".join(lgen.stream(MSG, SamplingParams(max_new_tokens=16, stop=[stop]), stats=st))
     assert cut == full[: full.find(stop)]
     assert st.finish_reason == "stop" and st.prompt_tokens > 0
-
-
-def test_adapters_refused(lgen, adapters):
-    with pytest.raises(GtExtError, match="merged GGUFs only"):
-        lgen.chat(MSG, adapters=[(adapters["a"], 1.0)])
 
 
 def test_seeded_sampling_reproducible(lgen):

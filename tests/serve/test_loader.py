@@ -21,3 +21,23 @@ def test_backend_choice(tmp_path):
         choose_backend(base, [], "vllm")
     with pytest.raises(GtExtError, match="llama.cpp"):
         choose_backend(with_adapter, [], "llama.cpp")
+
+
+def test_adapters_go_on_the_base_gguf_for_llama_cpp(tmp_path):
+    """A base model with a GGUF of its own takes an unmerged adapter stack as GGUF LoRAs; an
+    export's merged GGUF is used alone."""
+    from gt_ext.serve.loader import llama_cpp_gguf
+
+    base_file = tmp_path / "base.gguf"
+    base_file.write_bytes(b"GGUF")
+    merged = tmp_path / "merged.gguf"
+    run = ResolvedModel(ref="w:1", base_model=str(base_file), adapters=[(tmp_path / "role", 1.0)])
+    assert llama_cpp_gguf(run, [(tmp_path / "task", 0.5)]) == (base_file, [(tmp_path / "role", 1.0),
+                                                                          (tmp_path / "task", 0.5)])
+    export = ResolvedModel(ref="w:2", base_model=str(base_file), adapters=[(tmp_path / "role", 1.0)],
+                           gguf_path=merged, merged_dir=tmp_path)
+    assert llama_cpp_gguf(export, []) == (merged, [])
+    assert llama_cpp_gguf(export, [(tmp_path / "task", 1.0)])[0] == base_file  # extra adapter: unmerged stack
+    if llama_cpp_available():
+        assert choose_backend(run, [], "auto") == "llama.cpp"
+        assert choose_backend(run, [], "auto", purpose="api") == "torch"
