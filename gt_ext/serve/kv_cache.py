@@ -55,8 +55,12 @@ class SlotKVCache:
         moved = None
         if slot != last:
             n = self.lengths[last]
-            for t in (*self.k, *self.v):
-                t[slot, :, :n] = t[last, :, :n]
+            # The storage may be made inside torch.inference_mode (a decode step grew it); such tensors
+            # only take in-place writes inside it, and a release can come from outside (a cancelled
+            # request): without this the copy raised and the slot was never given back.
+            with torch.inference_mode():
+                for t in (*self.k, *self.v):
+                    t[slot, :, :n] = t[last, :, :n]
             self.lengths[slot] = n
             moved = last
         self.lengths.pop()

@@ -58,3 +58,16 @@ def test_write_rows_puts_each_row_at_its_own_position():
     keys, _ = cache.view(0, 2, 4)
     assert keys[0, 0, 1].tolist() == [5.0, 5.0] and keys[1, 0, 3].tolist() == [9.0, 9.0]
     assert keys[0, 0, 2].tolist() == [0.0, 0.0]  # row a's later positions untouched
+
+
+def test_release_outside_inference_mode_of_a_cache_grown_inside_it():
+    """A cancelled request releases its slot outside inference mode, while the storage was made (or
+    grown) by a decode step inside it: the slot is given back and the last sequence moved."""
+    with torch.inference_mode():
+        c = SlotKVCache(n_layers=2, n_kv_heads=1, head_dim=4, max_slots=4, max_len=64)
+        a, b = c.claim(), c.claim()
+        c.reserve(8)
+        c.k[0][b, :, :3] = 7.0
+        c.lengths[b] = 3
+    assert c.release(a) == b
+    assert c.used == 1 and c.lengths == [3] and float(c.k[0][a, 0, 2, 0]) == 7.0
