@@ -32,6 +32,17 @@ from gt_ext.gastown.town import Rig, Town
 log = logging.getLogger(__name__)
 
 
+def wait_until(pred, timeout: float, poll_s: float = 0.3) -> bool:
+    """Poll `pred()` until it is true (True) or `timeout` seconds pass (False): for tests that watch a
+    process they do not own (a tmux pane, a server) reach a state."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(poll_s)
+    return False
+
+
 def isolated_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     """os.environ with HOME moved to `home` (git and dolt identities set there) and no beads/town
     variables leaking in from the caller's own Gas Town."""

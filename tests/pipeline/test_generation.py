@@ -19,6 +19,7 @@ import torch
 from pipeline_helpers import Stages
 
 from gt_ext.errors import GtExtError
+from gt_ext.gastown.testing import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -240,12 +241,7 @@ def test_node0_inference_agent_in_a_tmux_pane_generates_through_the_stages(gen_p
                               capture_output=True, text=True).stdout
 
     def wait_for(pred, timeout: float = 180) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if pred():
-                return True
-            time.sleep(0.3)
-        return False
+        return wait_until(pred, timeout)
 
     try:
         assert wait_for(lambda: "node0> " in pane()), pane()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from gt_ext.gastown.testing import wait_until
 from gt_ext.serve.agent import Agent, Limits
 from gt_ext.serve.params import SamplingParams
 from gt_ext.serve.rolecard import AgentEnv, role_card
@@ -160,12 +161,7 @@ def test_in_tmux_pane_like_gt_starts_it(tmp_path):
                                   capture_output=True, text=True).stdout
 
         def wait_for(pred, timeout=300):
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if pred():
-                    return True
-                time.sleep(0.3)
-            return False
+            return wait_until(pred, timeout)
 
         assert wait_for(lambda: "node0> " in pane()), pane()
         # gt's liveness check: pane command, else `ps -p <pane pid> -o comm=` against process_names.
