@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from gt_ext.swarm.auth import MemberGateMixin, SwarmKey
-from gt_ext.swarm.optim import reset_step_counts
+from gt_ext.swarm.optim import reset_step_counts, state_averager_kwargs
 from node0_patches import load_node0
 
 log = logging.getLogger(__name__)
@@ -223,24 +223,8 @@ def stage_optimizer_class() -> type:
         def _make_state_averager(self, **kwargs: Any) -> Any:
             # The arguments node0 passes, with the gate, and state sharing on (replicas that join
             # download the adapter and optimizer state from a live one).
-            return state_cls(
-                swarm_key=self._swarm_key,
-                run_id=self._gate_run_id,
-                dht=self.dht,
-                prefix=f"{self.run_id}_state_averager",
-                min_matchmaking_time=self.matchmaking_time,
-                allreduce_timeout=self.allreduce_timeout,
-                shutdown_timeout=self.shutdown_timeout,
-                offload_optimizer=self.offload_optimizer,
-                custom_gradients=self.offload_optimizer,
-                status_loglevel=self.status_loglevel,
-                next_chunk_timeout=self.next_chunk_timeout,
-                client_mode=self.client_mode,
-                auxiliary=self.auxiliary,
-                allow_state_sharing=True,
-                start=True,
-                **kwargs,
-            )
+            return state_cls(swarm_key=self._swarm_key, run_id=self._gate_run_id, allow_state_sharing=True,
+                             **state_averager_kwargs(self), **kwargs)
 
         def load_state_from_peers(self, wait_for_end_round: bool = False, **kwargs: Any) -> None:
             """node0's join (download the state from a live replica); when no replica has any,

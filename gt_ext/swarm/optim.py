@@ -40,6 +40,25 @@ class GatedPowerSGDAverager(MemberGateMixin, PowerSGDGradientAverager):
     """PowerSGD (low-rank) gradient averager, gated like `GatedGradientAverager`."""
 
 
+def state_averager_kwargs(opt: Optimizer) -> dict[str, Any]:
+    """The arguments a hivemind `Optimizer` gives its TrainingStateAverager (hivemind 1.1.12's
+    `_make_state_averager`), for subclasses that build a gated one (here and in node0_patches.optim)."""
+    return dict(
+        dht=opt.dht,
+        prefix=f"{opt.run_id}_state_averager",
+        min_matchmaking_time=opt.matchmaking_time,
+        allreduce_timeout=opt.allreduce_timeout,
+        shutdown_timeout=opt.shutdown_timeout,
+        offload_optimizer=opt.offload_optimizer,
+        custom_gradients=opt.offload_optimizer,
+        status_loglevel=opt.status_loglevel,
+        next_chunk_timeout=opt.next_chunk_timeout,
+        client_mode=opt.client_mode,
+        auxiliary=opt.auxiliary,
+        start=True,
+    )
+
+
 class SwarmOptimizer(Optimizer):
     """`hivemind.Optimizer` whose averagers check the swarm key, plus a lockstep `finish_epoch`."""
 
@@ -67,23 +86,8 @@ class SwarmOptimizer(Optimizer):
 
     def _make_state_averager(self, **kwargs: Any) -> TrainingStateAverager:
         # Same arguments hivemind passes to its own TrainingStateAverager, plus the gate.
-        return GatedStateAverager(
-            swarm_key=self._swarm_key,
-            run_id=self.run_id,
-            dht=self.dht,
-            prefix=f"{self.run_id}_state_averager",
-            min_matchmaking_time=self.matchmaking_time,
-            allreduce_timeout=self.allreduce_timeout,
-            shutdown_timeout=self.shutdown_timeout,
-            offload_optimizer=self.offload_optimizer,
-            custom_gradients=self.offload_optimizer,
-            status_loglevel=self.status_loglevel,
-            next_chunk_timeout=self.next_chunk_timeout,
-            client_mode=self.client_mode,
-            auxiliary=self.auxiliary,
-            start=True,
-            **kwargs,
-        )
+        return GatedStateAverager(swarm_key=self._swarm_key, run_id=self.run_id,
+                                  **state_averager_kwargs(self), **kwargs)
 
     def finish_epoch(self, timeout: float, poll_s: float = 0.05) -> bool:
         """Lockstep: after this peer's share of the batch, wait until the swarm has accumulated the
