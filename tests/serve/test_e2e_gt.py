@@ -18,11 +18,12 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+
+from gt_ext.gastown.testing import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -35,15 +36,6 @@ def _run_folder(tmp_path: Path, make_adapter) -> Path:
         "examples": 1, "dpo_pairs": 0, "lora": {"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]},
         "metrics": {}, "status": "done", "parent": None}))
     return run
-
-
-def _wait(pred, timeout: float, every: float = 0.5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(every)
-    return False
 
 
 def test_gt_starts_node0_witness_and_it_acts_on_beads(make_town, gt_bin, bd_bin, adapter_factory, monkeypatch,
@@ -94,11 +86,11 @@ def test_gt_starts_node0_witness_and_it_acts_on_beads(make_town, gt_bin, bd_bin,
         def pane() -> str:
             return tmux("capture-pane", "-p", "-J", "-S", "-", "-t", session).stdout
 
-        assert _wait(lambda: "node0> " in pane(), 300), pane()
+        assert wait_until(lambda: "node0> " in pane(), 300), pane()
         assert "node0 witness:1" in pane()
 
         # gt typed its startup prompt as the first argument: wait until that turn is answered.
-        assert _wait(lambda: pane().rstrip().endswith("node0>"), 600), pane()
+        assert wait_until(lambda: pane().rstrip().endswith("node0>"), 600), pane()
         title = f"e2e bead {uuid.uuid4().hex[:6]}"
         nudge = tt.gt("nudge", "demo/witness", "--mode=immediate", f"!bd create '{title}' -p 2 --json",
                       check=False, timeout=120)
@@ -109,8 +101,8 @@ def test_gt_starts_node0_witness_and_it_acts_on_beads(make_town, gt_bin, bd_bin,
         def bead_made() -> bool:
             return any(i.title == title for i in bd.list())
 
-        assert _wait(bead_made, 300, 2.0), pane()
-        assert _wait(lambda: pane().rstrip().endswith("node0>"), 300), pane()
+        assert wait_until(bead_made, 300, 2.0), pane()
+        assert wait_until(lambda: pane().rstrip().endswith("node0>"), 300), pane()
         text = pane()
         assert title in text  # the tool output (bd's JSON) is shown in the pane
         # The role card replaces `gt prime`: both counted with the served model's tokenizer.
@@ -130,8 +122,8 @@ def test_gt_starts_node0_witness_and_it_acts_on_beads(make_town, gt_bin, bd_bin,
         # The witness closes a bead assigned to it, then gt stops it.
         mine = bd.create("patrol: check polecat liveness", assignee="demo/witness")
         tt.gt("nudge", "demo/witness", "--mode=immediate", f"!bd close {mine.id} --reason done", timeout=120)
-        assert _wait(lambda: bd.show(mine.id).status == "closed", 300, 2.0), pane()
-        assert _wait(lambda: pane().rstrip().endswith("node0>"), 300), pane()
+        assert wait_until(lambda: bd.show(mine.id).status == "closed", 300, 2.0), pane()
+        assert wait_until(lambda: pane().rstrip().endswith("node0>"), 300), pane()
         tt.gt("witness", "stop", "demo", timeout=120)
 
         def node0_rows() -> list[dict]:
@@ -147,7 +139,7 @@ def test_gt_starts_node0_witness_and_it_acts_on_beads(make_town, gt_bin, bd_bin,
             return bool(rows) and not list((tt.root / ".corpus" / "spool").glob("*.json")) \
                 and all(r["bead"] for r in rows)
 
-        assert _wait(stored, 300, 2.0), (node0_rows(), (tt.root / ".corpus" / "process.log").read_text()[-3000:])
+        assert wait_until(stored, 300, 2.0), (node0_rows(), (tt.root / ".corpus" / "process.log").read_text()[-3000:])
         rows = node0_rows()
         print(f"node0 session in the corpus: {[(r['id'][:12], r['status'], r['reason']) for r in rows]}")
         assert {(r["role"], r["rig"], r["model"], r["bead"]) for r in rows} == {("witness", "demo", rec.ref, mine.id)}
