@@ -106,7 +106,7 @@ def main() -> int:
         os.environ["GT_EXT_HOME"] = str(home)
         t0 = time.perf_counter()
         if not (home / ".patrol-stored").is_file():
-            subprocess.run(["gt-ext", "corpus", "patrol", "--role", role, "--reps", str(a.reps)], check=True)
+            subprocess.run([str(Path(sys.executable).parent / "gt-ext"), "corpus", "patrol", "--role", role, "--reps", str(a.reps)], check=True)
             (home / ".patrol-stored").write_text("ok\n")
         suite = f"builtin:{role}-patrol"
         if a.direct:
