@@ -45,17 +45,26 @@ def line(name: str, d: dict) -> str:
             f"pass {rw.get('model', 0):5.1f}")
 
 
+def _export_all_rigs(role: str, home: Path, corpus: Path) -> None:
+    """Export the role's patrol corpus from every rig of the sample town. The staged witness and
+    refinery decisions are spread over its two rigs (datapipe, webapp); the formula's own export is
+    rig-local, so the bench writes the export first (`--all-rigs`, an explicit choice) and the
+    formula's `--if-missing` export step keeps it."""
+    from gt_ext.corpus.shards import write_shards
+    from gt_ext.corpus.store import Store
+
+    if not (corpus / "manifest.json").is_file():
+        with Store.open(home / "corpus") as st:
+            write_shards(st, corpus, all_rigs=True, role=role)
+
+
 def _direct(role: str, home: Path, out: Path, suite: str, a: argparse.Namespace) -> dict:
     """Store -> export -> train -> score, in this process (the formula's steps minus its dry run,
     GGUF export and registry)."""
-    from gt_ext.corpus.shards import write_shards
-    from gt_ext.corpus.store import Store
     from gt_ext.train.run import prepare, run_training
 
     corpus, run = out / "job" / "corpus", out / "job" / "run"
-    if not (corpus / "manifest.json").is_file():
-        with Store.open(home / "corpus") as st:
-            write_shards(st, corpus)
+    _export_all_rigs(role, home, corpus)
     if not (run / "adapter" / "adapter_config.json").is_file():
         p = prepare(role, corpus, config_path=PRESET, overrides=[f"max_steps={a.steps}", *a.train_args.split()])
         t0 = time.perf_counter()
@@ -119,6 +128,7 @@ def main() -> int:
         given = {"role": role, "suite": suite, "max_steps": str(a.steps), "max_seconds": "3600", "lora_rank": "16",
                  "train_args": f"--config {PRESET} {a.train_args}".strip()}
         job = out / "job"
+        _export_all_rigs(role, home, job / "corpus")
         res = run_formula(formula, given, job, echo=lambda s: print(s, flush=True))
         print(f"{role}: train-role-model ran {', '.join(res.ran) or 'nothing'} "
               f"({time.perf_counter() - t0:.0f} s incl. staging)", flush=True)
