@@ -109,6 +109,32 @@ def test_kv_cache_decoding_equals_the_full_forward(tiny4):
     assert logits.shape == (1, 1, stages[-1].config.vocab_size)
 
 
+def test_serving_adapters_run_untouched_layers_as_the_base_model_and_restore_them(tiny4):
+    """Generation with no serving adapter = the base model (the trained, non-zero adapter off), with
+    the wrapped layers' own forward back afterwards, also when the step fails half-way."""
+    peft_model, stages = _single_and_stages(tiny4)
+    st, plain = stages[0], load_stage(tiny4, Span(0, 2, 4))  # the same layers without LoRA
+    ids, pos = torch.randint(0, 1000, (1, 7)), torch.arange(7)[None]
+    wrapped = [m for _, m in st.lora_modules()]
+    with torch.no_grad():
+        trained, base = st(ids, pos), plain(ids, pos)
+        assert not torch.equal(trained, base)
+        with st.serving_adapters([]):
+            assert torch.equal(st(ids, pos), base)
+        with pytest.raises(RuntimeError), st.serving_adapters([]):
+            raise RuntimeError("a step failed")
+        assert all("forward" not in m.__dict__ for m in wrapped)
+        assert torch.equal(st(ids, pos), trained)  # the trained adapter is on again
+        # One serving adapter on one layer: that layer takes it, the others stay the base model.
+        g = torch.Generator().manual_seed(3)
+        a, b = torch.randn(2, 64, generator=g) * 0.3, torch.randn(64, 2, generator=g) * 0.3
+        st.add_serving_adapter("kq", 2.0, {"model.layers.1.self_attn.q_proj": (a, b)})
+        plain.get_submodule("model.layers.1.self_attn.q_proj").weight += 0.5 * 2.0 * (b @ a)
+        with st.serving_adapters([("kq", 0.5)]):
+            torch.testing.assert_close(st(ids, pos), plain(ids, pos), atol=1e-5, rtol=1e-5)
+        assert torch.equal(st(ids, pos), trained)
+
+
 def _rec(first: int, last: int, peer: str = "p", base: str = "b", settings: str = "s") -> StageRecord:
     return StageRecord(peer=peer + str(first), uid=f"r-L{first}-{last}.0.1", first=first, last=last, total=6,
                        base_hash=base, settings_hash=settings)
