@@ -15,10 +15,15 @@ Prints, side by side:
 * decode ms/token (greedy, batch 1, after a prompt of --prompt tokens): one process (transformers'
   model with a KV cache, the computation the stages split) vs generation through the 3 stages
   (`gt_ext.pipeline.inference`: a stream per stage, KV caches at the stages, sampling here), measured
-  in alternating rounds, the medians, their ratio, and the overhead per hop (pipeline minus one
-  process, divided by the 3 stage round trips; target <= 5 ms on loopback); and the transport per
-  hop: wall time minus the compute time each stage reports for the step, divided by 3 (on a
-  loaded machine the first figure also carries how the OS shares the cores among 1 vs 4 processes).
+  token by token in turn (a pipeline step, then the same step in one process), the medians, their
+  ratio, and the overhead per hop (pipeline minus one process, divided by the 3 stage round trips;
+  target <= 5 ms on loopback); then what a pipeline step is made of: the stages' layers (the
+  compute time each stage reports, next to one process's), and the transport per hop (wall time
+  minus that compute, divided by 3), split into the stage processes' own handling (decoding the
+  message, the hand-over to the compute thread and back) and the messaging (p2p daemons, event
+  loops, the client). On a loaded machine the OS shares the cores unevenly between 1 and 4
+  processes (a process that sleeps between steps gets the core sooner when it wakes), so the
+  compute figures there differ by more than the code does.
 
 The stages and the trainer share this machine's cores (one stage computes at a time; a stage's
 backward uses the graph its forward kept). Absolute numbers move with the load of the machine (printed); the
@@ -35,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,7 +79,7 @@ def steady_tokens_per_s(run_dir: Path) -> tuple[float, float]:
 
 
 def decode_bench(base: Path, tmp: Path, tokens: int, rounds: int, prompt_len: int) -> dict[str, float]:
-    """Median decode ms/token through 3 local stages and in one process, alternating rounds."""
+    """Median decode ms/token through 3 local stages and in one process, token by token in turn."""
     import statistics
 
     import torch
@@ -102,40 +108,44 @@ def decode_bench(base: Path, tmp: Path, tokens: int, rounds: int, prompt_len: in
         model.eval()
         prompt = torch.randint(100, 20000, (1, prompt_len), generator=torch.Generator().manual_seed(0))
 
-        transport: list[float] = []  # per token: wall time minus the stages' own compute
+        # Per token, one pipeline step then one single-process step: both see the same load (on a
+        # busy machine the load moves within seconds; rounds of 32 tokens each were not comparable).
+        rows: list[tuple[float, float, float, float]] = []  # (pipeline, one process, stage compute, stage total)
+        agree: list[bool] = []  # greedy token of the pipeline == one process's, per step
 
-        def through_stages() -> list[float]:
-            session = client.session()
-            logits, times = client.run(session.step(prompt)), []
+        @torch.inference_mode()
+        def one_process_step(ids: torch.Tensor, cache: Any) -> torch.Tensor:
+            return model(ids, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+
+        def round_of_tokens(keep: bool) -> None:
+            from transformers import DynamicCache
+
+            session, cache = client.session(), DynamicCache(config=model.config)
+            logits, ref = client.run(session.step(prompt)), one_process_step(prompt, cache)
             for _ in range(tokens):
                 t0 = time.perf_counter()
                 logits = client.run(session.step(logits.argmax().view(1, 1)))
-                times.append(time.perf_counter() - t0)
-                transport.append(times[-1] - session.compute_s)
+                t1 = time.perf_counter()
+                ref = one_process_step(ref.argmax(-1).view(1, 1), cache)
+                t2 = time.perf_counter()
+                agree.append(int(logits.argmax()) == int(ref.argmax()))  # the same computation, timed
+                if keep:
+                    rows.append((t1 - t0, t2 - t1, session.compute_s, session.stage_s))
             client.run(session.close())
-            return times
 
-        @torch.inference_mode()
-        def one_process() -> list[float]:
-            from transformers import DynamicCache
-
-            cache = DynamicCache(config=model.config)
-            logits, times = model(prompt, cache=cache, use_cache=True, logits_to_keep=1).logits, []
-            for _ in range(tokens):
-                t0 = time.perf_counter()
-                logits = model(logits[:, -1].argmax(-1, keepdim=True), cache=cache, use_cache=True,
-                               logits_to_keep=1).logits
-                times.append(time.perf_counter() - t0)
-            return times
-
-        through_stages(), one_process()  # warm-up
-        transport.clear()
-        pipe, single = [], []
+        round_of_tokens(keep=False)  # warm-up
         for _ in range(rounds):
-            pipe += through_stages()
-            single += one_process()
-        return {"pipeline_ms": 1e3 * statistics.median(pipe), "single_ms": 1e3 * statistics.median(single),
-                "transport_ms": 1e3 * statistics.median(transport), "hops": len(client.spans)}
+            round_of_tokens(keep=True)
+
+        def median_ms(i: int) -> float:
+            return 1e3 * statistics.median(r[i] for r in rows)
+
+        return {"pipeline_ms": median_ms(0), "single_ms": median_ms(1), "compute_ms": median_ms(2),
+                "stage_ms": median_ms(3), "hops": len(client.spans), "agree": sum(agree) / len(agree),
+                # per token, then the median: the parts of one step add up to its wall time
+                "transport_ms": 1e3 * statistics.median(r[0] - r[2] for r in rows),
+                "in_stage_ms": 1e3 * statistics.median(r[3] - r[2] for r in rows),
+                "messaging_ms": 1e3 * statistics.median(r[0] - r[3] for r in rows)}
     finally:
         if client is not None:
             client.close()
@@ -171,8 +181,13 @@ def main() -> int:
         per_hop = (d["pipeline_ms"] - d["single_ms"]) / d["hops"]
         print(f"decode ms/token   one process {d['single_ms']:7.1f}   pipeline {d['pipeline_ms']:7.1f}   "
               f"ratio {d['pipeline_ms'] / d['single_ms']:.2f}x   overhead per hop {per_hop:.1f} ms (target <= 5 ms)")
-        print(f"decode transport  {d['transport_ms']:.1f} ms/token outside the stages' compute = "
-              f"{d['transport_ms'] / d['hops']:.1f} ms per hop (messages, event loops, client; no model work)")
+        print(f"decode greedy tokens equal to one process's on {100 * d['agree']:.0f}% of the steps")
+        print(f"decode compute    stages' layers {d['compute_ms']:7.1f} ms/token (the 3 together; one process "
+              f"{d['single_ms']:.1f})")
+        print(f"decode transport  {d['transport_ms']:.1f} ms/token outside the stages' layers = "
+              f"{d['transport_ms'] / d['hops']:.1f} ms per hop: in the stage processes "
+              f"{d['in_stage_ms'] / d['hops']:.1f} (decoding, thread hand-over), messaging "
+              f"{d['messaging_ms'] / d['hops']:.1f} (p2p daemons, event loops, client)")
     if args.only in ("all", "train"):
         train_bench(args, tmp, base)
     print(f"machine load (1-min average) at start {load[0]:.1f}, at end {os.getloadavg()[0]:.1f}, "

@@ -20,7 +20,9 @@ generation session and span, and sends messages on it; each carries msgpack meta
     {"op": "close", "session": ID}
         drop the session now (it would expire after `idle_s` otherwise).
 
-Answers carry {"ok": true, "length": ..., "compute_s": ...} or {"error": CODE, "message": ...} with CODE one of
+Answers carry {"ok": true, "length": ..., "compute_s": ..., "stage_s": ...} (a step: the layers' own time,
+and the stage process's whole time from the message's arrival to its answer, which adds decoding the
+message and the hand-over to the compute thread and back) or {"error": CODE, "message": ...} with CODE one of
 `replay` (resend the session's inputs), `adapter` (upload it), `full` (no room: try another
 replica), `bad` (a client error). Only a caller without the swarm key gets the stream itself
 refused ("not a member of swarm run ...").
@@ -283,12 +285,15 @@ class StageInference(ServicerBase):
             raise PermissionError(f"not a member of swarm run {self.run} (no valid swarm key proof)")
         loop = asyncio.get_running_loop()
         async for request in requests:
+            arrived = time.perf_counter()
             try:
                 meta = MSGPackSerializer.loads(request.metadata)
                 tensors = [deserialize_torch_tensor(t) for t in request.tensors]
                 if request.uid != self.uid:
                     raise InferenceError("bad", f"this stage serves {self.uid}, not {request.uid}")
                 reply, out = await loop.run_in_executor(self._compute, self._handle, meta, tensors)
+                if "compute_s" in reply:  # this process's whole time on the step, compute included
+                    reply["stage_s"] = time.perf_counter() - arrived
             except InferenceError as e:
                 reply, out = {"error": e.code, "message": str(e)}, []
             except Exception as e:  # a bug or bad tensors: answer, keep the stream and the stage up
