@@ -18,7 +18,8 @@ Prints, side by side:
   token by token in turn (a pipeline step, then the same step in one process), the medians, their
   ratio, and the overhead per hop (pipeline minus one process, divided by the 3 stage round trips;
   target <= 5 ms on loopback); then what a pipeline step is made of: the stages' layers (the
-  compute time each stage reports, next to one process's), and the transport per hop (wall time
+  compute time each stage reports, next to one process's; and their CPU time, which the machine's
+  load does not stretch, next to one process's), and the transport per hop (wall time
   minus that compute, divided by 3), split into the stage processes' own handling (decoding the
   message, the hand-over to the compute thread and back) and the messaging (p2p daemons, event
   loops, the client). On a loaded machine the OS shares the cores unevenly between 1 and 4
@@ -78,7 +79,8 @@ def steady_tokens_per_s(run_dir: Path) -> tuple[float, float]:
     return tokens / seconds, (sum(hop) / len(hop) if hop else float("nan"))
 
 
-def decode_bench(base: Path, tmp: Path, tokens: int, rounds: int, prompt_len: int) -> dict[str, float]:
+def decode_bench(base: Path, tmp: Path, tokens: int, rounds: int, prompt_len: int,
+                 threads: int = 1) -> dict[str, float]:
     """Median decode ms/token through 3 local stages and in one process, token by token in turn."""
     import statistics
 
@@ -93,11 +95,11 @@ def decode_bench(base: Path, tmp: Path, tokens: int, rounds: int, prompt_len: in
     from gt_ext.swarm.dht import start_dht, visible_addrs
     from gt_ext.train.config import config_to_dict, load_config
 
-    torch.set_num_threads(1)  # the stages run one thread each too (threads=1)
+    torch.set_num_threads(threads)  # the stages run as many each
     run, key, key_file = "bench-decode", SwarmKey.generate(), tmp / "decode.key"
     key.save(key_file)
     cfg_file = tmp / "decode.yaml"
-    cfg_file.write_text(yaml.safe_dump(config_to_dict(load_config(None, [f"base_model={base}", "threads=1"]))))
+    cfg_file.write_text(yaml.safe_dump(config_to_dict(load_config(None, [f"base_model={base}", f"threads={threads}"]))))
     boot = start_dht([], None, key, run_id=run, username="boot")
     stages = LocalStages(3, run, tmp / "decode", cfg_file, key_file, visible_addrs(boot),
                          PipelineSettings(node0=Path(os.environ["NODE0_PATH"])))
@@ -110,7 +112,8 @@ def decode_bench(base: Path, tmp: Path, tokens: int, rounds: int, prompt_len: in
 
         # Per token, one pipeline step then one single-process step: both see the same load (on a
         # busy machine the load moves within seconds; rounds of 32 tokens each were not comparable).
-        rows: list[tuple[float, float, float, float]] = []  # (pipeline, one process, stage compute, stage total)
+        # (pipeline, one process, stage compute, stage total, stage compute CPU, one process CPU)
+        rows: list[tuple[float, ...]] = []
         agree: list[bool] = []  # greedy token of the pipeline == one process's, per step
 
         @torch.inference_mode()
@@ -125,12 +128,13 @@ def decode_bench(base: Path, tmp: Path, tokens: int, rounds: int, prompt_len: in
             for _ in range(tokens):
                 t0 = time.perf_counter()
                 logits = client.run(session.step(logits.argmax().view(1, 1)))
-                t1 = time.perf_counter()
+                t1, cpu1 = time.perf_counter(), time.thread_time()
                 ref = one_process_step(ref.argmax(-1).view(1, 1), cache)
-                t2 = time.perf_counter()
+                t2, cpu2 = time.perf_counter(), time.thread_time()
                 agree.append(int(logits.argmax()) == int(ref.argmax()))  # the same computation, timed
                 if keep:
-                    rows.append((t1 - t0, t2 - t1, session.compute_s, session.stage_s))
+                    rows.append((t1 - t0, t2 - t1, session.compute_s, session.stage_s, session.compute_cpu_s,
+                                 cpu2 - cpu1))
             client.run(session.close())
 
         round_of_tokens(keep=False)  # warm-up
@@ -141,7 +145,7 @@ def decode_bench(base: Path, tmp: Path, tokens: int, rounds: int, prompt_len: in
             return 1e3 * statistics.median(r[i] for r in rows)
 
         return {"pipeline_ms": median_ms(0), "single_ms": median_ms(1), "compute_ms": median_ms(2),
-                "stage_ms": median_ms(3), "hops": len(client.spans), "agree": sum(agree) / len(agree),
+                "stage_ms": median_ms(3), "compute_cpu_ms": median_ms(4), "single_cpu_ms": median_ms(5), "hops": len(client.spans), "agree": sum(agree) / len(agree),
                 # per token, then the median: the parts of one step add up to its wall time
                 "transport_ms": 1e3 * statistics.median(r[0] - r[2] for r in rows),
                 "in_stage_ms": 1e3 * statistics.median(r[3] - r[2] for r in rows),
@@ -165,6 +169,8 @@ def main() -> int:
     ap.add_argument("--decode-tokens", type=int, default=32, help="tokens per decode round")
     ap.add_argument("--rounds", type=int, default=3, help="alternating decode rounds")
     ap.add_argument("--prompt", type=int, default=64, help="prompt tokens before decoding")
+    ap.add_argument("--decode-threads", type=int, default=1,
+                    help="torch threads of each stage and of the one process when decoding")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("NODE0_PATH", str(REPO.parent / "shared" / "upstream" / "node0"))
@@ -176,14 +182,15 @@ def main() -> int:
     load = os.getloadavg()
     if args.only in ("all", "decode"):
         print(f"model {args.model}, decode: {args.rounds} x {args.decode_tokens} tokens after a {args.prompt}-token "
-              "prompt, 3 stages", file=sys.stderr)
-        d = decode_bench(base, tmp, args.decode_tokens, args.rounds, args.prompt)
+              f"prompt, 3 stages, {args.decode_threads} thread(s) each", file=sys.stderr)
+        d = decode_bench(base, tmp, args.decode_tokens, args.rounds, args.prompt, args.decode_threads)
         per_hop = (d["pipeline_ms"] - d["single_ms"]) / d["hops"]
         print(f"decode ms/token   one process {d['single_ms']:7.1f}   pipeline {d['pipeline_ms']:7.1f}   "
               f"ratio {d['pipeline_ms'] / d['single_ms']:.2f}x   overhead per hop {per_hop:.1f} ms (target <= 5 ms)")
         print(f"decode greedy tokens equal to one process's on {100 * d['agree']:.0f}% of the steps")
         print(f"decode compute    stages' layers {d['compute_ms']:7.1f} ms/token (the 3 together; one process "
-              f"{d['single_ms']:.1f})")
+              f"{d['single_ms']:.1f}); CPU time {d['compute_cpu_ms']:.1f} vs one process {d['single_cpu_ms']:.1f}: "
+              f"ratio {d['compute_cpu_ms'] / d['single_cpu_ms']:.2f}x (the load does not stretch CPU time)")
         print(f"decode transport  {d['transport_ms']:.1f} ms/token outside the stages' layers = "
               f"{d['transport_ms'] / d['hops']:.1f} ms per hop: in the stage processes "
               f"{d['in_stage_ms'] / d['hops']:.1f} (decoding, thread hand-over), messaging "

@@ -20,9 +20,9 @@ generation session and span, and sends messages on it; each carries msgpack meta
     {"op": "close", "session": ID}
         drop the session now (it would expire after `idle_s` otherwise).
 
-Answers carry {"ok": true, "length": ..., "compute_s": ..., "stage_s": ...} (a step: the layers' own time,
-and the stage process's whole time from the message's arrival to its answer, which adds decoding the
-message and the hand-over to the compute thread and back) or {"error": CODE, "message": ...} with CODE one of
+Answers carry {"ok": true, "length": ..., "compute_s": ..., "compute_cpu_s": ..., "stage_s": ...} (a step:
+the layers' own time and CPU time, and the stage process's whole time from the message's arrival to
+its answer, which adds decoding the message and the hand-over to the compute thread and back) or {"error": CODE, "message": ...} with CODE one of
 `replay` (resend the session's inputs), `adapter` (upload it), `full` (no room: try another
 replica), `bad` (a client error). Only a caller without the swarm key gets the stream itself
 refused ("not a member of swarm run ...").
@@ -312,7 +312,7 @@ class StageInference(ServicerBase):
                 x, start = tensors[0], int(meta["start"])
                 session = self.sessions.prepare(str(meta["session"]), start, int(x.shape[1]))
                 stack = self.adapters.use(meta.get("adapters") or [])
-                t0 = time.perf_counter()
+                t0, cpu0 = time.perf_counter(), time.thread_time()
                 try:
                     with torch.inference_mode(), self.expert.stage.serving_adapters(stack):
                         out = self.expert.infer(x, start, session.cache, keep=int(meta.get("keep") or 0))
@@ -321,8 +321,11 @@ class StageInference(ServicerBase):
                     raise
                 session.length = start + int(x.shape[1])
                 self.steps += 1
-                # compute_s: this stage's own time on the step (the client tells it from the transport's)
-                return {"ok": True, "length": session.length, "compute_s": time.perf_counter() - t0}, [out]
+                # compute_s: this stage's own time on the step (the client tells it from the transport's);
+                # compute_cpu_s: the compute thread's CPU time on it (what the load of the machine
+                # does not stretch: comparable with one process's on a busy machine)
+                return {"ok": True, "length": session.length, "compute_s": time.perf_counter() - t0,
+                        "compute_cpu_s": time.thread_time() - cpu0}, [out]
             if op == "adapter":
                 with self.optimizer_lock:
                     self.adapters.put(meta, tensors)

@@ -172,9 +172,10 @@ class InferenceSession:
         self.adapters = [(blob, float(w)) for blob, w in adapters if float(w) != 0.0]
         self.length = 0  # positions every span's cache holds
         self.failovers = 0  # replicas replaced during this session
-        # The last step's time in the stages' layers, and in the stage processes all told (which adds
-        # decoding messages and thread hand-overs there); the rest of a step's wall time is messaging.
-        self.compute_s = self.stage_s = 0.0
+        # The last step's time in the stages' layers (and their compute threads' CPU time), and in the
+        # stage processes all told (which adds decoding messages and thread hand-overs there); the
+        # rest of a step's wall time is messaging.
+        self.compute_s = self.compute_cpu_s = self.stage_s = 0.0
 
     def replicas(self) -> list[str | None]:
         """The peer serving each span now (None before the first step or after a failure)."""
@@ -185,7 +186,7 @@ class InferenceSession:
         if ids.dim() != 2 or ids.shape[0] != 1:
             raise GtExtError(f"a generation step takes token ids [1, T], got {tuple(ids.shape)}")
         x, start = ids.long(), self.length
-        self.compute_s = self.stage_s = 0.0
+        self.compute_s = self.compute_cpu_s = self.stage_s = 0.0
         sent = []
         for span in self.spans:
             sent.append(x)
@@ -224,6 +225,7 @@ class InferenceSession:
             if code is None:
                 self.compute_s += float(reply.get("compute_s") or 0.0)
                 self.stage_s += float(reply.get("stage_s") or 0.0)
+                self.compute_cpu_s += float(reply.get("compute_cpu_s") or 0.0)
                 return out[0]
             last_problem = f"{reply.get('message')}"
             if code == "replay":  # the stage lost this session (expired, evicted, restarted)
