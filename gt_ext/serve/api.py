@@ -47,6 +47,7 @@ from gt_ext.serve.params import SamplingParams
 log = logging.getLogger(__name__)
 
 MIN_TOKEN_CHARS = 32  # a bearer token shorter than this is refused (e.g. 32 hex digits = 128 bits)
+MAX_HELD = 32  # refused requests held before their 429, all clients together (connections are bounded)
 
 
 @dataclass
@@ -66,10 +67,10 @@ class ApiLimits:
     # an abandoned stream still cost a prefill and a batch row, and a client that abandons as a
     # habit (ten a second asking for 1500 tokens) is held to ~rate / (1 + abandon_cost).
     abandon_cost: float = 10.0
-    # A request refused for its rate is answered after min(its wait, this) seconds, its connection
-    # counted in the client's `max_per_client`: a client looping on refused requests (ignoring
-    # Retry-After) is slowed to about one a second per connection instead of costing the server
-    # (and the machine) hundreds of refusals a second. Over `max_per_client` held, 429 at once.
+    # A refused request (over the rate or over `max_per_client`) is answered after min(its wait,
+    # this) seconds: a client looping on refusals (ignoring Retry-After) is slowed to about one a
+    # second per connection instead of costing the server (and the machine) hundreds a second.
+    # At most `max_per_client` refusals of a client (and `MAX_HELD` in all) are held; more: 429 at once.
     refusal_delay_s: float = 1.0
 
 
@@ -257,6 +258,7 @@ class _Gate:
         self.expected = f"Bearer {token}".encode() if token else None
         self.limits = limits
         self.inflight: Counter[str] = Counter()
+        self.held: Counter[str] = Counter()  # refusals waiting out their delay
         self.rates = rates
         self.sleep = sleep
 
@@ -272,13 +274,14 @@ class _Gate:
         client = (scope.get("client") or ("unknown",))[0]
         posting = scope.get("method") in ("POST", "PUT", "PATCH")
         if posting and self.inflight[client] >= self.limits.max_per_client:
-            await _send_error(send, 429, f"too many requests in flight from {client} (limit "
-                              f"{self.limits.max_per_client}); wait for one to finish", "rate_limit_error",
-                              headers=[(b"retry-after", b"1")])
+            await self._refuse(client, self.limits.refusal_delay_s, send, f"too many requests in flight from "
+                               f"{client} (limit {self.limits.max_per_client}); wait for one to finish")
             return
         wait = self.rates.take(client)
         if wait:
-            await self._refuse(client, wait, send)
+            await self._refuse(client, wait, send, f"too many requests from {client} (limit "
+                               f"{self.limits.rate_per_client:g} a second, bursts of {self.limits.burst_per_client}; "
+                               f"a request abandoned before its answer counts {self.limits.abandon_cost:g} more)")
             return
         if not posting:
             await self.app(scope, receive, send)
@@ -330,25 +333,23 @@ class _Gate:
                 self.rates.charge(client, self.limits.abandon_cost)
 
 
-    async def _refuse(self, client: str, wait: float, send: Any) -> None:
-        """429 with Retry-After for a client over its rate, held for min(wait, refusal_delay_s)
-        while the client has fewer than `max_per_client` requests in flight (this one counted)."""
+    async def _refuse(self, client: str, wait: float, send: Any, why: str) -> None:
+        """429 with Retry-After, held for min(wait, refusal_delay_s) first while fewer than
+        `max_per_client` refusals of this client (and `MAX_HELD` in all) are held."""
         retry = max(1, math.ceil(wait))
-        held = self.inflight[client] < self.limits.max_per_client
+        held = self.held[client] < self.limits.max_per_client and self.held.total() < MAX_HELD
         if held:
-            self.inflight[client] += 1
+            self.held[client] += 1
         try:
             if held:
                 await self.sleep(min(wait, self.limits.refusal_delay_s))
-            await _send_error(send, 429, f"too many requests from {client} (limit {self.limits.rate_per_client:g} a "
-                              f"second, bursts of {self.limits.burst_per_client}; a request abandoned before its "
-                              f"answer counts {self.limits.abandon_cost:g} more); retry after {retry} s",
-                              "rate_limit_error", headers=[(b"retry-after", str(retry).encode())])
+            await _send_error(send, 429, f"{why}; retry after {retry} s", "rate_limit_error",
+                              headers=[(b"retry-after", str(retry).encode())])
         finally:
             if held:
-                self.inflight[client] -= 1
-                if self.inflight[client] <= 0:
-                    del self.inflight[client]
+                self.held[client] -= 1
+                if self.held[client] <= 0:
+                    del self.held[client]
 
 
 class _BodyTooLarge(Exception):

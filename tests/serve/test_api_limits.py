@@ -171,12 +171,19 @@ def test_rate_flags(capsys):
 
 
 def test_per_client_concurrency(gen):
-    app = create_app(gen, MODEL, limits=ApiLimits(max_per_client=2))
+    held = []
+
+    async def sleep(s):
+        held.append(s)
+
+    app = create_app(gen, MODEL, limits=ApiLimits(max_per_client=2), sleep=sleep)
     with TestClient(app) as greedy, TestClient(app, client=("10.0.0.9", 4000)) as other:
         res = _held(gen, lambda i: greedy.post("/v1/chat/completions", json=body()), 4)
         codes = sorted(r.status_code for r in res)
         assert codes == [200, 200, 429, 429], [r.text for r in res]
-        assert "in flight" in next(r for r in res if r.status_code == 429).json()["error"]["message"]
+        refused = [r for r in res if r.status_code == 429]
+        assert all("in flight" in r.json()["error"]["message"] and r.headers["retry-after"] == "1" for r in refused)
+        assert held == [1.0, 1.0]  # each refusal held refusal_delay_s first
         assert other.post("/v1/chat/completions", json=body()).status_code == 200
 
 
@@ -203,9 +210,12 @@ def test_rate_limit_per_client(gen):
         assert loud.post("/v1/chat/completions", json=body()).status_code == 200
 
 
-def test_refusal_held_counts_in_flight(gen):
-    """A refused request held before its 429 takes one of the client's `max_per_client` places, so
-    a client cannot pile up held connections: past the limit it is answered at once."""
+def test_refusals_held_are_bounded(gen, monkeypatch):
+    """A refused request is held before its 429, but at most `max_per_client` of one client and
+    `MAX_HELD` in all: past that a refusal is answered at once (held connections stay bounded)."""
+    from gt_ext.serve import api
+
+    monkeypatch.setattr(api, "MAX_HELD", 2)
     release, held = threading.Event(), []
 
     async def sleep(s):
@@ -214,19 +224,21 @@ def test_refusal_held_counts_in_flight(gen):
 
     limits = ApiLimits(rate_per_client=1.0, burst_per_client=1, max_per_client=1)
     app = create_app(gen, MODEL, limits=limits, clock=lambda: 0.0, sleep=sleep)
-    with TestClient(app) as c:
+    with TestClient(app) as a, TestClient(app, client=("10.0.0.8", 1)) as b, \
+            TestClient(app, client=("10.0.0.9", 1)) as c:
+        waiting: list = []
+        for n, cl in enumerate((a, b), 1):
+            assert cl.get("/health").status_code == 200  # its burst
+            t = threading.Thread(target=lambda cl=cl: waiting.append(cl.get("/health")))
+            t.start()
+            assert _wait(lambda n=n: len(held) == n)  # refused and held
+            r = cl.get("/health")  # refused again: its one place is taken, answered without a hold
+            assert r.status_code == 429 and r.headers["retry-after"] == "1" and len(held) == n
         assert c.get("/health").status_code == 200
-        first: list = []
-        t = threading.Thread(target=lambda: first.append(c.get("/health")))
-        t.start()
-        assert _wait(lambda: held)  # the second request is refused and held
-        r = c.post("/v1/chat/completions", json=body())
-        assert r.status_code == 429 and "in flight" in r.json()["error"]["message"]
-        r = c.get("/health")  # refused again: with its one place taken, answered without a hold
-        assert r.status_code == 429 and r.headers["retry-after"] == "1" and len(held) == 1
+        assert c.get("/health").status_code == 429 and len(held) == 2  # MAX_HELD reached
         release.set()
-        t.join(120)
-        assert first[0].status_code == 429 and first[0].headers["retry-after"] == "1"
+        assert _wait(lambda: len(waiting) == 2)
+        assert [(r.status_code, r.headers["retry-after"]) for r in waiting] == [(429, "1")] * 2
 
 
 def test_default_rate_spares_honest_clients():
