@@ -17,7 +17,10 @@ Starts the real server (`gt-ext serve`, 127.0.0.1, PyTorch backend, one thread),
      limits allow (16 x 256) over honest-sized requests;
    - slowloris (127.0.0.7): a body trickled one byte a second;
    and, with `--abusers` naming it, a flooder (127.0.0.3): 16 concurrent honest-sized requests at
-   a time, of which the per-client limit admits 8.
+   a time, of which the per-client limits admit 8 in flight and 10 a second.
+
+No abuser honours Retry-After: the server's own defences (per-client rate with the abandon
+penalty, refusals held before their 429; docs/serve.md) are what is measured.
 
 Prints the honest client's median and p90 latency in both phases, their ratio (the goal: under
 2x), and what the abusers got back (status codes). Absolute times move with the machine's load;

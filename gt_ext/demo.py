@@ -404,7 +404,8 @@ class Demo:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gt-ext-demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="demo folder (state, town, job)")
-    p.add_argument("--train-seconds", type=int, default=240, help="training budget")
+    p.add_argument("--train-seconds", type=int, default=3600,
+                   help="training wall-clock budget; the demo is sized by its step count (TRAIN_STEPS), this only caps a stalled run")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     a = p.parse_args(argv)
     if a.fresh and a.out.exists():

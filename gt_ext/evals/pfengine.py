@@ -211,11 +211,12 @@ class _Server:
         import uvicorn
 
         from gt_ext.gastown.dolt import free_port
-        from gt_ext.serve.api import create_app
+        from gt_ext.serve.api import ApiLimits, create_app
 
         self.token = secrets.token_urlsafe(24)
         self.port = free_port()
-        app = create_app(generator, model, token=self.token)
+        # promptfoo is this server's one client and sends as fast as the model answers: no rate limit.
+        app = create_app(generator, model, token=self.token, limits=ApiLimits(rate_per_client=0))
         _add_embeddings(app)
         _add_logprobs(app, model)
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",

@@ -13,8 +13,10 @@ a bearer token (when set) on every route, `/docs` and `/health` included, of at 
 `MIN_TOKEN_CHARS` characters; request bodies of at most `max_body_bytes` (413), read within
 `body_timeout_s` (408); message text of at most `max_prompt_chars`; `max_tokens` within what the
 model's context leaves after the prompt; at most `max_per_client` requests in flight per client
-address (429); stop strings bounded in count and length (`params.MAX_STOPS`, `MAX_STOP_CHARS`)
-and matched in linear time; a request whose client disconnects stops generating.
+address (429); a request rate per client address (`RateLimiter`, a token bucket: 429 with
+`Retry-After`), where a request whose client hangs up before its answer is complete costs
+`abandon_cost` more; stop strings bounded in count and length (`params.MAX_STOPS`,
+`MAX_STOP_CHARS`) and matched in linear time; a request whose client disconnects stops generating.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,7 @@ from gt_ext.serve.params import SamplingParams
 log = logging.getLogger(__name__)
 
 MIN_TOKEN_CHARS = 32  # a bearer token shorter than this is refused (e.g. 32 hex digits = 128 bits)
+MAX_HELD = 32  # refused requests held before their 429, all clients together (connections are bounded)
 
 
 @dataclass
@@ -53,6 +58,70 @@ class ApiLimits:
     body_timeout_s: float = 30.0  # to receive the whole body (slow senders hold a connection)
     max_prompt_chars: int = 256_000  # characters of message content in one request
     max_per_client: int = 8  # POST requests in flight per client address (queued or generating): a batch
+    # Request rate per client address, any route: a token bucket of `burst_per_client` requests
+    # refilled at `rate_per_client` a second (0 = no rate limit). A client sending a few requests
+    # a second never meets it; one looping on requests is held to the rate.
+    rate_per_client: float = 10.0
+    burst_per_client: int = 40
+    # Extra requests' worth a request costs when its client hangs up before the answer is whole:
+    # an abandoned stream still cost a prefill and a batch row, and a client that abandons as a
+    # habit (ten a second asking for 1500 tokens) is held to ~rate / (1 + abandon_cost).
+    abandon_cost: float = 10.0
+    # A refused request (over the rate or over `max_per_client`) is answered after min(its wait,
+    # this) seconds: a client looping on refusals (ignoring Retry-After) is slowed to about one a
+    # second per connection instead of costing the server (and the machine) hundreds a second.
+    # At most `max_per_client` refusals of a client (and `MAX_HELD` in all) are held; more: 429 at once.
+    refusal_delay_s: float = 1.0
+
+
+class RateLimiter:
+    """Per-client token buckets: `take(client)` spends one request (or says how long to wait),
+    `charge(client, n)` spends `n` more afterwards (a penalty; a bucket owes at most `burst`).
+
+    `clock` is injectable so the buckets can be tested without waiting. At most `max_clients`
+    buckets are kept: full ones (that client is idle) go first, then the longest untouched."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic,
+                 max_clients: int = 4096):
+        if rate < 0 or burst < 1:
+            raise GtExtError(f"rate limit: rate {rate} must be >= 0 and burst {burst} >= 1")
+        self.rate, self.burst, self.clock, self.max_clients = rate, float(burst), clock, max_clients
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # client -> (tokens, at)
+
+    def _tokens(self, client: str, now: float) -> float:
+        tokens, at = self._buckets.get(client, (self.burst, now))
+        return min(self.burst, tokens + (now - at) * self.rate)
+
+    def _store(self, client: str, tokens: float, now: float) -> None:
+        self._buckets[client] = (max(tokens, -self.burst), now)
+        self._buckets.move_to_end(client)
+        if len(self._buckets) > self.max_clients:
+            for c in [c for c in self._buckets if c != client and self._tokens(c, now) >= self.burst]:
+                del self._buckets[c]
+            while len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+
+    def available(self, client: str) -> float:
+        """Requests `client` may send now (negative: it owes; the bucket refills at `rate`)."""
+        return self._tokens(client, self.clock())
+
+    def take(self, client: str) -> float:
+        """0.0 when `client` may send this request now (one token spent), else the seconds until it may."""
+        if not self.rate:
+            return 0.0
+        now = self.clock()
+        tokens = self._tokens(client, now)
+        if tokens < 1.0:
+            self._store(client, tokens, now)
+            return (1.0 - tokens) / self.rate
+        self._store(client, tokens - 1.0, now)
+        return 0.0
+
+    def charge(self, client: str, cost: float) -> None:
+        """Spend `cost` more of `client`'s bucket (it may go into debt, down to -burst)."""
+        if self.rate and cost > 0:
+            now = self.clock()
+            self._store(client, self._tokens(client, now) - cost, now)
 
 
 def check_token(token: str | None) -> None:
@@ -177,16 +246,21 @@ def _registry_stack(ref: str, base_model: str) -> list[Path]:
 
 
 class _Gate:
-    """ASGI middleware in front of every route: token, per-client concurrency, body size and time.
+    """ASGI middleware in front of every route: token, per-client rate and concurrency, body size
+    and time; a client that hangs up before its answer is whole is charged `abandon_cost`.
 
     Runs before FastAPI reads anything, so an unauthenticated or over-limit request costs no
     parsing; the body it read is handed on to the app unchanged."""
 
-    def __init__(self, app: Any, token: str | None, limits: ApiLimits):
+    def __init__(self, app: Any, token: str | None, limits: ApiLimits, rates: RateLimiter,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
         self.app = app
         self.expected = f"Bearer {token}".encode() if token else None
         self.limits = limits
         self.inflight: Counter[str] = Counter()
+        self.held: Counter[str] = Counter()  # refusals waiting out their delay
+        self.rates = rates
+        self.sleep = sleep
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -197,15 +271,23 @@ class _Gate:
             await _send_error(send, 401, "missing or wrong bearer token (Authorization: Bearer <token>)",
                               "authentication_error")
             return
-        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+        client = (scope.get("client") or ("unknown",))[0]
+        posting = scope.get("method") in ("POST", "PUT", "PATCH")
+        if posting and self.inflight[client] >= self.limits.max_per_client:
+            await self._refuse(client, self.limits.refusal_delay_s, send, f"too many requests in flight from "
+                               f"{client} (limit {self.limits.max_per_client}); wait for one to finish")
+            return
+        wait = self.rates.take(client)
+        if wait:
+            await self._refuse(client, wait, send, f"too many requests from {client} (limit "
+                               f"{self.limits.rate_per_client:g} a second, bursts of {self.limits.burst_per_client}; "
+                               f"a request abandoned before its answer counts {self.limits.abandon_cost:g} more)")
+            return
+        if not posting:
             await self.app(scope, receive, send)
             return
-        client = (scope.get("client") or ("unknown",))[0]
-        if self.inflight[client] >= self.limits.max_per_client:
-            await _send_error(send, 429, f"too many requests in flight from {client} (limit "
-                              f"{self.limits.max_per_client}); wait for one to finish", "rate_limit_error")
-            return
         self.inflight[client] += 1
+        answered = abandoned = False
         try:
             declared = headers.get(b"content-length", b"0")
             if not declared.isdigit() or int(declared) > self.limits.max_body_bytes:
@@ -223,21 +305,51 @@ class _Gate:
                 await _send_error(send, 408, f"request body not received within {self.limits.body_timeout_s:g} s")
                 return
             except _ClientGone:
+                abandoned = True
                 return
             replayed = False
 
             async def replay() -> dict:
-                nonlocal replayed
+                nonlocal replayed, abandoned
                 if not replayed:
                     replayed = True
                     return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()  # after the body: waits for http.disconnect
+                msg = await receive()  # after the body: waits for http.disconnect
+                abandoned = abandoned or (msg["type"] == "http.disconnect" and not answered)
+                return msg
 
-            await self.app(scope, replay, send)
+            async def sent(msg: dict) -> None:
+                nonlocal answered
+                if msg["type"] == "http.response.body" and not msg.get("more_body"):
+                    answered = True  # a disconnect from now on is the client done reading
+                await send(msg)
+
+            await self.app(scope, replay, sent)
         finally:
             self.inflight[client] -= 1
             if self.inflight[client] <= 0:
                 del self.inflight[client]
+            if abandoned:
+                self.rates.charge(client, self.limits.abandon_cost)
+
+
+    async def _refuse(self, client: str, wait: float, send: Any, why: str) -> None:
+        """429 with Retry-After, held for min(wait, refusal_delay_s) first while fewer than
+        `max_per_client` refusals of this client (and `MAX_HELD` in all) are held."""
+        retry = max(1, math.ceil(wait))
+        held = self.held[client] < self.limits.max_per_client and self.held.total() < MAX_HELD
+        if held:
+            self.held[client] += 1
+        try:
+            if held:
+                await self.sleep(min(wait, self.limits.refusal_delay_s))
+            await _send_error(send, 429, f"{why}; retry after {retry} s", "rate_limit_error",
+                              headers=[(b"retry-after", str(retry).encode())])
+        finally:
+            if held:
+                self.held[client] -= 1
+                if self.held[client] <= 0:
+                    del self.held[client]
 
 
 class _BodyTooLarge(Exception):
@@ -264,13 +376,13 @@ async def _read_body(receive: Any, cap: int) -> bytes:
 
 
 async def _send_error(send: Any, status: int, message: str, etype: str = "invalid_request_error",
-                      param: str | None = None) -> None:
+                      param: str | None = None, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     """An error answer before the app ran. The connection is closed after it: an unread body (a
     40 MB one, a trickled one) is then dropped by the kernel instead of parsed by the server."""
     body = json.dumps({"error": {"message": message, "type": etype, "param": param}}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            (b"connection", b"close"), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -281,8 +393,12 @@ async def _wait_disconnect(request: Request) -> None:
 
 
 def create_app(generator: Any, model: Any, token: str | None = None, max_batch: int = 8,
-               max_queue: int = 64, registry_lookup: Any = None, limits: ApiLimits | None = None) -> FastAPI:
-    """The FastAPI app. With `token`, every route needs `Authorization: Bearer <token>`."""
+               max_queue: int = 64, registry_lookup: Any = None, limits: ApiLimits | None = None,
+               clock: Callable[[], float] = time.monotonic,
+               sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> FastAPI:
+    """The FastAPI app. With `token`, every route needs `Authorization: Bearer <token>`.
+    `clock` times the per-client rate buckets (`app.state.rates`) and `sleep` holds a refused
+    request (tests pass their own)."""
     check_token(token)
     limits = limits or ApiLimits()
     state = ApiState(generator, model, max_batch=max_batch, max_queue=max_queue, registry_lookup=registry_lookup)
@@ -294,7 +410,8 @@ def create_app(generator: Any, model: Any, token: str | None = None, max_batch: 
 
     app = FastAPI(title="gastown-finetune prompt API", version="1", lifespan=lifespan)
     app.state.api = state
-    app.add_middleware(_Gate, token=token, limits=limits)
+    app.state.rates = RateLimiter(limits.rate_per_client, limits.burst_per_client, clock)
+    app.add_middleware(_Gate, token=token, limits=limits, rates=app.state.rates, sleep=sleep)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request: Request, exc: RequestValidationError):

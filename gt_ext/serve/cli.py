@@ -83,6 +83,12 @@ def serve(
     max_per_client: int = typer.Option(8, "--max-per-client", help="Requests in flight per client address "
                                        "before 429."),
     max_body_kb: int = typer.Option(1024, "--max-body-kb", help="Largest request body (KiB) before 413."),
+    rate_per_client: float = typer.Option(10.0, "--rate-per-client", help="Requests a second per client "
+                                          "address, sustained, before 429 with Retry-After (0 = no limit)."),
+    burst_per_client: int = typer.Option(40, "--burst-per-client", help="Requests a client address may send "
+                                         "at once above --rate-per-client."),
+    abandon_cost: float = typer.Option(10.0, "--abandon-cost", help="Extra requests' worth charged to a client "
+                                       "address that hangs up before its answer is whole."),
     run: str = typer.Option(None, "--run", help=RUN_HELP),
     initial_peers: list[str] = typer.Option(None, "--initial-peers", help=PEERS_HELP),
     swarm_key: Path = typer.Option(None, "--swarm-key", help=KEY_HELP),
@@ -100,6 +106,9 @@ def serve(
         raise GtExtError(f"serve --port {port}: not a TCP port")
     if min(max_batch, max_queue, max_per_client, max_body_kb) < 1:
         raise GtExtError("serve: --max-batch, --max-queue, --max-per-client and --max-body-kb must be >= 1")
+    if rate_per_client < 0 or burst_per_client < 1 or abandon_cost < 0:
+        raise GtExtError(f"serve: --rate-per-client {rate_per_client:g} and --abandon-cost {abandon_cost:g} must be "
+                         f">= 0, --burst-per-client {burst_per_client} >= 1")
     from gt_ext.serve.pipeline import PipelineTarget
 
     target = PipelineTarget.for_backend(backend, run, initial_peers, swarm_key)
@@ -111,7 +120,9 @@ def serve(
     gen, resolved = load_generator(model, adapters, backend, None if quantize == "none" else quantize, threads,
                                    purpose="api", pipeline=target)
     api = create_app(gen, resolved, token=token, max_batch=max_batch, max_queue=max_queue,
-                     limits=ApiLimits(max_body_bytes=max_body_kb * 1024, max_per_client=max_per_client))
+                     limits=ApiLimits(max_body_bytes=max_body_kb * 1024, max_per_client=max_per_client,
+                                      rate_per_client=rate_per_client, burst_per_client=burst_per_client,
+                                      abandon_cost=abandon_cost))
     print(f"serving {resolved.ref} ({gen.backend}) on http://{host}:{port}/v1"
           f"{' (bearer token required)' if token else ''}", file=sys.stderr)
     # Keep-alive and header limits of uvicorn bound what an idle or slow connection holds.

@@ -6,6 +6,7 @@ In-process (TestClient) for validation, sizes, tokens and per-client limits; a r
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -17,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from gt_ext.errors import GtExtError
 from gt_ext.models.refs import ResolvedModel
-from gt_ext.serve.api import MIN_TOKEN_CHARS, ApiLimits, create_app
+from gt_ext.serve.api import MIN_TOKEN_CHARS, ApiLimits, RateLimiter, create_app
 from gt_ext.serve.batcher import Batcher, Job
 from gt_ext.serve.params import SamplingParams
 
@@ -158,14 +159,114 @@ def test_minimum_token_length(gen, tmp_path, monkeypatch, capsys):
     assert f"at least {MIN_TOKEN_CHARS}" in err and "tok-123" not in err
 
 
+def test_rate_flags(capsys):
+    """`gt-ext serve` documents the rate flags in --help and refuses bad values in one line."""
+    from gt_ext.cli import main
+
+    assert main(["serve", "--model", "base:tiny-llama", "--rate-per-client", "-1"]) == 2
+    assert "--rate-per-client -1" in capsys.readouterr().err
+    main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert all(f in out for f in ("--rate-per-client", "--burst-per-client", "--abandon-cost"))
+
+
 def test_per_client_concurrency(gen):
-    app = create_app(gen, MODEL, limits=ApiLimits(max_per_client=2))
+    held = []
+
+    async def sleep(s):
+        held.append(s)
+
+    app = create_app(gen, MODEL, limits=ApiLimits(max_per_client=2), sleep=sleep)
     with TestClient(app) as greedy, TestClient(app, client=("10.0.0.9", 4000)) as other:
         res = _held(gen, lambda i: greedy.post("/v1/chat/completions", json=body()), 4)
         codes = sorted(r.status_code for r in res)
         assert codes == [200, 200, 429, 429], [r.text for r in res]
-        assert "in flight" in next(r for r in res if r.status_code == 429).json()["error"]["message"]
+        refused = [r for r in res if r.status_code == 429]
+        assert all("in flight" in r.json()["error"]["message"] and r.headers["retry-after"] == "1" for r in refused)
+        assert held == [1.0, 1.0]  # each refusal held refusal_delay_s first
         assert other.post("/v1/chat/completions", json=body()).status_code == 200
+
+
+def test_rate_limit_per_client(gen):
+    """A client over its request rate gets 429 with Retry-After (held a moment first); another
+    client is unaffected; the first may send again once its bucket refilled."""
+    now, held = [0.0], []
+
+    async def sleep(s):
+        held.append(s)
+
+    limits = ApiLimits(rate_per_client=0.5, burst_per_client=3, refusal_delay_s=1.0)
+    app = create_app(gen, MODEL, limits=limits, clock=lambda: now[0], sleep=sleep)
+    with TestClient(app) as loud, TestClient(app, client=("10.0.0.9", 4000)) as other:
+        assert [loud.get("/health").status_code for _ in range(2)] == [200, 200]  # every route counts
+        assert loud.post("/v1/chat/completions", json=body()).status_code == 200
+        r = loud.post("/v1/chat/completions", json=body())
+        assert r.status_code == 429, r.text
+        assert r.headers["retry-after"] == "2"  # one request's worth at 0.5 a second
+        assert "too many requests" in r.json()["error"]["message"]
+        assert held == [1.0]  # answered after min(its wait 2 s, refusal_delay_s)
+        assert other.post("/v1/chat/completions", json=body()).status_code == 200
+        now[0] += 2.0
+        assert loud.post("/v1/chat/completions", json=body()).status_code == 200
+
+
+def test_refusals_held_are_bounded(gen, monkeypatch):
+    """A refused request is held before its 429, but at most `max_per_client` of one client and
+    `MAX_HELD` in all: past that a refusal is answered at once (held connections stay bounded)."""
+    from gt_ext.serve import api
+
+    monkeypatch.setattr(api, "MAX_HELD", 2)
+    release, held = threading.Event(), []
+
+    async def sleep(s):
+        held.append(s)
+        await asyncio.to_thread(release.wait, 120)
+
+    limits = ApiLimits(rate_per_client=1.0, burst_per_client=1, max_per_client=1)
+    app = create_app(gen, MODEL, limits=limits, clock=lambda: 0.0, sleep=sleep)
+    with TestClient(app) as a, TestClient(app, client=("10.0.0.8", 1)) as b, \
+            TestClient(app, client=("10.0.0.9", 1)) as c:
+        waiting: list = []
+        for n, cl in enumerate((a, b), 1):
+            assert cl.get("/health").status_code == 200  # its burst
+            t = threading.Thread(target=lambda cl=cl: waiting.append(cl.get("/health")))
+            t.start()
+            assert _wait(lambda n=n: len(held) == n)  # refused and held
+            r = cl.get("/health")  # refused again: its one place is taken, answered without a hold
+            assert r.status_code == 429 and r.headers["retry-after"] == "1" and len(held) == n
+        assert c.get("/health").status_code == 200
+        assert c.get("/health").status_code == 429 and len(held) == 2  # MAX_HELD reached
+        release.set()
+        assert _wait(lambda: len(waiting) == 2)
+        assert [(r.status_code, r.headers["retry-after"]) for r in waiting] == [(429, "1")] * 2
+
+
+def test_default_rate_spares_honest_clients():
+    """With the defaults, a client sending 3 requests a second (and a batch of 8 at once now and
+    then) is never refused; one looping at 50 a second is held to the rate."""
+    d, now = ApiLimits(), [0.0]
+    rates = RateLimiter(d.rate_per_client, d.burst_per_client, clock=lambda: now[0])
+    for i in range(600):  # 200 s
+        now[0] = i / 3
+        n = 8 if i % 30 == 0 else 1
+        assert all(rates.take("honest") == 0.0 for _ in range(n)), i
+    now[0], admitted = 1000.0, 0
+    for i in range(50 * 60):  # 60 s at 50 a second
+        now[0] = 1000.0 + i / 50
+        admitted += rates.take("loop") == 0.0
+    assert admitted <= d.burst_per_client + 60 * d.rate_per_client + 1
+
+
+def test_rate_buckets_are_bounded():
+    now = [0.0]
+    rates = RateLimiter(1.0, 2, clock=lambda: now[0], max_clients=3)
+    rates.take("busy")
+    rates.take("busy")  # empty: kept while it refills
+    for i in range(10):
+        rates.take(f"10.0.0.{i}")
+        now[0] += 0.1
+    assert len(rates._buckets) <= 3
+    assert "10.0.0.9" in rates._buckets
 
 
 def test_fair_turns_between_clients(gen):
@@ -196,8 +297,9 @@ def test_fair_turns_between_clients(gen):
 
 
 @pytest.fixture()
-def live(gen, monkeypatch):
-    """uvicorn on 127.0.0.1 serving the app; yields (url, the generator Requests it created)."""
+def live(gen, monkeypatch, request):
+    """uvicorn on 127.0.0.1 serving the app (with the `ApiLimits` given as the indirect parameter,
+    if any); yields (url, the generator Requests it created, the app)."""
     import uvicorn
 
     made: list = []
@@ -212,7 +314,8 @@ def live(gen, monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(gen, MODEL), host="127.0.0.1", port=port, log_level="error"))
+    app = create_app(gen, MODEL, limits=getattr(request, "param", None))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     t = threading.Thread(target=server.run, daemon=True)
     t.start()
     deadline = time.monotonic() + 60
@@ -220,7 +323,7 @@ def live(gen, monkeypatch):
         assert time.monotonic() < deadline and t.is_alive(), "server did not start"
         time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}", made
+        yield f"http://127.0.0.1:{port}", made, app
     finally:
         server.should_exit = True
         t.join(60)
@@ -238,19 +341,24 @@ def _wait(pred, timeout=120.0) -> bool:
 LONG = 1500  # tokens: ~tens of seconds on tiny-llama; a disconnect must end it long before
 
 
-def test_abandoned_stream_stops_generating(live):
-    url, made = live
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body(max_tokens=LONG, stream=True),
-                      timeout=60) as r:
+def _abandon(c: httpx.Client, url: str) -> None:
+    """A stream asking for LONG tokens, hung up on after its first piece (the #20 finding)."""
+    with c.stream("POST", f"{url}/v1/chat/completions", json=body(max_tokens=LONG, stream=True), timeout=60) as r:
         for line in r.iter_lines():
             if '"content": "' in line and '"content": ""' not in line:
-                break  # the first real piece: then hang up
+                break
+
+
+def test_abandoned_stream_stops_generating(live):
+    url, made, _app = live
+    with httpx.Client() as c:
+        _abandon(c, url)
     assert _wait(lambda: made and made[-1].stats.finish_reason == "cancelled"), made[-1].stats
     assert made[-1].stats.completion_tokens < LONG
 
 
 def test_abandoned_plain_request_stops_generating(live):
-    url, made = live
+    url, made, _app = live
     payload = json.dumps(body(max_tokens=LONG)).encode()
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as s:
@@ -259,3 +367,23 @@ def test_abandoned_plain_request_stops_generating(live):
         assert _wait(lambda: made and made[-1].stats.completion_tokens > 0)
     assert _wait(lambda: made[-1].stats.finish_reason == "cancelled"), made[-1].stats
     assert made[-1].stats.completion_tokens < LONG
+
+
+@pytest.mark.parametrize("live", [ApiLimits(rate_per_client=1e-6, burst_per_client=5, abandon_cost=10,
+                                            refusal_delay_s=0)], indirect=True)
+def test_abandoning_client_is_penalised(live):
+    """A client that hangs up before its answer is whole is charged `abandon_cost` more, so one that
+    abandons as a habit is refused; a client that reads its answers pays one request each."""
+    url, made, app = live
+    rates = app.state.rates
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.1")) as honest, \
+            httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as quitter:
+        with honest.stream("POST", f"{url}/v1/chat/completions", json=body(stream=True), timeout=60) as r:
+            assert "[DONE]" in r.read().decode()
+        assert honest.post(f"{url}/v1/chat/completions", json=body(), timeout=60).status_code == 200
+        _abandon(quitter, url)
+        assert _wait(lambda: rates.available("127.0.0.2") < 0)  # 5 - 1 - 10
+        r = quitter.post(f"{url}/v1/chat/completions", json=body(), timeout=60)
+        assert r.status_code == 429 and int(r.headers["retry-after"]) > 1, r.text
+        assert round(rates.available("127.0.0.1")) == 3  # two requests read whole: no penalty
+        assert honest.post(f"{url}/v1/chat/completions", json=body(), timeout=60).status_code == 200
