@@ -156,6 +156,7 @@ class _Span:
     stream: SpanStream | None = None
     inputs: list[torch.Tensor] = field(default_factory=list)  # what this span was sent, in order
     avoid: set[str] = field(default_factory=set)  # replicas that were full for this session
+    stack: list[list[Any]] | None = None  # [[adapter name, weight]] of the adapters with layers here
 
     @property
     def label(self) -> str:
@@ -207,7 +208,10 @@ class InferenceSession:
 
     # -- one span -----------------------------------------------------------------------------------
     def _stack(self, span: _Span) -> list[list[Any]]:
-        return [[b.name, w] for b, w in self.adapters if b.span_weights(span.first, span.last)]
+        # Once per session and span: finding an adapter's modules of a span walks all its modules.
+        if span.stack is None:
+            span.stack = [[b.name, w] for b, w in self.adapters if b.span_weights(span.first, span.last)]
+        return span.stack
 
     async def _span_step(self, span: _Span, x: torch.Tensor, start: int) -> torch.Tensor:
         last_problem = ""
