@@ -12,10 +12,15 @@ With `--lora R` (default 16) the PyTorch int8 engine and our llama.cpp backend a
 random LoRA adapter of rank R on every projection (q/k/v/o, gate/up/down) applied at run time
 (the agent's case: a role adapter on the base model; llama.cpp takes it as a GGUF LoRA).
 
+llama.cpp's own server (`llama-server --parallel N`, continuous batching, built once from the
+vendored llama.cpp source of the pinned llama-cpp-python sdist by bench/llama_server.py) is the
+anchor for the aggregate figure, with the same adapter as the row when it has one; `--no-llama-server`
+skips it.
+
 Figures: TTFT (s), decode tokens/s of one stream (tokens after the first / time after the first),
 aggregate tokens/s of `--streams` concurrent requests (all generated tokens / wall time). Ratios
 printed at the end are ours / baseline; goals: >= 3x transformers single-stream, >= 0.8x llama.cpp
-single-stream, >= 1x llama.cpp aggregate.
+single-stream, >= 1x llama-server's aggregate.
 """
 
 from __future__ import annotations
