@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -19,6 +18,7 @@ from typing import Any
 
 from gt_ext.errors import GtExtError
 from gt_ext.gastown.binaries import find_dolt
+from gt_ext.procgroup import stop_groups
 
 log = logging.getLogger(__name__)
 
@@ -225,18 +225,7 @@ class DoltServer:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(5)
+        stop_groups([proc], grace_s=timeout)
 
     def __enter__(self) -> DoltServer:
         return self.start() if self.proc is None else self

@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -43,6 +42,7 @@ from gt_ext.errors import GtExtError
 from gt_ext.pipeline.client import PipelineClient, StageUnreachable
 from gt_ext.pipeline.gather import GatheredAdapter, gather_adapter
 from gt_ext.pipeline.records import StageRecord, check_run, settings_fingerprint
+from gt_ext.procgroup import stop_groups
 from gt_ext.swarm.auth import SwarmKey
 from gt_ext.train import checkpoint, losses, runfolder
 from gt_ext.train.config import config_to_dict
@@ -112,23 +112,7 @@ class LocalStages:
         return errors[-1].removeprefix("error:").strip() if errors else f"see {log_file}"
 
     def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + 20
-        for p in self.procs:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait(timeout=30)
+        stop_groups(self.procs, grace_s=20)
 
 
 # ---------------------------------------------------------------------------------------------------

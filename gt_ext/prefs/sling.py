@@ -39,6 +39,7 @@ from gt_ext.gastown.town import STATE_DIRS, Town
 from gt_ext.gastown.worktree import RigRepo
 from gt_ext.prefs import outcome as measure
 from gt_ext.prefs.record import LABELS, Comparison, Outcome, PrefsStore
+from gt_ext.procgroup import stop_groups
 from gt_ext.roles import check_role
 
 log = logging.getLogger(__name__)
@@ -278,16 +279,7 @@ def _stop_agent(side: _Side) -> None:
     p = side.proc
     if p is None or p.poll() is not None:
         return
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(p.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            p.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    stop_groups([p], grace_s=10)
 
 
 def _transcript(side: _Side) -> Path | None:

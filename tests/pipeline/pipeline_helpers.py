@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from gt_ext.procgroup import stop_groups
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -101,23 +103,7 @@ class Stages:
             time.sleep(0.2)
 
     def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
-        deadline = time.monotonic() + 15
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            try:  # whatever is left of the group (averagers, daemons) goes too
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=30)
+        stop_groups(self.procs.values(), grace_s=15)  # whatever is left of a group (averagers, daemons) goes too
 
 
 def _pgid(pid: int) -> int | None:
