@@ -124,3 +124,24 @@ def test_no_progress_run_prints_no_bars_and_no_library_warnings(tmp_path):
                        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "default"})
     assert r.returncode == 0, r.stderr
     assert r.stderr == "" and r.stdout.startswith(f"run {tmp_path / 'run'}: done, 1 steps")
+
+
+def test_warnings_print_once(tmp_path):
+    """Issue #20: some warnings printed twice. Without --no-progress a run may warn (a library
+    deprecation here), but no warning line may appear twice in one command's stderr."""
+    import collections
+    import os
+    import subprocess
+    import sys
+
+    corpus = write_corpus(tmp_path / "corpus", tasks=("patrol",), n_train=4, n_val=2)
+    r = subprocess.run([sys.executable, "-m", "gt_ext.cli", "train", "--role", "witness", "--corpus", str(corpus),
+                        "--task", "patrol", "--out", str(tmp_path / "run"), "base_model=tiny-llama",
+                        "max_steps=1", "eval_every=0", "data.pack_length=128"],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "default"})
+    assert r.returncode == 0, r.stderr
+    lines = [ln.strip() for ln in r.stderr.replace("\r", "\n").splitlines()]
+    warned = [ln for ln in lines if "warning" in ln.lower()]
+    assert warned, "the run should show a library warning here (PYTHONWARNINGS=default, no --no-progress)"
+    twice = {ln: n for ln, n in collections.Counter(warned).items() if n > 1}
+    assert not twice, twice
