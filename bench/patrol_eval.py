@@ -47,7 +47,7 @@ def line(name: str, d: dict) -> str:
 
 def _export_all_rigs(role: str, home: Path, corpus: Path) -> None:
     """Export the role's patrol corpus from every rig of the sample town. The staged witness and
-    refinery decisions are spread over its two rigs (datapipe, webapp); the formula's own export is
+    refinery decisions are spread over its training towns' rigs; the formula's own export is
     rig-local, so the bench writes the export first (`--all-rigs`, an explicit choice) and the
     formula's `--if-missing` export step keeps it."""
     from gt_ext.corpus.shards import write_shards
@@ -83,7 +83,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--roles", default="witness,refinery,deacon,dog")
     ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--reps", type=int, default=3, help="stagings per situation and training family")
+    ap.add_argument("--reps", type=int, default=1, help="stagings per situation and training family")
     ap.add_argument("--out", type=Path, default=Path.home() / ".cache" / "gt-ext" / "bench-patrol")
     ap.add_argument("--reuse", action="store_true", help="keep finished formula steps in --out (they resume)")
     ap.add_argument("--no-base", action="store_true", help="skip scoring the base model")

@@ -532,7 +532,7 @@ def sample(seed: Annotated[int, typer.Option(help="Same seed, same history.")] =
 @app.command("patrol")
 def patrol(role: Annotated[str, typer.Option(help="Patrol role: witness, refinery, deacon or dog.")],
            seed: Annotated[int, typer.Option(help="Same seed, same decisions.")] = 0,
-           reps: Annotated[int, typer.Option(help="Times each situation is staged per training family.")] = 3,
+           reps: Annotated[int, typer.Option(help="Times each situation is staged per training family.")] = 1,
            as_json: JsonOpt = False) -> None:
     """Store formula patrol decisions of ROLE (training families only), staged with the real bd,
     git, tmux and dolt (cached after the first run), as success + coherent-misreading pairs."""

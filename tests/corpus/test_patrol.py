@@ -26,10 +26,28 @@ def test_reworded_names_never_appear_in_training():
         assert len(train) == sum(len(a.names) for a in s.actions), f"{s.key}: a name lists two actions"
 
 
+def _names(keys: tuple[str, ...]) -> set[str]:
+    """Every name a town puts in evidence: polecats, dogs, rig, bead prefix, plugins, module, function."""
+    out: set[str] = set()
+    for k in keys:
+        lay = stage.LAYOUTS[k]
+        out |= {*lay.polecats, *lay.dogs, lay.rig, lay.prefix, *(p for p, _ in lay.plugins), *lay.code}
+    return out
+
+
 def test_held_out_layouts_share_no_names_with_training():
-    train = {n for k in stage.TRAIN_LAYOUTS for n in (*stage.LAYOUTS[k].polecats, stage.LAYOUTS[k].rig)}
-    held = {n for k in stage.HELDOUT_LAYOUTS for n in (*stage.LAYOUTS[k].polecats, stage.LAYOUTS[k].rig)}
-    assert not train & held
+    assert not _names(stage.TRAIN_LAYOUTS) & _names(stage.HELDOUT_LAYOUTS)
+    assert set(stage.TRAIN_LAYOUTS) | set(stage.HELDOUT_LAYOUTS) == set(stage.LAYOUTS)
+
+
+def test_training_towns_each_bring_their_own_names():
+    """Names vary over the training towns: no polecat, rig or prefix is shared by two of them."""
+    for field in ("polecats", "rig", "prefix"):
+        seen: list[str] = []
+        for k in stage.TRAIN_LAYOUTS:
+            v = getattr(stage.LAYOUTS[k], field)
+            seen += list(v) if isinstance(v, tuple) else [v]
+        assert len(seen) == len(set(seen)), field
 
 
 def test_prompt_lists_actions_in_the_wording_it_is_given():
@@ -84,3 +102,20 @@ def test_sessions_pair_each_decision_with_a_misreading(monkeypatch, tmp_path):
     assert (fail.outcome, ok.outcome) == ("failure", "success")
     assert fail.messages[0] == ok.messages[0] and fail.messages[1] != ok.messages[1]
     assert {s.role for s in made} == {"deacon"} and set(ROLES) >= {"deacon"}
+
+
+@pytest.mark.parametrize("mail", ["MAIL", "MAIL_ALT", "MAIL_HELDOUT"])
+def test_every_inbox_wording_routes_as_its_situation(mail):
+    """Each wording of each witness inbox situation, read by the formula's routing rule, gives that
+    situation's action (a wording whose trigger words route elsewhere would mislabel training)."""
+    want = stage.SCENARIOS["witness/inbox-check"][3]
+    fill = {"n": "nux", "b": "wa-k12", "p": "wa", "k": 42}
+    for sit, (subj, body) in getattr(stage, mail).items():
+        line = f"wa-wisp-1 [from:webapp/polecats/nux] {subj.format(**fill)}\n{body.format(**fill)}"
+        facts = stage.facts_inbox_check(f"$ bd list --type message\n{line}", stage.LAYOUTS["a"])
+        assert stage.decide_inbox_check(facts)["action"] == want[sit], (mail, sit)
+
+
+def test_training_mail_has_two_wordings_that_differ():
+    assert set(stage.MAIL) == set(stage.MAIL_ALT) == set(stage.MAIL_HELDOUT)
+    assert all(stage.MAIL[k][1] != stage.MAIL_ALT[k][1] for k in stage.MAIL)

@@ -6,7 +6,7 @@
     write_suite(role, out_dir, reps)   -> a promptfoo suite of the held-out families
 
 A scenario family is one step staged in one town layout (`stage.LAYOUTS`: its rig, prefix and
-agent names): families `a` and `b` train, `c` and `r` are held out; `r` also lists the step's
+agent names): families `a`, `b`, `d`-`g` train, `c` and `r` are held out; `r` also lists the step's
 actions reordered and under other names and wording (`Action.heldout`, `Action.reworded`), so a
 model must read the list it is given. Evidence is staged with the real tools once per family and
 cached under `$GT_EXT_CACHE/patrol-evidence/<code hash>/` (default ~/.cache/gt-ext).
@@ -171,7 +171,7 @@ def misreading(st: Step, label: dict[str, Any], r: random.Random) -> dict[str, A
 
 
 # ----------------------------------------------------------------------------------- corpus
-def sessions(role: str, seed: int = 0, reps: int = 3, prompts_per_case: int = 3, progress: bool = False) -> list[Any]:
+def sessions(role: str, seed: int = 0, reps: int = 1, prompts_per_case: int = 3, progress: bool = False) -> list[Any]:
     """Training sessions of `role`: every case of the training families, each rendered
     `prompts_per_case` times (the allowed actions in another order and words), each as a success
     and a coherent misreading that shares its prompt (DPO material)."""

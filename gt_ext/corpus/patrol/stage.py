@@ -38,13 +38,23 @@ LAYOUTS = {
                 (("dolt-backup", "24h"), ("stuck-agent-dog", "5m"), ("git-hygiene", "12h")), ("calc", "total")),
     "b": Layout("b", "datapipe", "dp", ("ace", "capable", "dag", "morsov"), ("charlie", "delta"),
                 (("dolt-log-rotate", "1h"), ("tool-updater", "24h"), ("compactor-dog", "30m")), ("stats", "add_all")),
+    # More training towns: the names a decision copies (polecats, rig, prefix, plugins) vary over six
+    # towns, so the model learns to read them from the evidence instead of memorising two towns' names.
+    "d": Layout("d", "gateway", "gw", ("furiosa", "glory", "coma", "fifi"), ("india", "juliet"),
+                (("session-gc", "2h"), ("log-trim", "6h"), ("dep-audit", "24h")), ("prices", "net_total")),
+    "e": Layout("e", "mobile", "mb", ("warboy", "doof", "organic", "bullet"), ("kilo", "lima"),
+                (("cache-warm", "30m"), ("backup-verify", "12h"), ("lint-sweep", "1h")), ("cart", "subtotal")),
+    "f": Layout("f", "infra", "ia", ("immortan", "rikki", "giddy", "corpus"), ("mike", "november"),
+                (("cert-renew", "24h"), ("disk-check", "15m"), ("branch-prune", "6h")), ("metrics", "sum_values")),
+    "g": Layout("g", "search", "sr", ("jedediah", "gutgash", "smeg", "chumbucket"), ("oscar", "papa"),
+                (("index-rebuild", "12h"), ("queue-drain", "45m"), ("stale-lock", "2h")), ("terms", "count_all")),
     # Held out: towns never used for training.
     "c": Layout("c", "billing", "bl", ("keeper", "cheedo", "angharad", "splendid"), ("echo", "foxtrot"),
                 (("dolt-archive", "6h"), ("rebuild-gt", "1h"), ("gitignore-reconcile", "24h")), ("ledger", "balance")),
     "r": Layout("r", "docsite", "ds", ("dementus", "scrotus", "toecutter", "valkyrie"), ("golf", "hotel"),
                 (("dolt-snapshots", "2h"), ("submodule-commit", "12h"), ("quality-review", "30m")), ("pages", "word_count")),
 }
-TRAIN_LAYOUTS = ("a", "b")
+TRAIN_LAYOUTS = ("a", "b", "d", "e", "f", "g")
 HELDOUT_LAYOUTS = ("c", "r")  # "r" also lists the actions reworded and reordered
 
 TITLES = ("fix the flaky login test", "add pagination to the orders API", "rename the config loader",
@@ -242,6 +252,24 @@ MAIL = {
 }
 
 
+# A second training wording per situation, with other trigger words of the same route (never the
+# held-out towns' words), so the model learns the routes' vocabulary rather than one sentence each.
+MAIL_ALT = {
+    "started": ("POLECAT_STARTED {n}", "Hooked {b}; working in session {p}-{n}."),
+    "done": ("POLECAT_DONE {n}", "Exit: COMPLETED\nIssue: {b}\nBranch: polecat/{n}\nMR: {p}-mr{k}"),
+    "merged": ("MERGED {n}", "Issue: {b} merged by the refinery."),
+    "handoff": ("HANDOFF witness", "Handing off: {n} still busy with {b}."),
+    "help-lifecycle": ("HELP: {n} no progress", "No progress on {b} for an hour, my session seems hung."),
+    "help-timeout": ("HELP: {n} respawn", "Please respawn my session, {b} commands never return."),
+    "help-crash": ("HELP: {n} database error", "Every query for {b} fails with a database error."),
+    "help-oom": ("HELP: {n} fatal", "The build of {b} dies with a fatal error each time."),
+    "help-blocked": ("HELP: {n} stuck", "I am stuck on {b}: it waits on work nobody owns."),
+    "help-question": ("HELP: {n} ambiguous", "The acceptance of {b} is ambiguous; what should I build?"),
+    "help-design": ("HELP: {n} design choice", "{b} needs a design choice between two schemas."),
+    "help-security": ("HELP: {n} data loss", "Risk of data loss in {b}: the cleanup deletes user rows."),
+}
+
+
 # The polecats of held-out towns word their mail differently (same trigger words, new sentences).
 MAIL_HELDOUT = {
     "started": ("POLECAT_STARTED {n}", "Picked up {b}; session {p}-{n} is running."),
@@ -262,7 +290,10 @@ MAIL_HELDOUT = {
 def stage_inbox_check(t: ScratchTown, lay: Layout, sit: str, r: random.Random) -> str:
     n = r.choice(lay.polecats)
     b = f"{lay.prefix}-{r.choice('abcdefghkmnpqrstuvwxyz')}{r.randint(10, 99)}"
-    subj, body = (MAIL_HELDOUT if lay.name in HELDOUT_LAYOUTS else MAIL)[sit]
+    if lay.name in HELDOUT_LAYOUTS:
+        subj, body = MAIL_HELDOUT[sit]
+    else:
+        subj, body = (MAIL if r.random() < 0.5 else MAIL_ALT)[sit]
     fill = {"n": n, "b": b, "p": lay.prefix, "k": r.randint(10, 99)}
     t.bead(subj.format(**fill), type_="message", assignee=f"{lay.rig}/witness",
            description=body.format(**fill), labels=f"from:{lay.rig}/polecats/{n}")
