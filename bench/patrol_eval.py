@@ -1,7 +1,7 @@
 """Patrol models that know Gas Town's real patrols: base SmolLM2 against a LoRA per patrol role
 (witness, refinery, deacon, dog), each scored on its held-out patrol suite next to the baselines.
 
-    .venv/bin/python bench/patrol_eval.py [--roles witness,refinery,deacon,dog] [--steps 60] [--reuse]
+    .venv/bin/python bench/patrol_eval.py [--roles witness,refinery,deacon,dog] [--steps 150] [--reps 4] [--reuse]
 
 The path is the product's, per role and one role at a time: `gt-ext corpus patrol --role R` (formula
 patrol decisions staged with the real bd/git/tmux/dolt, evidence cached per scenario family, into
@@ -82,8 +82,8 @@ def _direct(role: str, home: Path, out: Path, suite: str, a: argparse.Namespace)
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--roles", default="witness,refinery,deacon,dog")
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--reps", type=int, default=1, help="stagings per situation and training family")
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--reps", type=int, default=4, help="stagings per situation and training family")
     ap.add_argument("--out", type=Path, default=Path.home() / ".cache" / "gt-ext" / "bench-patrol")
     ap.add_argument("--reuse", action="store_true", help="keep finished formula steps in --out (they resume)")
     ap.add_argument("--no-base", action="store_true", help="skip scoring the base model")

@@ -119,3 +119,41 @@ def test_every_inbox_wording_routes_as_its_situation(mail):
 def test_training_mail_has_two_wordings_that_differ():
     assert set(stage.MAIL) == set(stage.MAIL_ALT) == set(stage.MAIL_HELDOUT)
     assert all(stage.MAIL[k][1] != stage.MAIL_ALT[k][1] for k in stage.MAIL)
+
+
+SURVEY_EVIDENCE = """$ date -u +%H:%M
+10:40
+$ bd list --all --json | jq -r '.[] | [.id, .issue_type, .status, .assignee] | @tsv'
+wa-1	task	in_progress	webapp/polecats/nux
+wa-2	task	hooked	webapp/polecats/slit
+wa-3	task	closed	webapp/polecats/toast
+$ tmux ls -F '#{session_name} #{pane_current_command}'
+wa-nux bash
+wa-toast claude
+$ ls polecats/
+nux
+toast
+$ ls -l --time-style=+%H:%M logs/ | awk 'NR>1 {print $6, $7}'
+09:05 wa-nux.log
+10:38 wa-slit.log
+10:39 wa-toast.log"""
+
+
+def test_reading_quotes_the_facts_the_rule_reads():
+    """The answer's `evidence` is what the tools printed, per polecat, in their order: the exited
+    agent, the orphan (no session, no folder) and the closed bead, with each log's quiet minutes."""
+    case = {"step": "witness/survey-workers", "layout": "a", "evidence": SURVEY_EVIDENCE}
+    assert build.reading(case) == "nux wa-1 no agent quiet 95m; slit wa-2 no session no dir quiet 2m; toast closed"
+    st = steps_for("witness")[0]
+    out = json.loads(build.answer(st, stage.label(st.key, SURVEY_EVIDENCE, stage.LAYOUTS["a"]),
+                                  {a.id: a.id for a in st.actions}, build.reading(case)))
+    assert list(out) == ["evidence", "target", "reason", "action"] and out["action"] == "restart"
+    mail = {"step": "witness/inbox-check", "layout": "a",
+            "evidence": "$ bd list --type message\nwa-wisp-1 [from:webapp/polecats/nux] HELP: nux oom\nBuild killed, oom."}
+    assert build.reading(mail) == "HELP from nux: 'oom'"
+    wisp = {"step": "witness/process-cleanups", "layout": "a", "evidence": (
+        "$ bd list --label cleanup --status open --json | jq -r '.[] | [.id, .title] | @tsv'\nwa-9\tcleanup: nux\n"
+        "$ cd polecats/nux && git status --short --branch\n## polecat/nux-1...origin/polecat/nux-1 [ahead 2]\n M a.py\n"
+        "$ cd polecats/nux && git stash list\n$ cd polecats/nux && git log --oneline @{u}..HEAD 2>&1 | head -5\nabc123 x")}
+    assert build.reading(wisp) == "nux: branch [ahead 2]; 1 changed; stash empty; unpushed yes"
+    assert build.reading({"step": "deacon/zombie-scan", "layout": "a", "evidence": ""}) == ""

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -155,9 +156,41 @@ def join_prompt(v: dict[str, str]) -> str:
     return f"{v['header']}\nAllowed actions:\n{v['allowed']}\nShell output:\n{v['shell_output']}\n{v['answer_format']}"
 
 
-def answer(st: Step, label: dict[str, Any], name_of: dict[str, str]) -> str:
-    """The decision as one JSON object, keys in the step's order (what it read before what it does)."""
-    obj: dict[str, Any] = {}
+def reading(case: dict[str, Any]) -> str:
+    """What the deciding evidence says, quoted compactly from the step's own output (the facts the
+    formula's rule reads, in the order the tools printed them), or "" for steps without a reading.
+    Answers start with it, so the loss rewards reading the evidence before naming a target or an
+    action (the decision then follows from text the model has just written)."""
+    key, lay = case["step"], stage_mod.LAYOUTS[case["layout"]]
+    ev = case["evidence"]
+    if key == "witness/survey-workers":
+        rows = []
+        for name, p in stage_mod.facts_survey_workers(ev, lay)["polecats"].items():
+            if p["mr"]:
+                rows.append(f"{name} MR open")
+            elif not p["open"]:
+                rows.append(f"{name} closed")
+            else:
+                sess = ("agent" if p["agent"] else "no agent") if p["session"] else "no session"
+                rows.append(f"{name} {p['bead']} {sess}{'' if p['dir'] else ' no dir'} quiet {p['quiet']}m")
+        return "; ".join(rows)
+    if key == "witness/process-cleanups":
+        f = stage_mod.facts_process_cleanups(ev, lay)
+        status = stage_mod._section(ev, "cd polecats/").splitlines()
+        head = re.sub(r"^## \S+?\.\.\.\S+ ?", "", status[0]) if status else ""
+        return (f"{f['polecat']}: branch {head or 'in sync'}; {len(status) - 1} changed; "
+                f"stash {'yes' if f['stash'] else 'empty'}; unpushed {'yes' if f['unpushed'] else 'none'}")
+    if key == "witness/inbox-check":
+        f = stage_mod.facts_inbox_check(ev, lay)
+        words = [w for ws, _, _ in stage_mod._ROUTES for w in ws if w in f["text"]]
+        return f"{f['subject'].rstrip(':')} from {f['from']}" + (f": '{words[0]}'" if f["subject"].startswith("HELP") and words else "")
+    return ""
+
+
+def answer(st: Step, label: dict[str, Any], name_of: dict[str, str], read: str = "") -> str:
+    """The decision as one JSON object: `evidence` first when the step has a reading, then the
+    step's keys in its order (what it read before what it does)."""
+    obj: dict[str, Any] = {"evidence": read} if read else {}
     for k in st.fields:
         obj[k] = name_of[label["action"]] if k == "action" else label.get(k, "" if k != "preserve" else False)
     return json.dumps(obj)
@@ -189,8 +222,9 @@ def sessions(role: str, seed: int = 0, reps: int = 1, prompts_per_case: int = 3,
             acts = allowed(st, "train", r)
             names = {aid: n for aid, n, _ in acts}
             prompt = join_prompt(prompt_vars(case, acts))
-            good = answer(st, case["label"], names)
-            bad = answer(st, misreading(st, case["label"], r), names)
+            read = reading(case)
+            good = answer(st, case["label"], names, read)
+            bad = answer(st, misreading(st, case["label"], r), names, read)
             base = f"patrol-{role}-{seed}-{i:05d}-{k}"
             t = f"2026-03-{2 + i % 27:02d}T{8 + k:02d}:{i % 60:02d}:00+00:00"
             msgs = [{"role": "user", "content": prompt}]
@@ -231,7 +265,7 @@ SUITE_YAML = """# Patrol decisions of the {role} at the steps of Gas Town's own 
 name: {role}-patrol
 role: {role}
 system_prompt: role
-max_new_tokens: 48
+max_new_tokens: 112
 # Only what the tools printed is case-specific: the header, the allowed actions, the answer format
 # and the `$ cmd` lines are the step's own text, shared with training by design. Tool output repeats
 # its own phrasing (git, pytest, tmux), so a task is refused when more than half of its output
