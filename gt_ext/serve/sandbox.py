@@ -276,6 +276,7 @@ class _Relay:
     def __init__(self, ports: list[int]):
         self.dir = tempfile.mkdtemp(prefix="gt-ext-net-")  # 0700: only this user reaches the sockets
         self._socks: list[socket.socket] = []
+        self._ports = list(ports)
         self._closed = False
         for port in ports:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -290,17 +291,31 @@ class _Relay:
                 conn, _ = lsock.accept()
             except OSError:
                 return
-            try:
-                up = socket.create_connection(("127.0.0.1", port), timeout=10)
-                up.settimeout(None)
-            except OSError:
-                conn.close()
-                continue
-            threading.Thread(target=_pump, args=(conn, up), daemon=True).start()
+            self._relay(conn, port)
+
+    @staticmethod
+    def _relay(conn: socket.socket, port: int) -> None:
+        try:
+            up = socket.create_connection(("127.0.0.1", port), timeout=10)
+            up.settimeout(None)
+        except OSError:
+            conn.close()
+            return
+        threading.Thread(target=_pump, args=(conn, up), daemon=True).start()
 
     def close(self) -> None:
+        """Stop accepting; connections the sandbox made that are still waiting in a backlog (a
+        client that wrote and exited) are relayed first, so what they sent still arrives."""
         self._closed = True
-        for s in self._socks:
+        for s, port in zip(self._socks, self._ports, strict=True):
+            s.setblocking(False)
+            while True:
+                try:
+                    conn, _ = s.accept()
+                except OSError:
+                    break
+                conn.setblocking(True)
+                self._relay(conn, port)
             try:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:

@@ -20,6 +20,17 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+
+DRAIN_S = 2.0  # after ARGV exits: time left for relays to hand on what its connections sent
+_STOP = threading.Event()
+_THREADS: list[threading.Thread] = []  # accept loops and pumps, joined (bounded) before exiting
+
+
+def _start(target, *args) -> None:  # noqa: ANN001 - a thread's target and arguments
+    t = threading.Thread(target=target, args=args, daemon=True)
+    _THREADS.append(t)
+    t.start()
 
 
 def _pump(a: socket.socket, b: socket.socket) -> None:
@@ -47,7 +58,14 @@ def _serve(port: int, path: str) -> None:
     lsock.listen(64)
 
     def loop() -> None:
+        # Poll so that, once ARGV has exited (_STOP), connections still in the backlog are taken
+        # and relayed before the loop ends: a client that sent and exited may not be accepted yet.
         while True:
+            ready, _, _ = select.select([lsock], [], [], 0.05)
+            if not ready:
+                if _STOP.is_set():
+                    return
+                continue
             conn, _ = lsock.accept()
             up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -56,9 +74,21 @@ def _serve(port: int, path: str) -> None:
                 conn.close()
                 up.close()
                 continue
-            threading.Thread(target=_pump, args=(conn, up), daemon=True).start()
+            _start(_pump, conn, up)
 
-    threading.Thread(target=loop, daemon=True).start()
+    _start(loop)
+
+
+def _drain(deadline: float) -> None:
+    """Let the accept loops take what is pending and the pumps hand on what they hold (a client
+    that wrote and exited leaves bytes in flight), until they end or `deadline` passes; the
+    kernel then kills whatever is left with the sandbox."""
+    _STOP.set()
+    while time.monotonic() < deadline:
+        alive = [t for t in list(_THREADS) if t.is_alive()]
+        if not alive:
+            return
+        alive[0].join(max(0.0, deadline - time.monotonic()))
 
 
 def main(argv: list[str]) -> int:
@@ -93,6 +123,7 @@ def main(argv: list[str]) -> int:
             break
         except KeyboardInterrupt:
             continue
+    _drain(time.monotonic() + DRAIN_S)
     return rc if rc >= 0 else 128 - rc
 
 
