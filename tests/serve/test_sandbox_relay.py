@@ -17,6 +17,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _first_bytes(listener: socket.socket, n: int = 4) -> bytes:
+    """Accept one connection on `listener` and read `n` bytes from it (5 s each at most)."""
+    listener.settimeout(5)
+    conn, _ = listener.accept()
+    conn.settimeout(5)
+    try:
+        return conn.recv(n)
+    finally:
+        conn.close()
+
+
 def test_init_hands_on_what_a_client_sent_before_the_command_exited(tmp_path):
     """The command connects, writes and exits at once; the far side (our Unix socket) accepts only
     after the sandbox's first process has exited, so the bytes must have been relayed before it did."""
@@ -32,11 +43,7 @@ def test_init_hands_on_what_a_client_sent_before_the_command_exited(tmp_path):
         rc = subprocess.run([sys.executable, "-I", "-S", str(INIT_SCRIPT), "--forward", f"{port}={path}", "--",
                              sys.executable, "-I", "-c", client], timeout=60).returncode
         assert rc == 0
-        far.settimeout(5)
-        conn, _ = far.accept()
-        conn.settimeout(5)
-        assert conn.recv(4) == b"ping"
-        conn.close()
+        assert _first_bytes(far) == b"ping"
     far.close()
 
 
@@ -53,10 +60,6 @@ def test_host_relay_close_relays_connections_still_in_its_backlog():
         c.close()
     finally:
         relay.close()  # at once: the connection may still be waiting to be accepted
-    target.settimeout(5)
-    conn, _ = target.accept()
-    conn.settimeout(5)
-    assert conn.recv(4) == b"ping"
-    conn.close()
+    assert _first_bytes(target) == b"ping"
     target.close()
     assert not os.path.exists(relay.dir)
