@@ -30,7 +30,10 @@ def _first_bytes(listener: socket.socket, n: int = 4) -> bytes:
 
 def test_init_hands_on_what_a_client_sent_before_the_command_exited(tmp_path):
     """The command connects, writes and exits at once; the far side (our Unix socket) accepts only
-    after the sandbox's first process has exited, so the bytes must have been relayed before it did."""
+    after the sandbox's first process has exited, so the bytes must have been relayed before it did.
+    The exit-before-relay race this guards is a matter of scheduling and did not show here without
+    the fix: this test holds the behaviour (what was sent arrives), the host-side test below is the
+    one that fails without its fix."""
     path = str(tmp_path / "up.sock")
     far = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     far.bind(path)
