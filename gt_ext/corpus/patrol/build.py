@@ -176,13 +176,13 @@ def reading(case: dict[str, Any]) -> str:
         return "; ".join(rows)
     if key == "witness/process-cleanups":
         f = stage_mod.facts_process_cleanups(ev, lay)
-        status = stage_mod._section(ev, "cd polecats/").splitlines()
+        status = stage_mod.section(ev, "cd polecats/").splitlines()
         head = re.sub(r"^## \S+?\.\.\.\S+ ?", "", status[0]) if status else ""
         return (f"{f['polecat']}: branch {head or 'in sync'}; {len(status) - 1} changed; "
                 f"stash {'yes' if f['stash'] else 'empty'}; unpushed {'yes' if f['unpushed'] else 'none'}")
     if key == "witness/inbox-check":
         f = stage_mod.facts_inbox_check(ev, lay)
-        words = [w for ws, _, _ in stage_mod._ROUTES for w in ws if w in f["text"]]
+        words = [w for ws, _, _ in stage_mod.ROUTES for w in ws if w in f["text"]]
         return f"{f['subject'].rstrip(':')} from {f['from']}" + (f": '{words[0]}'" if f["subject"].startswith("HELP") and words else "")
     return ""
 

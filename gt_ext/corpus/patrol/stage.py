@@ -77,7 +77,7 @@ def _tsv(text: str, *keys: str) -> list[dict[str, str]]:
     return out
 
 
-def _section(evidence: str, cmd_start: str) -> str:
+def section(evidence: str, cmd_start: str) -> str:
     """The output printed under the first `$ <cmd_start>...` line of the evidence."""
     parts = re.split(r"^\$ ", evidence, flags=re.M)
     for p in parts:
@@ -129,13 +129,13 @@ def stage_survey_workers(t: ScratchTown, lay: Layout, sit: str, r: random.Random
 
 
 def facts_survey_workers(ev: str, lay: Layout) -> dict[str, Any]:
-    now = _hhmm(_section(ev, "date").strip())
-    beads = _tsv(_section(ev, "bd list"), "id", "type", "status", "assignee")
-    sessions = dict(ln.split()[:2] for ln in _section(ev, "tmux ls").splitlines() if len(ln.split()) >= 2
+    now = _hhmm(section(ev, "date").strip())
+    beads = _tsv(section(ev, "bd list"), "id", "type", "status", "assignee")
+    sessions = dict(ln.split()[:2] for ln in section(ev, "tmux ls").splitlines() if len(ln.split()) >= 2
                     and not ln.startswith("no server"))
-    dirs = set(_section(ev, "ls polecats").split())
+    dirs = set(section(ev, "ls polecats").split())
     quiet = {}
-    for ln in _section(ev, "ls -l").splitlines():
+    for ln in section(ev, "ls -l").splitlines():
         parts = ln.split()
         if len(parts) == 2 and parts[1].endswith(".log"):
             quiet[parts[1][len(lay.prefix) + 1:-4]] = _ago(now, _hhmm(parts[0]))
@@ -213,12 +213,12 @@ def stage_process_cleanups(t: ScratchTown, lay: Layout, sit: str, r: random.Rand
 
 
 def facts_process_cleanups(ev: str, lay: Layout) -> dict[str, Any]:
-    wisp = (_tsv(_section(ev, "bd list"), "id", "title") or [{}])[0]
-    status = _section(ev, "cd polecats/").splitlines()
+    wisp = (_tsv(section(ev, "bd list"), "id", "title") or [{}])[0]
+    status = section(ev, "cd polecats/").splitlines()
     head = status[0] if status else ""
     name = (wisp.get("title") or "").split(":", 1)[-1].strip()
-    stash = _section(ev, f"cd polecats/{name} && git stash").strip()
-    log = _section(ev, f"cd polecats/{name} && git log").strip()
+    stash = section(ev, f"cd polecats/{name} && git stash").strip()
+    log = section(ev, f"cd polecats/{name} && git log").strip()
     return {"polecat": name, "gone": "[gone]" in head, "ahead": bool(re.search(r"\[ahead \d+", head)),
             "dirty": len(status) > 1, "stash": bool(stash), "unpushed": bool(log) and "fatal" not in log}
 
@@ -301,13 +301,13 @@ def stage_inbox_check(t: ScratchTown, lay: Layout, sit: str, r: random.Random) -
 
 
 def facts_inbox_check(ev: str, lay: Layout) -> dict[str, Any]:
-    text = _section(ev, "bd list")
+    text = section(ev, "bd list")
     first = text.splitlines()[0] if text else ""
     m = re.search(r"from:[^/\]]+/polecats/([\w-]+)\] (\S+)", first)
     return {"from": m.group(1) if m else "", "subject": m.group(2) if m else "", "text": text.lower()}
 
 
-_ROUTES = (  # (keywords, route, urgency) in the formula's order of precedence
+ROUTES = (  # (keywords, route, urgency) in the formula's order of precedence
     (("security", "vulnerability", "breach", "data corruption", "data loss"), "overseer", "critical"),
     (("crash", "panic", "fatal", "oom", "disk full", "connection refused", "database error"), "deacon", "high"),
     (("blocked", "merge conflict", "deadlock", "stuck", "cannot proceed"), "mayor", "high"),
@@ -319,7 +319,7 @@ _ROUTES = (  # (keywords, route, urgency) in the formula's order of precedence
 def decide_inbox_check(f: dict[str, Any]) -> dict[str, Any]:
     if not f["subject"].startswith("HELP"):
         return {"action": "archive", "target": "", "urgency": "low", "reason": f"{f['subject']} is protocol mail"}
-    for words, route, urgency in _ROUTES:
+    for words, route, urgency in ROUTES:
         if any(w in f["text"] for w in words):
             if route == "witness":
                 return {"action": "handle", "target": f["from"], "urgency": urgency,
@@ -366,9 +366,9 @@ def stage_process_branch(t: ScratchTown, lay: Layout, sit: str, r: random.Random
 
 
 def facts_process_branch(ev: str, lay: Layout) -> dict[str, Any]:
-    mr = (_tsv(_section(ev, "bd show"), "id", "title", "status") or [{}])[0]
-    exists = "exit=0" in _section(ev, f"cd {lay.rig}/refinery/rig && git fetch")
-    rebase = _section(ev, f"cd {lay.rig}/refinery/rig && git checkout")
+    mr = (_tsv(section(ev, "bd show"), "id", "title", "status") or [{}])[0]
+    exists = "exit=0" in section(ev, f"cd {lay.rig}/refinery/rig && git fetch")
+    rebase = section(ev, f"cd {lay.rig}/refinery/rig && git checkout")
     conflict = "CONFLICT" in rebase or "could not apply" in rebase
     branch = (mr.get("title") or "").split(" ", 1)[-1]
     return {"branch": branch, "exists": exists, "conflict": conflict, "mr": mr.get("id", "")}
@@ -419,11 +419,11 @@ def facts_handle_failures(ev: str, lay: Layout) -> dict[str, Any]:
     branch = runs[0] if runs else ""
     target_runs = runs[1:]
     failed = lambda s: bool(re.search(r"\d+ failed", s))  # noqa: E731
-    bugs = _tsv(_section(ev, "bd search"), "id", "title")
+    bugs = _tsv(section(ev, "bd search"), "id", "title")
     m = re.search(r"FAILED \S+::(\w+)", branch)
     return {"branch_failed": failed(branch), "target_failed": any(failed(s) for s in target_runs),
             "bug": bugs[0]["id"] if bugs else "", "test": m.group(1) if m else "",
-            "polecat": ((_tsv(_section(ev, "bd show"), "id", "title", "assignee") or [{}])[0].get("assignee") or "").rsplit("/", 1)[-1]}
+            "polecat": ((_tsv(section(ev, "bd show"), "id", "title", "assignee") or [{}])[0].get("assignee") or "").rsplit("/", 1)[-1]}
 
 
 def decide_handle_failures(f: dict[str, Any]) -> dict[str, Any]:
@@ -457,7 +457,7 @@ def stage_merge_push(t: ScratchTown, lay: Layout, sit: str, r: random.Random) ->
 
 
 def facts_merge_push(ev: str, lay: Layout) -> dict[str, Any]:
-    shas = re.findall(r"^[0-9a-f]{40}$", _section(ev, f"cd {lay.rig}/refinery/rig && git fetch"), flags=re.M)
+    shas = re.findall(r"^[0-9a-f]{40}$", section(ev, f"cd {lay.rig}/refinery/rig && git fetch"), flags=re.M)
     return {"match": len(shas) == 2 and shas[0] == shas[1]}
 
 
@@ -492,14 +492,14 @@ def stage_zombie_scan(t: ScratchTown, lay: Layout, sit: str, r: random.Random) -
 
 
 def facts_zombie_scan(ev: str, lay: Layout) -> dict[str, Any]:
-    now = _hhmm(_section(ev, "date").strip())
-    sessions = set(_section(ev, "tmux ls").split())
+    now = _hhmm(section(ev, "date").strip())
+    sessions = set(section(ev, "tmux ls").split())
     pcs: dict[str, dict[str, Any]] = {}
-    for b in _tsv(_section(ev, "bd list"), "id", "status", "assignee"):
+    for b in _tsv(section(ev, "bd list"), "id", "status", "assignee"):
         name = (b.get("assignee") or "").rsplit("/", 1)[-1]
         p = pcs.setdefault(name, {"work": False})
         p["work"] |= b.get("status") in ("in_progress", "hooked")
-    for ln in _section(ev, "ls -l").splitlines():
+    for ln in section(ev, "ls -l").splitlines():
         parts = ln.split()
         if len(parts) == 2:
             name = parts[1][len(lay.prefix) + 1:-4]
@@ -538,8 +538,8 @@ def stage_plugin_run(t: ScratchTown, lay: Layout, sit: str, r: random.Random) ->
 
 def facts_plugin_run(ev: str, lay: Layout) -> dict[str, Any]:
     plugin = re.search(r"plugins/([\w-]+)/", ev).group(1)
-    listed = _section(ev, f"ls plugins/{plugin}").split()
-    expired = bool(_section(ev, f"find plugins/{plugin}").strip())
+    listed = section(ev, f"ls plugins/{plugin}").split()
+    expired = bool(section(ev, f"find plugins/{plugin}").strip())
     return {"plugin": plugin, "never": "last-run" not in listed, "expired": expired}
 
 
@@ -565,8 +565,8 @@ def stage_orphan_check(t: ScratchTown, lay: Layout, sit: str, r: random.Random) 
 
 
 def facts_orphan_check(ev: str, lay: Layout) -> dict[str, Any]:
-    sessions = set(_section(ev, "tmux ls").split())
-    dead = [b["id"] for b in _tsv(_section(ev, "bd list"), "id", "assignee")
+    sessions = set(section(ev, "tmux ls").split())
+    dead = [b["id"] for b in _tsv(section(ev, "bd list"), "id", "assignee")
             if f"{lay.prefix}-{(b.get('assignee') or '').rsplit('/', 1)[-1]}" not in sessions]
     return {"dead": dead}
 
@@ -598,10 +598,10 @@ def stage_triage_orphans(t: ScratchTown, lay: Layout, sit: str, r: random.Random
 
 
 def facts_triage_orphans(ev: str, lay: Layout) -> dict[str, Any]:
-    bead = (_tsv(_section(ev, "bd show"), "id", "status", "assignee", "description") or [{}])[0]
-    alive = "ALIVE" in _section(ev, "tmux has-session")
-    branch_out = _section(ev, f"cd {lay.rig}/mayor/rig && git branch")
-    log = _section(ev, f"cd {lay.rig}/mayor/rig && git log").strip()
+    bead = (_tsv(section(ev, "bd show"), "id", "status", "assignee", "description") or [{}])[0]
+    alive = "ALIVE" in section(ev, "tmux has-session")
+    branch_out = section(ev, f"cd {lay.rig}/mayor/rig && git branch")
+    log = section(ev, f"cd {lay.rig}/mayor/rig && git log").strip()
     return {"bead": bead.get("id", ""), "alive": alive, "branch": "(no branch)" not in branch_out and bool(branch_out.strip()),
             "commits": bool(log), "claims_pushed": "pushed" in (bead.get("description") or "")}
 
@@ -643,12 +643,12 @@ def stage_stuck_agent(t: ScratchTown, lay: Layout, sit: str, r: random.Random) -
 
 def facts_stuck_agent(ev: str, lay: Layout) -> dict[str, Any]:
     sessions = {}
-    for ln in _section(ev, "tmux ls").splitlines():
+    for ln in section(ev, "tmux ls").splitlines():
         parts = ln.split()
         if len(parts) == 2 and parts[0].startswith(lay.prefix + "-"):
             sessions[parts[0]] = parts[1]
-    pane = _section(ev, "tmux capture-pane")
-    beads = _tsv(_section(ev, "bd list"), "id", "status", "assignee")
+    pane = section(ev, "tmux capture-pane")
+    beads = _tsv(section(ev, "bd list"), "id", "status", "assignee")
     hooked = [b for b in beads if b.get("status") in ("hooked", "in_progress") and "/polecats/" in (b.get("assignee") or "")]
     down = [b for b in hooked if sessions.get(f"{lay.prefix}-{b['assignee'].rsplit('/', 1)[-1]}") != "claude"]
     return {"sessions": sessions, "building": bool(re.search(r"collected \d+ items|\[\s*\d+%\]", pane)),
