@@ -246,19 +246,23 @@ def main() -> int:
     torch_rows = [("ours-torch-fp32", None, []), ("ours-torch-int8", "int8", [])]
     if adapter:
         torch_rows.append(("ours-torch-int8+lora", "int8", [(adapter, 1.0)]))
+    # Each torch row runs with 1 thread (the agent's default: agents share their host) and with
+    # --threads (the API's default, every core), prefill and decode alike (loader.load_generator).
     for name, quant, stack in torch_rows:
-        gen = Generator(SMOLLM2, stack, quantize=quant, threads=1)  # the serving defaults (loader.load_generator)
-        # Ignore EOS so every config produces exactly n tokens (same work as min_new_tokens).
-        gen._engine.eos_ids = set()
-        ours_single(gen, 2)  # warm-up
-        res[name] = {**ours_single(gen, n), **ours_batch(gen, n, s)}
-        print(name, res[name], flush=True)
-        del gen
+        for nt in sorted({1, args.threads}):
+            key = name if nt == 1 else f"{name}@{nt}t"
+            gen = Generator(SMOLLM2, stack, quantize=quant, threads=nt, decode_threads=nt)
+            # Ignore EOS so every config produces exactly n tokens (same work as min_new_tokens).
+            gen._engine.eos_ids = set()
+            ours_single(gen, 2)  # warm-up
+            res[key] = {**ours_single(gen, n), **ours_batch(gen, n, s), "threads": nt}
+            print(key, res[key], flush=True)
+            del gen
 
     if llama_cpp_available():
         from llama_cpp import Llama
 
-        # llama.cpp gets the better of its thread settings (1 or all), as our decode uses 1 thread.
+        # llama.cpp gets the better of its thread settings (1 or all), as ours runs with both.
         best: dict | None = None
         for nt in sorted({1, args.threads}):
             llm = Llama(model_path=str(smollm2_gguf_path()), n_ctx=2048, n_threads=nt, n_threads_batch=nt,
@@ -282,23 +286,23 @@ def main() -> int:
     if not args.no_llama_server:
         res.update(llama_server_rows(tok, n, s, args.threads, adapter))
 
-    print(f"\n{'engine':20} {'TTFT s':>8} {'decode tok/s':>13} {f'aggregate@{s} tok/s':>20}")
+    print(f"\n{'engine':24} {'TTFT s':>8} {'decode tok/s':>13} {f'aggregate@{s} tok/s':>20}")
     for k, v in res.items():
-        print(f"{k:20} {v['ttft_s']:>8.3f} {v['decode_tok_s']:>13.2f} {v['aggregate_tok_s']:>20.2f}")
+        print(f"{k:24} {v['ttft_s']:>8.3f} {v['decode_tok_s']:>13.2f} {v['aggregate_tok_s']:>20.2f}")
     hf, hf1 = res["transformers"], res["transformers-1thread"]
     print("\nratios (ours / baseline; baselines: transformers = `generate`, all threads; llama.cpp = the "
           "llama-cpp-python binding, one sequence at a time; llama-server = llama.cpp's server, "
           f"--parallel {s}, continuous batching, with the same adapter as the row when it has one):")
     for k in [x for x in res if x.startswith("ours")]:
         v = res[k]
-        line = (f"  {k:20} single vs transformers {v['decode_tok_s'] / hf['decode_tok_s']:.2f}x (goal 3x)"
+        line = (f"  {k:24} single vs transformers {v['decode_tok_s'] / hf['decode_tok_s']:.2f}x (goal 3x)"
                 f" [vs 1-thread transformers {v['decode_tok_s'] / hf1['decode_tok_s']:.2f}x]"
                 f"; aggregate vs transformers {v['aggregate_tok_s'] / hf['aggregate_tok_s']:.2f}x")
         if "llama.cpp" in res:
             lc = res["llama.cpp"]
             line += (f"; single vs llama.cpp {v['decode_tok_s'] / lc['decode_tok_s']:.2f}x (goal 0.8x)"
                      f"; aggregate vs llama.cpp {v['aggregate_tok_s'] / lc['aggregate_tok_s']:.2f}x")
-        server = res.get("llama-server+lora" if k.endswith("+lora") else "llama-server")
+        server = res.get("llama-server+lora" if "+lora" in k else "llama-server")
         if server:
             line += (f"; aggregate vs {server['name']} {v['aggregate_tok_s'] / server['aggregate_tok_s']:.2f}x"
                      " (goal 1x)")

@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--backend pipeline: the stages' swarm key file (or $GT_SWARM_KEY_FILE)")
     p.add_argument("--quantize", default="int8", choices=["int8", "none"],
                    help="PyTorch backend: int8 linears (default; measured fastest) or none (exact fp32)")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (1 measured fastest on shared 2-core hosts)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: agents share their host; 0 = every core)")
     p.add_argument("--workdir", default=None, help="where tool calls run (default: the current dir)")
     p.add_argument("--max-steps", type=int, default=8, help="model replies per turn")
     p.add_argument("--turn-timeout", type=float, default=600.0, help="seconds per turn")

@@ -77,7 +77,8 @@ def serve(
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     quantize: str = typer.Option("int8", "--quantize", help="PyTorch backend: int8 linears (measured fastest) "
                                  "or none (exact fp32)."),
-    threads: int = typer.Option(1, "--threads", help="CPU threads (1 measured fastest on shared 2-core hosts)."),
+    threads: int = typer.Option(0, "--threads", help="CPU threads for prefill and decode; 0 = every core (a "
+                                "batched server with a host to itself), 1 on a host shared with busy agents."),
     max_batch: int = typer.Option(8, "--max-batch", help="Requests decoded together."),
     max_queue: int = typer.Option(64, "--max-queue", help="Waiting requests before 503."),
     max_per_client: int = typer.Option(8, "--max-per-client", help="Requests in flight per client address "

@@ -254,9 +254,10 @@ class TorchEngine:
         from gt_ext.models import load_model
         from gt_ext.serve.llama_decoder import LlamaDecoder
 
-        # Decode steps are small ops (a few rows x 1 token): on CPU, intra-op threads mostly wait for
-        # each other, and on a busy machine a second thread made a step 4x slower (bench/serve.py,
-        # docs/serve.md). prefill_threads None = torch's count; decode_threads None = the same.
+        # Decode steps are small ops (a few rows x 1 token): on a busy machine a second intra-op
+        # thread made a step 4x slower, on an idle one int8 steps ran 1.4x faster on 2 (bench/serve.py,
+        # docs/serve.md); the loader passes the deployment's choice to both. prefill_threads None =
+        # torch's count; decode_threads None = the same.
         self.decode_threads = decode_threads
         self.prefill_threads = prefill_threads
         model, self.tokenizer = load_model(base_model, device=device)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -71,14 +72,21 @@ def load_generator(model_ref: str, adapters: str | None = None, backend: str = "
                    pipeline: Any = None):
     """(Generator, ResolvedModel) for a model reference; adapters = `a,b=0.5` (see `gt_ext.models.refs`).
 
-    Serving defaults, from bench/serve.py on the 2-core machines here: int8 linears and one thread
-    for prefill and decode (a second intra-op thread made steps 4x slower under load).
+    Serving defaults, from bench/serve.py on the 2-core machines here: int8 linears; `threads` CPU
+    threads for prefill and decode, 0 = every core. One thread (the agent's default) suits a host
+    shared with busy agents, where a second intra-op thread made steps 4x slower; every core (the
+    API's default) suits a batched server with a host to itself, where int8 decode of 8 rows ran
+    1.4x faster on 2 threads than on 1 (docs/serve.md).
     `backend="pipeline"` generates through node0 stage servers (`pipeline`: a
     `gt_ext.serve.pipeline.PipelineTarget`): the base model's layers there, the model's adapter
     stack (never a merged copy) and the extra adapters applied per request at every stage.
     """
     from gt_ext.serve.generate import Generator
 
+    if threads is not None and threads < 0:
+        raise GtExtError(f"threads {threads}: must be 0 (every core) or more")
+    if threads == 0:
+        threads = os.cpu_count() or 1
     model = resolve(model_ref)
     extra = parse_adapters(adapters)
     chosen = choose_backend(model, extra, backend, purpose)
@@ -90,5 +98,6 @@ def load_generator(model_ref: str, adapters: str | None = None, backend: str = "
         gen = Generator(model.base_model, stack, backend="llama.cpp", gguf_path=gguf, threads=threads)
     else:
         base, stack = model.torch_weights()
-        gen = Generator(base, stack + extra, backend="torch", quantize=quantize, threads=threads)
+        gen = Generator(base, stack + extra, backend="torch", quantize=quantize, threads=threads,
+                        decode_threads=threads)
     return gen, model

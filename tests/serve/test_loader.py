@@ -41,3 +41,18 @@ def test_adapters_go_on_the_base_gguf_for_llama_cpp(tmp_path):
     if llama_cpp_available():
         assert choose_backend(run, [], "auto") == "llama.cpp"
         assert choose_backend(run, [], "auto", purpose="api") == "torch"
+
+
+def test_threads_reach_prefill_and_decode_and_zero_means_every_core(monkeypatch):
+    """The agent's one thread and the API's every core both reach the decode step (it once kept a
+    fixed single thread whatever `--threads` said); a negative count is refused before loading."""
+    import os
+
+    from gt_ext.serve.loader import load_generator
+
+    gen, _ = load_generator("base:tiny-llama", backend="torch", threads=0, purpose="api")
+    assert gen._engine.decode_threads == gen._engine.prefill_threads == (os.cpu_count() or 1)
+    gen, _ = load_generator("base:tiny-llama", backend="torch", threads=1)
+    assert gen._engine.decode_threads == gen._engine.prefill_threads == 1
+    with pytest.raises(GtExtError, match="threads -1"):
+        load_generator("base:tiny-llama", backend="torch", threads=-1)
