@@ -290,6 +290,11 @@ class TorchEngine:
         with _threads(self.prefill_threads):
             return self.decoder.prefill(seq.slot, ids, lora)
 
+    def prefill_many(self, seqs: list[Any], chunks: list[list[int]]) -> torch.Tensor:
+        lora = self.decoder.adapters.batch([seq.request.adapters for seq in seqs])
+        with _threads(self.prefill_threads):
+            return self.decoder.prefill_many([seq.slot for seq in seqs], chunks, lora)
+
     def decode(self, seqs: list[Any], ids: list[int]) -> torch.Tensor:
         order = sorted(range(len(seqs)), key=lambda i: seqs[i].slot)  # slots 0..n-1 read as views
         rows = tuple((seqs[i].slot, id(seqs[i])) for i in order)

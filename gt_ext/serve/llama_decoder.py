@@ -4,6 +4,7 @@
     slot = dec.cache.claim()
     logits = dec.prefill(slot, prompt_ids, lora=dec.adapters.batch([stack]))   # [V], last position
     logits = dec.decode([slot], next_ids, lora=dec.adapters.batch(stacks))     # [n, V], one row per slot
+    logits = dec.prefill_many(slots, prompts, lora=dec.adapters.batch(stacks))  # [k, V]: k prompts at once
 
 Built from a transformers `LlamaForCausalLM` (its weights, RMSNorm epsilon and rotary tables; the
 HF model can be dropped afterwards). Why not the HF forward: at serving sizes on a CPU the model's
@@ -128,27 +129,54 @@ class LlamaDecoder:
             self._to(device)
 
     # ------------------------------------------------------------------------------------------ forward
-    @torch.inference_mode()
     def prefill(self, slot: int, ids: list[int] | torch.Tensor, lora: dict[str, FusedLora] | None = None
                 ) -> torch.Tensor:
         """Run `ids` (the prompt, or its next chunk) for the sequence in `slot`; logits [V] of the last."""
-        ids = torch.as_tensor(ids, dtype=torch.long, device=self.device)
-        t, start = ids.shape[0], self.cache.lengths[slot]
-        self.cache.reserve(start + t)
-        x = self.embed[ids]  # [t, D]
-        cos, sin = self.cos[start : start + t, None], self.sin[start : start + t, None]  # [t, 1, hd]
-        mask = None
-        if start:  # a later chunk: its queries see the whole earlier cache and themselves causally
-            mask = torch.ones(t, start + t, dtype=torch.bool, device=self.device).tril_(start)
+        return self.prefill_many([slot], [ids], lora)[0]
+
+    @torch.inference_mode()
+    def prefill_many(self, slots: list[int], chunks: list[list[int] | torch.Tensor],
+                     lora: dict[str, FusedLora] | None = None) -> torch.Tensor:
+        """Prefill `chunks[j]` for the sequence in `slots[j]`, all in one forward; logits [k, V] of
+        each chunk's last position. `lora` scales have one row per chunk (or one for all).
+
+        The linears (where the weights are read: the cost of a CPU prefill) run once over every
+        chunk's tokens side by side ([T, D], T = the chunks' total); attention runs per chunk over
+        its own sequence's cache. Eight 30-token prompts cost one pass over the weights, not eight."""
+        ids = [torch.as_tensor(c, dtype=torch.long, device=self.device) for c in chunks]
+        lens = [t.shape[0] for t in ids]
+        starts = [self.cache.lengths[s] for s in slots]
+        self.cache.reserve(max(s + t for s, t in zip(starts, lens, strict=True)))
+        pos = torch.cat([torch.arange(s, s + t, device=self.device) for s, t in zip(starts, lens, strict=True)])
+        x = self.embed[torch.cat(ids)]  # [T, D]
+        cos, sin = self.cos[pos, None], self.sin[pos, None]  # [T, 1, hd]
+        if lora and len(slots) > 1:  # one scale row per chunk -> one per token
+            tok_row = torch.repeat_interleave(torch.arange(len(slots), device=self.device),
+                                              torch.tensor(lens, device=self.device))
+            lora = {k: FusedLora(f.a, f.b, f.scales.index_select(0, tok_row) if f.scales.shape[0] > 1 else f.scales)
+                    for k, f in lora.items()}
+        # A chunk after earlier ones sees the whole earlier cache and itself causally: [t, start + t].
+        masks = [None if s == 0 else torch.ones(t, s + t, dtype=torch.bool, device=self.device).tril_(s)
+                 for s, t in zip(starts, lens, strict=True)]
+        bounds = [0]
+        for t in lens:
+            bounds.append(bounds[-1] + t)
         for i, layer in enumerate(self.layers):
-            q, k, v = self._qkv(x, layer, f"model.layers.{i}", lora, cos, sin)  # [t, H|KV, hd]
-            self.cache.write(i, slot, k.transpose(0, 1)[None], v.transpose(0, 1)[None])
-            keys, values = self.cache.slot_view(i, slot, start + t)  # [1, KV, start+t, hd]
-            a = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys, values, attn_mask=mask,
-                                               is_causal=mask is None, enable_gqa=True)  # [1, H, t, hd]
-            x = self._rest(x, a[0].transpose(0, 1).reshape(t, -1), layer, f"model.layers.{i}", lora)
-        self.cache.advance(slot, t)
-        return self._logits(x[-1:])[0]
+            q, k, v = self._qkv(x, layer, f"model.layers.{i}", lora, cos, sin)  # [T, H|KV, hd]
+            parts = []
+            for j, slot in enumerate(slots):
+                a, b, t = bounds[j], bounds[j + 1], lens[j]
+                self.cache.write(i, slot, k[a:b].transpose(0, 1)[None], v[a:b].transpose(0, 1)[None])
+                keys, values = self.cache.slot_view(i, slot, starts[j] + t)  # [1, KV, start+t, hd]
+                o = F.scaled_dot_product_attention(q[a:b].transpose(0, 1)[None], keys, values,
+                                                   attn_mask=masks[j], is_causal=masks[j] is None,
+                                                   enable_gqa=True)  # [1, H, t, hd]
+                parts.append(o[0].transpose(0, 1).reshape(t, -1))
+            x = self._rest(x, parts[0] if len(parts) == 1 else torch.cat(parts), layer, f"model.layers.{i}", lora)
+        for slot, t in zip(slots, lens, strict=True):
+            self.cache.advance(slot, t)
+        last = torch.tensor(bounds[1:], device=self.device) - 1
+        return self._logits(x.index_select(0, last))
 
     @torch.inference_mode()
     def decode(self, slots: list[int], ids: list[int] | torch.Tensor, lora: dict[str, FusedLora] | None = None

@@ -17,7 +17,8 @@ One `step()`:
 
 The engine is anything with `tokenize(text)`, `eos_ids`, `max_context`, `max_slots`, `start(seq)`
 (claim a row), `prefill(seq, ids) -> logits [V] | None`, `decode(seqs, ids) -> logits [n, V]` and
-`finish(seq)`; sampling, stops and bookkeeping live here, shared by every engine.
+`finish(seq)`, and optionally `prefill_many(seqs, chunks) -> logits [k, V]` (one forward for
+several sequences' chunks); sampling, stops and bookkeeping live here, shared by every engine.
 """
 
 from __future__ import annotations
@@ -147,16 +148,27 @@ class DecodeLoop:
 
     def _prefill(self) -> None:
         budget = self.prefill_budget
+        todo: list[tuple[Sequence, list[int]]] = []
         for seq in [s for s in self.running if s.prefilled < len(s.prompt)]:
             # Chunks start at multiples of prefill_chunk: the same for this prompt whatever else runs.
             chunk = seq.prompt[seq.prefilled : seq.prefilled + self.prefill_chunk]
             if len(chunk) > budget and budget < self.prefill_budget:
                 break  # the next step continues (something was prefilled already)
             budget -= len(chunk)
-            logits = self.engine.prefill(seq, chunk)
+            todo.append((seq, chunk))
+        if not todo:
+            return
+        # An engine that can prefill several sequences in one forward gets this step's chunks at
+        # once (one pass over the weights); the others take them one by one.
+        many = getattr(self.engine, "prefill_many", None)
+        if many is not None and len(todo) > 1:
+            logits = many([seq for seq, _ in todo], [chunk for _, chunk in todo])  # [k, V]
+        else:
+            logits = [self.engine.prefill(seq, chunk) for seq, chunk in todo]
+        for (seq, chunk), row in zip(todo, logits, strict=True):
             seq.prefilled += len(chunk)
             if seq.prefilled == len(seq.prompt):
-                self._sample([seq], logits[None])
+                self._sample([seq], row[None])
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         """Pick each row's next token from logits [n, V], emit text, finish rows that are done."""

@@ -236,3 +236,44 @@ def test_int8_engine_with_adapter(adapters):
     assert g8.chat(MSG, SamplingParams(max_new_tokens=8), adapters=[(adapters["a"], 1.0)]) != base
     with pytest.raises(GtExtError, match="quantize"):
         Generator("tiny-llama", quantize="int3")
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_prefill_many_equals_one_prompt_at_a_time(adapters, quantize):
+    """Several prompts in one forward (first chunks, and a later chunk after a cached one), each
+    with its own adapter stack, give the logits and cache each would get alone."""
+    from gt_ext.models import load_model
+    from gt_ext.serve.llama_decoder import LlamaDecoder
+
+    model = load_model("tiny-llama")[0]
+    together, alone = (LlamaDecoder(model, quantize=quantize, max_slots=4) for _ in range(2))
+    keys = [[], [(together.adapters.add(adapters["a"]), 1.0)],
+            [(together.adapters.add(adapters["a"]), 0.5), (together.adapters.add(adapters["b"]), -1.0)]]
+    for k in keys:
+        for key, _ in k:
+            alone.adapters.add(key)
+    first = [[1, 5, 9, 200, 31, 7], [4, 8], [300, 2, 2, 17, 90]]
+    second = [[11, 12, 13], [60], [5, 6]]
+    for d in (together, alone):
+        for _ in first:
+            d.cache.claim()
+    for chunks in (first, second):
+        got = together.prefill_many([0, 1, 2], chunks, together.adapters.batch(keys))  # [3, V]
+        want = torch.stack([alone.prefill(s, c, alone.adapters.batch([keys[s]])) for s, c in enumerate(chunks)])
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    # The later chunk (attending to the cache) ends where one whole-prompt prefill ends.
+    whole = LlamaDecoder(model, quantize=quantize, max_slots=1)
+    for s in range(3):
+        for key, _ in keys[s]:
+            whole.adapters.add(key)
+        whole.cache.claim()
+        ref = whole.prefill(0, first[s] + second[s], whole.adapters.batch([keys[s]]))
+        whole.cache.release(0)
+        torch.testing.assert_close(got[s], ref, atol=1e-4, rtol=1e-4)
+    assert together.cache.lengths == alone.cache.lengths == [9, 3, 7]
+    for layer in range(len(together.layers)):
+        torch.testing.assert_close(together.cache.view(layer, 3, 9), alone.cache.view(layer, 3, 9),
+                                   atol=1e-5, rtol=1e-5)
+    ids = [3, 3, 3]  # and decoding from those caches agrees too
+    torch.testing.assert_close(together.decode([0, 1, 2], ids, together.adapters.batch(keys)),
+                               alone.decode([0, 1, 2], ids, alone.adapters.batch(keys)), atol=1e-4, rtol=1e-4)
