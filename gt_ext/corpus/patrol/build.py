@@ -125,15 +125,44 @@ def _header(st: Step, case: dict[str, Any]) -> str:
     return f"Gas Town {st.role}{where}. Formula {st.formula}, step {st.id}: {st.brief}"
 
 
+# Neutral label sets for "varied" training lists: a name that says nothing about the action, so
+# only the rule beside it leads to the answer.
+NEUTRAL_LABELS: tuple[tuple[str, ...], ...] = (
+    ("a", "b", "c", "d"), ("option-1", "option-2", "option-3", "option-4"),
+    ("choice-x", "choice-y", "choice-z", "choice-w"), ("first", "second", "third", "fourth"),
+)
+VARIED_NEUTRAL = 0.2  # share of "varied" lists whose names are neutral labels
+VARIED_USUAL_RULE = 0.25  # share of rules in the formula's usual wording (else one of wordings.RULES)
+
+
 def allowed(st: Step, wording: str, r: random.Random) -> list[tuple[str, str, str]]:
-    """(action id, listed name, rule) in the order the prompt lists them. `wording`: "train"
-    (usual names mostly, sometimes another training name, shuffled order) or "reworded" (held-out
-    names and rules, an order reversed from the formula's)."""
+    """(action id, listed name, rule) in the order the prompt lists them, shuffled. `wording`:
+
+    - "train": the usual names mostly, sometimes another training name, the usual rule (the
+      held-out family `c` is listed this way: training words, a town never trained on);
+    - "varied" (what the corpus trains on): each rule in the usual wording or one of
+      `wordings.RULES`, each name a training name or one of `wordings.NAMES`, and a fifth of the
+      lists under neutral labels ("a", "option-2", ...), so the rule's meaning, not a memorised
+      word, is what leads to the name;
+    - "reworded": held-out names and rules, in an order reversed from the formula's (family `r`).
+    """
     if wording == "reworded":
         return [(a.id, a.heldout, a.reworded) for a in reversed(st.actions)]
     acts = list(st.actions)
     r.shuffle(acts)
-    return [(a.id, a.names[0] if r.random() < 0.6 else r.choice(a.names), a.rule) for a in acts]
+    if wording == "train":
+        return [(a.id, a.names[0] if r.random() < 0.6 else r.choice(a.names), a.rule) for a in acts]
+    if wording != "varied":
+        raise ValueError(f"unknown wording {wording!r}")
+    from gt_ext.corpus.patrol import wordings
+
+    key = f"{st.key}/"
+    rules = [a.rule if r.random() < VARIED_USUAL_RULE else r.choice(wordings.RULES[key + a.id]) for a in acts]
+    if r.random() < VARIED_NEUTRAL:
+        names = list(r.choice(NEUTRAL_LABELS)[: len(acts)])
+    else:
+        names = [r.choice(a.names + wordings.NAMES[key + a.id]) for a in acts]
+    return list(zip([a.id for a in acts], names, rules, strict=True))
 
 
 def answer_format(st: Step) -> str:
@@ -206,7 +235,8 @@ def misreading(st: Step, label: dict[str, Any], r: random.Random) -> dict[str, A
 # ----------------------------------------------------------------------------------- corpus
 def sessions(role: str, seed: int = 0, reps: int = 1, prompts_per_case: int = 3, progress: bool = False) -> list[Any]:
     """Training sessions of `role`: every case of the training families, each rendered
-    `prompts_per_case` times (the allowed actions in another order and words), each as a success
+    `prompts_per_case` times (the allowed actions in another order, names and rule wording:
+    `allowed(..., "varied")`), each as a success
     and a coherent misreading that shares its prompt (DPO material)."""
     from gt_ext.corpus.sample_town import SampleSession
 
@@ -219,7 +249,7 @@ def sessions(role: str, seed: int = 0, reps: int = 1, prompts_per_case: int = 3,
         user = {"witness": f"{lay.rig}/witness", "refinery": f"{lay.rig}/refinery", "deacon": "deacon",
                 "dog": f"deacon/dogs/{lay.dogs[0]}"}[role]
         for k in range(prompts_per_case):
-            acts = allowed(st, "train", r)
+            acts = allowed(st, "varied", r)
             names = {aid: n for aid, n, _ in acts}
             prompt = join_prompt(prompt_vars(case, acts))
             read = reading(case)
