@@ -133,6 +133,7 @@ NEUTRAL_LABELS: tuple[tuple[str, ...], ...] = (
 )
 VARIED_NEUTRAL = 0.2  # share of "varied" lists whose names are neutral labels
 VARIED_USUAL_RULE = 0.25  # share of rules in the formula's usual wording (else one of wordings.RULES)
+VARIED_SHARE = 0.5  # share of training prompts listed "varied" (the rest as "train")
 
 
 def allowed(st: Step, wording: str, r: random.Random) -> list[tuple[str, str, str]]:
@@ -216,11 +217,25 @@ def reading(case: dict[str, Any]) -> str:
     return ""
 
 
-def answer(st: Step, label: dict[str, Any], name_of: dict[str, str], read: str = "") -> str:
+RULE_WORDS = 8  # words of the applied rule an answer quotes before naming the action
+
+
+def rule_quote(rule: str) -> str:
+    """The opening words of a listed rule, as an answer quotes them (`rule`)."""
+    return " ".join(rule.split()[:RULE_WORDS])
+
+
+def answer(st: Step, label: dict[str, Any], name_of: dict[str, str], read: str = "",
+           rule_of: dict[str, str] | None = None) -> str:
     """The decision as one JSON object: `evidence` first when the step has a reading, then the
-    step's keys in its order (what it read before what it does)."""
+    step's keys in its order (what it read before what it does), with `rule` (the opening words of
+    the listed rule it applies, as the prompt words it) just before `action` when `rule_of` maps
+    action ids to listed rules. Quoting the rule makes choosing the action a lookup in the list the
+    prompt gives (rule text -> the name listed with it), not a recall of a memorised name."""
     obj: dict[str, Any] = {"evidence": read} if read else {}
     for k in st.fields:
+        if k == "action" and rule_of is not None:
+            obj["rule"] = rule_quote(rule_of[label["action"]])
         obj[k] = name_of[label["action"]] if k == "action" else label.get(k, "" if k != "preserve" else False)
     return json.dumps(obj)
 
@@ -235,8 +250,9 @@ def misreading(st: Step, label: dict[str, Any], r: random.Random) -> dict[str, A
 # ----------------------------------------------------------------------------------- corpus
 def sessions(role: str, seed: int = 0, reps: int = 1, prompts_per_case: int = 3, progress: bool = False) -> list[Any]:
     """Training sessions of `role`: every case of the training families, each rendered
-    `prompts_per_case` times (the allowed actions in another order, names and rule wording:
-    `allowed(..., "varied")`), each as a success
+    `prompts_per_case` times (the allowed actions in another order, half of them also in other
+    names and rule wording: `allowed(..., "varied")`), each answer quoting the rule it applies, each
+    as a success
     and a coherent misreading that shares its prompt (DPO material)."""
     from gt_ext.corpus.sample_town import SampleSession
 
@@ -249,12 +265,13 @@ def sessions(role: str, seed: int = 0, reps: int = 1, prompts_per_case: int = 3,
         user = {"witness": f"{lay.rig}/witness", "refinery": f"{lay.rig}/refinery", "deacon": "deacon",
                 "dog": f"deacon/dogs/{lay.dogs[0]}"}[role]
         for k in range(prompts_per_case):
-            acts = allowed(st, "varied", r)
+            acts = allowed(st, "varied" if r.random() < VARIED_SHARE else "train", r)
             names = {aid: n for aid, n, _ in acts}
+            rules = {aid: rule for aid, _, rule in acts}
             prompt = join_prompt(prompt_vars(case, acts))
             read = reading(case)
-            good = answer(st, case["label"], names, read)
-            bad = answer(st, misreading(st, case["label"], r), names, read)
+            good = answer(st, case["label"], names, read, rules)
+            bad = answer(st, misreading(st, case["label"], r), names, read, rules)
             base = f"patrol-{role}-{seed}-{i:05d}-{k}"
             t = f"2026-03-{2 + i % 27:02d}T{8 + k:02d}:{i % 60:02d}:00+00:00"
             msgs = [{"role": "user", "content": prompt}]
