@@ -125,45 +125,15 @@ def _header(st: Step, case: dict[str, Any]) -> str:
     return f"Gas Town {st.role}{where}. Formula {st.formula}, step {st.id}: {st.brief}"
 
 
-# Neutral label sets for "varied" training lists: a name that says nothing about the action, so
-# only the rule beside it leads to the answer.
-NEUTRAL_LABELS: tuple[tuple[str, ...], ...] = (
-    ("a", "b", "c", "d"), ("option-1", "option-2", "option-3", "option-4"),
-    ("choice-x", "choice-y", "choice-z", "choice-w"), ("first", "second", "third", "fourth"),
-)
-VARIED_NEUTRAL = 0.2  # share of "varied" lists whose names are neutral labels
-VARIED_USUAL_RULE = 0.25  # share of rules in the formula's usual wording (else one of wordings.RULES)
-VARIED_SHARE = 0.5  # share of training prompts listed "varied" (the rest as "train")
-
-
 def allowed(st: Step, wording: str, r: random.Random) -> list[tuple[str, str, str]]:
-    """(action id, listed name, rule) in the order the prompt lists them, shuffled. `wording`:
-
-    - "train": the usual names mostly, sometimes another training name, the usual rule (the
-      held-out family `c` is listed this way: training words, a town never trained on);
-    - "varied" (what the corpus trains on): each rule in the usual wording or one of
-      `wordings.RULES`, each name a training name or one of `wordings.NAMES`, and a fifth of the
-      lists under neutral labels ("a", "option-2", ...), so the rule's meaning, not a memorised
-      word, is what leads to the name;
-    - "reworded": held-out names and rules, in an order reversed from the formula's (family `r`).
-    """
+    """(action id, listed name, rule) in the order the prompt lists them. `wording`: "train"
+    (usual names mostly, sometimes another training name, shuffled order) or "reworded" (held-out
+    names and rules, an order reversed from the formula's)."""
     if wording == "reworded":
         return [(a.id, a.heldout, a.reworded) for a in reversed(st.actions)]
     acts = list(st.actions)
     r.shuffle(acts)
-    if wording == "train":
-        return [(a.id, a.names[0] if r.random() < 0.6 else r.choice(a.names), a.rule) for a in acts]
-    if wording != "varied":
-        raise ValueError(f"unknown wording {wording!r}")
-    from gt_ext.corpus.patrol import wordings
-
-    key = f"{st.key}/"
-    rules = [a.rule if r.random() < VARIED_USUAL_RULE else r.choice(wordings.RULES[key + a.id]) for a in acts]
-    if r.random() < VARIED_NEUTRAL:
-        names = list(r.choice(NEUTRAL_LABELS)[: len(acts)])
-    else:
-        names = [r.choice(a.names + wordings.NAMES[key + a.id]) for a in acts]
-    return list(zip([a.id for a in acts], names, rules, strict=True))
+    return [(a.id, a.names[0] if r.random() < 0.6 else r.choice(a.names), a.rule) for a in acts]
 
 
 def answer_format(st: Step) -> str:
@@ -217,25 +187,11 @@ def reading(case: dict[str, Any]) -> str:
     return ""
 
 
-RULE_WORDS = 8  # words of the applied rule an answer quotes before naming the action
-
-
-def rule_quote(rule: str) -> str:
-    """The opening words of a listed rule, as an answer quotes them (`rule`)."""
-    return " ".join(rule.split()[:RULE_WORDS])
-
-
-def answer(st: Step, label: dict[str, Any], name_of: dict[str, str], read: str = "",
-           rule_of: dict[str, str] | None = None) -> str:
+def answer(st: Step, label: dict[str, Any], name_of: dict[str, str], read: str = "") -> str:
     """The decision as one JSON object: `evidence` first when the step has a reading, then the
-    step's keys in its order (what it read before what it does), with `rule` (the opening words of
-    the listed rule it applies, as the prompt words it) just before `action` when `rule_of` maps
-    action ids to listed rules. Quoting the rule makes choosing the action a lookup in the list the
-    prompt gives (rule text -> the name listed with it), not a recall of a memorised name."""
+    step's keys in its order (what it read before what it does)."""
     obj: dict[str, Any] = {"evidence": read} if read else {}
     for k in st.fields:
-        if k == "action" and rule_of is not None:
-            obj["rule"] = rule_quote(rule_of[label["action"]])
         obj[k] = name_of[label["action"]] if k == "action" else label.get(k, "" if k != "preserve" else False)
     return json.dumps(obj)
 
@@ -250,9 +206,7 @@ def misreading(st: Step, label: dict[str, Any], r: random.Random) -> dict[str, A
 # ----------------------------------------------------------------------------------- corpus
 def sessions(role: str, seed: int = 0, reps: int = 1, prompts_per_case: int = 3, progress: bool = False) -> list[Any]:
     """Training sessions of `role`: every case of the training families, each rendered
-    `prompts_per_case` times (the allowed actions in another order, half of them also in other
-    names and rule wording: `allowed(..., "varied")`), each answer quoting the rule it applies, each
-    as a success
+    `prompts_per_case` times (the allowed actions in another order and words), each as a success
     and a coherent misreading that shares its prompt (DPO material)."""
     from gt_ext.corpus.sample_town import SampleSession
 
@@ -265,13 +219,12 @@ def sessions(role: str, seed: int = 0, reps: int = 1, prompts_per_case: int = 3,
         user = {"witness": f"{lay.rig}/witness", "refinery": f"{lay.rig}/refinery", "deacon": "deacon",
                 "dog": f"deacon/dogs/{lay.dogs[0]}"}[role]
         for k in range(prompts_per_case):
-            acts = allowed(st, "varied" if r.random() < VARIED_SHARE else "train", r)
+            acts = allowed(st, "train", r)
             names = {aid: n for aid, n, _ in acts}
-            rules = {aid: rule for aid, _, rule in acts}
             prompt = join_prompt(prompt_vars(case, acts))
             read = reading(case)
-            good = answer(st, case["label"], names, read, rules)
-            bad = answer(st, misreading(st, case["label"], r), names, read, rules)
+            good = answer(st, case["label"], names, read)
+            bad = answer(st, misreading(st, case["label"], r), names, read)
             base = f"patrol-{role}-{seed}-{i:05d}-{k}"
             t = f"2026-03-{2 + i % 27:02d}T{8 + k:02d}:{i % 60:02d}:00+00:00"
             msgs = [{"role": "user", "content": prompt}]
