@@ -286,9 +286,7 @@ class TorchEngine:
         self._by_slot[seq.slot] = seq
 
     def prefill(self, seq: Any, ids: list[int]) -> torch.Tensor:
-        lora = self.decoder.adapters.batch([seq.request.adapters])
-        with _threads(self.prefill_threads):
-            return self.decoder.prefill(seq.slot, ids, lora)
+        return self.prefill_many([seq], [ids])[0]
 
     def prefill_many(self, seqs: list[Any], chunks: list[list[int]]) -> torch.Tensor:
         lora = self.decoder.adapters.batch([seq.request.adapters for seq in seqs])
