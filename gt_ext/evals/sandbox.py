@@ -36,6 +36,7 @@ or `.beads` (hooks and config there run code on the next git or bd call).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
@@ -161,12 +162,14 @@ _TEMPLATE: Path | None = None
 
 
 def _template() -> Path:
-    """A `bd init` folder made once per process and copied for every task (bd init is slow)."""
+    """A `bd init` folder made once per process and copied for every task (bd init is slow);
+    removed when the process exits."""
     global _TEMPLATE
     if _TEMPLATE is None or not (_TEMPLATE / ".beads").is_dir():
         from gt_ext.gastown.bd import init_beads
 
         root = Path(tempfile.mkdtemp(prefix="gt-eval-template-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
         init_beads(root / "repo", prefix="sb", env=_env(root / "repo"))
         _TEMPLATE = root / "repo"
     return _TEMPLATE

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+import subprocess
+import sys
 
 import pytest
 
@@ -153,3 +156,15 @@ def test_model_code_runs_jailed(tmp_path, monkeypatch):
             t.grade("```python\nimport os\n```")
     finally:
         t.cleanup()
+
+
+@pytest.mark.integration
+def test_the_bd_template_is_removed_when_the_process_exits(tmp_path):
+    """Every process that grades a sandbox task makes one `bd init` template; it must not outlive it."""
+    _needs_bd()
+    code = "from gt_ext.evals import sandbox; print(sandbox._template().parent)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
+                         env={**os.environ, "TMPDIR": str(tmp_path)})
+    made = sandbox.Path(out.stdout.strip())
+    assert made.parent == tmp_path and made.name.startswith("gt-eval-template-")
+    assert not made.exists()
