@@ -6,6 +6,7 @@ import os
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -165,6 +166,6 @@ def test_the_bd_template_is_removed_when_the_process_exits(tmp_path):
     code = "from gt_ext.evals import sandbox; print(sandbox._template().parent)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
                          env={**os.environ, "TMPDIR": str(tmp_path)})
-    made = sandbox.Path(out.stdout.strip())
+    made = Path(out.stdout.strip())
     assert made.parent == tmp_path and made.name.startswith("gt-eval-template-")
     assert not made.exists()
