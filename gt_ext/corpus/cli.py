@@ -532,7 +532,7 @@ def sample(seed: Annotated[int, typer.Option(help="Same seed, same history.")] =
 @app.command("patrol")
 def patrol(role: Annotated[str, typer.Option(help="Patrol role: witness, refinery, deacon or dog.")],
            seed: Annotated[int, typer.Option(help="Same seed, same decisions.")] = 0,
-           reps: Annotated[int, typer.Option(help="Times each situation is staged per training family.")] = 1,
+           reps: Annotated[int, typer.Option(help="Rounds of each step's situations per training family (every action equally often).")] = 1,
            as_json: JsonOpt = False) -> None:
     """Store formula patrol decisions of ROLE (training families only), staged with the real bd,
     git, tmux and dolt (cached after the first run), as success + coherent-misreading pairs."""
@@ -555,7 +555,7 @@ def patrol(role: Annotated[str, typer.Option(help="Patrol role: witness, refiner
 def patrol_suite(role: Annotated[str, typer.Option(help="Patrol role: witness, refinery, deacon or dog.")],
                  out: Annotated[Path | None, typer.Option(help="Suite folder (default: the builtin <role>-patrol suite).")] = None,
                  seed: Annotated[int, typer.Option(help="Same seed, same cases.")] = 0,
-                 reps: Annotated[int, typer.Option(help="Times each situation is staged per held-out family.")] = 2) -> None:
+                 reps: Annotated[int, typer.Option(help="Rounds of each step's situations per held-out family (every action equally often).")] = 2) -> None:
     """Write the held-out patrol suite of ROLE (families c and r) as a promptfoo suite."""
     from gt_ext.corpus.patrol.build import write_suite
 

@@ -19,6 +19,19 @@ def test_every_step_is_staged_and_its_situations_name_its_actions():
         assert sum(a.noop for a in s.actions) <= 1
 
 
+def test_schedule_stages_every_action_equally_often_and_every_situation():
+    from collections import Counter
+
+    assert build.schedule({"zombie": "warrant", "recent": "none", "working": "none", "idle": "none"}) == [
+        "zombie", "zombie", "zombie", "recent", "working", "idle"]
+    for s in STEPS:
+        situations = stage.SCENARIOS[s.key][3]
+        sched = build.schedule(situations)
+        per_action = Counter(situations[x] for x in sched)
+        assert len(set(per_action.values())) == 1, (s.key, per_action)  # a constant answer scores 1/|actions|
+        assert set(sched) == set(situations), s.key  # no situation dropped
+
+
 def test_reworded_names_never_appear_in_training():
     for s in STEPS:
         train = {n for a in s.actions for n in a.names}
@@ -156,4 +169,14 @@ def test_reading_quotes_the_facts_the_rule_reads():
         "$ cd polecats/nux && git status --short --branch\n## polecat/nux-1...origin/polecat/nux-1 [ahead 2]\n M a.py\n"
         "$ cd polecats/nux && git stash list\n$ cd polecats/nux && git log --oneline @{u}..HEAD 2>&1 | head -5\nabc123 x")}
     assert build.reading(wisp) == "nux: branch [ahead 2]; 1 changed; stash empty; unpushed yes"
-    assert build.reading({"step": "deacon/zombie-scan", "layout": "a", "evidence": ""}) == ""
+    zombie = {"step": "deacon/zombie-scan", "layout": "a", "evidence": (
+        "$ date -u +%H:%M\n10:30\n$ bd list --all --json | jq -r '.[] | [.id, .status, .assignee] | @tsv'\n"
+        "wa-1\tclosed\twebapp/polecats/nux\nwa-2\thooked\twebapp/polecats/slit\n$ tmux ls -F '#{session_name}'\nwa-slit\n"
+        "$ ls -l --time-style=+%H:%M logs/ | awk 'NR>1 {print $6, $7}'\n09:00 wa-nux.log\n10:28 wa-slit.log")}
+    assert build.reading(zombie) == "nux no session, no work, quiet 90m; slit session, work, quiet 2m"
+    assert stage.label("deacon/zombie-scan", zombie["evidence"], stage.LAYOUTS["a"])["target"] == "nux"
+    dbs = {"step": "dog/cleanup", "layout": "a", "evidence": (
+        "Config: max_orphans_for_sql = 2\n$ cd .dolt-data && dolt sql -q 'SHOW DATABASES'\n| hq |\n| testdb_1 |\n"
+        "| beads_t9 |\n| doctest_3 |")}
+    assert build.reading(dbs) == "3 orphan databases, max_orphans_for_sql 2"
+    assert build.reading({"step": "unknown/step", "layout": "a", "evidence": ""}) == ""

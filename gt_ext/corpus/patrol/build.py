@@ -50,9 +50,24 @@ def cache_dir() -> Path:
 
 
 # ----------------------------------------------------------------------------------- evidence
+def schedule(situations: dict[str, str]) -> list[str]:
+    """One rep of a step's situations, every action equally often.
+
+    A step's situations are uneven over its actions (zombie-scan stages four ways to answer `none`
+    and one to file a warrant), so one case per situation would make a held-out suite whose best
+    constant answer scores 80% at that step, and teach training that prior. Each action gets as
+    many cases as the action with the most situations; an action with fewer cycles through its own
+    (zombie-scan: 4 x `zombie`, then `recent`, `working`, `hooked-dead`, `alive-idle`)."""
+    by_action: dict[str, list[str]] = {}
+    for sit, act in situations.items():
+        by_action.setdefault(act, []).append(sit)
+    n = max(len(v) for v in by_action.values())
+    return [sits[i % len(sits)] for sits in by_action.values() for i in range(n)]
+
+
 def stage_family(key: str, layout: str, reps: int, seed: int = 0) -> list[dict[str, Any]]:
-    """Stage every situation of step `key` `reps` times in layout `layout` with the real tools;
-    each case carries its evidence and the formula's label for it."""
+    """Stage `reps` rounds of step `key`'s situations (`schedule`: every action equally often) in
+    layout `layout` with the real tools; each case carries its evidence and the formula's label."""
     from gt_ext.gastown.scratch import ScratchTown
 
     stage, _, _, situations = stage_mod.SCENARIOS[key]
@@ -61,19 +76,21 @@ def stage_family(key: str, layout: str, reps: int, seed: int = 0) -> list[dict[s
     cases = []
     with ScratchTown(prefix=lay.prefix, seed=f"{seed}:{key}:{layout}") as t:
         for rep in range(reps):
-            for sit, want in situations.items():
+            for i, sit in enumerate(schedule(situations)):
+                want = situations[sit]
                 t.reset()
                 ev = stage(t, lay, sit, r)
                 lab = stage_mod.label(key, ev, lay)
                 if lab["action"] != want:
                     log.warning("%s/%s %s: staged for %s, the evidence reads as %s", key, layout, sit, want, lab["action"])
                 cases.append({"step": key, "family": f"{key}@{layout}", "layout": layout, "situation": sit,
-                              "rep": rep, "evidence": ev, "label": lab})
+                              "rep": f"{rep}.{i}", "evidence": ev, "label": lab})
     return cases
 
 
 def _family_file(key: str, layout: str, reps: int, seed: int) -> Path:
-    return cache_dir() / f"{key.replace('/', '__')}@{layout}-r{reps}-s{seed}.json"
+    # "-b": staged by `schedule` (balanced over actions); files without it are the older layout
+    return cache_dir() / f"{key.replace('/', '__')}@{layout}-r{reps}-s{seed}-b.json"
 
 
 def _stage_and_cache(key: str, layout: str, reps: int, seed: int) -> Path:
@@ -158,7 +175,7 @@ def join_prompt(v: dict[str, str]) -> str:
 
 def reading(case: dict[str, Any]) -> str:
     """What the deciding evidence says, quoted compactly from the step's own output (the facts the
-    formula's rule reads, in the order the tools printed them), or "" for steps without a reading.
+    formula's rule reads, in the order the tools printed them); "" for a step without one.
     Answers start with it, so the loss rewards reading the evidence before naming a target or an
     action (the decision then follows from text the model has just written)."""
     key, lay = case["step"], stage_mod.LAYOUTS[case["layout"]]
@@ -184,6 +201,45 @@ def reading(case: dict[str, Any]) -> str:
         f = stage_mod.facts_inbox_check(ev, lay)
         words = [w for ws, _, _ in stage_mod.ROUTES for w in ws if w in f["text"]]
         return f"{f['subject'].rstrip(':')} from {f['from']}" + (f": '{words[0]}'" if f["subject"].startswith("HELP") and words else "")
+    if key == "refinery/process-branch":
+        f = stage_mod.facts_process_branch(ev, lay)
+        rebase = "not run" if not f["exists"] else ("CONFLICT" if f["conflict"] else "clean")
+        return f"{f['mr']} {f['branch']}: on origin {'yes' if f['exists'] else 'no'}; rebase {rebase}"
+    if key == "refinery/handle-failures":
+        f = stage_mod.facts_handle_failures(ev, lay)
+        runs = [p for p in re.split(r"^\$ ", ev, flags=re.M) if "pytest" in p.split("\n", 1)[0]]
+        res = ["failed" if re.search(r"\d+ failed", x) else "passed" for x in runs]
+        return (f"branch {res[0] if res else '?'}{' ' + f['test'] if f['test'] else ''}; main {', '.join(res[1:]) or '?'}; "
+                f"open bug {f['bug'] or 'none'}")
+    if key == "refinery/merge-push":
+        shas = re.findall(r"^[0-9a-f]{40}$", stage_mod.section(ev, f"cd {lay.rig}/refinery/rig && git fetch"), flags=re.M)
+        return f"main {shas[0][:7] if shas else '?'}, origin/main {shas[1][:7] if len(shas) > 1 else '?'}"
+    if key == "deacon/zombie-scan":
+        return "; ".join(f"{n} {'session' if p['session'] else 'no session'}, {'work' if p['work'] else 'no work'}, "
+                         f"quiet {p.get('quiet', '?')}m" for n, p in stage_mod.facts_zombie_scan(ev, lay)["polecats"].items())
+    if key == "deacon/plugin-run":
+        f = stage_mod.facts_plugin_run(ev, lay)
+        if f["never"]:
+            return f"{f['plugin']}: no last-run"
+        return f"{f['plugin']}: last-run {'older than' if f['expired'] else 'within'} its cooldown"
+    if key == "deacon/orphan-check":
+        sessions = set(stage_mod.section(ev, "tmux ls").split())
+        rows = stage_mod._tsv(stage_mod.section(ev, "bd list"), "id", "assignee")
+        return "; ".join(f"{b['id']} {(b.get('assignee') or '').rsplit('/', 1)[-1]} session "
+                         f"{'up' if f'{lay.prefix}-' + (b.get('assignee') or '').rsplit('/', 1)[-1] in sessions else 'gone'}"
+                         for b in rows)
+    if key == "dog/triage-orphans":
+        f = stage_mod.facts_triage_orphans(ev, lay)
+        return (f"{f['bead']}: session {'alive' if f['alive'] else 'dead'}; branch {'yes' if f['branch'] else 'none'}; "
+                f"commits {'yes' if f['commits'] else 'none'}; notes say {'pushed' if f['claims_pushed'] else 'nothing pushed'}")
+    if key == "dog/act":
+        f = stage_mod.facts_stuck_agent(ev, lay)
+        sess = ", ".join(f"{k} {v}" for k, v in f["sessions"].items()) or "none"
+        return (f"sessions: {sess}; hooked without agent: {', '.join(f['down']) or 'none'}"
+                + ("; pane: tests running" if f["building"] else ""))
+    if key == "dog/cleanup":
+        f = stage_mod.facts_stale_db(ev, lay)
+        return f"{len(f['orphans'])} orphan databases, max_orphans_for_sql {f['limit']}"
     return ""
 
 
