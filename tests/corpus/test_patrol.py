@@ -2,6 +2,7 @@
 
 import json
 import random
+import time
 
 import pytest
 
@@ -94,7 +95,7 @@ def test_staged_evidence_reads_as_the_situation_it_stages(key, bd_bin, dolt_bin,
     assert {c["situation"]: c["label"]["action"] for c in cases} == want
     for c in cases:
         assert c["evidence"].startswith("$ ") or c["evidence"].startswith("Config:")
-        assert "/tmp/gt-scratch" not in c["evidence"]
+        assert "gt-scratch-" not in c["evidence"] and "gt-stage-" not in c["evidence"]
 
 
 def test_sessions_pair_each_decision_with_a_misreading(monkeypatch, tmp_path):
@@ -180,3 +181,45 @@ def test_reading_quotes_the_facts_the_rule_reads():
         "| beads_t9 |\n| doctest_3 |")}
     assert build.reading(dbs) == "3 orphan databases, max_orphans_for_sql 2"
     assert build.reading({"step": "unknown/step", "layout": "a", "evidence": ""}) == ""
+
+
+STOPPED_STAGING = """
+import time
+from gt_ext.corpus.patrol import build, stage
+
+def slow(t, lay, sit, r):
+    print("staging", flush=True)
+    time.sleep(120)
+    return ""
+
+stage.SCENARIOS["dog/cleanup"] = (slow,) + stage.SCENARIOS["dog/cleanup"][1:]
+build.evidence("dog", ("a",), 1)
+"""
+
+
+@pytest.mark.integration
+def test_a_stopped_staging_run_leaves_no_scratch_town(bd_bin, tmp_path):
+    """SIGTERM to a staging run's process group (a stopped bench, `kill`) closes each worker's
+    scratch town: no folder left in the temp dir, no half-written family in the cache."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TMPDIR=str(tmp_path), GT_EXT_CACHE=str(tmp_path / "cache"), GT_EXT_PATROL_WORKERS="3")
+    p = subprocess.Popen([sys.executable, "-c", STOPPED_STAGING], env=env, stdout=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        assert p.stdout.readline().strip() == "staging"  # the worker is inside its scratch town
+        assert list(tmp_path.glob("gt-stage-*/gt-scratch-*"))
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(timeout=60)
+        deadline = time.monotonic() + 30  # the worker closes its town after the parent is gone
+        while list(tmp_path.glob("gt-*")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode != 0
+    assert not list(tmp_path.glob("gt-*"))
+    assert not list((tmp_path / "cache").rglob("dog__cleanup@*.json"))  # the stopped family: re-staged next run

@@ -20,6 +20,8 @@ import logging
 import os
 import random
 import re
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +70,33 @@ def schedule(situations: dict[str, str]) -> list[str]:
 def stage_family(key: str, layout: str, reps: int, seed: int = 0) -> list[dict[str, Any]]:
     """Stage `reps` rounds of step `key`'s situations (`schedule`: every action equally often) in
     layout `layout` with the real tools; each case carries its evidence and the formula's label."""
+    import shutil
+    import tempfile
+
     from gt_ext.gastown.scratch import ScratchTown
+    from gt_ext.gastown.testing import _reap_under
 
     stage, _, _, situations = stage_mod.SCENARIOS[key]
     lay = stage_mod.LAYOUTS[layout]
     r = random.Random(f"{seed}:{key}:{layout}")
+    # The town lives in a folder of ours: a run stopped while the town is being made (inside its
+    # `bd init`, before `with` can close it) still leaves nothing behind (the `finally` below).
+    holder = Path(tempfile.mkdtemp(prefix="gt-stage-"))
+    try:
+        cases = _stage_in(ScratchTown(prefix=lay.prefix, seed=f"{seed}:{key}:{layout}", base=holder),
+                          key, lay, reps, stage, situations, r)
+    finally:
+        _reap_under(holder)
+        shutil.rmtree(holder, ignore_errors=True)
+    return cases
+
+
+def _stage_in(town: Any, key: str, lay: stage_mod.Layout, reps: int, stage: Any, situations: dict[str, str],
+              r: random.Random) -> list[dict[str, Any]]:
+    """`reps` rounds of `schedule(situations)` staged in `town`, which is closed at the end."""
+    layout = lay.name
     cases = []
-    with ScratchTown(prefix=lay.prefix, seed=f"{seed}:{key}:{layout}") as t:
+    with town as t:
         for rep in range(reps):
             for i, sit in enumerate(schedule(situations)):
                 want = situations[sit]
@@ -100,6 +122,14 @@ def _stage_and_cache(key: str, layout: str, reps: int, seed: int) -> Path:
     return f
 
 
+def _exit_on_sigterm() -> None:
+    """Staging worker set-up: SIGTERM (a stopped run, `kill` of the process group) unwinds the
+    worker like an error, so its `ScratchTown` closes (private tmux server and processes killed,
+    folder removed) instead of being left in the temp dir; the family's cache file is written only
+    when it is complete, so the next run stages it again."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def workers() -> int:
     """Families staged at once (`GT_EXT_PATROL_WORKERS`, default 3): bd mostly waits on its
     embedded database, so a few scratch towns side by side finish sooner even on 2 cores."""
@@ -121,7 +151,7 @@ def evidence(role: str, layouts: tuple[str, ...], reps: int, seed: int = 0, prog
             from tqdm import tqdm
 
             bar = tqdm(total=len(missing), desc=f"staging {role} patrol evidence", unit="family")
-        with ProcessPoolExecutor(max_workers=min(workers(), len(missing))) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers(), len(missing)), initializer=_exit_on_sigterm) as pool:
             futs = [pool.submit(_stage_and_cache, k, lay, reps, seed) for k, lay in missing]
             for fut in futs:
                 fut.result()
