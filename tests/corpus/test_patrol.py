@@ -180,6 +180,16 @@ def test_reading_quotes_the_facts_the_rule_reads():
         "Config: max_orphans_for_sql = 2\n$ cd .dolt-data && dolt sql -q 'SHOW DATABASES'\n| hq |\n| testdb_1 |\n"
         "| beads_t9 |\n| doctest_3 |")}
     assert build.reading(dbs) == "3 orphan databases, max_orphans_for_sql 2"
+    failing = {"step": "refinery/handle-failures", "layout": "a", "evidence": (
+        "$ bd show wa-7 --json | jq -r '.[0] | [.id, .title, .assignee] | @tsv'\n"
+        "wa-7\tMR polecat/nux/wa-12\twebapp/polecats/nux\n"
+        "$ cd webapp/refinery/rig && git checkout -q temp && python -m pytest -q -p no:cacheprovider 2>&1 | tail -2\n"
+        "FAILED test_calc.py::test_total - assert 4 == 3\n1 failed, 1 passed in 0.02s\n"
+        "$ cd webapp/refinery/rig && git checkout -q main && python -m pytest -q -p no:cacheprovider 2>&1 | tail -2\n"
+        "2 passed in 0.01s\n$ bd search total --status open --json | jq -r '.[] | [.id, .title] | @tsv'\n")}
+    # the polecat comes first: a fix-needed decision targets it, so the reading must carry its name
+    assert build.reading(failing) == "nux: branch failed test_total; main passed; open bug none"
+    assert stage.label("refinery/handle-failures", failing["evidence"], stage.LAYOUTS["a"])["target"] == "nux"
     assert build.reading({"step": "unknown/step", "layout": "a", "evidence": ""}) == ""
 
 

@@ -239,8 +239,8 @@ def reading(case: dict[str, Any]) -> str:
         f = stage_mod.facts_handle_failures(ev, lay)
         runs = [p for p in re.split(r"^\$ ", ev, flags=re.M) if "pytest" in p.split("\n", 1)[0]]
         res = ["failed" if re.search(r"\d+ failed", x) else "passed" for x in runs]
-        return (f"branch {res[0] if res else '?'}{' ' + f['test'] if f['test'] else ''}; main {', '.join(res[1:]) or '?'}; "
-                f"open bug {f['bug'] or 'none'}")
+        return (f"{f['polecat']}: branch {res[0] if res else '?'}{' ' + f['test'] if f['test'] else ''}; "
+                f"main {', '.join(res[1:]) or '?'}; open bug {f['bug'] or 'none'}")
     if key == "refinery/merge-push":
         shas = re.findall(r"^[0-9a-f]{40}$", stage_mod.section(ev, f"cd {lay.rig}/refinery/rig && git fetch"), flags=re.M)
         return f"main {shas[0][:7] if shas else '?'}, origin/main {shas[1][:7] if len(shas) > 1 else '?'}"
