@@ -77,6 +77,37 @@ class SwarmOptimizer(Optimizer):
             return
         self._drop_used_grad_control()
 
+    # A step on this peer's gradients alone is logged by hivemind only at its status level. Count
+    # it and warn: the step then saw less than the target batch, and in lockstep it breaks
+    # "N peers with batch B take the steps of one process with batch N*B".
+    local_rounds: int = 0
+
+    def _begin_averaging_gradients(self, grad_scaler: Any) -> bool:
+        mine = self.tracker.local_progress.samples_accumulated  # read before the round resets it
+        began = super()._begin_averaging_gradients(grad_scaler)
+        peers = self.tracker.global_progress.num_peers
+        if not began and peers > 1:
+            self._note_local_round(f"no round started although {peers} peers report progress")
+        elif not began and mine < self.target_batch_size:
+            self._note_local_round(f"no other peer seen; {mine} of {self.target_batch_size} samples")
+        return began
+
+    def _average_gradients_and_load_into_optimizer(self, maybe_step_control: Any) -> None:
+        super()._average_gradients_and_load_into_optimizer(maybe_step_control)
+        c = maybe_step_control  # hivemind fell back to local gradients unless the round finished well
+        if c is None:
+            return
+        if not c.done():
+            self._note_local_round(f"no group within {self.averaging_timeout:.0f} s")
+        elif c.cancelled():
+            self._note_local_round("the round was cancelled")
+        elif c.exception() is not None:
+            self._note_local_round(f"the round failed: {type(c.exception()).__name__}")
+
+    def _note_local_round(self, why: str) -> None:
+        self.local_rounds += 1
+        log.warning("step %d used this peer's gradients only (%s)", self.local_epoch + 1, why)
+
     def _drop_used_grad_control(self) -> None:
         # hivemind keeps the last round's (finished) control in `scheduled_grads`; left there, the
         # next round sees a used control and silently falls back to local gradients.

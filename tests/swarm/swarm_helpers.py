@@ -97,6 +97,11 @@ class Peers:
 
             logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                                 format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            # hivemind's own handler still writes to the parent's (pytest-captured) stderr: point it
+            # at this log, so each averaging round, and a failed one, shows in the peer's log.
+            for h in logging.getLogger("hivemind").handlers:
+                if isinstance(h, logging.StreamHandler):
+                    h.setStream(sys.stderr)
             code = 1
             try:
                 from gt_ext.swarm.auth import SwarmKey

@@ -120,6 +120,12 @@ def test_kill9_peer_others_finish_and_late_peer_catches_up(tmp_path: Path, corpu
         assert history.index("syncing") < history.index("degraded")
 
 
+def _rounds(log: str) -> str:
+    """The lines of a peer's log about averaging rounds and step transitions."""
+    keys = ("averag", "epoch", "Averag", "local gradients", "gradients only")
+    return "\n".join(x for x in log.splitlines() if any(k in x for k in keys))[-4000:]
+
+
 def _single_process_curve(corpus: Path, steps: int, batch: int, eval_steps: list[int]) -> dict[int, float]:
     """Plain local training with the training core's pieces: batch `batch`, no swarm at all."""
     import torch
@@ -163,6 +169,9 @@ def test_two_peers_batch_b_equal_one_process_batch_2b(tmp_path: Path, corpus: Pa
     peers.fork("b", corpus, tmp_path / "b", swarm_key, steps, initial_peers=addrs, shard=(1, 2), **kw)
     for name in ("a", "b"):
         assert peers.wait(name, 300) == 0, peers.log(name)[-3000:]
+    for name in ("a", "b"):  # every gradient round averaged both peers' batches (the log says why not)
+        metrics = run_json(tmp_path / name)["metrics"]
+        assert (metrics["local_rounds"], metrics["catch_ups"]) == (0, 0), (metrics, _rounds(peers.log(name)))
     swarm = _val_curve(tmp_path / "a")
     assert sorted(swarm) == [2, 4]
     local = _single_process_curve(corpus, steps, 2 * B, sorted(swarm))
