@@ -2,6 +2,7 @@
 (witness, refinery, deacon, dog), each scored on its held-out patrol suite next to the baselines.
 
     .venv/bin/python bench/patrol_eval.py [--roles witness,refinery,deacon,dog] [--steps 150] [--reps 4] [--reuse]
+                                          [--constrain]
 
 The path is the product's, per role and one role at a time: `gt-ext corpus patrol --role R` (formula
 patrol decisions staged with the real bd/git/tmux/dolt, evidence cached per scenario family, into
@@ -11,7 +12,9 @@ and GGUF -> eval on `builtin:R-patrol` with the contamination guard on that corp
 each role in its own GT_EXT_HOME under --out. The base model is scored on the same suite with the
 same guard. Per role it prints valid JSON, allowed action (also on the held-out reworded family),
 pass, the best constant action per step, a random allowed action and always-no-op, for both models;
-the acceptance asks the trained model for >= 98 / >= 99 / best constant + 30.
+the acceptance asks the trained model for >= 98 / >= 99 / best constant + 30. `--constrain` also
+scores the trained model with constrained decoding (its `action` held to the listed names,
+gt_ext.serve.choices), printed as a third row: the free row says whether the model reads the list.
 """
 
 from __future__ import annotations
@@ -73,6 +76,9 @@ def _direct(role: str, home: Path, out: Path, suite: str, a: argparse.Namespace)
               f"{time.perf_counter() - t0:.0f} s", flush=True)
     result = {"trained": runner.evaluate(str(run), suite, corpus=corpus, write=False, progress=True).to_dict(),
               "training": json.loads((run / "run.json").read_text()).get("metrics", {})}
+    if a.constrain:
+        result["constrained"] = runner.evaluate(str(run), suite, corpus=corpus, write=False, progress=True,
+                                                constrain=True).to_dict()
     if (out / "result-base.json").is_file():
         result["base"] = json.loads((out / "result-base.json").read_text())
     (out / "result.json").write_text(json.dumps(result, indent=1))
@@ -87,6 +93,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path.home() / ".cache" / "gt-ext" / "bench-patrol")
     ap.add_argument("--reuse", action="store_true", help="keep finished formula steps in --out (they resume)")
     ap.add_argument("--no-base", action="store_true", help="skip scoring the base model")
+    ap.add_argument("--constrain", action="store_true",
+                    help="also score the trained model with its action held to the listed names")
     ap.add_argument("--base-only", action="store_true",
                     help="only score the base model, on each role's suite once that role's corpus is exported "
                          "(run beside a --no-base run to overlap scoring with the next role's training)")
@@ -121,7 +129,7 @@ def main() -> int:
         if a.direct:
             result = _direct(role, home, out, suite, a)
             summary[role] = result
-            for name in ("base", "trained"):
+            for name in ("base", "trained", "constrained"):
                 if name in result:
                     print(f"{role:8} " + line(name, result[name]), flush=True)
             continue
@@ -140,18 +148,21 @@ def main() -> int:
         elif not a.no_base:
             result["base"] = runner.evaluate(f"base:{BASE}", suite, corpus=job / "corpus", write=False,
                                              progress=True).to_dict()
+        if a.constrain:
+            result["constrained"] = runner.evaluate(str(job / "export"), suite, corpus=job / "corpus", write=False,
+                                                    progress=True, constrain=True).to_dict()
         (out / "result.json").write_text(json.dumps(result, indent=1))
         summary[role] = result
         m = result["training"]
         print(f"{role:8} training: {m.get('steps')} steps, val loss {m.get('val_loss_start')} -> {m.get('val_loss_end')}")
-        for name in ("base", "trained"):
+        for name in ("base", "trained", "constrained"):
             if name in result:
                 print(f"{role:8} " + line(name, result[name]), flush=True)
     print("\n== summary: held-out scenario families, pass % ==")
     for role, result in summary.items():
         refused = len((result["trained"].get("contamination") or {}).get("refused", []))
         print(f"{role}: contamination guard refused {refused} task(s)")
-        for name in ("base", "trained"):
+        for name in ("base", "trained", "constrained"):
             if name in result:
                 print(f"{role:8} " + line(name, result[name]))
     return 0

@@ -42,6 +42,8 @@ def run(
                                "promptfoo against the served model; ours: in process only; promptfoo: every promptfoo test there"),
     grader: str | None = typer.Option(None, "--grader", help="model for model-graded assertions (llm-rubric, g-eval, ...): "
                                       "NAME[:VER], base:<model>, a run/export folder, or `base` (the config's default)"),
+    constrain: bool = typer.Option(False, "--constrain", help="constrained decoding: a task's answer `action` can only be one of "
+                                   "the names its prompt lists (patrol suites); written as eval-<suite>-constrained.json, never gates"),
     no_write: bool = typer.Option(False, "--no-write", help="do not write eval-<suite>.json next to the model"),
     as_json: bool = typer.Option(False, "--json", help="print the full result as JSON"),
     gate_exit: bool = typer.Option(True, "--gate-exit/--no-gate-exit",
@@ -54,7 +56,8 @@ def run(
     if k < 1:
         raise GtExtError(f"--k must be >= 1, got {k}")
     res = evaluate(model, suite, k=k, config=config, corpus=corpus, max_overlap=max_overlap,
-                   limit=limit, split=split, write=not no_write, progress=not as_json, engine=engine, grader=grader)
+                   limit=limit, split=split, write=not no_write, progress=not as_json, engine=engine, grader=grader,
+                   constrain=constrain)
     d = res.to_dict()
     if as_json:
         print(json.dumps(d, indent=2))

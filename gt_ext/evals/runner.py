@@ -103,9 +103,18 @@ class EvalResult:
 
 def result_filename(result: dict[str, Any]) -> str:
     """`eval-<suite>.json` for a full run, `eval-<suite>-partial.json` for a --limit/--split run,
-    so a smoke run never replaces the full result next to a model."""
+    so a smoke run never replaces the full result next to a model; `-constrained` marks a run with
+    constrained decoding (`evaluate(constrain=True)`)."""
     suite = re.sub(r"[^A-Za-z0-9._-]", "_", str(result.get("suite") or "default"))
-    return f"eval-{suite}.json" if (result.get("run") or {}).get("full") else f"eval-{suite}-partial.json"
+    run = result.get("run") or {}
+    tag = "-constrained" if run.get("decoding") == "constrained" else ""
+    return f"eval-{suite}{tag}.json" if run.get("full") else f"eval-{suite}{tag}-partial.json"
+
+
+def listed_names(task: Any) -> list[str]:
+    """The action names a task's prompt lists (a patrol test's `allowed_names` var, `a|b|c`)."""
+    v = getattr(getattr(task, "test", None), "vars", None) or {}
+    return [a for a in str(v.get("allowed_names", "")).split("|") if a]
 
 
 def model_file_hashes(model: ResolvedModel) -> dict[str, str]:
@@ -240,6 +249,7 @@ def evaluate(
     progress: bool = False,
     engine: str = "auto",
     grader: str | None = None,
+    constrain: bool = False,
 ) -> EvalResult:
     """Run `suite` on the model `k` times per task, score it and write `eval-<suite>.json`.
 
@@ -251,6 +261,10 @@ def evaluate(
     assertion through the real promptfoo (gt_ext.evals.pfengine); `ours` grades in process only
     (other assertions leave their test ungraded); `promptfoo` sends every promptfoo test there.
     `grader`: the model for model-graded assertions (default: the config's `grader`).
+    `constrain`: constrained decoding, for tasks that list their allowed names (a patrol test's
+    `allowed_names` var): the answer's `action` can only be one of them (gt_ext.serve.choices).
+    Recorded in the result (`run.decoding`) and written as `eval-<suite>-constrained.json`, so
+    it never stands in for the free-decoding result.
     """
     if engine not in ENGINES:
         raise GtExtError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -296,6 +310,9 @@ def evaluate(
     # promptfoo tasks whose assertions our grader does not grade go to the real promptfoo.
     via_promptfoo = [t for t in tasks if hasattr(t, "test") and (engine == "promptfoo" or pfengine.needs_promptfoo(t.test))]
     tasks = [t for t in tasks if t not in via_promptfoo]
+    if constrain and via_promptfoo:
+        raise GtExtError(f"--constrain needs tasks graded in process; {len(via_promptfoo)} task(s) of suite "
+                         f"{st.name} go to promptfoo (engine {engine})")
     price = float(cfg.get("cost_per_token", 0.0))
     gen = generate or make_generate(model)
     grader_ref = None
@@ -333,6 +350,10 @@ def evaluate(
                               "top_p": float(samp.get("top_p", 0.95)), "seed": 1000 * s + start + i}
                         for i, _, _ in ready
                     ]
+                    if constrain:
+                        for p, (_, t, _) in zip(params, ready, strict=True):
+                            if names := listed_names(t):
+                                p["choices"] = {"action": names}
                     t_batch = time.perf_counter()
                     outs = gen([m for _, _, m in ready], params) if ready else []
                     wall_ms = round(1000 * (time.perf_counter() - t_batch))
@@ -375,6 +396,7 @@ def evaluate(
         "full": full,
         "refused": len(contamination.get("refused", [])) if contamination else 0,
         "model_files": model_file_hashes(model),
+        "decoding": "constrained" if constrain else "free",
     }
     run["engines"] = dict(Counter(s.meta.get("engine", "none") for t in task_results for s in t.samples))
     run["grader"] = grader_ref

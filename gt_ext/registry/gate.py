@@ -5,6 +5,8 @@ the gate ("gating") only when all of these hold:
 
 - it is a full run of the suite (`run.full`: no `--limit`, no `--split`), so a smoke run is
   recorded as such and never gates;
+- it decoded freely (`run.decoding`), as the deployed agent does: a `--constrain` run, whose
+  answers could only take listed action names, is recorded but never gates;
 - it was produced by this project for this version: run through the registry ref, or found as an
   eval file in the registered folder, signed by this user's `gt-ext eval run`
   (`gt_ext.evals.provenance`) and verified against the version's own file hashes
@@ -81,6 +83,8 @@ def eval_entry(result: dict[str, Any], rec: ModelRecord, town_root: Path | None,
     elif not entry["full"]:
         what = f"--limit {run['limit']}" if run.get("limit") else f"--split {run.get('split')}"
         why = f"partial run ({what}: {run.get('run_tasks')} of {run.get('suite_tasks')} tasks), a smoke run"
+    elif run.get("decoding", "free") != "free":
+        why = f"{run.get('decoding')} decoding (--constrain); the gate takes free decoding, as the agent runs"
     elif result.get("role") not in (None, rec.role):
         why = f"scored as role {result.get('role')}, the model is {rec.role}"
     elif run.get("suite_hash") != suite_hash_of(want):

@@ -2,9 +2,10 @@
 
     app = create_app(generator, model, token=None)    # then uvicorn on 127.0.0.1
 
-Extensions to OpenAI's request: `top_k`, `repetition_penalty`, and `adapters` (a list of
-`"REF"` / `"REF=WEIGHT"` / `{"name", "weight"}`; REF is a registry model or an adapter the server
-was started with; `[]` = base model only) to pick the adapter stack per request. A request whose
+Extensions to OpenAI's request: `top_k`, `repetition_penalty`, `choices` (`{"FIELD": [NAME, ...]}`:
+the answer's JSON string field FIELD can only take a listed NAME, gt_ext.serve.choices), and
+`adapters` (a list of `"REF"` / `"REF=WEIGHT"` / `{"name", "weight"}`; REF is a registry model or
+an adapter the server was started with; `[]` = base model only) to pick the adapter stack per request. A request whose
 `model` names another registry model on the same base is served with that model's adapter, also
 without reloading the base. Bad requests get 4xx with `{"error": {"message", "type", "param"}}`.
 
@@ -150,6 +151,7 @@ class ChatRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=1)
     stream_options: dict[str, Any] | None = None
     adapters: list[str | dict[str, Any]] | None = None
+    choices: dict[str, Any] | None = None
 
 
 def _error(status: int, message: str, param: str | None = None, etype: str = "invalid_request_error"):
@@ -487,7 +489,7 @@ async def _validated_request(state: ApiState, req: ChatRequest, limits: ApiLimit
     requested = req.max_completion_tokens or req.max_tokens
     # Validate the cheap fields before tokenizing (a bad seed or stop list costs nothing).
     SamplingParams(max_new_tokens=1, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
-                   repetition_penalty=req.repetition_penalty, stop=stop, seed=req.seed)
+                   repetition_penalty=req.repetition_penalty, stop=stop, seed=req.seed, choices=req.choices or {})
     ctx = int(gen.max_context)
     if requested is not None and requested > ctx:
         raise GtExtError(f"max_tokens: {requested} exceeds the model's context of {ctx} tokens")
@@ -500,14 +502,15 @@ async def _validated_request(state: ApiState, req: ChatRequest, limits: ApiLimit
                          f"the model's context of {ctx}")
     params = SamplingParams(max_new_tokens=requested or min(state.default_max_tokens, room),
                             temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
-                            repetition_penalty=req.repetition_penalty, stop=stop, seed=req.seed)
+                            repetition_penalty=req.repetition_penalty, stop=stop, seed=req.seed,
+                            choices=req.choices or {})
     return gen.request(req.messages, params, state.adapters_for(req))
 
 
 def _param_of(message: str) -> str | None:
     head, _, rest = message.partition(":")
-    if head == "sampling":  # "sampling: seed must be ..."
-        head = rest.split()[0] if rest.split() else head
+    if head == "sampling":  # "sampling: seed must be ...", "sampling: choices['action'] must ..."
+        head = rest.split()[0].split("[")[0].rstrip(":") if rest.split() else head
     return head if head.replace("_", "").replace(".", "").replace("[", "").replace("]", "").isalnum() else None
 
 

@@ -10,11 +10,13 @@ from gt_ext.errors import GtExtError
 MAX_STOPS = 16  # stop strings per request
 MAX_STOP_CHARS = 256  # characters per stop string
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+MAX_CHOICE_FIELDS, MAX_CHOICES, MAX_CHOICE_CHARS = 8, 64, 100  # choices: fields, names per field, name length
 
 
 @dataclass
 class SamplingParams:
-    """How to pick tokens. `temperature=0` is greedy; `top_k=0` and `top_p=1` switch those filters off."""
+    """How to pick tokens. `temperature=0` is greedy; `top_k=0` and `top_p=1` switch those filters off.
+    `choices` restricts JSON string fields to listed values (gt_ext.serve.choices)."""
 
     max_new_tokens: int = 256
     temperature: float = 0.0
@@ -23,6 +25,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    choices: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -48,7 +51,21 @@ class SamplingParams:
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
                                       or not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]):
             raise GtExtError(f"sampling: seed must be an integer in [-2**63, 2**64-1], got {self.seed!r}")
+        self._validate_choices()
         return self
+
+    def _validate_choices(self) -> None:
+        c = self.choices
+        if not isinstance(c, dict) or len(c) > MAX_CHOICE_FIELDS:
+            raise GtExtError(f"sampling: choices must map at most {MAX_CHOICE_FIELDS} field names to lists of strings")
+        for key, names in c.items():
+            if not isinstance(key, str) or not key or '"' in key or "\\" in key:
+                raise GtExtError(f"sampling: choices: bad field name {key!r}")
+            if (not isinstance(names, list) or not names or len(names) > MAX_CHOICES
+                    or not all(isinstance(n, str) and n and len(n) <= MAX_CHOICE_CHARS
+                               and '"' not in n and "\\" not in n for n in names)):
+                raise GtExtError(f"sampling: choices[{key!r}] must list 1-{MAX_CHOICES} names of 1-{MAX_CHOICE_CHARS} "
+                                 "characters without quotes or backslashes")
 
     @property
     def greedy(self) -> bool:

@@ -12,8 +12,10 @@ One `step()`:
    the running rows by a bounded amount, and a prompt's chunks never depend on other requests);
    a fully prefilled request samples its first token;
 3. decodes one token for every running request in one forward, samples each row (its own
-   temperature, top-k/p, repetition penalty, seed), detokenizes incrementally, cuts stop strings,
-   and finishes rows at EOS, a stop string or `max_new_tokens`. Finished rows leave at once.
+   temperature, top-k/p, repetition penalty, seed; a row with `choices` first masks the tokens
+   that would take a listed JSON field off its list, gt_ext.serve.choices), detokenizes
+   incrementally, cuts stop strings, and finishes rows at EOS, a stop string or `max_new_tokens`.
+   Finished rows leave at once.
 
 The engine is anything with `tokenize(text)`, `eos_ids`, `max_context`, `max_slots`, `start(seq)`
 (claim a row), `prefill(seq, ids) -> logits [V] | None`, `decode(seqs, ids) -> logits [n, V]` and
@@ -33,6 +35,7 @@ from typing import Any
 import torch
 
 from gt_ext.errors import GtExtError
+from gt_ext.serve.choices import allowed_tokens, token_texts
 from gt_ext.serve.detok import Detokenizer
 from gt_ext.serve.sampling import next_token
 from gt_ext.serve.stops import StopScanner
@@ -173,6 +176,11 @@ class DecodeLoop:
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         """Pick each row's next token from logits [n, V], emit text, finish rows that are done."""
         now = time.perf_counter()
+        listed = [i for i, s in enumerate(seqs) if s.request.params.choices]
+        if listed:
+            logits = logits.clone()  # the engine's may be an inference tensor (read-only here)
+            for i in listed:
+                logits[i] = self._keep_listed(seqs[i], logits[i])
         plain = [i for i, s in enumerate(seqs) if s.rng is None and s.seen is None]  # greedy, no penalty
         picks: dict[int, int] = {}
         if plain:
@@ -188,6 +196,16 @@ class DecodeLoop:
         for i, s in enumerate(seqs):
             if i in picks:
                 self._accept(s, picks[i], now)
+
+    def _keep_listed(self, s: Sequence, row: torch.Tensor) -> torch.Tensor:
+        """`row` [V] with every token that would take a `choices` field off its list set to -inf."""
+        ids = allowed_tokens(s.detok.text, s.request.params.choices, token_texts(self.engine.tokenizer))
+        if ids is None:
+            return row
+        keep = torch.tensor([i for i in ids if i < row.shape[-1]], dtype=torch.long)
+        out = torch.full_like(row, float("-inf"))
+        out[keep] = row[keep]
+        return out
 
     def _accept(self, s: Sequence, tok: int, now: float) -> None:
         st, p = s.request.stats, s.request.params

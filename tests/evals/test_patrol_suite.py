@@ -67,3 +67,36 @@ def test_grading_and_patrol_report(dog_suite):
     assert p["reworded"]["n"] == len(st.tasks) // 2
     wrong = next(t for t in st.tasks if order[t.id] % 2 == 1)
     assert not res.tasks[order[wrong.id]].passed
+
+
+def test_a_constrained_run_gives_each_task_its_listed_names_and_never_gates(dog_suite):
+    """`evaluate(constrain=True)` asks the generator to hold each answer's `action` to the names the
+    task's prompt lists (what gt_ext.serve.choices enforces), and its result is kept apart: its
+    own file name, and the deploy gate does not take it."""
+    from types import SimpleNamespace
+
+    from gt_ext.registry.gate import eval_entry
+
+    st, _ = dog_suite
+    asked: dict[str, list[str]] = {}
+
+    def gen(batch, params):
+        for msgs, p in zip(batch, params, strict=True):
+            asked[msgs[-1]["content"].strip()] = p["choices"]["action"]
+        return ['{"action": "none"}'] * len(batch)
+
+    res = runner.evaluate("base:tiny-llama", st, generate=gen, write=False, constrain=True)
+    assert len(asked) == len(st.tasks)
+    for t in st.tasks:
+        names = asked[t.rendered().strip()]
+        assert names == t.test.vars["allowed_names"].split("|")
+        assert all(n in t.rendered() for n in names)  # the prompt lists them
+    d = res.to_dict()
+    assert d["run"]["decoding"] == "constrained" and d["run"]["full"]
+    assert runner.result_filename(d) == "eval-dog-patrol-constrained.json"
+    rec = SimpleNamespace(role="dog", name="dog", version=1)
+    entry = eval_entry(d, rec, None, "test")
+    assert not entry["gating"] and "constrained decoding" in entry["why_not_gating"]
+    free = runner.evaluate("base:tiny-llama", st, generate=lambda b, p: ['{"action": "none"}'] * len(b), write=False)
+    assert free.to_dict()["run"]["decoding"] == "free"
+    assert runner.result_filename(free.to_dict()) == "eval-dog-patrol.json"

@@ -121,6 +121,8 @@ def test_adapters_switched_per_request(client, served, adapters):
         (dict(adapters=["a=heavy"]), 400, "not a number"),
         (dict(max_tokens=100000), 400, "context"),
         (dict(stop=[""]), 400, "stop"),
+        (dict(choices={"action": []}), 400, "choices"),
+        (dict(choices={"action": "wait"}), 400, "choices"),
     ],
 )
 def test_bad_requests_get_4xx_with_message(client, body, status, fragment):
