@@ -19,6 +19,7 @@ the model reads the list.
 from __future__ import annotations
 
 import re
+import weakref
 from collections import defaultdict
 from typing import Any
 
@@ -45,15 +46,16 @@ class TokenTexts:
         return [i for i, t in self.by_first.get(rest[0], ()) if rest.startswith(t) or t.startswith(rest)]
 
 
-_CACHE: dict[int, TokenTexts] = {}
+# Per tokenizer object, gone with it (an id() key could be reused by a later tokenizer).
+_CACHE: weakref.WeakKeyDictionary[Any, TokenTexts] = weakref.WeakKeyDictionary()
 
 
 def token_texts(tokenizer: Any) -> TokenTexts:
     """`TokenTexts` for `tokenizer`, built once per tokenizer object (about a second for 50K tokens)."""
-    key = id(tokenizer)
-    if key not in _CACHE:
-        _CACHE[key] = TokenTexts(tokenizer)
-    return _CACHE[key]
+    texts = _CACHE.get(tokenizer)
+    if texts is None:
+        texts = _CACHE[tokenizer] = TokenTexts(tokenizer)
+    return texts
 
 
 def allowed_tokens(text: str, choices: dict[str, list[str]], texts: TokenTexts) -> list[int] | None:
