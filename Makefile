@@ -30,7 +30,7 @@ bench-witness: install
 # Formula patrol models (witness, refinery, deacon, dog): stage evidence with the real tools, train
 # one LoRA per role (one at a time, niced), score base and trained on the held-out patrol suites.
 bench-patrol: install
-	nice -n 5 $(PY) bench/patrol_eval.py
+	nice -n 5 $(PY) bench/patrol_eval.py --constrain
 
 lint: install
 	$(VENV)/bin/ruff check gt_ext tests bench hooks providers node0_patches

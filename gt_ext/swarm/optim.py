@@ -104,6 +104,13 @@ class SwarmOptimizer(Optimizer):
         elif c.exception() is not None:
             self._note_local_round(f"the round failed: {type(c.exception()).__name__}")
 
+    state_loads: int = 0  # times this peer dropped its progress and loaded the swarm's state
+
+    def load_state_from_peers(self, **kwargs: Any) -> Any:
+        self.state_loads += 1
+        log.info("loading the swarm's state from a peer (this peer was at step %d)", self.local_epoch)
+        return super().load_state_from_peers(**kwargs)
+
     def _note_local_round(self, why: str) -> None:
         self.local_rounds += 1
         log.warning("step %d used this peer's gradients only (%s)", self.local_epoch + 1, why)

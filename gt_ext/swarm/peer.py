@@ -419,7 +419,7 @@ def run_peer(
         run_metrics = {"val_loss_start": val_start, "val_loss_end": val_end, "steps": opt.local_epoch,
                        "tokens_per_s": tokens / max(elapsed, 1e-9), "nonfinite_steps": nonfinite_total,
                        "local_batches": local_steps, "nan_skips": nonfinite_total, "catch_ups": catch_ups,
-                       "local_rounds": opt.local_rounds,
+                       "local_rounds": opt.local_rounds, "state_loads": opt.state_loads,
                        "lost_peers": len(lost), "peers_seen": len(metrics.seen) + 1}
         if message:
             run_metrics["message"] = message

@@ -107,7 +107,7 @@ def test_kill9_peer_others_finish_and_late_peer_catches_up(tmp_path: Path, corpu
         assert info["metrics"]["lost_peers"] >= 1
     # The late peer downloaded the swarm's state instead of starting from step 0...
     assert late["metrics"]["steps"] == steps
-    assert late["metrics"]["catch_ups"] >= 1, late["metrics"]
+    assert late["metrics"]["catch_ups"] >= 1 and late["metrics"]["state_loads"] >= 1, late["metrics"]
     first = next(r["step"] for r in _rows(tmp_path / "late") if "loss" in r)
     assert first >= 3, first
     # ...so its adapter is the swarm's adapter.
@@ -122,7 +122,7 @@ def test_kill9_peer_others_finish_and_late_peer_catches_up(tmp_path: Path, corpu
 
 def _rounds(log: str) -> str:
     """The lines of a peer's log about averaging rounds and step transitions."""
-    keys = ("averag", "epoch", "Averag", "local gradients", "gradients only")
+    keys = ("averag", "epoch", "Averag", "local gradients", "gradients only", "out of sync", "swarm's state")
     return "\n".join(x for x in log.splitlines() if any(k in x for k in keys))[-4000:]
 
 
@@ -171,7 +171,7 @@ def test_two_peers_batch_b_equal_one_process_batch_2b(tmp_path: Path, corpus: Pa
         assert peers.wait(name, 300) == 0, peers.log(name)[-3000:]
     for name in ("a", "b"):  # every gradient round averaged both peers' batches (the log says why not)
         metrics = run_json(tmp_path / name)["metrics"]
-        assert (metrics["local_rounds"], metrics["catch_ups"]) == (0, 0), (metrics, _rounds(peers.log(name)))
+        assert (metrics["local_rounds"], metrics["state_loads"]) == (0, 0), (metrics, _rounds(peers.log(name)))
     swarm = _val_curve(tmp_path / "a")
     assert sorted(swarm) == [2, 4]
     local = _single_process_curve(corpus, steps, 2 * B, sorted(swarm))
