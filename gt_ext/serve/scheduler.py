@@ -203,6 +203,8 @@ class DecodeLoop:
         if ids is None:
             return row
         keep = torch.tensor([i for i in ids if i < row.shape[-1]], dtype=torch.long)
+        if keep.numel() == 0:  # the tokenizer knows tokens the model has no logits for: leave it free
+            return row
         out = torch.full_like(row, float("-inf"))
         out[keep] = row[keep]
         return out
