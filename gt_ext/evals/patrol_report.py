@@ -22,6 +22,12 @@ from collections import Counter, defaultdict
 from typing import Any
 
 
+def listed_names(task: Any) -> list[str]:
+    """The action names a task's prompt lists, in its order (a patrol test's `allowed_names` var, `a|b|c`)."""
+    v = getattr(getattr(task, "test", None), "vars", None) or {}
+    return [a for a in str(v.get("allowed_names", "")).split("|") if a]
+
+
 def first_object(text: str) -> dict[str, Any] | None:
     """The first balanced `{...}` of `text` parsed as JSON (what the suite's transform grades)."""
     i = text.find("{")
@@ -65,7 +71,7 @@ def report(tasks: list[Any], results: dict[str, Any]) -> dict[str, Any]:
         if "step" not in v or res is None or res.skipped or not res.samples:
             continue
         s = steps[v["step"]]
-        allowed = [a.lower() for a in str(v.get("allowed_names", "")).split("|") if a]
+        allowed = [a.lower() for a in listed_names(t)]
         expect = str(v["expect"]).lower()
         expect_id = str(v.get("expect_id") or expect)
         s["n"] += 1

@@ -23,7 +23,7 @@ from typing import Any
 from gt_ext.atomic import atomic_write_json
 from gt_ext.digest import sha256_file
 from gt_ext.errors import GtExtError
-from gt_ext.evals import pfengine, provenance, scoring
+from gt_ext.evals import patrol_report, pfengine, provenance, scoring
 from gt_ext.evals import suite as suite_mod
 from gt_ext.models.refs import ResolvedModel, resolve
 
@@ -109,12 +109,6 @@ def result_filename(result: dict[str, Any]) -> str:
     run = result.get("run") or {}
     tag = "-constrained" if run.get("decoding") == "constrained" else ""
     return f"eval-{suite}{tag}.json" if run.get("full") else f"eval-{suite}{tag}-partial.json"
-
-
-def listed_names(task: Any) -> list[str]:
-    """The action names a task's prompt lists (a patrol test's `allowed_names` var, `a|b|c`)."""
-    v = getattr(getattr(task, "test", None), "vars", None) or {}
-    return [a for a in str(v.get("allowed_names", "")).split("|") if a]
 
 
 def model_file_hashes(model: ResolvedModel) -> dict[str, str]:
@@ -352,7 +346,7 @@ def evaluate(
                     ]
                     if constrain:
                         for p, (_, t, _) in zip(params, ready, strict=True):
-                            if names := listed_names(t):
+                            if names := patrol_report.listed_names(t):
                                 p["choices"] = {"action": names}
                     t_batch = time.perf_counter()
                     outs = gen([m for _, _, m in ready], params) if ready else []
@@ -380,8 +374,6 @@ def evaluate(
     verdict = scoring.gate(comp, cats, pk, scoring.thresholds_for(cfg, role))
     patrol = None
     if st.meta.get("patrol_report"):
-        from gt_ext.evals import patrol_report
-
         patrol = patrol_report.report(tasks_all, results)
         patrol["reworded"] = patrol_report.by_family(tasks_all, results, {"@r"})["overall"]
     run = {
