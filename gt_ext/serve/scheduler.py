@@ -176,11 +176,14 @@ class DecodeLoop:
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         """Pick each row's next token from logits [n, V], emit text, finish rows that are done."""
         now = time.perf_counter()
-        listed = [i for i, s in enumerate(seqs) if s.request.params.choices]
-        if listed:
+        masks = {i: m for i, s in enumerate(seqs)
+                 if s.request.params.choices and (m := self._listed_mask(s, logits.shape[-1])) is not None}
+        if masks:  # only while a listed value is being written: most steps copy nothing
             logits = logits.clone()  # the engine's may be an inference tensor (read-only here)
-            for i in listed:
-                logits[i] = self._keep_listed(seqs[i], logits[i])
+            for i, keep in masks.items():
+                row = torch.full_like(logits[i], float("-inf"))
+                row[keep] = logits[i][keep]
+                logits[i] = row
         plain = [i for i, s in enumerate(seqs) if s.rng is None and s.seen is None]  # greedy, no penalty
         picks: dict[int, int] = {}
         if plain:
@@ -197,17 +200,15 @@ class DecodeLoop:
             if i in picks:
                 self._accept(s, picks[i], now)
 
-    def _keep_listed(self, s: Sequence, row: torch.Tensor) -> torch.Tensor:
-        """`row` [V] with every token that would take a `choices` field off its list set to -inf."""
+    def _listed_mask(self, s: Sequence, vocab: int) -> torch.Tensor | None:
+        """Ids (< `vocab`, the logits' width) of the tokens that keep `s`'s `choices` field on its
+        list, or None when it is free."""
         ids = allowed_tokens(s.detok.text, s.request.params.choices, token_texts(self.engine.tokenizer))
         if ids is None:
-            return row
-        keep = torch.tensor([i for i in ids if i < row.shape[-1]], dtype=torch.long)
-        if keep.numel() == 0:  # the tokenizer knows tokens the model has no logits for: leave it free
-            return row
-        out = torch.full_like(row, float("-inf"))
-        out[keep] = row[keep]
-        return out
+            return None
+        keep = torch.tensor([i for i in ids if i < vocab], dtype=torch.long)
+        # The tokenizer may know tokens the model has no logits for: never leave a row without any.
+        return keep if keep.numel() else None
 
     def _accept(self, s: Sequence, tok: int, now: float) -> None:
         st, p = s.request.stats, s.request.params
