@@ -40,6 +40,20 @@ def test_reworded_names_never_appear_in_training():
         assert len(train) == sum(len(a.names) for a in s.actions), f"{s.key}: a name lists two actions"
 
 
+def test_fresh_names_are_no_steps_name_and_list_every_action_once():
+    every = {n for s in STEPS for a in s.actions for n in (*a.names, a.heldout)}
+    pool = build.fresh_names()
+    assert len(pool) == len(set(pool)) >= 100 and not every & set(pool)
+    r = random.Random(3)
+    for s in STEPS:
+        acts = build.allowed(s, "fresh", r)
+        assert sorted(a for a, _, _ in acts) == sorted(a.id for a in s.actions)
+        assert len({n for _, n, _ in acts}) == len(acts) and {n for _, n, _ in acts} <= set(pool)
+        assert {rule for _, _, rule in acts} == {a.rule for a in s.actions}
+    with pytest.raises(ValueError, match="unknown wording"):
+        build.allowed(STEPS[0], "heldout", r)
+
+
 def _names(keys: tuple[str, ...]) -> set[str]:
     """Every name a town puts in evidence: polecats, dogs, rig, bead prefix, plugins, module, function."""
     out: set[str] = set()
@@ -116,6 +130,23 @@ def test_sessions_pair_each_decision_with_a_misreading(monkeypatch, tmp_path):
     assert (fail.outcome, ok.outcome) == ("failure", "success")
     assert fail.messages[0] == ok.messages[0] and fail.messages[1] != ok.messages[1]
     assert {s.role for s in made} == {"deacon"} and set(ROLES) >= {"deacon"}
+
+
+def test_sessions_answer_with_the_name_the_prompt_lists_fresh_or_not(monkeypatch):
+    """A share of training prompts lists the actions under fresh names; every answer's action is
+    the name its own prompt lists on the line of the labelled action's rule."""
+    st = steps_for("dog")[0]
+    label = {"action": st.actions[1].id, "target": "x", "reason": "r"}
+    monkeypatch.setattr(build, "evidence", lambda *a, **k: [
+        {"step": st.key, "family": f"{st.key}@a", "layout": "a", "situation": "x", "rep": 0,
+         "evidence": "$ bd list\nnothing", "label": label}])
+    made = [s for s in build.sessions("dog", reps=1, prompts_per_case=60) if s.outcome == "success"]
+    pool, fresh = set(build.fresh_names()), 0
+    for s in made:
+        name = json.loads(s.messages[1]["content"])["action"]
+        assert f"- {name}: {st.action(label['action']).rule}" in s.messages[0]["content"]
+        fresh += name in pool
+    assert 10 <= fresh <= 30  # about FRESH_SHARE of 60
 
 
 @pytest.mark.parametrize("mail", ["MAIL", "MAIL_ALT", "MAIL_HELDOUT"])

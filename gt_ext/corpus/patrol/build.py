@@ -1,7 +1,7 @@
 """Patrol decisions from staged evidence: the evidence cache, prompts, corpus sessions and suites.
 
     evidence(role, layouts, reps)      -> cases, staged once per scenario family and cached
-    render(case, wording, r)           -> (prompt, answer): the decision prompt and its JSON answer
+    allowed(step, wording, r)          -> the actions a prompt lists: training, fresh or held-out names
     sessions(role, seed, reps)         -> SampleSessions (success + coherent misreading) for the corpus
     write_suite(role, out_dir, reps)   -> a promptfoo suite of the held-out families
 
@@ -172,14 +172,40 @@ def _header(st: Step, case: dict[str, Any]) -> str:
     return f"Gas Town {st.role}{where}. Formula {st.formula}, step {st.id}: {st.brief}"
 
 
+# Names a training prompt may list an action under when it is not listed by one of its own names
+# ("fresh" wording): word pairs that no step uses, so the only way to answer with a listed name is
+# to find the line whose rule calls for the action and copy the name written there. Without them a
+# model learns each action's few training names and writes one even where the list says another
+# (the held-out reworded family). Every step name, training or held-out, is left out of the pool.
+_FRESH_VERBS = ("mark", "tag", "route", "sort", "post", "queue", "park", "stamp", "note", "label",
+                "pin", "lodge", "slot", "book", "stage", "batch", "pick", "sign", "set", "move")
+_FRESH_NOUNS = ("", "-it", "-case", "-item", "-entry", "-ticket", "-slot", "-one")
+
+
+def fresh_names() -> tuple[str, ...]:
+    """The pool of "fresh" action names: verb-noun pairs that are no step's name (training or held-out)."""
+    from gt_ext.corpus.patrol.steps import STEPS
+
+    taken = {n for s in STEPS for a in s.actions for n in (*a.names, a.heldout)}
+    return tuple(n for v in _FRESH_VERBS for x in _FRESH_NOUNS if (n := v + x) not in taken)
+
+
+FRESH_SHARE = 1 / 3  # share of training prompts that list the actions under fresh names
+
+
 def allowed(st: Step, wording: str, r: random.Random) -> list[tuple[str, str, str]]:
     """(action id, listed name, rule) in the order the prompt lists them. `wording`: "train"
-    (usual names mostly, sometimes another training name, shuffled order) or "reworded" (held-out
-    names and rules, an order reversed from the formula's)."""
+    (usual names mostly, sometimes another training name, shuffled order), "fresh" (training rules
+    under names drawn from `fresh_names()`, shuffled; training only) or "reworded" (held-out names
+    and rules, an order reversed from the formula's)."""
     if wording == "reworded":
         return [(a.id, a.heldout, a.reworded) for a in reversed(st.actions)]
     acts = list(st.actions)
     r.shuffle(acts)
+    if wording == "fresh":
+        return [(a.id, n, a.rule) for a, n in zip(acts, r.sample(fresh_names(), len(acts)), strict=True)]
+    if wording != "train":
+        raise ValueError(f"unknown wording {wording!r}")
     return [(a.id, a.names[0] if r.random() < 0.6 else r.choice(a.names), a.rule) for a in acts]
 
 
@@ -292,7 +318,8 @@ def misreading(st: Step, label: dict[str, Any], r: random.Random) -> dict[str, A
 # ----------------------------------------------------------------------------------- corpus
 def sessions(role: str, seed: int = 0, reps: int = 1, prompts_per_case: int = 3, progress: bool = False) -> list[Any]:
     """Training sessions of `role`: every case of the training families, each rendered
-    `prompts_per_case` times (the allowed actions in another order and words), each as a success
+    `prompts_per_case` times (the allowed actions in another order and words, a `FRESH_SHARE` of
+    them under fresh names), each as a success
     and a coherent misreading that shares its prompt (DPO material)."""
     from gt_ext.corpus.sample_town import SampleSession
 
@@ -305,7 +332,7 @@ def sessions(role: str, seed: int = 0, reps: int = 1, prompts_per_case: int = 3,
         user = {"witness": f"{lay.rig}/witness", "refinery": f"{lay.rig}/refinery", "deacon": "deacon",
                 "dog": f"deacon/dogs/{lay.dogs[0]}"}[role]
         for k in range(prompts_per_case):
-            acts = allowed(st, "train", r)
+            acts = allowed(st, "fresh" if r.random() < FRESH_SHARE else "train", r)
             names = {aid: n for aid, n, _ in acts}
             prompt = join_prompt(prompt_vars(case, acts))
             read = reading(case)
