@@ -216,6 +216,70 @@ STEPS: tuple[Step, ...] = (
          fields=("reason", "action")),
 )
 
+# More training wordings of each action's rule (`rule` is the first): a training prompt lists one of
+# them, so the model meets each action under more than one sentence and has to match the list by
+# meaning. Written apart from `Action.reworded`, which stays the held-out family's alone (a test
+# checks none of these equals it).
+TRAIN_RULES: dict[str, tuple[str, ...]] = {
+    "witness/survey-workers/restart": ("the agent (or its whole session) died while the bead is open and the worktree "
+                                       "is present, or it has been silent at least 30 minutes: restart it",),
+    "witness/survey-workers/nudge": ("a live agent holds hooked work but has been silent 10 to 30 minutes",),
+    "witness/survey-workers/reset-bead": ("the bead is in_progress yet the session and the polecat directory are both "
+                                          "missing: put the bead back to open and inform the deacon",),
+    "witness/survey-workers/none": ("no polecat needs help: each is active, finished or waiting for its MR",),
+    "witness/process-cleanups/close-wisp": ("tree clean, stash empty and every commit pushed: close the wisp",),
+    "witness/process-cleanups/push": ("unpushed commits on a clean tree: push before closing",),
+    "witness/process-cleanups/commit": ("changes not committed, or stashed work: pop the stash if any, commit, push",),
+    "witness/process-cleanups/escalate": ("its upstream branch no longer exists: mail RECOVERY_NEEDED to the deacon",),
+    "witness/inbox-check/archive": ("a lifecycle notice (POLECAT_STARTED, POLECAT_DONE, MERGED, HANDOFF): record "
+                                    "and archive it",),
+    "witness/inbox-check/handle": ("a HELP about a hung, zombie, timed-out or stalled session, or one to respawn: "
+                                   "the witness deals with it",),
+    "witness/inbox-check/escalate": ("a HELP the witness cannot fix: security or data loss to the overseer "
+                                     "(critical), crash, panic, oom or database errors to the deacon (high), "
+                                     "blocked or merge conflict to the mayor (high), an approach or design question "
+                                     "to the deacon (medium)",),
+    "refinery/process-branch/run-tests": ("branch present on origin and rebased without conflict: run the tests next",),
+    "refinery/process-branch/conflict-task": ("the rebase hit conflicts: abort it and file a conflict task; keep both "
+                                              "branch and MR",),
+    "refinery/process-branch/close-mr": ("origin has lost the branch: close the MR bead (this is not a failure)",),
+    "refinery/handle-failures/merge": ("tests green, or the target fails the same way with a bug already open: merge",),
+    "refinery/handle-failures/fix-needed": ("the branch fails where the target passes: send FIX_NEEDED to the "
+                                            "polecat, keep the branch and MR",),
+    "refinery/handle-failures/file-bug": ("the target fails too (pre-existing or flaky) and no bug is open: file a "
+                                          "bug, then merge",),
+    "refinery/merge-push/notify-merged": ("origin's SHA equals the local one: MERGED to the witness, then post-merge",),
+    "refinery/merge-push/retry-push": ("push rejected or SHAs differ: no notification and nothing closed; find the "
+                                       "cause and push again",),
+    "deacon/zombie-scan/file-warrant": ("silent more than 10 minutes with no session and no hooked or in_progress "
+                                        "work: a death warrant for Boot",),
+    "deacon/zombie-scan/none": ("a live session, work on its hook, or output within 10 minutes: leave it",),
+    "deacon/plugin-run/dispatch": ("never run, or the last run is older than the cooldown: sling it to a dog",),
+    "deacon/plugin-run/skip": ("the last run is within the cooldown: wait",),
+    "deacon/orphan-check/dispatch-orphan-scan": ("some in_progress bead's assignee has no live session: sling the "
+                                                 "orphan scan to a dog",),
+    "deacon/orphan-check/none": ("each in_progress bead's assignee still has a live session",),
+    "dog/triage-orphans/reset": ("dead session, no branch and no commits: reopen the bead",),
+    "dog/triage-orphans/recover": ("dead session but commits on its branch: keep the branch, reopen with a note",),
+    "dog/triage-orphans/escalate": ("notes claim a push but the branch is missing: possible data loss, mail the mayor",),
+    "dog/triage-orphans/skip": ("the assignee's session still runs: not an orphan",),
+    "dog/act/request-restart": ("a dead session whose hook still holds work: send RESTART_POLECAT to the witness",),
+    "dog/act/kill-restart": ("session up, agent process gone, no build in the pane: kill the zombie session and "
+                             "request a restart",),
+    "dog/act/escalate": ("3 or more agents down in one scan: mass death, CRITICAL escalation, restart nobody",),
+    "dog/act/skip": ("crew, mayor, witness or refinery (out of scope), a closed bead, or a build or test running in "
+                     "the pane",),
+    "dog/cleanup/drop": ("orphan databases found, at most max_orphans_for_sql: DROP them over SQL",),
+    "dog/cleanup/escalate": ("orphans exceed max_orphans_for_sql: escalate HIGH and drop nothing",),
+    "dog/cleanup/none": ("no database name matches an orphan pattern",),
+}
+
+
+def training_rules(st: Step, a: Action) -> tuple[str, ...]:
+    """The wordings a training prompt may give `a`'s rule at step `st` (its `rule` first)."""
+    return (a.rule, *TRAIN_RULES.get(f"{st.key}/{a.id}", ()))
+
+
 ROLES = ("witness", "refinery", "deacon", "dog")
 
 
