@@ -7,7 +7,7 @@ import time
 import pytest
 
 from gt_ext.corpus.patrol import build, stage
-from gt_ext.corpus.patrol.steps import ROLES, STEPS, TRAIN_RULES, steps_for, training_rules
+from gt_ext.corpus.patrol.steps import ROLES, STEPS, steps_for
 
 
 def test_every_step_is_staged_and_its_situations_name_its_actions():
@@ -49,24 +49,9 @@ def test_fresh_names_are_no_steps_name_and_list_every_action_once():
         acts = build.allowed(s, "fresh", r)
         assert sorted(a for a, _, _ in acts) == sorted(a.id for a in s.actions)
         assert len({n for _, n, _ in acts}) == len(acts) and {n for _, n, _ in acts} <= set(pool)
-        for aid, _, rule in acts:
-            assert rule in training_rules(s, s.action(aid))
+        assert {rule for _, _, rule in acts} == {a.rule for a in s.actions}
     with pytest.raises(ValueError, match="unknown wording"):
         build.allowed(STEPS[0], "heldout", r)
-
-
-def test_every_action_has_a_second_training_wording_and_none_is_the_held_out_one():
-    keys = {f"{s.key}/{a.id}" for s in STEPS for a in s.actions}
-    assert set(TRAIN_RULES) == keys
-    for s in STEPS:
-        for a in s.actions:
-            rules = training_rules(s, a)
-            assert rules[0] == a.rule and len(set(rules)) >= 2 and a.reworded not in rules, (s.key, a.id)
-    # family `c` keeps the usual rule; training prompts list both wordings
-    st = steps_for("dog")[1]
-    assert {rule for _, _, rule in build.allowed(st, "train", random.Random(0))} == {a.rule for a in st.actions}
-    seen = {rule for k in range(40) for _, _, rule in build.allowed(st, "varied", random.Random(k))}
-    assert seen == {rule for a in st.actions for rule in training_rules(st, a)}
 
 
 def _names(keys: tuple[str, ...]) -> set[str]:
@@ -159,7 +144,7 @@ def test_sessions_answer_with_the_name_the_prompt_lists_fresh_or_not(monkeypatch
     pool, fresh = set(build.fresh_names()), 0
     for s in made:
         name = json.loads(s.messages[1]["content"])["action"]
-        assert any(f"- {name}: {rule}\n" in s.messages[0]["content"] for rule in training_rules(st, st.action(label["action"])))
+        assert f"- {name}: {st.action(label['action']).rule}" in s.messages[0]["content"]
         fresh += name in pool
     assert 10 <= fresh <= 30  # about FRESH_SHARE of 60
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from gt_ext.atomic import atomic_write_json, atomic_write_text
 from gt_ext.corpus.patrol import stage as stage_mod
-from gt_ext.corpus.patrol.steps import ROLES, Step, step, steps_for, training_rules
+from gt_ext.corpus.patrol.steps import ROLES, Step, step, steps_for
 from gt_ext.errors import GtExtError
 
 log = logging.getLogger(__name__)
@@ -195,25 +195,18 @@ FRESH_SHARE = 1 / 3  # share of training prompts that list the actions under fre
 
 def allowed(st: Step, wording: str, r: random.Random) -> list[tuple[str, str, str]]:
     """(action id, listed name, rule) in the order the prompt lists them. `wording`: "train"
-    (usual names mostly, sometimes another training name, the usual rule, shuffled order: the
-    held-out family `c`), "varied" (the same with each rule in one of its training wordings,
-    `steps.training_rules`), "fresh" (varied rules under names drawn from `fresh_names()`) or
-    "reworded" (held-out names and rules, an order reversed from the formula's: family `r`).
-    Training sessions list "varied" and "fresh"."""
+    (usual names mostly, sometimes another training name, shuffled order), "fresh" (training rules
+    under names drawn from `fresh_names()`, shuffled; training only) or "reworded" (held-out names
+    and rules, an order reversed from the formula's)."""
     if wording == "reworded":
         return [(a.id, a.heldout, a.reworded) for a in reversed(st.actions)]
     acts = list(st.actions)
     r.shuffle(acts)
-    if wording == "train":
-        return [(a.id, a.names[0] if r.random() < 0.6 else r.choice(a.names), a.rule) for a in acts]
-    if wording not in ("varied", "fresh"):
-        raise ValueError(f"unknown wording {wording!r}")
-    rules = [r.choice(training_rules(st, a)) for a in acts]
     if wording == "fresh":
-        names = r.sample(fresh_names(), len(acts))
-    else:
-        names = [a.names[0] if r.random() < 0.6 else r.choice(a.names) for a in acts]
-    return list(zip([a.id for a in acts], names, rules, strict=True))
+        return [(a.id, n, a.rule) for a, n in zip(acts, r.sample(fresh_names(), len(acts)), strict=True)]
+    if wording != "train":
+        raise ValueError(f"unknown wording {wording!r}")
+    return [(a.id, a.names[0] if r.random() < 0.6 else r.choice(a.names), a.rule) for a in acts]
 
 
 def answer_format(st: Step) -> str:
@@ -325,8 +318,8 @@ def misreading(st: Step, label: dict[str, Any], r: random.Random) -> dict[str, A
 # ----------------------------------------------------------------------------------- corpus
 def sessions(role: str, seed: int = 0, reps: int = 1, prompts_per_case: int = 3, progress: bool = False) -> list[Any]:
     """Training sessions of `role`: every case of the training families, each rendered
-    `prompts_per_case` times (the allowed actions in another order and words, each rule in one
-    of its training wordings, a `FRESH_SHARE` of them under fresh names), each as a success
+    `prompts_per_case` times (the allowed actions in another order and words, a `FRESH_SHARE` of
+    them under fresh names), each as a success
     and a coherent misreading that shares its prompt (DPO material)."""
     from gt_ext.corpus.sample_town import SampleSession
 
@@ -339,7 +332,7 @@ def sessions(role: str, seed: int = 0, reps: int = 1, prompts_per_case: int = 3,
         user = {"witness": f"{lay.rig}/witness", "refinery": f"{lay.rig}/refinery", "deacon": "deacon",
                 "dog": f"deacon/dogs/{lay.dogs[0]}"}[role]
         for k in range(prompts_per_case):
-            acts = allowed(st, "fresh" if r.random() < FRESH_SHARE else "varied", r)
+            acts = allowed(st, "fresh" if r.random() < FRESH_SHARE else "train", r)
             names = {aid: n for aid, n, _ in acts}
             prompt = join_prompt(prompt_vars(case, acts))
             read = reading(case)
