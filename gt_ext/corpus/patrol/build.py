@@ -14,6 +14,7 @@ cached under `$GT_EXT_CACHE/patrol-evidence/<code hash>/` (default ~/.cache/gt-e
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -27,7 +28,7 @@ from typing import Any
 
 from gt_ext.atomic import atomic_write_json, atomic_write_text
 from gt_ext.corpus.patrol import stage as stage_mod
-from gt_ext.corpus.patrol.steps import ROLES, Step, step, steps_for
+from gt_ext.corpus.patrol.steps import ROLES, STEPS, Step, step, steps_for
 from gt_ext.errors import GtExtError
 
 log = logging.getLogger(__name__)
@@ -182,10 +183,9 @@ _FRESH_VERBS = ("mark", "tag", "route", "sort", "post", "queue", "park", "stamp"
 _FRESH_NOUNS = ("", "-it", "-case", "-item", "-entry", "-ticket", "-slot", "-one")
 
 
+@functools.cache
 def fresh_names() -> tuple[str, ...]:
     """The pool of "fresh" action names: verb-noun pairs that are no step's name (training or held-out)."""
-    from gt_ext.corpus.patrol.steps import STEPS
-
     taken = {n for s in STEPS for a in s.actions for n in (*a.names, a.heldout)}
     return tuple(n for v in _FRESH_VERBS for x in _FRESH_NOUNS if (n := v + x) not in taken)
 
