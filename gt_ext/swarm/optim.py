@@ -3,6 +3,7 @@
     opt = make_optimizer(dht, lora_params, run_id, target_batch_size, batch_size, lr_lambda, ...)
     opt.step(batch_size=rows)          # accumulate; averages + steps when the swarm reaches the target
     opt.finish_epoch(timeout)          # lockstep mode: wait for the swarm, then take the global step
+    opt.tracker.hold_first_step(n, t)  # a swarm that starts together: no first step alone
 
 Only the parameters passed in (the adapter's, `requires_grad=True`) are averaged: the frozen base
 model never goes on the wire. Gradients are averaged with weights = samples each peer accumulated,
@@ -24,6 +25,7 @@ from hivemind.optim.power_sgd_averager import PowerSGDGradientAverager
 from hivemind.optim.state_averager import TrainingStateAverager
 
 from gt_ext.swarm.auth import MemberGateMixin, SwarmKey
+from gt_ext.swarm.progress import SwarmProgressTracker
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,10 @@ def state_averager_kwargs(opt: Optimizer) -> dict[str, Any]:
 
 
 class SwarmOptimizer(Optimizer):
-    """`hivemind.Optimizer` whose averagers check the swarm key, plus a lockstep `finish_epoch`."""
+    """`hivemind.Optimizer` whose averagers check the swarm key, whose tracker is a
+    `SwarmProgressTracker`, plus a lockstep `finish_epoch`."""
+
+    tracker: SwarmProgressTracker
 
     def __init__(self, *, swarm_key: SwarmKey | None, lockstep: bool = False, **kwargs: Any):
         self._swarm_key = swarm_key  # read by _make_state_averager during super().__init__
@@ -122,6 +127,12 @@ class SwarmOptimizer(Optimizer):
         if c is not None and (c.triggered or c.done()):
             self.scheduled_grads = None
 
+    def _make_progress_tracker(self, target_batch_size: int, **kwargs: Any) -> SwarmProgressTracker:
+        # Same arguments as hivemind 1.1.12's own, plus the lockstep rule.
+        return SwarmProgressTracker(dht=self.dht, prefix=self.run_id, target_batch_size=target_batch_size,
+                                    client_mode=self.client_mode, status_loglevel=self.status_loglevel,
+                                    start=True, lockstep=self._lockstep, **kwargs)
+
     def _make_state_averager(self, **kwargs: Any) -> TrainingStateAverager:
         # Same arguments hivemind passes to its own TrainingStateAverager, plus the gate.
         return GatedStateAverager(swarm_key=self._swarm_key, run_id=self.run_id,
@@ -131,18 +142,16 @@ class SwarmOptimizer(Optimizer):
         """Lockstep: after this peer's share of the batch, wait until the swarm has accumulated the
         whole target batch (or another peer already stepped) and take the global step now.
 
-        Unlike `step`, this does not step early on hivemind's time estimate: that is what makes
-        N lockstep peers with batch B equal to one process with batch N*B. After `timeout` it
-        falls back to hivemind's own rule (the straggler is left behind) and returns False."""
+        The lockstep tracker never steps on hivemind's time estimate: that is what makes N lockstep
+        peers with batch B equal to one process with batch N*B. After `timeout` it falls back to
+        hivemind's own rule (the straggler is left behind) and returns False."""
         start_epoch = self.local_epoch
         deadline = time.monotonic() + timeout
         while True:
             if self.local_epoch > start_epoch:
                 return True
-            t = self.tracker
             timed_out = time.monotonic() >= deadline
-            full = t.global_progress.samples_accumulated >= t.target_batch_size
-            if t.global_epoch > self.local_epoch or full or (timed_out and t.ready_to_update_epoch):
+            if self.tracker.ready_to_update_epoch or (timed_out and self.tracker.ready_by_estimate):
                 # A peer that is behind joins the round or catches up, as in hivemind's `step`.
                 self._drop_used_grad_control()
                 self._update_global_epoch(grad_scaler=None)

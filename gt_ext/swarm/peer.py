@@ -332,6 +332,9 @@ def run_peer(
         metrics.start()
         if settings.min_peers > 1:
             metrics.wait_for_peers(settings.min_peers, settings.wait_for_peers_s)
+            # They are up, but hivemind's tracker learns of a peer only from its progress records:
+            # without this, each peer's first step can come before it has seen the others (alone).
+            opt.tracker.hold_first_step(settings.min_peers, settings.wait_for_peers_s)
 
         model.train()
         local_steps = catch_ups = 0

@@ -116,7 +116,9 @@ def test_kill9_peer_others_finish_and_late_peer_catches_up(tmp_path: Path, corpu
         bd, bead = job
         issue = bd.show(bead)
         history = [h["status"] for h in issue.metadata["status_history"]]
-        assert "syncing" in history and issue.status == "degraded", history
+        why = "\n".join(f"{n}: {x}" for n in ("a", "b") for x in peers.log(n).splitlines()
+                        if any(k in x for k in ("job status", "silent for", "gradients only", "Transitioning")))
+        assert "syncing" in history and issue.status == "degraded", f"{history}\n{why[-3000:]}"
         assert history.index("syncing") < history.index("degraded")
 
 
