@@ -10,6 +10,8 @@ peer resumes a `gt-ext train` checkpoint and the other way round) and the run fo
 
 * a global step (= `TrainConfig.max_steps` unit) happens when the peers together accumulated
   `target_batch_size` rows; gradients are averaged across the group, weighted by rows;
+* with `min_peers` > 1 the first global step waits until hivemind's progress tracker sees them all
+  (`SwarmProgressTracker.hold_first_step`), so no peer starts on its own gradients alone;
 * a peer that joins late (or falls behind) downloads adapter + optimizer state from a peer;
 * a non-finite loss or gradient on one peer is skipped there and never sent to anyone (and, as in
   the Trainer, `max_nonfinite` in a row stop the peer with status "failed" and a checkpoint);
