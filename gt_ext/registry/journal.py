@@ -46,10 +46,20 @@ class Journal:
         """Records of `kind` left by commands that did not finish (oldest first)."""
         if not self.dir.is_dir():
             return []
+        # Another process's command may finish (and delete its record) at any moment while this
+        # one lists them: a record gone between the listing and the read simply finished.
+        found = []
+        for p in self.dir.glob(f"{kind}-*.json"):
+            try:
+                found.append((p.stat().st_mtime_ns, p))
+            except FileNotFoundError:
+                continue
         out = []
-        for p in sorted(self.dir.glob(f"{kind}-*.json"), key=lambda q: q.stat().st_mtime_ns):
+        for _mtime, p in sorted(found):
             try:
                 data = json.loads(p.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                continue
             except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
                 # atomic_write_json never leaves half a record; a file that does not parse was not
                 # written by us: it says nothing, so it is dropped.
