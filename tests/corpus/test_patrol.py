@@ -78,6 +78,18 @@ def test_training_towns_each_bring_their_own_names():
         assert len(seen) == len(set(seen)), field
 
 
+def test_training_cases_get_fresh_polecat_names_held_out_towns_keep_theirs():
+    r = random.Random(0)
+    drawn = [stage.staged_layout(stage.LAYOUTS[k], r).polecats for k in stage.TRAIN_LAYOUTS * 20]
+    names = {n for d in drawn for n in d}
+    assert all(len(set(d)) == len(d) == 4 for d in drawn)
+    assert len(names) > 200 and not names & _names(tuple(stage.LAYOUTS))
+    # no name carries a word a rule reads (a mail from `zoom` would read as an out-of-memory report)
+    assert not [n for n in names if any(w in n for ws, _, _ in stage.ROUTES for w in ws)]
+    for k in stage.HELDOUT_LAYOUTS:
+        assert stage.staged_layout(stage.LAYOUTS[k], r) is stage.LAYOUTS[k]
+
+
 def test_prompt_lists_actions_in_the_wording_it_is_given():
     st = steps_for("witness")[0]
     case = {"step": st.key, "layout": "r", "evidence": "$ tmux ls\nno server running", "label": {}}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,54 @@ LAYOUTS = {
 }
 TRAIN_LAYOUTS = ("a", "b", "d", "e", "f", "g")
 HELDOUT_LAYOUTS = ("c", "r")  # "r" also lists the actions reworded and reordered
+
+# Polecat names for the training towns, drawn afresh for every staged case (`staged_layout`): with
+# only the six towns' 24 names a model learns those names and misspells the ones a new town uses
+# (`chode` for `cheedo`) when it joins bead, session and log rows per polecat; with a new set each
+# case, copying the name from the evidence is the only way to write it. Half are made of syllables,
+# half are plain words (held-out towns use both kinds); none is a held-out town's name (a test checks).
+_ONSETS = ("b", "br", "ch", "d", "dr", "f", "fl", "g", "gr", "h", "j", "k", "kr", "l", "m", "n", "p",
+           "pr", "r", "s", "sh", "sk", "sl", "sn", "st", "t", "th", "tr", "v", "w", "z")
+_VOWELS = ("a", "e", "i", "o", "u", "ee", "oo", "ai", "ou", "ia")
+_CODAS = ("", "", "", "n", "r", "s", "k", "x", "sh", "th", "ck", "m", "t", "d", "l", "ng")
+_WORDS = ("ember", "ranger", "tinker", "rusty", "cinder", "gauge", "piston", "hazard", "nomad", "drifter",
+          "scrap", "bolt", "rivet", "sprocket", "gasket", "diesel", "chrome", "dusty", "grinder", "wrench",
+          "spanner", "tumble", "whistle", "lantern", "marble", "thistle", "badger", "falcon", "raven", "otter",
+          "juniper", "saffron", "copper", "pewter", "flint", "tallow", "bramble", "hollow", "quarry", "cobble",
+          "kestrel", "mongrel", "jackal", "sparrow", "cricket", "beetle", "hornet", "gecko", "mantis", "vulture",
+          "ironside", "sandfly", "mudlark", "firefly", "ratchet", "crank", "axle", "fender", "muffler", "throttle",
+          "bandit", "rogue", "outlaw", "warden", "pilgrim", "prophet", "tracker", "scout", "runner", "hunter")
+
+
+def fresh_polecats(r: random.Random, n: int = 4) -> tuple[str, ...]:
+    """`n` distinct polecat names no town layout uses (syllables or plain words, 3-10 letters)."""
+    taken = {n for lay in LAYOUTS.values()
+             for n in (*lay.polecats, *lay.dogs, lay.rig, lay.prefix, *(p for p, _ in lay.plugins), *lay.code)}
+    out: list[str] = []
+    while len(out) < n:
+        if r.random() < 0.5:
+            name = r.choice(_WORDS)
+        else:
+            name = "".join(r.choice(_ONSETS) + r.choice(_VOWELS) for _ in range(r.randint(1, 3))) + r.choice(_CODAS)
+        if 3 <= len(name) <= 10 and name not in taken and name not in out and not _has_trigger(name):
+            out.append(name)
+    return tuple(out)
+
+
+def _has_trigger(name: str) -> bool:
+    """A name that holds a word some rule reads in the text (`zoom` holds `oom`, `hung` is one) would
+    change the label of the case it is staged in."""
+    words = {w for ws, _, _ in ROUTES for w in ws} | {"fail", "error", "dead", "zombie", "orphan", "stale", "done",
+                                                     "merge", "pass", "gone", "ahead"}
+    return any(w in name for w in words)
+
+
+def staged_layout(lay: Layout, r: random.Random) -> Layout:
+    """The layout one case is staged in: a training town with fresh polecat names (above), a
+    held-out town as it is (its suite stays the same cases)."""
+    if lay.name in HELDOUT_LAYOUTS:
+        return lay
+    return replace(lay, polecats=fresh_polecats(r, len(lay.polecats)))
 
 TITLES = ("fix the flaky login test", "add pagination to the orders API", "rename the config loader",
           "cache exchange-rate lookups", "handle empty CSV uploads", "add a health endpoint",
