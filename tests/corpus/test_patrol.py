@@ -255,6 +255,16 @@ build.evidence("dog", ("a",), 1)
 """
 
 
+def _group_alive(pgid: int) -> bool:
+    import os
+
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 @pytest.mark.integration
 def test_a_stopped_staging_run_leaves_no_scratch_town(bd_bin, tmp_path):
     """SIGTERM to a staging run's process group (a stopped bench, `kill`) closes each worker's
@@ -275,9 +285,13 @@ def test_a_stopped_staging_run_leaves_no_scratch_town(bd_bin, tmp_path):
         deadline = time.monotonic() + 30  # the worker closes its town after the parent is gone
         while list(tmp_path.glob("gt-*")) and time.monotonic() < deadline:
             time.sleep(0.2)
+        while _group_alive(p.pid) and time.monotonic() < deadline:  # the workers end, none waits on
+            time.sleep(0.2)  # the next task of a parent that is gone
     finally:
-        if p.poll() is None:
+        leaked = _group_alive(p.pid)
+        if p.poll() is None or leaked:
             os.killpg(p.pid, signal.SIGKILL)
     assert p.returncode != 0
+    assert not leaked, "a staging worker outlived the stopped run"
     assert not list(tmp_path.glob("gt-*"))
     assert not list((tmp_path / "cache").rglob("dog__cleanup@*.json"))  # the stopped family: re-staged next run

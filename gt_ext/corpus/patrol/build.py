@@ -118,19 +118,40 @@ def _family_file(key: str, layout: str, reps: int, seed: int) -> Path:
     return cache_dir() / f"{key.replace('/', '__')}@{layout}-r{reps}-s{seed}-b.json"
 
 
+_TOWN_OPEN = False  # in a staging worker: a family's scratch town is being staged
+_STOPPED = False  # in a staging worker: SIGTERM arrived
+
+
 def _stage_and_cache(key: str, layout: str, reps: int, seed: int) -> Path:
+    global _TOWN_OPEN
     f = _family_file(key, layout, reps, seed)
     if not f.is_file():
-        atomic_write_json(f, stage_family(key, layout, reps, seed))
+        _TOWN_OPEN = True
+        try:
+            atomic_write_json(f, stage_family(key, layout, reps, seed))
+        finally:
+            _TOWN_OPEN = False
+            if _STOPPED:  # the town is closed by now (stage_family's `finally`): end the worker
+                os._exit(128 + signal.SIGTERM)
     return f
 
 
+def _on_sigterm(signum: int, frame: Any) -> None:
+    global _STOPPED
+    _STOPPED = True
+    if _TOWN_OPEN:
+        sys.exit(128 + signum)  # unwind stage_family, whose `finally` closes the town
+    os._exit(128 + signum)  # an idle worker has nothing to close
+
+
 def _exit_on_sigterm() -> None:
-    """Staging worker set-up: SIGTERM (a stopped run, `kill` of the process group) unwinds the
-    worker like an error, so its `ScratchTown` closes (private tmux server and processes killed,
-    folder removed) instead of being left in the temp dir; the family's cache file is written only
-    when it is complete, so the next run stages it again."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    """Staging worker set-up: SIGTERM (a stopped run, `kill` of the process group) unwinds a worker
+    that is staging like an error, so its `ScratchTown` closes (private tmux server and processes
+    killed, folder removed) instead of being left in the temp dir, and then ends the worker; an
+    idle worker ends at once. (The executor's worker loop catches the unwinding exit and would wait
+    for the next task of a parent that is gone, so the worker leaves with `os._exit`.) The family's
+    cache file is written only when it is complete, so the next run stages it again."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def workers() -> int:
