@@ -2,7 +2,6 @@
 
 import json
 import random
-import re
 import time
 
 import pytest
@@ -89,9 +88,6 @@ def test_training_cases_get_fresh_polecat_names_held_out_towns_keep_theirs():
     assert not [n for n in names if any(w in n for ws, _, _ in stage.ROUTES for w in ws)]
     for k in stage.HELDOUT_LAYOUTS:
         assert stage.staged_layout(stage.LAYOUTS[k], r) is stage.LAYOUTS[k]
-    # training clocks cover the day: each case reads its times in a zone of its own
-    zones = {stage.staged_layout(stage.LAYOUTS["a"], r).tz for _ in range(200)}
-    assert len(zones) > 20 and all(re.fullmatch(r"LOC[+-]\d+", z) for z in zones)
 
 
 def test_prompt_lists_actions_in_the_wording_it_is_given():
@@ -115,8 +111,7 @@ def test_answer_keeps_the_steps_field_order_and_the_listed_name():
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("key", ["witness/process-cleanups", "witness/survey-workers", "refinery/merge-push",
-                                 "dog/cleanup"])
+@pytest.mark.parametrize("key", ["witness/process-cleanups", "refinery/merge-push", "dog/cleanup"])
 def test_staged_evidence_reads_as_the_situation_it_stages(key, bd_bin, dolt_bin, tmp_path, monkeypatch):
     """Real bd/git/tmux/dolt output for every situation of the step; the formula's rule applied to
     that output gives the situation's action."""

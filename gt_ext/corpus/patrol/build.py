@@ -102,9 +102,7 @@ def _stage_in(town: Any, key: str, lay: stage_mod.Layout, reps: int, stage: Any,
             for i, sit in enumerate(schedule(situations)):
                 want = situations[sit]
                 t.reset()
-                case_lay = stage_mod.staged_layout(lay, r)
-                t.env["TZ"] = case_lay.tz  # the tools print times in the case's zone
-                ev = stage(t, case_lay, sit, r)
+                ev = stage(t, stage_mod.staged_layout(lay, r), sit, r)
                 lab = stage_mod.label(key, ev, lay)
                 if lab["action"] != want:
                     log.warning("%s/%s %s: staged for %s, the evidence reads as %s", key, layout, sit, want, lab["action"])

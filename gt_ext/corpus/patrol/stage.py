@@ -31,7 +31,6 @@ class Layout:
     dogs: tuple[str, ...]
     plugins: tuple[tuple[str, str], ...]  # (plugin, cooldown)
     code: tuple[str, str]  # the rig's module and function (its tests are named after them)
-    tz: str = "UTC"  # the town's clock zone: `date` and `ls -l` times are read in it (`staged_layout`)
 
 
 LAYOUTS = {
@@ -100,17 +99,11 @@ def _has_trigger(name: str) -> bool:
 
 
 def staged_layout(lay: Layout, r: random.Random) -> Layout:
-    """The layout one case is staged in: a training town with fresh polecat names (above) and its
-    own clock zone, a held-out town as it is (its suite stays the same cases).
-
-    The zone: quiet minutes are read as `date` minus a log's `ls -l` time, and every training case
-    is staged within a few minutes of real time, so without it all training clocks read the same
-    hour (a held-out suite staged at 10:42 shows a model hours it never subtracted from). A POSIX
-    zone per case (`LOC+5`: five hours west) moves both printed times together, whole hours from
-    -12 to +13, so the training clocks cover the day."""
+    """The layout one case is staged in: a training town with fresh polecat names (above), a
+    held-out town as it is (its suite stays the same cases)."""
     if lay.name in HELDOUT_LAYOUTS:
         return lay
-    return replace(lay, polecats=fresh_polecats(r, len(lay.polecats)), tz=f"LOC{r.randint(-13, 12):+d}")
+    return replace(lay, polecats=fresh_polecats(r, len(lay.polecats)))
 
 TITLES = ("fix the flaky login test", "add pagination to the orders API", "rename the config loader",
           "cache exchange-rate lookups", "handle empty CSV uploads", "add a health endpoint",
@@ -175,7 +168,7 @@ def stage_survey_workers(t: ScratchTown, lay: Layout, sit: str, r: random.Random
                     else quiet.get(s, r.randint(1, 5)))
     del others
     return "\n".join([
-        t.show("date +%H:%M"),
+        t.show("date -u +%H:%M"),
         t.show("bd list --all --json | jq -r '.[] | [.id, .issue_type, .status, .assignee] | @tsv'"),
         t.show("tmux ls -F '#{session_name} #{pane_current_command}'"),
         t.show("ls polecats/"),
@@ -539,7 +532,7 @@ def stage_zombie_scan(t: ScratchTown, lay: Layout, sit: str, r: random.Random) -
         quiet = {"zombie": r.randint(15, 300), "recent": r.randint(1, 8), "working": r.randint(0, 3)}.get(s, r.randint(5, 90))
         t.touch_ago(f"logs/{lay.prefix}-{n}.log", quiet)
     return "\n".join([
-        t.show("date +%H:%M"),
+        t.show("date -u +%H:%M"),
         t.show("bd list --all --json | jq -r '.[] | [.id, .status, .assignee] | @tsv'"),
         t.show("tmux ls -F '#{session_name}'"),
         t.show("ls -l --time-style=+%H:%M logs/ | awk 'NR>1 {print $6, $7}'"),
