@@ -77,8 +77,8 @@ _WORDS = ("ember", "ranger", "tinker", "rusty", "cinder", "gauge", "piston", "ha
 
 def fresh_polecats(r: random.Random, n: int = 4) -> tuple[str, ...]:
     """`n` distinct polecat names no town layout uses (syllables or plain words, 3-10 letters)."""
-    taken = {n for lay in LAYOUTS.values()
-             for n in (*lay.polecats, *lay.dogs, lay.rig, lay.prefix, *(p for p, _ in lay.plugins), *lay.code)}
+    taken = {word for lay in LAYOUTS.values()
+             for word in (*lay.polecats, *lay.dogs, lay.rig, lay.prefix, *(p for p, _ in lay.plugins), *lay.code)}
     out: list[str] = []
     while len(out) < n:
         if r.random() < 0.5:
