@@ -102,8 +102,9 @@ def _stage_in(town: Any, key: str, lay: stage_mod.Layout, reps: int, stage: Any,
             for i, sit in enumerate(schedule(situations)):
                 want = situations[sit]
                 t.reset()
-                ev = stage(t, stage_mod.staged_layout(lay, r), sit, r)
-                lab = stage_mod.label(key, ev, lay)
+                case_lay = stage_mod.staged_layout(lay, r)  # training towns: fresh polecat names
+                ev = stage(t, case_lay, sit, r)
+                lab = stage_mod.label(key, ev, case_lay)
                 if lab["action"] != want:
                     log.warning("%s/%s %s: staged for %s, the evidence reads as %s", key, layout, sit, want, lab["action"])
                 cases.append({"step": key, "family": f"{key}@{layout}", "layout": layout, "situation": sit,
